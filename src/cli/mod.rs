@@ -1,0 +1,5 @@
+//! The binary's side: argument handling, progress bars, output and exit codes.
+
+pub mod args;
+pub mod kms_cmd;
+pub mod serve_cmd;

@@ -1,0 +1,95 @@
+//! The library's error type.
+//!
+//! Policy: errors carry their context (path, object, KMS code) as data. Per-file failures during
+//! a run are collected into the run's report and the run goes on; only failures that make the
+//! whole run meaningless (KMS, vault I/O, bad arguments) are returned as `Err`. Integrity errors
+//! are kept apart from runtime errors because they map to their own exit code (3).
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::kms::KmsError;
+
+/// Result alias for the library.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong, classified for exit codes (see [`Error::exit_code`]).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The command line or its arguments are wrong (exit 2).
+    #[error("{0}")]
+    Usage(String),
+
+    /// I/O failed on a named path (exit 1).
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    /// The KMS refused or could not be reached (exit 1).
+    #[error("KMS: {0}")]
+    Kms(#[from] KmsError),
+
+    /// The vault is damaged or has been tampered with (exit 3).
+    #[error("integrity: {what}: {why}")]
+    Integrity { what: String, why: String },
+
+    /// The vault is of a format this build does not read, or is not a vault (exit 1).
+    #[error("{what}: {why}")]
+    Format { what: String, why: String },
+
+    /// A run was stopped (Ctrl-C); the vault is resumable (exit 130).
+    #[error("interrupted; run the same command again to resume")]
+    Interrupted,
+
+    /// Something failed that the user must act on (exit 1).
+    #[error("{0}")]
+    Runtime(String),
+}
+
+impl Error {
+    /// Wraps an I/O error with the path it concerns.
+    pub fn io(path: impl AsRef<Path>, source: io::Error) -> Self {
+        Error::Io {
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
+    }
+
+    pub fn integrity(what: impl Into<String>, why: impl Into<String>) -> Self {
+        Error::Integrity {
+            what: what.into(),
+            why: why.into(),
+        }
+    }
+
+    pub fn format(what: impl Into<String>, why: impl Into<String>) -> Self {
+        Error::Format {
+            what: what.into(),
+            why: why.into(),
+        }
+    }
+
+    /// The process exit code this error maps to (PRODUCT.md §5).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Usage(_) => 2,
+            Error::Integrity { .. } => 3,
+            Error::Interrupted => 130,
+            _ => 1,
+        }
+    }
+}
+
+/// Adds a path to `io::Result`s.
+pub trait IoContext<T> {
+    fn at(self, path: impl AsRef<Path>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn at(self, path: impl AsRef<Path>) -> Result<T> {
+        self.map_err(|e| Error::io(path, e))
+    }
+}

@@ -1,0 +1,1 @@
+//! PLACEHOLDER: `envseal kms serve`, an Alibaba-compatible KMS server.

@@ -1,0 +1,25 @@
+//! Progress reporting as a trait, so library code never touches a terminal.
+//!
+//! The binary implements it with indicatif bars; tests and library users take [`NoProgress`].
+//! Calls come from worker threads, hence `Sync`, and must be cheap.
+
+/// Receives progress events from a run.
+pub trait Progress: Sync {
+    /// Walking: `files` entries and `bytes` found so far.
+    fn walking(&self, _files: u64, _bytes: u64) {}
+    /// The work is known: this many files and bytes will be processed.
+    fn start(&self, _files: u64, _bytes: u64) {}
+    /// `bytes` more plaintext bytes were processed.
+    fn bytes(&self, _bytes: u64) {}
+    /// One more file finished (successfully or not).
+    fn file_done(&self) {}
+    /// A notice for the user (a skipped file, a retry); shown above the bars.
+    fn notice(&self, _msg: &str) {}
+    /// The run is over; bars may be cleared.
+    fn finish(&self) {}
+}
+
+/// Reports nothing.
+pub struct NoProgress;
+
+impl Progress for NoProgress {}

@@ -1,0 +1,59 @@
+//! Shared helpers for the integration tests: temp trees, the real binary, local servers.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The envseal binary under test, with a private ENVSEAL_HOME so no test touches the user's keys.
+pub fn envseal(home: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_envseal"));
+    c.env("ENVSEAL_HOME", home)
+        .env_remove("ENVSEAL_KMS")
+        .env_remove("ENVSEAL_PASSPHRASE")
+        .env_remove("RUST_LOG");
+    c
+}
+
+/// Runs a command and returns its output; panics with stderr if it could not start.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("failed to start command")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port on 127.0.0.1")
+}
+
+/// The Python venv with moto and the Alibaba SDKs, made by `.ci/pyenv`. `None` when it does not
+/// exist; under CI (CI=true) its absence is a failure, so interop tests never pass silently there.
+pub fn pyenv() -> Option<PathBuf> {
+    let dir = std::env::var_os("ENVSEAL_PYENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pyenv"));
+    if dir.join("bin/python").exists() {
+        return Some(dir);
+    }
+    if std::env::var("CI").map(|v| v == "true").unwrap_or(false) {
+        panic!(
+            "CI=true but no Python venv at {} (run .ci/pyenv)",
+            dir.display()
+        );
+    }
+    eprintln!(
+        "skipping: no Python venv at {} (run .ci/pyenv to build it)",
+        dir.display()
+    );
+    None
+}
