@@ -208,6 +208,7 @@ impl KeyStore {
 
     fn open_inner(&mut self, passphrase: Option<&str>) -> Result<(), KmsError> {
         let keys = self.dir.join("keys");
+        let existed = self.dir.exists();
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -218,9 +219,21 @@ impl KeyStore {
         let file: StoreFile = match self.read_json(&path)? {
             Some(f) => f,
             None => {
-                // A new store: tighten the directory even if it existed (e.g. made by mkdir).
-                fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700))
-                    .map_err(|e| io_error(&self.dir, e))?;
+                // We do not chmod a directory we did not make (it may be shared on purpose),
+                // but say so when others can read it.
+                if existed {
+                    let mode = fs::metadata(&self.dir)
+                        .map_err(|e| io_error(&self.dir, e))?
+                        .permissions()
+                        .mode();
+                    if mode & 0o077 != 0 {
+                        log::warn!(
+                            "the key store directory {} is accessible to other users (mode {:o}); consider chmod 700",
+                            self.dir.display(),
+                            mode & 0o777
+                        );
+                    }
+                }
                 let seal = match passphrase {
                     Some(p) => {
                         let salt = random_bytes(SALT_LEN)?;
@@ -1195,13 +1208,27 @@ fn invalid_parameter(name: &str, why: &str) -> KmsError {
     .with_code("InvalidParameter")
 }
 
-fn invalid_ciphertext() -> KmsError {
+/// The error for a `CiphertextBlob` that is not base64, not ours, tampered with, or bound to another
+/// context (Alibaba documents no code for it; `InvalidParameter` is what clients see).
+pub fn invalid_ciphertext() -> KmsError {
     // Deliberately coarse: no hint whether the context, the key or the bytes were wrong.
     KmsError::new(
         KmsErrorKind::InvalidCiphertext,
         "The specified parameter \"CiphertextBlob\" is not valid.",
     )
     .with_code("InvalidParameter")
+}
+
+/// Decodes a `CiphertextBlob` as sent on the wire: standard base64, ASCII whitespace ignored
+/// (the documented Alibaba sample sends it with a trailing newline).
+pub fn decode_blob(text: &str) -> Result<Vec<u8>, KmsError> {
+    let compact: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    B64.decode(compact).map_err(|_| invalid_ciphertext())
+}
+
+/// Encodes a blob for the wire (standard base64).
+pub fn encode_blob(blob: &[u8]) -> String {
+    B64.encode(blob)
 }
 
 fn io_error(path: &Path, e: io::Error) -> KmsError {
@@ -1646,6 +1673,21 @@ mod tests {
     fn store_is_send_and_sync() {
         fn check<T: Send + Sync>() {}
         check::<KeyStore>();
+    }
+
+    #[test]
+    fn blob_text_tolerates_whitespace() {
+        let text = encode_blob(b"some blob bytes");
+        assert_eq!(
+            decode_blob(&format!("{text}\n")).unwrap(),
+            b"some blob bytes"
+        );
+        assert_eq!(
+            decode_blob(&format!(" {}\r\n{} ", &text[..4], &text[4..])).unwrap(),
+            b"some blob bytes"
+        );
+        let e = decode_blob("not base64!").err().unwrap();
+        assert_eq!(e.kind, KmsErrorKind::InvalidCiphertext);
     }
 
     #[test]
