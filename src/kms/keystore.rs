@@ -1145,7 +1145,7 @@ fn is_uuid(s: &str) -> bool {
 }
 
 /// Alibaba's alias rules: `alias/` then 1..=255 of `[A-Za-z0-9_/-]`, not `alias/acs/...`.
-fn validate_alias(alias: &str) -> Result<(), KmsError> {
+pub fn validate_alias(alias: &str) -> Result<(), KmsError> {
     let bad = |why: &str| invalid_parameter("AliasName", &format!("{alias:?} {why}"));
     let Some(name) = alias.strip_prefix("alias/") else {
         return Err(bad("must start with alias/"));
