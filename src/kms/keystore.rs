@@ -942,16 +942,24 @@ impl KeyStore {
     }
 
     fn audit(&self, op: &str, key_id: &str, error: Option<&str>) -> Result<(), KmsError> {
-        let mut line = serde_json::json!({
-            "time": format_time(now()),
-            "op": op,
-            "key_id": key_id,
-            "ok": error.is_none(),
-        });
-        if let Some(code) = error {
-            line["error"] = code.into();
+        #[derive(Serialize)]
+        struct Line<'a> {
+            time: String,
+            op: &'a str,
+            key_id: &'a str,
+            ok: bool,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            error: Option<&'a str>,
         }
-        let mut text = line.to_string();
+        let line = Line {
+            time: format_time(now()),
+            op,
+            key_id,
+            ok: error.is_none(),
+            error,
+        };
+        let mut text = serde_json::to_string(&line)
+            .map_err(|e| KmsError::new(KmsErrorKind::Io, format!("audit line: {e}")))?;
         text.push('\n');
         let path = self.dir.join("audit.jsonl");
         // One write(2) with O_APPEND: concurrent writers never interleave within a line.
@@ -1054,19 +1062,16 @@ fn aead_seal(key: &[u8; 32], aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, Km
     let mut nonce = [0u8; NONCE_LEN];
     getrandom::getrandom(&mut nonce).map_err(no_random)?;
     let key = aead_key(key)?;
-    let mut out = Vec::with_capacity(NONCE_LEN + plaintext.len() + TAG_LEN);
-    out.extend_from_slice(&nonce);
-    out.extend_from_slice(plaintext);
-    let mut body = out.split_off(NONCE_LEN);
+    // Room for the tag up front, so no reallocation leaves a plaintext copy behind.
+    let mut body = Zeroizing::new(Vec::with_capacity(plaintext.len() + TAG_LEN));
+    body.extend_from_slice(plaintext);
     key.seal_in_place_append_tag(
         aead::Nonce::assume_unique_for_key(nonce),
         aead::Aad::from(aad),
-        &mut body,
+        &mut *body,
     )
     .map_err(|_| KmsError::new(KmsErrorKind::Io, "AES-GCM seal failed"))?;
-    out.extend_from_slice(&body);
-    body.zeroize();
-    Ok(out)
+    Ok([&nonce[..], &body[..]].concat())
 }
 
 /// Opens `nonce ‖ ciphertext ‖ tag`; `None` when it does not authenticate.
