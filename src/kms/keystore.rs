@@ -1680,6 +1680,54 @@ mod tests {
         check::<KeyStore>();
     }
 
+    /// Pins the documented blob layout by opening and making blobs with ring directly, from the
+    /// key material as it lies in an unsealed key file.
+    #[test]
+    fn blob_layout_matches_the_documentation() {
+        let (_t, s) = store();
+        let id = s.create_key("").unwrap().key_id;
+        let file: serde_json::Value =
+            serde_json::from_slice(&fs::read(s.key_path(&id)).unwrap()).unwrap();
+        let version = file["primary_version"].as_str().unwrap().to_string();
+        let material = B64
+            .decode(file["versions"][0]["material"].as_str().unwrap())
+            .unwrap();
+        let key =
+            aead::LessSafeKey::new(aead::UnboundKey::new(&aead::AES_256_GCM, &material).unwrap());
+        let c = ctx("v");
+        let aad = [
+            b"envseal-kms-blob-v1".as_slice(),
+            version.as_bytes(),
+            br#"{"envseal:batch":"b1","envseal:vault":"v"}"#,
+        ]
+        .concat();
+
+        // Store -> by hand.
+        let blob = s.encrypt(&id, b"pinned", &c).unwrap().blob;
+        assert_eq!(&blob[..36], version.as_bytes());
+        let nonce = aead::Nonce::try_assume_unique_for_key(&blob[36..48]).unwrap();
+        let mut body = blob[48..].to_vec();
+        let plain = key
+            .open_in_place(nonce, aead::Aad::from(&aad), &mut body)
+            .unwrap();
+        assert_eq!(plain, b"pinned");
+
+        // By hand -> store.
+        let nonce = [9u8; 12];
+        let mut body = b"made by hand".to_vec();
+        key.seal_in_place_append_tag(
+            aead::Nonce::assume_unique_for_key(nonce),
+            aead::Aad::from(&aad),
+            &mut body,
+        )
+        .unwrap();
+        let blob = [version.as_bytes(), &nonce, &body].concat();
+        assert_eq!(
+            &s.decrypt(&blob, &c).unwrap().plaintext[..],
+            b"made by hand"
+        );
+    }
+
     #[test]
     fn blob_text_tolerates_whitespace() {
         let text = encode_blob(b"some blob bytes");
