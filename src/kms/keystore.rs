@@ -214,7 +214,7 @@ impl KeyStore {
             .mode(0o700)
             .create(&keys)
             .map_err(|e| io_error(&keys, e))?;
-        let _lock = self.lock(true)?;
+        let lock = self.lock(true)?;
         let path = self.dir.join("store.json");
         let file: StoreFile = match self.read_json(&path)? {
             Some(f) => f,
@@ -268,6 +268,8 @@ impl KeyStore {
                 return Ok(());
             }
         };
+        // The slow key derivation below need not hold up other processes.
+        drop(lock);
         if file.format != FORMAT_VERSION {
             return Err(KmsError::new(
                 KmsErrorKind::Io,
