@@ -13,6 +13,7 @@
 //! objects. The byte formats are specified in `docs/FORMAT.md`; their constants live in
 //! [`format`].
 
+pub mod bench;
 pub mod crypto;
 pub mod decrypt;
 pub mod encrypt;

@@ -24,6 +24,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Kms(KmsCommand::Serve(args)) => cli::serve_cmd::run(args),
         Command::Kms(cmd) => cli::kms_cmd::run(cmd),
+        Command::Bench(args) => cli::bench_cmd::run(args),
         _ => anyhow::bail!("not built yet"),
     }
 }

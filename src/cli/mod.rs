@@ -1,5 +1,7 @@
 //! The binary's side: argument handling, progress bars, output and exit codes.
 
 pub mod args;
+pub mod bench_cmd;
 pub mod kms_cmd;
 pub mod serve_cmd;
+pub mod size;
