@@ -49,6 +49,7 @@ fn end_to_end(c: &mut Criterion) {
     let mut g = c.benchmark_group("encrypt");
     g.throughput(Throughput::Bytes(rig.bytes()));
     g.sample_size(10);
+    g.measurement_time(Duration::from_secs(8));
     g.bench_function(BenchmarkId::new("tree", "8MiB"), |b| {
         b.iter_custom(|iters| (0..iters).map(|_| rig.run().expect("encrypt")).sum())
     });
