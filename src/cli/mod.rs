@@ -2,4 +2,7 @@
 
 pub mod args;
 pub mod kms_cmd;
+pub mod output;
+pub mod progress;
+pub mod run;
 pub mod serve_cmd;
