@@ -230,6 +230,28 @@ pub fn segment_cv(mac_key: &[u8; 32], segment_size: u32, index: u64, data: &[u8]
     h.finalize_non_root()
 }
 
+/// A segment's contribution to the plaintext MAC: the root hash when the plaintext is a single
+/// segment (BLAKE3 finalizes a lone subtree as the root), a chaining value otherwise.
+pub enum SegMac {
+    Root(blake3::Hash),
+    Cv(ChainingValue),
+}
+
+/// Computes segment `index`'s MAC contribution (`count` = number of segments of the file).
+pub fn segment_mac(
+    mac_key: &[u8; 32],
+    segment_size: u32,
+    index: u64,
+    count: u64,
+    data: &[u8],
+) -> SegMac {
+    if count == 1 {
+        SegMac::Root(blake3::keyed_hash(mac_key, data))
+    } else {
+        SegMac::Cv(segment_cv(mac_key, segment_size, index, data))
+    }
+}
+
 /// Builds a keyed BLAKE3 digest of a whole plaintext from its segments' chaining values,
 /// given in order. Equal to `blake3::keyed_hash(key, plaintext)`, but each segment can be
 /// hashed on its own core. Memory is O(log n): BLAKE3's lazy-merging chaining value stack.
@@ -267,6 +289,14 @@ impl TreeMac {
         }
         self.stack.push(cv);
         self.count += 1;
+    }
+
+    /// Adds the next segment's contribution.
+    pub fn add(&mut self, m: SegMac) {
+        match m {
+            SegMac::Root(h) => self.set_single(h),
+            SegMac::Cv(cv) => self.push(cv),
+        }
     }
 
     /// For a one-segment plaintext: its root hash (`keyed_hash` of the segment).

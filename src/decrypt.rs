@@ -73,8 +73,7 @@ fn select(entries: &[Entry], only: &[String]) -> Result<Vec<usize>> {
     let globs = gs
         .build()
         .map_err(|e| Error::Usage(format!("--only: {e}")))?;
-    let matched =
-        |p: &[u8]| exact.iter().any(|x| p == *x) || globs.is_match(Path::new(OsStr::from_bytes(p)));
+    let matched = |p: &[u8]| exact.contains(&p) || globs.is_match(Path::new(OsStr::from_bytes(p)));
     let mut roots: Vec<&[u8]> = Vec::new();
     let mut picked = vec![false; entries.len()];
     for (i, e) in entries.iter().enumerate() {

@@ -19,12 +19,13 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use rayon::prelude::*;
 
-use crate::crypto::{segment_cv, BatchKey, TreeMac};
+use crate::crypto::{segment_mac, BatchKey, SegMac, TreeMac};
 use crate::error::{Error, IoContext, Result};
 use crate::format::{self, layout, ObjectHeader, ID_LEN, TAG_LEN};
 use crate::journal::{DoneRecord, Journal, RunParams, RunRecord};
 use crate::keys::Kms;
 use crate::manifest::{self, Batch, Entry, EntryKind, FileEntry, Manifest, Name};
+use crate::object::{hash_window, window_segments};
 use crate::progress::Progress;
 use crate::source::Source;
 use crate::walk::{self, SourceEntry, SourceKind};
@@ -618,12 +619,8 @@ fn encrypt_once(
         ct_hash.update(&hb);
         let mut mac = TreeMac::new(fk.mac_key());
         let slot = seg as usize + TAG_LEN;
-        // Segments per window: enough to keep every core busy, bounded in memory.
-        let window = (n as usize)
-            .min((32usize << 20) / slot)
-            .max(2 * ctx.jobs)
-            .max(1);
-        let mut buf = vec![0u8; window.min(n as usize) * slot];
+        let window = window_segments(n, seg, ctx.jobs);
+        let mut buf = vec![0u8; window * slot];
         let mut first = 0u64;
         while first < n {
             if ctx.cancel.load(Ordering::Relaxed) || ctx.stop.load(Ordering::Relaxed) {
@@ -641,11 +638,7 @@ fn encrypt_once(
                     .map_err(|e| FileError::Source(e.to_string()))?;
                 // The plaintext MAC is taken from the buffer just read, before sealing in
                 // place: each byte is read from the source once.
-                let m = if n == 1 {
-                    SegMac::Root(blake3::keyed_hash(fk.mac_key(), &chunk[..len]))
-                } else {
-                    SegMac::Cv(segment_cv(fk.mac_key(), seg, i, &chunk[..len]))
-                };
+                let m = segment_mac(fk.mac_key(), seg, i, n, &chunk[..len]);
                 fk.seal_segment(i, i == n - 1, &mut chunk[..len + TAG_LEN]);
                 Ok(m)
             };
@@ -659,17 +652,10 @@ fn encrypt_once(
                     .collect()
             };
             for m in macs {
-                match m? {
-                    SegMac::Root(h) => mac.set_single(h),
-                    SegMac::Cv(cv) => mac.push(cv),
-                }
+                mac.add(m?);
             }
             let bytes = &buf[..used];
-            if used >= 1 << 20 {
-                ct_hash.update_rayon(bytes);
-            } else {
-                ct_hash.update(bytes);
-            }
+            hash_window(&mut ct_hash, bytes);
             obj.write_all_at(bytes, format::segment_offset(seg, first))
                 .map_err(|e| vault_err(&obj_path, e))?;
             ctx.progress.bytes(plain_in_window);
@@ -702,9 +688,4 @@ fn encrypt_once(
         ino: entry.ino,
         entry_meta: (entry.mode, entry.mtime, entry.mtime_nsec),
     })
-}
-
-enum SegMac {
-    Root(blake3::Hash),
-    Cv(blake3::hazmat::ChainingValue),
 }

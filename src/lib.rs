@@ -27,6 +27,7 @@ pub mod object;
 pub mod progress;
 pub mod source;
 pub mod vault;
+pub mod verify;
 pub mod walk;
 
 pub use error::{Error, Result};

@@ -142,7 +142,7 @@ pub struct Manifest {
 enum Record {
     Vault(VaultRecord),
     Batch(BatchRecord),
-    Entry(EntryRecord),
+    Entry(Box<EntryRecord>),
     End(EndRecord),
 }
 
@@ -452,9 +452,9 @@ impl Manifest {
             body.extend(json_line(&Record::Batch(b.to_record()))?);
         }
         for e in &self.entries {
-            body.extend(json_line(&Record::Entry(
+            body.extend(json_line(&Record::Entry(Box::new(
                 e.to_record(&self.batches, name_key.as_ref())?,
-            ))?);
+            )))?);
         }
         let n = self.entries.len() as u64;
         let mut macs = Vec::new();

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use rayon::prelude::*;
 
-use crate::crypto::{segment_cv, BatchKey, TreeMac};
+use crate::crypto::{segment_mac, BatchKey, SegMac, TreeMac};
 use crate::error::Error;
 use crate::format::{self, ObjectHeader, HEADER_LEN, TAG_LEN};
 use crate::manifest::{FileEntry, Manifest};
@@ -28,9 +28,54 @@ pub enum ObjectError {
     Cancelled,
 }
 
-enum SegMac {
-    Root(blake3::Hash),
-    Cv(blake3::hazmat::ChainingValue),
+/// Segments processed together: enough to keep every core busy, bounded in memory (~32 MiB).
+pub fn window_segments(count: u64, segment_size: u32, jobs: usize) -> usize {
+    let slot = segment_size as usize + TAG_LEN;
+    ((32usize << 20) / slot)
+        .max(2 * jobs)
+        .max(1)
+        .min(usize::try_from(count).unwrap_or(usize::MAX))
+}
+
+/// Hashes a window of ciphertext, in parallel when it is large.
+pub fn hash_window(h: &mut blake3::Hasher, bytes: &[u8]) {
+    if bytes.len() >= 1 << 20 {
+        h.update_rayon(bytes);
+    } else {
+        h.update(bytes);
+    }
+}
+
+/// Seals a whole plaintext into an object in memory, one segment after another: the
+/// reference implementation the parallel pipeline must agree with, and the generator of the
+/// known-answer vectors. Sets `header.commitment`. Returns (object, ct_blake3, pt_mac).
+pub fn seal_object(
+    key: &BatchKey,
+    header: &mut ObjectHeader,
+    plaintext: &[u8],
+) -> (Vec<u8>, blake3::Hash, blake3::Hash) {
+    let fk = key.file_keys(header);
+    header.commitment = fk.commitment();
+    let seg = header.segment_size;
+    let n = format::segment_count(header.plain_len, seg);
+    let mut out = header.encode().to_vec();
+    let mut mac = TreeMac::new(fk.mac_key());
+    for i in 0..n {
+        let start = (i * u64::from(seg)) as usize;
+        let len = format::segment_plain_len(header.plain_len, seg, i);
+        let pt = &plaintext[start..start + len];
+        mac.add(segment_mac(fk.mac_key(), seg, i, n, pt));
+        let mut buf = pt.to_vec();
+        buf.extend_from_slice(&[0u8; TAG_LEN]);
+        fk.seal_segment(i, i == n - 1, &mut buf);
+        out.extend_from_slice(&buf);
+    }
+    let ct = blake3::hash(&out);
+    // TreeMac::finalize is Some whenever at least one segment was added (n >= 1 always).
+    let pt_mac = mac
+        .finalize()
+        .unwrap_or_else(|| blake3::keyed_hash(fk.mac_key(), b""));
+    (out, ct, pt_mac)
 }
 
 /// Authenticates (and with `out`, decrypts) one object. Plaintext segment `i` is written to
@@ -115,11 +160,7 @@ pub fn open_object(
         let used = plain as usize + count * TAG_LEN;
         obj.read_exact_at(&mut buf[..used], format::segment_offset(seg, first))
             .map_err(|e| ObjectError::Io(Error::io(&path, e)))?;
-        if used >= 1 << 20 {
-            ct_hash.update_rayon(&buf[..used]);
-        } else {
-            ct_hash.update(&buf[..used]);
-        }
+        hash_window(&mut ct_hash, &buf[..used]);
         let open = |k: usize, chunk: &mut [u8]| -> Result<SegMac, ObjectError> {
             let i = first + k as u64;
             let pt = fk.open_segment(i, i == n - 1, chunk).map_err(|_| {
@@ -128,11 +169,7 @@ pub fn open_object(
                     f.object()
                 ))
             })?;
-            let m = if n == 1 {
-                SegMac::Root(blake3::keyed_hash(fk.mac_key(), pt))
-            } else {
-                SegMac::Cv(segment_cv(fk.mac_key(), seg, i, pt))
-            };
+            let m = segment_mac(fk.mac_key(), seg, i, n, pt);
             if let Some(out) = out {
                 out.write_all_at(pt, i * u64::from(seg))
                     .map_err(|e| ObjectError::Io(Error::io("output file", e)))?;
@@ -149,10 +186,7 @@ pub fn open_object(
                 .collect()
         };
         for r in macs {
-            match r? {
-                SegMac::Root(h) => mac.set_single(h),
-                SegMac::Cv(cv) => mac.push(cv),
-            }
+            mac.add(r?);
         }
         progress.bytes(plain);
         first += count as u64;

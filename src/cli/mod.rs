@@ -3,5 +3,8 @@
 pub mod args;
 pub mod bench_cmd;
 pub mod kms_cmd;
+pub mod output;
+pub mod progress;
+pub mod run;
 pub mod serve_cmd;
 pub mod size;

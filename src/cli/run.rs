@@ -1,0 +1,261 @@
+//! Handlers for `encrypt`, `decrypt`, `verify` and `ls`: turn validated arguments into
+//! library calls, and reports into summaries and exit codes.
+
+use std::sync::atomic::AtomicBool;
+
+use envseal::decrypt::{decrypt, DecryptOptions};
+use envseal::encrypt::{encrypt, EncryptOptions};
+use envseal::format;
+use envseal::keys::Kms;
+use envseal::manifest::{EntryKind, Manifest};
+use envseal::verify::{verify, VerifyOptions};
+use envseal::Error;
+use serde_json::json;
+
+use super::args::{DecryptArgs, EncryptArgs, LsArgs, VerifyArgs};
+use super::kms_cmd::kms_options;
+use super::output::{failures_json, rate, sanitize, summary};
+use super::progress::Bars;
+
+fn jobs(j: Option<usize>) -> anyhow::Result<usize> {
+    match j {
+        Some(0) => Err(Error::Usage("-j must be at least 1".into()).into()),
+        Some(n) => Ok(n),
+        None => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
+    }
+}
+
+/// Parses `1MiB`, `64KiB`, `4GiB`, `512` (bytes).
+pub fn parse_size(flag: &str, s: &str) -> anyhow::Result<u64> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" | "kb" => 1 << 10,
+        "m" | "mib" | "mb" => 1 << 20,
+        "g" | "gib" | "gb" => 1 << 30,
+        "t" | "tib" | "tb" => 1 << 40,
+        _ => {
+            return Err(Error::Usage(format!(
+                "{flag} {s:?}: unknown unit (use e.g. 64KiB, 1MiB, 4GiB)"
+            ))
+            .into())
+        }
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| Error::Usage(format!("{flag} {s:?}: not a size (e.g. 64KiB, 1MiB)")).into())
+}
+
+pub fn encrypt_cmd(a: EncryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
+    let seg = parse_size("--segment-size", &a.segment_size)?;
+    if !format::valid_segment_size(seg) {
+        return Err(Error::Usage(format!(
+            "--segment-size {}: must be a power of two from 4KiB to 64MiB",
+            a.segment_size
+        ))
+        .into());
+    }
+    let kms_url = a.kms.kms.clone().unwrap_or_else(|| "local".to_string());
+    let opts = EncryptOptions {
+        sources: a.sources,
+        vault: a.output,
+        key: a.key,
+        kms_url: kms_url.clone(),
+        segment_size: seg as u32,
+        excludes: a.exclude,
+        conceal_names: a.conceal_names,
+        resume: a.resume,
+        use_mmap: !a.no_mmap,
+        jobs: jobs(a.jobs)?,
+        batch_max_files: a.batch_max_files.unwrap_or(format::BATCH_MAX_FILES).max(1),
+        batch_max_bytes: match &a.batch_max_bytes {
+            Some(s) => parse_size("--batch-max-bytes", s)?.max(1),
+            None => format::BATCH_MAX_BYTES,
+        },
+    };
+    let kms = Kms::new(kms_options(), None);
+    let bars = Bars::new("encrypt", a.out.quiet);
+    let r = encrypt(&opts, &kms, &bars, cancel)?;
+    let line = format!(
+        "encrypted {} files, {} dirs, {} symlinks, {} bytes in {:.2} s ({:.2} GB/s) into {}; {} batch(es){}; {} skipped, {} failed",
+        r.files,
+        r.dirs,
+        r.symlinks,
+        r.bytes,
+        r.seconds,
+        rate(r.bytes, r.seconds),
+        opts.vault.display(),
+        r.batches,
+        if r.resumed_files > 0 { format!(", {} files resumed from the journal", r.resumed_files) } else { String::new() },
+        r.skipped.len(),
+        r.failed.len()
+    );
+    for f in &r.failed {
+        eprintln!(
+            "envseal: failed: {}: {}",
+            sanitize(&f.path),
+            sanitize(&f.why)
+        );
+    }
+    summary(
+        a.out.quiet,
+        a.out.json,
+        line,
+        json!({
+            "command": "encrypt",
+            "vault": opts.vault,
+            "files": r.files, "dirs": r.dirs, "symlinks": r.symlinks, "bytes": r.bytes,
+            "seconds": r.seconds, "gb_per_s": rate(r.bytes, r.seconds),
+            "batches": r.batches, "generated_keys": r.generated_keys,
+            "resumed_files": r.resumed_files,
+            "skipped": failures_json(&r.skipped), "failed": failures_json(&r.failed),
+        }),
+    );
+    Ok(if r.failed.is_empty() { 0 } else { 1 })
+}
+
+pub fn decrypt_cmd(a: DecryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
+    let opts = DecryptOptions {
+        vault: a.vault,
+        dest: a.output,
+        only: a.only,
+        overwrite: a.overwrite,
+        jobs: jobs(a.jobs)?,
+    };
+    let kms = Kms::new(kms_options(), a.kms);
+    let bars = Bars::new("decrypt", a.out.quiet);
+    let r = decrypt(&opts, &kms, &bars, cancel)?;
+    for f in &r.failed {
+        eprintln!(
+            "envseal: failed: {}: {}",
+            sanitize(&f.path),
+            sanitize(&f.why)
+        );
+    }
+    let line = format!(
+        "decrypted {} files, {} dirs, {} symlinks, {} bytes in {:.2} s ({:.2} GB/s) into {}; {} failed{}",
+        r.files,
+        r.dirs,
+        r.symlinks,
+        r.bytes,
+        r.seconds,
+        rate(r.bytes, r.seconds),
+        opts.dest.display(),
+        r.failed.len(),
+        if r.integrity_failures > 0 { format!(" ({} integrity failures)", r.integrity_failures) } else { String::new() }
+    );
+    summary(
+        a.out.quiet,
+        a.out.json,
+        line,
+        json!({
+            "command": "decrypt",
+            "dest": opts.dest,
+            "files": r.files, "dirs": r.dirs, "symlinks": r.symlinks, "bytes": r.bytes,
+            "seconds": r.seconds, "gb_per_s": rate(r.bytes, r.seconds),
+            "failed": failures_json(&r.failed), "integrity_failures": r.integrity_failures,
+        }),
+    );
+    Ok(if r.integrity_failures > 0 {
+        3
+    } else if !r.failed.is_empty() {
+        1
+    } else {
+        0
+    })
+}
+
+pub fn verify_cmd(a: VerifyArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
+    let opts = VerifyOptions {
+        deep: a.deep,
+        jobs: jobs(a.jobs)?,
+    };
+    let kms = Kms::new(kms_options(), a.kms);
+    let bars = Bars::new("verify", a.out.quiet);
+    let r = verify(&a.vault, &opts, Some(&kms), &bars, cancel)?;
+    for p in &r.problems {
+        eprintln!(
+            "envseal: {}: {} ({}): {}",
+            p.kind.as_str(),
+            sanitize(&p.path),
+            p.object,
+            sanitize(&p.detail)
+        );
+    }
+    let line = format!(
+        "verified{} {} objects, {} bytes of plaintext in {:.2} s: {}",
+        if r.deep { " (deep)" } else { "" },
+        r.files,
+        r.bytes,
+        r.seconds,
+        if r.problems.is_empty() {
+            "OK".to_string()
+        } else {
+            format!("{} problems", r.problems.len())
+        }
+    );
+    summary(
+        a.out.quiet,
+        a.out.json,
+        line,
+        json!({
+            "command": "verify", "deep": r.deep, "ok": r.problems.is_empty(),
+            "files": r.files, "bytes": r.bytes, "seconds": r.seconds,
+            "problems": r.problems.iter().map(|p| json!({
+                "kind": p.kind.as_str(), "path": p.path, "object": p.object, "detail": p.detail
+            })).collect::<Vec<_>>(),
+        }),
+    );
+    Ok(if r.problems.is_empty() { 0 } else { 3 })
+}
+
+pub fn ls_cmd(a: LsArgs) -> anyhow::Result<i32> {
+    let m = if Manifest::read(&a.vault)?.conceal_names {
+        // Concealed names need the key; this also authenticates the manifest.
+        envseal::vault::unlock(&a.vault, &Kms::new(kms_options(), a.kms))?.manifest
+    } else {
+        Manifest::read(&a.vault)?
+    };
+    for e in &m.entries {
+        let path = e.path.display();
+        let (kind, size, target) = match &e.kind {
+            EntryKind::File(f) => ("file", f.size, None),
+            EntryKind::Dir => ("dir", 0, None),
+            EntryKind::Symlink(t) => ("symlink", 0, Some(t.display())),
+        };
+        if a.json {
+            println!(
+                "{}",
+                json!({"path": path, "kind": kind, "size": size, "mode": format!("{:o}", e.mode),
+                       "mtime": e.mtime, "target": target,
+                       "object": e.file().map(|f| f.object())})
+            );
+        } else {
+            let t = time::OffsetDateTime::from_unix_timestamp(e.mtime)
+                .ok()
+                .and_then(|t| {
+                    t.format(time::macros::format_description!(
+                        "[year]-[month]-[day] [hour]:[minute]"
+                    ))
+                    .ok()
+                })
+                .unwrap_or_default();
+            let tail = target
+                .map(|t| format!(" -> {}", sanitize(&t)))
+                .unwrap_or_default();
+            println!(
+                "{:<7} {:>6o} {:>14} {}  {}{}",
+                kind,
+                e.mode,
+                size,
+                t,
+                sanitize(&path),
+                tail
+            );
+        }
+    }
+    Ok(0)
+}
