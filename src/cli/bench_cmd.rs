@@ -55,7 +55,7 @@ fn table(r: &BenchReport) -> String {
         ("memcpy", 1, f.memcpy),
         ("page cache write", n, f.page_cache_write),
         ("write + syncfs", n, f.durable_write),
-        ("tree write + syncfs", n, f.tree_write),
+        ("tree write", n, f.tree_write),
         ("encrypt (tree)", n, f.encrypt_tree),
     ];
     let mut out = format!(
@@ -74,7 +74,7 @@ fn table(r: &BenchReport) -> String {
         human(r.limit)
     );
     out += &format!(
-        "# tree limit = min(seal, blake3, tree write + syncfs) = {}\n",
+        "# tree limit = min(seal, blake3, tree write) = {}\n",
         human(r.tree_limit)
     );
     out += &format!(
