@@ -21,7 +21,7 @@ use rayon::prelude::*;
 
 use crate::crypto::{segment_mac, BatchKey, SegMac, TreeMac};
 use crate::error::{Error, IoContext, Result};
-use crate::format::{self, layout, ObjectHeader, ID_LEN, TAG_LEN};
+use crate::format::{self, layout, ObjectHeader, HEADER_LEN, ID_LEN, TAG_LEN};
 use crate::journal::{DoneRecord, Journal, RunParams, RunRecord};
 use crate::keys::Kms;
 use crate::manifest::{self, Batch, Entry, EntryKind, FileEntry, Manifest, Name};
@@ -620,7 +620,9 @@ fn encrypt_once(
         let mut mac = TreeMac::new(fk.mac_key());
         let slot = seg as usize + TAG_LEN;
         let window = window_segments(n, seg, ctx.jobs);
-        let mut buf = vec![0u8; window * slot];
+        // Sized to what the first window uses: a small file gets a small buffer.
+        let body = format::object_len(size, seg) - HEADER_LEN as u64;
+        let mut buf = vec![0u8; body.min((window * slot) as u64) as usize];
         let mut first = 0u64;
         while first < n {
             if ctx.cancel.load(Ordering::Relaxed) || ctx.stop.load(Ordering::Relaxed) {

@@ -140,11 +140,9 @@ pub fn open_object(
 
     let n = format::segment_count(f.size, seg);
     let slot = seg as usize + TAG_LEN;
-    let window = (n as usize)
-        .min((32usize << 20) / slot)
-        .max(2 * jobs)
-        .max(1);
-    let mut buf = vec![0u8; window.min(n as usize) * slot];
+    let window = window_segments(n, seg, jobs);
+    // Sized to what the first window uses: a small file gets a small buffer.
+    let mut buf = vec![0u8; (expected - HEADER_LEN as u64).min((window * slot) as u64) as usize];
     let mut ct_hash = blake3::Hasher::new();
     ct_hash.update(&hb);
     let mut mac = TreeMac::new(fk.mac_key());

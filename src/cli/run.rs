@@ -25,32 +25,13 @@ fn jobs(j: Option<usize>) -> anyhow::Result<usize> {
     }
 }
 
-/// Parses `1MiB`, `64KiB`, `4GiB`, `512` (bytes).
-pub fn parse_size(flag: &str, s: &str) -> anyhow::Result<u64> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" | "kb" => 1 << 10,
-        "m" | "mib" | "mb" => 1 << 20,
-        "g" | "gib" | "gb" => 1 << 30,
-        "t" | "tib" | "tb" => 1 << 40,
-        _ => {
-            return Err(Error::Usage(format!(
-                "{flag} {s:?}: unknown unit (use e.g. 64KiB, 1MiB, 4GiB)"
-            ))
-            .into())
-        }
-    };
-    num.parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .ok_or_else(|| Error::Usage(format!("{flag} {s:?}: not a size (e.g. 64KiB, 1MiB)")).into())
+/// A size flag's value (`1MiB`, `64KiB`, `4GiB`, bytes); errors are usage errors naming it.
+fn size_arg(flag: &str, s: &str) -> anyhow::Result<u64> {
+    super::size::parse_size(s).map_err(|e| Error::Usage(format!("{flag}: {e}")).into())
 }
 
 pub fn encrypt_cmd(a: EncryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
-    let seg = parse_size("--segment-size", &a.segment_size)?;
+    let seg = size_arg("--segment-size", &a.segment_size)?;
     if !format::valid_segment_size(seg) {
         return Err(Error::Usage(format!(
             "--segment-size {}: must be a power of two from 4KiB to 64MiB",
@@ -72,7 +53,7 @@ pub fn encrypt_cmd(a: EncryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
         jobs: jobs(a.jobs)?,
         batch_max_files: a.batch_max_files.unwrap_or(format::BATCH_MAX_FILES).max(1),
         batch_max_bytes: match &a.batch_max_bytes {
-            Some(s) => parse_size("--batch-max-bytes", s)?.max(1),
+            Some(s) => size_arg("--batch-max-bytes", s)?.max(1),
             None => format::BATCH_MAX_BYTES,
         },
     };
