@@ -144,6 +144,7 @@ pub fn encrypt(
 
     // The vault directory: new, or an unfinished run of the same command.
     let vault = &opts.vault;
+    let vault_existed = vault.exists();
     let (mut journal, run, old_batches, done_recs) = open_vault(vault, &params, opts.resume)?;
     let vault_id: [u8; ID_LEN] = format::from_hex(&run.vault_id)
         .ok_or_else(|| Error::format(vault.display().to_string(), "bad vault id in journal"))?;
@@ -253,7 +254,15 @@ pub fn encrypt(
     // One GenerateDataKey per new batch; key file and journal record before any ciphertext.
     for _ in 0..new_batches {
         let batch_id: [u8; ID_LEN] = format::random().at(vault)?;
-        let (b, k) = kms.generate(&opts.kms_url, &key, &vault_id, batch_id)?;
+        let (b, k) = match kms.generate(&opts.kms_url, &key, &vault_id, batch_id) {
+            Ok(v) => v,
+            Err(e) => {
+                if batches.is_empty() {
+                    discard_unstarted(vault, vault_existed);
+                }
+                return Err(e);
+            }
+        };
         manifest::write_key_file(vault, &vault_id, &b)?;
         journal.append_batch(&b.to_record())?;
         if keys.is_empty() {
@@ -462,6 +471,18 @@ fn open_vault(vault: &Path, params: &RunParams, must_resume: bool) -> Result<Ope
     };
     let journal = Journal::create(vault, &run)?;
     Ok((journal, run, Vec::new(), None))
+}
+
+/// A run refused its first data key (disabled or unknown CMK, wrong passphrase) has written
+/// no key and no ciphertext, so there is nothing to resume: remove what it created, so that
+/// the same `-o` can be used again with other arguments (e.g. another `--key`). Best effort;
+/// `remove_dir` only removes empty directories.
+fn discard_unstarted(vault: &Path, vault_existed: bool) {
+    let _ = fs::remove_file(vault.join(layout::JOURNAL));
+    let _ = fs::remove_dir(vault.join(layout::OBJECTS_DIR));
+    if !vault_existed {
+        let _ = fs::remove_dir(vault);
+    }
 }
 
 /// UTC now as `YYYY-MM-DDThh:mm:ssZ`.
