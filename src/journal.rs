@@ -89,6 +89,35 @@ fn lock(file: &File, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The `type` field of a journal line.
+#[derive(Deserialize)]
+struct Tag<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+}
+
+/// A `done` line. Parsed apart from [`Line`]: serde buffers internally tagged enums, and a
+/// `RawValue` cannot be read back from that buffer, so every `done` line would fail to parse
+/// and be taken for a torn tail (a resume would then redo every file).
+#[derive(Deserialize)]
+struct DoneLine<'a> {
+    mac: String,
+    #[serde(borrow)]
+    rec: &'a RawValue,
+}
+
+fn parse_line(line: &[u8]) -> serde_json::Result<Line<'_>> {
+    let tag: Tag = serde_json::from_slice(line)?;
+    if tag.kind == "done" {
+        let d: DoneLine = serde_json::from_slice(line)?;
+        return Ok(Line::Done {
+            mac: d.mac,
+            rec: d.rec,
+        });
+    }
+    serde_json::from_slice(line)
+}
+
 fn line_bytes<T: Serialize>(v: &T) -> Result<Vec<u8>> {
     let mut b = serde_json::to_vec(v).map_err(|e| Error::Runtime(e.to_string()))?;
     b.push(b'\n');
@@ -137,7 +166,7 @@ impl Journal {
         while let Some(line) = lines.next_line()? {
             let start = offset;
             offset += line.len() as u64 + 1;
-            let Ok(parsed) = serde_json::from_slice::<Line>(&line) else {
+            let Ok(parsed) = parse_line(&line) else {
                 break; // a torn last line from a crash
             };
             match parsed {
