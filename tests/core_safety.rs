@@ -357,6 +357,21 @@ fn a_symlink_planted_in_dest_is_never_written_through() {
         .unwrap()
         .file_type()
         .is_symlink());
+    // A link planted where the vault has a file is replaced (with --overwrite), never
+    // followed: the file it points to keeps its content.
+    let target = elsewhere.join("keep.txt");
+    fs::write(&target, b"not yours").unwrap();
+    let out3 = f.dir.path().join("out3");
+    fs::create_dir_all(out3.join("tree")).unwrap();
+    std::os::unix::fs::symlink(&target, out3.join("tree/run.sh")).unwrap();
+    let o = f.decrypt(&out3, &[]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert_eq!(fs::read(&target).unwrap(), b"not yours");
+    let o = f.decrypt(&out3, &["--overwrite", "-q"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(fs::read(&target).unwrap(), b"not yours");
+    assert_same_tree(&f.src, &out3.join("tree"));
+    fs::remove_file(&target).unwrap();
     // And the top-level directory itself as a link.
     let out2 = f.dir.path().join("out2");
     fs::create_dir_all(&out2).unwrap();

@@ -38,6 +38,7 @@ impl Base {
         gen_file(&src.join("twin-a.bin"), 5000, 2);
         gen_file(&src.join("twin-b.bin"), 5000, 3);
         write(&src.join("small.txt"), b"small file");
+        write(&src.join("empty.bin"), b"");
         write(
             &src.join("sub/other.txt"),
             b"another file, in a subdirectory",
@@ -117,6 +118,7 @@ impl Base {
             "twin-a.bin",
             "twin-b.bin",
             "small.txt",
+            "empty.bin",
             "sub/other.txt",
         ];
         for name in all {
@@ -234,7 +236,43 @@ fn swapped_segments_are_caught() {
     b.assert_caught(&v, &["data/big.bin"], "swapped segments 1 and 2");
 }
 
-/// Replaces the hex digit at `field`'s value offset `at` in the first line containing `needle`.
+#[test]
+fn an_empty_file_is_authenticated_too() {
+    let b = Base::new();
+    let v = b.copy();
+    let (_, obj) = b.object(&v, "data/empty.bin");
+    assert_eq!(
+        fs::metadata(&obj).unwrap().len(),
+        HDR + 16,
+        "header and one empty segment"
+    );
+    flip_byte(&obj, HDR + 7);
+    b.assert_caught(&v, &["data/empty.bin"], "empty file's tag");
+    let v = b.copy();
+    let (_, obj) = b.object(&v, "data/empty.bin");
+    OpenOptions::new()
+        .write(true)
+        .open(&obj)
+        .unwrap()
+        .set_len(HDR)
+        .unwrap();
+    b.assert_caught(&v, &["data/empty.bin"], "empty file's segment dropped");
+}
+
+#[test]
+fn a_missing_object_is_named() {
+    let b = Base::new();
+    let v = b.copy();
+    let (obj_name, obj) = b.object(&v, "data/small.txt");
+    fs::remove_file(&obj).unwrap();
+    let o = b.verify(&v, false);
+    let err = stderr(&o);
+    assert_eq!(code(&o), 3, "{err}");
+    assert!(err.contains("missing") && err.contains(&obj_name), "{err}");
+    b.assert_caught(&v, &["data/small.txt"], "missing object");
+}
+
+/// Replaces the hex digit at offset `at` of `field`'s value in `line` with another one.
 fn change_hex(line: &str, field: &str, at: usize) -> String {
     let key = format!("\"{field}\":\"");
     let i = line
