@@ -161,6 +161,46 @@ fn resume_after_kill_reuses_the_batch_key_and_round_trips() {
     assert_eq!(objects, 200);
 }
 
+/// Ctrl-C (SIGINT) stops a run with exit 130 and a resumable vault; running again finishes it.
+#[test]
+fn ctrl_c_leaves_a_resumable_vault() {
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("home");
+    let src = t.path().join("some");
+    for i in 0..100u64 {
+        gen_file(&src.join(format!("f{i:03}.bin")), 2 << 20, i + 1000);
+    }
+    let vault = t.path().join("vault");
+    let cmd = || {
+        let mut c = envseal(&home);
+        c.args(["encrypt", "-q", "-j", "1", "-o"])
+            .arg(&vault)
+            .arg(&src);
+        c
+    };
+    let mut child = cmd().stderr(Stdio::piped()).spawn().unwrap();
+    let journal = vault.join("journal.jsonl");
+    let started = Instant::now();
+    while !fs::read_to_string(&journal).is_ok_and(|j| j.contains("\"type\":\"batch\"")) {
+        assert!(child.try_wait().unwrap().is_none(), "finished too early");
+        assert!(started.elapsed() < Duration::from_secs(60), "no progress");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+    assert!(journal.exists() && !vault.join("manifest.jsonl").exists());
+    ok(&mut cmd());
+    assert_eq!(audit_count(&home, "GenerateDataKey"), 1);
+    let out = t.path().join("out");
+    ok(envseal(&home)
+        .args(["decrypt", "-q", "-o"])
+        .arg(&out)
+        .arg(&vault));
+    assert_same_tree(&src, &out.join("some"));
+}
+
 #[test]
 fn a_finished_vault_is_never_overwritten() {
     let f = Fixture::new(&[]);

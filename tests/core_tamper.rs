@@ -272,6 +272,37 @@ fn a_missing_object_is_named() {
     b.assert_caught(&v, &["data/small.txt"], "missing object");
 }
 
+#[test]
+fn a_damaged_or_missing_key_file_is_reported() {
+    let b = Base::new();
+    let key_file = |v: &Path| {
+        fs::read_dir(v)
+            .unwrap()
+            .map(|d| d.unwrap().path())
+            .find(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("keys-")
+            })
+            .unwrap()
+    };
+    let v = b.copy();
+    let k = key_file(&v);
+    let text = fs::read_to_string(&k).unwrap();
+    let i = text.find("\"key_commitment\"").unwrap() + 20;
+    let c = if text.as_bytes()[i] == b'0' { "1" } else { "0" };
+    fs::write(&k, format!("{}{c}{}", &text[..i], &text[i + 1..])).unwrap();
+    let o = b.verify(&v, false);
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    assert!(stderr(&o).contains("key-file"), "{}", stderr(&o));
+    let v = b.copy();
+    fs::remove_file(key_file(&v)).unwrap();
+    let o = b.verify(&v, false);
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    assert!(stderr(&o).contains("key-file"), "{}", stderr(&o));
+}
+
 /// Replaces the hex digit at offset `at` of `field`'s value in `line` with another one.
 fn change_hex(line: &str, field: &str, at: usize) -> String {
     let key = format!("\"{field}\":\"");
