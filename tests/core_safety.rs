@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::tree::{
@@ -68,6 +68,52 @@ fn set(items: &[&str]) -> BTreeSet<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
 
+/// Waits until the running encrypt's journal contains `needle`; panics if the run ends first
+/// (the tree is then too small to interrupt it).
+fn wait_for_journal(child: &mut Child, journal: &Path, needle: &str) {
+    let started = Instant::now();
+    while !fs::read_to_string(journal).is_ok_and(|j| j.contains(needle)) {
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!("encrypt finished ({st}) before it could be interrupted: make the tree larger");
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "no progress");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// While a `--conceal-names` run is unfinished, its journal must not hold the names either.
+#[test]
+#[ignore = "bug: journal.jsonl records done files with clear paths during a --conceal-names run"]
+fn concealed_names_stay_out_of_an_unfinished_journal() {
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("home");
+    let src = t.path().join("secret-project");
+    for i in 0..100u64 {
+        gen_file(&src.join(format!("payroll-{i:03}.bin")), 2 << 20, i);
+    }
+    let vault = t.path().join("vault");
+    let mut child = envseal(&home)
+        .args(["encrypt", "-q", "--conceal-names", "-j", "1", "-o"])
+        .arg(&vault)
+        .arg(&src)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let journal = vault.join("journal.jsonl");
+    wait_for_journal(&mut child, &journal, "\"type\":\"done\"");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let text = fs::read_to_string(&journal).unwrap();
+    assert!(
+        !text.contains("payroll"),
+        "file names in clear in the journal"
+    );
+    assert!(
+        !text.contains("secret-project/"),
+        "paths in clear in the journal"
+    );
+}
+
 #[test]
 fn resume_after_kill_reuses_the_batch_key_and_round_trips() {
     let t = tempfile::tempdir().unwrap();
@@ -92,17 +138,7 @@ fn resume_after_kill_reuses_the_batch_key_and_round_trips() {
         .spawn()
         .unwrap();
     let journal = vault.join("journal.jsonl");
-    let started = Instant::now();
-    loop {
-        if fs::read_to_string(&journal).is_ok_and(|j| j.contains("\"type\":\"done\"")) {
-            break;
-        }
-        if let Some(st) = child.try_wait().unwrap() {
-            panic!("encrypt finished ({st}) before it could be killed: make the tree larger");
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "no progress");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_for_journal(&mut child, &journal, "\"type\":\"done\"");
     child.kill().unwrap();
     child.wait().unwrap();
     // Complete `done` lines only (a line torn by the kill is cut off on resume).
@@ -180,12 +216,7 @@ fn ctrl_c_leaves_a_resumable_vault() {
     };
     let mut child = cmd().stderr(Stdio::piped()).spawn().unwrap();
     let journal = vault.join("journal.jsonl");
-    let started = Instant::now();
-    while !fs::read_to_string(&journal).is_ok_and(|j| j.contains("\"type\":\"batch\"")) {
-        assert!(child.try_wait().unwrap().is_none(), "finished too early");
-        assert!(started.elapsed() < Duration::from_secs(60), "no progress");
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    wait_for_journal(&mut child, &journal, "\"type\":\"batch\"");
     // SAFETY: kill(2) on our own child's pid.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
     let o = child.wait_with_output().unwrap();
