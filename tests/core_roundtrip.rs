@@ -18,13 +18,17 @@ fn fixture_tree_round_trips_byte_identical() {
     let t = tempfile::tempdir().unwrap();
     let home = t.path().join("home");
     let src = fixture_copy(&t.path().join("src"));
-    // Modes beyond 644/755: a private file, a group-only directory, a setgid-less odd mode.
+    // Modes beyond 644/755: a private file, a group-only directory, a read-only file.
     chmod(&src.join("one-byte.txt"), 0o600);
     chmod(&src.join("with space"), 0o750);
     chmod(&src.join("seg-exact.bin"), 0o444);
     for p in ["one-byte.txt", "with space", "seg-exact.bin"] {
         set_mtime(&src.join(p), 1_500_000_000, 1);
     }
+    // setuid and sticky bits, and a time before 1970.
+    chmod(&src.join("run.sh"), 0o4755);
+    chmod(&src.join("deep/a"), 0o1777);
+    set_mtime(&src.join("seg-minus-1.bin"), -315_619_200, 500_000_000);
     set_mtime(&src, 1_650_000_000, 987_654_321);
     let vault = t.path().join("vault");
     ok(envseal(&home)
