@@ -263,6 +263,33 @@ fn a_finished_vault_is_never_overwritten() {
     assert_eq!(files_under(&other), vec![PathBuf::from("precious.txt")]);
 }
 
+/// Usage errors found after the vault was opened (while walking) leave no vault behind.
+#[test]
+fn usage_errors_write_no_vault() {
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("home");
+    write(&t.path().join("a/x/f.txt"), b"one");
+    write(&t.path().join("b/x"), b"two");
+    let cases: Vec<(&str, Vec<PathBuf>)> = vec![
+        (
+            "two sources with one base name",
+            vec![t.path().join("a/x"), t.path().join("b/x")],
+        ),
+        ("a missing source", vec![t.path().join("missing")]),
+    ];
+    for (case, sources) in cases {
+        let vault = t.path().join("vault");
+        let o = envseal(&home)
+            .args(["encrypt", "-q", "-o"])
+            .arg(&vault)
+            .args(&sources)
+            .output()
+            .unwrap();
+        assert_eq!(code(&o), 2, "{case}: {}", stderr(&o));
+        assert!(!vault.exists(), "{case}: {} left behind", vault.display());
+    }
+}
+
 #[test]
 fn only_restores_a_path_a_directory_or_a_glob() {
     let f = Fixture::new(&[]);
