@@ -142,13 +142,20 @@ fn resume_after_kill_reuses_the_batch_key_and_round_trips() {
     child.kill().unwrap();
     child.wait().unwrap();
     // Complete `done` lines only (a line torn by the kill is cut off on resume).
-    let done_at_kill = fs::read_to_string(&journal)
+    let done: Vec<String> = fs::read_to_string(&journal)
         .unwrap()
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|v| v["type"] == "done")
-        .count();
+        .map(|v| v["rec"]["entry"]["path"].as_str().unwrap().to_string())
+        .collect();
+    let done_at_kill = done.len();
     eprintln!("killed with {done_at_kill} of 200 files recorded done");
+    // One file already done changes (same size, new content and mtime) before the resume: it
+    // must be encrypted again, not taken from the journal (the round trip below checks).
+    let changed = done[0].strip_prefix("many/").unwrap();
+    gen_file(&src.join(changed), 2 << 20, 4242);
+    common::tree::set_mtime(&src.join(changed), 1_999_999_999, 7);
     assert!(
         !vault.join("manifest.jsonl").exists(),
         "killed run wrote a manifest"
@@ -173,11 +180,12 @@ fn resume_after_kill_reuses_the_batch_key_and_round_trips() {
     let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["generated_keys"], 0, "{v}");
     assert_eq!(v["files"], 200, "{v}");
-    // Every file recorded done before the kill is taken over, not encrypted again.
+    // Every unchanged file recorded done before the kill is taken over, not encrypted again.
     assert!(
-        v["resumed_files"].as_u64().unwrap() >= done_at_kill as u64,
+        v["resumed_files"].as_u64().unwrap() >= done_at_kill as u64 - 1,
         "{v}"
     );
+    assert!(v["resumed_files"].as_u64().unwrap() < 200, "{v}");
     assert_eq!(
         audit_count(&home, "GenerateDataKey"),
         1,
