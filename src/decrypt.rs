@@ -136,6 +136,12 @@ fn check_tree(entries: &[Entry]) -> Result<()> {
     Ok(())
 }
 
+/// Whether `p` lies strictly below one of `dirs`.
+fn under(dirs: &[&[u8]], p: &[u8]) -> bool {
+    dirs.iter()
+        .any(|d| p.len() > d.len() && p.starts_with(d) && p[d.len()] == b'/')
+}
+
 fn join(dest: &Path, p: &[u8]) -> PathBuf {
     dest.join(OsStr::from_bytes(p))
 }
@@ -179,6 +185,12 @@ pub fn decrypt(
         if !matches!(e.kind, EntryKind::Dir) {
             continue;
         }
+        // Below a refused directory (a planted symlink), `create_dir` would follow the link:
+        // refuse the whole subtree, so that no directory is created or chmod-ed through it.
+        if under(&bad_dirs, rel(e)) {
+            bad_dirs.push(rel(e));
+            continue;
+        }
         let p = join(dest, rel(e));
         match fs::create_dir(&p) {
             Ok(()) => {}
@@ -200,11 +212,7 @@ pub fn decrypt(
         }
         report.dirs += 1;
     }
-    let under_bad = |p: &[u8]| {
-        bad_dirs
-            .iter()
-            .any(|d| p.len() > d.len() && p.starts_with(d) && p[d.len()] == b'/')
-    };
+    let under_bad = |p: &[u8]| under(&bad_dirs, p);
 
     // Files, in parallel (and each large file's segments in parallel too).
     let files: Vec<&Entry> = chosen

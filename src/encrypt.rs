@@ -145,7 +145,13 @@ pub fn encrypt(
 
     // The vault directory: new, or an unfinished run of the same command.
     let vault = &opts.vault;
+    let vault_existed = vault.exists();
     let (mut journal, run, old_batches, done_recs) = open_vault(vault, &params, opts.resume)?;
+    let mut unstarted = Unstarted {
+        vault,
+        vault_existed,
+        armed: old_batches.is_empty(),
+    };
     let vault_id: [u8; ID_LEN] = format::from_hex(&run.vault_id)
         .ok_or_else(|| Error::format(vault.display().to_string(), "bad vault id in journal"))?;
     fs::create_dir_all(vault.join(layout::OBJECTS_DIR)).at(vault.join(layout::OBJECTS_DIR))?;
@@ -257,6 +263,7 @@ pub fn encrypt(
         let (b, k) = kms.generate(&opts.kms_url, &key, &vault_id, batch_id)?;
         manifest::write_key_file(vault, &vault_id, &b)?;
         journal.append_batch(&b.to_record())?;
+        unstarted.armed = false;
         if keys.is_empty() {
             journal.set_mac_key(k.journal_mac_key());
         }
@@ -463,6 +470,30 @@ fn open_vault(vault: &Path, params: &RunParams, must_resume: bool) -> Result<Ope
     };
     let journal = Journal::create(vault, &run)?;
     Ok((journal, run, Vec::new(), None))
+}
+
+/// Until its first batch record is in the journal, a run has written no key and no
+/// ciphertext, so there is nothing to resume. If it stops there (a refused CMK, a wrong
+/// passphrase, a usage error found while walking), this removes what it created, so that the
+/// same `-o` can be used again with other arguments. Best effort: `remove_dir` only removes
+/// empty directories.
+struct Unstarted<'a> {
+    vault: &'a Path,
+    vault_existed: bool,
+    armed: bool,
+}
+
+impl Drop for Unstarted<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let _ = fs::remove_file(self.vault.join(layout::JOURNAL));
+        let _ = fs::remove_dir(self.vault.join(layout::OBJECTS_DIR));
+        if !self.vault_existed {
+            let _ = fs::remove_dir(self.vault);
+        }
+    }
 }
 
 /// UTC now as `YYYY-MM-DDThh:mm:ssZ`.

@@ -231,6 +231,15 @@ fn bad(what: &str, why: impl Into<String>) -> Error {
     Error::format(what, why)
 }
 
+/// A record of a known format version that does not validate (a field that disagrees with
+/// another, an unsafe path) can only come from damage or tampering: exit 3, not 1.
+fn tampered(e: Error) -> Error {
+    match e {
+        Error::Format { what, why } => Error::Integrity { what, why },
+        e => e,
+    }
+}
+
 impl Batch {
     pub fn to_record(&self) -> BatchRecord {
         BatchRecord {
@@ -520,13 +529,15 @@ impl Manifest {
                     if m.batches.len() >= format::MAX_BATCHES {
                         return Err(bad(&at, "too many batches"));
                     }
-                    m.batches.push(Batch::from_record(&b, &at)?)
+                    m.batches
+                        .push(Batch::from_record(&b, &at).map_err(tampered)?)
                 }
                 (Record::Entry(e), Some(m)) if !m.batches.is_empty() => {
                     if m.entries.len() as u64 >= format::MAX_ENTRIES {
                         return Err(bad(&at, "too many entries"));
                     }
-                    m.entries.push(Entry::from_record(&e, &m.batches, &at)?)
+                    m.entries
+                        .push(Entry::from_record(&e, &m.batches, &at).map_err(tampered)?)
                 }
                 (Record::End(end), Some(m)) => {
                     if end.entries != m.entries.len() as u64 {

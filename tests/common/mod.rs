@@ -1,6 +1,8 @@
 //! Shared helpers for the integration tests: temp trees, the real binary, local servers.
 #![allow(dead_code)]
 
+pub mod tree;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -1,0 +1,442 @@
+//! Tampering is caught: single-byte flips anywhere in an object, truncation at a segment
+//! boundary, swapped objects and swapped segments are named by keyless `verify` (exit 3) and
+//! refused by `decrypt` (exit 3, the file left absent, no temporary file, the rest restored);
+//! any change to the manifest fails `verify --deep` and `decrypt`; extra objects are reported.
+
+mod common;
+
+use std::fs::{self, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::tree::{code, copy_vault, flip_byte, gen_file, ok, temp_files, write};
+use common::{envseal, stderr};
+
+const S: u64 = 4096;
+const HDR: u64 = 136;
+/// One segment on disk: ciphertext and tag.
+const SEG: u64 = S + 16;
+/// `data/big.bin`: four full segments and a last one of 100 bytes.
+const BIG: u64 = 4 * S + 100;
+
+/// A small vault (4 KiB segments) and the source it came from.
+struct Base {
+    dir: tempfile::TempDir,
+    home: PathBuf,
+    src: PathBuf,
+    vault: PathBuf,
+    n: std::cell::Cell<u32>,
+}
+
+impl Base {
+    fn new() -> Base {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        let src = dir.path().join("data");
+        gen_file(&src.join("big.bin"), BIG, 1);
+        gen_file(&src.join("twin-a.bin"), 5000, 2);
+        gen_file(&src.join("twin-b.bin"), 5000, 3);
+        write(&src.join("small.txt"), b"small file");
+        write(&src.join("empty.bin"), b"");
+        write(
+            &src.join("sub/other.txt"),
+            b"another file, in a subdirectory",
+        );
+        let vault = dir.path().join("vault");
+        ok(envseal(&home)
+            .args(["encrypt", "-q", "--segment-size", "4KiB", "-o"])
+            .arg(&vault)
+            .arg(&src));
+        Base {
+            dir,
+            home,
+            src,
+            vault,
+            n: std::cell::Cell::new(0),
+        }
+    }
+
+    /// A fresh copy of the vault for one case.
+    fn copy(&self) -> PathBuf {
+        self.n.set(self.n.get() + 1);
+        let v = self.dir.path().join(format!("case-{}", self.n.get()));
+        copy_vault(&self.vault, &v);
+        v
+    }
+
+    /// The object of a vault path, inside `vault`.
+    fn object(&self, vault: &Path, path: &str) -> (String, PathBuf) {
+        let o = common::tree::objects_by_path(vault)[path].clone();
+        let p = vault.join(&o);
+        (o, p)
+    }
+
+    fn verify(&self, vault: &Path, deep: bool) -> Output {
+        let mut c = envseal(&self.home);
+        c.arg("verify");
+        if deep {
+            c.arg("--deep");
+        }
+        c.arg(vault).output().unwrap()
+    }
+
+    fn decrypt(&self, vault: &Path) -> (Output, PathBuf) {
+        let out = vault.with_extension("out");
+        let o = envseal(&self.home)
+            .arg("decrypt")
+            .arg(vault)
+            .arg("-o")
+            .arg(&out)
+            .output()
+            .unwrap();
+        (o, out)
+    }
+
+    /// Keyless verify names every damaged (path, object) and exits 3; decrypt exits 3, names
+    /// each damaged path, leaves no output and no temporary file for it, and restores the rest
+    /// byte for byte.
+    fn assert_caught(&self, vault: &Path, damaged: &[&str], case: &str) {
+        let v = self.verify(vault, false);
+        let err = stderr(&v);
+        assert_eq!(code(&v), 3, "{case}: verify exit code; stderr: {err}");
+        for p in damaged {
+            let (obj, _) = self.object(vault, p);
+            assert!(
+                err.contains(p) && err.contains(&obj),
+                "{case}: verify does not name {p} ({obj}): {err}"
+            );
+        }
+        let d = self.verify(vault, true);
+        assert_eq!(code(&d), 3, "{case}: verify --deep: {}", stderr(&d));
+
+        let (o, out) = self.decrypt(vault);
+        let err = stderr(&o);
+        assert_eq!(code(&o), 3, "{case}: decrypt exit code; stderr: {err}");
+        let all = [
+            "big.bin",
+            "twin-a.bin",
+            "twin-b.bin",
+            "small.txt",
+            "empty.bin",
+            "sub/other.txt",
+        ];
+        for name in all {
+            let p = format!("data/{name}");
+            let restored = out.join(&p);
+            if damaged.contains(&p.as_str()) {
+                assert!(err.contains(&p), "{case}: decrypt does not name {p}: {err}");
+                assert!(
+                    fs::symlink_metadata(&restored).is_err(),
+                    "{case}: {p} was written although it failed"
+                );
+            } else {
+                assert_eq!(
+                    fs::read(&restored).unwrap_or_else(|e| panic!("{case}: {p}: {e}")),
+                    fs::read(self.src.join(name)).unwrap(),
+                    "{case}: {p} not restored intact"
+                );
+            }
+        }
+        let tmp = temp_files(&out);
+        assert!(tmp.is_empty(), "{case}: temporary files left: {tmp:?}");
+    }
+}
+
+#[test]
+fn any_single_byte_flip_in_an_object_is_caught() {
+    let b = Base::new();
+    let last = HDR + 4 * SEG;
+    let cases: &[(&str, u64)] = &[
+        ("magic", 0),
+        ("version", 9),
+        ("algorithm", 11),
+        ("segment size", 13),
+        ("plaintext length", 23),
+        ("vault id", 30),
+        ("batch id", 45),
+        ("file id", 60),
+        ("salt", 80),
+        ("commitment", 120),
+        ("first segment ciphertext", HDR + 5),
+        ("middle segment ciphertext", HDR + 2 * SEG + 2000),
+        ("last segment ciphertext", last + 50),
+        ("tag of segment 1", HDR + SEG + S + 3),
+        ("last byte (last tag)", last + 100 + 15),
+    ];
+    for (case, at) in cases {
+        let v = b.copy();
+        let (_, obj) = b.object(&v, "data/big.bin");
+        assert_eq!(
+            fs::metadata(&obj).unwrap().len(),
+            last + 116,
+            "object layout"
+        );
+        flip_byte(&obj, *at);
+        b.assert_caught(&v, &["data/big.bin"], case);
+    }
+}
+
+#[test]
+fn truncation_at_a_segment_boundary_is_caught() {
+    let b = Base::new();
+    for keep in [1u64, 4] {
+        let v = b.copy();
+        let (_, obj) = b.object(&v, "data/big.bin");
+        let f = OpenOptions::new().write(true).open(&obj).unwrap();
+        f.set_len(HDR + keep * SEG).unwrap();
+        drop(f);
+        b.assert_caught(
+            &v,
+            &["data/big.bin"],
+            &format!("truncated to {keep} segments"),
+        );
+    }
+}
+
+#[test]
+fn swapped_objects_are_caught() {
+    let b = Base::new();
+    let v = b.copy();
+    let (_, a) = b.object(&v, "data/twin-a.bin");
+    let (_, c) = b.object(&v, "data/twin-b.bin");
+    assert_eq!(
+        fs::metadata(&a).unwrap().len(),
+        fs::metadata(&c).unwrap().len(),
+        "the twins' objects have the same length, so only authentication can tell them apart"
+    );
+    let tmp = a.with_extension("swap");
+    fs::rename(&a, &tmp).unwrap();
+    fs::rename(&c, &a).unwrap();
+    fs::rename(&tmp, &c).unwrap();
+    b.assert_caught(
+        &v,
+        &["data/twin-a.bin", "data/twin-b.bin"],
+        "swapped objects",
+    );
+}
+
+#[test]
+fn swapped_segments_are_caught() {
+    let b = Base::new();
+    let v = b.copy();
+    let (_, obj) = b.object(&v, "data/big.bin");
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&obj)
+        .unwrap();
+    let mut s1 = vec![0u8; SEG as usize];
+    let mut s2 = vec![0u8; SEG as usize];
+    f.read_exact_at(&mut s1, HDR + SEG).unwrap();
+    f.read_exact_at(&mut s2, HDR + 2 * SEG).unwrap();
+    f.write_all_at(&s2, HDR + SEG).unwrap();
+    f.write_all_at(&s1, HDR + 2 * SEG).unwrap();
+    drop(f);
+    b.assert_caught(&v, &["data/big.bin"], "swapped segments 1 and 2");
+}
+
+#[test]
+fn an_empty_file_is_authenticated_too() {
+    let b = Base::new();
+    let v = b.copy();
+    let (_, obj) = b.object(&v, "data/empty.bin");
+    assert_eq!(
+        fs::metadata(&obj).unwrap().len(),
+        HDR + 16,
+        "header and one empty segment"
+    );
+    flip_byte(&obj, HDR + 7);
+    b.assert_caught(&v, &["data/empty.bin"], "empty file's tag");
+    let v = b.copy();
+    let (_, obj) = b.object(&v, "data/empty.bin");
+    OpenOptions::new()
+        .write(true)
+        .open(&obj)
+        .unwrap()
+        .set_len(HDR)
+        .unwrap();
+    b.assert_caught(&v, &["data/empty.bin"], "empty file's segment dropped");
+}
+
+#[test]
+fn a_missing_object_is_named() {
+    let b = Base::new();
+    let v = b.copy();
+    let (obj_name, obj) = b.object(&v, "data/small.txt");
+    fs::remove_file(&obj).unwrap();
+    let o = b.verify(&v, false);
+    let err = stderr(&o);
+    assert_eq!(code(&o), 3, "{err}");
+    assert!(err.contains("missing") && err.contains(&obj_name), "{err}");
+    b.assert_caught(&v, &["data/small.txt"], "missing object");
+}
+
+#[test]
+fn a_damaged_or_missing_key_file_is_reported() {
+    let b = Base::new();
+    let key_file = |v: &Path| {
+        fs::read_dir(v)
+            .unwrap()
+            .map(|d| d.unwrap().path())
+            .find(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("keys-")
+            })
+            .unwrap()
+    };
+    let v = b.copy();
+    let k = key_file(&v);
+    let text = fs::read_to_string(&k).unwrap();
+    let i = text.find("\"key_commitment\"").unwrap() + 20;
+    let c = if text.as_bytes()[i] == b'0' { "1" } else { "0" };
+    fs::write(&k, format!("{}{c}{}", &text[..i], &text[i + 1..])).unwrap();
+    let o = b.verify(&v, false);
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    assert!(stderr(&o).contains("key-file"), "{}", stderr(&o));
+    let v = b.copy();
+    fs::remove_file(key_file(&v)).unwrap();
+    let o = b.verify(&v, false);
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    assert!(stderr(&o).contains("key-file"), "{}", stderr(&o));
+}
+
+/// Replaces the hex digit at offset `at` of `field`'s value in `line` with another one.
+fn change_hex(line: &str, field: &str, at: usize) -> String {
+    let key = format!("\"{field}\":\"");
+    let i = line
+        .find(&key)
+        .unwrap_or_else(|| panic!("no {field} in {line}"))
+        + key.len()
+        + at;
+    let c = line.as_bytes()[i];
+    let n = if c == b'0' { '1' } else { '0' };
+    format!("{}{}{}", &line[..i], n, &line[i + 1..])
+}
+
+#[test]
+fn any_change_to_the_manifest_fails_deep_verify_and_decrypt() {
+    let b = Base::new();
+    let text = fs::read_to_string(b.vault.join("manifest.jsonl")).unwrap();
+    let lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let find = |needle: &str| {
+        lines
+            .iter()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no line with {needle}"))
+    };
+    let small = find("\"path\":\"data/small.txt\"");
+    let big = find("\"path\":\"data/big.bin\"");
+    let end = lines.len() - 1;
+    assert!(lines[end].contains("\"type\":\"end\""));
+    type Edit = Box<dyn Fn(&mut Vec<String>)>;
+    let cases: Vec<(&str, Edit)> = vec![
+        (
+            "an entry's ciphertext digest",
+            Box::new(move |l| l[small] = change_hex(&l[small], "ct_blake3", 7)),
+        ),
+        (
+            "an entry's plaintext MAC",
+            Box::new(move |l| l[big] = change_hex(&l[big], "pt_mac", 0)),
+        ),
+        (
+            "a size",
+            Box::new(move |l| l[small] = l[small].replace("\"size\":10,", "\"size\":11,")),
+        ),
+        (
+            "a mode",
+            Box::new(move |l| l[small] = l[small].replace("\"mode\":420,", "\"mode\":421,")),
+        ),
+        (
+            "the MAC",
+            Box::new(move |l| l[end] = change_hex(&l[end], "mac", 20)),
+        ),
+        (
+            "the entry count",
+            Box::new(move |l| l[end] = l[end].replace("\"entries\":", "\"entries\":1")),
+        ),
+        (
+            "an entry's file id",
+            Box::new(move |l| l[small] = change_hex(&l[small], "file_id", 5)),
+        ),
+        (
+            "an entry's batch id",
+            Box::new(move |l| l[small] = change_hex(&l[small], "batch_id", 3)),
+        ),
+        (
+            "the batch record's id",
+            Box::new(move |l| l[1] = change_hex(&l[1], "batch_id", 3)),
+        ),
+        (
+            "a path made to escape",
+            Box::new(move |l| l[small] = l[small].replace("data/small.txt", "data/../small.txt")),
+        ),
+        (
+            "the segment size",
+            Box::new(move |l| {
+                l[0] = l[0].replace("\"segment_size\":4096", "\"segment_size\":8192")
+            }),
+        ),
+        (
+            "a deleted entry line",
+            Box::new(move |l| {
+                l.remove(small);
+            }),
+        ),
+        (
+            "two entry lines swapped",
+            Box::new(move |l| l.swap(small, big)),
+        ),
+        (
+            "an appended line",
+            Box::new(move |l| {
+                let dup = l[small].clone();
+                l.push(dup);
+            }),
+        ),
+        (
+            "a line inserted before the end",
+            Box::new(move |l| {
+                let dup = l[small].replace("data/small.txt", "data/small2.txt");
+                l.insert(end, dup);
+            }),
+        ),
+    ];
+    for (case, edit) in cases {
+        let v = b.copy();
+        let mut l = lines.clone();
+        edit(&mut l);
+        let new = l.join("\n") + "\n";
+        assert_ne!(new, text, "{case}: the edit changed nothing");
+        fs::write(v.join("manifest.jsonl"), new).unwrap();
+        let d = b.verify(&v, true);
+        assert_eq!(code(&d), 3, "{case}: verify --deep: {}", stderr(&d));
+        let (o, out) = b.decrypt(&v);
+        assert_eq!(code(&o), 3, "{case}: decrypt: {}", stderr(&o));
+        // Nothing of an unauthenticated manifest is restored: not even DEST is created.
+        assert!(!out.exists(), "{case}: decrypt created {}", out.display());
+    }
+}
+
+#[test]
+fn extra_object_is_reported_by_verify() {
+    let b = Base::new();
+    let v = b.copy();
+    let (_, obj) = b.object(&v, "data/small.txt");
+    let stray = obj
+        .parent()
+        .unwrap()
+        .join("00000000000000000000000000000000");
+    fs::copy(&obj, &stray).unwrap();
+    let o = b.verify(&v, false);
+    let err = stderr(&o);
+    assert_eq!(code(&o), 3, "{err}");
+    assert!(
+        err.contains("extra") && err.contains("00000000000000000000000000000000"),
+        "{err}"
+    );
+    // The intact vault still verifies clean (so the report above is about the stray file).
+    ok(envseal(&b.home).arg("verify").arg(&b.vault));
+}
