@@ -19,7 +19,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use rayon::prelude::*;
 
-use crate::crypto::{segment_mac, BatchKey, SegMac, TreeMac};
+use crate::crypto::{segment_mac, BatchKey, NameKey, SegMac, TreeMac};
 use crate::error::{Error, IoContext, Result};
 use crate::format::{self, layout, ObjectHeader, HEADER_LEN, ID_LEN, TAG_LEN};
 use crate::journal::{DoneRecord, Journal, RunParams, RunRecord};
@@ -192,35 +192,39 @@ pub fn encrypt(
     };
 
     // Plan: reuse done files whose source is unchanged, assign the rest to batches.
+    // Concealed runs keep names sealed in the journal too (first batch's name key).
+    let name_key = match (opts.conceal_names, keys.first()) {
+        (true, Some(k)) => Some(k.name_key()),
+        _ => None,
+    };
+    let mut done_by_path: HashMap<Vec<u8>, (FileEntry, &DoneRecord)> = HashMap::new();
+    for d in &done {
+        let mut e = Entry::from_record(&d.entry, &batches, "journal")?;
+        if let Some(nk) = &name_key {
+            e.reveal(nk)?;
+        }
+        if let (Some(p), EntryKind::File(f)) = (e.path.clear(), e.kind) {
+            done_by_path.insert(p.to_vec(), (f, d));
+        }
+    }
     let mut reused: HashMap<Vec<u8>, FileEntry> = HashMap::new();
-    let done_by_path: HashMap<Vec<u8>, &DoneRecord> = done
-        .iter()
-        .filter_map(|d| {
-            let e = Entry::from_record(&d.entry, &batches, "journal").ok()?;
-            Some((e.path.clear()?.to_vec(), d))
-        })
-        .collect();
     let mut load: Vec<(u64, u64)> = vec![(0, 0); batches.len()];
     let mut work: Vec<Work> = Vec::new();
     for e in &walked.entries {
         let SourceKind::File { size, .. } = e.kind else {
             continue;
         };
-        if let Some(d) = done_by_path.get(&e.path) {
-            if let Ok(entry) = Entry::from_record(&d.entry, &batches, "journal") {
-                if let EntryKind::File(f) = entry.kind {
-                    if d.dev == e.dev
-                        && d.ino == e.ino
-                        && f.size == size
-                        && d.entry.mtime == e.mtime
-                        && d.entry.mtime_nsec == e.mtime_nsec
-                    {
-                        load[f.batch].0 += 1;
-                        load[f.batch].1 += size;
-                        reused.insert(e.path.clone(), f);
-                        continue;
-                    }
-                }
+        if let Some((f, d)) = done_by_path.remove(&e.path) {
+            let unchanged = d.dev == e.dev
+                && d.ino == e.ino
+                && f.size == size
+                && d.entry.mtime == e.mtime
+                && d.entry.mtime_nsec == e.mtime_nsec;
+            if unchanged {
+                load[f.batch].0 += 1;
+                load[f.batch].1 += size;
+                reused.insert(e.path.clone(), f);
+                continue;
             }
         }
         work.push(Work { entry: e, batch: 0 });
@@ -271,6 +275,10 @@ pub fn encrypt(
         keys.push(k);
         report.generated_keys += 1;
     }
+    let journal_names = match (opts.conceal_names, keys.first()) {
+        (true, Some(k)) => Some(k.name_key()),
+        _ => None,
+    };
     report.batches = batches.len() as u64;
 
     // Encrypt in parallel; this thread group-commits finished files to the journal.
@@ -344,7 +352,13 @@ pub fn encrypt(
             let due = oldest.is_some_and(|t| t.elapsed() > Duration::from_millis(500))
                 || pending.len() >= 1024;
             if due && fatal.is_none() {
-                if let Err(e) = commit(vault, &mut journal, &pending, &batches) {
+                if let Err(e) = commit(
+                    vault,
+                    &mut journal,
+                    &pending,
+                    &batches,
+                    journal_names.as_ref(),
+                ) {
                     stop.store(true, Ordering::Relaxed);
                     fatal = Some(e);
                 } else {
@@ -354,7 +368,13 @@ pub fn encrypt(
             }
         }
         if fatal.is_none() {
-            match commit(vault, &mut journal, &pending, &batches) {
+            match commit(
+                vault,
+                &mut journal,
+                &pending,
+                &batches,
+                journal_names.as_ref(),
+            ) {
                 Ok(()) => finished.append(&mut pending),
                 Err(e) => fatal = Some(e),
             }
@@ -506,7 +526,13 @@ pub fn now_rfc3339() -> String {
 
 /// Makes finished objects durable, then records them (one `syncfs` per group, not one fsync
 /// per file: a million small files must not mean a million fsyncs).
-fn commit(vault: &Path, journal: &mut Journal, done: &[Done], batches: &[Batch]) -> Result<()> {
+fn commit(
+    vault: &Path,
+    journal: &mut Journal,
+    done: &[Done],
+    batches: &[Batch],
+    name_key: Option<&NameKey>,
+) -> Result<()> {
     if done.is_empty() {
         return Ok(());
     }
@@ -526,7 +552,7 @@ fn commit(vault: &Path, journal: &mut Journal, done: &[Done], batches: &[Batch])
                 kind: EntryKind::File(d.file.clone()),
             };
             Ok(DoneRecord {
-                entry: e.to_record(batches, None)?,
+                entry: e.to_record(batches, name_key)?,
                 dev: d.dev,
                 ino: d.ino,
             })

@@ -602,6 +602,18 @@ impl Manifest {
             return Ok(());
         }
         let nk = first_batch_key.name_key();
+        for e in &mut self.entries {
+            e.reveal(&nk)?;
+        }
+        self.entries
+            .sort_by(|a, b| a.path.clear().cmp(&b.path.clear()));
+        Ok(())
+    }
+}
+
+impl Entry {
+    /// Decrypts this entry's sealed path and link target (no-op for clear names).
+    pub fn reveal(&mut self, nk: &NameKey) -> Result<()> {
         let open = |n: &mut Name, aad: &[u8]| -> Result<()> {
             if let Name::Sealed(s) = n {
                 let clear = nk.open(s, aad).map_err(|_| {
@@ -612,14 +624,10 @@ impl Manifest {
             }
             Ok(())
         };
-        for e in &mut self.entries {
-            open(&mut e.path, AAD_PATH)?;
-            if let EntryKind::Symlink(t) = &mut e.kind {
-                open(t, AAD_TARGET)?;
-            }
+        open(&mut self.path, AAD_PATH)?;
+        if let EntryKind::Symlink(t) = &mut self.kind {
+            open(t, AAD_TARGET)?;
         }
-        self.entries
-            .sort_by(|a, b| a.path.clear().cmp(&b.path.clear()));
         Ok(())
     }
 }

@@ -83,7 +83,6 @@ fn wait_for_journal(child: &mut Child, journal: &Path, needle: &str) {
 
 /// While a `--conceal-names` run is unfinished, its journal must not hold the names either.
 #[test]
-#[ignore = "bug: journal.jsonl records done files with clear paths during a --conceal-names run"]
 fn concealed_names_stay_out_of_an_unfinished_journal() {
     let t = tempfile::tempdir().unwrap();
     let home = t.path().join("home");
@@ -112,6 +111,51 @@ fn concealed_names_stay_out_of_an_unfinished_journal() {
         !text.contains("secret-project/"),
         "paths in clear in the journal"
     );
+    // Resuming reveals the sealed journal names again: finished files are reused.
+    let out = envseal(&home)
+        .args([
+            "encrypt",
+            "-q",
+            "--json",
+            "--conceal-names",
+            "-j",
+            "1",
+            "-o",
+        ])
+        .arg(&vault)
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(summary["resumed_files"].as_u64().unwrap() >= 1, "{summary}");
+    assert_eq!(summary["files"], 100);
+    let dest = t.path().join("out");
+    let out = envseal(&home)
+        .args(["decrypt", "-q", "-o"])
+        .arg(&dest)
+        .arg(&vault)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for i in 0..100u64 {
+        let name = format!("payroll-{i:03}.bin");
+        assert_eq!(
+            fs::read(dest.join("secret-project").join(&name)).unwrap(),
+            fs::read(src.join(&name)).unwrap(),
+            "{name}"
+        );
+    }
 }
 
 #[test]
