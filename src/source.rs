@@ -209,3 +209,66 @@ impl Source {
         Ok(md.len() == self.size && (md.mtime(), md.mtime_nsec()) == self.mtime)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::walk::SourceKind;
+    use std::os::unix::fs::MetadataExt;
+
+    fn entry(path: &Path) -> SourceEntry {
+        let md = std::fs::metadata(path).unwrap();
+        SourceEntry {
+            path: b"f".to_vec(),
+            source: path.to_path_buf(),
+            kind: SourceKind::File {
+                size: md.len(),
+                device: false,
+            },
+            mode: 0o644,
+            mtime: md.mtime(),
+            mtime_nsec: md.mtime_nsec() as u32,
+            dev: md.dev(),
+            ino: md.ino(),
+        }
+    }
+
+    /// A mapped file truncated under us must not kill the process (SIGBUS), and the change
+    /// must be reported.
+    #[test]
+    fn truncated_mapped_file_is_detected_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, vec![7u8; 1 << 20]).unwrap();
+        let src = Source::open(&entry(&p), false, true).unwrap();
+        assert!(src.is_mapped());
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        // The pages are gone: the guard turns the fault into zeros and counts it.
+        src.read_at(0, &mut buf).unwrap();
+        assert!(!src.unchanged(false).unwrap());
+    }
+
+    #[test]
+    fn short_read_is_an_error_not_a_short_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, vec![1u8; 1000]).unwrap();
+        let src = Source::open(&entry(&p), false, false).unwrap();
+        assert!(!src.is_mapped());
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_len(10)
+            .unwrap();
+        let mut buf = vec![0u8; 1000];
+        let e = src.read_at(0, &mut buf).unwrap_err();
+        assert!(e.to_string().contains("changed while being read"), "{e}");
+    }
+}
