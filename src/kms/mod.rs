@@ -277,6 +277,9 @@ pub struct KmsOptions {
     pub retry: retry::RetryPolicy,
     /// Per-request timeout for HTTP providers.
     pub timeout: std::time::Duration,
+    /// Asks the user for the passphrase of a sealed local key store when ENVSEAL_PASSPHRASE is
+    /// not set (the CLI injects a terminal prompt; the library never touches the terminal).
+    pub passphrase_prompt: Option<fn() -> Option<Zeroizing<String>>>,
 }
 
 impl Default for KmsOptions {
@@ -284,6 +287,7 @@ impl Default for KmsOptions {
         KmsOptions {
             retry: retry::RetryPolicy::default(),
             timeout: std::time::Duration::from_secs(30),
+            passphrase_prompt: None,
         }
     }
 }
