@@ -9,11 +9,8 @@ use zeroize::Zeroizing;
 
 use super::auth::Incoming;
 use super::reply::ApiError;
-use crate::kms::keystore::KeyStore;
+use crate::kms::keystore::{self, KeyStore};
 use crate::kms::{EncryptionContext, KmsError};
-
-/// Largest `Plaintext` Encrypt takes (6 KiB, as the service documents).
-pub const MAX_PLAINTEXT: usize = 6 * 1024;
 
 /// A success reply: the JSON body (zeroized after sending, it may hold a plaintext) and the
 /// key id to log.
@@ -95,7 +92,7 @@ pub fn dispatch(
                     key_id: &sealed.key_id,
                     key_version_id: &sealed.key_version_id,
                     plaintext: plaintext.as_deref().map(String::as_str),
-                    ciphertext_blob: &B64.encode(&sealed.blob),
+                    ciphertext_blob: &keystore::encode_blob(&sealed.blob),
                     request_id,
                 },
                 Some(sealed.key_id.clone()),
@@ -104,7 +101,7 @@ pub fn dispatch(
         "Encrypt" => {
             let key = required(req, "KeyId")?;
             let plaintext = required(req, "Plaintext")?;
-            if plaintext.len() > MAX_PLAINTEXT {
+            if plaintext.len() > keystore::MAX_PLAINTEXT_LEN {
                 return Err(ApiError::invalid("Plaintext"));
             }
             let ctx = context(req, "EncryptionContext")?;
@@ -112,7 +109,7 @@ pub fn dispatch(
                 .encrypt(key, plaintext.as_bytes(), &ctx)
                 .map_err(kms)?;
             reply(
-                json!({ "KeyId": sealed.key_id, "KeyVersionId": sealed.key_version_id, "CiphertextBlob": B64.encode(&sealed.blob) }),
+                json!({ "KeyId": sealed.key_id, "KeyVersionId": sealed.key_version_id, "CiphertextBlob": keystore::encode_blob(&sealed.blob) }),
                 Some(sealed.key_id.clone()),
             )
         }
@@ -144,7 +141,7 @@ pub fn dispatch(
             reply(
                 json!({
                     "KeyId": sealed.key_id, "KeyVersionId": sealed.key_version_id,
-                    "CiphertextBlob": B64.encode(&sealed.blob),
+                    "CiphertextBlob": keystore::encode_blob(&sealed.blob),
                     "SourceKeyId": opened.key_id, "SourceKeyVersionId": opened.key_version_id,
                 }),
                 Some(sealed.key_id.clone()),
@@ -219,14 +216,9 @@ fn context(req: &Incoming, name: &str) -> Result<EncryptionContext, ApiError> {
     }
 }
 
-/// A base64 blob; ASCII whitespace is ignored because the docs' sample sends a trailing
-/// newline (kms-wire.md §5).
+/// A base64 blob, decoded as the key store reads the wire form (whitespace ignored).
 fn blob(req: &Incoming, name: &str) -> Result<Vec<u8>, ApiError> {
-    let text: String = required(req, name)?
-        .chars()
-        .filter(|c| !c.is_ascii_whitespace())
-        .collect();
-    B64.decode(text).map_err(|_| ApiError::invalid(name))
+    keystore::decode_blob(required(req, name)?).map_err(|_| ApiError::invalid(name))
 }
 
 /// `NumberOfBytes` (1..=1024) wins over `KeySpec` (`AES_256` or `AES_128`); 32 by default.
