@@ -589,3 +589,41 @@ fn many_concurrent_clients() {
         h.join().unwrap();
     }
 }
+
+/// Both official Python SDKs (old v1, new v3 and new v2) run the documented flow against a
+/// fresh server each (`tests/sdk/alibaba_sdk_flow.py`; skipped outside CI without the venv).
+#[test]
+fn official_sdks_run_the_documented_flow() {
+    let Some(pyenv) = common::pyenv() else { return };
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/alibaba_sdk_flow.py");
+    let runs: Vec<_> = ["old", "v3", "v2"]
+        .into_iter()
+        .map(|flavor| {
+            let (pyenv, script) = (pyenv.clone(), script.clone());
+            std::thread::spawn(move || {
+                let server = Server::start();
+                let out = Command::new(pyenv.join("bin/python"))
+                    .arg(&script)
+                    .args(["--endpoint", &format!("127.0.0.1:{}", server.port)])
+                    .args(["--flavor", flavor])
+                    .env("ALIBABA_CLOUD_ACCESS_KEY_ID", AK_ID)
+                    .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", AK_SECRET)
+                    .output()
+                    .expect("cannot run python");
+                (flavor, out, server.stderr())
+            })
+        })
+        .collect();
+    for run in runs {
+        let (flavor, out, server_log) = run.join().unwrap();
+        let stdout = common::stdout(&out);
+        assert!(
+            out.status.success() && stdout.contains(&format!("== {flavor}: all checks passed")),
+            "{flavor} SDK flow failed:\n{stdout}\n{}\nserver:\n{server_log}",
+            common::stderr(&out)
+        );
+        // The flow's plaintexts never reach the server's log.
+        assert!(!server_log.contains("BEGIN KEY"), "{server_log}");
+    }
+}
