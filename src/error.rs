@@ -28,9 +28,10 @@ pub enum Error {
         source: io::Error,
     },
 
-    /// The KMS refused or could not be reached (exit 1).
+    /// The KMS refused or could not be reached (exit 1). Not a `#[source]`: the message already
+    /// holds the KmsError, and `{:#}` would print it twice.
     #[error("KMS: {0}")]
-    Kms(#[from] KmsError),
+    Kms(KmsError),
 
     /// The vault is damaged or has been tampered with (exit 3).
     #[error("integrity: {what}: {why}")]
@@ -80,6 +81,12 @@ impl Error {
             Error::Interrupted => 130,
             _ => 1,
         }
+    }
+}
+
+impl From<KmsError> for Error {
+    fn from(e: KmsError) -> Self {
+        Error::Kms(e)
     }
 }
 

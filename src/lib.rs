@@ -13,8 +13,19 @@
 //! objects. The byte formats are specified in `docs/FORMAT.md`; their constants live in
 //! [`format`].
 
+pub mod crypto;
+pub mod decrypt;
+pub mod encrypt;
 pub mod error;
+pub mod format;
+pub mod journal;
+pub mod keys;
 pub mod kms;
+pub mod manifest;
+pub mod object;
 pub mod progress;
+pub mod source;
+pub mod vault;
+pub mod walk;
 
 pub use error::{Error, Result};

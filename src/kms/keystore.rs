@@ -214,7 +214,7 @@ impl KeyStore {
             .mode(0o700)
             .create(&keys)
             .map_err(|e| io_error(&keys, e))?;
-        let _lock = self.lock(true)?;
+        let lock = self.lock(true)?;
         let path = self.dir.join("store.json");
         let file: StoreFile = match self.read_json(&path)? {
             Some(f) => f,
@@ -268,6 +268,8 @@ impl KeyStore {
                 return Ok(());
             }
         };
+        // The slow key derivation below need not hold up other processes.
+        drop(lock);
         if file.format != FORMAT_VERSION {
             return Err(KmsError::new(
                 KmsErrorKind::Io,
@@ -942,16 +944,24 @@ impl KeyStore {
     }
 
     fn audit(&self, op: &str, key_id: &str, error: Option<&str>) -> Result<(), KmsError> {
-        let mut line = serde_json::json!({
-            "time": format_time(now()),
-            "op": op,
-            "key_id": key_id,
-            "ok": error.is_none(),
-        });
-        if let Some(code) = error {
-            line["error"] = code.into();
+        #[derive(Serialize)]
+        struct Line<'a> {
+            time: String,
+            op: &'a str,
+            key_id: &'a str,
+            ok: bool,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            error: Option<&'a str>,
         }
-        let mut text = line.to_string();
+        let line = Line {
+            time: format_time(now()),
+            op,
+            key_id,
+            ok: error.is_none(),
+            error,
+        };
+        let mut text = serde_json::to_string(&line)
+            .map_err(|e| KmsError::new(KmsErrorKind::Io, format!("audit line: {e}")))?;
         text.push('\n');
         let path = self.dir.join("audit.jsonl");
         // One write(2) with O_APPEND: concurrent writers never interleave within a line.
@@ -1054,19 +1064,16 @@ fn aead_seal(key: &[u8; 32], aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, Km
     let mut nonce = [0u8; NONCE_LEN];
     getrandom::getrandom(&mut nonce).map_err(no_random)?;
     let key = aead_key(key)?;
-    let mut out = Vec::with_capacity(NONCE_LEN + plaintext.len() + TAG_LEN);
-    out.extend_from_slice(&nonce);
-    out.extend_from_slice(plaintext);
-    let mut body = out.split_off(NONCE_LEN);
+    // Room for the tag up front, so no reallocation leaves a plaintext copy behind.
+    let mut body = Zeroizing::new(Vec::with_capacity(plaintext.len() + TAG_LEN));
+    body.extend_from_slice(plaintext);
     key.seal_in_place_append_tag(
         aead::Nonce::assume_unique_for_key(nonce),
         aead::Aad::from(aad),
-        &mut body,
+        &mut *body,
     )
     .map_err(|_| KmsError::new(KmsErrorKind::Io, "AES-GCM seal failed"))?;
-    out.extend_from_slice(&body);
-    body.zeroize();
-    Ok(out)
+    Ok([&nonce[..], &body[..]].concat())
 }
 
 /// Opens `nonce ‖ ciphertext ‖ tag`; `None` when it does not authenticate.
@@ -1145,7 +1152,7 @@ fn is_uuid(s: &str) -> bool {
 }
 
 /// Alibaba's alias rules: `alias/` then 1..=255 of `[A-Za-z0-9_/-]`, not `alias/acs/...`.
-fn validate_alias(alias: &str) -> Result<(), KmsError> {
+pub fn validate_alias(alias: &str) -> Result<(), KmsError> {
     let bad = |why: &str| invalid_parameter("AliasName", &format!("{alias:?} {why}"));
     let Some(name) = alias.strip_prefix("alias/") else {
         return Err(bad("must start with alias/"));
@@ -1673,6 +1680,54 @@ mod tests {
     fn store_is_send_and_sync() {
         fn check<T: Send + Sync>() {}
         check::<KeyStore>();
+    }
+
+    /// Pins the documented blob layout by opening and making blobs with ring directly, from the
+    /// key material as it lies in an unsealed key file.
+    #[test]
+    fn blob_layout_matches_the_documentation() {
+        let (_t, s) = store();
+        let id = s.create_key("").unwrap().key_id;
+        let file: serde_json::Value =
+            serde_json::from_slice(&fs::read(s.key_path(&id)).unwrap()).unwrap();
+        let version = file["primary_version"].as_str().unwrap().to_string();
+        let material = B64
+            .decode(file["versions"][0]["material"].as_str().unwrap())
+            .unwrap();
+        let key =
+            aead::LessSafeKey::new(aead::UnboundKey::new(&aead::AES_256_GCM, &material).unwrap());
+        let c = ctx("v");
+        let aad = [
+            b"envseal-kms-blob-v1".as_slice(),
+            version.as_bytes(),
+            br#"{"envseal:batch":"b1","envseal:vault":"v"}"#,
+        ]
+        .concat();
+
+        // Store -> by hand.
+        let blob = s.encrypt(&id, b"pinned", &c).unwrap().blob;
+        assert_eq!(&blob[..36], version.as_bytes());
+        let nonce = aead::Nonce::try_assume_unique_for_key(&blob[36..48]).unwrap();
+        let mut body = blob[48..].to_vec();
+        let plain = key
+            .open_in_place(nonce, aead::Aad::from(&aad), &mut body)
+            .unwrap();
+        assert_eq!(plain, b"pinned");
+
+        // By hand -> store.
+        let nonce = [9u8; 12];
+        let mut body = b"made by hand".to_vec();
+        key.seal_in_place_append_tag(
+            aead::Nonce::assume_unique_for_key(nonce),
+            aead::Aad::from(&aad),
+            &mut body,
+        )
+        .unwrap();
+        let blob = [version.as_bytes(), &nonce, &body].concat();
+        assert_eq!(
+            &s.decrypt(&blob, &c).unwrap().plaintext[..],
+            b"made by hand"
+        );
     }
 
     #[test]

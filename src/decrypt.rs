@@ -1,0 +1,358 @@
+//! `decrypt`: vault -> destination directory, whole or in part (`--only`).
+//!
+//! Never writes outside DEST: vault paths are validated (relative, no `..`), every directory
+//! is created by us or checked to be a real directory (not a symlink) before anything is
+//! written below it, and symlinks from the vault are created last. Each file is decrypted
+//! into a temporary name beside its target and renamed only after every check passed.
+
+use std::ffi::OsStr;
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use globset::{Glob, GlobSetBuilder};
+use rayon::prelude::*;
+
+use crate::encrypt::Failure;
+use crate::error::{Error, IoContext, Result};
+use crate::keys::Kms;
+use crate::manifest::{Entry, EntryKind};
+use crate::object::{open_object, ObjectError};
+use crate::progress::Progress;
+use crate::vault::{unlock, Unlocked};
+
+#[derive(Clone, Debug)]
+pub struct DecryptOptions {
+    pub vault: PathBuf,
+    pub dest: PathBuf,
+    /// Paths or globs; empty = everything.
+    pub only: Vec<String>,
+    pub overwrite: bool,
+    pub jobs: usize,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct DecryptReport {
+    pub files: u64,
+    pub bytes: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub failed: Vec<Failure>,
+    /// How many of `failed` are integrity failures (exit 3).
+    pub integrity_failures: u64,
+    pub seconds: f64,
+}
+
+fn rel(e: &Entry) -> &[u8] {
+    e.path.clear().unwrap_or_default()
+}
+
+fn parent(p: &[u8]) -> Option<&[u8]> {
+    p.iter().rposition(|&b| b == b'/').map(|i| &p[..i])
+}
+
+/// Selects entries for `--only`: matches, everything below a matched directory, and the
+/// directories above them.
+fn select(entries: &[Entry], only: &[String]) -> Result<Vec<usize>> {
+    if only.is_empty() {
+        return Ok((0..entries.len()).collect());
+    }
+    let mut gs = GlobSetBuilder::new();
+    let mut exact: Vec<&[u8]> = Vec::new();
+    for o in only {
+        let trimmed = o.trim_end_matches('/');
+        if o.contains(['*', '?', '[', '{']) {
+            gs.add(Glob::new(trimmed).map_err(|e| Error::Usage(format!("--only {o:?}: {e}")))?);
+        } else {
+            exact.push(trimmed.as_bytes());
+        }
+    }
+    let globs = gs
+        .build()
+        .map_err(|e| Error::Usage(format!("--only: {e}")))?;
+    let matched =
+        |p: &[u8]| exact.iter().any(|x| p == *x) || globs.is_match(Path::new(OsStr::from_bytes(p)));
+    let mut roots: Vec<&[u8]> = Vec::new();
+    let mut picked = vec![false; entries.len()];
+    for (i, e) in entries.iter().enumerate() {
+        let p = rel(e);
+        let under = roots
+            .iter()
+            .any(|r| p.len() > r.len() && p.starts_with(r) && p[r.len()] == b'/');
+        if under || matched(p) {
+            picked[i] = true;
+            if matches!(e.kind, EntryKind::Dir) {
+                roots.push(p);
+            }
+        }
+    }
+    if !picked.iter().any(|&b| b) {
+        return Err(Error::Usage(format!(
+            "--only {}: matches nothing in the vault (see `envseal ls`)",
+            only.join(", ")
+        )));
+    }
+    // Ancestors of every picked entry.
+    let index: std::collections::HashMap<&[u8], usize> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (rel(e), i))
+        .collect();
+    for i in 0..entries.len() {
+        if !picked[i] {
+            continue;
+        }
+        let mut p = rel(&entries[i]);
+        while let Some(up) = parent(p) {
+            if let Some(&j) = index.get(up) {
+                picked[j] = true;
+            }
+            p = up;
+        }
+    }
+    Ok((0..entries.len()).filter(|&i| picked[i]).collect())
+}
+
+/// Every entry's parent must be a directory entry of the vault, so that creating directories
+/// from the manifest (and checking them) covers every path we write.
+fn check_tree(entries: &[Entry]) -> Result<()> {
+    let dirs: std::collections::HashSet<&[u8]> = entries
+        .iter()
+        .filter(|e| matches!(e.kind, EntryKind::Dir))
+        .map(rel)
+        .collect();
+    for e in entries {
+        if let Some(p) = parent(rel(e)) {
+            if !dirs.contains(p) {
+                return Err(Error::integrity(
+                    "manifest",
+                    format!("{} has no parent directory entry", e.path.display()),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn join(dest: &Path, p: &[u8]) -> PathBuf {
+    dest.join(OsStr::from_bytes(p))
+}
+
+fn set_mtime(path: &Path, e: &Entry, symlink: bool) -> std::io::Result<()> {
+    let t = filetime::FileTime::from_unix_time(e.mtime, e.mtime_nsec);
+    if symlink {
+        filetime::set_symlink_file_times(path, t, t)
+    } else {
+        filetime::set_file_times(path, t, t)
+    }
+}
+
+pub fn decrypt(
+    opts: &DecryptOptions,
+    kms: &Kms,
+    progress: &dyn Progress,
+    cancel: &AtomicBool,
+) -> Result<DecryptReport> {
+    let started = Instant::now();
+    let Unlocked { manifest, keys } = unlock(&opts.vault, kms)?;
+    check_tree(&manifest.entries)?;
+    let chosen = select(&manifest.entries, &opts.only)?;
+    fs::create_dir_all(&opts.dest).at(&opts.dest)?;
+    let dest = &opts.dest;
+    let mut report = DecryptReport::default();
+    let mut bad_dirs: Vec<&[u8]> = Vec::new();
+    let fail = |report: &mut DecryptReport, e: &Entry, why: String, integrity: bool| {
+        report.failed.push(Failure {
+            path: e.path.display(),
+            why,
+        });
+        if integrity {
+            report.integrity_failures += 1;
+        }
+    };
+
+    // Directories first, parents before children (sorted order), each checked to be real.
+    for &i in &chosen {
+        let e = &manifest.entries[i];
+        if !matches!(e.kind, EntryKind::Dir) {
+            continue;
+        }
+        let p = join(dest, rel(e));
+        match fs::create_dir(&p) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+                let is_real_dir = fs::symlink_metadata(&p)
+                    .map(|m| m.is_dir())
+                    .unwrap_or(false);
+                if !is_real_dir {
+                    bad_dirs.push(rel(e));
+                    fail(&mut report, e, format!("{} exists and is not a directory (a symlink or file); refusing to write through it", p.display()), false);
+                    continue;
+                }
+            }
+            Err(err) => {
+                bad_dirs.push(rel(e));
+                fail(&mut report, e, format!("{}: {err}", p.display()), false);
+                continue;
+            }
+        }
+        report.dirs += 1;
+    }
+    let under_bad = |p: &[u8]| {
+        bad_dirs
+            .iter()
+            .any(|d| p.len() > d.len() && p.starts_with(d) && p[d.len()] == b'/')
+    };
+
+    // Files, in parallel (and each large file's segments in parallel too).
+    let files: Vec<&Entry> = chosen
+        .iter()
+        .map(|&i| &manifest.entries[i])
+        .filter(|e| e.file().is_some() && !under_bad(rel(e)))
+        .collect();
+    let total: u64 = files.iter().filter_map(|e| e.file()).map(|f| f.size).sum();
+    progress.start(files.len() as u64, total);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(opts.jobs.max(1))
+        .build()
+        .map_err(|e| Error::Runtime(format!("thread pool: {e}")))?;
+    let results: Vec<(usize, std::result::Result<u64, ObjectError>)> = pool.install(|| {
+        files
+            .par_iter()
+            .enumerate()
+            .map(|(k, e)| {
+                let r = restore_file(opts, &manifest, &keys, e, progress, cancel);
+                progress.file_done();
+                (k, r)
+            })
+            .collect()
+    });
+    for (k, r) in results {
+        let e = files[k];
+        match r {
+            Ok(bytes) => {
+                report.files += 1;
+                report.bytes += bytes;
+            }
+            Err(ObjectError::Cancelled) => return Err(Error::Interrupted),
+            Err(ObjectError::Integrity(why)) => {
+                progress.notice(&format!("FAILED {}: {why}", e.path.display()));
+                fail(&mut report, e, why, true)
+            }
+            Err(ObjectError::Io(err)) => {
+                progress.notice(&format!("failed {}: {err}", e.path.display()));
+                fail(&mut report, e, err.to_string(), false)
+            }
+        }
+    }
+
+    // Symlinks after files, so no file is ever written through a restored link.
+    for &i in &chosen {
+        let e = &manifest.entries[i];
+        let EntryKind::Symlink(target) = &e.kind else {
+            continue;
+        };
+        if under_bad(rel(e)) {
+            continue;
+        }
+        let p = join(dest, rel(e));
+        if let Ok(md) = fs::symlink_metadata(&p) {
+            if !opts.overwrite || md.is_dir() {
+                fail(
+                    &mut report,
+                    e,
+                    format!("{} exists (use --overwrite to replace it)", p.display()),
+                    false,
+                );
+                continue;
+            }
+            if let Err(err) = fs::remove_file(&p) {
+                fail(&mut report, e, format!("{}: {err}", p.display()), false);
+                continue;
+            }
+        }
+        let t = OsStr::from_bytes(target.clear().unwrap_or_default());
+        match std::os::unix::fs::symlink(t, &p).and_then(|_| set_mtime(&p, e, true)) {
+            Ok(()) => report.symlinks += 1,
+            Err(err) => fail(&mut report, e, format!("{}: {err}", p.display()), false),
+        }
+    }
+
+    // Directory modes and times last, deepest first (writing inside a directory changes them).
+    for &i in chosen.iter().rev() {
+        let e = &manifest.entries[i];
+        if !matches!(e.kind, EntryKind::Dir) || bad_dirs.contains(&rel(e)) {
+            continue;
+        }
+        let p = join(dest, rel(e));
+        let r = fs::set_permissions(&p, fs::Permissions::from_mode(e.mode))
+            .and_then(|_| set_mtime(&p, e, false));
+        if let Err(err) = r {
+            fail(&mut report, e, format!("{}: {err}", p.display()), false);
+        }
+    }
+    progress.finish();
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Decrypts one file into a temporary name and renames it into place.
+fn restore_file(
+    opts: &DecryptOptions,
+    m: &crate::manifest::Manifest,
+    keys: &[crate::crypto::BatchKey],
+    e: &Entry,
+    progress: &dyn Progress,
+    cancel: &AtomicBool,
+) -> std::result::Result<u64, ObjectError> {
+    let io = |p: &Path, err: std::io::Error| ObjectError::Io(Error::io(p, err));
+    let f = e
+        .file()
+        .ok_or_else(|| ObjectError::Integrity("not a file".into()))?;
+    let target = join(&opts.dest, rel(e));
+    if let Ok(md) = fs::symlink_metadata(&target) {
+        if !opts.overwrite || md.is_dir() {
+            return Err(ObjectError::Io(Error::Runtime(format!(
+                "{} exists (use --overwrite to replace it)",
+                target.display()
+            ))));
+        }
+    }
+    let dir = target.parent().unwrap_or(&opts.dest);
+    let name = target.file_name().unwrap_or_default().to_string_lossy();
+    let suffix: [u8; 6] = crate::format::random().map_err(|err| io(dir, err))?;
+    let tmp = dir.join(format!(".{name}.envseal-{}.tmp", hex::encode(suffix)));
+    let out: File = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|err| io(&tmp, err))?;
+    let result = (|| {
+        out.set_len(f.size).map_err(|err| io(&tmp, err))?;
+        open_object(
+            &opts.vault,
+            m,
+            f,
+            &keys[f.batch],
+            opts.jobs,
+            Some(&out),
+            progress,
+            cancel,
+        )?;
+        out.sync_all().map_err(|err| io(&tmp, err))?;
+        out.set_permissions(fs::Permissions::from_mode(e.mode))
+            .map_err(|err| io(&tmp, err))?;
+        let t = filetime::FileTime::from_unix_time(e.mtime, e.mtime_nsec);
+        filetime::set_file_handle_times(&out, Some(t), Some(t)).map_err(|err| io(&tmp, err))?;
+        fs::rename(&tmp, &target).map_err(|err| io(&target, err))
+    })();
+    if result.is_err() {
+        // The temporary file holds unauthenticated or partial plaintext: never leave it.
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map(|_| f.size)
+}

@@ -1,0 +1,710 @@
+//! `encrypt`: sources -> vault, resumable.
+//!
+//! Order of durability (what makes a crash at any moment resumable, FORMAT-RULES 12):
+//! journal `run` record -> per batch: `GenerateDataKey`, key file, journal `batch` record ->
+//! objects written (no per-file fsync) -> group commit: `syncfs` of the vault, then journal
+//! `done` records -> manifest written atomically -> journal removed. Objects not named by a
+//! `done` record are swept on the next run; their files are redone with a fresh salt.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use rayon::prelude::*;
+
+use crate::crypto::{segment_cv, BatchKey, TreeMac};
+use crate::error::{Error, IoContext, Result};
+use crate::format::{self, layout, ObjectHeader, ID_LEN, TAG_LEN};
+use crate::journal::{DoneRecord, Journal, RunParams, RunRecord};
+use crate::keys::Kms;
+use crate::manifest::{self, Batch, Entry, EntryKind, FileEntry, Manifest, Name};
+use crate::progress::Progress;
+use crate::source::Source;
+use crate::walk::{self, SourceEntry, SourceKind};
+
+/// What to encrypt and how.
+#[derive(Clone, Debug)]
+pub struct EncryptOptions {
+    pub sources: Vec<PathBuf>,
+    pub vault: PathBuf,
+    /// CMK id, ARN or alias; `None` = the default alias.
+    pub key: Option<String>,
+    /// Provider URL for new batches.
+    pub kms_url: String,
+    pub segment_size: u32,
+    pub excludes: Vec<String>,
+    pub conceal_names: bool,
+    /// Demand an unfinished run to resume (running the same command again resumes anyway).
+    pub resume: bool,
+    pub use_mmap: bool,
+    pub jobs: usize,
+    pub batch_max_files: u64,
+    pub batch_max_bytes: u64,
+}
+
+/// A file that could not be encrypted (the run goes on without it).
+#[derive(Clone, Debug)]
+pub struct Failure {
+    pub path: String,
+    pub why: String,
+}
+
+/// The outcome of a run.
+#[derive(Clone, Debug, Default)]
+pub struct EncryptReport {
+    pub files: u64,
+    pub bytes: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    /// Files taken over from the journal of an interrupted run.
+    pub resumed_files: u64,
+    pub batches: u64,
+    /// `GenerateDataKey` calls made by this run.
+    pub generated_keys: u64,
+    pub skipped: Vec<Failure>,
+    pub failed: Vec<Failure>,
+    pub seconds: f64,
+}
+
+/// Why one file's encryption stopped.
+enum FileError {
+    /// The source could not be read, or changed: the file is reported and skipped.
+    Source(String),
+    /// The vault could not be written: the run stops (resumable).
+    Vault(Error),
+    Cancelled,
+}
+
+struct Work<'a> {
+    entry: &'a SourceEntry,
+    batch: usize,
+}
+
+struct Done {
+    path: Vec<u8>,
+    file: FileEntry,
+    dev: u64,
+    ino: u64,
+    entry_meta: (u32, i64, u32),
+}
+
+/// Runs an encryption. `cancel` stops it between segments (the vault stays resumable).
+pub fn encrypt(
+    opts: &EncryptOptions,
+    kms: &Kms,
+    progress: &dyn Progress,
+    cancel: &AtomicBool,
+) -> Result<EncryptReport> {
+    let started = Instant::now();
+    if !format::valid_segment_size(u64::from(opts.segment_size)) {
+        return Err(Error::Usage(format!(
+            "--segment-size {}: must be a power of two from 4KiB to 64MiB",
+            opts.segment_size
+        )));
+    }
+    let key = opts
+        .key
+        .clone()
+        .unwrap_or_else(|| crate::kms::DEFAULT_ALIAS.to_string());
+    let sources: Vec<PathBuf> = opts
+        .sources
+        .iter()
+        .map(|s| std::path::absolute(s).at(s))
+        .collect::<Result<_>>()?;
+    let params = RunParams {
+        sources: sources
+            .iter()
+            .map(|s| B64.encode(s.as_os_str().as_bytes()))
+            .collect(),
+        key: opts.key.clone(),
+        kms: opts.kms_url.clone(),
+        segment_size: opts.segment_size,
+        conceal_names: opts.conceal_names,
+        excludes: opts.excludes.clone(),
+    };
+    let exclude = walk::excludes(&opts.excludes)?;
+    for s in &sources {
+        if opts.vault.starts_with(s)
+            || std::path::absolute(&opts.vault).is_ok_and(|v| v.starts_with(s))
+        {
+            return Err(Error::Usage(format!(
+                "the vault {} is inside the source {}; choose a vault outside the sources",
+                opts.vault.display(),
+                s.display()
+            )));
+        }
+    }
+
+    // The vault directory: new, or an unfinished run of the same command.
+    let vault = &opts.vault;
+    let (mut journal, run, old_batches, done_recs) = open_vault(vault, &params, opts.resume)?;
+    let vault_id: [u8; ID_LEN] = format::from_hex(&run.vault_id)
+        .ok_or_else(|| Error::format(vault.display().to_string(), "bad vault id in journal"))?;
+    fs::create_dir_all(vault.join(layout::OBJECTS_DIR)).at(vault.join(layout::OBJECTS_DIR))?;
+
+    // Walk.
+    let walked = walk::walk(&sources, &exclude, |files, bytes| {
+        progress.walking(files, bytes)
+    })?;
+    let mut report = EncryptReport::default();
+    for s in &walked.skipped {
+        let f = Failure {
+            path: s.path.display().to_string(),
+            why: s.why.clone(),
+        };
+        progress.notice(&format!("skipped {}: {}", f.path, f.why));
+        if s.error {
+            report.failed.push(f);
+        } else {
+            report.skipped.push(f);
+        }
+    }
+
+    // Batches of the interrupted run: unwrap again (one Decrypt each) and check commitments.
+    let mut batches: Vec<Batch> = Vec::new();
+    let mut keys: Vec<BatchKey> = Vec::new();
+    for (i, rec) in old_batches.iter().enumerate() {
+        let b = Batch::from_record(rec, &format!("journal batch {i}"))?;
+        keys.push(kms.unwrap(&vault_id, &b)?);
+        batches.push(b);
+    }
+    let mut journal_loaded = done_recs;
+    if let Some(k) = keys.first() {
+        journal.set_mac_key(k.journal_mac_key());
+    }
+    let done: Vec<DoneRecord> = match journal_loaded.take() {
+        Some(l) => journal.authenticated_done(&l)?,
+        None => Vec::new(),
+    };
+
+    // Plan: reuse done files whose source is unchanged, assign the rest to batches.
+    let mut reused: HashMap<Vec<u8>, FileEntry> = HashMap::new();
+    let done_by_path: HashMap<Vec<u8>, &DoneRecord> = done
+        .iter()
+        .filter_map(|d| {
+            let e = Entry::from_record(&d.entry, &batches, "journal").ok()?;
+            Some((e.path.clear()?.to_vec(), d))
+        })
+        .collect();
+    let mut load: Vec<(u64, u64)> = vec![(0, 0); batches.len()];
+    let mut work: Vec<Work> = Vec::new();
+    for e in &walked.entries {
+        let SourceKind::File { size, .. } = e.kind else {
+            continue;
+        };
+        if let Some(d) = done_by_path.get(&e.path) {
+            if let Ok(entry) = Entry::from_record(&d.entry, &batches, "journal") {
+                if let EntryKind::File(f) = entry.kind {
+                    if d.dev == e.dev
+                        && d.ino == e.ino
+                        && f.size == size
+                        && d.entry.mtime == e.mtime
+                        && d.entry.mtime_nsec == e.mtime_nsec
+                    {
+                        load[f.batch].0 += 1;
+                        load[f.batch].1 += size;
+                        reused.insert(e.path.clone(), f);
+                        continue;
+                    }
+                }
+            }
+        }
+        work.push(Work { entry: e, batch: 0 });
+    }
+    report.resumed_files = reused.len() as u64;
+
+    // Assign work to batches in order, opening new ones past the limits (at least one batch,
+    // so every vault has a key for its manifest MAC).
+    let mut new_batches = 0usize;
+    let mut cur = 0usize;
+    for w in work.iter_mut() {
+        let size = match w.entry.kind {
+            SourceKind::File { size, .. } => size,
+            _ => 0,
+        };
+        loop {
+            if cur >= load.len() {
+                load.push((0, 0));
+                new_batches += 1;
+            }
+            let (n, b) = load[cur];
+            let fits = n < opts.batch_max_files
+                && (n == 0 || b.saturating_add(size) <= opts.batch_max_bytes);
+            if fits {
+                load[cur].0 += 1;
+                load[cur].1 += size;
+                w.batch = cur;
+                break;
+            }
+            cur += 1;
+        }
+    }
+    if load.is_empty() {
+        new_batches = 1;
+    }
+
+    // One GenerateDataKey per new batch; key file and journal record before any ciphertext.
+    for _ in 0..new_batches {
+        let batch_id: [u8; ID_LEN] = format::random().at(vault)?;
+        let (b, k) = kms.generate(&opts.kms_url, &key, &vault_id, batch_id)?;
+        manifest::write_key_file(vault, &vault_id, &b)?;
+        journal.append_batch(&b.to_record())?;
+        if keys.is_empty() {
+            journal.set_mac_key(k.journal_mac_key());
+        }
+        batches.push(b);
+        keys.push(k);
+        report.generated_keys += 1;
+    }
+    report.batches = batches.len() as u64;
+
+    // Encrypt in parallel; this thread group-commits finished files to the journal.
+    let total_bytes: u64 = work
+        .iter()
+        .map(|w| match w.entry.kind {
+            SourceKind::File { size, .. } => size,
+            _ => 0,
+        })
+        .sum();
+    progress.start(work.len() as u64, total_bytes);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(opts.jobs.max(1))
+        .build()
+        .map_err(|e| Error::Runtime(format!("thread pool: {e}")))?;
+    let stop = AtomicBool::new(false);
+    let (tx, rx) = crossbeam_channel::bounded::<(usize, std::result::Result<Done, FileError>)>(
+        4 * opts.jobs.max(1),
+    );
+    let ctx = FileCtx {
+        vault,
+        vault_id,
+        segment_size: opts.segment_size,
+        use_mmap: opts.use_mmap,
+        jobs: opts.jobs.max(1),
+        progress,
+        cancel,
+        stop: &stop,
+    };
+    let mut finished: Vec<Done> = Vec::new();
+    let mut fatal: Option<Error> = None;
+    std::thread::scope(|scope| {
+        let work = &work;
+        let keys = &keys;
+        let ctx = &ctx;
+        scope.spawn(move || {
+            pool.install(|| {
+                work.par_iter().enumerate().for_each_with(tx, |tx, (i, w)| {
+                    if ctx.cancel.load(Ordering::Relaxed) || ctx.stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let r = encrypt_file(ctx, w.entry, &keys[w.batch], w.batch);
+                    let _ = tx.send((i, r));
+                })
+            })
+        });
+        let mut pending: Vec<Done> = Vec::new();
+        let mut oldest: Option<Instant> = None;
+        loop {
+            let msg = rx.recv_timeout(Duration::from_millis(100));
+            match msg {
+                Ok((_, Ok(d))) => {
+                    progress.file_done();
+                    pending.push(d);
+                    oldest.get_or_insert_with(Instant::now);
+                }
+                Ok((i, Err(FileError::Source(why)))) => {
+                    progress.file_done();
+                    let path = work[i].entry.source.display().to_string();
+                    progress.notice(&format!("failed {path}: {why}"));
+                    report.failed.push(Failure { path, why });
+                }
+                Ok((_, Err(FileError::Vault(e)))) => {
+                    stop.store(true, Ordering::Relaxed);
+                    fatal.get_or_insert(e);
+                }
+                Ok((_, Err(FileError::Cancelled))) => {}
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            }
+            let due = oldest.is_some_and(|t| t.elapsed() > Duration::from_millis(500))
+                || pending.len() >= 1024;
+            if due && fatal.is_none() {
+                if let Err(e) = commit(vault, &mut journal, &pending, &batches) {
+                    stop.store(true, Ordering::Relaxed);
+                    fatal = Some(e);
+                } else {
+                    finished.append(&mut pending);
+                    oldest = None;
+                }
+            }
+        }
+        if fatal.is_none() {
+            match commit(vault, &mut journal, &pending, &batches) {
+                Ok(()) => finished.append(&mut pending),
+                Err(e) => fatal = Some(e),
+            }
+        }
+    });
+    if let Some(e) = fatal {
+        return Err(e);
+    }
+    if cancel.load(Ordering::Relaxed) {
+        return Err(Error::Interrupted);
+    }
+
+    // The manifest: every walked entry, minus files that failed.
+    for d in finished {
+        reused.insert(d.path, d.file);
+    }
+    let mut entries = Vec::with_capacity(walked.entries.len());
+    for e in &walked.entries {
+        let kind = match &e.kind {
+            SourceKind::Dir => {
+                report.dirs += 1;
+                EntryKind::Dir
+            }
+            SourceKind::Symlink { target } => {
+                report.symlinks += 1;
+                EntryKind::Symlink(Name::Clear(target.clone()))
+            }
+            SourceKind::File { .. } => match reused.remove(&e.path) {
+                Some(f) => {
+                    report.files += 1;
+                    report.bytes += f.size;
+                    EntryKind::File(f)
+                }
+                None => continue,
+            },
+        };
+        entries.push(Entry {
+            path: Name::Clear(e.path.clone()),
+            mode: e.mode,
+            mtime: e.mtime,
+            mtime_nsec: e.mtime_nsec,
+            kind,
+        });
+    }
+    sweep_objects(vault, &entries)?;
+    let m = Manifest {
+        vault_id,
+        created: run.created.clone(),
+        generator: format!("envseal {}", env!("CARGO_PKG_VERSION")),
+        segment_size: opts.segment_size,
+        conceal_names: opts.conceal_names,
+        batches,
+        entries,
+    };
+    let key_refs: Vec<&BatchKey> = keys.iter().collect();
+    m.write(vault, &key_refs)?;
+    journal.remove(vault)?;
+    progress.finish();
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+type OpenedVault = (
+    Journal,
+    RunRecord,
+    Vec<manifest::BatchRecord>,
+    Option<crate::journal::Loaded>,
+);
+
+/// Creates the vault and its journal, or opens the journal of an unfinished run of the same
+/// command. Refuses finished vaults and foreign non-empty directories.
+fn open_vault(vault: &Path, params: &RunParams, must_resume: bool) -> Result<OpenedVault> {
+    let shown = vault.display();
+    if vault.join(layout::MANIFEST).exists() {
+        return Err(Error::Usage(format!(
+            "{shown} is a finished vault; refusing to overwrite it (choose another -o, or delete it first)"
+        )));
+    }
+    if vault.join(layout::JOURNAL).exists() {
+        let (journal, loaded) = Journal::open(vault)?;
+        if loaded.run.params != *params {
+            return Err(Error::Usage(format!(
+                "{shown} holds an unfinished run with other arguments; run that command again to finish it, or choose another -o"
+            )));
+        }
+        let run = loaded.run.clone();
+        let batches = loaded.batches.clone();
+        return Ok((journal, run, batches, Some(loaded)));
+    }
+    if must_resume {
+        return Err(Error::Usage(format!(
+            "--resume: {shown} has no unfinished run to resume"
+        )));
+    }
+    match fs::read_dir(vault) {
+        Ok(mut d) => {
+            if d.next().is_some() {
+                return Err(Error::Usage(format!(
+                    "{shown} exists and is not empty; choose a new directory for the vault"
+                )));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            fs::create_dir_all(vault).at(vault)?;
+        }
+        Err(e) => return Err(Error::io(vault, e)),
+    }
+    let run = RunRecord {
+        format: format::FORMAT_VERSION,
+        vault_id: format::to_hex(&format::random::<ID_LEN>().at(vault)?),
+        created: now_rfc3339(),
+        params: params.clone(),
+    };
+    let journal = Journal::create(vault, &run)?;
+    Ok((journal, run, Vec::new(), None))
+}
+
+/// UTC now as `YYYY-MM-DDThh:mm:ssZ`.
+pub fn now_rfc3339() -> String {
+    let f = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+    time::OffsetDateTime::now_utc()
+        .format(&f)
+        .unwrap_or_default()
+}
+
+/// Makes finished objects durable, then records them (one `syncfs` per group, not one fsync
+/// per file: a million small files must not mean a million fsyncs).
+fn commit(vault: &Path, journal: &mut Journal, done: &[Done], batches: &[Batch]) -> Result<()> {
+    if done.is_empty() {
+        return Ok(());
+    }
+    let dir = File::open(vault).at(vault)?;
+    // SAFETY: syncfs on a valid open descriptor.
+    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+        return Err(Error::io(vault, std::io::Error::last_os_error()));
+    }
+    let recs: Vec<DoneRecord> = done
+        .iter()
+        .map(|d| {
+            let e = Entry {
+                path: Name::Clear(d.path.clone()),
+                mode: d.entry_meta.0,
+                mtime: d.entry_meta.1,
+                mtime_nsec: d.entry_meta.2,
+                kind: EntryKind::File(d.file.clone()),
+            };
+            Ok(DoneRecord {
+                entry: e.to_record(batches, None)?,
+                dev: d.dev,
+                ino: d.ino,
+            })
+        })
+        .collect::<Result<_>>()?;
+    journal.append_done(&recs)
+}
+
+/// Removes objects that no entry names (left by an interrupted run).
+fn sweep_objects(vault: &Path, entries: &[Entry]) -> Result<()> {
+    let keep: std::collections::HashSet<String> = entries
+        .iter()
+        .filter_map(|e| e.file().map(|f| f.object()))
+        .collect();
+    let objects = vault.join(layout::OBJECTS_DIR);
+    for sub in fs::read_dir(&objects).at(&objects)? {
+        let sub = sub.at(&objects)?.path();
+        if !sub.is_dir() {
+            continue;
+        }
+        for obj in fs::read_dir(&sub).at(&sub)? {
+            let obj = obj.at(&sub)?.path();
+            let rel = obj
+                .strip_prefix(vault)
+                .map(|r| r.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if !keep.contains(&rel) {
+                fs::remove_file(&obj).at(&obj)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+struct FileCtx<'a> {
+    vault: &'a Path,
+    vault_id: [u8; ID_LEN],
+    segment_size: u32,
+    use_mmap: bool,
+    jobs: usize,
+    progress: &'a dyn Progress,
+    cancel: &'a AtomicBool,
+    stop: &'a AtomicBool,
+}
+
+/// Attempts per file before a file that keeps changing is reported.
+const ATTEMPTS: usize = 3;
+
+fn encrypt_file(
+    ctx: &FileCtx,
+    entry: &SourceEntry,
+    key: &BatchKey,
+    batch: usize,
+) -> std::result::Result<Done, FileError> {
+    let device = matches!(entry.kind, SourceKind::File { device: true, .. });
+    let mut last_why = String::new();
+    for _ in 0..ATTEMPTS {
+        let src = Source::open(entry, device, ctx.use_mmap)
+            .map_err(|e| FileError::Source(e.to_string()))?;
+        match encrypt_once(ctx, entry, &src, key, batch) {
+            Ok(d) => match src.unchanged(device) {
+                Ok(true) => return Ok(d),
+                Ok(false) => last_why = "changed while being read".into(),
+                Err(e) => return Err(FileError::Source(e.to_string())),
+            },
+            Err(FileError::Source(why)) if why.contains("changed while being read") => {
+                last_why = why
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(FileError::Source(format!(
+        "{last_why}; gave up after {ATTEMPTS} attempts"
+    )))
+}
+
+fn encrypt_once(
+    ctx: &FileCtx,
+    entry: &SourceEntry,
+    src: &Source,
+    key: &BatchKey,
+    batch: usize,
+) -> std::result::Result<Done, FileError> {
+    let vault_err = |p: &Path, e: std::io::Error| FileError::Vault(Error::io(p, e));
+    let size = src.size();
+    let seg = ctx.segment_size;
+    let n = format::segment_count(size, seg);
+    if n > format::MAX_SEGMENTS {
+        return Err(FileError::Source(format!(
+            "too large for segment size {seg} (over 2^32 segments)"
+        )));
+    }
+    // A fresh file id and salt per attempt: never the same key and nonce on other plaintext.
+    let file_id: [u8; ID_LEN] = format::random().map_err(|e| vault_err(ctx.vault, e))?;
+    let salt = format::random().map_err(|e| vault_err(ctx.vault, e))?;
+    let mut header = ObjectHeader {
+        version: format::FORMAT_VERSION,
+        alg: format::ALG_AES256GCM_BLAKE3,
+        segment_size: seg,
+        plain_len: size,
+        vault_id: ctx.vault_id,
+        batch_id: *key.batch_id(),
+        file_id,
+        salt,
+        commitment: [0; 32],
+    };
+    let fk = key.file_keys(&header);
+    header.commitment = fk.commitment();
+    let hb = header.encode();
+
+    let rel = manifest::object_name(&file_id);
+    let obj_path = ctx.vault.join(&rel);
+    if let Some(dir) = obj_path.parent() {
+        fs::create_dir_all(dir).map_err(|e| vault_err(dir, e))?;
+    }
+    let obj = File::create(&obj_path).map_err(|e| vault_err(&obj_path, e))?;
+    let result = (|| {
+        obj.write_all_at(&hb, 0)
+            .map_err(|e| vault_err(&obj_path, e))?;
+        let mut ct_hash = blake3::Hasher::new();
+        ct_hash.update(&hb);
+        let mut mac = TreeMac::new(fk.mac_key());
+        let slot = seg as usize + TAG_LEN;
+        // Segments per window: enough to keep every core busy, bounded in memory.
+        let window = (n as usize)
+            .min((32usize << 20) / slot)
+            .max(2 * ctx.jobs)
+            .max(1);
+        let mut buf = vec![0u8; window.min(n as usize) * slot];
+        let mut first = 0u64;
+        while first < n {
+            if ctx.cancel.load(Ordering::Relaxed) || ctx.stop.load(Ordering::Relaxed) {
+                return Err(FileError::Cancelled);
+            }
+            let count = (n - first).min(window as u64) as usize;
+            let plain_in_window: u64 = (0..count as u64)
+                .map(|k| format::segment_plain_len(size, seg, first + k) as u64)
+                .sum();
+            let used = plain_in_window as usize + count * TAG_LEN;
+            let seal = |k: usize, chunk: &mut [u8]| -> std::result::Result<SegMac, FileError> {
+                let i = first + k as u64;
+                let len = format::segment_plain_len(size, seg, i);
+                src.read_at(i * u64::from(seg), &mut chunk[..len])
+                    .map_err(|e| FileError::Source(e.to_string()))?;
+                // The plaintext MAC is taken from the buffer just read, before sealing in
+                // place: each byte is read from the source once.
+                let m = if n == 1 {
+                    SegMac::Root(blake3::keyed_hash(fk.mac_key(), &chunk[..len]))
+                } else {
+                    SegMac::Cv(segment_cv(fk.mac_key(), seg, i, &chunk[..len]))
+                };
+                fk.seal_segment(i, i == n - 1, &mut chunk[..len + TAG_LEN]);
+                Ok(m)
+            };
+            let macs: Vec<std::result::Result<SegMac, FileError>> = if count == 1 {
+                vec![seal(0, &mut buf[..used])]
+            } else {
+                buf[..used]
+                    .par_chunks_mut(slot)
+                    .enumerate()
+                    .map(|(k, c)| seal(k, c))
+                    .collect()
+            };
+            for m in macs {
+                match m? {
+                    SegMac::Root(h) => mac.set_single(h),
+                    SegMac::Cv(cv) => mac.push(cv),
+                }
+            }
+            let bytes = &buf[..used];
+            if used >= 1 << 20 {
+                ct_hash.update_rayon(bytes);
+            } else {
+                ct_hash.update(bytes);
+            }
+            obj.write_all_at(bytes, format::segment_offset(seg, first))
+                .map_err(|e| vault_err(&obj_path, e))?;
+            ctx.progress.bytes(plain_in_window);
+            first += count as u64;
+        }
+        Ok((ct_hash.finalize(), mac))
+    })();
+    let (ct, mac) = match result {
+        Ok(v) => v,
+        Err(e) => {
+            // Best effort: a leftover object is swept by the next run anyway.
+            let _ = fs::remove_file(&obj_path);
+            return Err(e);
+        }
+    };
+    let pt_mac = mac
+        .finalize()
+        .ok_or_else(|| FileError::Vault(Error::Runtime("empty MAC tree".into())))?;
+    Ok(Done {
+        path: entry.path.clone(),
+        file: FileEntry {
+            size,
+            batch,
+            file_id,
+            salt,
+            ct_blake3: *ct.as_bytes(),
+            pt_mac: *pt_mac.as_bytes(),
+        },
+        dev: entry.dev,
+        ino: entry.ino,
+        entry_meta: (entry.mode, entry.mtime, entry.mtime_nsec),
+    })
+}
+
+enum SegMac {
+    Root(blake3::Hash),
+    Cv(blake3::hazmat::ChainingValue),
+}

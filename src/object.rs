@@ -1,0 +1,176 @@
+//! Opening one object: the shared path of `decrypt` and `verify --deep`.
+//!
+//! Checks, in this order, before any plaintext leaves: object length (exactly one valid
+//! segmentation), header syntax, header fields against the authenticated manifest entry,
+//! key commitment (constant time); then every segment's tag, and at the end the ciphertext
+//! digest and the keyed plaintext digest. Plaintext goes only to the caller's temporary file.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rayon::prelude::*;
+
+use crate::crypto::{segment_cv, BatchKey, TreeMac};
+use crate::error::Error;
+use crate::format::{self, ObjectHeader, HEADER_LEN, TAG_LEN};
+use crate::manifest::{FileEntry, Manifest};
+use crate::progress::Progress;
+
+/// Why an object could not be opened.
+#[derive(Debug)]
+pub enum ObjectError {
+    /// Damaged or tampered (exit 3).
+    Integrity(String),
+    /// I/O on the vault or the output.
+    Io(Error),
+    Cancelled,
+}
+
+enum SegMac {
+    Root(blake3::Hash),
+    Cv(blake3::hazmat::ChainingValue),
+}
+
+/// Authenticates (and with `out`, decrypts) one object. Plaintext segment `i` is written to
+/// `out` at offset `i * segment_size`.
+#[allow(clippy::too_many_arguments)]
+pub fn open_object(
+    vault: &Path,
+    m: &Manifest,
+    f: &FileEntry,
+    key: &BatchKey,
+    jobs: usize,
+    out: Option<&File>,
+    progress: &dyn Progress,
+    cancel: &AtomicBool,
+) -> Result<(), ObjectError> {
+    let integ = |why: String| ObjectError::Integrity(why);
+    let path = vault.join(f.object());
+    let obj = File::open(&path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            integ(format!("object {} is missing", f.object()))
+        } else {
+            ObjectError::Io(Error::io(&path, e))
+        }
+    })?;
+    let len = obj
+        .metadata()
+        .map_err(|e| ObjectError::Io(Error::io(&path, e)))?
+        .len();
+    let seg = m.segment_size;
+    let expected = format::object_len(f.size, seg);
+    if len != expected {
+        return Err(integ(format!(
+            "object {} is {len} bytes, expected {expected} (truncated or extended)",
+            f.object()
+        )));
+    }
+    let mut hb = [0u8; HEADER_LEN];
+    obj.read_exact_at(&mut hb, 0)
+        .map_err(|e| ObjectError::Io(Error::io(&path, e)))?;
+    let header =
+        ObjectHeader::decode(&hb).map_err(|e| integ(format!("object {}: {e}", f.object())))?;
+    let batch = &m.batches[f.batch];
+    if header.vault_id != m.vault_id
+        || header.batch_id != batch.batch_id
+        || header.file_id != f.file_id
+        || header.salt != f.salt
+        || header.plain_len != f.size
+        || header.segment_size != seg
+    {
+        return Err(integ(format!(
+            "object {} does not belong to this entry (swapped or replaced)",
+            f.object()
+        )));
+    }
+    let fk = key.file_keys(&header);
+    if !fk.check_commitment(&header.commitment) {
+        return Err(integ(format!(
+            "object {}: key commitment mismatch",
+            f.object()
+        )));
+    }
+
+    let n = format::segment_count(f.size, seg);
+    let slot = seg as usize + TAG_LEN;
+    let window = (n as usize)
+        .min((32usize << 20) / slot)
+        .max(2 * jobs)
+        .max(1);
+    let mut buf = vec![0u8; window.min(n as usize) * slot];
+    let mut ct_hash = blake3::Hasher::new();
+    ct_hash.update(&hb);
+    let mut mac = TreeMac::new(fk.mac_key());
+    let mut first = 0u64;
+    while first < n {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(ObjectError::Cancelled);
+        }
+        let count = (n - first).min(window as u64) as usize;
+        let plain: u64 = (0..count as u64)
+            .map(|k| format::segment_plain_len(f.size, seg, first + k) as u64)
+            .sum();
+        let used = plain as usize + count * TAG_LEN;
+        obj.read_exact_at(&mut buf[..used], format::segment_offset(seg, first))
+            .map_err(|e| ObjectError::Io(Error::io(&path, e)))?;
+        if used >= 1 << 20 {
+            ct_hash.update_rayon(&buf[..used]);
+        } else {
+            ct_hash.update(&buf[..used]);
+        }
+        let open = |k: usize, chunk: &mut [u8]| -> Result<SegMac, ObjectError> {
+            let i = first + k as u64;
+            let pt = fk.open_segment(i, i == n - 1, chunk).map_err(|_| {
+                integ(format!(
+                    "object {}: segment {i} fails authentication",
+                    f.object()
+                ))
+            })?;
+            let m = if n == 1 {
+                SegMac::Root(blake3::keyed_hash(fk.mac_key(), pt))
+            } else {
+                SegMac::Cv(segment_cv(fk.mac_key(), seg, i, pt))
+            };
+            if let Some(out) = out {
+                out.write_all_at(pt, i * u64::from(seg))
+                    .map_err(|e| ObjectError::Io(Error::io("output file", e)))?;
+            }
+            Ok(m)
+        };
+        let macs: Vec<Result<SegMac, ObjectError>> = if count == 1 {
+            vec![open(0, &mut buf[..used])]
+        } else {
+            buf[..used]
+                .par_chunks_mut(slot)
+                .enumerate()
+                .map(|(k, c)| open(k, c))
+                .collect()
+        };
+        for r in macs {
+            match r? {
+                SegMac::Root(h) => mac.set_single(h),
+                SegMac::Cv(cv) => mac.push(cv),
+            }
+        }
+        progress.bytes(plain);
+        first += count as u64;
+    }
+    if ct_hash.finalize() != blake3::Hash::from(f.ct_blake3) {
+        return Err(integ(format!(
+            "object {}: ciphertext digest mismatch",
+            f.object()
+        )));
+    }
+    let pt_mac = mac
+        .finalize()
+        .ok_or_else(|| integ("empty object".to_string()))?;
+    if pt_mac != blake3::Hash::from(f.pt_mac) {
+        return Err(integ(format!(
+            "object {}: plaintext digest mismatch",
+            f.object()
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,211 @@
+//! Reading inputs: memory maps where they pay, plain positional reads otherwise.
+//!
+//! The only `unsafe` in envseal lives here. A memory map of a file that another process
+//! truncates raises SIGBUS on access to the vanished pages; a tool that encrypts live trees must
+//! not die of that (PRODUCT §4). So maps are registered in a fixed table, and a SIGBUS handler
+//! that finds the faulting address inside a registered map replaces the page with zeros and
+//! counts the event; readers compare the count before and after, and treat a change (or a
+//! changed size or mtime) as "the file changed while being read". Faults anywhere else get the
+//! default action, so real bugs still crash loudly.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Once;
+
+use memmap2::Mmap;
+
+use crate::walk::SourceEntry;
+
+/// Files smaller than this are read, not mapped: a map costs more than it saves.
+pub const MMAP_MIN: u64 = 256 * 1024;
+
+const SLOTS: usize = 512;
+static MAP_START: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
+static MAP_LEN: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
+static SIGBUS_COUNT: AtomicU64 = AtomicU64::new(0);
+static INSTALL: Once = Once::new();
+
+extern "C" fn on_sigbus(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo_t for SA_SIGINFO handlers.
+    let addr = unsafe { (*info).si_addr() } as usize;
+    for i in 0..SLOTS {
+        let start = MAP_START[i].load(Ordering::Acquire);
+        let len = MAP_LEN[i].load(Ordering::Acquire);
+        if start != 0 && start != usize::MAX && addr.wrapping_sub(start) < len {
+            // SAFETY: sysconf and mmap are plain syscalls; the page lies inside a mapping we
+            // own (registered, not yet unmapped), so replacing it with zeros only affects our
+            // own read of a file that is changing anyway, which the reader then discards.
+            unsafe {
+                let page = libc::sysconf(libc::_SC_PAGESIZE) as usize;
+                let base = addr & !(page - 1);
+                libc::mmap(
+                    base as *mut libc::c_void,
+                    page,
+                    libc::PROT_READ,
+                    libc::MAP_FIXED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                );
+            }
+            SIGBUS_COUNT.fetch_add(1, Ordering::AcqRel);
+            return;
+        }
+    }
+    // Not ours: restore the default action and return; the fault repeats and kills us.
+    // SAFETY: signal() with SIG_DFL is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGBUS, libc::SIG_DFL);
+    }
+}
+
+fn install_handler() {
+    INSTALL.call_once(|| {
+        // SAFETY: a zeroed sigaction with our handler and SA_SIGINFO is a valid argument.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_sigbus as *const () as usize;
+            sa.sa_flags = libc::SA_SIGINFO | libc::SA_NODEFER;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(libc::SIGBUS, &sa, std::ptr::null_mut());
+        }
+    });
+}
+
+/// A registered memory map; unregistered before it is unmapped.
+struct GuardedMap {
+    map: Mmap,
+    slot: usize,
+}
+
+impl GuardedMap {
+    /// Maps `file` if a slot is free.
+    ///
+    /// # Safety
+    /// The map may change under us if another process writes the file; callers read through
+    /// [`Source::read_at`] only, which copies and then checks for changes.
+    unsafe fn new(file: &File) -> Option<GuardedMap> {
+        install_handler();
+        // SAFETY: see the function's contract; truncation is handled by the SIGBUS guard.
+        let map = unsafe { Mmap::map(file) }.ok()?;
+        let start = map.as_ptr() as usize;
+        for slot in 0..SLOTS {
+            if MAP_START[slot]
+                .compare_exchange(0, usize::MAX, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                MAP_LEN[slot].store(map.len(), Ordering::Release);
+                MAP_START[slot].store(start, Ordering::Release);
+                let _ = map.advise(memmap2::Advice::Sequential);
+                return Some(GuardedMap { map, slot });
+            }
+        }
+        None
+    }
+}
+
+impl Drop for GuardedMap {
+    fn drop(&mut self) {
+        MAP_START[self.slot].store(0, Ordering::Release);
+        MAP_LEN[self.slot].store(0, Ordering::Release);
+    }
+}
+
+/// An open input.
+pub struct Source {
+    file: File,
+    path: PathBuf,
+    size: u64,
+    mtime: (i64, i64),
+    map: Option<GuardedMap>,
+    sigbus_at_open: u64,
+}
+
+/// The error a reader reports when its input changed under it.
+pub fn changed_error(path: &Path) -> io::Error {
+    io::Error::other(format!("{} changed while being read", path.display()))
+}
+
+impl Source {
+    /// Opens a walked entry. Regular files are opened without following symlinks and must
+    /// still be the file the walk saw (same device and inode).
+    pub fn open(entry: &SourceEntry, device: bool, use_mmap: bool) -> io::Result<Source> {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.read(true);
+        if !device {
+            opts.custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY);
+        }
+        let file = opts.open(&entry.source)?;
+        let md = file.metadata()?;
+        if md.dev() != entry.dev || md.ino() != entry.ino {
+            return Err(changed_error(&entry.source));
+        }
+        let size = if device {
+            use std::io::{Seek, SeekFrom};
+            (&file).seek(SeekFrom::End(0))?
+        } else {
+            if !md.is_file() {
+                return Err(io::Error::other("no longer a regular file"));
+            }
+            md.len()
+        };
+        let map = if use_mmap && !device && size >= MMAP_MIN && size <= usize::MAX as u64 {
+            // SAFETY: reads go through read_at, which detects concurrent changes.
+            unsafe { GuardedMap::new(&file) }
+        } else {
+            None
+        };
+        Ok(Source {
+            file,
+            path: entry.source.clone(),
+            size,
+            mtime: (md.mtime(), md.mtime_nsec()),
+            map,
+            sigbus_at_open: SIGBUS_COUNT.load(Ordering::Acquire),
+        })
+    }
+
+    /// The size at open time: the plaintext length that will be recorded.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn is_mapped(&self) -> bool {
+        self.map.is_some()
+    }
+
+    /// Fills `buf` from `offset`. A short file is an error (it shrank), never a short read.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        if let Some(m) = &self.map {
+            let start = offset as usize;
+            let end = start
+                .checked_add(buf.len())
+                .filter(|&e| e <= m.map.len())
+                .ok_or_else(|| changed_error(&self.path))?;
+            buf.copy_from_slice(&m.map[start..end]);
+            return Ok(());
+        }
+        self.file.read_exact_at(buf, offset).map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                changed_error(&self.path)
+            } else {
+                e
+            }
+        })
+    }
+
+    /// Whether the input is still as it was at open (size, mtime, no SIGBUS on our maps).
+    /// Call after the last read; a `false` means the digests cannot be trusted.
+    pub fn unchanged(&self, device: bool) -> io::Result<bool> {
+        if SIGBUS_COUNT.load(Ordering::Acquire) != self.sigbus_at_open && self.map.is_some() {
+            return Ok(false);
+        }
+        if device {
+            return Ok(true);
+        }
+        let md = self.file.metadata()?;
+        Ok(md.len() == self.size && (md.mtime(), md.mtime_nsec()) == self.mtime)
+    }
+}

@@ -1,0 +1,256 @@
+//! Enumerates sources into vault entries. No crypto, no writes.
+//!
+//! Each source becomes a top-level entry under its base name. Directories are walked without
+//! following symlinks, in name order (so runs are deterministic); symlinks are recorded as
+//! links; a block device given as a source is read whole, as an image. Special files inside a
+//! tree (FIFOs, sockets, devices) are skipped and reported.
+
+use std::ffi::OsStr;
+use std::fs::{self, Metadata};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+
+use crate::error::{Error, Result};
+use crate::manifest::check_path;
+
+/// What a source entry is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SourceKind {
+    /// A regular file (or a block device read as an image when `device`).
+    File {
+        size: u64,
+        device: bool,
+    },
+    Dir,
+    Symlink {
+        target: Vec<u8>,
+    },
+}
+
+/// One entry found by the walk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceEntry {
+    /// The path inside the vault (`base/rel/...`, raw bytes, '/'-separated).
+    pub path: Vec<u8>,
+    /// Where to read it.
+    pub source: PathBuf,
+    pub kind: SourceKind,
+    pub mode: u32,
+    pub mtime: i64,
+    pub mtime_nsec: u32,
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// A path the walk could not take, with why.
+#[derive(Debug)]
+pub struct Skipped {
+    pub path: PathBuf,
+    pub why: String,
+    /// `true` for errors (unreadable), `false` for deliberate skips (special files).
+    pub error: bool,
+}
+
+/// The result of a walk: entries sorted by vault path, and what was skipped.
+#[derive(Debug, Default)]
+pub struct Walk {
+    pub entries: Vec<SourceEntry>,
+    pub skipped: Vec<Skipped>,
+}
+
+/// Compiles `--exclude` globs; a bad glob is a usage error naming it.
+pub fn excludes(globs: &[String]) -> Result<GlobSet> {
+    let mut b = GlobSetBuilder::new();
+    for g in globs {
+        b.add(Glob::new(g).map_err(|e| Error::Usage(format!("--exclude {g:?}: {e}")))?);
+    }
+    b.build()
+        .map_err(|e| Error::Usage(format!("--exclude: {e}")))
+}
+
+/// Size of a block device: ask the device (seek to its end), not `stat`, which says 0.
+fn device_size(path: &Path) -> std::io::Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    fs::File::open(path)?.seek(SeekFrom::End(0))
+}
+
+fn entry(path: Vec<u8>, source: &Path, md: &Metadata, kind: SourceKind) -> SourceEntry {
+    SourceEntry {
+        path,
+        source: source.to_path_buf(),
+        kind,
+        mode: md.mode() & 0o7777,
+        mtime: md.mtime(),
+        mtime_nsec: md.mtime_nsec().clamp(0, 999_999_999) as u32,
+        dev: md.dev(),
+        ino: md.ino(),
+    }
+}
+
+/// Classifies one path from its (not followed) metadata. `top` allows block devices.
+fn classify(
+    path: &Path,
+    md: &Metadata,
+    top: bool,
+) -> std::result::Result<Option<SourceKind>, String> {
+    let ft = md.file_type();
+    if ft.is_symlink() {
+        let t = fs::read_link(path).map_err(|e| e.to_string())?;
+        return Ok(Some(SourceKind::Symlink {
+            target: t.as_os_str().as_bytes().to_vec(),
+        }));
+    }
+    if ft.is_dir() {
+        return Ok(Some(SourceKind::Dir));
+    }
+    if ft.is_file() {
+        return Ok(Some(SourceKind::File {
+            size: md.len(),
+            device: false,
+        }));
+    }
+    if ft.is_block_device() && top {
+        let size = device_size(path).map_err(|e| e.to_string())?;
+        return Ok(Some(SourceKind::File { size, device: true }));
+    }
+    Ok(None)
+}
+
+/// Walks all sources. Source-level problems (missing source, duplicate base names) are errors;
+/// problems below a source are collected in [`Walk::skipped`].
+pub fn walk(
+    sources: &[PathBuf],
+    exclude: &GlobSet,
+    mut on_progress: impl FnMut(u64, u64),
+) -> Result<Walk> {
+    let mut out = Walk::default();
+    let mut bytes = 0u64;
+    let mut tops: Vec<Vec<u8>> = Vec::new();
+    for src in sources {
+        let md = fs::symlink_metadata(src)
+            .map_err(|e| Error::Usage(format!("source {}: {e}", src.display())))?;
+        let base = base_name(src)?;
+        if tops.contains(&base) {
+            return Err(Error::Usage(format!(
+                "two sources share the base name {:?}; each source becomes a top-level entry, so base names must differ",
+                String::from_utf8_lossy(&base)
+            )));
+        }
+        tops.push(base.clone());
+        let kind = match classify(src, &md, true) {
+            Ok(Some(k)) => k,
+            Ok(None) => {
+                return Err(Error::Usage(format!(
+                    "source {}: not a file, directory, symlink or block device",
+                    src.display()
+                )))
+            }
+            Err(why) => return Err(Error::Usage(format!("source {}: {why}", src.display()))),
+        };
+        let is_dir = kind == SourceKind::Dir;
+        if let SourceKind::File { size, .. } = kind {
+            bytes += size;
+        }
+        out.entries.push(entry(base.clone(), src, &md, kind));
+        if !is_dir {
+            continue;
+        }
+        let it = walkdir::WalkDir::new(src)
+            .follow_links(false)
+            .min_depth(1)
+            .sort_by_file_name()
+            .into_iter()
+            .filter_entry(|e| {
+                let rel = e.path().strip_prefix(src).unwrap_or(e.path());
+                !(exclude.is_match(rel) || exclude.is_match(e.file_name()))
+            });
+        for item in it {
+            let de = match item {
+                Ok(de) => de,
+                Err(e) => {
+                    out.skipped.push(Skipped {
+                        path: e
+                            .path()
+                            .map(Path::to_path_buf)
+                            .unwrap_or_else(|| src.clone()),
+                        why: e
+                            .io_error()
+                            .map(|io| io.to_string())
+                            .unwrap_or_else(|| e.to_string()),
+                        error: true,
+                    });
+                    continue;
+                }
+            };
+            let rel = de.path().strip_prefix(src).unwrap_or(de.path());
+            let mut vpath = base.clone();
+            for c in rel.components() {
+                vpath.push(b'/');
+                vpath.extend_from_slice(c.as_os_str().as_bytes());
+            }
+            let md = match de.metadata() {
+                Ok(md) => md,
+                Err(e) => {
+                    out.skipped.push(Skipped {
+                        path: de.path().to_path_buf(),
+                        why: e.to_string(),
+                        error: true,
+                    });
+                    continue;
+                }
+            };
+            match classify(de.path(), &md, false) {
+                Ok(Some(kind)) => {
+                    if let SourceKind::File { size, .. } = kind {
+                        bytes += size;
+                    }
+                    if let Err(why) = check_path(&vpath) {
+                        out.skipped.push(Skipped {
+                            path: de.path().to_path_buf(),
+                            why,
+                            error: true,
+                        });
+                        continue;
+                    }
+                    out.entries.push(entry(vpath, de.path(), &md, kind));
+                    on_progress(out.entries.len() as u64, bytes);
+                }
+                Ok(None) => out.skipped.push(Skipped {
+                    path: de.path().to_path_buf(),
+                    why: "special file (FIFO, socket or device) skipped".into(),
+                    error: false,
+                }),
+                Err(why) => out.skipped.push(Skipped {
+                    path: de.path().to_path_buf(),
+                    why,
+                    error: true,
+                }),
+            }
+        }
+    }
+    out.entries.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
+}
+
+/// The base name a source is stored under. `.` and `dir/..` are resolved to the directory's
+/// own name; `/` has none.
+fn base_name(src: &Path) -> Result<Vec<u8>> {
+    let owned;
+    let name = match src.file_name() {
+        Some(n) if n != OsStr::new("..") => n,
+        _ => {
+            owned = fs::canonicalize(src)
+                .map_err(|e| Error::Usage(format!("source {}: {e}", src.display())))?;
+            owned.file_name().ok_or_else(|| {
+                Error::Usage(format!(
+                    "source {}: has no base name to store it under; name a directory below it",
+                    src.display()
+                ))
+            })?
+        }
+    };
+    Ok(name.as_bytes().to_vec())
+}
