@@ -66,6 +66,7 @@ impl Server {
         let port = first
             .trim()
             .strip_prefix("listening on http://127.0.0.1:")
+            .or_else(|| first.trim().strip_prefix("listening on https://127.0.0.1:"))
             .unwrap_or_else(|| {
                 let _ = child.kill();
                 panic!(
@@ -626,4 +627,137 @@ fn official_sdks_run_the_documented_flow() {
         // The flow's plaintexts never reach the server's log.
         assert!(!server_log.contains("BEGIN KEY"), "{server_log}");
     }
+}
+
+/// `envseal kms ...` with `--kms aliyun:http://127.0.0.1:PORT` manages keys on the server.
+#[test]
+fn kms_cli_manages_keys_over_the_wire() {
+    let server = Server::start();
+    let home = tempfile::tempdir().unwrap();
+    let cli = |args: &[&str]| {
+        let mut c = common::envseal(home.path());
+        c.args(["kms"])
+            .args(args)
+            .args(["--kms", &server.url()])
+            .env("ALIBABA_CLOUD_ACCESS_KEY_ID", AK_ID)
+            .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", AK_SECRET);
+        common::run(&mut c)
+    };
+    let out = cli(&["create-key", "--description", "cli key"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let created: serde_json::Value = serde_json::from_str(&common::stdout(&out)).unwrap();
+    let key_id = created["KeyMetadata"]["KeyId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(created["KeyMetadata"]["Description"], "cli key");
+
+    let out = cli(&["create-alias", "alias/cli/work", &key_id]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let out = cli(&["disable-key", &key_id]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+
+    let out = cli(&["list"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let listed: serde_json::Value = serde_json::from_str(&common::stdout(&out)).unwrap();
+    assert_eq!(listed["Keys"][0]["KeyId"], key_id.as_str());
+    assert_eq!(listed["Keys"][0]["KeyState"], "Disabled");
+    assert_eq!(listed["Aliases"][0]["AliasName"], "alias/cli/work");
+    assert_eq!(listed["Aliases"][0]["KeyId"], key_id.as_str());
+
+    // The server saw these calls; the local default store was never created.
+    let log = server.stderr_with("action=ListAliases");
+    assert!(
+        log.contains("action=CreateAlias") && log.contains("action=DisableKey"),
+        "{log}"
+    );
+    assert!(!home.path().join("keystore").exists());
+
+    // Missing credentials: a clear error naming the variable, before any request.
+    let mut c = common::envseal(home.path());
+    c.args(["kms", "list", "--kms", &server.url()])
+        .env_remove("ALIBABA_CLOUD_ACCESS_KEY_ID")
+        .env_remove("ALIBABA_CLOUD_ACCESS_KEY_SECRET");
+    let out = common::run(&mut c);
+    assert!(!out.status.success());
+    assert!(
+        common::stderr(&out).contains("ALIBABA_CLOUD_ACCESS_KEY_ID"),
+        "{}",
+        common::stderr(&out)
+    );
+
+    // A wrong secret reports the KMS code.
+    let mut c = common::envseal(home.path());
+    c.args(["kms", "list", "--kms", &server.url()])
+        .env("ALIBABA_CLOUD_ACCESS_KEY_ID", AK_ID)
+        .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", "wrong");
+    let out = common::run(&mut c);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        common::stderr(&out).contains("SignatureDoesNotMatch"),
+        "{}",
+        common::stderr(&out)
+    );
+    assert!(!common::stderr(&out).contains(AK_SECRET));
+}
+
+/// With a certificate the server speaks TLS only; a client trusting the certificate gets
+/// through, plain HTTP does not. (tests/fixtures/tls: a self-signed P-256 certificate for
+/// 127.0.0.1, made with `openssl req -x509 -addext subjectAltName=IP:127.0.0.1 ...
+/// basicConstraints=critical,CA:FALSE`, valid for 100 years; test use only.)
+#[test]
+fn tls_serves_https_only() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls");
+    let server = Server::start_with(|c| {
+        c.env("ENVSEAL_KMS_ACCESS_KEY_ID", AK_ID)
+            .env("ENVSEAL_KMS_ACCESS_KEY_SECRET", AK_SECRET)
+            .arg("--tls-cert")
+            .arg(fixtures.join("cert.pem"))
+            .arg("--tls-key")
+            .arg(fixtures.join("key.pem"));
+    });
+    let cert =
+        reqwest::Certificate::from_pem(&std::fs::read(fixtures.join("cert.pem")).unwrap()).unwrap();
+    let https = reqwest::blocking::Client::builder()
+        .add_root_certificate(cert)
+        .build()
+        .unwrap();
+    let mut all: Vec<(String, String)> = [
+        ("Action", "ListKeys"),
+        ("Version", "2016-01-20"),
+        ("AccessKeyId", AK_ID),
+        ("SignatureMethod", "HMAC-SHA1"),
+        ("SignatureVersion", "1.0"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    all.push(("SignatureNonce".into(), new_uuid()));
+    all.push((
+        "Timestamp".into(),
+        format_timestamp(time::OffsetDateTime::now_utc()),
+    ));
+    let sig = v1_signature(AK_SECRET, &v1_string_to_sign("GET", &all));
+    all.push(("Signature".into(), sig));
+    let query: Vec<String> = all
+        .iter()
+        .map(|(k, v)| format!("{}={}", pct(k), pct(v)))
+        .collect();
+    let resp = https
+        .get(format!(
+            "https://127.0.0.1:{}/?{}",
+            server.port,
+            query.join("&")
+        ))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert!(resp.text().unwrap().contains("\"TotalCount\":0"));
+
+    // Plain HTTP to the TLS port gets no KMS answer.
+    let plain = reqwest::blocking::Client::new()
+        .get(format!("http://127.0.0.1:{}/", server.port))
+        .timeout(Duration::from_secs(5))
+        .send();
+    assert!(plain.is_err() || !plain.unwrap().status().is_success());
 }
