@@ -177,11 +177,10 @@ impl AliyunClient {
             .send()
             .map_err(|e| self.transport_error(action, e))?;
         let status = resp.status().as_u16();
-        let body = Zeroizing::new(
-            resp.bytes()
-                .map_err(|e| self.transport_error(action, e))?
-                .to_vec(),
-        );
+        // Into a Vec without a copy when possible, so the zeroized buffer is the only one.
+        let body = Zeroizing::new(Vec::from(
+            resp.bytes().map_err(|e| self.transport_error(action, e))?,
+        ));
         if (200..300).contains(&status) {
             return Ok(body);
         }

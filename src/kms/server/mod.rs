@@ -223,10 +223,12 @@ async fn handle(
             .map(loggable)
     };
     let (response, record) = match result {
-        Ok(ok) => {
-            let key_id = ok.key_id.clone().or_else(|| log_param("KeyId"));
+        Ok(mut ok) => {
+            let key_id = ok.key_id.take().or_else(|| log_param("KeyId"));
+            // Moved, not copied: the only copy of a plaintext reply is the one hyper sends.
+            let body = std::mem::take(&mut *ok.body);
             (
-                json_response(200, &request_id, Bytes::from(ok.body.to_vec())),
+                json_response(200, &request_id, Bytes::from(body)),
                 (200, None, key_id, None),
             )
         }
