@@ -204,9 +204,19 @@ impl AwsClient {
                 KmsError::new(KmsErrorKind::InvalidArgument, format!("{what}: {e}"))
             })?);
         let log_what = format!("AWS KMS {what} at {}", self.endpoint);
+        let mut attempts = 0;
         let resp = self
             .retry
-            .run(&log_what, || self.attempt(op, what, &body))?;
+            .run(&log_what, || {
+                attempts += 1;
+                self.attempt(op, what, &body)
+            })
+            .map_err(|mut e| {
+                if attempts > 1 {
+                    e.message = format!("{} (gave up after {attempts} attempts)", e.message);
+                }
+                e
+            })?;
         serde_json::from_slice(&resp)
             .map_err(|e| self.invalid_response(what, &format!("unexpected response: {e}")))
     }
@@ -272,10 +282,21 @@ impl AwsClient {
         Err(self.api_error(what, status, request_id, error_type, &buf))
     }
 
-    fn transport_error(&self, what: &str, e: &dyn std::fmt::Display) -> KmsError {
+    /// A connection, TLS, timeout or read failure, with its causes spelled out (reqwest's own
+    /// message alone says only "error sending request").
+    fn transport_error(&self, what: &str, e: &(dyn std::error::Error + 'static)) -> KmsError {
+        let mut text = e.to_string();
+        let mut source = e.source();
+        while let Some(cause) = source {
+            let msg = cause.to_string();
+            if !text.contains(&msg) {
+                text = format!("{text}: {msg}");
+            }
+            source = cause.source();
+        }
         KmsError::new(
             KmsErrorKind::Transport,
-            format!("{what}: cannot reach AWS KMS: {e}"),
+            format!("{what}: cannot reach AWS KMS: {text}"),
         )
         .with_endpoint(self.endpoint.clone())
     }
