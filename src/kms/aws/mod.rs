@@ -30,6 +30,8 @@ const SERVICE: &str = "kms";
 const MAX_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// How much of a non-JSON error body goes into an error message.
 const MAX_BODY_IN_ERROR: usize = 200;
+/// KMS answers are a few KiB; anything far larger is not a KMS answer.
+const MAX_RESPONSE: u64 = 1 << 20;
 
 /// A blocking AWS KMS client for one endpoint and region.
 pub struct AwsClient {
@@ -94,6 +96,16 @@ impl AwsClient {
                 .with_endpoint(endpoint));
             }
         };
+        if !region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(KmsError::new(
+                KmsErrorKind::InvalidArgument,
+                format!("invalid AWS region {region:?}"),
+            )
+            .with_endpoint(endpoint));
+        }
         let token = var("AWS_SESSION_TOKEN").map(Zeroizing::new);
         Self::new(endpoint, &region, Credentials::new(id, secret, token), opts)
     }
@@ -106,20 +118,26 @@ impl AwsClient {
         opts: &KmsOptions,
     ) -> Result<Self, KmsError> {
         let endpoint = endpoint.trim_end_matches('/').to_string();
+        if endpoint.contains('@') {
+            // Not echoed: user info in a URL is usually a password.
+            return Err(KmsError::new(
+                KmsErrorKind::InvalidArgument,
+                "invalid AWS KMS endpoint: credentials in the URL are not accepted; use \
+                 AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+            ));
+        }
         let bad = |why: String| {
             KmsError::new(KmsErrorKind::InvalidArgument, why).with_endpoint(endpoint.clone())
         };
         let url = reqwest::Url::parse(&format!("{endpoint}/"))
             .map_err(|e| bad(format!("invalid AWS KMS endpoint: {e}")))?;
         if !matches!(url.scheme(), "http" | "https")
-            || !url.username().is_empty()
-            || url.password().is_some()
             || url.path() != "/"
             || url.query().is_some()
+            || url.fragment().is_some()
         {
             return Err(bad(
-                "invalid AWS KMS endpoint: expected http(s)://host[:port] with no path, query \
-                 or user info"
+                "invalid AWS KMS endpoint: expected http(s)://host[:port] with no path or query"
                     .into(),
             ));
         }
@@ -128,7 +146,12 @@ impl AwsClient {
             (Some(h), None) => h.to_string(),
             (None, _) => return Err(bad("invalid AWS KMS endpoint: no host".into())),
         };
-        let http = reqwest::blocking::Client::builder()
+        let mut builder = reqwest::blocking::Client::builder();
+        if is_loopback(&url) {
+            // A local emulator: never route it through an HTTP(S)_PROXY from the environment.
+            builder = builder.no_proxy();
+        }
+        let http = builder
             .timeout(opts.timeout)
             .connect_timeout(opts.timeout.min(MAX_CONNECT_TIMEOUT))
             .user_agent(concat!("envseal/", env!("CARGO_PKG_VERSION")))
@@ -217,8 +240,16 @@ impl AwsClient {
                 }
                 e
             })?;
-        serde_json::from_slice(&resp)
-            .map_err(|e| self.invalid_response(what, &format!("unexpected response: {e}")))
+        serde_json::from_slice(&resp).map_err(|e| {
+            // serde's text may quote values, and a value here may be key material.
+            let detail = e.to_string();
+            let detail = if detail.starts_with("missing field") {
+                detail
+            } else {
+                format!("line {}, column {}", e.line(), e.column())
+            };
+            self.invalid_response(what, &format!("unexpected response ({detail})"))
+        })
     }
 
     fn attempt(
@@ -272,9 +303,15 @@ impl AwsClient {
         let request_id = header("x-amzn-RequestId");
         let error_type = header("x-amzn-ErrorType");
         let mut buf = Zeroizing::new(Vec::new());
-        response
+        (&mut response)
+            .take(MAX_RESPONSE + 1)
             .read_to_end(&mut buf)
             .map_err(|e| self.transport_error(what, &e))?;
+        if buf.len() as u64 > MAX_RESPONSE {
+            return Err(self
+                .invalid_response(what, "response larger than 1 MiB")
+                .with_status(status));
+        }
         log::debug!("AWS KMS {op} at {}: HTTP {status}", self.endpoint);
         if (200..300).contains(&status) {
             return Ok(buf);
@@ -470,6 +507,15 @@ fn error_kind(code: Option<&str>, status: u16) -> KmsErrorKind {
     }
 }
 
+fn is_loopback(url: &reqwest::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
 fn non_empty(s: &str) -> Option<&str> {
     (!s.is_empty()).then_some(s)
 }
@@ -644,9 +690,23 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.host, "127.0.0.1:4566");
+        let e = AwsClient::from_vars(
+            "http://user:pw@127.0.0.1:1",
+            Some("us-east-1"),
+            &opts,
+            vars(&CREDS),
+        )
+        .err()
+        .unwrap();
+        assert_eq!(e.kind, KmsErrorKind::InvalidArgument);
+        assert!(!e.to_string().contains("pw"), "{e}");
+        let e = AwsClient::from_vars("http://127.0.0.1:1", Some("us east/1"), &opts, vars(&CREDS))
+            .err()
+            .unwrap();
+        assert_eq!(e.kind, KmsErrorKind::InvalidArgument);
         for bad in [
             "http://127.0.0.1:1/path",
-            "http://user:pw@127.0.0.1:1",
+            "http://127.0.0.1:1?x=1",
             "ftp://x",
         ] {
             let e = AwsClient::from_vars(bad, Some("us-east-1"), &opts, vars(&CREDS))
