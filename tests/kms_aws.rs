@@ -71,10 +71,11 @@ fn fast_retry(max_attempts: u32) -> RetryPolicy {
 }
 
 fn client_with(endpoint: &str, retry: RetryPolicy) -> AwsClient {
-    let opts = KmsOptions {
-        retry,
-        timeout: Duration::from_secs(10),
-    };
+    client_with_timeout(endpoint, retry, Duration::from_secs(10))
+}
+
+fn client_with_timeout(endpoint: &str, retry: RetryPolicy, timeout: Duration) -> AwsClient {
+    let opts = KmsOptions { retry, timeout };
     AwsClient::from_vars(endpoint, Some(REGION), &opts, |name| match name {
         "AWS_ACCESS_KEY_ID" => Some(ACCESS_KEY_ID.into()),
         "AWS_SECRET_ACCESS_KEY" => Some(SECRET.into()),
@@ -293,6 +294,29 @@ fn unreachable_endpoint_is_a_transport_error_after_bounded_retries() {
     assert_eq!(e.kind, KmsErrorKind::Transport, "{e}");
     assert!(e.to_string().contains(&endpoint), "{e}");
     assert_eq!(*count.lock().unwrap(), 4, "one connection per attempt");
+
+    // Something listens and never answers: each attempt times out.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    std::thread::spawn(move || {
+        let held: Vec<TcpStream> = listener.incoming().flatten().collect();
+        drop(held);
+    });
+    let c = client_with_timeout(&endpoint, fast_retry(2), Duration::from_millis(300));
+    let started = Instant::now();
+    let e = err(c.decrypt(&WrappedKey {
+        kms: c.url(),
+        key_id: "k".into(),
+        blob: "AAAA".into(),
+        context: context(),
+    }));
+    assert_eq!(e.kind, KmsErrorKind::Transport, "{e}");
+    assert!(e.to_string().contains("gave up after 2 attempts"), "{e}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(600) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
 }
 
 /// One HTTP request as the proxy saw it.
@@ -353,7 +377,7 @@ fn serve_one(conn: TcpStream, upstream: u16, log: &Mutex<Vec<Seen>>, faults: &[(
             break;
         }
     }
-    let seen = Seen {
+    let mut seen = Seen {
         head,
         body: Vec::new(),
     };
@@ -361,19 +385,22 @@ fn serve_one(conn: TcpStream, upstream: u16, log: &Mutex<Vec<Seen>>, faults: &[(
         .header("content-length")
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    let mut body = vec![0; len];
-    if reader.read_exact(&mut body).is_err() {
+    seen.body.resize(len, 0);
+    if reader.read_exact(&mut seen.body).is_err() {
         return;
     }
+    // Forwarded with `Connection: close`, so each connection carries exactly one request.
+    let (request_line, rest) = seen.head.split_once("\r\n").unwrap();
+    let forward = [
+        format!("{request_line}\r\nConnection: close\r\n{rest}").into_bytes(),
+        seen.body.clone(),
+    ]
+    .concat();
     let index = {
         let mut log = log.lock().unwrap();
-        log.push(Seen {
-            body: body.clone(),
-            ..seen
-        });
+        log.push(seen);
         log.len() - 1
     };
-    let head = log.lock().unwrap()[index].head.clone();
     let mut conn = reader.into_inner();
     if let Some((status, text)) = faults.get(index) {
         let reply = format!(
@@ -384,12 +411,8 @@ fn serve_one(conn: TcpStream, upstream: u16, log: &Mutex<Vec<Seen>>, faults: &[(
         let _ = conn.write_all(reply.as_bytes());
         return;
     }
-    // Forward with `Connection: close`, so each connection carries exactly one request.
-    let (request_line, rest) = head.split_once("\r\n").unwrap();
     let mut up = TcpStream::connect(("127.0.0.1", upstream)).unwrap();
-    up.write_all(format!("{request_line}\r\nConnection: close\r\n{rest}").as_bytes())
-        .unwrap();
-    up.write_all(&body).unwrap();
+    up.write_all(&forward).unwrap();
     let mut answer = Vec::new();
     let _ = up.read_to_end(&mut answer);
     let _ = conn.write_all(&answer);
