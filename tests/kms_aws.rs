@@ -139,6 +139,15 @@ fn generate_by_alias_then_decrypt_encrypt_and_reencrypt() {
 
     let again = c.decrypt(wrapped).unwrap();
     assert_eq!(again.expose(), generated.plaintext.expose());
+    // A blob copied through a text file may come back with a trailing newline.
+    let copied = WrappedKey {
+        blob: format!("{}\n", wrapped.blob),
+        ..wrapped.clone()
+    };
+    assert_eq!(
+        c.decrypt(&copied).unwrap().expose(),
+        generated.plaintext.expose()
+    );
 
     // Two data keys are different keys.
     let other = c.generate_data_key(&alias, &context()).unwrap();
@@ -342,7 +351,7 @@ struct FaultProxy {
 }
 
 impl FaultProxy {
-    fn start(upstream: u16, faults: Vec<(u16, &'static str)>) -> FaultProxy {
+    fn start(upstream: u16, faults: Vec<(u16, String)>) -> FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -364,7 +373,7 @@ impl FaultProxy {
 }
 
 /// Reads one request from `conn`, answers a fault or forwards it, then closes.
-fn serve_one(conn: TcpStream, upstream: u16, log: &Mutex<Vec<Seen>>, faults: &[(u16, &str)]) {
+fn serve_one(conn: TcpStream, upstream: u16, log: &Mutex<Vec<Seen>>, faults: &[(u16, String)]) {
     let mut reader = BufReader::new(conn);
     let mut head = String::new();
     loop {
@@ -474,7 +483,7 @@ fn throttling_and_server_errors_are_retried_and_every_attempt_is_signed() {
     const THROTTLE: &str = r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#;
 
     // Three throttles, then success: four attempts are enough.
-    let proxy = FaultProxy::start(moto.port, vec![(400, THROTTLE); 3]);
+    let proxy = FaultProxy::start(moto.port, vec![(400, THROTTLE.to_string()); 3]);
     let c = client_with(&proxy.endpoint(), fast_retry(4));
     let generated = c.generate_data_key(&alias, &context()).unwrap();
     {
@@ -516,7 +525,7 @@ fn throttling_and_server_errors_are_retried_and_every_attempt_is_signed() {
     );
 
     // Out of attempts: the last throttle surfaces with its code and request id.
-    let proxy = FaultProxy::start(moto.port, vec![(400, THROTTLE); 3]);
+    let proxy = FaultProxy::start(moto.port, vec![(400, THROTTLE.to_string()); 3]);
     let c = client_with(&proxy.endpoint(), fast_retry(3));
     let e = err(c.generate_data_key(&alias, &context()));
     assert_eq!(e.kind, KmsErrorKind::Throttled);
@@ -529,11 +538,14 @@ fn throttling_and_server_errors_are_retried_and_every_attempt_is_signed() {
     let proxy = FaultProxy::start(
         moto.port,
         vec![
-            (500, r#"{"__type":"KMSInternalException","message":"oops"}"#),
-            (503, "<html>Service Unavailable</html>"),
+            (
+                500,
+                r#"{"__type":"KMSInternalException","message":"oops"}"#.into(),
+            ),
+            (503, "<html>Service Unavailable</html>".into()),
             (
                 400,
-                r#"{"__type":"DependencyTimeoutException","message":"slow"}"#,
+                r#"{"__type":"DependencyTimeoutException","message":"slow"}"#.into(),
             ),
         ],
     );
@@ -542,17 +554,22 @@ fn throttling_and_server_errors_are_retried_and_every_attempt_is_signed() {
     assert_eq!(key.expose(), generated.plaintext.expose());
     assert_eq!(proxy.seen.lock().unwrap().len(), 4);
 
-    // Permanent errors are not retried.
-    let proxy = FaultProxy::start(
-        moto.port,
-        vec![(
-            400,
-            r#"{"__type":"AccessDeniedException","message":"not allowed"}"#,
-        )],
-    );
-    let c = client_with(&proxy.endpoint(), fast_retry(4));
-    let e = err(c.decrypt(&generated.wrapped));
-    assert_eq!(e.kind, KmsErrorKind::Auth);
-    assert_eq!(e.code.as_deref(), Some("AccessDeniedException"));
-    assert_eq!(proxy.seen.lock().unwrap().len(), 1);
+    // Permanent errors are not retried, and keep their kind. (moto itself lets a disabled key
+    // work, so the real service's answers are replayed here.)
+    for (code, kind) in [
+        ("AccessDeniedException", KmsErrorKind::Auth),
+        ("UnrecognizedClientException", KmsErrorKind::Auth),
+        ("DisabledException", KmsErrorKind::Disabled),
+        ("KMSInvalidStateException", KmsErrorKind::Disabled),
+        ("IncorrectKeyException", KmsErrorKind::InvalidCiphertext),
+    ] {
+        let body = format!(r#"{{"__type":"{code}","message":"refused"}}"#);
+        let proxy = FaultProxy::start(moto.port, vec![(400, body)]);
+        let c = client_with(&proxy.endpoint(), fast_retry(4));
+        let e = err(c.decrypt(&generated.wrapped));
+        assert_eq!(e.kind, kind, "{e}");
+        assert_eq!(e.code.as_deref(), Some(code));
+        assert_eq!(e.request_id.as_deref(), Some("fault-0"));
+        assert_eq!(proxy.seen.lock().unwrap().len(), 1, "{code} is not retried");
+    }
 }
