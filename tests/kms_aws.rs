@@ -75,7 +75,11 @@ fn client_with(endpoint: &str, retry: RetryPolicy) -> AwsClient {
 }
 
 fn client_with_timeout(endpoint: &str, retry: RetryPolicy, timeout: Duration) -> AwsClient {
-    let opts = KmsOptions { retry, timeout };
+    let opts = KmsOptions {
+        retry,
+        timeout,
+        ..KmsOptions::default()
+    };
     AwsClient::from_vars(endpoint, Some(REGION), &opts, |name| match name {
         "AWS_ACCESS_KEY_ID" => Some(ACCESS_KEY_ID.into()),
         "AWS_SECRET_ACCESS_KEY" => Some(SECRET.into()),
