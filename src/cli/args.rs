@@ -90,7 +90,7 @@ pub struct EncryptArgs {
     /// Resume an unfinished run in VAULT (running the same command again does this too).
     #[arg(long)]
     pub resume: bool,
-    /// Read memory maps never; use plain reads for every file.
+    /// Never memory-map sources; read every file with plain reads.
     #[arg(long)]
     pub no_mmap: bool,
     /// Start a new batch (a new data key) after this many files.
@@ -117,8 +117,9 @@ pub struct DecryptArgs {
     /// Replace files that already exist in DEST.
     #[arg(long)]
     pub overwrite: bool,
-    /// Use this KMS instead of the one the manifest names (for moved endpoints).
-    #[arg(long, env = "ENVSEAL_KMS", value_name = "URL")]
+    /// Use this KMS instead of the one the manifest names (for moved endpoints; ENVSEAL_KMS
+    /// is not read here: the manifest knows where each key lives).
+    #[arg(long, value_name = "URL")]
     pub kms: Option<String>,
     #[arg(short = 'j', long, value_name = "N")]
     pub jobs: Option<usize>,
@@ -136,7 +137,7 @@ pub struct VerifyArgs {
     #[arg(long)]
     pub deep: bool,
     /// Use this KMS instead of the one the manifest names (with --deep).
-    #[arg(long, env = "ENVSEAL_KMS", value_name = "URL")]
+    #[arg(long, value_name = "URL")]
     pub kms: Option<String>,
     #[arg(short = 'j', long, value_name = "N")]
     pub jobs: Option<usize>,
@@ -152,7 +153,7 @@ pub struct LsArgs {
     #[arg(long)]
     pub json: bool,
     /// Use this KMS instead of the one the manifest names (concealed names need the key).
-    #[arg(long, env = "ENVSEAL_KMS", value_name = "URL")]
+    #[arg(long, value_name = "URL")]
     pub kms: Option<String>,
 }
 
