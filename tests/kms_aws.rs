@@ -31,23 +31,44 @@ impl Moto {
     /// `None` (test skipped) when the venv is absent outside CI.
     fn start() -> Option<Moto> {
         let pyenv = common::pyenv()?;
-        let port = common::free_port();
-        let child = Command::new(pyenv.join("bin/moto_server"))
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("cannot start moto_server");
-        let mut moto = Moto { child, port, pyenv };
+        // A port from free_port() can be taken by someone else before moto binds it; moto
+        // then exits at once, and we try another port.
+        for _ in 0..5 {
+            let port = common::free_port();
+            let child = Command::new(pyenv.join("bin/moto_server"))
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("cannot start moto_server");
+            let mut moto = Moto {
+                child,
+                port,
+                pyenv: pyenv.clone(),
+            };
+            if moto.wait_ready() {
+                return Some(moto);
+            }
+        }
+        panic!("moto_server did not start on any of 5 ports");
+    }
+
+    /// Until moto answers a KMS call; `false` if it exited (port taken).
+    fn wait_ready(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Ok(Some(status)) = moto.child.try_wait() {
-                panic!("moto_server exited early: {status}");
+        let probe = client_with(&self.endpoint(), fast_retry(1));
+        loop {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+                && probe.create_key("readiness probe").is_ok()
+            {
+                return true;
             }
             assert!(Instant::now() < deadline, "moto_server did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Some(moto)
     }
 
     fn endpoint(&self) -> String {
