@@ -480,10 +480,10 @@ impl Manifest {
         write_atomic(&vault.join(layout::MANIFEST), &body)
     }
 
-    /// Reads and parses `vault/manifest.jsonl` without any key (structure and limits only).
-    pub fn read(vault: &Path) -> Result<Manifest> {
+    /// Opens `vault/manifest.jsonl`, with a hint when the vault is unfinished.
+    fn open(vault: &Path) -> Result<File> {
         let path = vault.join(layout::MANIFEST);
-        let file = File::open(&path).map_err(|e| {
+        File::open(&path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 let hint = if vault.join(layout::JOURNAL).exists() {
                     "the vault is unfinished: run the same encrypt command again to resume it"
@@ -494,9 +494,30 @@ impl Manifest {
             } else {
                 Error::io(&path, e)
             }
-        })?;
+        })
+    }
+
+    /// The whole manifest file. Readers that authenticate it parse and MAC these same bytes
+    /// ([`Manifest::parse`], [`Manifest::authenticate_bytes`]): reading the file twice would
+    /// let it change in between, so that the entries used are not the ones authenticated.
+    pub fn read_bytes(vault: &Path) -> Result<Vec<u8>> {
+        let mut data = Vec::new();
+        Self::open(vault)?
+            .read_to_end(&mut data)
+            .at(vault.join(layout::MANIFEST))?;
+        Ok(data)
+    }
+
+    /// Reads and parses `vault/manifest.jsonl` without any key (structure and limits only).
+    pub fn read(vault: &Path) -> Result<Manifest> {
+        Self::parse(BufReader::new(Self::open(vault)?), vault)
+    }
+
+    /// Parses a manifest (of the vault `vault`, for messages) without any key.
+    pub fn parse(reader: impl BufRead, vault: &Path) -> Result<Manifest> {
+        let path = vault.join(layout::MANIFEST);
         let what = path.display().to_string();
-        let mut lines = Lines::new(BufReader::new(file), &path);
+        let mut lines = Lines::new(reader, &path);
         let mut m: Option<Manifest> = None;
         let mut ended = false;
         while let Some(line) = lines.next_line()? {
@@ -560,12 +581,17 @@ impl Manifest {
     /// Authenticates the manifest file with a batch key: recomputes that batch's MAC over the
     /// file's bytes and compares it (constant time) with the one in the end record.
     pub fn authenticate(vault: &Path, batch: &Batch, key: &BatchKey) -> Result<()> {
-        let path = vault.join(layout::MANIFEST);
-        let what = path.display().to_string();
-        let mut data = Vec::new();
-        File::open(&path)
-            .and_then(|mut f| f.read_to_end(&mut data))
-            .at(&path)?;
+        Self::authenticate_bytes(&Self::read_bytes(vault)?, vault, batch, key)
+    }
+
+    /// [`Manifest::authenticate`] over manifest bytes already read (see [`Manifest::read_bytes`]).
+    pub fn authenticate_bytes(
+        data: &[u8],
+        vault: &Path,
+        batch: &Batch,
+        key: &BatchKey,
+    ) -> Result<()> {
+        let what = vault.join(layout::MANIFEST).display().to_string();
         // The end record is the last line; everything before it is MAC input.
         let body_end = data[..data.len().saturating_sub(1)]
             .iter()

@@ -1,0 +1,170 @@
+//! Regression tests for the findings of the core review: each test failed before its fix.
+
+use std::fs;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use envseal::decrypt::{decrypt, DecryptOptions};
+use envseal::encrypt::{encrypt, EncryptOptions};
+use envseal::error::Error;
+use envseal::format::{self, layout};
+use envseal::keys::Kms;
+use envseal::kms::local::LocalProvider;
+use envseal::kms::{
+    DataKey, EncryptionContext, GeneratedKey, KeyProvider, KmsError, KmsOptions, WrappedKey,
+};
+use envseal::progress::NoProgress;
+
+/// A source tree, a local key store and a vault path, all in one temporary directory.
+struct Fixture {
+    tmp: tempfile::TempDir,
+    src: PathBuf,
+    vault: PathBuf,
+    store: PathBuf,
+}
+
+impl Fixture {
+    fn new(files: &[(&str, &[u8])]) -> Fixture {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("data");
+        fs::create_dir_all(&src).unwrap();
+        for (name, body) in files {
+            fs::write(src.join(name), body).unwrap();
+        }
+        Fixture {
+            src,
+            vault: tmp.path().join("vault"),
+            store: tmp.path().join("keystore"),
+            tmp,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("local:{}", self.store.display())
+    }
+
+    fn provider(&self) -> LocalProvider {
+        LocalProvider::open(Some(&self.store), &KmsOptions::default()).unwrap()
+    }
+
+    fn kms(&self) -> Kms {
+        Kms::new(KmsOptions::default(), None).with_provider(&self.url(), Arc::new(self.provider()))
+    }
+
+    fn opts(&self, segment_size: u32) -> EncryptOptions {
+        EncryptOptions {
+            sources: vec![self.src.clone()],
+            vault: self.vault.clone(),
+            key: None,
+            kms_url: self.url(),
+            segment_size,
+            excludes: vec![],
+            conceal_names: false,
+            resume: false,
+            use_mmap: false,
+            jobs: 2,
+            batch_max_files: format::BATCH_MAX_FILES,
+            batch_max_bytes: format::BATCH_MAX_BYTES,
+        }
+    }
+
+    fn encrypt(&self, segment_size: u32) {
+        encrypt(
+            &self.opts(segment_size),
+            &self.kms(),
+            &NoProgress,
+            &AtomicBool::new(false),
+        )
+        .unwrap();
+    }
+
+    fn decrypt_with(&self, kms: &Kms) -> (envseal::Result<u64>, PathBuf) {
+        let dest = self.tmp.path().join("out");
+        let opts = DecryptOptions {
+            vault: self.vault.clone(),
+            dest: dest.clone(),
+            only: vec![],
+            overwrite: false,
+            jobs: 2,
+        };
+        let r = decrypt(&opts, kms, &NoProgress, &AtomicBool::new(false)).map(|r| {
+            assert!(r.failed.is_empty(), "failed: {:?}", r.failed);
+            r.files
+        });
+        (r, dest)
+    }
+
+    fn manifest_path(&self) -> PathBuf {
+        self.vault.join(layout::MANIFEST)
+    }
+}
+
+/// Delegates to a local provider, and puts the genuine manifest back in place while the
+/// batch key is being unwrapped: a manifest that changes between being parsed and being
+/// authenticated.
+struct SwapOnDecrypt {
+    inner: LocalProvider,
+    manifest: PathBuf,
+    genuine: Vec<u8>,
+}
+
+impl KeyProvider for SwapOnDecrypt {
+    fn url(&self) -> String {
+        self.inner.url()
+    }
+
+    fn generate_data_key(
+        &self,
+        key: &str,
+        context: &EncryptionContext,
+    ) -> Result<GeneratedKey, KmsError> {
+        self.inner.generate_data_key(key, context)
+    }
+
+    fn decrypt(&self, wrapped: &WrappedKey) -> Result<DataKey, KmsError> {
+        let tmp = self.manifest.with_extension("swap");
+        fs::write(&tmp, &self.genuine).unwrap();
+        fs::rename(&tmp, &self.manifest).unwrap();
+        self.inner.decrypt(wrapped)
+    }
+
+    fn encrypt(
+        &self,
+        key: &str,
+        plaintext: &DataKey,
+        context: &EncryptionContext,
+    ) -> Result<WrappedKey, KmsError> {
+        self.inner.encrypt(key, plaintext, context)
+    }
+}
+
+/// key is unwrapped must not restore anything from the tampered text.
+#[test]
+fn the_manifest_used_is_the_manifest_authenticated() {
+    let fx = Fixture::new(&[("a.txt", b"hello")]);
+    fx.encrypt(4096);
+    let genuine = fs::read(fx.manifest_path()).unwrap();
+    let text = String::from_utf8(genuine.clone()).unwrap();
+    assert!(text.contains("\"data/a.txt\""));
+    fs::write(
+        fx.manifest_path(),
+        text.replace("\"data/a.txt\"", "\"data/b.txt\""),
+    )
+    .unwrap();
+    let swap = SwapOnDecrypt {
+        inner: fx.provider(),
+        manifest: fx.manifest_path(),
+        genuine,
+    };
+    let kms = Kms::new(KmsOptions::default(), None).with_provider(&fx.url(), Arc::new(swap));
+    let (r, dest) = fx.decrypt_with(&kms);
+    assert!(
+        !dest.join("data/b.txt").exists(),
+        "a path from the unauthenticated manifest text was restored"
+    );
+    assert!(
+        matches!(r, Err(Error::Integrity { .. })),
+        "expected an integrity error, got {r:?}"
+    );
+}
