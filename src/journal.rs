@@ -208,13 +208,15 @@ impl Journal {
     /// line, so new records follow it. Only the last line may fail (a write torn by a crash);
     /// a bad record followed by good ones means the journal was modified.
     pub fn authenticated_done(&mut self, loaded: &Loaded) -> Result<Vec<DoneRecord>> {
-        let key = self
-            .mac_key
-            .as_ref()
-            .ok_or_else(|| Error::Runtime("journal MAC key not set".into()))?;
         let mut out = Vec::new();
         let mut end = loaded.good_end;
         for (mac, raw, line_start, line_end) in &loaded.done {
+            // Only `done` records need the key: a run stopped before its first batch record
+            // has none, and no key to check them with either.
+            let key = self
+                .mac_key
+                .as_ref()
+                .ok_or_else(|| Error::Runtime("journal MAC key not set".into()))?;
             let ok = format::from_hex::<32>(mac)
                 .map(|m| blake3::keyed_hash(key, raw) == blake3::Hash::from(m))
                 .unwrap_or(false);

@@ -168,3 +168,35 @@ fn the_manifest_used_is_the_manifest_authenticated() {
         "expected an integrity error, got {r:?}"
     );
 }
+
+/// walking a large tree) must finish when the same command is run again.
+#[test]
+fn a_run_killed_before_its_first_batch_resumes() {
+    use base64::Engine;
+    use envseal::journal::{Journal, RunParams, RunRecord};
+    let fx = Fixture::new(&[("a.txt", b"hello"), ("b.txt", b"world")]);
+    let opts = fx.opts(4096);
+    fs::create_dir_all(&fx.vault).unwrap();
+    let abs = std::path::absolute(&fx.src).unwrap();
+    let run = RunRecord {
+        format: format::FORMAT_VERSION,
+        vault_id: "ab".repeat(16),
+        created: "2026-11-28T00:00:00Z".into(),
+        params: RunParams {
+            sources: vec![base64::engine::general_purpose::STANDARD
+                .encode(std::os::unix::ffi::OsStrExt::as_bytes(abs.as_os_str()))],
+            key: opts.key.clone(),
+            kms: opts.kms_url.clone(),
+            segment_size: opts.segment_size,
+            conceal_names: opts.conceal_names,
+            excludes: opts.excludes.clone(),
+        },
+    };
+    drop(Journal::create(&fx.vault, &run).unwrap()); // the "crash"
+    let r = encrypt(&opts, &fx.kms(), &NoProgress, &AtomicBool::new(false))
+        .expect("the rerun of an interrupted command must finish");
+    assert_eq!(r.files, 2);
+    let (r, dest) = fx.decrypt_with(&fx.kms());
+    assert_eq!(r.unwrap(), 2);
+    assert_eq!(fs::read(dest.join("data/b.txt")).unwrap(), b"world");
+}
