@@ -220,7 +220,10 @@ pub fn decrypt(
         .map(|&i| &manifest.entries[i])
         .filter(|e| e.file().is_some() && !under_bad(rel(e)))
         .collect();
-    let total: u64 = files.iter().filter_map(|e| e.file()).map(|f| f.size).sum();
+    let total: u64 = files
+        .iter()
+        .filter_map(|e| e.file())
+        .fold(0u64, |t, f| t.saturating_add(f.size));
     progress.start(files.len() as u64, total);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(opts.jobs.max(1))

@@ -557,8 +557,15 @@ impl Manifest {
                     if m.entries.len() as u64 >= format::MAX_ENTRIES {
                         return Err(bad(&at, "too many entries"));
                     }
-                    m.entries
-                        .push(Entry::from_record(&e, &m.batches, &at).map_err(tampered)?)
+                    let entry = Entry::from_record(&e, &m.batches, &at).map_err(tampered)?;
+                    // Sizes are hostile input to keyless readers: bound them before any size
+                    // arithmetic (object lengths, totals).
+                    if entry.file().is_some_and(|f| {
+                        format::segment_count(f.size, m.segment_size) > format::MAX_SEGMENTS
+                    }) {
+                        return Err(Error::integrity(&at, "file size over 2^32 segments"));
+                    }
+                    m.entries.push(entry)
                 }
                 (Record::End(end), Some(m)) => {
                     if end.entries != m.entries.len() as u64 {

@@ -223,7 +223,10 @@ pub fn verify(
         (Manifest::read(vault)?, None)
     };
     let files: Vec<&Entry> = m.entries.iter().filter(|e| e.file().is_some()).collect();
-    let total: u64 = files.iter().filter_map(|e| e.file()).map(|f| f.size).sum();
+    let total: u64 = files
+        .iter()
+        .filter_map(|e| e.file())
+        .fold(0u64, |t, f| t.saturating_add(f.size));
     progress.start(files.len() as u64, total);
     let mut problems: Vec<Problem> = pool.install(|| {
         files

@@ -200,3 +200,53 @@ fn a_run_killed_before_its_first_batch_resumes() {
     assert_eq!(r.unwrap(), 2);
     assert_eq!(fs::read(dest.join("data/b.txt")).unwrap(), b"world");
 }
+
+/// not overflow (a panic in debug builds, wrapped arithmetic in release builds).
+#[test]
+fn hostile_sizes_in_the_manifest_do_not_overflow() {
+    use envseal::verify::{verify, ProblemKind, VerifyOptions};
+    // 64 MiB segments: 2^58 bytes is the largest size with at most 2^32 segments.
+    let files: Vec<(String, Vec<u8>)> = (0..65).map(|i| (format!("f{i:02}"), vec![1])).collect();
+    let refs: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(n, b)| (n.as_str(), b.as_slice()))
+        .collect();
+    let fx = Fixture::new(&refs);
+    fx.encrypt(64 << 20);
+    let text = fs::read_to_string(fx.manifest_path()).unwrap();
+    let verify_keyless = || {
+        verify(
+            &fx.vault,
+            &VerifyOptions {
+                deep: false,
+                jobs: 2,
+            },
+            None,
+            &NoProgress,
+            &AtomicBool::new(false),
+        )
+    };
+
+    // Each size valid on its own, their sum over u64: every object is reported, no panic.
+    fs::write(
+        fx.manifest_path(),
+        text.replace("\"size\":1,", &format!("\"size\":{},", 1u64 << 58)),
+    )
+    .unwrap();
+    let r = verify_keyless().unwrap();
+    let corrupt = r
+        .problems
+        .iter()
+        .filter(|p| p.kind == ProblemKind::Corrupt)
+        .count();
+    assert_eq!(corrupt, 65, "{:?}", r.problems);
+
+    // A size with more than 2^32 segments is refused when the manifest is parsed.
+    fs::write(
+        fx.manifest_path(),
+        text.replacen("\"size\":1,", &format!("\"size\":{},", u64::MAX), 1),
+    )
+    .unwrap();
+    let e = verify_keyless().unwrap_err();
+    assert_eq!(e.exit_code(), 3, "{e}");
+}
