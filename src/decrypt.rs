@@ -332,9 +332,9 @@ fn restore_file(
         }
     }
     let dir = target.parent().unwrap_or(&opts.dest);
-    let name = target.file_name().unwrap_or_default().to_string_lossy();
-    let suffix: [u8; 6] = crate::format::random().map_err(|err| io(dir, err))?;
-    let tmp = dir.join(format!(".{name}.envseal-{}.tmp", hex::encode(suffix)));
+    // Not derived from the file's name: a name near NAME_MAX (255) plus a suffix would not fit.
+    let suffix: [u8; 8] = crate::format::random().map_err(|err| io(dir, err))?;
+    let tmp = dir.join(format!(".envseal-{}.tmp", hex::encode(suffix)));
     let out: File = OpenOptions::new()
         .write(true)
         .create_new(true)

@@ -250,3 +250,17 @@ fn hostile_sizes_in_the_manifest_do_not_overflow() {
     let e = verify_keyless().unwrap_err();
     assert_eq!(e.exit_code(), 3, "{e}");
 }
+
+/// temporary name beside it must not be longer than the limit).
+#[test]
+fn a_file_with_a_long_name_is_restored() {
+    let name = "n".repeat(250);
+    let fx = Fixture::new(&[(name.as_str(), b"long name")]);
+    fx.encrypt(4096);
+    let (r, dest) = fx.decrypt_with(&fx.kms());
+    assert_eq!(r.unwrap(), 1);
+    assert_eq!(
+        fs::read(dest.join("data").join(&name)).unwrap(),
+        b"long name"
+    );
+}
