@@ -182,10 +182,11 @@ fn key_files(vault: &Path, m: &Manifest) -> Vec<Problem> {
         let ok = fs::read(&p)
             .ok()
             .and_then(|d| serde_json::from_slice::<KeyFile>(&d).ok())
+            // The whole record, wrapped keys included: recovery without the manifest uses them.
             .is_some_and(|kf| {
-                kf.vault_id == format::to_hex(&m.vault_id)
-                    && kf.batch.batch_id == b.id_hex()
-                    && kf.batch.key_commitment == format::to_hex(&b.key_commitment)
+                kf.format == format::FORMAT_VERSION
+                    && kf.vault_id == format::to_hex(&m.vault_id)
+                    && kf.batch == b.to_record()
             });
         if !ok {
             out.push(Problem {

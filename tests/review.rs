@@ -264,3 +264,40 @@ fn a_file_with_a_long_name_is_restored() {
         b"long name"
     );
 }
+
+/// `verify` must notice when its wrapped key differs from the manifest's, not only its ids.
+#[test]
+fn a_key_file_with_another_wrapped_key_is_reported() {
+    use envseal::verify::{verify, ProblemKind, VerifyOptions};
+    let fx = Fixture::new(&[("a.txt", b"hello")]);
+    fx.encrypt(4096);
+    let kf = fs::read_dir(&fx.vault)
+        .unwrap()
+        .map(|d| d.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(layout::KEYS_PREFIX)
+        })
+        .unwrap();
+    let mut v: serde_json::Value = serde_json::from_slice(&fs::read(&kf).unwrap()).unwrap();
+    v["wrapped"][0]["blob"] = serde_json::Value::String("AAAA".into());
+    fs::write(&kf, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+    let r = verify(
+        &fx.vault,
+        &VerifyOptions {
+            deep: false,
+            jobs: 1,
+        },
+        None,
+        &NoProgress,
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    assert!(
+        r.problems.iter().any(|p| p.kind == ProblemKind::KeyFile),
+        "{:?}",
+        r.problems
+    );
+}
