@@ -256,7 +256,8 @@ pub fn segment_mac(
 /// given in order. Equal to `blake3::keyed_hash(key, plaintext)`, but each segment can be
 /// hashed on its own core. Memory is O(log n): BLAKE3's lazy-merging chaining value stack.
 pub struct TreeMac {
-    key: [u8; 32],
+    /// A copy of the file's plaintext-MAC key: secret, so zeroized on drop.
+    key: Zeroizing<[u8; 32]>,
     stack: Vec<ChainingValue>,
     count: u64,
     single: Option<blake3::Hash>,
@@ -265,7 +266,7 @@ pub struct TreeMac {
 impl TreeMac {
     pub fn new(key: &[u8; 32]) -> Self {
         TreeMac {
-            key: *key,
+            key: Zeroizing::new(*key),
             stack: Vec::new(),
             count: 0,
             single: None,
