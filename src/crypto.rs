@@ -181,8 +181,9 @@ impl FileKeys {
 pub struct NameKey(LessSafeKey);
 
 impl NameKey {
-    /// `nonce ‖ ciphertext ‖ tag` with a random nonce (a batch seals at most
-    /// `BATCH_MAX_FILES` names, far below the 2^32 random-nonce limit).
+    /// `nonce ‖ ciphertext ‖ tag` with a random nonce. One name key serves a whole vault
+    /// (about 2–3 seals per entry, docs/FORMAT.md §8), so the 2^32 random-nonce limit of
+    /// SP 800-38D bounds concealed vaults to about 2^30 entries.
     pub fn seal(&self, name: &[u8], aad: &[u8]) -> std::io::Result<Vec<u8>> {
         let nonce: [u8; NONCE_LEN] = format::random()?;
         let mut out = Vec::with_capacity(NONCE_LEN + name.len() + TAG_LEN);
