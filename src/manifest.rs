@@ -460,10 +460,23 @@ impl Manifest {
         for b in &self.batches {
             body.extend(json_line(&Record::Batch(b.to_record()))?);
         }
+        let mut lines = Vec::new();
         for e in &self.entries {
-            body.extend(json_line(&Record::Entry(Box::new(
+            let line = json_line(&Record::Entry(Box::new(
                 e.to_record(&self.batches, name_key.as_ref())?,
-            )))?);
+            )))?;
+            if name_key.is_some() {
+                lines.push(line);
+            } else {
+                body.extend(line);
+            }
+        }
+        // Listed in clear-path order, concealed entries (whose kinds, sizes and times stay
+        // visible) would give the tree's shape away. Their lines start with `enc_path`, whose
+        // first bytes are a random nonce: sorted lines are in an order unrelated to the names.
+        lines.sort_unstable();
+        for line in lines {
+            body.extend(line);
         }
         let n = self.entries.len() as u64;
         let mut macs = Vec::new();

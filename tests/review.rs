@@ -301,3 +301,49 @@ fn a_key_file_with_another_wrapped_key_is_reported() {
         r.problems
     );
 }
+
+/// With `--conceal-names` the manifest must not list entries in the order of their clear
+/// paths: with kinds, sizes and times visible, that order gives the tree's shape away (a
+/// directory is followed by its contents), which docs/FORMAT.md §9 says concealing hides.
+#[test]
+fn concealed_entries_are_not_in_clear_path_order() {
+    use base64::Engine;
+    use envseal::manifest::Manifest;
+    let fx = Fixture::new(&[]);
+    for d in 0..4 {
+        for f in 0..3 {
+            let p = fx.src.join(format!("d{d}/f{f}"));
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, b"x").unwrap();
+        }
+    }
+    let mut opts = fx.opts(4096);
+    opts.conceal_names = true;
+    let kms = fx.kms();
+    encrypt(&opts, &kms, &NoProgress, &AtomicBool::new(false)).unwrap();
+    let m = Manifest::read(&fx.vault).unwrap();
+    let nk = kms.unwrap(&m.vault_id, &m.batches[0]).unwrap().name_key();
+    let text = fs::read_to_string(fx.manifest_path()).unwrap();
+    let listed: Vec<Vec<u8>> = text
+        .lines()
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let sealed = v["enc_path"].as_str()?;
+            let sealed = base64::engine::general_purpose::STANDARD
+                .decode(sealed)
+                .unwrap();
+            Some(nk.open(&sealed, b"envseal path").unwrap())
+        })
+        .collect();
+    assert_eq!(listed.len(), 1 + 4 + 12);
+    let mut sorted = listed.clone();
+    sorted.sort();
+    assert_ne!(
+        listed, sorted,
+        "concealed entries are listed in clear-path order"
+    );
+    // And the vault still decrypts in full.
+    let (r, dest) = fx.decrypt_with(&kms);
+    assert_eq!(r.unwrap(), 12);
+    assert_eq!(fs::read(dest.join("data/d3/f2")).unwrap(), b"x");
+}
