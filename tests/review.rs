@@ -347,3 +347,28 @@ fn concealed_entries_are_not_in_clear_path_order() {
     assert_eq!(r.unwrap(), 12);
     assert_eq!(fs::read(dest.join("data/d3/f2")).unwrap(), b"x");
 }
+
+/// The provider URL of a wrapped key is read from the vault, before anything is authenticated:
+/// unwrapping must not create a local key store wherever a (hostile) manifest points, which
+/// would write outside DEST and cannot hold the key anyway.
+#[test]
+fn unwrapping_never_creates_a_local_key_store() {
+    let fx = Fixture::new(&[("a.txt", b"hello")]);
+    fx.encrypt(4096);
+    let elsewhere = fx.tmp.path().join("elsewhere/store");
+    let text = fs::read_to_string(fx.manifest_path()).unwrap();
+    let url = fx.url();
+    assert!(text.contains(&url));
+    fs::write(
+        fx.manifest_path(),
+        text.replace(&url, &format!("local:{}", elsewhere.display())),
+    )
+    .unwrap();
+    // A KMS with no provider registered for that URL: it is built from the URL.
+    let (r, _) = fx.decrypt_with(&Kms::new(KmsOptions::default(), None));
+    assert!(r.is_err());
+    assert!(
+        !fx.tmp.path().join("elsewhere").exists(),
+        "decrypt created a key store at the manifest's URL"
+    );
+}
