@@ -233,33 +233,17 @@ pub fn encrypt(
 
     // Assign work to batches in order, opening new ones past the limits (at least one batch,
     // so every vault has a key for its manifest MAC).
-    let mut new_batches = 0usize;
-    let mut cur = 0usize;
-    for w in work.iter_mut() {
-        let size = match w.entry.kind {
-            SourceKind::File { size, .. } => size,
-            _ => 0,
-        };
-        loop {
-            if cur >= load.len() {
-                load.push((0, 0));
-                new_batches += 1;
-            }
-            let (n, b) = load[cur];
-            let fits = n < opts.batch_max_files
-                && (n == 0 || b.saturating_add(size) <= opts.batch_max_bytes);
-            if fits {
-                load[cur].0 += 1;
-                load[cur].1 += size;
-                w.batch = cur;
-                break;
-            }
-            cur += 1;
-        }
+    let old_batches = load.len();
+    let assigned = assign_batches(
+        work.iter().map(|w| file_size(w.entry)),
+        &mut load,
+        opts.batch_max_files,
+        opts.batch_max_bytes,
+    )?;
+    for (w, b) in work.iter_mut().zip(assigned) {
+        w.batch = b;
     }
-    if load.is_empty() {
-        new_batches = 1;
-    }
+    let new_batches = load.len() - old_batches;
 
     // One GenerateDataKey per new batch; key file and journal record before any ciphertext.
     for _ in 0..new_batches {
@@ -282,13 +266,7 @@ pub fn encrypt(
     report.batches = batches.len() as u64;
 
     // Encrypt in parallel; this thread group-commits finished files to the journal.
-    let total_bytes: u64 = work
-        .iter()
-        .map(|w| match w.entry.kind {
-            SourceKind::File { size, .. } => size,
-            _ => 0,
-        })
-        .sum();
+    let total_bytes: u64 = work.iter().map(|w| file_size(w.entry)).sum();
     progress.start(work.len() as u64, total_bytes);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(opts.jobs.max(1))
@@ -435,6 +413,54 @@ pub fn encrypt(
     progress.finish();
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+fn file_size(e: &SourceEntry) -> u64 {
+    match e.kind {
+        SourceKind::File { size, .. } => size,
+        _ => 0,
+    }
+}
+
+/// Assigns files (given by size, in order) to batches: first to the batches in `load`
+/// (files, bytes per batch), then to new ones appended to it, each opened when the last is full.
+/// The limits are clamped to the format's (docs/FORMAT.md §8); there is always at least one
+/// batch, and never more than a manifest may hold. Returns each file's batch index.
+fn assign_batches(
+    sizes: impl Iterator<Item = u64>,
+    load: &mut Vec<(u64, u64)>,
+    max_files: u64,
+    max_bytes: u64,
+) -> Result<Vec<usize>> {
+    let max_files = max_files.clamp(1, format::BATCH_MAX_FILES);
+    let max_bytes = max_bytes.clamp(1, format::BATCH_MAX_BYTES);
+    let mut out = Vec::new();
+    let mut cur = 0usize;
+    for size in sizes {
+        loop {
+            if cur >= load.len() {
+                if load.len() >= format::MAX_BATCHES {
+                    return Err(Error::Usage(format!(
+                        "this run needs more than {} batches (data keys), the most a vault holds; raise the batch limits or split the sources",
+                        format::MAX_BATCHES
+                    )));
+                }
+                load.push((0, 0));
+            }
+            let (n, b) = load[cur];
+            // A file larger than the byte limit goes alone into an empty batch.
+            if n < max_files && (n == 0 || b.saturating_add(size) <= max_bytes) {
+                load[cur] = (n + 1, b.saturating_add(size));
+                out.push(cur);
+                break;
+            }
+            cur += 1;
+        }
+    }
+    if load.is_empty() {
+        load.push((0, 0));
+    }
+    Ok(out)
 }
 
 type OpenedVault = (
@@ -747,4 +773,43 @@ fn encrypt_once(
         ino: entry.ino,
         entry_meta: (entry.mode, entry.mtime, entry.mtime_nsec),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_fill_in_order_and_open_past_the_limits() {
+        let mut load = vec![(1, 10)]; // one batch from the journal, holding one file
+        let got = assign_batches([5, 5, 100, 0, 1].into_iter(), &mut load, 2, 20).unwrap();
+        // 2 files per batch, 20 bytes; the 100-byte file goes alone into a new batch, and
+        // batches are never reopened once left.
+        assert_eq!(got, vec![0, 1, 2, 3, 3]);
+        assert_eq!(load, vec![(2, 15), (1, 5), (1, 100), (2, 1)]);
+        let mut load = Vec::new();
+        assert!(assign_batches(std::iter::empty(), &mut load, 1, 1)
+            .unwrap()
+            .is_empty());
+        assert_eq!(load.len(), 1, "every vault has a batch");
+    }
+
+    /// A zero limit used to loop forever, opening batches; the limits are clamped to 1..=format.
+    #[test]
+    fn zero_limits_do_not_loop() {
+        let mut load = Vec::new();
+        let got = assign_batches([1, 2].into_iter(), &mut load, 0, 0).unwrap();
+        assert_eq!(got, vec![0, 1]);
+    }
+
+    /// A run must never write a manifest its readers refuse (more than MAX_BATCHES batches).
+    #[test]
+    fn no_more_batches_than_a_manifest_holds() {
+        let mut load = Vec::new();
+        let n = format::MAX_BATCHES as u64;
+        assert!(assign_batches((0..n).map(|_| 1), &mut load, 1, u64::MAX).is_ok());
+        let mut load = Vec::new();
+        let e = assign_batches((0..=n).map(|_| 1), &mut load, 1, u64::MAX).unwrap_err();
+        assert!(matches!(e, Error::Usage(_)), "{e}");
+    }
 }
