@@ -146,6 +146,10 @@ pub fn encrypt(
     // The vault directory: new, or an unfinished run of the same command.
     let vault = &opts.vault;
     let vault_existed = vault.exists();
+    if let Some(mut report) = finished_run(vault, &params)? {
+        report.seconds = started.elapsed().as_secs_f64();
+        return Ok(report);
+    }
     let (mut journal, run, old_batches, done_recs) = open_vault(vault, &params, opts.resume)?;
     let mut unstarted = Unstarted {
         vault,
@@ -516,6 +520,39 @@ fn open_vault(vault: &Path, params: &RunParams, must_resume: bool) -> Result<Ope
     };
     let journal = Journal::create(vault, &run)?;
     Ok((journal, run, Vec::new(), None))
+}
+
+/// A run of the same command that wrote its manifest and stopped before removing its journal
+/// is finished: removes the journal and reports what the manifest holds.
+fn finished_run(vault: &Path, params: &RunParams) -> Result<Option<EncryptReport>> {
+    if !vault.join(layout::MANIFEST).exists() || !vault.join(layout::JOURNAL).exists() {
+        return Ok(None);
+    }
+    let (journal, loaded) = Journal::open(vault)?;
+    if loaded.run.params != *params {
+        return Ok(None);
+    }
+    let m = Manifest::read(vault)?;
+    if loaded.run.vault_id != format::to_hex(&m.vault_id) {
+        return Ok(None);
+    }
+    journal.remove(vault)?;
+    let mut r = EncryptReport {
+        batches: m.batches.len() as u64,
+        ..Default::default()
+    };
+    for e in &m.entries {
+        match &e.kind {
+            EntryKind::File(f) => {
+                r.files += 1;
+                r.bytes = r.bytes.saturating_add(f.size);
+            }
+            EntryKind::Dir => r.dirs += 1,
+            EntryKind::Symlink(_) => r.symlinks += 1,
+        }
+    }
+    r.resumed_files = r.files;
+    Ok(Some(r))
 }
 
 /// Until its first batch record is in the journal, a run has written no key and no

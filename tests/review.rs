@@ -372,3 +372,52 @@ fn unwrapping_never_creates_a_local_key_store() {
         "decrypt created a key store at the manifest's URL"
     );
 }
+
+/// A run killed after its manifest was written but before its journal was removed has
+/// finished: running the same command again must say so (and tidy up), not refuse the vault.
+#[test]
+fn a_run_killed_after_its_manifest_finishes_on_rerun() {
+    use base64::Engine;
+    use envseal::journal::{Journal, RunParams, RunRecord};
+    let fx = Fixture::new(&[("a.txt", b"hello")]);
+    let opts = fx.opts(4096);
+    fx.encrypt(4096);
+    let manifest = fs::read(fx.manifest_path()).unwrap();
+    let abs = std::path::absolute(&fx.src).unwrap();
+    let params = RunParams {
+        sources: vec![base64::engine::general_purpose::STANDARD
+            .encode(std::os::unix::ffi::OsStrExt::as_bytes(abs.as_os_str()))],
+        key: opts.key.clone(),
+        kms: opts.kms_url.clone(),
+        segment_size: opts.segment_size,
+        conceal_names: opts.conceal_names,
+        excludes: opts.excludes.clone(),
+    };
+    let vault_id = format::to_hex(
+        &envseal::manifest::Manifest::read(&fx.vault)
+            .unwrap()
+            .vault_id,
+    );
+    let run = |params: RunParams| RunRecord {
+        format: format::FORMAT_VERSION,
+        vault_id: vault_id.clone(),
+        created: "2026-11-28T00:00:00Z".into(),
+        params,
+    };
+    let journal = fx.vault.join(layout::JOURNAL);
+    drop(Journal::create(&fx.vault, &run(params.clone())).unwrap()); // the "crash"
+    let r = encrypt(&opts, &fx.kms(), &NoProgress, &AtomicBool::new(false))
+        .expect("the rerun of a finished command must succeed");
+    assert_eq!(r.files, 1);
+    assert!(!journal.exists(), "the leftover journal is removed");
+    assert_eq!(fs::read(fx.manifest_path()).unwrap(), manifest);
+    // Another command's leftover journal, or none at all: still refused.
+    let mut other = params;
+    other.excludes = vec!["*.tmp".into()];
+    drop(Journal::create(&fx.vault, &run(other)).unwrap());
+    let e = encrypt(&opts, &fx.kms(), &NoProgress, &AtomicBool::new(false)).unwrap_err();
+    assert!(matches!(e, Error::Usage(_)), "{e}");
+    fs::remove_file(&journal).unwrap();
+    let e = encrypt(&opts, &fx.kms(), &NoProgress, &AtomicBool::new(false)).unwrap_err();
+    assert!(matches!(e, Error::Usage(_)), "{e}");
+}
