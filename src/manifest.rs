@@ -357,10 +357,17 @@ impl Entry {
                 .and_then(format::from_hex)
                 .ok_or_else(|| bad(what, format!("missing or bad {f}")))
         };
+        if r.mode & !0o7777 != 0 {
+            return Err(bad(what, "mode holds more than permission bits"));
+        }
         let kind = match r.kind.as_str() {
             "dir" => EntryKind::Dir,
             "symlink" => {
-                EntryKind::Symlink(parse_name(&r.target, &r.target_b64, &r.enc_target, what)?)
+                let t = parse_name(&r.target, &r.target_b64, &r.enc_target, what)?;
+                if let Name::Clear(t) = &t {
+                    check_target(t).map_err(|why| bad(what, why))?;
+                }
+                EntryKind::Symlink(t)
             }
             "file" => {
                 let bid: [u8; ID_LEN] = r
@@ -418,6 +425,15 @@ pub fn check_path(p: &[u8]) -> std::result::Result<(), String> {
                 String::from_utf8_lossy(p)
             ));
         }
+    }
+    Ok(())
+}
+
+/// A link target: not empty, at most 4096 bytes, no NUL (it may point anywhere: links are
+/// created after every file, so nothing is ever written through one).
+fn check_target(t: &[u8]) -> std::result::Result<(), String> {
+    if t.is_empty() || t.len() > format::MAX_PATH_BYTES || t.contains(&0) {
+        return Err("empty, over-long or NUL-holding link target".into());
     }
     Ok(())
 }
@@ -571,6 +587,29 @@ impl Manifest {
                         return Err(bad(&at, "too many entries"));
                     }
                     let entry = Entry::from_record(&e, &m.batches, &at).map_err(tampered)?;
+                    let sealed = |n: &Name| matches!(n, Name::Sealed(_));
+                    let target_sealed = match &entry.kind {
+                        EntryKind::Symlink(t) => sealed(t),
+                        _ => m.conceal_names,
+                    };
+                    if sealed(&entry.path) != m.conceal_names || target_sealed != m.conceal_names {
+                        return Err(Error::integrity(
+                            &at,
+                            "names sealed in a clear vault, or clear in a concealed one",
+                        ));
+                    }
+                    // One entry per path, in path order (concealed ones: checked once revealed).
+                    if let (Some(prev), Some(p)) = (
+                        m.entries.last().and_then(|e| e.path.clear()),
+                        entry.path.clear(),
+                    ) {
+                        if p <= prev {
+                            return Err(Error::integrity(
+                                &at,
+                                "entries out of path order, or a path listed twice",
+                            ));
+                        }
+                    }
                     // Sizes are hostile input to keyless readers: bound them before any size
                     // arithmetic (object lengths, totals).
                     if entry.file().is_some_and(|f| {
@@ -653,6 +692,9 @@ impl Manifest {
         }
         self.entries
             .sort_by(|a, b| a.path.clear().cmp(&b.path.clear()));
+        if self.entries.windows(2).any(|w| w[0].path == w[1].path) {
+            return Err(Error::integrity("manifest", "a path is listed twice"));
+        }
         Ok(())
     }
 }
@@ -679,10 +721,12 @@ impl Entry {
 }
 
 fn check_path_or_target(clear: &[u8], aad: &[u8]) -> Result<()> {
-    if aad == AAD_PATH {
-        check_path(clear).map_err(|why| Error::integrity("manifest", why))?;
-    }
-    Ok(())
+    let r = if aad == AAD_PATH {
+        check_path(clear)
+    } else {
+        check_target(clear)
+    };
+    r.map_err(|why| Error::integrity("manifest", why))
 }
 
 /// Reads lines with a length limit (FORMAT-RULES 17).

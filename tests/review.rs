@@ -421,3 +421,62 @@ fn a_run_killed_after_its_manifest_finishes_on_rerun() {
     let e = encrypt(&opts, &fx.kms(), &NoProgress, &AtomicBool::new(false)).unwrap_err();
     assert!(matches!(e, Error::Usage(_)), "{e}");
 }
+
+/// docs/FORMAT.md §6: one entry per path, sorted by the path's bytes; `mode` holds permission
+/// bits only; link targets obey the path limits (no NUL, at most 4096 bytes). The reader
+/// accepted manifests breaking each rule.
+#[test]
+fn the_reader_enforces_the_entry_rules() {
+    use envseal::manifest::Manifest;
+    let fx = Fixture::new(&[("a.txt", b"hello"), ("b.txt", b"world")]);
+    std::os::unix::fs::symlink("a.txt", fx.src.join("c-link")).unwrap();
+    fx.encrypt(4096);
+    let text = fs::read_to_string(fx.manifest_path()).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let entry_at = |p: &str| {
+        lines
+            .iter()
+            .position(|l| l.contains(&format!("\"path\":\"{p}\"")))
+            .unwrap()
+    };
+    let (a, b) = (entry_at("data/a.txt"), entry_at("data/b.txt"));
+    let n = lines.len();
+    let write = |ls: Vec<String>| {
+        fs::write(fx.manifest_path(), ls.join("\n") + "\n").unwrap();
+        Manifest::read(&fx.vault)
+    };
+    let owned = || lines.iter().map(|l| l.to_string()).collect::<Vec<_>>();
+    assert!(write(owned()).is_ok());
+
+    // A duplicated entry (with the count fixed up).
+    let mut ls = owned();
+    ls.insert(a, ls[a].clone());
+    ls[n] = ls[n].replace("\"entries\":4", "\"entries\":5");
+    assert!(ls[n].contains("\"entries\":5"), "{}", ls[n]);
+    let e = write(ls).unwrap_err();
+    assert_eq!(e.exit_code(), 3, "duplicate: {e}");
+
+    // Two entries out of order.
+    let mut ls = owned();
+    ls.swap(a, b);
+    let e = write(ls).unwrap_err();
+    assert_eq!(e.exit_code(), 3, "order: {e}");
+
+    // File-type bits in `mode`.
+    let mut ls = owned();
+    let mode = format!("\"mode\":{}", 0o644);
+    assert!(ls[a].contains(&mode), "{}", ls[a]);
+    ls[a] = ls[a].replace(&mode, &format!("\"mode\":{}", 0o100644));
+    let e = write(ls).unwrap_err();
+    assert_eq!(e.exit_code(), 3, "mode: {e}");
+
+    // A NUL in a link target, and an over-long one.
+    for bad in ["a\\u0000b".to_string(), "x".repeat(4097)] {
+        let mut ls = owned();
+        let l = entry_at("data/c-link");
+        ls[l] = ls[l].replace("\"target\":\"a.txt\"", &format!("\"target\":\"{bad}\""));
+        assert_ne!(ls[l], lines[l]);
+        let e = write(ls).unwrap_err();
+        assert_eq!(e.exit_code(), 3, "target: {e}");
+    }
+}
