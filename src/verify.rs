@@ -179,9 +179,14 @@ fn key_files(vault: &Path, m: &Manifest) -> Vec<Problem> {
     for b in &m.batches {
         let name = b.keys_file();
         let p = vault.join(&name);
-        let ok = fs::read(&p)
-            .ok()
-            .and_then(|d| serde_json::from_slice::<KeyFile>(&d).ok())
+        // Untrusted input: read at most the limit (FORMAT-RULES 17); more is not a key file.
+        let mut d = Vec::new();
+        let read = File::open(&p)
+            .and_then(|f| f.take(format::MAX_KEY_FILE + 1).read_to_end(&mut d))
+            .is_ok_and(|n| n as u64 <= format::MAX_KEY_FILE);
+        let ok = read
+            .then(|| serde_json::from_slice::<KeyFile>(&d).ok())
+            .flatten()
             // The whole record, wrapped keys included: recovery without the manifest uses them.
             .is_some_and(|kf| {
                 kf.format == format::FORMAT_VERSION

@@ -480,3 +480,41 @@ fn the_reader_enforces_the_entry_rules() {
         assert_eq!(e.exit_code(), 3, "target: {e}");
     }
 }
+
+/// Key files are untrusted input to keyless `verify`, read whole: they need a size limit
+/// before allocating (FORMAT-RULES 17). A key file padded past it is reported, not loaded.
+#[test]
+fn an_oversized_key_file_is_refused() {
+    use envseal::verify::{verify, ProblemKind, VerifyOptions};
+    let fx = Fixture::new(&[("a.txt", b"hello")]);
+    fx.encrypt(4096);
+    let kf = fs::read_dir(&fx.vault)
+        .unwrap()
+        .map(|d| d.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(layout::KEYS_PREFIX)
+        })
+        .unwrap();
+    let mut body = fs::read(&kf).unwrap();
+    body.extend(std::iter::repeat_n(b' ', 3 << 20)); // still valid JSON
+    fs::write(&kf, body).unwrap();
+    let r = verify(
+        &fx.vault,
+        &VerifyOptions {
+            deep: false,
+            jobs: 1,
+        },
+        None,
+        &NoProgress,
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    assert!(
+        r.problems.iter().any(|p| p.kind == ProblemKind::KeyFile),
+        "{:?}",
+        r.problems
+    );
+}
