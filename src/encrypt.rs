@@ -131,9 +131,16 @@ pub fn encrypt(
         excludes: opts.excludes.clone(),
     };
     let exclude = walk::excludes(&opts.excludes)?;
+    let vault_real = resolved(&opts.vault);
     for s in &sources {
+        // A source that is a symlink is stored as a link, not followed: resolve its parent.
+        let s_real = match (s.parent(), s.file_name()) {
+            (Some(parent), Some(name)) => resolved(parent).join(name),
+            _ => resolved(s),
+        };
         if opts.vault.starts_with(s)
             || std::path::absolute(&opts.vault).is_ok_and(|v| v.starts_with(s))
+            || vault_real.starts_with(&s_real)
         {
             return Err(Error::Usage(format!(
                 "the vault {} is inside the source {}; choose a vault outside the sources",
@@ -417,6 +424,29 @@ pub fn encrypt(
     progress.finish();
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// `p` with symlinks and `..` resolved in the part of it that exists (the vault may not exist
+/// yet), so that paths spelled differently compare equal.
+fn resolved(p: &Path) -> PathBuf {
+    let Ok(p) = std::path::absolute(p) else {
+        return p.to_path_buf();
+    };
+    let mut existing = p.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(mut real) = fs::canonicalize(existing) {
+            real.extend(rest.iter().rev());
+            return real;
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name);
+                existing = parent;
+            }
+            _ => return p,
+        }
+    }
 }
 
 fn file_size(e: &SourceEntry) -> u64 {

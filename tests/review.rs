@@ -518,3 +518,30 @@ fn an_oversized_key_file_is_refused() {
         r.problems
     );
 }
+
+/// The vault must not lie inside a source, however the paths are spelled: through a symlink
+/// to the source, or with `..` components (neither was caught by the lexical check). (A source
+/// that is itself a symlink is stored as a link, not followed: no conflict there.)
+#[test]
+fn a_vault_inside_a_source_is_refused_through_symlinks_and_dotdot() {
+    let fx = Fixture::new(&[("a.txt", b"hello")]);
+    let link = fx.tmp.path().join("link");
+    std::os::unix::fs::symlink(&fx.src, &link).unwrap();
+    let dotdot = fx.tmp.path().join("data/../data");
+    for (src, vault) in [
+        (fx.src.clone(), link.join("vault")),
+        (dotdot, fx.src.join("v2")),
+    ] {
+        let mut opts = fx.opts(4096);
+        opts.sources = vec![src.clone()];
+        opts.vault = vault.clone();
+        let r = encrypt(&opts, &fx.kms(), &NoProgress, &AtomicBool::new(false));
+        assert!(
+            matches!(r, Err(Error::Usage(_))),
+            "source {} vault {}: {r:?}",
+            src.display(),
+            vault.display()
+        );
+        assert!(!vault.exists());
+    }
+}
