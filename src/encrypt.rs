@@ -186,10 +186,25 @@ pub fn encrypt(
     }
 
     // Batches of the interrupted run: unwrap again (one Decrypt each) and check commitments.
+    // Batch records are not authenticated, but the run record matched this command line: a
+    // batch must be wrapped by this run's KMS, or the rest of the run would be encrypted under
+    // a key held elsewhere (say, an attacker's store named in an edited journal).
     let mut batches: Vec<Batch> = Vec::new();
     let mut keys: Vec<BatchKey> = Vec::new();
+    let run_kms = if old_batches.is_empty() {
+        String::new()
+    } else {
+        kms.provider(&opts.kms_url)?.url()
+    };
     for (i, rec) in old_batches.iter().enumerate() {
-        let b = Batch::from_record(rec, &format!("journal batch {i}"))?;
+        let what = format!("journal batch {i}");
+        let b = Batch::from_record(rec, &what)?;
+        if let Some(w) = b.wrapped.iter().find(|w| w.kms != run_kms) {
+            return Err(Error::integrity(
+                what,
+                format!("wrapped by {}, not by this run's KMS {run_kms}", w.kms),
+            ));
+        }
         keys.push(kms.unwrap(&vault_id, &b)?);
         batches.push(b);
     }

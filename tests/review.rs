@@ -545,3 +545,48 @@ fn a_vault_inside_a_source_is_refused_through_symlinks_and_dotdot() {
         assert!(!vault.exists());
     }
 }
+
+/// A journal's batch records are not authenticated, but its run record must match the command
+/// line, `--kms` included: a resumed run must not take a batch key wrapped by another KMS (an
+/// attacker's store), or it would encrypt the remaining files under a key someone else holds.
+#[test]
+fn a_resumed_run_refuses_batches_of_another_kms() {
+    use base64::Engine;
+    use envseal::journal::{Journal, RunParams, RunRecord};
+    let fx = Fixture::new(&[("a.txt", b"hello")]);
+    let opts = fx.opts(4096);
+    fs::create_dir_all(&fx.vault).unwrap();
+    let abs = std::path::absolute(&fx.src).unwrap();
+    let vault_id = [0xab; 16];
+    let run = RunRecord {
+        format: format::FORMAT_VERSION,
+        vault_id: format::to_hex(&vault_id),
+        created: "2026-11-28T00:00:00Z".into(),
+        params: RunParams {
+            sources: vec![base64::engine::general_purpose::STANDARD
+                .encode(std::os::unix::ffi::OsStrExt::as_bytes(abs.as_os_str()))],
+            key: opts.key.clone(),
+            kms: opts.kms_url.clone(),
+            segment_size: opts.segment_size,
+            conceal_names: opts.conceal_names,
+            excludes: opts.excludes.clone(),
+        },
+    };
+    let mut journal = Journal::create(&fx.vault, &run).unwrap();
+    let other = fx.tmp.path().join("other-store");
+    let other_url = format!("local:{}", other.display());
+    let other_kms = Kms::new(KmsOptions::default(), None).with_provider(
+        &other_url,
+        Arc::new(LocalProvider::open(Some(&other), &KmsOptions::default()).unwrap()),
+    );
+    let (b, _) = other_kms
+        .generate(&other_url, envseal::kms::DEFAULT_ALIAS, &vault_id, [1; 16])
+        .unwrap();
+    journal.append_batch(&b.to_record()).unwrap();
+    drop(journal);
+    let r = encrypt(&opts, &fx.kms(), &NoProgress, &AtomicBool::new(false));
+    assert!(
+        matches!(r, Err(Error::Integrity { .. })),
+        "a batch of another KMS was used: {r:?}"
+    );
+}
