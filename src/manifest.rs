@@ -785,7 +785,18 @@ pub fn write_key_file(vault: &Path, vault_id: &[u8; ID_LEN], batch: &Batch) -> R
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp).at(&tmp)?;
+    // The name is predictable and the directory may be writable by others: remove what is
+    // there (a stale file, or a planted symlink: the link, not its target) and create anew,
+    // never following a link.
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(&tmp, e)),
+        _ => {}
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .at(&tmp)?;
     f.write_all(data).at(&tmp)?;
     f.sync_all().at(&tmp)?;
     drop(f);
@@ -796,4 +807,24 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
 /// Makes a directory's entries (new names, renames) durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).at(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The temporary name of `manifest.jsonl` is predictable: a symlink planted there (by
+    /// anyone who can write the vault directory) must not be followed, which would overwrite
+    /// its target with the manifest.
+    #[test]
+    fn write_atomic_does_not_follow_a_planted_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let path = dir.path().join(layout::MANIFEST);
+        std::os::unix::fs::symlink(&victim, path.with_extension("tmp")).unwrap();
+        write_atomic(&path, b"manifest").unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert_eq!(std::fs::read(&path).unwrap(), b"manifest");
+    }
 }
