@@ -677,10 +677,12 @@ fn sweep_objects(vault: &Path, entries: &[Entry]) -> Result<()> {
         .collect();
     let objects = vault.join(layout::OBJECTS_DIR);
     for sub in fs::read_dir(&objects).at(&objects)? {
-        let sub = sub.at(&objects)?.path();
-        if !sub.is_dir() {
+        let sub = sub.at(&objects)?;
+        // Not followed: a symlink planted here would have us delete files wherever it points.
+        if !sub.file_type().at(sub.path())?.is_dir() {
             continue;
         }
+        let sub = sub.path();
         for obj in fs::read_dir(&sub).at(&sub)? {
             let obj = obj.at(&sub)?.path();
             let rel = obj
@@ -775,6 +777,13 @@ fn encrypt_once(
     let obj_path = ctx.vault.join(&rel);
     if let Some(dir) = obj_path.parent() {
         fs::create_dir_all(dir).map_err(|e| vault_err(dir, e))?;
+        // Objects stay inside the vault: not written through a symlink planted in objects/.
+        if !fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
+            return Err(FileError::Vault(Error::Runtime(format!(
+                "{} is not a directory (a symlink?); refusing to write objects through it",
+                dir.display()
+            ))));
+        }
     }
     let obj = File::create(&obj_path).map_err(|e| vault_err(&obj_path, e))?;
     let result = (|| {

@@ -590,3 +590,36 @@ fn a_resumed_run_refuses_batches_of_another_kms() {
         "a batch of another KMS was used: {r:?}"
     );
 }
+
+/// Sweeping stray objects at the end of a run must stay inside `objects/`: a symlink planted
+/// there (`objects/00 -> somewhere`) used to be followed, and every file in its target deleted.
+#[test]
+fn the_object_sweep_does_not_follow_symlinks() {
+    use base64::Engine;
+    use envseal::journal::{Journal, RunParams, RunRecord};
+    let fx = Fixture::new(&[("a.txt", b"hello")]);
+    let opts = fx.opts(4096);
+    fs::create_dir_all(fx.vault.join("objects")).unwrap();
+    let victim = fx.tmp.path().join("victim");
+    fs::create_dir_all(&victim).unwrap();
+    fs::write(victim.join("precious"), b"keep me").unwrap();
+    std::os::unix::fs::symlink(&victim, fx.vault.join("objects/00")).unwrap();
+    let abs = std::path::absolute(&fx.src).unwrap();
+    let run = RunRecord {
+        format: format::FORMAT_VERSION,
+        vault_id: "ab".repeat(16),
+        created: "2026-11-28T00:00:00Z".into(),
+        params: RunParams {
+            sources: vec![base64::engine::general_purpose::STANDARD
+                .encode(std::os::unix::ffi::OsStrExt::as_bytes(abs.as_os_str()))],
+            key: opts.key.clone(),
+            kms: opts.kms_url.clone(),
+            segment_size: opts.segment_size,
+            conceal_names: opts.conceal_names,
+            excludes: opts.excludes.clone(),
+        },
+    };
+    drop(Journal::create(&fx.vault, &run).unwrap());
+    let _ = encrypt(&opts, &fx.kms(), &NoProgress, &AtomicBool::new(false));
+    assert_eq!(fs::read(victim.join("precious")).unwrap(), b"keep me");
+}
