@@ -165,7 +165,14 @@ pub fn encrypt(
     };
     let vault_id: [u8; ID_LEN] = format::from_hex(&run.vault_id)
         .ok_or_else(|| Error::format(vault.display().to_string(), "bad vault id in journal"))?;
-    fs::create_dir_all(vault.join(layout::OBJECTS_DIR)).at(vault.join(layout::OBJECTS_DIR))?;
+    let objects = vault.join(layout::OBJECTS_DIR);
+    fs::create_dir_all(&objects).at(&objects)?;
+    if !is_real_dir(&objects) {
+        return Err(Error::Runtime(format!(
+            "{} is not a directory (a symlink?); refusing to write or sweep objects through it",
+            objects.display()
+        )));
+    }
 
     // Walk.
     let walked = walk::walk(&sources, &exclude, |files, bytes| {
@@ -462,6 +469,11 @@ fn resolved(p: &Path) -> PathBuf {
             _ => return p,
         }
     }
+}
+
+/// A directory, not a symlink to one.
+fn is_real_dir(p: &Path) -> bool {
+    fs::symlink_metadata(p).is_ok_and(|m| m.is_dir())
 }
 
 fn file_size(e: &SourceEntry) -> u64 {
@@ -778,7 +790,7 @@ fn encrypt_once(
     if let Some(dir) = obj_path.parent() {
         fs::create_dir_all(dir).map_err(|e| vault_err(dir, e))?;
         // Objects stay inside the vault: not written through a symlink planted in objects/.
-        if !fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
+        if !is_real_dir(dir) {
             return Err(FileError::Vault(Error::Runtime(format!(
                 "{} is not a directory (a symlink?); refusing to write objects through it",
                 dir.display()

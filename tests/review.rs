@@ -622,4 +622,17 @@ fn the_object_sweep_does_not_follow_symlinks() {
     drop(Journal::create(&fx.vault, &run).unwrap());
     let _ = encrypt(&opts, &fx.kms(), &NoProgress, &AtomicBool::new(false));
     assert_eq!(fs::read(victim.join("precious")).unwrap(), b"keep me");
+
+    // The same with `objects` itself a link, to a directory with subdirectories.
+    fs::remove_dir_all(&fx.vault).unwrap();
+    fs::create_dir_all(&fx.vault).unwrap();
+    fs::create_dir_all(victim.join("sub")).unwrap();
+    fs::write(victim.join("sub/precious"), b"keep me too").unwrap();
+    std::os::unix::fs::symlink(&victim, fx.vault.join("objects")).unwrap();
+    drop(Journal::create(&fx.vault, &run).unwrap());
+    let _ = encrypt(&opts, &fx.kms(), &NoProgress, &AtomicBool::new(false));
+    assert_eq!(
+        fs::read(victim.join("sub/precious")).unwrap(),
+        b"keep me too"
+    );
 }
