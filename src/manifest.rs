@@ -639,6 +639,11 @@ impl Manifest {
 
     /// Authenticates the manifest file with a batch key: recomputes that batch's MAC over the
     /// file's bytes and compares it (constant time) with the one in the end record.
+    ///
+    /// This reads the file again: it proves nothing about a [`Manifest`] parsed from an
+    /// earlier read. To use what was authenticated, parse and authenticate the same bytes
+    /// ([`Manifest::read_bytes`], [`Manifest::parse`], [`Manifest::authenticate_bytes`]), as
+    /// [`crate::vault::unlock`] does.
     pub fn authenticate(vault: &Path, batch: &Batch, key: &BatchKey) -> Result<()> {
         Self::authenticate_bytes(&Self::read_bytes(vault)?, vault, batch, key)
     }
