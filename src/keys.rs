@@ -92,6 +92,19 @@ impl Kms {
 
     /// Unwraps a batch's key: tries its wrappings in order, checks the commitment.
     pub fn unwrap(&self, vault_id: &[u8; ID_LEN], batch: &Batch) -> Result<BatchKey> {
+        // The context sent with Decrypt is this batch's, not whatever the record says (it is
+        // unauthenticated): otherwise a wrapping copied from another vault or batch, with its
+        // own context, would be unwrapped by the KMS (FORMAT-RULES 11).
+        let ctx = EncryptionContext::for_batch(&format::to_hex(vault_id), &batch.id_hex());
+        if let Some(w) = batch.wrapped.iter().find(|w| w.context != ctx) {
+            return Err(Error::integrity(
+                format!("batch {}", batch.id_hex()),
+                format!(
+                    "the key wrapped by {} is bound to another vault or batch",
+                    w.key_id
+                ),
+            ));
+        }
         let mut errors = Vec::new();
         for w in &batch.wrapped {
             let key = match self

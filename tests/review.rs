@@ -636,3 +636,69 @@ fn the_object_sweep_does_not_follow_symlinks() {
         b"keep me too"
     );
 }
+
+/// Counts `Decrypt` calls.
+struct CountingProvider {
+    inner: LocalProvider,
+    decrypts: std::sync::atomic::AtomicUsize,
+}
+
+impl KeyProvider for CountingProvider {
+    fn url(&self) -> String {
+        self.inner.url()
+    }
+
+    fn generate_data_key(
+        &self,
+        key: &str,
+        context: &EncryptionContext,
+    ) -> Result<GeneratedKey, KmsError> {
+        self.inner.generate_data_key(key, context)
+    }
+
+    fn decrypt(&self, wrapped: &WrappedKey) -> Result<DataKey, KmsError> {
+        self.decrypts
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.decrypt(wrapped)
+    }
+
+    fn encrypt(
+        &self,
+        key: &str,
+        plaintext: &DataKey,
+        context: &EncryptionContext,
+    ) -> Result<WrappedKey, KmsError> {
+        self.inner.encrypt(key, plaintext, context)
+    }
+}
+
+/// FORMAT-RULES 11: the encryption context sent with `Decrypt` binds the wrapped key to this
+/// vault and batch. Taking it from the (unauthenticated) record made the binding vacuous: a
+/// wrapping copied from another vault or batch, with its own context, was unwrapped by the KMS
+/// (and refused only later, by the commitment). It must be refused before any KMS call.
+#[test]
+fn a_wrapped_key_of_another_batch_is_not_sent_to_the_kms() {
+    let fx = Fixture::new(&[]);
+    let p = Arc::new(CountingProvider {
+        inner: fx.provider(),
+        decrypts: Default::default(),
+    });
+    let kms = Kms::new(KmsOptions::default(), None).with_provider(&fx.url(), p.clone());
+    let (mut b, _) = kms
+        .generate(&fx.url(), envseal::kms::DEFAULT_ALIAS, &[1; 16], [2; 16])
+        .unwrap();
+    assert!(kms.unwrap(&[1; 16], &b).is_ok());
+    assert_eq!(p.decrypts.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // The same wrapping, presented as another batch's (or another vault's).
+    let other_vault = b.clone();
+    b.batch_id = [3; 16];
+    for (vault, batch) in [([1; 16], &b), ([9; 16], &other_vault)] {
+        let e = kms.unwrap(&vault, batch).err().expect("must be refused");
+        assert_eq!(e.exit_code(), 3, "{e}");
+    }
+    assert_eq!(
+        p.decrypts.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the KMS was asked to unwrap a key under a context not of this batch"
+    );
+}
