@@ -181,8 +181,9 @@ impl FileKeys {
 pub struct NameKey(LessSafeKey);
 
 impl NameKey {
-    /// `nonce ‖ ciphertext ‖ tag` with a random nonce (a batch seals at most
-    /// `BATCH_MAX_FILES` names, far below the 2^32 random-nonce limit).
+    /// `nonce ‖ ciphertext ‖ tag` with a random nonce. One name key serves a whole vault
+    /// (about 2–3 seals per entry, docs/FORMAT.md §8), so the 2^32 random-nonce limit of
+    /// SP 800-38D bounds concealed vaults to about 2^30 entries.
     pub fn seal(&self, name: &[u8], aad: &[u8]) -> std::io::Result<Vec<u8>> {
         let nonce: [u8; NONCE_LEN] = format::random()?;
         let mut out = Vec::with_capacity(NONCE_LEN + name.len() + TAG_LEN);
@@ -256,7 +257,8 @@ pub fn segment_mac(
 /// given in order. Equal to `blake3::keyed_hash(key, plaintext)`, but each segment can be
 /// hashed on its own core. Memory is O(log n): BLAKE3's lazy-merging chaining value stack.
 pub struct TreeMac {
-    key: [u8; 32],
+    /// A copy of the file's plaintext-MAC key: secret, so zeroized on drop.
+    key: Zeroizing<[u8; 32]>,
     stack: Vec<ChainingValue>,
     count: u64,
     single: Option<blake3::Hash>,
@@ -265,7 +267,7 @@ pub struct TreeMac {
 impl TreeMac {
     pub fn new(key: &[u8; 32]) -> Self {
         TreeMac {
-            key: *key,
+            key: Zeroizing::new(*key),
             stack: Vec::new(),
             count: 0,
             single: None,

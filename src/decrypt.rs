@@ -5,6 +5,7 @@
 //! written below it, and symlinks from the vault are created last. Each file is decrypted
 //! into a temporary name beside its target and renamed only after every check passed.
 
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
@@ -74,17 +75,15 @@ fn select(entries: &[Entry], only: &[String]) -> Result<Vec<usize>> {
         .build()
         .map_err(|e| Error::Usage(format!("--only: {e}")))?;
     let matched = |p: &[u8]| exact.contains(&p) || globs.is_match(Path::new(OsStr::from_bytes(p)));
-    let mut roots: Vec<&[u8]> = Vec::new();
+    // Matched directories; a directory sorts before everything below it.
+    let mut roots: HashSet<&[u8]> = HashSet::new();
     let mut picked = vec![false; entries.len()];
     for (i, e) in entries.iter().enumerate() {
         let p = rel(e);
-        let under = roots
-            .iter()
-            .any(|r| p.len() > r.len() && p.starts_with(r) && p[r.len()] == b'/');
-        if under || matched(p) {
+        if under(&roots, p) || matched(p) {
             picked[i] = true;
             if matches!(e.kind, EntryKind::Dir) {
-                roots.push(p);
+                roots.insert(p);
             }
         }
     }
@@ -95,7 +94,7 @@ fn select(entries: &[Entry], only: &[String]) -> Result<Vec<usize>> {
         )));
     }
     // Ancestors of every picked entry.
-    let index: std::collections::HashMap<&[u8], usize> = entries
+    let index: HashMap<&[u8], usize> = entries
         .iter()
         .enumerate()
         .map(|(i, e)| (rel(e), i))
@@ -118,7 +117,7 @@ fn select(entries: &[Entry], only: &[String]) -> Result<Vec<usize>> {
 /// Every entry's parent must be a directory entry of the vault, so that creating directories
 /// from the manifest (and checking them) covers every path we write.
 fn check_tree(entries: &[Entry]) -> Result<()> {
-    let dirs: std::collections::HashSet<&[u8]> = entries
+    let dirs: HashSet<&[u8]> = entries
         .iter()
         .filter(|e| matches!(e.kind, EntryKind::Dir))
         .map(rel)
@@ -136,10 +135,15 @@ fn check_tree(entries: &[Entry]) -> Result<()> {
     Ok(())
 }
 
-/// Whether `p` lies strictly below one of `dirs`.
-fn under(dirs: &[&[u8]], p: &[u8]) -> bool {
-    dirs.iter()
-        .any(|d| p.len() > d.len() && p.starts_with(d) && p[d.len()] == b'/')
+/// Whether `p` lies strictly below one of `dirs` (a lookup per ancestor, not a scan of `dirs`).
+fn under(dirs: &HashSet<&[u8]>, mut p: &[u8]) -> bool {
+    while let Some(up) = parent(p) {
+        if dirs.contains(up) {
+            return true;
+        }
+        p = up;
+    }
+    false
 }
 
 fn join(dest: &Path, p: &[u8]) -> PathBuf {
@@ -168,7 +172,7 @@ pub fn decrypt(
     fs::create_dir_all(&opts.dest).at(&opts.dest)?;
     let dest = &opts.dest;
     let mut report = DecryptReport::default();
-    let mut bad_dirs: Vec<&[u8]> = Vec::new();
+    let mut bad_dirs: HashSet<&[u8]> = HashSet::new();
     let fail = |report: &mut DecryptReport, e: &Entry, why: String, integrity: bool| {
         report.failed.push(Failure {
             path: e.path.display(),
@@ -188,7 +192,7 @@ pub fn decrypt(
         // Below a refused directory (a planted symlink), `create_dir` would follow the link:
         // refuse the whole subtree, so that no directory is created or chmod-ed through it.
         if under(&bad_dirs, rel(e)) {
-            bad_dirs.push(rel(e));
+            bad_dirs.insert(rel(e));
             continue;
         }
         let p = join(dest, rel(e));
@@ -199,13 +203,13 @@ pub fn decrypt(
                     .map(|m| m.is_dir())
                     .unwrap_or(false);
                 if !is_real_dir {
-                    bad_dirs.push(rel(e));
+                    bad_dirs.insert(rel(e));
                     fail(&mut report, e, format!("{} exists and is not a directory (a symlink or file); refusing to write through it", p.display()), false);
                     continue;
                 }
             }
             Err(err) => {
-                bad_dirs.push(rel(e));
+                bad_dirs.insert(rel(e));
                 fail(&mut report, e, format!("{}: {err}", p.display()), false);
                 continue;
             }
@@ -220,7 +224,10 @@ pub fn decrypt(
         .map(|&i| &manifest.entries[i])
         .filter(|e| e.file().is_some() && !under_bad(rel(e)))
         .collect();
-    let total: u64 = files.iter().filter_map(|e| e.file()).map(|f| f.size).sum();
+    let total: u64 = files
+        .iter()
+        .filter_map(|e| e.file())
+        .fold(0u64, |t, f| t.saturating_add(f.size));
     progress.start(files.len() as u64, total);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(opts.jobs.max(1))
@@ -329,9 +336,9 @@ fn restore_file(
         }
     }
     let dir = target.parent().unwrap_or(&opts.dest);
-    let name = target.file_name().unwrap_or_default().to_string_lossy();
-    let suffix: [u8; 6] = crate::format::random().map_err(|err| io(dir, err))?;
-    let tmp = dir.join(format!(".{name}.envseal-{}.tmp", hex::encode(suffix)));
+    // Not derived from the file's name: a name near NAME_MAX (255) plus a suffix would not fit.
+    let suffix: [u8; 8] = crate::format::random().map_err(|err| io(dir, err))?;
+    let tmp = dir.join(format!(".envseal-{}.tmp", hex::encode(suffix)));
     let out: File = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -362,4 +369,61 @@ fn restore_file(
         let _ = fs::remove_file(&tmp);
     }
     result.map(|_| f.size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::Name;
+
+    fn entry(p: &str, dir: bool) -> Entry {
+        Entry {
+            path: Name::Clear(p.as_bytes().to_vec()),
+            mode: 0o755,
+            mtime: 0,
+            mtime_nsec: 0,
+            kind: if dir {
+                EntryKind::Dir
+            } else {
+                EntryKind::Symlink(Name::Clear(b"t".to_vec()))
+            },
+        }
+    }
+
+    fn picked(entries: &[Entry], only: &[&str]) -> Vec<String> {
+        let only: Vec<String> = only.iter().map(|s| s.to_string()).collect();
+        select(entries, &only)
+            .unwrap()
+            .into_iter()
+            .map(|i| entries[i].path.display())
+            .collect()
+    }
+
+    #[test]
+    fn select_takes_subtrees_and_ancestors_only() {
+        let mut es: Vec<Entry> = ["a", "a/b", "a/b-c", "a/b/x", "a/b/y", "a/bz", "d"]
+            .iter()
+            .map(|p| entry(p, !p.contains('x') && !p.contains('y') && *p != "a/b-c"))
+            .collect();
+        es.sort_by(|x, y| x.path.clear().cmp(&y.path.clear()));
+        assert_eq!(picked(&es, &["a/b"]), ["a", "a/b", "a/b/x", "a/b/y"]);
+        assert_eq!(picked(&es, &["a/b/y"]), ["a", "a/b", "a/b/y"]);
+        assert_eq!(picked(&es, &["d", "a/b-c"]), ["a", "a/b-c", "d"]);
+    }
+
+    /// `--only '*/src'` in a tree with many `src` directories: checking each entry against
+    /// every matched directory was quadratic (hours for a million entries); each entry's
+    /// ancestors are looked up instead.
+    #[test]
+    fn select_scales_with_many_matched_directories() {
+        let n = 100_000;
+        let mut es = vec![entry("t", true)];
+        for i in 0..n {
+            es.push(entry(&format!("t/{i:06}"), true));
+            es.push(entry(&format!("t/{i:06}/src"), true));
+            es.push(entry(&format!("t/{i:06}/src/f"), false));
+        }
+        es.sort_by(|x, y| x.path.clear().cmp(&y.path.clear()));
+        assert_eq!(picked(&es, &["*/src"]).len(), es.len());
+    }
 }

@@ -131,9 +131,16 @@ pub fn encrypt(
         excludes: opts.excludes.clone(),
     };
     let exclude = walk::excludes(&opts.excludes)?;
+    let vault_real = resolved(&opts.vault);
     for s in &sources {
+        // A source that is a symlink is stored as a link, not followed: resolve its parent.
+        let s_real = match (s.parent(), s.file_name()) {
+            (Some(parent), Some(name)) => resolved(parent).join(name),
+            _ => resolved(s),
+        };
         if opts.vault.starts_with(s)
             || std::path::absolute(&opts.vault).is_ok_and(|v| v.starts_with(s))
+            || vault_real.starts_with(&s_real)
         {
             return Err(Error::Usage(format!(
                 "the vault {} is inside the source {}; choose a vault outside the sources",
@@ -146,6 +153,10 @@ pub fn encrypt(
     // The vault directory: new, or an unfinished run of the same command.
     let vault = &opts.vault;
     let vault_existed = vault.exists();
+    if let Some(mut report) = finished_run(vault, &params)? {
+        report.seconds = started.elapsed().as_secs_f64();
+        return Ok(report);
+    }
     let (mut journal, run, old_batches, done_recs) = open_vault(vault, &params, opts.resume)?;
     let mut unstarted = Unstarted {
         vault,
@@ -154,7 +165,14 @@ pub fn encrypt(
     };
     let vault_id: [u8; ID_LEN] = format::from_hex(&run.vault_id)
         .ok_or_else(|| Error::format(vault.display().to_string(), "bad vault id in journal"))?;
-    fs::create_dir_all(vault.join(layout::OBJECTS_DIR)).at(vault.join(layout::OBJECTS_DIR))?;
+    let objects = vault.join(layout::OBJECTS_DIR);
+    fs::create_dir_all(&objects).at(&objects)?;
+    if !is_real_dir(&objects) {
+        return Err(Error::Runtime(format!(
+            "{} is not a directory (a symlink?); refusing to write or sweep objects through it",
+            objects.display()
+        )));
+    }
 
     // Walk.
     let walked = walk::walk(&sources, &exclude, |files, bytes| {
@@ -175,10 +193,25 @@ pub fn encrypt(
     }
 
     // Batches of the interrupted run: unwrap again (one Decrypt each) and check commitments.
+    // Batch records are not authenticated, but the run record matched this command line: a
+    // batch must be wrapped by this run's KMS, or the rest of the run would be encrypted under
+    // a key held elsewhere (say, an attacker's store named in an edited journal).
     let mut batches: Vec<Batch> = Vec::new();
     let mut keys: Vec<BatchKey> = Vec::new();
+    let run_kms = if old_batches.is_empty() {
+        String::new()
+    } else {
+        kms.provider(&opts.kms_url)?.url()
+    };
     for (i, rec) in old_batches.iter().enumerate() {
-        let b = Batch::from_record(rec, &format!("journal batch {i}"))?;
+        let what = format!("journal batch {i}");
+        let b = Batch::from_record(rec, &what)?;
+        if let Some(w) = b.wrapped.iter().find(|w| w.kms != run_kms) {
+            return Err(Error::integrity(
+                what,
+                format!("wrapped by {}, not by this run's KMS {run_kms}", w.kms),
+            ));
+        }
         keys.push(kms.unwrap(&vault_id, &b)?);
         batches.push(b);
     }
@@ -233,33 +266,17 @@ pub fn encrypt(
 
     // Assign work to batches in order, opening new ones past the limits (at least one batch,
     // so every vault has a key for its manifest MAC).
-    let mut new_batches = 0usize;
-    let mut cur = 0usize;
-    for w in work.iter_mut() {
-        let size = match w.entry.kind {
-            SourceKind::File { size, .. } => size,
-            _ => 0,
-        };
-        loop {
-            if cur >= load.len() {
-                load.push((0, 0));
-                new_batches += 1;
-            }
-            let (n, b) = load[cur];
-            let fits = n < opts.batch_max_files
-                && (n == 0 || b.saturating_add(size) <= opts.batch_max_bytes);
-            if fits {
-                load[cur].0 += 1;
-                load[cur].1 += size;
-                w.batch = cur;
-                break;
-            }
-            cur += 1;
-        }
+    let old_batches = load.len();
+    let assigned = assign_batches(
+        work.iter().map(|w| file_size(w.entry)),
+        &mut load,
+        opts.batch_max_files,
+        opts.batch_max_bytes,
+    )?;
+    for (w, b) in work.iter_mut().zip(assigned) {
+        w.batch = b;
     }
-    if load.is_empty() {
-        new_batches = 1;
-    }
+    let new_batches = load.len() - old_batches;
 
     // One GenerateDataKey per new batch; key file and journal record before any ciphertext.
     for _ in 0..new_batches {
@@ -282,13 +299,7 @@ pub fn encrypt(
     report.batches = batches.len() as u64;
 
     // Encrypt in parallel; this thread group-commits finished files to the journal.
-    let total_bytes: u64 = work
-        .iter()
-        .map(|w| match w.entry.kind {
-            SourceKind::File { size, .. } => size,
-            _ => 0,
-        })
-        .sum();
+    let total_bytes: u64 = work.iter().map(|w| file_size(w.entry)).sum();
     progress.start(work.len() as u64, total_bytes);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(opts.jobs.max(1))
@@ -437,6 +448,82 @@ pub fn encrypt(
     Ok(report)
 }
 
+/// `p` with symlinks and `..` resolved in the part of it that exists (the vault may not exist
+/// yet), so that paths spelled differently compare equal.
+fn resolved(p: &Path) -> PathBuf {
+    let Ok(p) = std::path::absolute(p) else {
+        return p.to_path_buf();
+    };
+    let mut existing = p.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(mut real) = fs::canonicalize(existing) {
+            real.extend(rest.iter().rev());
+            return real;
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name);
+                existing = parent;
+            }
+            _ => return p,
+        }
+    }
+}
+
+/// A directory, not a symlink to one.
+fn is_real_dir(p: &Path) -> bool {
+    fs::symlink_metadata(p).is_ok_and(|m| m.is_dir())
+}
+
+fn file_size(e: &SourceEntry) -> u64 {
+    match e.kind {
+        SourceKind::File { size, .. } => size,
+        _ => 0,
+    }
+}
+
+/// Assigns files (given by size, in order) to batches: first to the batches in `load`
+/// (files, bytes per batch), then to new ones appended to it, each opened when the last is full.
+/// The limits are clamped to the format's (docs/FORMAT.md §8); there is always at least one
+/// batch, and never more than a manifest may hold. Returns each file's batch index.
+fn assign_batches(
+    sizes: impl Iterator<Item = u64>,
+    load: &mut Vec<(u64, u64)>,
+    max_files: u64,
+    max_bytes: u64,
+) -> Result<Vec<usize>> {
+    let max_files = max_files.clamp(1, format::BATCH_MAX_FILES);
+    let max_bytes = max_bytes.clamp(1, format::BATCH_MAX_BYTES);
+    let mut out = Vec::new();
+    let mut cur = 0usize;
+    for size in sizes {
+        loop {
+            if cur >= load.len() {
+                if load.len() >= format::MAX_BATCHES {
+                    return Err(Error::Usage(format!(
+                        "this run needs more than {} batches (data keys), the most a vault holds; raise the batch limits or split the sources",
+                        format::MAX_BATCHES
+                    )));
+                }
+                load.push((0, 0));
+            }
+            let (n, b) = load[cur];
+            // A file larger than the byte limit goes alone into an empty batch.
+            if n < max_files && (n == 0 || b.saturating_add(size) <= max_bytes) {
+                load[cur] = (n + 1, b.saturating_add(size));
+                out.push(cur);
+                break;
+            }
+            cur += 1;
+        }
+    }
+    if load.is_empty() {
+        load.push((0, 0));
+    }
+    Ok(out)
+}
+
 type OpenedVault = (
     Journal,
     RunRecord,
@@ -490,6 +577,39 @@ fn open_vault(vault: &Path, params: &RunParams, must_resume: bool) -> Result<Ope
     };
     let journal = Journal::create(vault, &run)?;
     Ok((journal, run, Vec::new(), None))
+}
+
+/// A run of the same command that wrote its manifest and stopped before removing its journal
+/// is finished: removes the journal and reports what the manifest holds.
+fn finished_run(vault: &Path, params: &RunParams) -> Result<Option<EncryptReport>> {
+    if !vault.join(layout::MANIFEST).exists() || !vault.join(layout::JOURNAL).exists() {
+        return Ok(None);
+    }
+    let (journal, loaded) = Journal::open(vault)?;
+    if loaded.run.params != *params {
+        return Ok(None);
+    }
+    let m = Manifest::read(vault)?;
+    if loaded.run.vault_id != format::to_hex(&m.vault_id) {
+        return Ok(None);
+    }
+    journal.remove(vault)?;
+    let mut r = EncryptReport {
+        batches: m.batches.len() as u64,
+        ..Default::default()
+    };
+    for e in &m.entries {
+        match &e.kind {
+            EntryKind::File(f) => {
+                r.files += 1;
+                r.bytes = r.bytes.saturating_add(f.size);
+            }
+            EntryKind::Dir => r.dirs += 1,
+            EntryKind::Symlink(_) => r.symlinks += 1,
+        }
+    }
+    r.resumed_files = r.files;
+    Ok(Some(r))
 }
 
 /// Until its first batch record is in the journal, a run has written no key and no
@@ -569,10 +689,12 @@ fn sweep_objects(vault: &Path, entries: &[Entry]) -> Result<()> {
         .collect();
     let objects = vault.join(layout::OBJECTS_DIR);
     for sub in fs::read_dir(&objects).at(&objects)? {
-        let sub = sub.at(&objects)?.path();
-        if !sub.is_dir() {
+        let sub = sub.at(&objects)?;
+        // Not followed: a symlink planted here would have us delete files wherever it points.
+        if !sub.file_type().at(sub.path())?.is_dir() {
             continue;
         }
+        let sub = sub.path();
         for obj in fs::read_dir(&sub).at(&sub)? {
             let obj = obj.at(&sub)?.path();
             let rel = obj
@@ -667,6 +789,13 @@ fn encrypt_once(
     let obj_path = ctx.vault.join(&rel);
     if let Some(dir) = obj_path.parent() {
         fs::create_dir_all(dir).map_err(|e| vault_err(dir, e))?;
+        // Objects stay inside the vault: not written through a symlink planted in objects/.
+        if !is_real_dir(dir) {
+            return Err(FileError::Vault(Error::Runtime(format!(
+                "{} is not a directory (a symlink?); refusing to write objects through it",
+                dir.display()
+            ))));
+        }
     }
     let obj = File::create(&obj_path).map_err(|e| vault_err(&obj_path, e))?;
     let result = (|| {
@@ -747,4 +876,43 @@ fn encrypt_once(
         ino: entry.ino,
         entry_meta: (entry.mode, entry.mtime, entry.mtime_nsec),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_fill_in_order_and_open_past_the_limits() {
+        let mut load = vec![(1, 10)]; // one batch from the journal, holding one file
+        let got = assign_batches([5, 5, 100, 0, 1].into_iter(), &mut load, 2, 20).unwrap();
+        // 2 files per batch, 20 bytes; the 100-byte file goes alone into a new batch, and
+        // batches are never reopened once left.
+        assert_eq!(got, vec![0, 1, 2, 3, 3]);
+        assert_eq!(load, vec![(2, 15), (1, 5), (1, 100), (2, 1)]);
+        let mut load = Vec::new();
+        assert!(assign_batches(std::iter::empty(), &mut load, 1, 1)
+            .unwrap()
+            .is_empty());
+        assert_eq!(load.len(), 1, "every vault has a batch");
+    }
+
+    /// A zero limit used to loop forever, opening batches; the limits are clamped to 1..=format.
+    #[test]
+    fn zero_limits_do_not_loop() {
+        let mut load = Vec::new();
+        let got = assign_batches([1, 2].into_iter(), &mut load, 0, 0).unwrap();
+        assert_eq!(got, vec![0, 1]);
+    }
+
+    /// A run must never write a manifest its readers refuse (more than MAX_BATCHES batches).
+    #[test]
+    fn no_more_batches_than_a_manifest_holds() {
+        let mut load = Vec::new();
+        let n = format::MAX_BATCHES as u64;
+        assert!(assign_batches((0..n).map(|_| 1), &mut load, 1, u64::MAX).is_ok());
+        let mut load = Vec::new();
+        let e = assign_batches((0..=n).map(|_| 1), &mut load, 1, u64::MAX).unwrap_err();
+        assert!(matches!(e, Error::Usage(_)), "{e}");
+    }
 }

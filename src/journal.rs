@@ -157,6 +157,7 @@ impl Journal {
             .at(&path)?;
         lock(&file, &path)?;
         let what = path.display().to_string();
+        let len = file.metadata().at(&path)?.len();
         let mut lines = Lines::new(BufReader::new(&file), &path);
         let mut run = None;
         let mut batches = Vec::new();
@@ -166,8 +167,16 @@ impl Journal {
         while let Some(line) = lines.next_line()? {
             let start = offset;
             offset += line.len() as u64 + 1;
-            let Ok(parsed) = parse_line(&line) else {
-                break; // a torn last line from a crash
+            // Every record ends with a newline: a last line without one was torn by a crash,
+            // even if it parses (and keeping it would put the next record on its line).
+            let parsed = if offset > len {
+                None
+            } else {
+                parse_line(&line).ok()
+            };
+            let Some(parsed) = parsed else {
+                // A torn append: it and whatever follows it were never synced.
+                break;
             };
             match parsed {
                 Line::Run(r) if run.is_none() => run = Some(r),
@@ -208,13 +217,15 @@ impl Journal {
     /// line, so new records follow it. Only the last line may fail (a write torn by a crash);
     /// a bad record followed by good ones means the journal was modified.
     pub fn authenticated_done(&mut self, loaded: &Loaded) -> Result<Vec<DoneRecord>> {
-        let key = self
-            .mac_key
-            .as_ref()
-            .ok_or_else(|| Error::Runtime("journal MAC key not set".into()))?;
         let mut out = Vec::new();
         let mut end = loaded.good_end;
         for (mac, raw, line_start, line_end) in &loaded.done {
+            // Only `done` records need the key: a run stopped before its first batch record
+            // has none, and no key to check them with either.
+            let key = self
+                .mac_key
+                .as_ref()
+                .ok_or_else(|| Error::Runtime("journal MAC key not set".into()))?;
             let ok = format::from_hex::<32>(mac)
                 .map(|m| blake3::keyed_hash(key, raw) == blake3::Hash::from(m))
                 .unwrap_or(false);
@@ -333,5 +344,39 @@ mod tests {
             j.authenticated_done(&loaded).unwrap(),
             vec![done(1), done(2), done(3)]
         );
+    }
+
+    /// A crash can tear an append just before its final newline: that line parses, but it is
+    /// torn. Keeping it used to extend the file by one NUL byte (`set_len` past the end) and
+    /// glue the next record to it, so that a later resume lost both.
+    #[test]
+    fn a_last_line_without_its_newline_is_torn() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = || Zeroizing::new([7u8; 32]);
+        {
+            let mut j = Journal::create(dir.path(), &run()).unwrap();
+            j.set_mac_key(key());
+            j.append_done(&[done(1), done(2)]).unwrap();
+        }
+        let path = dir.path().join(layout::JOURNAL);
+        let len = std::fs::metadata(&path).unwrap().len();
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len - 1)
+            .unwrap();
+        let (mut j, loaded) = Journal::open(dir.path()).unwrap();
+        j.set_mac_key(key());
+        assert_eq!(j.authenticated_done(&loaded).unwrap(), vec![done(1)]);
+        j.append_done(&[done(3)]).unwrap();
+        drop(j);
+        let (mut j, loaded) = Journal::open(dir.path()).unwrap();
+        j.set_mac_key(key());
+        assert_eq!(
+            j.authenticated_done(&loaded).unwrap(),
+            vec![done(1), done(3)]
+        );
+        assert!(!std::fs::read(&path).unwrap().contains(&0));
     }
 }

@@ -40,6 +40,11 @@ impl Kms {
 
     /// The provider for `url` (or the override), built on first use.
     pub fn provider(&self, url: &str) -> Result<Arc<dyn KeyProvider>> {
+        self.provider_inner(url, true)
+    }
+
+    /// `create`: whether a missing local key store may be created (only to make new keys).
+    fn provider_inner(&self, url: &str, create: bool) -> Result<Arc<dyn KeyProvider>> {
         let url = self.override_url.as_deref().unwrap_or(url);
         let mut m = self
             .providers
@@ -47,6 +52,17 @@ impl Kms {
             .map_err(|_| Error::Runtime("KMS provider cache poisoned".into()))?;
         if let Some(p) = m.get(url) {
             return Ok(Arc::clone(p));
+        }
+        // The URL of a wrapped key comes from the vault, unauthenticated: never create a key
+        // store (directories, a new master key) where it points. It could not hold the key.
+        if let (false, kms::ProviderUrl::Local(dir)) = (create, kms::ProviderUrl::parse(url)?) {
+            if !kms::local::store_exists(dir.as_deref())? {
+                return Err(kms::KmsError::new(
+                    kms::KmsErrorKind::NotFound,
+                    format!("no local key store at {url}"),
+                )
+                .into());
+            }
         }
         let p: Arc<dyn KeyProvider> = Arc::from(kms::from_url(url, &self.opts)?);
         m.insert(url.to_string(), Arc::clone(&p));
@@ -76,9 +92,25 @@ impl Kms {
 
     /// Unwraps a batch's key: tries its wrappings in order, checks the commitment.
     pub fn unwrap(&self, vault_id: &[u8; ID_LEN], batch: &Batch) -> Result<BatchKey> {
+        // The context sent with Decrypt is this batch's, not whatever the record says (it is
+        // unauthenticated): otherwise a wrapping copied from another vault or batch, with its
+        // own context, would be unwrapped by the KMS (FORMAT-RULES 11).
+        let ctx = EncryptionContext::for_batch(&format::to_hex(vault_id), &batch.id_hex());
+        if let Some(w) = batch.wrapped.iter().find(|w| w.context != ctx) {
+            return Err(Error::integrity(
+                format!("batch {}", batch.id_hex()),
+                format!(
+                    "the key wrapped by {} is bound to another vault or batch",
+                    w.key_id
+                ),
+            ));
+        }
         let mut errors = Vec::new();
         for w in &batch.wrapped {
-            let key = match self.provider(&w.kms).and_then(|p| Ok(p.decrypt(w)?)) {
+            let key = match self
+                .provider_inner(&w.kms, false)
+                .and_then(|p| Ok(p.decrypt(w)?))
+            {
                 Ok(k) => k,
                 Err(e) => {
                     errors.push(format!("{} ({}): {e}", w.key_id, w.kms));

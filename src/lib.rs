@@ -11,7 +11,7 @@
 //!
 //! `decrypt` and `verify --deep` walk the same path backwards; keyless `verify` only hashes
 //! objects. The byte formats are specified in `docs/FORMAT.md`; their constants live in
-//! [`format`].
+//! [`format`](mod@format).
 
 pub mod bench;
 pub mod crypto;

@@ -357,10 +357,17 @@ impl Entry {
                 .and_then(format::from_hex)
                 .ok_or_else(|| bad(what, format!("missing or bad {f}")))
         };
+        if r.mode & !0o7777 != 0 {
+            return Err(bad(what, "mode holds more than permission bits"));
+        }
         let kind = match r.kind.as_str() {
             "dir" => EntryKind::Dir,
             "symlink" => {
-                EntryKind::Symlink(parse_name(&r.target, &r.target_b64, &r.enc_target, what)?)
+                let t = parse_name(&r.target, &r.target_b64, &r.enc_target, what)?;
+                if let Name::Clear(t) = &t {
+                    check_target(t).map_err(|why| bad(what, why))?;
+                }
+                EntryKind::Symlink(t)
             }
             "file" => {
                 let bid: [u8; ID_LEN] = r
@@ -422,6 +429,15 @@ pub fn check_path(p: &[u8]) -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// A link target: not empty, at most 4096 bytes, no NUL (it may point anywhere: links are
+/// created after every file, so nothing is ever written through one).
+fn check_target(t: &[u8]) -> std::result::Result<(), String> {
+    if t.is_empty() || t.len() > format::MAX_PATH_BYTES || t.contains(&0) {
+        return Err("empty, over-long or NUL-holding link target".into());
+    }
+    Ok(())
+}
+
 fn end_mac_input(entries: u64) -> [u8; 28] {
     let mut b = [0u8; 28];
     b[..20].copy_from_slice(b"envseal manifest end");
@@ -460,10 +476,23 @@ impl Manifest {
         for b in &self.batches {
             body.extend(json_line(&Record::Batch(b.to_record()))?);
         }
+        let mut lines = Vec::new();
         for e in &self.entries {
-            body.extend(json_line(&Record::Entry(Box::new(
+            let line = json_line(&Record::Entry(Box::new(
                 e.to_record(&self.batches, name_key.as_ref())?,
-            )))?);
+            )))?;
+            if name_key.is_some() {
+                lines.push(line);
+            } else {
+                body.extend(line);
+            }
+        }
+        // Listed in clear-path order, concealed entries (whose kinds, sizes and times stay
+        // visible) would give the tree's shape away. Their lines start with `enc_path`, whose
+        // first bytes are a random nonce: sorted lines are in an order unrelated to the names.
+        lines.sort_unstable();
+        for line in lines {
+            body.extend(line);
         }
         let n = self.entries.len() as u64;
         let mut macs = Vec::new();
@@ -480,10 +509,10 @@ impl Manifest {
         write_atomic(&vault.join(layout::MANIFEST), &body)
     }
 
-    /// Reads and parses `vault/manifest.jsonl` without any key (structure and limits only).
-    pub fn read(vault: &Path) -> Result<Manifest> {
+    /// Opens `vault/manifest.jsonl`, with a hint when the vault is unfinished.
+    fn open(vault: &Path) -> Result<File> {
         let path = vault.join(layout::MANIFEST);
-        let file = File::open(&path).map_err(|e| {
+        File::open(&path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 let hint = if vault.join(layout::JOURNAL).exists() {
                     "the vault is unfinished: run the same encrypt command again to resume it"
@@ -494,9 +523,30 @@ impl Manifest {
             } else {
                 Error::io(&path, e)
             }
-        })?;
+        })
+    }
+
+    /// The whole manifest file. Readers that authenticate it parse and MAC these same bytes
+    /// ([`Manifest::parse`], [`Manifest::authenticate_bytes`]): reading the file twice would
+    /// let it change in between, so that the entries used are not the ones authenticated.
+    pub fn read_bytes(vault: &Path) -> Result<Vec<u8>> {
+        let mut data = Vec::new();
+        Self::open(vault)?
+            .read_to_end(&mut data)
+            .at(vault.join(layout::MANIFEST))?;
+        Ok(data)
+    }
+
+    /// Reads and parses `vault/manifest.jsonl` without any key (structure and limits only).
+    pub fn read(vault: &Path) -> Result<Manifest> {
+        Self::parse(BufReader::new(Self::open(vault)?), vault)
+    }
+
+    /// Parses a manifest (of the vault `vault`, for messages) without any key.
+    pub fn parse(reader: impl BufRead, vault: &Path) -> Result<Manifest> {
+        let path = vault.join(layout::MANIFEST);
         let what = path.display().to_string();
-        let mut lines = Lines::new(BufReader::new(file), &path);
+        let mut lines = Lines::new(reader, &path);
         let mut m: Option<Manifest> = None;
         let mut ended = false;
         while let Some(line) = lines.next_line()? {
@@ -536,8 +586,38 @@ impl Manifest {
                     if m.entries.len() as u64 >= format::MAX_ENTRIES {
                         return Err(bad(&at, "too many entries"));
                     }
-                    m.entries
-                        .push(Entry::from_record(&e, &m.batches, &at).map_err(tampered)?)
+                    let entry = Entry::from_record(&e, &m.batches, &at).map_err(tampered)?;
+                    let sealed = |n: &Name| matches!(n, Name::Sealed(_));
+                    let target_sealed = match &entry.kind {
+                        EntryKind::Symlink(t) => sealed(t),
+                        _ => m.conceal_names,
+                    };
+                    if sealed(&entry.path) != m.conceal_names || target_sealed != m.conceal_names {
+                        return Err(Error::integrity(
+                            &at,
+                            "names sealed in a clear vault, or clear in a concealed one",
+                        ));
+                    }
+                    // One entry per path, in path order (concealed ones: checked once revealed).
+                    if let (Some(prev), Some(p)) = (
+                        m.entries.last().and_then(|e| e.path.clear()),
+                        entry.path.clear(),
+                    ) {
+                        if p <= prev {
+                            return Err(Error::integrity(
+                                &at,
+                                "entries out of path order, or a path listed twice",
+                            ));
+                        }
+                    }
+                    // Sizes are hostile input to keyless readers: bound them before any size
+                    // arithmetic (object lengths, totals).
+                    if entry.file().is_some_and(|f| {
+                        format::segment_count(f.size, m.segment_size) > format::MAX_SEGMENTS
+                    }) {
+                        return Err(Error::integrity(&at, "file size over 2^32 segments"));
+                    }
+                    m.entries.push(entry)
                 }
                 (Record::End(end), Some(m)) => {
                     if end.entries != m.entries.len() as u64 {
@@ -559,13 +639,23 @@ impl Manifest {
 
     /// Authenticates the manifest file with a batch key: recomputes that batch's MAC over the
     /// file's bytes and compares it (constant time) with the one in the end record.
+    ///
+    /// This reads the file again: it proves nothing about a [`Manifest`] parsed from an
+    /// earlier read. To use what was authenticated, parse and authenticate the same bytes
+    /// ([`Manifest::read_bytes`], [`Manifest::parse`], [`Manifest::authenticate_bytes`]), as
+    /// [`crate::vault::unlock`] does.
     pub fn authenticate(vault: &Path, batch: &Batch, key: &BatchKey) -> Result<()> {
-        let path = vault.join(layout::MANIFEST);
-        let what = path.display().to_string();
-        let mut data = Vec::new();
-        File::open(&path)
-            .and_then(|mut f| f.read_to_end(&mut data))
-            .at(&path)?;
+        Self::authenticate_bytes(&Self::read_bytes(vault)?, vault, batch, key)
+    }
+
+    /// [`Manifest::authenticate`] over manifest bytes already read (see [`Manifest::read_bytes`]).
+    pub fn authenticate_bytes(
+        data: &[u8],
+        vault: &Path,
+        batch: &Batch,
+        key: &BatchKey,
+    ) -> Result<()> {
+        let what = vault.join(layout::MANIFEST).display().to_string();
         // The end record is the last line; everything before it is MAC input.
         let body_end = data[..data.len().saturating_sub(1)]
             .iter()
@@ -607,6 +697,9 @@ impl Manifest {
         }
         self.entries
             .sort_by(|a, b| a.path.clear().cmp(&b.path.clear()));
+        if self.entries.windows(2).any(|w| w[0].path == w[1].path) {
+            return Err(Error::integrity("manifest", "a path is listed twice"));
+        }
         Ok(())
     }
 }
@@ -633,10 +726,12 @@ impl Entry {
 }
 
 fn check_path_or_target(clear: &[u8], aad: &[u8]) -> Result<()> {
-    if aad == AAD_PATH {
-        check_path(clear).map_err(|why| Error::integrity("manifest", why))?;
-    }
-    Ok(())
+    let r = if aad == AAD_PATH {
+        check_path(clear)
+    } else {
+        check_target(clear)
+    };
+    r.map_err(|why| Error::integrity("manifest", why))
 }
 
 /// Reads lines with a length limit (FORMAT-RULES 17).
@@ -695,7 +790,18 @@ pub fn write_key_file(vault: &Path, vault_id: &[u8; ID_LEN], batch: &Batch) -> R
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp).at(&tmp)?;
+    // The name is predictable and the directory may be writable by others: remove what is
+    // there (a stale file, or a planted symlink: the link, not its target) and create anew,
+    // never following a link.
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(&tmp, e)),
+        _ => {}
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .at(&tmp)?;
     f.write_all(data).at(&tmp)?;
     f.sync_all().at(&tmp)?;
     drop(f);
@@ -706,4 +812,24 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
 /// Makes a directory's entries (new names, renames) durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).at(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The temporary name of `manifest.jsonl` is predictable: a symlink planted there (by
+    /// anyone who can write the vault directory) must not be followed, which would overwrite
+    /// its target with the manifest.
+    #[test]
+    fn write_atomic_does_not_follow_a_planted_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let path = dir.path().join(layout::MANIFEST);
+        std::os::unix::fs::symlink(&victim, path.with_extension("tmp")).unwrap();
+        write_atomic(&path, b"manifest").unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert_eq!(std::fs::read(&path).unwrap(), b"manifest");
+    }
 }

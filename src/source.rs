@@ -26,6 +26,8 @@ const SLOTS: usize = 512;
 static MAP_START: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
 static MAP_LEN: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
 static SIGBUS_COUNT: AtomicU64 = AtomicU64::new(0);
+/// The page size, read once when the handler is installed (sysconf is not async-signal-safe).
+static PAGE_SIZE: AtomicUsize = AtomicUsize::new(4096);
 static INSTALL: Once = Once::new();
 
 extern "C" fn on_sigbus(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
@@ -35,12 +37,12 @@ extern "C" fn on_sigbus(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mu
         let start = MAP_START[i].load(Ordering::Acquire);
         let len = MAP_LEN[i].load(Ordering::Acquire);
         if start != 0 && start != usize::MAX && addr.wrapping_sub(start) < len {
-            // SAFETY: sysconf and mmap are plain syscalls; the page lies inside a mapping we
-            // own (registered, not yet unmapped), so replacing it with zeros only affects our
-            // own read of a file that is changing anyway, which the reader then discards.
-            unsafe {
-                let page = libc::sysconf(libc::_SC_PAGESIZE) as usize;
-                let base = addr & !(page - 1);
+            let page = PAGE_SIZE.load(Ordering::Relaxed);
+            let base = addr & !(page - 1);
+            // SAFETY: mmap is a system call; the page lies inside a mapping we own
+            // (registered, not yet unmapped), so replacing it with zeros only affects our own
+            // read of a file that is changing anyway, which the reader then discards.
+            let r = unsafe {
                 libc::mmap(
                     base as *mut libc::c_void,
                     page,
@@ -48,10 +50,15 @@ extern "C" fn on_sigbus(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mu
                     libc::MAP_FIXED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
                     -1,
                     0,
-                );
+                )
+            };
+            if r != libc::MAP_FAILED {
+                SIGBUS_COUNT.fetch_add(1, Ordering::AcqRel);
+                return;
             }
-            SIGBUS_COUNT.fetch_add(1, Ordering::AcqRel);
-            return;
+            // The page could not be replaced: returning would fault again, forever. Fall
+            // through to the default action (the process dies, as without the guard).
+            break;
         }
     }
     // Not ours: restore the default action and return; the fault repeats and kills us.
@@ -63,6 +70,13 @@ extern "C" fn on_sigbus(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mu
 
 fn install_handler() {
     INSTALL.call_once(|| {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        if let Ok(page) = usize::try_from(page) {
+            if page.is_power_of_two() {
+                PAGE_SIZE.store(page, Ordering::Relaxed);
+            }
+        }
         // SAFETY: a zeroed sigaction with our handler and SA_SIGINFO is a valid argument.
         unsafe {
             let mut sa: libc::sigaction = std::mem::zeroed();

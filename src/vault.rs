@@ -16,13 +16,15 @@ pub struct Unlocked {
 }
 
 /// Reads the manifest, unwraps every batch key (one KMS `Decrypt` each), authenticates the
-/// manifest with each of them, and reveals concealed names.
+/// manifest with each of them, and reveals concealed names. The file is read once: the bytes
+/// parsed are the bytes authenticated, even if the file changes meanwhile.
 pub fn unlock(vault: &Path, kms: &Kms) -> Result<Unlocked> {
-    let mut manifest = Manifest::read(vault)?;
+    let data = Manifest::read_bytes(vault)?;
+    let mut manifest = Manifest::parse(&data[..], vault)?;
     let mut keys = Vec::with_capacity(manifest.batches.len());
     for b in &manifest.batches {
         let k = kms.unwrap(&manifest.vault_id, b)?;
-        Manifest::authenticate(vault, b, &k)?;
+        Manifest::authenticate_bytes(&data, vault, b, &k)?;
         keys.push(k);
     }
     if let Some(k) = keys.first() {

@@ -179,13 +179,19 @@ fn key_files(vault: &Path, m: &Manifest) -> Vec<Problem> {
     for b in &m.batches {
         let name = b.keys_file();
         let p = vault.join(&name);
-        let ok = fs::read(&p)
-            .ok()
-            .and_then(|d| serde_json::from_slice::<KeyFile>(&d).ok())
+        // Untrusted input: read at most the limit (FORMAT-RULES 17); more is not a key file.
+        let mut d = Vec::new();
+        let read = File::open(&p)
+            .and_then(|f| f.take(format::MAX_KEY_FILE + 1).read_to_end(&mut d))
+            .is_ok_and(|n| n as u64 <= format::MAX_KEY_FILE);
+        let ok = read
+            .then(|| serde_json::from_slice::<KeyFile>(&d).ok())
+            .flatten()
+            // The whole record, wrapped keys included: recovery without the manifest uses them.
             .is_some_and(|kf| {
-                kf.vault_id == format::to_hex(&m.vault_id)
-                    && kf.batch.batch_id == b.id_hex()
-                    && kf.batch.key_commitment == format::to_hex(&b.key_commitment)
+                kf.format == format::FORMAT_VERSION
+                    && kf.vault_id == format::to_hex(&m.vault_id)
+                    && kf.batch == b.to_record()
             });
         if !ok {
             out.push(Problem {
@@ -223,7 +229,10 @@ pub fn verify(
         (Manifest::read(vault)?, None)
     };
     let files: Vec<&Entry> = m.entries.iter().filter(|e| e.file().is_some()).collect();
-    let total: u64 = files.iter().filter_map(|e| e.file()).map(|f| f.size).sum();
+    let total: u64 = files
+        .iter()
+        .filter_map(|e| e.file())
+        .fold(0u64, |t, f| t.saturating_add(f.size));
     progress.start(files.len() as u64, total);
     let mut problems: Vec<Problem> = pool.install(|| {
         files

@@ -46,6 +46,8 @@ pub const BATCH_MAX_BYTES: u64 = 1 << 44;
 
 /// Limits for parsing untrusted manifests, key files and journals.
 pub const MAX_MANIFEST_LINE: usize = 1 << 20;
+/// A key file holds one batch record (at most a manifest line), pretty-printed.
+pub const MAX_KEY_FILE: u64 = 2 << 20;
 pub const MAX_ENTRIES: u64 = 1 << 32;
 pub const MAX_WRAPPED_KEYS: usize = 64;
 pub const MAX_PATH_BYTES: usize = 4096;

@@ -21,6 +21,20 @@ pub struct LocalProvider {
     url: String,
 }
 
+/// Whether a key store exists at `dir` (the default store for `None`), without creating one
+/// as [`LocalProvider::open`] does: unwrapping a vault's key must not create a store wherever
+/// the vault's provider URL points.
+pub fn store_exists(dir: Option<&Path>) -> Result<bool, KmsError> {
+    let dir = match dir {
+        Some(d) => std::path::absolute(d)
+            .map_err(|e| KmsError::new(KmsErrorKind::Io, format!("{}: {e}", d.display())))?,
+        None => default_dir()?,
+    };
+    let path = dir.join("store.json");
+    path.try_exists()
+        .map_err(|e| KmsError::new(KmsErrorKind::Io, format!("{}: {e}", path.display())))
+}
+
 /// The default key store directory: `$ENVSEAL_HOME/keystore`, else
 /// `$XDG_DATA_HOME/envseal/keystore`, else `$HOME/.local/share/envseal/keystore`.
 pub fn default_dir() -> Result<PathBuf, KmsError> {
