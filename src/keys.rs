@@ -17,6 +17,7 @@ use crate::manifest::Batch;
 pub struct Kms {
     opts: KmsOptions,
     override_url: Option<String>,
+    trusted: Vec<String>,
     providers: Mutex<HashMap<String, Arc<dyn KeyProvider>>>,
 }
 
@@ -26,8 +27,36 @@ impl Kms {
         Kms {
             opts,
             override_url,
+            trusted: Vec::new(),
             providers: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Remote KMS URLs the user trusts beyond loopback and the official endpoints (the CLI
+    /// passes `ENVSEAL_KMS` and `ENVSEAL_KMS_TRUST`).
+    pub fn trusting(mut self, urls: impl IntoIterator<Item = String>) -> Self {
+        self.trusted.extend(urls);
+        self
+    }
+
+    /// A vault names the KMS that holds its keys, but the vault is unauthenticated until a key
+    /// is unwrapped: sending signed requests (with the user's credentials) wherever it points
+    /// would let a crafted vault harvest requests replayable against the real KMS. So remote
+    /// URLs from a vault are used only when explicitly trusted, on loopback, or an official
+    /// KMS endpoint over https.
+    fn check_trusted(&self, url: &str) -> Result<()> {
+        let endpoint = match kms::ProviderUrl::parse(url)? {
+            kms::ProviderUrl::Local(_) => return Ok(()),
+            kms::ProviderUrl::Aliyun { endpoint, .. } | kms::ProviderUrl::Aws { endpoint, .. } => {
+                endpoint
+            }
+        };
+        if self.trusted.iter().any(|t| t == url) || trusted_endpoint(&endpoint) {
+            return Ok(());
+        }
+        Err(Error::Usage(format!(
+            "the vault names the KMS {url}, which is not trusted (not loopback, not an official KMS endpoint over https); if you trust it, pass --kms {url} or add it to ENVSEAL_KMS_TRUST"
+        )))
     }
 
     /// Registers a ready provider under a URL (tests and embedders).
@@ -52,6 +81,9 @@ impl Kms {
             .map_err(|_| Error::Runtime("KMS provider cache poisoned".into()))?;
         if let Some(p) = m.get(url) {
             return Ok(Arc::clone(p));
+        }
+        if !create && self.override_url.is_none() {
+            self.check_trusted(url)?;
         }
         // The URL of a wrapped key comes from the vault, unauthenticated: never create a key
         // store (directories, a new master key) where it points. It could not hold the key.
@@ -134,5 +166,60 @@ impl Kms {
             batch.id_hex(),
             errors.join("; ")
         )))
+    }
+}
+
+/// Loopback, or https to an Alibaba Cloud or AWS KMS host.
+fn trusted_endpoint(endpoint: &str) -> bool {
+    let Ok(u) = url::Url::parse(endpoint) else {
+        return false;
+    };
+    match u.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => {
+            let d = d.to_ascii_lowercase();
+            d == "localhost"
+                || (u.scheme() == "https"
+                    && (d.starts_with("kms") || d.contains(".kms."))
+                    && [".aliyuncs.com", ".amazonaws.com", ".amazonaws.com.cn"]
+                        .iter()
+                        .any(|s| d.ends_with(s)))
+        }
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_and_official_endpoints_are_trusted_by_default() {
+        for ok in [
+            "http://127.0.0.1:8080",
+            "http://localhost:1",
+            "http://[::1]:9",
+            "https://kms.cn-hangzhou.aliyuncs.com",
+            "https://kms-vpc.cn-hangzhou.aliyuncs.com",
+            "https://kms.us-east-1.amazonaws.com",
+            "https://kst-abc.cryptoservice.kms.aliyuncs.com",
+        ] {
+            assert!(trusted_endpoint(ok), "{ok}");
+        }
+        for bad in [
+            "http://kms.cn-hangzhou.aliyuncs.com",
+            "https://kms.cn-hangzhou.aliyuncs.com.evil.example",
+            "https://evil.example",
+            "http://10.0.0.1:80",
+            "https://aliyuncs.com.example",
+        ] {
+            assert!(!trusted_endpoint(bad), "{bad}");
+        }
+        let k =
+            Kms::new(KmsOptions::default(), None).trusting(["aliyun:http://10.1.2.3:80".into()]);
+        assert!(k.check_trusted("aliyun:http://10.1.2.3:80").is_ok());
+        assert!(k.check_trusted("aliyun:http://10.1.2.4:80").is_err());
+        assert!(k.check_trusted("local").is_ok());
     }
 }

@@ -17,6 +17,20 @@ use super::kms_cmd::kms_options;
 use super::output::{failures_json, rate, sanitize, summary};
 use super::progress::Bars;
 
+/// A KMS handle for reading vaults: `--kms` overrides the vault's URLs; `ENVSEAL_KMS` and the
+/// comma-separated `ENVSEAL_KMS_TRUST` name remote endpoints the user trusts.
+fn reading_kms(override_url: Option<String>) -> Kms {
+    let trusted = std::env::var("ENVSEAL_KMS").into_iter().chain(
+        std::env::var("ENVSEAL_KMS_TRUST")
+            .unwrap_or_default()
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>(),
+    );
+    Kms::new(kms_options(), override_url).trusting(trusted)
+}
+
 fn jobs(j: Option<usize>) -> anyhow::Result<usize> {
     match j {
         Some(0) => Err(Error::Usage("-j must be at least 1".into()).into()),
@@ -106,7 +120,7 @@ pub fn decrypt_cmd(a: DecryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
         overwrite: a.overwrite,
         jobs: jobs(a.jobs)?,
     };
-    let kms = Kms::new(kms_options(), a.kms);
+    let kms = reading_kms(a.kms);
     let bars = Bars::new("decrypt", a.out.quiet);
     let r = decrypt(&opts, &kms, &bars, cancel)?;
     for f in &r.failed {
@@ -154,7 +168,7 @@ pub fn verify_cmd(a: VerifyArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
         deep: a.deep,
         jobs: jobs(a.jobs)?,
     };
-    let kms = Kms::new(kms_options(), a.kms);
+    let kms = reading_kms(a.kms);
     let bars = Bars::new("verify", a.out.quiet);
     let r = verify(&a.vault, &opts, Some(&kms), &bars, cancel)?;
     for p in &r.problems {
@@ -196,7 +210,7 @@ pub fn verify_cmd(a: VerifyArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
 pub fn ls_cmd(a: LsArgs) -> anyhow::Result<i32> {
     let m = if Manifest::read(&a.vault)?.conceal_names {
         // Concealed names need the key; this also authenticates the manifest.
-        envseal::vault::unlock(&a.vault, &Kms::new(kms_options(), a.kms))?.manifest
+        envseal::vault::unlock(&a.vault, &reading_kms(a.kms))?.manifest
     } else {
         Manifest::read(&a.vault)?
     };
