@@ -252,7 +252,7 @@ pub fn decrypt(
                 report.bytes += bytes;
             }
             Err(ObjectError::Cancelled) => return Err(Error::Interrupted),
-            Err(ObjectError::Integrity(why)) => {
+            Err(ObjectError::Integrity(why) | ObjectError::Missing(why)) => {
                 progress.notice(&format!("FAILED {}: {why}", e.path.display()));
                 fail(&mut report, e, why, true)
             }

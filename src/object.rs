@@ -23,6 +23,9 @@ use crate::progress::Progress;
 pub enum ObjectError {
     /// Damaged or tampered (exit 3).
     Integrity(String),
+    /// The object file is not in the vault (an integrity failure too, exit 3, but reported
+    /// apart: a lost file is not a damaged one).
+    Missing(String),
     /// I/O on the vault or the output.
     Io(Error),
     Cancelled,
@@ -95,7 +98,7 @@ pub fn open_object(
     let path = vault.join(f.object());
     let obj = File::open(&path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
-            integ(format!("object {} is missing", f.object()))
+            ObjectError::Missing(format!("object {} is missing", f.object()))
         } else {
             ObjectError::Io(Error::io(&path, e))
         }

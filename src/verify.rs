@@ -255,9 +255,7 @@ pub fn verify(
                             Ok(()) => None,
                             Err(err) => {
                                 let (kind, detail) = match err {
-                                    ObjectError::Integrity(d) if d.contains("is missing") => {
-                                        (ProblemKind::Missing, d)
-                                    }
+                                    ObjectError::Missing(d) => (ProblemKind::Missing, d),
                                     ObjectError::Integrity(d) => (ProblemKind::Corrupt, d),
                                     ObjectError::Io(e) => (ProblemKind::Corrupt, e.to_string()),
                                     ObjectError::Cancelled => {

@@ -702,3 +702,77 @@ fn a_wrapped_key_of_another_batch_is_not_sent_to_the_kms() {
         "the KMS was asked to unwrap a key under a context not of this batch"
     );
 }
+
+fn verify_problems(fx: &Fixture, deep: bool) -> Vec<envseal::verify::Problem> {
+    use envseal::verify::{verify, VerifyOptions};
+    let kms = fx.kms();
+    let opts = VerifyOptions { deep, jobs: 2 };
+    verify(
+        &fx.vault,
+        &opts,
+        Some(&kms),
+        &NoProgress,
+        &AtomicBool::new(false),
+    )
+    .unwrap()
+    .problems
+}
+
+fn object_of(fx: &Fixture, name: &str) -> String {
+    let m = envseal::manifest::Manifest::read(&fx.vault).unwrap();
+    m.entries
+        .iter()
+        .find(|e| e.path.display().ends_with(name))
+        .and_then(|e| e.file().map(|f| f.object()))
+        .unwrap()
+}
+
+/// A missing object is told from a damaged one by a typed error, not by the wording of a
+/// message: `open_object` says `Missing`, and deep verify reports `missing` vs `corrupt`.
+#[test]
+fn a_missing_object_is_a_typed_error() {
+    use envseal::object::{open_object, ObjectError};
+    use envseal::verify::ProblemKind;
+    let fx = Fixture::new(&[("gone.txt", b"gone"), ("cut.txt", b"truncated")]);
+    fx.encrypt(4096);
+    let gone = object_of(&fx, "gone.txt");
+    let cut = object_of(&fx, "cut.txt");
+    fs::remove_file(fx.vault.join(&gone)).unwrap();
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(fx.vault.join(&cut))
+        .unwrap();
+    f.set_len(10).unwrap();
+
+    let u = envseal::vault::unlock(&fx.vault, &fx.kms()).unwrap();
+    let entry = |o: &str| {
+        u.manifest
+            .entries
+            .iter()
+            .filter_map(|e| e.file())
+            .find(|f| f.object() == o)
+            .unwrap()
+    };
+    let open = |o: &str| {
+        let f = entry(o);
+        open_object(
+            &fx.vault,
+            &u.manifest,
+            f,
+            &u.keys[f.batch],
+            1,
+            None,
+            &NoProgress,
+            &AtomicBool::new(false),
+        )
+    };
+    assert!(matches!(open(&gone), Err(ObjectError::Missing(_))));
+    assert!(matches!(open(&cut), Err(ObjectError::Integrity(_))));
+
+    let kinds: Vec<(String, ProblemKind)> = verify_problems(&fx, true)
+        .into_iter()
+        .map(|p| (p.object, p.kind))
+        .collect();
+    assert!(kinds.contains(&(gone, ProblemKind::Missing)), "{kinds:?}");
+    assert!(kinds.contains(&(cut, ProblemKind::Corrupt)), "{kinds:?}");
+}
