@@ -681,29 +681,17 @@ fn commit(
     journal.append_done(&recs)
 }
 
-/// Removes objects that no entry names (left by an interrupted run).
+/// Removes objects that no entry names (left by an interrupted run), and anything else in
+/// `objects/` (a planted link is removed, never followed).
 fn sweep_objects(vault: &Path, entries: &[Entry]) -> Result<()> {
     let keep: std::collections::HashSet<String> = entries
         .iter()
         .filter_map(|e| e.file().map(|f| f.object()))
         .collect();
-    let objects = vault.join(layout::OBJECTS_DIR);
-    for sub in fs::read_dir(&objects).at(&objects)? {
-        let sub = sub.at(&objects)?;
-        // Not followed: a symlink planted here would have us delete files wherever it points.
-        if !sub.file_type().at(sub.path())?.is_dir() {
-            continue;
-        }
-        let sub = sub.path();
-        for obj in fs::read_dir(&sub).at(&sub)? {
-            let obj = obj.at(&sub)?.path();
-            let rel = obj
-                .strip_prefix(vault)
-                .map(|r| r.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            if !keep.contains(&rel) {
-                fs::remove_file(&obj).at(&obj)?;
-            }
+    for rel in crate::vault::object_files(vault)? {
+        if !rel.to_str().is_some_and(|r| keep.contains(r)) {
+            let p = vault.join(&rel);
+            fs::remove_file(&p).at(&p)?;
         }
     }
     Ok(())

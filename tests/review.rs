@@ -776,3 +776,52 @@ fn a_missing_object_is_a_typed_error() {
     assert!(kinds.contains(&(gone, ProblemKind::Missing)), "{kinds:?}");
     assert!(kinds.contains(&(cut, ProblemKind::Corrupt)), "{kinds:?}");
 }
+
+/// Keyless verify lists the vault without following links, and reports what the format does
+/// not name: stray files in the vault root (a key file of no batch, a leftover `.tmp`), links
+/// and files in `objects/` (never their targets), and an `objects/` it cannot list.
+#[test]
+fn verify_reports_strays_and_does_not_follow_links() {
+    use envseal::verify::ProblemKind;
+    let fx = Fixture::new(&[("a.txt", b"hello")]);
+    fx.encrypt(4096);
+    let victim = fx.tmp.path().join("victim");
+    fs::create_dir_all(&victim).unwrap();
+    fs::write(victim.join("outside"), b"not the vault's").unwrap();
+    let stray_keys = format!("keys-{}.json", "cd".repeat(16));
+    for name in [stray_keys.as_str(), "manifest.jsonl.tmp", "notes.txt"] {
+        fs::write(fx.vault.join(name), b"x").unwrap();
+    }
+    std::os::unix::fs::symlink(&victim, fx.vault.join("objects/zz")).unwrap();
+    fs::write(fx.vault.join("objects/loose"), b"x").unwrap();
+
+    let problems = verify_problems(&fx, false);
+    let mut extras: Vec<&str> = problems
+        .iter()
+        .filter(|p| p.kind == ProblemKind::Extra)
+        .map(|p| p.path.as_str())
+        .collect();
+    extras.sort();
+    let mut want = vec![
+        "manifest.jsonl.tmp",
+        "notes.txt",
+        "objects/loose",
+        "objects/zz",
+        stray_keys.as_str(),
+    ];
+    want.sort();
+    assert_eq!(extras, want, "{problems:?}");
+    assert_eq!(problems.len(), want.len(), "{problems:?}");
+
+    // An objects/ that cannot be listed (here: a link) is reported, not skipped.
+    let objects = fx.vault.join("objects");
+    fs::rename(&objects, fx.tmp.path().join("objects-real")).unwrap();
+    std::os::unix::fs::symlink(fx.tmp.path().join("objects-real"), &objects).unwrap();
+    let problems = verify_problems(&fx, false);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.kind == ProblemKind::Extra && p.path == "objects"),
+        "{problems:?}"
+    );
+}
