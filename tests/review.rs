@@ -825,3 +825,30 @@ fn verify_reports_strays_and_does_not_follow_links() {
         "{problems:?}"
     );
 }
+
+/// A decrypt killed with -9 leaves its temporary file (plaintext, maybe partial) in DEST; the
+/// next decrypt into DEST removes it before writing, and only names exactly of that pattern.
+#[test]
+fn decrypt_removes_stale_temporary_files_it_made() {
+    let fx = Fixture::new(&[("a.txt", b"hello")]);
+    fx.encrypt(4096);
+    let dir = fx.tmp.path().join("out/data");
+    fs::create_dir_all(&dir).unwrap();
+    let stale = ".envseal-0123456789abcdef.tmp";
+    let users = [
+        ".envseal-0123456789abcdef.tmp.bak",
+        ".envseal-notes.tmp",
+        ".envseal-0123456789ABCDEF.tmp",
+        "envseal-0123456789abcdef.tmp",
+    ];
+    for name in std::iter::once(&stale).chain(&users) {
+        fs::write(dir.join(name), b"x").unwrap();
+    }
+    let (r, _) = fx.decrypt_with(&fx.kms());
+    assert_eq!(r.unwrap(), 1);
+    assert!(!dir.join(stale).exists(), "the stale temporary file stayed");
+    for name in users {
+        assert_eq!(fs::read(dir.join(name)).unwrap(), b"x", "{name}");
+    }
+    assert_eq!(fs::read(dir.join("a.txt")).unwrap(), b"hello");
+}
