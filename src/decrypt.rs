@@ -3,7 +3,8 @@
 //! Never writes outside DEST: vault paths are validated (relative, no `..`), every directory
 //! is created by us or checked to be a real directory (not a symlink) before anything is
 //! written below it, and symlinks from the vault are created last. Each file is decrypted
-//! into a temporary name beside its target and renamed only after every check passed.
+//! into a temporary name beside its target and renamed only after every check passed; the
+//! temporary files a killed decrypt left are removed by the next decrypt into the same place.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
@@ -228,6 +229,13 @@ pub fn decrypt(
         .iter()
         .filter_map(|e| e.file())
         .fold(0u64, |t, f| t.saturating_add(f.size));
+    let targets: HashSet<&[u8]> = files
+        .iter()
+        .map(|e| parent(rel(e)).unwrap_or_default())
+        .collect();
+    for d in targets {
+        remove_stale_tmp(&join(dest, d));
+    }
     progress.start(files.len() as u64, total);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(opts.jobs.max(1))
@@ -252,7 +260,7 @@ pub fn decrypt(
                 report.bytes += bytes;
             }
             Err(ObjectError::Cancelled) => return Err(Error::Interrupted),
-            Err(ObjectError::Integrity(why)) => {
+            Err(ObjectError::Integrity(why) | ObjectError::Missing(why)) => {
                 progress.notice(&format!("FAILED {}: {why}", e.path.display()));
                 fail(&mut report, e, why, true)
             }
@@ -313,6 +321,44 @@ pub fn decrypt(
     Ok(report)
 }
 
+const TMP_PREFIX: &str = ".envseal-";
+const TMP_SUFFIX: &str = ".tmp";
+
+/// The name a file is decrypted into before its rename: random, not derived from the file's
+/// name (a name near NAME_MAX, 255, plus a suffix would not fit).
+fn tmp_name(random: &[u8; 8]) -> String {
+    format!("{TMP_PREFIX}{}{TMP_SUFFIX}", hex::encode(random))
+}
+
+/// Whether `name` is exactly of the form [`tmp_name`] makes.
+fn is_tmp_name(name: &OsStr) -> bool {
+    name.as_bytes()
+        .strip_prefix(TMP_PREFIX.as_bytes())
+        .and_then(|r| r.strip_suffix(TMP_SUFFIX.as_bytes()))
+        .is_some_and(|h| h.len() == 16 && h.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+}
+
+/// Removes the temporary files a killed decrypt left in `dir` (plaintext, perhaps partial or
+/// unauthenticated): regular files whose names are exactly of our pattern, nothing else. A
+/// decrypt running into the same directory at the same time would lose its file (and report
+/// that file failed); restoring one place twice at once is not supported anyway.
+fn remove_stale_tmp(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return; // Nothing to clean; writing there will report the error.
+    };
+    for d in entries.flatten() {
+        if is_tmp_name(&d.file_name()) && d.file_type().is_ok_and(|t| t.is_file()) {
+            match fs::remove_file(d.path()) {
+                Ok(()) => log::info!(
+                    "removed {}, left by an interrupted decrypt",
+                    d.path().display()
+                ),
+                Err(e) => log::warn!("{}: {e}", d.path().display()),
+            }
+        }
+    }
+}
+
 /// Decrypts one file into a temporary name and renames it into place.
 fn restore_file(
     opts: &DecryptOptions,
@@ -336,9 +382,8 @@ fn restore_file(
         }
     }
     let dir = target.parent().unwrap_or(&opts.dest);
-    // Not derived from the file's name: a name near NAME_MAX (255) plus a suffix would not fit.
     let suffix: [u8; 8] = crate::format::random().map_err(|err| io(dir, err))?;
-    let tmp = dir.join(format!(".envseal-{}.tmp", hex::encode(suffix)));
+    let tmp = dir.join(tmp_name(&suffix));
     let out: File = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -397,6 +442,15 @@ mod tests {
             .into_iter()
             .map(|i| entries[i].path.display())
             .collect()
+    }
+
+    /// The cleanup pattern is exactly the names decrypt makes.
+    #[test]
+    fn tmp_names_are_recognised() {
+        for r in [[0u8; 8], [0xab; 8], [0x9f; 8]] {
+            assert!(is_tmp_name(OsStr::new(&tmp_name(&r))));
+        }
+        assert!(!is_tmp_name(OsStr::new(".envseal-00.tmp")));
     }
 
     #[test]

@@ -19,13 +19,13 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use rayon::prelude::*;
 
-use crate::crypto::{segment_mac, BatchKey, NameKey, SegMac, TreeMac};
+use crate::crypto::{segment_mac, BatchKey, NameKey, TreeMac};
 use crate::error::{Error, IoContext, Result};
-use crate::format::{self, layout, ObjectHeader, HEADER_LEN, ID_LEN, TAG_LEN};
+use crate::format::{self, layout, ObjectHeader, ID_LEN, TAG_LEN};
 use crate::journal::{DoneRecord, Journal, RunParams, RunRecord};
 use crate::keys::Kms;
 use crate::manifest::{self, Batch, Entry, EntryKind, FileEntry, Manifest, Name};
-use crate::object::{hash_window, window_segments};
+use crate::object::{hash_window, Windows};
 use crate::progress::Progress;
 use crate::source::Source;
 use crate::walk::{self, SourceEntry, SourceKind};
@@ -681,29 +681,17 @@ fn commit(
     journal.append_done(&recs)
 }
 
-/// Removes objects that no entry names (left by an interrupted run).
+/// Removes objects that no entry names (left by an interrupted run), and anything else in
+/// `objects/` (a planted link is removed, never followed).
 fn sweep_objects(vault: &Path, entries: &[Entry]) -> Result<()> {
     let keep: std::collections::HashSet<String> = entries
         .iter()
         .filter_map(|e| e.file().map(|f| f.object()))
         .collect();
-    let objects = vault.join(layout::OBJECTS_DIR);
-    for sub in fs::read_dir(&objects).at(&objects)? {
-        let sub = sub.at(&objects)?;
-        // Not followed: a symlink planted here would have us delete files wherever it points.
-        if !sub.file_type().at(sub.path())?.is_dir() {
-            continue;
-        }
-        let sub = sub.path();
-        for obj in fs::read_dir(&sub).at(&sub)? {
-            let obj = obj.at(&sub)?.path();
-            let rel = obj
-                .strip_prefix(vault)
-                .map(|r| r.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            if !keep.contains(&rel) {
-                fs::remove_file(&obj).at(&obj)?;
-            }
+    for rel in crate::vault::object_files(vault)? {
+        if !rel.to_str().is_some_and(|r| keep.contains(r)) {
+            let p = vault.join(&rel);
+            fs::remove_file(&p).at(&p)?;
         }
     }
     Ok(())
@@ -804,23 +792,13 @@ fn encrypt_once(
         let mut ct_hash = blake3::Hasher::new();
         ct_hash.update(&hb);
         let mut mac = TreeMac::new(fk.mac_key());
-        let slot = seg as usize + TAG_LEN;
-        let window = window_segments(n, seg, ctx.jobs);
-        // Sized to what the first window uses: a small file gets a small buffer.
-        let body = format::object_len(size, seg) - HEADER_LEN as u64;
-        let mut buf = vec![0u8; body.min((window * slot) as u64) as usize];
-        let mut first = 0u64;
-        while first < n {
+        let windows = Windows::new(size, seg, ctx.jobs);
+        let mut buf = windows.buffer();
+        for w in windows {
             if ctx.cancel.load(Ordering::Relaxed) || ctx.stop.load(Ordering::Relaxed) {
                 return Err(FileError::Cancelled);
             }
-            let count = (n - first).min(window as u64) as usize;
-            let plain_in_window: u64 = (0..count as u64)
-                .map(|k| format::segment_plain_len(size, seg, first + k) as u64)
-                .sum();
-            let used = plain_in_window as usize + count * TAG_LEN;
-            let seal = |k: usize, chunk: &mut [u8]| -> std::result::Result<SegMac, FileError> {
-                let i = first + k as u64;
+            w.each_segment(&mut buf, &mut mac, |i, chunk| {
                 let len = format::segment_plain_len(size, seg, i);
                 src.read_at(i * u64::from(seg), &mut chunk[..len])
                     .map_err(|e| FileError::Source(e.to_string()))?;
@@ -829,25 +807,12 @@ fn encrypt_once(
                 let m = segment_mac(fk.mac_key(), seg, i, n, &chunk[..len]);
                 fk.seal_segment(i, i == n - 1, &mut chunk[..len + TAG_LEN]);
                 Ok(m)
-            };
-            let macs: Vec<std::result::Result<SegMac, FileError>> = if count == 1 {
-                vec![seal(0, &mut buf[..used])]
-            } else {
-                buf[..used]
-                    .par_chunks_mut(slot)
-                    .enumerate()
-                    .map(|(k, c)| seal(k, c))
-                    .collect()
-            };
-            for m in macs {
-                mac.add(m?);
-            }
-            let bytes = &buf[..used];
+            })?;
+            let bytes = &buf[..w.used];
             hash_window(&mut ct_hash, bytes);
-            obj.write_all_at(bytes, format::segment_offset(seg, first))
+            obj.write_all_at(bytes, format::segment_offset(seg, w.first))
                 .map_err(|e| vault_err(&obj_path, e))?;
-            ctx.progress.bytes(plain_in_window);
-            first += count as u64;
+            ctx.progress.bytes(w.plain);
         }
         Ok((ct_hash.finalize(), mac))
     })();

@@ -23,6 +23,9 @@ use crate::progress::Progress;
 pub enum ObjectError {
     /// Damaged or tampered (exit 3).
     Integrity(String),
+    /// The object file is not in the vault (an integrity failure too, exit 3, but reported
+    /// apart: a lost file is not a damaged one).
+    Missing(String),
     /// I/O on the vault or the output.
     Io(Error),
     Cancelled,
@@ -35,6 +38,96 @@ pub fn window_segments(count: u64, segment_size: u32, jobs: usize) -> usize {
         .max(2 * jobs)
         .max(1)
         .min(usize::try_from(count).unwrap_or(usize::MAX))
+}
+
+/// The windows of an object body in order: the one loop of `encrypt` and `open_object`,
+/// which differ only in what they do with each window and each segment.
+pub struct Windows {
+    size: u64,
+    seg: u32,
+    n: u64,
+    window: u64,
+    first: u64,
+}
+
+/// Segments `first..first + count` of an object, laid out in a buffer one slot (segment and
+/// tag) after another, as in the object.
+pub struct Window {
+    pub first: u64,
+    pub count: usize,
+    /// Plaintext bytes in the window.
+    pub plain: u64,
+    /// Bytes of the buffer the window fills: its plaintext and one tag per segment.
+    pub used: usize,
+    slot: usize,
+}
+
+impl Windows {
+    pub fn new(size: u64, seg: u32, jobs: usize) -> Windows {
+        let n = format::segment_count(size, seg);
+        Windows {
+            size,
+            seg,
+            n,
+            window: window_segments(n, seg, jobs) as u64,
+            first: 0,
+        }
+    }
+
+    /// A buffer for the largest window: a small file gets a small buffer.
+    pub fn buffer(&self) -> Vec<u8> {
+        let body = format::object_len(self.size, self.seg) - HEADER_LEN as u64;
+        let slot = self.seg as usize + TAG_LEN;
+        vec![0u8; body.min(self.window * slot as u64) as usize]
+    }
+}
+
+impl Iterator for Windows {
+    type Item = Window;
+
+    fn next(&mut self) -> Option<Window> {
+        if self.first >= self.n {
+            return None;
+        }
+        let first = self.first;
+        let count = (self.n - first).min(self.window) as usize;
+        let plain: u64 = (first..first + count as u64)
+            .map(|i| format::segment_plain_len(self.size, self.seg, i) as u64)
+            .sum();
+        self.first += count as u64;
+        Some(Window {
+            first,
+            count,
+            plain,
+            used: plain as usize + count * TAG_LEN,
+            slot: self.seg as usize + TAG_LEN,
+        })
+    }
+}
+
+impl Window {
+    /// Runs `f(segment index, slot)` on each segment slot of `buf[..used]` (in parallel when
+    /// there are several) and adds their MACs to `mac` in segment order.
+    pub fn each_segment<E: Send>(
+        &self,
+        buf: &mut [u8],
+        mac: &mut TreeMac,
+        f: impl Fn(u64, &mut [u8]) -> Result<SegMac, E> + Sync,
+    ) -> Result<(), E> {
+        let buf = &mut buf[..self.used];
+        let macs: Vec<Result<SegMac, E>> = if self.count == 1 {
+            vec![f(self.first, buf)]
+        } else {
+            buf.par_chunks_mut(self.slot)
+                .enumerate()
+                .map(|(k, c)| f(self.first + k as u64, c))
+                .collect()
+        };
+        for m in macs {
+            mac.add(m?);
+        }
+        Ok(())
+    }
 }
 
 /// Hashes a window of ciphertext, in parallel when it is large.
@@ -95,7 +188,7 @@ pub fn open_object(
     let path = vault.join(f.object());
     let obj = File::open(&path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
-            integ(format!("object {} is missing", f.object()))
+            ObjectError::Missing(format!("object {} is missing", f.object()))
         } else {
             ObjectError::Io(Error::io(&path, e))
         }
@@ -139,28 +232,19 @@ pub fn open_object(
     }
 
     let n = format::segment_count(f.size, seg);
-    let slot = seg as usize + TAG_LEN;
-    let window = window_segments(n, seg, jobs);
-    // Sized to what the first window uses: a small file gets a small buffer.
-    let mut buf = vec![0u8; (expected - HEADER_LEN as u64).min((window * slot) as u64) as usize];
+    let windows = Windows::new(f.size, seg, jobs);
+    let mut buf = windows.buffer();
     let mut ct_hash = blake3::Hasher::new();
     ct_hash.update(&hb);
     let mut mac = TreeMac::new(fk.mac_key());
-    let mut first = 0u64;
-    while first < n {
+    for w in windows {
         if cancel.load(Ordering::Relaxed) {
             return Err(ObjectError::Cancelled);
         }
-        let count = (n - first).min(window as u64) as usize;
-        let plain: u64 = (0..count as u64)
-            .map(|k| format::segment_plain_len(f.size, seg, first + k) as u64)
-            .sum();
-        let used = plain as usize + count * TAG_LEN;
-        obj.read_exact_at(&mut buf[..used], format::segment_offset(seg, first))
+        obj.read_exact_at(&mut buf[..w.used], format::segment_offset(seg, w.first))
             .map_err(|e| ObjectError::Io(Error::io(&path, e)))?;
-        hash_window(&mut ct_hash, &buf[..used]);
-        let open = |k: usize, chunk: &mut [u8]| -> Result<SegMac, ObjectError> {
-            let i = first + k as u64;
+        hash_window(&mut ct_hash, &buf[..w.used]);
+        w.each_segment(&mut buf, &mut mac, |i, chunk| {
             let pt = fk.open_segment(i, i == n - 1, chunk).map_err(|_| {
                 integ(format!(
                     "object {}: segment {i} fails authentication",
@@ -173,21 +257,8 @@ pub fn open_object(
                     .map_err(|e| ObjectError::Io(Error::io("output file", e)))?;
             }
             Ok(m)
-        };
-        let macs: Vec<Result<SegMac, ObjectError>> = if count == 1 {
-            vec![open(0, &mut buf[..used])]
-        } else {
-            buf[..used]
-                .par_chunks_mut(slot)
-                .enumerate()
-                .map(|(k, c)| open(k, c))
-                .collect()
-        };
-        for r in macs {
-            mac.add(r?);
-        }
-        progress.bytes(plain);
-        first += count as u64;
+        })?;
+        progress.bytes(w.plain);
     }
     if ct_hash.finalize() != blake3::Hash::from(f.ct_blake3) {
         return Err(integ(format!(
@@ -205,4 +276,32 @@ pub fn open_object(
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The windows tile the object body exactly: every segment once, in order, each window's
+    /// bytes its plaintext plus one tag per segment, and the buffer holds the largest.
+    #[test]
+    fn windows_tile_the_body() {
+        let seg = 4096u32;
+        for size in [0u64, 1, 4096, 4097, 40 << 20, (40 << 20) + 5] {
+            let windows = Windows::new(size, seg, 2);
+            let buf = windows.buffer().len();
+            let (mut next, mut plain, mut used) = (0u64, 0u64, 0u64);
+            for w in windows {
+                assert_eq!(w.first, next, "size {size}");
+                assert_eq!(w.used, w.plain as usize + w.count * TAG_LEN);
+                assert!(w.used <= buf, "size {size}: window larger than the buffer");
+                next += w.count as u64;
+                plain += w.plain;
+                used += w.used as u64;
+            }
+            assert_eq!(next, format::segment_count(size, seg));
+            assert_eq!(plain, size);
+            assert_eq!(used, format::object_len(size, seg) - HEADER_LEN as u64);
+        }
+    }
 }

@@ -23,6 +23,7 @@ use crate::keys::Kms;
 use crate::manifest::{Entry, KeyFile, Manifest};
 use crate::object::{open_object, ObjectError};
 use crate::progress::Progress;
+use crate::vault;
 
 /// One problem found, by vault path (or object name for extra objects).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -131,43 +132,55 @@ fn check_keyless(
     r
 }
 
-/// Files under `objects/` that no entry names, and stray temporary files.
+/// What the vault holds and the format does not name: files under `objects/` that no entry
+/// names (links not followed), and anything in the vault root but the manifest, the journal,
+/// `objects/` and the key files of the manifest's batches (a stray key file, a `.tmp`).
 fn extras(vault: &Path, m: &Manifest) -> Vec<Problem> {
+    let extra = |path: String, detail: String| Problem {
+        object: path.clone(),
+        path,
+        kind: ProblemKind::Extra,
+        detail,
+    };
     let named: HashSet<String> = m
         .entries
         .iter()
         .filter_map(|e| e.file().map(|f| f.object()))
         .collect();
     let mut out = Vec::new();
-    let objects = vault.join(layout::OBJECTS_DIR);
-    for sub in fs::read_dir(&objects).into_iter().flatten().flatten() {
-        let files: Vec<_> = match fs::read_dir(sub.path()) {
-            Ok(d) => d.flatten().collect(),
-            Err(_) => {
-                out.push(Problem {
-                    path: sub.path().display().to_string(),
-                    object: String::new(),
-                    kind: ProblemKind::Extra,
-                    detail: "unexpected file in objects/".into(),
-                });
-                continue;
-            }
-        };
-        for f in files {
-            let rel = f
-                .path()
-                .strip_prefix(vault)
-                .map(|r| r.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            if !named.contains(&rel) {
-                out.push(Problem {
-                    path: rel.clone(),
-                    object: rel,
-                    kind: ProblemKind::Extra,
-                    detail: "object not named by the manifest".into(),
-                });
-            }
-        }
+    match vault::object_files(vault) {
+        Ok(files) => out.extend(
+            files
+                .into_iter()
+                .filter(|p| !p.to_str().is_some_and(|s| named.contains(s)))
+                .map(|p| {
+                    let p = p.display().to_string();
+                    extra(p, "not an object named by the manifest".into())
+                }),
+        ),
+        Err(e) => out.push(extra(
+            layout::OBJECTS_DIR.into(),
+            format!("cannot list objects: {e}"),
+        )),
+    }
+    let keys: HashSet<String> = m.batches.iter().map(|b| b.keys_file()).collect();
+    let format_names = [layout::MANIFEST, layout::JOURNAL, layout::OBJECTS_DIR];
+    let root = fs::read_dir(vault).and_then(|d| d.collect::<std::io::Result<Vec<_>>>());
+    match root {
+        Ok(root) => out.extend(root.into_iter().filter_map(|d| {
+            let name = d.file_name();
+            let known = name
+                .to_str()
+                .is_some_and(|n| format_names.contains(&n) || keys.contains(n));
+            (!known).then(|| {
+                let n = name.to_string_lossy().into_owned();
+                extra(n, "not part of the vault format".into())
+            })
+        })),
+        Err(e) => out.push(extra(
+            vault.display().to_string(),
+            format!("cannot list the vault: {e}"),
+        )),
     }
     out
 }
@@ -255,9 +268,7 @@ pub fn verify(
                             Ok(()) => None,
                             Err(err) => {
                                 let (kind, detail) = match err {
-                                    ObjectError::Integrity(d) if d.contains("is missing") => {
-                                        (ProblemKind::Missing, d)
-                                    }
+                                    ObjectError::Missing(d) => (ProblemKind::Missing, d),
                                     ObjectError::Integrity(d) => (ProblemKind::Corrupt, d),
                                     ObjectError::Io(e) => (ProblemKind::Corrupt, e.to_string()),
                                     ObjectError::Cancelled => {

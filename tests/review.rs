@@ -702,3 +702,153 @@ fn a_wrapped_key_of_another_batch_is_not_sent_to_the_kms() {
         "the KMS was asked to unwrap a key under a context not of this batch"
     );
 }
+
+fn verify_problems(fx: &Fixture, deep: bool) -> Vec<envseal::verify::Problem> {
+    use envseal::verify::{verify, VerifyOptions};
+    let kms = fx.kms();
+    let opts = VerifyOptions { deep, jobs: 2 };
+    verify(
+        &fx.vault,
+        &opts,
+        Some(&kms),
+        &NoProgress,
+        &AtomicBool::new(false),
+    )
+    .unwrap()
+    .problems
+}
+
+fn object_of(fx: &Fixture, name: &str) -> String {
+    let m = envseal::manifest::Manifest::read(&fx.vault).unwrap();
+    m.entries
+        .iter()
+        .find(|e| e.path.display().ends_with(name))
+        .and_then(|e| e.file().map(|f| f.object()))
+        .unwrap()
+}
+
+/// A missing object is told from a damaged one by a typed error, not by the wording of a
+/// message: `open_object` says `Missing`, and deep verify reports `missing` vs `corrupt`.
+#[test]
+fn a_missing_object_is_a_typed_error() {
+    use envseal::object::{open_object, ObjectError};
+    use envseal::verify::ProblemKind;
+    let fx = Fixture::new(&[("gone.txt", b"gone"), ("cut.txt", b"truncated")]);
+    fx.encrypt(4096);
+    let gone = object_of(&fx, "gone.txt");
+    let cut = object_of(&fx, "cut.txt");
+    fs::remove_file(fx.vault.join(&gone)).unwrap();
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(fx.vault.join(&cut))
+        .unwrap();
+    f.set_len(10).unwrap();
+
+    let u = envseal::vault::unlock(&fx.vault, &fx.kms()).unwrap();
+    let entry = |o: &str| {
+        u.manifest
+            .entries
+            .iter()
+            .filter_map(|e| e.file())
+            .find(|f| f.object() == o)
+            .unwrap()
+    };
+    let open = |o: &str| {
+        let f = entry(o);
+        open_object(
+            &fx.vault,
+            &u.manifest,
+            f,
+            &u.keys[f.batch],
+            1,
+            None,
+            &NoProgress,
+            &AtomicBool::new(false),
+        )
+    };
+    assert!(matches!(open(&gone), Err(ObjectError::Missing(_))));
+    assert!(matches!(open(&cut), Err(ObjectError::Integrity(_))));
+
+    let kinds: Vec<(String, ProblemKind)> = verify_problems(&fx, true)
+        .into_iter()
+        .map(|p| (p.object, p.kind))
+        .collect();
+    assert!(kinds.contains(&(gone, ProblemKind::Missing)), "{kinds:?}");
+    assert!(kinds.contains(&(cut, ProblemKind::Corrupt)), "{kinds:?}");
+}
+
+/// Keyless verify lists the vault without following links, and reports what the format does
+/// not name: stray files in the vault root (a key file of no batch, a leftover `.tmp`), links
+/// and files in `objects/` (never their targets), and an `objects/` it cannot list.
+#[test]
+fn verify_reports_strays_and_does_not_follow_links() {
+    use envseal::verify::ProblemKind;
+    let fx = Fixture::new(&[("a.txt", b"hello")]);
+    fx.encrypt(4096);
+    let victim = fx.tmp.path().join("victim");
+    fs::create_dir_all(&victim).unwrap();
+    fs::write(victim.join("outside"), b"not the vault's").unwrap();
+    let stray_keys = format!("keys-{}.json", "cd".repeat(16));
+    for name in [stray_keys.as_str(), "manifest.jsonl.tmp", "notes.txt"] {
+        fs::write(fx.vault.join(name), b"x").unwrap();
+    }
+    std::os::unix::fs::symlink(&victim, fx.vault.join("objects/zz")).unwrap();
+    fs::write(fx.vault.join("objects/loose"), b"x").unwrap();
+
+    let problems = verify_problems(&fx, false);
+    let mut extras: Vec<&str> = problems
+        .iter()
+        .filter(|p| p.kind == ProblemKind::Extra)
+        .map(|p| p.path.as_str())
+        .collect();
+    extras.sort();
+    let mut want = vec![
+        "manifest.jsonl.tmp",
+        "notes.txt",
+        "objects/loose",
+        "objects/zz",
+        stray_keys.as_str(),
+    ];
+    want.sort();
+    assert_eq!(extras, want, "{problems:?}");
+    assert_eq!(problems.len(), want.len(), "{problems:?}");
+
+    // An objects/ that cannot be listed (here: a link) is reported, not skipped.
+    let objects = fx.vault.join("objects");
+    fs::rename(&objects, fx.tmp.path().join("objects-real")).unwrap();
+    std::os::unix::fs::symlink(fx.tmp.path().join("objects-real"), &objects).unwrap();
+    let problems = verify_problems(&fx, false);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.kind == ProblemKind::Extra && p.path == "objects"),
+        "{problems:?}"
+    );
+}
+
+/// A decrypt killed with -9 leaves its temporary file (plaintext, maybe partial) in DEST; the
+/// next decrypt into DEST removes it before writing, and only names exactly of that pattern.
+#[test]
+fn decrypt_removes_stale_temporary_files_it_made() {
+    let fx = Fixture::new(&[("a.txt", b"hello")]);
+    fx.encrypt(4096);
+    let dir = fx.tmp.path().join("out/data");
+    fs::create_dir_all(&dir).unwrap();
+    let stale = ".envseal-0123456789abcdef.tmp";
+    let users = [
+        ".envseal-0123456789abcdef.tmp.bak",
+        ".envseal-notes.tmp",
+        ".envseal-0123456789ABCDEF.tmp",
+        "envseal-0123456789abcdef.tmp",
+    ];
+    for name in std::iter::once(&stale).chain(&users) {
+        fs::write(dir.join(name), b"x").unwrap();
+    }
+    let (r, _) = fx.decrypt_with(&fx.kms());
+    assert_eq!(r.unwrap(), 1);
+    assert!(!dir.join(stale).exists(), "the stale temporary file stayed");
+    for name in users {
+        assert_eq!(fs::read(dir.join(name)).unwrap(), b"x", "{name}");
+    }
+    assert_eq!(fs::read(dir.join("a.txt")).unwrap(), b"hello");
+}
