@@ -12,11 +12,33 @@ use zeroize::Zeroizing;
 use super::args::{KmsArgs, KmsCommand};
 
 /// Provider options for the binary: a terminal passphrase prompt for sealed local key stores.
-pub fn kms_options() -> KmsOptions {
-    KmsOptions {
+/// Provider options for the binary: the terminal passphrase prompt, and the HTTP providers'
+/// retry and timeout settings from `ENVSEAL_KMS_ATTEMPTS` (total attempts per call, 1 = no
+/// retry) and `ENVSEAL_KMS_TIMEOUT` (seconds per request).
+pub fn kms_options() -> anyhow::Result<KmsOptions> {
+    let mut o = KmsOptions {
         passphrase_prompt: Some(prompt_passphrase),
         ..KmsOptions::default()
+    };
+    let num = |name: &str, min: u64, max: u64| -> anyhow::Result<Option<u64>> {
+        match std::env::var(name) {
+            Err(_) => Ok(None),
+            Ok(v) => match v.trim().parse::<u64>() {
+                Ok(n) if (min..=max).contains(&n) => Ok(Some(n)),
+                _ => Err(envseal::Error::Usage(format!(
+                    "{name}={v:?}: expected a whole number from {min} to {max}"
+                ))
+                .into()),
+            },
+        }
+    };
+    if let Some(n) = num("ENVSEAL_KMS_ATTEMPTS", 1, 100)? {
+        o.retry.max_attempts = n as u32;
     }
+    if let Some(n) = num("ENVSEAL_KMS_TIMEOUT", 1, 3600)? {
+        o.timeout = std::time::Duration::from_secs(n);
+    }
+    Ok(o)
 }
 
 /// Asks on the terminal, only when stdin is one (scripts get the ENVSEAL_PASSPHRASE message).
@@ -39,7 +61,7 @@ pub fn kms_url(args: &KmsArgs) -> String {
 }
 
 pub fn run(cmd: KmsCommand) -> anyhow::Result<i32> {
-    let opts = kms_options();
+    let opts = kms_options()?;
     match cmd {
         KmsCommand::CreateKey { description, kms } => {
             let meta = admin(&kms, &opts)?

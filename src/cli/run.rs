@@ -19,7 +19,7 @@ use super::progress::Bars;
 
 /// A KMS handle for reading vaults: `--kms` overrides the vault's URLs; `ENVSEAL_KMS` and the
 /// comma-separated `ENVSEAL_KMS_TRUST` name remote endpoints the user trusts.
-fn reading_kms(override_url: Option<String>) -> Kms {
+fn reading_kms(override_url: Option<String>) -> anyhow::Result<Kms> {
     let trusted = std::env::var("ENVSEAL_KMS").into_iter().chain(
         std::env::var("ENVSEAL_KMS_TRUST")
             .unwrap_or_default()
@@ -28,7 +28,7 @@ fn reading_kms(override_url: Option<String>) -> Kms {
             .filter(|s| !s.is_empty())
             .collect::<Vec<_>>(),
     );
-    Kms::new(kms_options(), override_url).trusting(trusted)
+    Ok(Kms::new(kms_options()?, override_url).trusting(trusted))
 }
 
 fn jobs(j: Option<usize>) -> anyhow::Result<usize> {
@@ -71,7 +71,7 @@ pub fn encrypt_cmd(a: EncryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
             None => format::BATCH_MAX_BYTES,
         },
     };
-    let kms = Kms::new(kms_options(), None);
+    let kms = Kms::new(kms_options()?, None);
     let bars = Bars::new("encrypt", a.out.quiet);
     let r = encrypt(&opts, &kms, &bars, cancel)?;
     let line = format!(
@@ -120,7 +120,7 @@ pub fn decrypt_cmd(a: DecryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
         overwrite: a.overwrite,
         jobs: jobs(a.jobs)?,
     };
-    let kms = reading_kms(a.kms);
+    let kms = reading_kms(a.kms)?;
     let bars = Bars::new("decrypt", a.out.quiet);
     let r = decrypt(&opts, &kms, &bars, cancel)?;
     for f in &r.failed {
@@ -168,7 +168,7 @@ pub fn verify_cmd(a: VerifyArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
         deep: a.deep,
         jobs: jobs(a.jobs)?,
     };
-    let kms = reading_kms(a.kms);
+    let kms = reading_kms(a.kms)?;
     let bars = Bars::new("verify", a.out.quiet);
     let r = verify(&a.vault, &opts, Some(&kms), &bars, cancel)?;
     for p in &r.problems {
@@ -210,7 +210,7 @@ pub fn verify_cmd(a: VerifyArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
 pub fn ls_cmd(a: LsArgs) -> anyhow::Result<i32> {
     let m = if Manifest::read(&a.vault)?.conceal_names {
         // Concealed names need the key; this also authenticates the manifest.
-        envseal::vault::unlock(&a.vault, &reading_kms(a.kms))?.manifest
+        envseal::vault::unlock(&a.vault, &reading_kms(a.kms)?)?.manifest
     } else {
         Manifest::read(&a.vault)?
     };
