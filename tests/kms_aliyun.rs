@@ -897,3 +897,26 @@ fn vault_round_trip_through_the_server() {
     // No local key store was involved.
     assert!(!home.join("keystore").exists());
 }
+
+/// `-v` shows each retry of a throttled call; the command still succeeds.
+#[test]
+fn cli_verbose_shows_throttling_retries() {
+    let server = Server::start();
+    let (proxy_port, _) = throttling_proxy(server.port, 2);
+    let home = tempfile::tempdir().unwrap();
+    let mut c = common::envseal(home.path());
+    c.args(["-v", "kms", "create-key", "--kms"])
+        .arg(format!("aliyun:http://127.0.0.1:{proxy_port}"))
+        .env("ALIBABA_CLOUD_ACCESS_KEY_ID", AK_ID)
+        .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", AK_SECRET);
+    let out = common::run(&mut c);
+    let err = common::stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(err.matches("Throttling").count(), 2, "{err}");
+    assert!(
+        err.contains("retry 1/") && err.contains("retry 2/"),
+        "{err}"
+    );
+    let created: serde_json::Value = serde_json::from_str(&common::stdout(&out)).unwrap();
+    assert_eq!(created["KeyMetadata"]["KeyState"], "Enabled");
+}
