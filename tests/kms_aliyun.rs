@@ -811,3 +811,112 @@ fn form_body_parameters_are_signed_and_merged() {
     assert_eq!(resp.status().as_u16(), 400);
     assert!(resp.text().unwrap().contains("SignatureDoesNotMatch"));
 }
+
+/// Server-side audit lines of `op` that succeeded.
+fn server_audit_count(server: &Server, op: &str) -> usize {
+    std::fs::read_to_string(server.store.path().join("kms/audit.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["op"] == op && v["ok"] == true)
+        .count()
+}
+
+/// A whole vault through `aliyun:` on the local server: encrypt, `verify --deep` and decrypt
+/// (which find the KMS from the manifest, no `--kms`), byte-identical; the server's audit log
+/// shows one GenerateDataKey per batch and one Decrypt per wrapped key and run.
+#[test]
+fn vault_round_trip_through_the_server() {
+    use common::tree::{assert_same_tree, gen_file, manifest_records, ok, write};
+    let server = Server::start();
+    let c = client(&server.endpoint(), AK_SECRET);
+    let key = c.create_key("vault key").unwrap();
+    c.create_alias("alias/vault/test", &key.key_id).unwrap();
+
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("home");
+    let src = t.path().join("src");
+    for i in 0..5 {
+        write(
+            &src.join(format!("dir/f{i}.txt")),
+            format!("file {i}\n").as_bytes(),
+        );
+    }
+    write(&src.join("empty"), b"");
+    gen_file(&src.join("big.bin"), 3 * 1024 * 1024 + 17, 7);
+    let with_creds = |cmd: &mut Command| {
+        cmd.env("ALIBABA_CLOUD_ACCESS_KEY_ID", AK_ID)
+            .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", AK_SECRET);
+    };
+
+    let vault = t.path().join("vault");
+    let mut enc = common::envseal(&home);
+    enc.args(["encrypt", "-q", "--json", "--batch-max-files", "3"])
+        .args(["--kms", &server.url(), "--key", "alias/vault/test", "-o"])
+        .arg(&vault)
+        .arg(&src);
+    with_creds(&mut enc);
+    let out = ok(&mut enc);
+    let summary: serde_json::Value = serde_json::from_str(&common::stdout(&out)).unwrap();
+    let records = manifest_records(&vault);
+    let batches = records.iter().filter(|r| r["type"] == "batch").count();
+    assert!(batches >= 2, "{batches} batches");
+    assert_eq!(summary["batches"], batches);
+    assert_eq!(server_audit_count(&server, "GenerateDataKey"), batches);
+    let manifest = std::fs::read_to_string(vault.join("manifest.jsonl")).unwrap();
+    assert!(
+        manifest.contains(&server.url()),
+        "the manifest names the provider"
+    );
+    assert!(
+        manifest.contains(&key.key_id),
+        "the resolved key id is recorded"
+    );
+
+    let decrypts_before = server_audit_count(&server, "Decrypt");
+    let mut verify = common::envseal(&home);
+    verify.args(["verify", "--deep", "-q"]).arg(&vault);
+    with_creds(&mut verify);
+    ok(&mut verify);
+    assert_eq!(
+        server_audit_count(&server, "Decrypt") - decrypts_before,
+        batches
+    );
+
+    let dest = t.path().join("out");
+    let mut dec = common::envseal(&home);
+    dec.args(["decrypt", "-q", "-o"]).arg(&dest).arg(&vault);
+    with_creds(&mut dec);
+    ok(&mut dec);
+    assert_same_tree(&src, &dest.join("src"));
+    assert_eq!(
+        server_audit_count(&server, "Decrypt") - decrypts_before,
+        2 * batches
+    );
+    assert_eq!(server_audit_count(&server, "GenerateDataKey"), batches);
+    // No local key store was involved.
+    assert!(!home.join("keystore").exists());
+}
+
+/// `-v` shows each retry of a throttled call; the command still succeeds.
+#[test]
+fn cli_verbose_shows_throttling_retries() {
+    let server = Server::start();
+    let (proxy_port, _) = throttling_proxy(server.port, 2);
+    let home = tempfile::tempdir().unwrap();
+    let mut c = common::envseal(home.path());
+    c.args(["-v", "kms", "create-key", "--kms"])
+        .arg(format!("aliyun:http://127.0.0.1:{proxy_port}"))
+        .env("ALIBABA_CLOUD_ACCESS_KEY_ID", AK_ID)
+        .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", AK_SECRET);
+    let out = common::run(&mut c);
+    let err = common::stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(err.matches("Throttling").count(), 2, "{err}");
+    assert!(
+        err.contains("retry 1/") && err.contains("retry 2/"),
+        "{err}"
+    );
+    let created: serde_json::Value = serde_json::from_str(&common::stdout(&out)).unwrap();
+    assert_eq!(created["KeyMetadata"]["KeyState"], "Enabled");
+}
