@@ -3,9 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -18,103 +16,9 @@ use envseal::kms::{
 };
 use zeroize::Zeroizing;
 
-const AK_ID: &str = "LTAItestenvseal";
-const AK_SECRET: &str = "test-secret-0123456789";
-
-/// A running `envseal kms serve`; killed and reaped on drop.
-struct Server {
-    child: Child,
-    port: u16,
-    store: tempfile::TempDir,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Server {
-    /// Starts a server with the test credentials in its environment.
-    fn start() -> Server {
-        Self::start_with(|c| {
-            c.env("ENVSEAL_KMS_ACCESS_KEY_ID", AK_ID)
-                .env("ENVSEAL_KMS_ACCESS_KEY_SECRET", AK_SECRET);
-        })
-    }
-
-    fn start_with(configure: impl FnOnce(&mut Command)) -> Server {
-        let store = tempfile::tempdir().unwrap();
-        let mut cmd = common::envseal(store.path());
-        cmd.args(["kms", "serve", "--listen", "127.0.0.1:0", "--store"])
-            .arg(store.path().join("kms"))
-            .env_remove("ENVSEAL_KMS_ACCESS_KEY_ID")
-            .env_remove("ENVSEAL_KMS_ACCESS_KEY_SECRET")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        configure(&mut cmd);
-        let mut child = cmd.spawn().expect("cannot start envseal kms serve");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let sink = stderr.clone();
-        let err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                let mut s = sink.lock().unwrap();
-                s.push_str(&line);
-                s.push('\n');
-            }
-        });
-        let mut first = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut first)
-            .unwrap();
-        let port = first
-            .trim()
-            .strip_prefix("listening on http://127.0.0.1:")
-            .or_else(|| first.trim().strip_prefix("listening on https://127.0.0.1:"))
-            .unwrap_or_else(|| {
-                let _ = child.kill();
-                panic!(
-                    "unexpected first line {first:?}; stderr: {}",
-                    stderr.lock().unwrap()
-                )
-            })
-            .parse()
-            .unwrap();
-        Server {
-            child,
-            port,
-            store,
-            stderr,
-        }
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn url(&self) -> String {
-        format!("aliyun:{}", self.endpoint())
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// The server's stderr once it contains `needle` (lines arrive asynchronously).
-    fn stderr_with(&self, needle: &str) -> String {
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        loop {
-            let s = self.stderr();
-            if s.contains(needle) || std::time::Instant::now() > deadline {
-                return s;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::servers::{
+    json_reply, FaultProxy, KmsServer as Server, ALI_ID as AK_ID, ALI_SECRET as AK_SECRET,
+};
 
 fn fast_opts(attempts: u32) -> KmsOptions {
     KmsOptions {
@@ -421,47 +325,9 @@ fn replayed_and_stale_requests_are_refused() {
 /// A proxy answering `400 Throttling` to the first `n` connections and passing the rest
 /// through to `target`.
 fn throttling_proxy(target: u16, n: usize) -> (u16, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let seen = Arc::new(AtomicUsize::new(0));
-    let counter = seen.clone();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut client) = conn else { return };
-            if counter.fetch_add(1, Ordering::SeqCst) < n {
-                // Read the request head (the body is empty), then refuse it.
-                let mut buf = [0u8; 8192];
-                let mut head = Vec::new();
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match client.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(k) => head.extend_from_slice(&buf[..k]),
-                    }
-                }
-                let body = r#"{"RequestId":"T-1","HostId":"proxy","Code":"Throttling","Message":"Request was denied due to request throttling."}"#;
-                let _ = write!(
-                    client,
-                    "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json;charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                continue;
-            }
-            let Ok(upstream) = TcpStream::connect(("127.0.0.1", target)) else {
-                return;
-            };
-            let (mut c2, mut u2) = (client.try_clone().unwrap(), upstream.try_clone().unwrap());
-            let mut upstream = upstream;
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut c2, &mut u2);
-                let _ = u2.shutdown(std::net::Shutdown::Write);
-            });
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut upstream, &mut client);
-                let _ = client.shutdown(std::net::Shutdown::Write);
-            });
-        }
-    });
-    (port, seen)
+    let body = r#"{"RequestId":"T-1","HostId":"proxy","Code":"Throttling","Message":"Request was denied due to request throttling."}"#;
+    let p = FaultProxy::start(target, n, json_reply("400 Bad Request", body));
+    (p.port, p.seen)
 }
 
 #[test]
@@ -506,13 +372,13 @@ fn throttling_is_retried_until_it_passes() {
 fn generated_credentials_are_stored_privately() {
     use std::os::unix::fs::PermissionsExt;
     let server = Server::start_with(|_| {});
-    let path = server.store.path().join("kms/credentials");
+    let path = server.store.join("credentials");
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     let creds: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     let id = creds["AccessKeyId"].as_str().unwrap();
     let secret = creds["AccessKeySecret"].as_str().unwrap();
-    let log = server.stderr();
+    let log = server.stderr_with(&path.display().to_string());
     assert!(
         log.contains(id) && log.contains(&path.display().to_string()),
         "{log}"
@@ -812,93 +678,6 @@ fn form_body_parameters_are_signed_and_merged() {
     assert!(resp.text().unwrap().contains("SignatureDoesNotMatch"));
 }
 
-/// Server-side audit lines of `op` that succeeded.
-fn server_audit_count(server: &Server, op: &str) -> usize {
-    std::fs::read_to_string(server.store.path().join("kms/audit.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["op"] == op && v["ok"] == true)
-        .count()
-}
-
-/// A whole vault through `aliyun:` on the local server: encrypt, `verify --deep` and decrypt
-/// (which find the KMS from the manifest, no `--kms`), byte-identical; the server's audit log
-/// shows one GenerateDataKey per batch and one Decrypt per wrapped key and run.
-#[test]
-fn vault_round_trip_through_the_server() {
-    use common::tree::{assert_same_tree, gen_file, manifest_records, ok, write};
-    let server = Server::start();
-    let c = client(&server.endpoint(), AK_SECRET);
-    let key = c.create_key("vault key").unwrap();
-    c.create_alias("alias/vault/test", &key.key_id).unwrap();
-
-    let t = tempfile::tempdir().unwrap();
-    let home = t.path().join("home");
-    let src = t.path().join("src");
-    for i in 0..5 {
-        write(
-            &src.join(format!("dir/f{i}.txt")),
-            format!("file {i}\n").as_bytes(),
-        );
-    }
-    write(&src.join("empty"), b"");
-    gen_file(&src.join("big.bin"), 3 * 1024 * 1024 + 17, 7);
-    let with_creds = |cmd: &mut Command| {
-        cmd.env("ALIBABA_CLOUD_ACCESS_KEY_ID", AK_ID)
-            .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", AK_SECRET);
-    };
-
-    let vault = t.path().join("vault");
-    let mut enc = common::envseal(&home);
-    enc.args(["encrypt", "-q", "--json", "--batch-max-files", "3"])
-        .args(["--kms", &server.url(), "--key", "alias/vault/test", "-o"])
-        .arg(&vault)
-        .arg(&src);
-    with_creds(&mut enc);
-    let out = ok(&mut enc);
-    let summary: serde_json::Value = serde_json::from_str(&common::stdout(&out)).unwrap();
-    let records = manifest_records(&vault);
-    let batches = records.iter().filter(|r| r["type"] == "batch").count();
-    assert!(batches >= 2, "{batches} batches");
-    assert_eq!(summary["batches"], batches);
-    assert_eq!(server_audit_count(&server, "GenerateDataKey"), batches);
-    let manifest = std::fs::read_to_string(vault.join("manifest.jsonl")).unwrap();
-    assert!(
-        manifest.contains(&server.url()),
-        "the manifest names the provider"
-    );
-    assert!(
-        manifest.contains(&key.key_id),
-        "the resolved key id is recorded"
-    );
-
-    let decrypts_before = server_audit_count(&server, "Decrypt");
-    let mut verify = common::envseal(&home);
-    verify.args(["verify", "--deep", "-q"]).arg(&vault);
-    with_creds(&mut verify);
-    ok(&mut verify);
-    assert_eq!(
-        server_audit_count(&server, "Decrypt") - decrypts_before,
-        batches
-    );
-
-    let dest = t.path().join("out");
-    let mut dec = common::envseal(&home);
-    dec.args(["decrypt", "-q", "-o"]).arg(&dest).arg(&vault);
-    with_creds(&mut dec);
-    ok(&mut dec);
-    assert_same_tree(&src, &dest.join("src"));
-    assert_eq!(
-        server_audit_count(&server, "Decrypt") - decrypts_before,
-        2 * batches
-    );
-    assert_eq!(server_audit_count(&server, "GenerateDataKey"), batches);
-    // No local key store was involved.
-    assert!(!home.join("keystore").exists());
-}
-
-/// `-v` shows each retry of a throttled call; the command still succeeds.
 #[test]
 fn cli_verbose_shows_throttling_retries() {
     let server = Server::start();

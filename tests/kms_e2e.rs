@@ -160,6 +160,10 @@ fn aliyun_round_trip_without_kms_flag_one_call_per_batch() {
     );
     assert_eq!(snapshot(&src), snapshot(&dest2.join("data")));
     assert!(!server.stderr().contains(ALI_SECRET));
+    assert!(
+        !home.join("keystore").exists(),
+        "no local key store was involved"
+    );
 }
 
 #[test]

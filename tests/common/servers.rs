@@ -21,7 +21,7 @@ pub const AWS_REGION: &str = "us-east-1";
 
 /// A running `envseal kms serve` with a key store of its own.
 pub struct KmsServer {
-    child: Child,
+    pub child: Child,
     pub port: u16,
     pub store: PathBuf,
     _tmp: tempfile::TempDir,
@@ -29,18 +29,27 @@ pub struct KmsServer {
 }
 
 impl KmsServer {
+    /// Starts a server with the test credentials in its environment.
     pub fn start() -> KmsServer {
+        Self::start_with(|c| {
+            c.env("ENVSEAL_KMS_ACCESS_KEY_ID", ALI_ID)
+                .env("ENVSEAL_KMS_ACCESS_KEY_SECRET", ALI_SECRET);
+        })
+    }
+
+    /// Starts a server; `configure` sets its environment (credentials are removed first).
+    pub fn start_with(configure: impl FnOnce(&mut Command)) -> KmsServer {
         let tmp = tempfile::tempdir().unwrap();
         let store = tmp.path().join("kms");
-        let mut child = super::envseal(tmp.path())
-            .args(["kms", "serve", "--listen", "127.0.0.1:0", "--store"])
+        let mut cmd = super::envseal(tmp.path());
+        cmd.args(["kms", "serve", "--listen", "127.0.0.1:0", "--store"])
             .arg(&store)
-            .env("ENVSEAL_KMS_ACCESS_KEY_ID", ALI_ID)
-            .env("ENVSEAL_KMS_ACCESS_KEY_SECRET", ALI_SECRET)
+            .env_remove("ENVSEAL_KMS_ACCESS_KEY_ID")
+            .env_remove("ENVSEAL_KMS_ACCESS_KEY_SECRET")
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot start envseal kms serve");
+            .stderr(Stdio::piped());
+        configure(&mut cmd);
+        let mut child = cmd.spawn().expect("cannot start envseal kms serve");
         let stderr = Arc::new(Mutex::new(String::new()));
         let sink = stderr.clone();
         let err = child.stderr.take().unwrap();
@@ -58,10 +67,14 @@ impl KmsServer {
         let port = first
             .trim()
             .strip_prefix("listening on http://127.0.0.1:")
+            .or_else(|| first.trim().strip_prefix("listening on https://127.0.0.1:"))
             .and_then(|p| p.parse().ok())
             .unwrap_or_else(|| {
                 let _ = child.kill();
-                panic!("kms serve said {first:?}");
+                panic!(
+                    "kms serve said {first:?}; stderr: {}",
+                    stderr.lock().unwrap()
+                );
             });
         KmsServer {
             child,
@@ -70,6 +83,10 @@ impl KmsServer {
             _tmp: tmp,
             stderr,
         }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
     }
 
     pub fn url(&self) -> String {
@@ -87,6 +104,18 @@ impl KmsServer {
 
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
+    }
+
+    /// The server's stderr once it contains `needle` (lines arrive asynchronously).
+    pub fn stderr_with(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let s = self.stderr();
+            if s.contains(needle) || Instant::now() > deadline {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
