@@ -5,10 +5,11 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::servers::Moto;
 use envseal::kms::aws::AwsClient;
 use envseal::kms::retry::RetryPolicy;
 use envseal::kms::{
@@ -19,69 +20,6 @@ const REGION: &str = "us-east-1";
 const ACCESS_KEY_ID: &str = "AKIDENVSEALTEST";
 const SECRET: &str = "moto-secret-DO-NOT-PRINT";
 const TOKEN: &str = "moto-session-token-DO-NOT-PRINT";
-
-/// A moto server on a free loopback port, killed on drop.
-struct Moto {
-    child: Child,
-    port: u16,
-    pyenv: std::path::PathBuf,
-}
-
-impl Moto {
-    /// `None` (test skipped) when the venv is absent outside CI.
-    fn start() -> Option<Moto> {
-        let pyenv = common::pyenv()?;
-        // A port from free_port() can be taken by someone else before moto binds it; moto
-        // then exits at once, and we try another port.
-        for _ in 0..5 {
-            let port = common::free_port();
-            let child = Command::new(pyenv.join("bin/moto_server"))
-                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("cannot start moto_server");
-            let mut moto = Moto {
-                child,
-                port,
-                pyenv: pyenv.clone(),
-            };
-            if moto.wait_ready() {
-                return Some(moto);
-            }
-        }
-        panic!("moto_server did not start on any of 5 ports");
-    }
-
-    /// Until moto answers a KMS call; `false` if it exited (port taken).
-    fn wait_ready(&mut self) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let probe = client_with(&self.endpoint(), fast_retry(1));
-        loop {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return false;
-            }
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok()
-                && probe.create_key("readiness probe").is_ok()
-            {
-                return true;
-            }
-            assert!(Instant::now() < deadline, "moto_server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn fast_retry(max_attempts: u32) -> RetryPolicy {
     RetryPolicy {
@@ -368,15 +306,16 @@ impl Seen {
     }
 }
 
-/// A proxy in front of moto: the first requests get canned failures (status, body), the rest are
+/// A proxy in front of moto that records every request (unlike `common::servers::FaultProxy`,
+/// which only counts): the first requests get canned failures (status, body), the rest are
 /// forwarded. Every request is recorded.
-struct FaultProxy {
+struct RecordingProxy {
     port: u16,
     seen: Arc<Mutex<Vec<Seen>>>,
 }
 
-impl FaultProxy {
-    fn start(upstream: u16, faults: Vec<(u16, String)>) -> FaultProxy {
+impl RecordingProxy {
+    fn start(upstream: u16, faults: Vec<(u16, String)>) -> RecordingProxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -389,7 +328,7 @@ impl FaultProxy {
                 std::thread::spawn(move || serve_one(conn, upstream, &log, &faults));
             }
         });
-        FaultProxy { port, seen }
+        RecordingProxy { port, seen }
     }
 
     fn endpoint(&self) -> String {
@@ -508,7 +447,7 @@ fn throttling_and_server_errors_are_retried_and_every_attempt_is_signed() {
     const THROTTLE: &str = r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#;
 
     // Three throttles, then success: four attempts are enough.
-    let proxy = FaultProxy::start(moto.port, vec![(400, THROTTLE.to_string()); 3]);
+    let proxy = RecordingProxy::start(moto.port, vec![(400, THROTTLE.to_string()); 3]);
     let c = client_with(&proxy.endpoint(), fast_retry(4));
     let generated = c.generate_data_key(&alias, &context()).unwrap();
     {
@@ -532,7 +471,10 @@ fn throttling_and_server_errors_are_retried_and_every_attempt_is_signed() {
             assert!(!s.head.contains(SECRET));
             assert_eq!(
                 auth.rsplit("Signature=").next(),
-                Some(botocore_signature(&moto.pyenv, s).as_str()),
+                Some(
+                    botocore_signature(&common::pyenv().expect("moto runs, so the venv exists"), s)
+                        .as_str()
+                ),
                 "botocore computes the same SigV4 signature for the request on the wire"
             );
             let body: serde_json::Value = serde_json::from_slice(&s.body).unwrap();
@@ -550,7 +492,7 @@ fn throttling_and_server_errors_are_retried_and_every_attempt_is_signed() {
     );
 
     // Out of attempts: the last throttle surfaces with its code and request id.
-    let proxy = FaultProxy::start(moto.port, vec![(400, THROTTLE.to_string()); 3]);
+    let proxy = RecordingProxy::start(moto.port, vec![(400, THROTTLE.to_string()); 3]);
     let c = client_with(&proxy.endpoint(), fast_retry(3));
     let e = err(c.generate_data_key(&alias, &context()));
     assert_eq!(e.kind, KmsErrorKind::Throttled);
@@ -560,7 +502,7 @@ fn throttling_and_server_errors_are_retried_and_every_attempt_is_signed() {
     assert_eq!(proxy.seen.lock().unwrap().len(), 3);
 
     // 5xx (JSON or not) and KMS internal errors are retried.
-    let proxy = FaultProxy::start(
+    let proxy = RecordingProxy::start(
         moto.port,
         vec![
             (
@@ -589,7 +531,7 @@ fn throttling_and_server_errors_are_retried_and_every_attempt_is_signed() {
         ("IncorrectKeyException", KmsErrorKind::InvalidCiphertext),
     ] {
         let body = format!(r#"{{"__type":"{code}","message":"refused"}}"#);
-        let proxy = FaultProxy::start(moto.port, vec![(400, body)]);
+        let proxy = RecordingProxy::start(moto.port, vec![(400, body)]);
         let c = client_with(&proxy.endpoint(), fast_retry(4));
         let e = err(c.decrypt(&generated.wrapped));
         assert_eq!(e.kind, kind, "{e}");
@@ -597,4 +539,77 @@ fn throttling_and_server_errors_are_retried_and_every_attempt_is_signed() {
         assert_eq!(e.request_id.as_deref(), Some("fault-0"));
         assert_eq!(proxy.seen.lock().unwrap().len(), 1, "{code} is not retried");
     }
+}
+
+/// The binary with the test's AWS credentials and no AWS settings from the caller.
+fn envseal_aws(home: &std::path::Path) -> Command {
+    let mut c = common::envseal(home);
+    c.env("AWS_ACCESS_KEY_ID", ACCESS_KEY_ID)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET)
+        .env("AWS_SESSION_TOKEN", TOKEN)
+        .env_remove("AWS_REGION")
+        .env_remove("AWS_DEFAULT_REGION");
+    c
+}
+
+/// Runs the binary; checks the exit code and that no credential reached its output.
+fn run_cli(cmd: &mut Command, code: i32) -> String {
+    let out = common::run(cmd);
+    let text = format!("{}{}", common::stdout(&out), common::stderr(&out));
+    assert!(
+        !text.contains(SECRET) && !text.contains(TOKEN),
+        "a secret was printed: {text}"
+    );
+    assert_eq!(out.status.code(), Some(code), "{text}");
+    text
+}
+
+#[test]
+fn cli_region_from_env_is_recorded_and_credentials_are_required() {
+    let Some(moto) = Moto::start() else { return };
+    let (_, alias) = key_with_alias(&client(&moto.endpoint()), "alias/envseal/cli");
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("home");
+    let src = t.path().join("src");
+    common::tree::gen_file(&src.join("a.bin"), 70_000, 1);
+    common::tree::gen_file(&src.join("sub/b.bin"), 10, 2);
+    let vault = t.path().join("vault");
+
+    // The URL has no ?region=: it comes from AWS_DEFAULT_REGION, with a session token set.
+    run_cli(
+        envseal_aws(&home)
+            .env("AWS_DEFAULT_REGION", REGION)
+            .args(["encrypt", "-q", "--key", &alias, "--kms"])
+            .arg(format!("aws:{}", moto.endpoint()))
+            .arg("-o")
+            .arg(&vault)
+            .arg(&src),
+        0,
+    );
+    // The manifest recorded the region, so no region (and no --kms) is needed later.
+    run_cli(
+        envseal_aws(&home)
+            .args(["verify", "--deep", "-q"])
+            .arg(&vault),
+        0,
+    );
+    let dest = t.path().join("dest");
+    run_cli(
+        envseal_aws(&home)
+            .args(["decrypt", "-q", "-o"])
+            .arg(&dest)
+            .arg(&vault),
+        0,
+    );
+    common::tree::assert_same_tree(&src, &dest.join("src"));
+
+    // Without credentials the error names what is missing.
+    let text = run_cli(
+        envseal_aws(&home)
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .args(["verify", "--deep", "-q"])
+            .arg(&vault),
+        1,
+    );
+    assert!(text.contains("AWS_ACCESS_KEY_ID is not set"), "{text}");
 }
