@@ -305,3 +305,29 @@ fn aws_round_trip_without_kms_flag() {
     );
     assert_eq!(snapshot(&src), snapshot(&dest.join("data")));
 }
+
+#[test]
+fn kms_serve_seals_its_store_with_a_passphrase() {
+    let open = KmsServer::start();
+    assert!(
+        open.stderr_with("not sealed").contains("is not sealed"),
+        "{}",
+        open.stderr()
+    );
+
+    let sealed = KmsServer::start_with(|c| {
+        c.env("ENVSEAL_KMS_ACCESS_KEY_ID", ALI_ID)
+            .env("ENVSEAL_KMS_ACCESS_KEY_SECRET", ALI_SECRET)
+            .env("ENVSEAL_PASSPHRASE", "correct horse battery staple");
+    });
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("home");
+    let out = run(
+        ali(&home).args(["kms", "create-key", "--kms", &sealed.url()]),
+        0,
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(meta["KeyMetadata"]["KeyState"], "Enabled");
+    assert!(!sealed.stderr_with("access key id").contains("not sealed"));
+    assert!(envseal::kms::keystore::KeyStore::is_sealed(&sealed.store).unwrap());
+}

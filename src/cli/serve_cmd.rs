@@ -42,6 +42,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
         .map(zeroize::Zeroizing::new);
     let store = KeyStore::open(&args.store, passphrase.as_deref().map(String::as_str))
         .map_err(envseal::Error::from)?;
+    if !store.sealed() {
+        eprintln!(
+            "envseal kms serve: warning: the key store {} is not sealed; its master keys are stored unencrypted (files 0600). Create the store with ENVSEAL_PASSPHRASE set to seal them at rest (Argon2id).",
+            store.dir().display()
+        );
+    }
     let (credentials, source) =
         Credentials::load_or_create(store.dir()).map_err(envseal::Error::from)?;
     match &source {
