@@ -268,37 +268,17 @@ fn a_file_with_a_long_name_is_restored() {
 /// `verify` must notice when its wrapped key differs from the manifest's, not only its ids.
 #[test]
 fn a_key_file_with_another_wrapped_key_is_reported() {
-    use envseal::verify::{verify, ProblemKind, VerifyOptions};
+    use envseal::verify::ProblemKind;
     let fx = Fixture::new(&[("a.txt", b"hello")]);
     fx.encrypt(4096);
-    let kf = fs::read_dir(&fx.vault)
-        .unwrap()
-        .map(|d| d.unwrap().path())
-        .find(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with(layout::KEYS_PREFIX)
-        })
-        .unwrap();
+    let kf = key_file(&fx);
     let mut v: serde_json::Value = serde_json::from_slice(&fs::read(&kf).unwrap()).unwrap();
     v["wrapped"][0]["blob"] = serde_json::Value::String("AAAA".into());
     fs::write(&kf, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
-    let r = verify(
-        &fx.vault,
-        &VerifyOptions {
-            deep: false,
-            jobs: 1,
-        },
-        None,
-        &NoProgress,
-        &AtomicBool::new(false),
-    )
-    .unwrap();
+    let problems = verify_problems(&fx, false);
     assert!(
-        r.problems.iter().any(|p| p.kind == ProblemKind::KeyFile),
-        "{:?}",
-        r.problems
+        problems.iter().any(|p| p.kind == ProblemKind::KeyFile),
+        "{problems:?}"
     );
 }
 
@@ -485,37 +465,17 @@ fn the_reader_enforces_the_entry_rules() {
 /// before allocating (FORMAT-RULES 17). A key file padded past it is reported, not loaded.
 #[test]
 fn an_oversized_key_file_is_refused() {
-    use envseal::verify::{verify, ProblemKind, VerifyOptions};
+    use envseal::verify::ProblemKind;
     let fx = Fixture::new(&[("a.txt", b"hello")]);
     fx.encrypt(4096);
-    let kf = fs::read_dir(&fx.vault)
-        .unwrap()
-        .map(|d| d.unwrap().path())
-        .find(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with(layout::KEYS_PREFIX)
-        })
-        .unwrap();
+    let kf = key_file(&fx);
     let mut body = fs::read(&kf).unwrap();
     body.extend(std::iter::repeat_n(b' ', 3 << 20)); // still valid JSON
     fs::write(&kf, body).unwrap();
-    let r = verify(
-        &fx.vault,
-        &VerifyOptions {
-            deep: false,
-            jobs: 1,
-        },
-        None,
-        &NoProgress,
-        &AtomicBool::new(false),
-    )
-    .unwrap();
+    let problems = verify_problems(&fx, false);
     assert!(
-        r.problems.iter().any(|p| p.kind == ProblemKind::KeyFile),
-        "{:?}",
-        r.problems
+        problems.iter().any(|p| p.kind == ProblemKind::KeyFile),
+        "{problems:?}"
     );
 }
 
@@ -701,6 +661,20 @@ fn a_wrapped_key_of_another_batch_is_not_sent_to_the_kms() {
         1,
         "the KMS was asked to unwrap a key under a context not of this batch"
     );
+}
+
+/// The vault's (first) key file.
+fn key_file(fx: &Fixture) -> std::path::PathBuf {
+    fs::read_dir(&fx.vault)
+        .unwrap()
+        .map(|d| d.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(layout::KEYS_PREFIX)
+        })
+        .unwrap()
 }
 
 fn verify_problems(fx: &Fixture, deep: bool) -> Vec<envseal::verify::Problem> {
