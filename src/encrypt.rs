@@ -215,18 +215,18 @@ pub fn encrypt(
         keys.push(kms.unwrap(&vault_id, &b)?);
         batches.push(b);
     }
-    let mut journal_loaded = done_recs;
     if let Some(k) = keys.first() {
         journal.set_mac_key(k.journal_mac_key());
     }
-    let done: Vec<DoneRecord> = match journal_loaded.take() {
+    let done: Vec<DoneRecord> = match done_recs {
         Some(l) => journal.authenticated_done(&l)?,
         None => Vec::new(),
     };
 
     // Plan: reuse done files whose source is unchanged, assign the rest to batches.
-    // Concealed runs keep names sealed in the journal too (first batch's name key).
-    let name_key = match (opts.conceal_names, keys.first()) {
+    // Concealed runs keep names sealed in the journal too, under the first batch's name key
+    // (done records exist only when that batch does).
+    let mut name_key = match (opts.conceal_names, keys.first()) {
         (true, Some(k)) => Some(k.name_key()),
         _ => None,
     };
@@ -292,10 +292,9 @@ pub fn encrypt(
         keys.push(k);
         report.generated_keys += 1;
     }
-    let journal_names = match (opts.conceal_names, keys.first()) {
-        (true, Some(k)) => Some(k.name_key()),
-        _ => None,
-    };
+    if opts.conceal_names && name_key.is_none() {
+        name_key = keys.first().map(BatchKey::name_key);
+    }
     report.batches = batches.len() as u64;
 
     // Encrypt in parallel; this thread group-commits finished files to the journal.
@@ -363,13 +362,7 @@ pub fn encrypt(
             let due = oldest.is_some_and(|t| t.elapsed() > Duration::from_millis(500))
                 || pending.len() >= 1024;
             if due && fatal.is_none() {
-                if let Err(e) = commit(
-                    vault,
-                    &mut journal,
-                    &pending,
-                    &batches,
-                    journal_names.as_ref(),
-                ) {
+                if let Err(e) = commit(vault, &mut journal, &pending, &batches, name_key.as_ref()) {
                     stop.store(true, Ordering::Relaxed);
                     fatal = Some(e);
                 } else {
@@ -379,13 +372,7 @@ pub fn encrypt(
             }
         }
         if fatal.is_none() {
-            match commit(
-                vault,
-                &mut journal,
-                &pending,
-                &batches,
-                journal_names.as_ref(),
-            ) {
+            match commit(vault, &mut journal, &pending, &batches, name_key.as_ref()) {
                 Ok(()) => finished.append(&mut pending),
                 Err(e) => fatal = Some(e),
             }
