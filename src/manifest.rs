@@ -637,18 +637,11 @@ impl Manifest {
         m.ok_or_else(|| Error::integrity(&what, "empty manifest"))
     }
 
-    /// Authenticates the manifest file with a batch key: recomputes that batch's MAC over the
-    /// file's bytes and compares it (constant time) with the one in the end record.
-    ///
-    /// This reads the file again: it proves nothing about a [`Manifest`] parsed from an
-    /// earlier read. To use what was authenticated, parse and authenticate the same bytes
-    /// ([`Manifest::read_bytes`], [`Manifest::parse`], [`Manifest::authenticate_bytes`]), as
-    /// [`crate::vault::unlock`] does.
-    pub fn authenticate(vault: &Path, batch: &Batch, key: &BatchKey) -> Result<()> {
-        Self::authenticate_bytes(&Self::read_bytes(vault)?, vault, batch, key)
-    }
-
-    /// [`Manifest::authenticate`] over manifest bytes already read (see [`Manifest::read_bytes`]).
+    /// Authenticates manifest bytes with a batch key: recomputes that batch's MAC and compares
+    /// it (constant time) with the one in the end record. Parse the same bytes that were
+    /// authenticated ([`Manifest::read_bytes`], [`Manifest::parse`]), as
+    /// [`crate::vault::unlock`] does: re-reading the file would prove nothing about an earlier
+    /// read.
     pub fn authenticate_bytes(
         data: &[u8],
         vault: &Path,
