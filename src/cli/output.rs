@@ -41,3 +41,14 @@ pub fn failures_json(list: &[envseal::encrypt::Failure]) -> Value {
             .collect(),
     )
 }
+
+/// Lists the files that failed, after the run (also with `-q`: failures are never silent).
+pub fn print_failures(list: &[envseal::encrypt::Failure]) {
+    for f in list {
+        eprintln!(
+            "envseal: failed: {}: {}",
+            sanitize(&f.path),
+            sanitize(&f.why)
+        );
+    }
+}

@@ -14,7 +14,7 @@ use serde_json::json;
 
 use super::args::{DecryptArgs, EncryptArgs, LsArgs, VerifyArgs};
 use super::kms_cmd::kms_options;
-use super::output::{failures_json, rate, sanitize, summary};
+use super::output::{failures_json, print_failures, rate, sanitize, summary};
 use super::progress::Bars;
 
 /// A KMS handle for reading vaults: `--kms` overrides the vault's URLs; `ENVSEAL_KMS` and the
@@ -88,13 +88,7 @@ pub fn encrypt_cmd(a: EncryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
         r.skipped.len(),
         r.failed.len()
     );
-    for f in &r.failed {
-        eprintln!(
-            "envseal: failed: {}: {}",
-            sanitize(&f.path),
-            sanitize(&f.why)
-        );
-    }
+    print_failures(&r.failed);
     summary(
         a.out.quiet,
         a.out.json,
@@ -123,13 +117,7 @@ pub fn decrypt_cmd(a: DecryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
     let kms = reading_kms(a.kms)?;
     let bars = Bars::new("decrypt", a.out.quiet);
     let r = decrypt(&opts, &kms, &bars, cancel)?;
-    for f in &r.failed {
-        eprintln!(
-            "envseal: failed: {}: {}",
-            sanitize(&f.path),
-            sanitize(&f.why)
-        );
-    }
+    print_failures(&r.failed);
     let line = format!(
         "decrypted {} files, {} dirs, {} symlinks, {} bytes in {:.2} s ({:.2} GB/s) into {}; {} failed{}",
         r.files,
