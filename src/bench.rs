@@ -386,10 +386,10 @@ impl EncryptRig {
             excludes: Vec::new(),
             conceal_names: false,
             resume: false,
-            use_mmap: true,
             jobs,
             batch_max_files: format::BATCH_MAX_FILES,
             batch_max_bytes: format::BATCH_MAX_BYTES,
+            pack_threshold: format::DEFAULT_PACK_THRESHOLD,
         };
         Ok(EncryptRig {
             scratch,

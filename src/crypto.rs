@@ -327,6 +327,63 @@ impl TreeMac {
     }
 }
 
+/// The ciphertext digest of one record (docs/FORMAT.md §4.4): BLAKE3 over the BLAKE3 of each
+/// piece, piece 0 being the header and segment 0, piece `i` segment `i` (ciphertext ‖ tag).
+/// Pieces are hashed wherever they are sealed, in any order and on any core; only the 32-byte
+/// leaves are combined here, in order. The combination is plain BLAKE3 over the leaves, whose
+/// state at any multiple of 32 leaves is a short stack of chaining values: what a segment
+/// checkpoint needs to resume the digest without rereading the object.
+pub struct CtDigest {
+    outer: blake3::Hasher,
+}
+
+impl Default for CtDigest {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CtDigest {
+    pub fn new() -> Self {
+        CtDigest {
+            outer: blake3::Hasher::new(),
+        }
+    }
+
+    /// Adds the next piece's leaf.
+    pub fn push(&mut self, leaf: &[u8; DIGEST_LEN]) {
+        self.outer.update(leaf);
+    }
+
+    pub fn finalize(&self) -> [u8; DIGEST_LEN] {
+        *self.outer.finalize().as_bytes()
+    }
+}
+
+/// The leaf of one piece: BLAKE3 of `head ‖ slot` (`head` is the header for piece 0, else empty).
+pub fn ct_leaf(head: &[u8], slot: &[u8]) -> [u8; DIGEST_LEN] {
+    let mut h = blake3::Hasher::new();
+    h.update(head);
+    h.update(slot);
+    *h.finalize().as_bytes()
+}
+
+/// The ciphertext digest of a whole record in memory.
+pub fn record_ct(record: &[u8], segment_size: u32) -> [u8; DIGEST_LEN] {
+    let head = format::HEADER_LEN.min(record.len());
+    let slot = segment_size as usize + TAG_LEN;
+    let mut d = CtDigest::new();
+    let body = &record[head..];
+    if body.is_empty() {
+        d.push(&ct_leaf(&record[..head], &[]));
+    }
+    for (i, s) in body.chunks(slot).enumerate() {
+        let h = if i == 0 { &record[..head] } else { &[][..] };
+        d.push(&ct_leaf(h, s));
+    }
+    d.finalize()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

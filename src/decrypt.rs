@@ -21,10 +21,10 @@ use rayon::prelude::*;
 use crate::encrypt::Failure;
 use crate::error::{Error, IoContext, Result};
 use crate::keys::Kms;
-use crate::manifest::{Entry, EntryKind};
-use crate::object::{open_object, ObjectError};
+use crate::manifest::{parent, Entry, EntryKind};
+use crate::object::{open_record, ObjectError, RecordCtx};
 use crate::progress::Progress;
-use crate::vault::{unlock, Unlocked};
+use crate::vault::unlock;
 
 #[derive(Clone, Debug)]
 pub struct DecryptOptions {
@@ -45,15 +45,13 @@ pub struct DecryptReport {
     pub failed: Vec<Failure>,
     /// How many of `failed` are integrity failures (exit 3).
     pub integrity_failures: u64,
+    /// The restored files were made durable (one `syncfs` of DEST) before this report.
+    pub synced: bool,
     pub seconds: f64,
 }
 
 fn rel(e: &Entry) -> &[u8] {
     e.path.clear().unwrap_or_default()
-}
-
-fn parent(p: &[u8]) -> Option<&[u8]> {
-    p.iter().rposition(|&b| b == b'/').map(|i| &p[..i])
 }
 
 /// Selects entries for `--only`: matches, everything below a matched directory, and the
@@ -115,27 +113,6 @@ fn select(entries: &[Entry], only: &[String]) -> Result<Vec<usize>> {
     Ok((0..entries.len()).filter(|&i| picked[i]).collect())
 }
 
-/// Every entry's parent must be a directory entry of the vault, so that creating directories
-/// from the manifest (and checking them) covers every path we write.
-fn check_tree(entries: &[Entry]) -> Result<()> {
-    let dirs: HashSet<&[u8]> = entries
-        .iter()
-        .filter(|e| matches!(e.kind, EntryKind::Dir))
-        .map(rel)
-        .collect();
-    for e in entries {
-        if let Some(p) = parent(rel(e)) {
-            if !dirs.contains(p) {
-                return Err(Error::integrity(
-                    "manifest",
-                    format!("{} has no parent directory entry", e.path.display()),
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Whether `p` lies strictly below one of `dirs` (a lookup per ancestor, not a scan of `dirs`).
 fn under(dirs: &HashSet<&[u8]>, mut p: &[u8]) -> bool {
     while let Some(up) = parent(p) {
@@ -167,8 +144,19 @@ pub fn decrypt(
     cancel: &AtomicBool,
 ) -> Result<DecryptReport> {
     let started = Instant::now();
-    let Unlocked { manifest, keys } = unlock(&opts.vault, kms)?;
-    check_tree(&manifest.entries)?;
+    let mut unlocked = unlock(&opts.vault, kms)?;
+    // The entries are checked as they are read (tree order: every parent is a directory
+    // listed before its children, no path twice); nothing is written before the whole
+    // manifest is authenticated.
+    let mut entries = Vec::new();
+    while let Some(e) = unlocked.reader.next_entry()? {
+        entries.push(e);
+    }
+    unlocked.authenticate()?;
+    let keys = &unlocked.keys;
+    let r = &unlocked.reader;
+    let ctx = RecordCtx::new(&opts.vault, &r.header, &r.batches, &r.objects, opts.jobs);
+    let manifest = Listed { entries };
     let chosen = select(&manifest.entries, &opts.only)?;
     fs::create_dir_all(&opts.dest).at(&opts.dest)?;
     let dest = &opts.dest;
@@ -246,7 +234,7 @@ pub fn decrypt(
             .par_iter()
             .enumerate()
             .map(|(k, e)| {
-                let r = restore_file(opts, &manifest, &keys, e, progress, cancel);
+                let r = restore_file(opts, &ctx, keys, e, progress, cancel);
                 progress.file_done();
                 (k, r)
             })
@@ -316,9 +304,23 @@ pub fn decrypt(
             fail(&mut report, e, format!("{}: {err}", p.display()), false);
         }
     }
+    // Durable once, not once per file: one syncfs of the destination's filesystem.
+    if let Ok(d) = File::open(dest) {
+        use std::os::unix::io::AsRawFd;
+        // SAFETY: syncfs on a valid open descriptor.
+        report.synced = unsafe { libc::syncfs(d.as_raw_fd()) } == 0;
+    }
+    if !report.synced {
+        return Err(Error::io(dest, std::io::Error::last_os_error()));
+    }
     progress.finish();
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// The entries of an authenticated manifest, in tree order.
+struct Listed {
+    entries: Vec<Entry>,
 }
 
 const TMP_PREFIX: &str = ".envseal-";
@@ -362,7 +364,7 @@ fn remove_stale_tmp(dir: &Path) {
 /// Decrypts one file into a temporary name and renames it into place.
 fn restore_file(
     opts: &DecryptOptions,
-    m: &crate::manifest::Manifest,
+    ctx: &RecordCtx,
     keys: &[crate::crypto::BatchKey],
     e: &Entry,
     progress: &dyn Progress,
@@ -392,17 +394,14 @@ fn restore_file(
         .map_err(|err| io(&tmp, err))?;
     let result = (|| {
         out.set_len(f.size).map_err(|err| io(&tmp, err))?;
-        open_object(
-            &opts.vault,
-            m,
+        open_record(
+            ctx,
             f,
-            &keys[f.batch],
-            opts.jobs,
+            &keys[f.batch as usize],
             Some(&out),
             progress,
             cancel,
         )?;
-        out.sync_all().map_err(|err| io(&tmp, err))?;
         out.set_permissions(fs::Permissions::from_mode(e.mode))
             .map_err(|err| io(&tmp, err))?;
         let t = filetime::FileTime::from_unix_time(e.mtime, e.mtime_nsec);

@@ -1,34 +1,41 @@
-//! `encrypt`: sources -> vault, resumable.
+//! `encrypt`: sources -> vault, resumable, as one overlapped pipeline:
 //!
-//! Order of durability (what makes a crash at any moment resumable, FORMAT-RULES 12):
-//! journal `run` record -> per batch: `GenerateDataKey`, key file, journal `batch` record ->
-//! objects written (no per-file fsync) -> group commit: `syncfs` of the vault, then journal
-//! `done` records -> manifest written atomically -> journal removed. Objects not named by a
-//! `done` record are swept on the next run; their files are redone with a fresh salt.
+//! ```text
+//! walker thread --(bounded channel)--> planner (this thread) --(rayon jobs)--> writer thread
+//!   tree order        batches, chunks of small files,      seal + digests     packs, objects,
+//!                     windows of large files, resume        on all cores       journal, manifest
+//! ```
+//!
+//! The planner numbers units of work in walk order; the jobs seal them on all cores; the
+//! writer ([`crate::write`]) writes them back in that order. Memory is bounded by the buffer
+//! pool (a job holds one buffer until the writer wrote it) and the walk channel: no stage
+//! holds the tree, the work list or the manifest.
 
 use std::collections::HashMap;
-use std::fs::{self, File};
+use std::fs;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use rayon::prelude::*;
+use crossbeam_channel::Sender;
 
-use crate::crypto::{segment_mac, BatchKey, NameKey, TreeMac};
+use crate::crypto::{BatchKey, TreeMac};
 use crate::error::{Error, IoContext, Result};
-use crate::format::{self, layout, ObjectHeader, ID_LEN, TAG_LEN};
-use crate::journal::{DoneRecord, Journal, RunParams, RunRecord};
+use crate::format::{self, layout, ID_LEN};
+use crate::journal::{Journal, Record, RunParams, RunRecord, SourceId};
 use crate::keys::Kms;
-use crate::manifest::{self, Batch, Entry, EntryKind, FileEntry, Manifest, Name};
-use crate::object::{hash_window, Windows};
+use crate::manifest::{Batch, Entry, EntryKind, Header, ManifestReader, Name};
 use crate::progress::Progress;
+use crate::seal::{self, BufPool, ChunkItem, LargeFile, SealCtx};
 use crate::source::Source;
-use crate::walk::{self, SourceEntry, SourceKind};
+use crate::walk::{self, Found, SourceEntry, SourceKind};
+use crate::write::{LargeStart, Msg, Writer};
+
+pub use crate::write::Failure;
 
 /// What to encrypt and how.
 #[derive(Clone, Debug)]
@@ -44,17 +51,11 @@ pub struct EncryptOptions {
     pub conceal_names: bool,
     /// Demand an unfinished run to resume (running the same command again resumes anyway).
     pub resume: bool,
-    pub use_mmap: bool,
     pub jobs: usize,
     pub batch_max_files: u64,
     pub batch_max_bytes: u64,
-}
-
-/// A file that could not be encrypted (the run goes on without it).
-#[derive(Clone, Debug)]
-pub struct Failure {
-    pub path: String,
-    pub why: String,
+    /// Files smaller than this are packed together.
+    pub pack_threshold: u64,
 }
 
 /// The outcome of a run.
@@ -74,29 +75,21 @@ pub struct EncryptReport {
     pub seconds: f64,
 }
 
-/// Why one file's encryption stopped.
-enum FileError {
-    /// The source could not be read, or changed: the file is reported and skipped.
-    Source(String),
-    /// The vault could not be written: the run stops (resumable).
-    Vault(Error),
-    Cancelled,
-}
+/// Entries a chunk job takes at most, and plaintext bytes (its buffer bounds its records).
+const CHUNK_ENTRIES: usize = 4096;
 
-struct Work<'a> {
-    entry: &'a SourceEntry,
-    batch: usize,
-}
-
+/// A file an interrupted run committed, as its journal holds it.
 struct Done {
-    path: Vec<u8>,
-    file: FileEntry,
-    dev: u64,
-    ino: u64,
-    entry_meta: (u32, i64, u32),
+    src: SourceId,
+    line: Vec<u8>,
+    size: u64,
+    mtime: (i64, u32),
+    obj: u64,
+    batch: u32,
 }
 
-/// Runs an encryption. `cancel` stops it between segments (the vault stays resumable).
+/// Runs an encryption. `cancel` stops it between files and windows (the vault stays
+/// resumable).
 pub fn encrypt(
     opts: &EncryptOptions,
     kms: &Kms,
@@ -131,8 +124,536 @@ pub fn encrypt(
         excludes: opts.excludes.clone(),
     };
     let exclude = walk::excludes(&opts.excludes)?;
+    check_vault_outside(opts, &sources)?;
+    walk::order_sources(&sources)?;
+
+    // The vault directory: new, or an unfinished run of the same command.
+    let vault = &opts.vault;
+    let vault_existed = vault.exists();
+    if let Some(mut report) = finished_run(vault, &params)? {
+        report.seconds = started.elapsed().as_secs_f64();
+        return Ok(report);
+    }
+    let (mut journal, run, loaded) = open_vault(vault, &params, opts.resume)?;
+    let mut unstarted = Unstarted {
+        vault,
+        vault_existed,
+        armed: loaded.as_ref().is_none_or(|l| l.batches.is_empty()),
+    };
+    let vault_id: [u8; ID_LEN] = format::from_hex(&run.vault_id)
+        .ok_or_else(|| Error::format(vault.display().to_string(), "bad vault id in journal"))?;
+    let objects_dir = vault.join(layout::OBJECTS_DIR);
+    fs::create_dir_all(&objects_dir).at(&objects_dir)?;
+    if !is_real_dir(&objects_dir) {
+        return Err(Error::Runtime(format!(
+            "{} is not a directory (a symlink?); refusing to write or sweep objects through it",
+            objects_dir.display()
+        )));
+    }
+    let header = Header {
+        vault_id,
+        created: run.created.clone(),
+        generator: format!("envseal {}", env!("CARGO_PKG_VERSION")),
+        segment_size: opts.segment_size,
+        conceal_names: opts.conceal_names,
+    };
+
+    // An interrupted run: unwrap its batch keys again (one Decrypt each, commitments checked)
+    // and take what it committed.
+    let mut batches: Vec<Batch> = Vec::new();
+    let mut keys: Vec<Arc<BatchKey>> = Vec::new();
+    let mut objects: Vec<[u8; ID_LEN]> = Vec::new();
+    let mut done: HashMap<Vec<u8>, Done> = HashMap::new();
+    let mut load: (u64, u64) = (0, 0);
+    if let Some(loaded) = &loaded {
+        // Batch records are not authenticated, but the run record matched this command line:
+        // a batch must be wrapped by this run's KMS, or the rest of the run would be encrypted
+        // under a key held elsewhere (say, an attacker's store named in an edited journal).
+        let run_kms = if loaded.batches.is_empty() {
+            String::new()
+        } else {
+            kms.provider(&opts.kms_url)?.url()
+        };
+        for (i, b) in loaded.batches.iter().enumerate() {
+            if let Some(w) = b.wrapped.iter().find(|w| w.kms != run_kms) {
+                return Err(Error::integrity(
+                    format!("journal batch {i}"),
+                    format!("wrapped by {}, not by this run's KMS {run_kms}", w.kms),
+                ));
+            }
+            keys.push(Arc::new(kms.unwrap(&vault_id, b)?));
+            batches.push(b.clone());
+        }
+        if let Some(k) = keys.first() {
+            journal.set_mac_key(k.journal_mac_key());
+            let name_key = opts.conceal_names.then(|| k.name_key());
+            let recs = journal.authenticated(loaded)?;
+            for r in recs {
+                match r {
+                    Record::Object { obj, id } => {
+                        if obj != objects.len() as u64 {
+                            return Err(Error::integrity("journal", "objects out of order"));
+                        }
+                        objects.push(id);
+                    }
+                    Record::Gen => {}
+                    Record::Done { src, rec } => {
+                        let Some(src) = src else { continue };
+                        let mut e = Entry::from_line(&rec, &header)
+                            .map_err(|why| Error::integrity("journal", why))?;
+                        if let Some(nk) = &name_key {
+                            e.reveal(nk)?;
+                        }
+                        if let (Some(p), EntryKind::File(f)) = (e.path.clear(), &e.kind) {
+                            if f.obj >= objects.len() as u64 || f.batch as usize >= batches.len() {
+                                return Err(Error::integrity(
+                                    "journal",
+                                    "entry names an unknown object or batch",
+                                ));
+                            }
+                            done.insert(
+                                p.to_vec(),
+                                Done {
+                                    src,
+                                    line: rec.clone(),
+                                    size: f.size,
+                                    mtime: (e.mtime, e.mtime_nsec),
+                                    obj: f.obj,
+                                    batch: f.batch,
+                                },
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    // New files fill the interrupted run's last batch up to the limits, counting what it
+    // holds already (an upper bound: some of those files may have changed since).
+    if let Some(last) = keys.len().checked_sub(1) {
+        for d in done.values().filter(|d| d.batch as usize == last) {
+            load.0 += 1;
+            load.1 = load.1.saturating_add(d.size);
+        }
+    }
+    let jobs = opts.jobs.max(1);
+    let (window, buf_size) = seal::window_geometry(opts.segment_size, opts.pack_threshold);
+    // Enough buffers for every core to seal while the writer writes and a few units wait to
+    // be written in order; fewer for huge segments (peak memory, docs/PERFORMANCE.md).
+    let count = (2 * jobs + 4).min(((256usize << 20) / buf_size).max(jobs + 1));
+    let pool_bufs = BufPool::new(count, buf_size);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(jobs)
+        .build()
+        .map_err(|e| Error::Runtime(format!("thread pool: {e}")))?;
+    let stop = AtomicBool::new(false);
+    let ctx = SealCtx {
+        vault_id,
+        segment_size: opts.segment_size,
+    };
+    let resumed_batches = batches.len();
+    let mut writer = Writer::new(
+        vault.to_path_buf(),
+        header,
+        journal,
+        batches,
+        keys.clone(),
+        objects,
+        &pool_bufs,
+        progress,
+        &stop,
+    );
+    if resumed_batches > 0 {
+        writer.start_generation()?;
+    }
+    let mut report = EncryptReport::default();
+    let mut planner = Planner {
+        opts,
+        kms,
+        key: &key,
+        vault_id,
+        keys,
+        load,
+        generated: 0,
+        ctx: &ctx,
+        window,
+        buf_size,
+        done,
+        unit: 0,
+        chunk: Vec::new(),
+        chunk_bytes: 0,
+        stop: &stop,
+        cancel,
+        progress,
+        pool: &pool_bufs,
+        skipped: Vec::new(),
+        failed: Vec::new(),
+    };
+
+    let (wtx, wrx) = crossbeam_channel::bounded::<Msg>(4 * jobs + 16);
+    let (etx, erx) = crossbeam_channel::bounded::<Found>(4096);
+    let outcome = std::thread::scope(|scope| {
+        let walker = scope.spawn(|| {
+            let mut files = 0u64;
+            let mut bytes = 0u64;
+            let r = walk::walk_each(&sources, &exclude, |f| {
+                if let Found::Entry(e) = &f {
+                    files += u64::from(matches!(e.kind, SourceKind::File { .. }));
+                    bytes += file_size(e);
+                    progress.walking(files, bytes);
+                }
+                etx.send(f).is_ok()
+            });
+            drop(etx);
+            progress.start(files, bytes);
+            r
+        });
+        let writer_thread = scope.spawn(|| writer.run(wrx, cancel));
+        let planned = pool.in_place_scope(|s| planner.plan(s, &erx, &wtx));
+        if planned.is_err() {
+            stop.store(true, Ordering::Relaxed);
+        }
+        drop(erx);
+        drop(wtx);
+        let walked = walker
+            .join()
+            .unwrap_or_else(|_| Err(Error::Runtime("the walker panicked".into())));
+        let written = writer_thread
+            .join()
+            .unwrap_or_else(|_| Err(Error::Runtime("the writer panicked".into())));
+        (planned, walked, written)
+    });
+    let (planned, walked, written) = outcome;
+    if planner.generated > 0 || resumed_batches > 0 {
+        unstarted.armed = false;
+    }
+    planned?;
+    walked?;
+    let written = written?;
+    progress.finish();
+    report.files = written.files;
+    report.bytes = written.bytes;
+    report.dirs = written.dirs;
+    report.symlinks = written.symlinks;
+    report.resumed_files = written.resumed_files;
+    report.failed = planner.failed;
+    report.failed.extend(written.failed);
+    report.skipped = planner.skipped;
+    report.generated_keys = planner.generated;
+    report.batches = planner.keys.len() as u64;
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Turns the walk into units of work, in order.
+struct Planner<'a> {
+    opts: &'a EncryptOptions,
+    kms: &'a Kms,
+    key: &'a str,
+    vault_id: [u8; ID_LEN],
+    keys: Vec<Arc<BatchKey>>,
+    /// Files and bytes in the current (last) batch.
+    load: (u64, u64),
+    generated: u64,
+    ctx: &'a SealCtx,
+    window: u64,
+    buf_size: usize,
+    done: HashMap<Vec<u8>, Done>,
+    unit: u64,
+    chunk: Vec<ChunkItem>,
+    chunk_bytes: usize,
+    stop: &'a AtomicBool,
+    cancel: &'a AtomicBool,
+    progress: &'a dyn Progress,
+    pool: &'a BufPool,
+    skipped: Vec<Failure>,
+    failed: Vec<Failure>,
+}
+
+impl<'a> Planner<'a> {
+    fn halted(&self) -> bool {
+        self.stop.load(Ordering::Relaxed) || self.cancel.load(Ordering::Relaxed)
+    }
+
+    fn plan<'s>(
+        &mut self,
+        s: &rayon::Scope<'s>,
+        walk: &crossbeam_channel::Receiver<Found>,
+        tx: &Sender<Msg>,
+    ) -> Result<()>
+    where
+        'a: 's,
+    {
+        for f in walk.iter() {
+            if self.halted() {
+                break;
+            }
+            match f {
+                Found::Skipped(sk) => {
+                    let f = Failure {
+                        path: sk.path.display().to_string(),
+                        why: sk.why.clone(),
+                    };
+                    self.progress
+                        .notice(&format!("skipped {}: {}", f.path, f.why));
+                    if sk.error {
+                        self.failed.push(f);
+                    } else {
+                        self.skipped.push(f);
+                    }
+                }
+                Found::Entry(e) => self.entry(s, e, tx)?,
+            }
+        }
+        if self.keys.is_empty() && !self.halted() {
+            // Every vault has a batch: its key authenticates the manifest.
+            self.new_batch(tx)?;
+        }
+        self.flush(s, tx)
+    }
+
+    fn entry<'s>(&mut self, s: &rayon::Scope<'s>, e: SourceEntry, tx: &Sender<Msg>) -> Result<()>
+    where
+        'a: 's,
+    {
+        let (size, device) = match e.kind {
+            SourceKind::File { size, device } => (size, device),
+            SourceKind::Dir => {
+                let entry = entry_of(&e, EntryKind::Dir);
+                return self.push(s, ChunkItem::Entry(entry), 0, tx);
+            }
+            SourceKind::Symlink { ref target } => {
+                let entry = entry_of(&e, EntryKind::Symlink(Name::Clear(target.clone())));
+                return self.push(s, ChunkItem::Entry(entry), 0, tx);
+            }
+        };
+        if let Some(d) = self.done.remove(&e.path) {
+            let unchanged = d.src.dev == e.dev
+                && d.src.ino == e.ino
+                && (d.src.ctime, d.src.ctime_nsec) == (e.ctime, e.ctime_nsec)
+                && d.size == size
+                && d.mtime == (e.mtime, e.mtime_nsec);
+            if unchanged {
+                self.progress.bytes(size);
+                let item = ChunkItem::Reused {
+                    line: d.line,
+                    src: d.src,
+                    size: d.size,
+                    obj: d.obj,
+                };
+                return self.push(s, item, 0, tx);
+            }
+        }
+        if format::segment_count(size, self.opts.segment_size) > format::MAX_SEGMENTS {
+            self.failed.push(Failure {
+                path: e.source.display().to_string(),
+                why: format!(
+                    "too large for segment size {} (over 2^32 segments)",
+                    self.opts.segment_size
+                ),
+            });
+            return Ok(());
+        }
+        let batch = self.batch_for(size, tx)?;
+        let key = Arc::clone(&self.keys[batch as usize]);
+        if size < self.opts.pack_threshold && !device {
+            let len = format::object_len(size, self.opts.segment_size) as usize;
+            let item = ChunkItem::Small {
+                entry: e,
+                batch,
+                key,
+            };
+            return self.push(s, item, len, tx);
+        }
+        self.flush(s, tx)?;
+        self.large(s, e, device, batch, key, tx)
+    }
+
+    /// Adds an item to the open chunk, first dispatching the chunk if the item would not fit.
+    fn push<'s>(
+        &mut self,
+        s: &rayon::Scope<'s>,
+        item: ChunkItem,
+        len: usize,
+        tx: &Sender<Msg>,
+    ) -> Result<()>
+    where
+        'a: 's,
+    {
+        if self.chunk_bytes + len > self.buf_size || self.chunk.len() >= CHUNK_ENTRIES {
+            self.flush(s, tx)?;
+        }
+        self.chunk.push(item);
+        self.chunk_bytes += len;
+        Ok(())
+    }
+
+    fn next_unit(&mut self) -> u64 {
+        self.unit += 1;
+        self.unit - 1
+    }
+
+    /// Dispatches the open chunk as one job.
+    fn flush<'s>(&mut self, s: &rayon::Scope<'s>, tx: &Sender<Msg>) -> Result<()>
+    where
+        'a: 's,
+    {
+        if self.chunk.is_empty() {
+            return Ok(());
+        }
+        let items = std::mem::take(&mut self.chunk);
+        self.chunk_bytes = 0;
+        let Some(mut buf) = self.pool.take(self.stop) else {
+            return Ok(());
+        };
+        let unit = self.next_unit();
+        let tx = tx.clone();
+        let (ctx, cancel, progress) = (self.ctx, self.cancel, self.progress);
+        s.spawn(move |_| {
+            let (items, used) = seal::seal_chunk(ctx, items, &mut buf, cancel, progress);
+            let _ = tx.send(Msg::Chunk {
+                unit,
+                buf,
+                used,
+                items,
+            });
+        });
+        Ok(())
+    }
+
+    /// Dispatches a large file: its start to the writer, then one job per window.
+    fn large<'s>(
+        &mut self,
+        s: &rayon::Scope<'s>,
+        e: SourceEntry,
+        device: bool,
+        batch: u32,
+        key: Arc<BatchKey>,
+        tx: &Sender<Msg>,
+    ) -> Result<()>
+    where
+        'a: 's,
+    {
+        let unit = self.next_unit();
+        let path = e.source.display().to_string();
+        let src = match Source::open(&e, device, false) {
+            Ok(src) => src,
+            Err(err) => {
+                let _ = tx.send(Msg::Failed {
+                    unit,
+                    path,
+                    why: err.to_string(),
+                });
+                return Ok(());
+            }
+        };
+        let size = src.size();
+        let (h, fk) = seal::new_file(self.ctx, &key, size).at(&self.opts.vault)?;
+        let mac = TreeMac::new(fk.mac_key());
+        let file = Arc::new(LargeFile {
+            src,
+            keys: fk,
+            header: h.encode(),
+            size,
+            window: self.window,
+        });
+        let windows = file.windows(self.opts.segment_size);
+        let start = LargeStart {
+            entry: e,
+            file: Arc::clone(&file),
+            batch,
+            salt: h.salt,
+            mac,
+            device,
+        };
+        if tx
+            .send(Msg::Large {
+                unit,
+                file: Box::new(start),
+            })
+            .is_err()
+        {
+            return Ok(());
+        }
+        for w in 0..windows {
+            let Some(mut buf) = self.pool.take(self.stop) else {
+                break;
+            };
+            let (tx, file, seg, cancel) = (
+                tx.clone(),
+                Arc::clone(&file),
+                self.opts.segment_size,
+                self.cancel,
+            );
+            s.spawn(move |_| {
+                let result = if cancel.load(Ordering::Relaxed) {
+                    Err(seal::FileError::Cancelled)
+                } else {
+                    file.seal_window(seg, w, &mut buf)
+                };
+                let _ = tx.send(Msg::Window {
+                    unit,
+                    window: w,
+                    buf,
+                    result,
+                });
+            });
+        }
+        Ok(())
+    }
+
+    /// The batch of the next file, opening a new one (one GenerateDataKey) past the limits.
+    fn batch_for(&mut self, size: u64, tx: &Sender<Msg>) -> Result<u32> {
+        let max_files = self.opts.batch_max_files.clamp(1, format::BATCH_MAX_FILES);
+        let max_bytes = self.opts.batch_max_bytes.clamp(1, format::BATCH_MAX_BYTES);
+        let (n, b) = self.load;
+        // A file larger than the byte limit goes alone into an empty batch.
+        let fits = n < max_files && (n == 0 || b.saturating_add(size) <= max_bytes);
+        if self.keys.is_empty() || !fits {
+            self.new_batch(tx)?;
+        }
+        self.load.0 += 1;
+        self.load.1 = self.load.1.saturating_add(size);
+        Ok(self.keys.len() as u32 - 1)
+    }
+
+    /// One GenerateDataKey; the writer puts the key file and the journal record on disk
+    /// before any ciphertext of the batch (the channel keeps the order).
+    fn new_batch(&mut self, tx: &Sender<Msg>) -> Result<()> {
+        if self.keys.len() >= format::MAX_BATCHES {
+            return Err(Error::Usage(format!(
+                "this run needs more than {} batches (data keys), the most a vault holds; raise the batch limits or split the sources",
+                format::MAX_BATCHES
+            )));
+        }
+        let batch_id: [u8; ID_LEN] = format::random().at(&self.opts.vault)?;
+        let (b, k) = self
+            .kms
+            .generate(&self.opts.kms_url, self.key, &self.vault_id, batch_id)?;
+        let k = Arc::new(k);
+        self.keys.push(Arc::clone(&k));
+        self.generated += 1;
+        self.load = (0, 0);
+        tx.send(Msg::Batch { batch: b, key: k })
+            .map_err(|_| Error::Runtime("the vault writer stopped".into()))
+    }
+}
+
+fn entry_of(e: &SourceEntry, kind: EntryKind) -> Entry {
+    Entry {
+        path: Name::Clear(e.path.clone()),
+        mode: e.mode,
+        mtime: e.mtime,
+        mtime_nsec: e.mtime_nsec,
+        kind,
+    }
+}
+
+/// Refuses a vault inside one of the sources (it would encrypt itself).
+fn check_vault_outside(opts: &EncryptOptions, sources: &[PathBuf]) -> Result<()> {
     let vault_real = resolved(&opts.vault);
-    for s in &sources {
+    for s in sources {
         // A source that is a symlink is stored as a link, not followed: resolve its parent.
         let s_real = match (s.parent(), s.file_name()) {
             (Some(parent), Some(name)) => resolved(parent).join(name),
@@ -149,290 +670,7 @@ pub fn encrypt(
             )));
         }
     }
-
-    // The vault directory: new, or an unfinished run of the same command.
-    let vault = &opts.vault;
-    let vault_existed = vault.exists();
-    if let Some(mut report) = finished_run(vault, &params)? {
-        report.seconds = started.elapsed().as_secs_f64();
-        return Ok(report);
-    }
-    let (mut journal, run, old_batches, done_recs) = open_vault(vault, &params, opts.resume)?;
-    let mut unstarted = Unstarted {
-        vault,
-        vault_existed,
-        armed: old_batches.is_empty(),
-    };
-    let vault_id: [u8; ID_LEN] = format::from_hex(&run.vault_id)
-        .ok_or_else(|| Error::format(vault.display().to_string(), "bad vault id in journal"))?;
-    let objects = vault.join(layout::OBJECTS_DIR);
-    fs::create_dir_all(&objects).at(&objects)?;
-    if !is_real_dir(&objects) {
-        return Err(Error::Runtime(format!(
-            "{} is not a directory (a symlink?); refusing to write or sweep objects through it",
-            objects.display()
-        )));
-    }
-
-    // Walk.
-    let walked = walk::walk(&sources, &exclude, |files, bytes| {
-        progress.walking(files, bytes)
-    })?;
-    let mut report = EncryptReport::default();
-    for s in &walked.skipped {
-        let f = Failure {
-            path: s.path.display().to_string(),
-            why: s.why.clone(),
-        };
-        progress.notice(&format!("skipped {}: {}", f.path, f.why));
-        if s.error {
-            report.failed.push(f);
-        } else {
-            report.skipped.push(f);
-        }
-    }
-
-    // Batches of the interrupted run: unwrap again (one Decrypt each) and check commitments.
-    // Batch records are not authenticated, but the run record matched this command line: a
-    // batch must be wrapped by this run's KMS, or the rest of the run would be encrypted under
-    // a key held elsewhere (say, an attacker's store named in an edited journal).
-    let mut batches: Vec<Batch> = Vec::new();
-    let mut keys: Vec<BatchKey> = Vec::new();
-    let run_kms = if old_batches.is_empty() {
-        String::new()
-    } else {
-        kms.provider(&opts.kms_url)?.url()
-    };
-    for (i, rec) in old_batches.iter().enumerate() {
-        let what = format!("journal batch {i}");
-        let b = Batch::from_record(rec, &what)?;
-        if let Some(w) = b.wrapped.iter().find(|w| w.kms != run_kms) {
-            return Err(Error::integrity(
-                what,
-                format!("wrapped by {}, not by this run's KMS {run_kms}", w.kms),
-            ));
-        }
-        keys.push(kms.unwrap(&vault_id, &b)?);
-        batches.push(b);
-    }
-    if let Some(k) = keys.first() {
-        journal.set_mac_key(k.journal_mac_key());
-    }
-    let done: Vec<DoneRecord> = match done_recs {
-        Some(l) => journal.authenticated_done(&l)?,
-        None => Vec::new(),
-    };
-
-    // Plan: reuse done files whose source is unchanged, assign the rest to batches.
-    // Concealed runs keep names sealed in the journal too, under the first batch's name key
-    // (done records exist only when that batch does).
-    let mut name_key = match (opts.conceal_names, keys.first()) {
-        (true, Some(k)) => Some(k.name_key()),
-        _ => None,
-    };
-    let mut done_by_path: HashMap<Vec<u8>, (FileEntry, &DoneRecord)> = HashMap::new();
-    for d in &done {
-        let mut e = Entry::from_record(&d.entry, &batches, "journal")?;
-        if let Some(nk) = &name_key {
-            e.reveal(nk)?;
-        }
-        if let (Some(p), EntryKind::File(f)) = (e.path.clear(), e.kind) {
-            done_by_path.insert(p.to_vec(), (f, d));
-        }
-    }
-    let mut reused: HashMap<Vec<u8>, FileEntry> = HashMap::new();
-    let mut load: Vec<(u64, u64)> = vec![(0, 0); batches.len()];
-    let mut work: Vec<Work> = Vec::new();
-    for e in &walked.entries {
-        let SourceKind::File { size, .. } = e.kind else {
-            continue;
-        };
-        if let Some((f, d)) = done_by_path.remove(&e.path) {
-            let unchanged = d.dev == e.dev
-                && d.ino == e.ino
-                && f.size == size
-                && d.entry.mtime == e.mtime
-                && d.entry.mtime_nsec == e.mtime_nsec;
-            if unchanged {
-                load[f.batch].0 += 1;
-                load[f.batch].1 += size;
-                reused.insert(e.path.clone(), f);
-                continue;
-            }
-        }
-        work.push(Work { entry: e, batch: 0 });
-    }
-    report.resumed_files = reused.len() as u64;
-
-    // Assign work to batches in order, opening new ones past the limits (at least one batch,
-    // so every vault has a key for its manifest MAC).
-    let old_batches = load.len();
-    let assigned = assign_batches(
-        work.iter().map(|w| file_size(w.entry)),
-        &mut load,
-        opts.batch_max_files,
-        opts.batch_max_bytes,
-    )?;
-    for (w, b) in work.iter_mut().zip(assigned) {
-        w.batch = b;
-    }
-    let new_batches = load.len() - old_batches;
-
-    // One GenerateDataKey per new batch; key file and journal record before any ciphertext.
-    for _ in 0..new_batches {
-        let batch_id: [u8; ID_LEN] = format::random().at(vault)?;
-        let (b, k) = kms.generate(&opts.kms_url, &key, &vault_id, batch_id)?;
-        manifest::write_key_file(vault, &vault_id, &b)?;
-        journal.append_batch(&b.to_record())?;
-        unstarted.armed = false;
-        if keys.is_empty() {
-            journal.set_mac_key(k.journal_mac_key());
-        }
-        batches.push(b);
-        keys.push(k);
-        report.generated_keys += 1;
-    }
-    if opts.conceal_names && name_key.is_none() {
-        name_key = keys.first().map(BatchKey::name_key);
-    }
-    report.batches = batches.len() as u64;
-
-    // Encrypt in parallel; this thread group-commits finished files to the journal.
-    let total_bytes: u64 = work.iter().map(|w| file_size(w.entry)).sum();
-    progress.start(work.len() as u64, total_bytes);
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(opts.jobs.max(1))
-        .build()
-        .map_err(|e| Error::Runtime(format!("thread pool: {e}")))?;
-    let stop = AtomicBool::new(false);
-    let (tx, rx) = crossbeam_channel::bounded::<(usize, std::result::Result<Done, FileError>)>(
-        4 * opts.jobs.max(1),
-    );
-    let ctx = FileCtx {
-        vault,
-        vault_id,
-        segment_size: opts.segment_size,
-        use_mmap: opts.use_mmap,
-        jobs: opts.jobs.max(1),
-        progress,
-        cancel,
-        stop: &stop,
-    };
-    let mut finished: Vec<Done> = Vec::new();
-    let mut fatal: Option<Error> = None;
-    std::thread::scope(|scope| {
-        let work = &work;
-        let keys = &keys;
-        let ctx = &ctx;
-        scope.spawn(move || {
-            pool.install(|| {
-                work.par_iter().enumerate().for_each_with(tx, |tx, (i, w)| {
-                    if ctx.cancel.load(Ordering::Relaxed) || ctx.stop.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    let r = encrypt_file(ctx, w.entry, &keys[w.batch], w.batch);
-                    let _ = tx.send((i, r));
-                })
-            })
-        });
-        let mut pending: Vec<Done> = Vec::new();
-        let mut oldest: Option<Instant> = None;
-        loop {
-            let msg = rx.recv_timeout(Duration::from_millis(100));
-            match msg {
-                Ok((_, Ok(d))) => {
-                    progress.file_done();
-                    pending.push(d);
-                    oldest.get_or_insert_with(Instant::now);
-                }
-                Ok((i, Err(FileError::Source(why)))) => {
-                    progress.file_done();
-                    let path = work[i].entry.source.display().to_string();
-                    progress.notice(&format!("failed {path}: {why}"));
-                    report.failed.push(Failure { path, why });
-                }
-                Ok((_, Err(FileError::Vault(e)))) => {
-                    stop.store(true, Ordering::Relaxed);
-                    fatal.get_or_insert(e);
-                }
-                Ok((_, Err(FileError::Cancelled))) => {}
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
-            }
-            let due = oldest.is_some_and(|t| t.elapsed() > Duration::from_millis(500))
-                || pending.len() >= 1024;
-            if due && fatal.is_none() {
-                if let Err(e) = commit(vault, &mut journal, &pending, &batches, name_key.as_ref()) {
-                    stop.store(true, Ordering::Relaxed);
-                    fatal = Some(e);
-                } else {
-                    finished.append(&mut pending);
-                    oldest = None;
-                }
-            }
-        }
-        if fatal.is_none() {
-            match commit(vault, &mut journal, &pending, &batches, name_key.as_ref()) {
-                Ok(()) => finished.append(&mut pending),
-                Err(e) => fatal = Some(e),
-            }
-        }
-    });
-    if let Some(e) = fatal {
-        return Err(e);
-    }
-    if cancel.load(Ordering::Relaxed) {
-        return Err(Error::Interrupted);
-    }
-
-    // The manifest: every walked entry, minus files that failed.
-    for d in finished {
-        reused.insert(d.path, d.file);
-    }
-    let mut entries = Vec::with_capacity(walked.entries.len());
-    for e in &walked.entries {
-        let kind = match &e.kind {
-            SourceKind::Dir => {
-                report.dirs += 1;
-                EntryKind::Dir
-            }
-            SourceKind::Symlink { target } => {
-                report.symlinks += 1;
-                EntryKind::Symlink(Name::Clear(target.clone()))
-            }
-            SourceKind::File { .. } => match reused.remove(&e.path) {
-                Some(f) => {
-                    report.files += 1;
-                    report.bytes += f.size;
-                    EntryKind::File(f)
-                }
-                None => continue,
-            },
-        };
-        entries.push(Entry {
-            path: Name::Clear(e.path.clone()),
-            mode: e.mode,
-            mtime: e.mtime,
-            mtime_nsec: e.mtime_nsec,
-            kind,
-        });
-    }
-    sweep_objects(vault, &entries)?;
-    let m = Manifest {
-        vault_id,
-        created: run.created.clone(),
-        generator: format!("envseal {}", env!("CARGO_PKG_VERSION")),
-        segment_size: opts.segment_size,
-        conceal_names: opts.conceal_names,
-        batches,
-        entries,
-    };
-    let key_refs: Vec<&BatchKey> = keys.iter().collect();
-    m.write(vault, &key_refs)?;
-    journal.remove(vault)?;
-    progress.finish();
-    report.seconds = started.elapsed().as_secs_f64();
-    Ok(report)
+    Ok(())
 }
 
 /// `p` with symlinks and `..` resolved in the part of it that exists (the vault may not exist
@@ -458,11 +696,6 @@ fn resolved(p: &Path) -> PathBuf {
     }
 }
 
-/// A directory, not a symlink to one.
-fn is_real_dir(p: &Path) -> bool {
-    fs::symlink_metadata(p).is_ok_and(|m| m.is_dir())
-}
-
 fn file_size(e: &SourceEntry) -> u64 {
     match e.kind {
         SourceKind::File { size, .. } => size,
@@ -470,57 +703,18 @@ fn file_size(e: &SourceEntry) -> u64 {
     }
 }
 
-/// Assigns files (given by size, in order) to batches: first to the batches in `load`
-/// (files, bytes per batch), then to new ones appended to it, each opened when the last is full.
-/// The limits are clamped to the format's (docs/FORMAT.md §8); there is always at least one
-/// batch, and never more than a manifest may hold. Returns each file's batch index.
-fn assign_batches(
-    sizes: impl Iterator<Item = u64>,
-    load: &mut Vec<(u64, u64)>,
-    max_files: u64,
-    max_bytes: u64,
-) -> Result<Vec<usize>> {
-    let max_files = max_files.clamp(1, format::BATCH_MAX_FILES);
-    let max_bytes = max_bytes.clamp(1, format::BATCH_MAX_BYTES);
-    let mut out = Vec::new();
-    let mut cur = 0usize;
-    for size in sizes {
-        loop {
-            if cur >= load.len() {
-                if load.len() >= format::MAX_BATCHES {
-                    return Err(Error::Usage(format!(
-                        "this run needs more than {} batches (data keys), the most a vault holds; raise the batch limits or split the sources",
-                        format::MAX_BATCHES
-                    )));
-                }
-                load.push((0, 0));
-            }
-            let (n, b) = load[cur];
-            // A file larger than the byte limit goes alone into an empty batch.
-            if n < max_files && (n == 0 || b.saturating_add(size) <= max_bytes) {
-                load[cur] = (n + 1, b.saturating_add(size));
-                out.push(cur);
-                break;
-            }
-            cur += 1;
-        }
-    }
-    if load.is_empty() {
-        load.push((0, 0));
-    }
-    Ok(out)
+/// A directory, not a symlink to one.
+fn is_real_dir(p: &Path) -> bool {
+    fs::symlink_metadata(p).is_ok_and(|m| m.is_dir())
 }
-
-type OpenedVault = (
-    Journal,
-    RunRecord,
-    Vec<manifest::BatchRecord>,
-    Option<crate::journal::Loaded>,
-);
 
 /// Creates the vault and its journal, or opens the journal of an unfinished run of the same
 /// command. Refuses finished vaults and foreign non-empty directories.
-fn open_vault(vault: &Path, params: &RunParams, must_resume: bool) -> Result<OpenedVault> {
+fn open_vault(
+    vault: &Path,
+    params: &RunParams,
+    must_resume: bool,
+) -> Result<(Journal, RunRecord, Option<crate::journal::Loaded>)> {
     let shown = vault.display();
     if vault.join(layout::MANIFEST).exists() {
         return Err(Error::Usage(format!(
@@ -535,8 +729,7 @@ fn open_vault(vault: &Path, params: &RunParams, must_resume: bool) -> Result<Ope
             )));
         }
         let run = loaded.run.clone();
-        let batches = loaded.batches.clone();
-        return Ok((journal, run, batches, Some(loaded)));
+        return Ok((journal, run, Some(loaded)));
     }
     if must_resume {
         return Err(Error::Usage(format!(
@@ -557,13 +750,14 @@ fn open_vault(vault: &Path, params: &RunParams, must_resume: bool) -> Result<Ope
         Err(e) => return Err(Error::io(vault, e)),
     }
     let run = RunRecord {
+        kind: "run".into(),
         format: format::FORMAT_VERSION,
         vault_id: format::to_hex(&format::random::<ID_LEN>().at(vault)?),
         created: now_rfc3339(),
         params: params.clone(),
     };
     let journal = Journal::create(vault, &run)?;
-    Ok((journal, run, Vec::new(), None))
+    Ok((journal, run, None))
 }
 
 /// A run of the same command that wrote its manifest and stopped before removing its journal
@@ -576,16 +770,15 @@ fn finished_run(vault: &Path, params: &RunParams) -> Result<Option<EncryptReport
     if loaded.run.params != *params {
         return Ok(None);
     }
-    let m = Manifest::read(vault)?;
-    if loaded.run.vault_id != format::to_hex(&m.vault_id) {
+    let mut m = ManifestReader::open(vault)?;
+    if loaded.run.vault_id != format::to_hex(&m.header.vault_id) {
         return Ok(None);
     }
-    journal.remove(vault)?;
     let mut r = EncryptReport {
         batches: m.batches.len() as u64,
         ..Default::default()
     };
-    for e in &m.entries {
+    while let Some(e) = m.next_entry()? {
         match &e.kind {
             EntryKind::File(f) => {
                 r.files += 1;
@@ -595,6 +788,7 @@ fn finished_run(vault: &Path, params: &RunParams) -> Result<Option<EncryptReport
             EntryKind::Symlink(_) => r.symlinks += 1,
         }
     }
+    journal.remove(vault)?;
     r.resumed_files = r.files;
     Ok(Some(r))
 }
@@ -629,242 +823,4 @@ pub fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .format(&f)
         .unwrap_or_default()
-}
-
-/// Makes finished objects durable, then records them (one `syncfs` per group, not one fsync
-/// per file: a million small files must not mean a million fsyncs).
-fn commit(
-    vault: &Path,
-    journal: &mut Journal,
-    done: &[Done],
-    batches: &[Batch],
-    name_key: Option<&NameKey>,
-) -> Result<()> {
-    if done.is_empty() {
-        return Ok(());
-    }
-    let dir = File::open(vault).at(vault)?;
-    // SAFETY: syncfs on a valid open descriptor.
-    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
-        return Err(Error::io(vault, std::io::Error::last_os_error()));
-    }
-    let recs: Vec<DoneRecord> = done
-        .iter()
-        .map(|d| {
-            let e = Entry {
-                path: Name::Clear(d.path.clone()),
-                mode: d.entry_meta.0,
-                mtime: d.entry_meta.1,
-                mtime_nsec: d.entry_meta.2,
-                kind: EntryKind::File(d.file.clone()),
-            };
-            Ok(DoneRecord {
-                entry: e.to_record(batches, name_key)?,
-                dev: d.dev,
-                ino: d.ino,
-            })
-        })
-        .collect::<Result<_>>()?;
-    journal.append_done(&recs)
-}
-
-/// Removes objects that no entry names (left by an interrupted run), and anything else in
-/// `objects/` (a planted link is removed, never followed).
-fn sweep_objects(vault: &Path, entries: &[Entry]) -> Result<()> {
-    let keep: std::collections::HashSet<String> = entries
-        .iter()
-        .filter_map(|e| e.file().map(|f| f.object()))
-        .collect();
-    for rel in crate::vault::object_files(vault)? {
-        if !rel.to_str().is_some_and(|r| keep.contains(r)) {
-            let p = vault.join(&rel);
-            fs::remove_file(&p).at(&p)?;
-        }
-    }
-    Ok(())
-}
-
-struct FileCtx<'a> {
-    vault: &'a Path,
-    vault_id: [u8; ID_LEN],
-    segment_size: u32,
-    use_mmap: bool,
-    jobs: usize,
-    progress: &'a dyn Progress,
-    cancel: &'a AtomicBool,
-    stop: &'a AtomicBool,
-}
-
-/// Attempts per file before a file that keeps changing is reported.
-const ATTEMPTS: usize = 3;
-
-fn encrypt_file(
-    ctx: &FileCtx,
-    entry: &SourceEntry,
-    key: &BatchKey,
-    batch: usize,
-) -> std::result::Result<Done, FileError> {
-    let device = matches!(entry.kind, SourceKind::File { device: true, .. });
-    let mut last_why = String::new();
-    for _ in 0..ATTEMPTS {
-        let src = Source::open(entry, device, ctx.use_mmap)
-            .map_err(|e| FileError::Source(e.to_string()))?;
-        match encrypt_once(ctx, entry, &src, key, batch) {
-            Ok(d) => match src.unchanged(device) {
-                Ok(true) => return Ok(d),
-                Ok(false) => last_why = "changed while being read".into(),
-                Err(e) => return Err(FileError::Source(e.to_string())),
-            },
-            Err(FileError::Source(why)) if why.contains("changed while being read") => {
-                last_why = why
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Err(FileError::Source(format!(
-        "{last_why}; gave up after {ATTEMPTS} attempts"
-    )))
-}
-
-fn encrypt_once(
-    ctx: &FileCtx,
-    entry: &SourceEntry,
-    src: &Source,
-    key: &BatchKey,
-    batch: usize,
-) -> std::result::Result<Done, FileError> {
-    let vault_err = |p: &Path, e: std::io::Error| FileError::Vault(Error::io(p, e));
-    let size = src.size();
-    let seg = ctx.segment_size;
-    let n = format::segment_count(size, seg);
-    if n > format::MAX_SEGMENTS {
-        return Err(FileError::Source(format!(
-            "too large for segment size {seg} (over 2^32 segments)"
-        )));
-    }
-    // A fresh file id and salt per attempt: never the same key and nonce on other plaintext.
-    let file_id: [u8; ID_LEN] = format::random().map_err(|e| vault_err(ctx.vault, e))?;
-    let salt = format::random().map_err(|e| vault_err(ctx.vault, e))?;
-    let mut header = ObjectHeader {
-        version: format::FORMAT_VERSION,
-        alg: format::ALG_AES256GCM_BLAKE3,
-        segment_size: seg,
-        plain_len: size,
-        vault_id: ctx.vault_id,
-        batch_id: *key.batch_id(),
-        file_id,
-        salt,
-        commitment: [0; 32],
-    };
-    let fk = key.file_keys(&header);
-    header.commitment = fk.commitment();
-    let hb = header.encode();
-
-    let rel = manifest::object_name(&file_id);
-    let obj_path = ctx.vault.join(&rel);
-    if let Some(dir) = obj_path.parent() {
-        fs::create_dir_all(dir).map_err(|e| vault_err(dir, e))?;
-        // Objects stay inside the vault: not written through a symlink planted in objects/.
-        if !is_real_dir(dir) {
-            return Err(FileError::Vault(Error::Runtime(format!(
-                "{} is not a directory (a symlink?); refusing to write objects through it",
-                dir.display()
-            ))));
-        }
-    }
-    let obj = File::create(&obj_path).map_err(|e| vault_err(&obj_path, e))?;
-    let result = (|| {
-        obj.write_all_at(&hb, 0)
-            .map_err(|e| vault_err(&obj_path, e))?;
-        let mut ct_hash = blake3::Hasher::new();
-        ct_hash.update(&hb);
-        let mut mac = TreeMac::new(fk.mac_key());
-        let windows = Windows::new(size, seg, ctx.jobs);
-        let mut buf = windows.buffer();
-        for w in windows {
-            if ctx.cancel.load(Ordering::Relaxed) || ctx.stop.load(Ordering::Relaxed) {
-                return Err(FileError::Cancelled);
-            }
-            w.each_segment(&mut buf, &mut mac, |i, chunk| {
-                let len = format::segment_plain_len(size, seg, i);
-                src.read_at(i * u64::from(seg), &mut chunk[..len])
-                    .map_err(|e| FileError::Source(e.to_string()))?;
-                // The plaintext MAC is taken from the buffer just read, before sealing in
-                // place: each byte is read from the source once.
-                let m = segment_mac(fk.mac_key(), seg, i, n, &chunk[..len]);
-                fk.seal_segment(i, i == n - 1, &mut chunk[..len + TAG_LEN]);
-                Ok(m)
-            })?;
-            let bytes = &buf[..w.used];
-            hash_window(&mut ct_hash, bytes);
-            obj.write_all_at(bytes, format::segment_offset(seg, w.first))
-                .map_err(|e| vault_err(&obj_path, e))?;
-            ctx.progress.bytes(w.plain);
-        }
-        Ok((ct_hash.finalize(), mac))
-    })();
-    let (ct, mac) = match result {
-        Ok(v) => v,
-        Err(e) => {
-            // Best effort: a leftover object is swept by the next run anyway.
-            let _ = fs::remove_file(&obj_path);
-            return Err(e);
-        }
-    };
-    let pt_mac = mac
-        .finalize()
-        .ok_or_else(|| FileError::Vault(Error::Runtime("empty MAC tree".into())))?;
-    Ok(Done {
-        path: entry.path.clone(),
-        file: FileEntry {
-            size,
-            batch,
-            file_id,
-            salt,
-            ct_blake3: *ct.as_bytes(),
-            pt_mac: *pt_mac.as_bytes(),
-        },
-        dev: entry.dev,
-        ino: entry.ino,
-        entry_meta: (entry.mode, entry.mtime, entry.mtime_nsec),
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn batches_fill_in_order_and_open_past_the_limits() {
-        let mut load = vec![(1, 10)]; // one batch from the journal, holding one file
-        let got = assign_batches([5, 5, 100, 0, 1].into_iter(), &mut load, 2, 20).unwrap();
-        // 2 files per batch, 20 bytes; the 100-byte file goes alone into a new batch, and
-        // batches are never reopened once left.
-        assert_eq!(got, vec![0, 1, 2, 3, 3]);
-        assert_eq!(load, vec![(2, 15), (1, 5), (1, 100), (2, 1)]);
-        let mut load = Vec::new();
-        assert!(assign_batches(std::iter::empty(), &mut load, 1, 1)
-            .unwrap()
-            .is_empty());
-        assert_eq!(load.len(), 1, "every vault has a batch");
-    }
-
-    /// A zero limit used to loop forever, opening batches; the limits are clamped to 1..=format.
-    #[test]
-    fn zero_limits_do_not_loop() {
-        let mut load = Vec::new();
-        let got = assign_batches([1, 2].into_iter(), &mut load, 0, 0).unwrap();
-        assert_eq!(got, vec![0, 1]);
-    }
-
-    /// A run must never write a manifest its readers refuse (more than MAX_BATCHES batches).
-    #[test]
-    fn no_more_batches_than_a_manifest_holds() {
-        let mut load = Vec::new();
-        let n = format::MAX_BATCHES as u64;
-        assert!(assign_batches((0..n).map(|_| 1), &mut load, 1, u64::MAX).is_ok());
-        let mut load = Vec::new();
-        let e = assign_batches((0..=n).map(|_| 1), &mut load, 1, u64::MAX).unwrap_err();
-        assert!(matches!(e, Error::Usage(_)), "{e}");
-    }
 }

@@ -1,11 +1,13 @@
-//! The journal (`journal.jsonl`): what an unfinished run has durably done.
+//! The journal (`journal.jsonl`): what an unfinished run has durably done (docs/FORMAT.md §7).
 //!
 //! Line 1 is the `run` record (the arguments, so a resumed run can check it is the same run).
-//! `batch` records follow, each written and synced before any ciphertext of its batch exists
-//! (FORMAT-RULES 12). `done` records name files whose objects are complete and synced; each
-//! carries a keyed BLAKE3 MAC (key derived from the first batch's data key) over its exact
-//! JSON text, so a damaged or forged journal cannot put wrong digests into a manifest. A torn
-//! or unauthenticated tail (a crash mid-write) is cut off on resume and its files are redone.
+//! `batch` records are written and synced before any ciphertext of their batch exists
+//! (FORMAT-RULES 12). Every later line is authenticated: it begins `{"mac":"<hex>",` and the
+//! MAC (keyed BLAKE3, key derived from the first batch's data key) covers the rest of the line.
+//! `object` lines name the objects in the order of their indices; `done` lines carry entries,
+//! verbatim as the manifest will hold them, in tree order, each appended only after its data
+//! is synced; a `gen` line starts the entries of a resumed run. The entries of the last
+//! generation are the manifest's entries; earlier generations only feed the resume.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Seek, SeekFrom, Write};
@@ -17,11 +19,13 @@ use serde_json::value::RawValue;
 use zeroize::Zeroizing;
 
 use crate::error::{Error, IoContext, Result};
-use crate::format::{self, layout};
-use crate::manifest::{BatchRecord, EntryRecord, Lines};
+use crate::format::{self, layout, ID_LEN};
+use crate::kms::WrappedKey;
+use crate::manifest::{Batch, Lines};
 
 /// The arguments that define a run; a resume must present the same ones.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct RunParams {
     /// Absolute source paths (base64 of their bytes: they need not be UTF-8).
     pub sources: Vec<String>,
@@ -33,46 +37,80 @@ pub struct RunParams {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RunRecord {
+    #[serde(rename = "type")]
+    pub kind: String,
     pub format: u16,
     pub vault_id: String,
     pub created: String,
     pub params: RunParams,
 }
 
-/// A finished file: its manifest record plus the source identity it was read from.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct DoneRecord {
-    pub entry: EntryRecord,
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchLine {
+    #[serde(rename = "type")]
+    kind: String,
+    batch: u32,
+    id: String,
+    key_commitment: String,
+    wrapped: Vec<WrappedKey>,
+}
+
+/// What a source file was when it was read: a resume reuses its entry only if the file is
+/// still the same (device, inode, size, mtime in the entry, ctime here).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SourceId {
     pub dev: u64,
     pub ino: u64,
+    pub ctime: i64,
+    pub ctime_nsec: u32,
+}
+
+/// An authenticated record of an existing journal.
+#[derive(Debug)]
+pub enum Record {
+    Object { obj: u64, id: [u8; ID_LEN] },
+    Gen,
+    Done { src: Option<SourceId>, rec: Vec<u8> },
 }
 
 #[derive(Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum Line<'a> {
-    Run(RunRecord),
-    Batch(BatchRecord),
-    Done {
-        mac: String,
-        #[serde(borrow)]
-        rec: &'a RawValue,
-    },
+#[serde(deny_unknown_fields)]
+struct MacLine<'a> {
+    mac: String,
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    obj: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    src: Option<SourceId>,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    rec: Option<&'a RawValue>,
 }
+
+/// `{"mac":"` + 64 hex digits + `",`: the fixed start of every authenticated line.
+const MAC_PREFIX_LEN: usize = 8 + 64 + 2;
 
 /// An open journal, locked against a second concurrent run.
 pub struct Journal {
     file: File,
     path: PathBuf,
     mac_key: Option<Zeroizing<[u8; 32]>>,
+    /// Where appends go (the file's length).
+    len: u64,
 }
 
-/// What an existing journal holds, before its `done` records are authenticated.
+/// What an existing journal holds, before its authenticated lines are checked.
 pub struct Loaded {
     pub run: RunRecord,
-    pub batches: Vec<BatchRecord>,
-    /// (mac, exact JSON text, offsets of the line's start and just past its end)
-    done: Vec<(String, Vec<u8>, u64, u64)>,
+    pub batches: Vec<Batch>,
+    /// (line, offsets of its start and just past its end)
+    authed: Vec<(Vec<u8>, u64, u64)>,
     /// Offset just past the last structurally valid line.
     good_end: u64,
 }
@@ -89,39 +127,26 @@ fn lock(file: &File, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The `type` field of a journal line.
-#[derive(Deserialize)]
-struct Tag<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: std::borrow::Cow<'a, str>,
-}
-
-/// A `done` line. Parsed apart from [`Line`]: serde buffers internally tagged enums, and a
-/// `RawValue` cannot be read back from that buffer, so every `done` line would fail to parse
-/// and be taken for a torn tail (a resume would then redo every file).
-#[derive(Deserialize)]
-struct DoneLine<'a> {
-    mac: String,
-    #[serde(borrow)]
-    rec: &'a RawValue,
-}
-
-fn parse_line(line: &[u8]) -> serde_json::Result<Line<'_>> {
-    let tag: Tag = serde_json::from_slice(line)?;
-    if tag.kind == "done" {
-        let d: DoneLine = serde_json::from_slice(line)?;
-        return Ok(Line::Done {
-            mac: d.mac,
-            rec: d.rec,
-        });
-    }
-    serde_json::from_slice(line)
-}
-
-fn line_bytes<T: Serialize>(v: &T) -> Result<Vec<u8>> {
+fn json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
     let mut b = serde_json::to_vec(v).map_err(|e| Error::Runtime(e.to_string()))?;
     b.push(b'\n');
     Ok(b)
+}
+
+fn mac_of(key: &[u8; 32], rest: &[u8]) -> blake3::Hash {
+    blake3::keyed_hash(key, rest)
+}
+
+/// The line of an authenticated record: `{"mac":"<hex>",` followed by `rest`, the record's
+/// JSON without its opening brace.
+fn mac_line(key: &[u8; 32], rest: &[u8]) -> Vec<u8> {
+    let mut l = Vec::with_capacity(MAC_PREFIX_LEN + rest.len() + 1);
+    l.extend_from_slice(b"{\"mac\":\"");
+    l.extend_from_slice(mac_of(key, rest).to_hex().as_bytes());
+    l.extend_from_slice(b"\",");
+    l.extend_from_slice(rest);
+    l.push(b'\n');
+    l
 }
 
 impl Journal {
@@ -131,37 +156,40 @@ impl Journal {
         let mut file = OpenOptions::new()
             .create_new(true)
             .read(true)
-            .append(true)
+            .write(true)
             .open(&path)
             .at(&path)?;
         lock(&file, &path)?;
-        file.write_all(&line_bytes(&Line::Run(run.clone()))?)
-            .at(&path)?;
+        let line = json(run)?;
+        file.write_all(&line).at(&path)?;
         file.sync_all().at(&path)?;
         crate::manifest::sync_dir(vault)?;
         Ok(Journal {
             file,
             path,
             mac_key: None,
+            len: line.len() as u64,
         })
     }
 
-    /// Opens an existing journal for resuming: parses it, then positions appends after its
-    /// last good line (see [`Journal::authenticated_done`]).
+    /// Opens an existing journal for resuming: parses its structure; the authenticated lines
+    /// are checked by [`Journal::authenticated`] once the first batch key is known.
     pub fn open(vault: &Path) -> Result<(Journal, Loaded)> {
         let path = vault.join(layout::JOURNAL);
         let file = OpenOptions::new()
             .read(true)
             .write(true)
+            .custom_flags_nonblock()
             .open(&path)
             .at(&path)?;
+        crate::vault::check_regular(&file, &path)?;
         lock(&file, &path)?;
         let what = path.display().to_string();
         let len = file.metadata().at(&path)?.len();
         let mut lines = Lines::new(BufReader::new(&file), &path);
-        let mut run = None;
+        let mut run: Option<RunRecord> = None;
         let mut batches = Vec::new();
-        let mut done = Vec::new();
+        let mut authed = Vec::new();
         let mut offset = 0u64;
         let mut good_end = 0u64;
         while let Some(line) = lines.next_line()? {
@@ -169,26 +197,47 @@ impl Journal {
             offset += line.len() as u64 + 1;
             // Every record ends with a newline: a last line without one was torn by a crash,
             // even if it parses (and keeping it would put the next record on its line).
-            let parsed = if offset > len {
-                None
-            } else {
-                parse_line(&line).ok()
-            };
-            let Some(parsed) = parsed else {
-                // A torn append: it and whatever follows it were never synced.
+            if offset > len {
                 break;
-            };
-            match parsed {
-                Line::Run(r) if run.is_none() => run = Some(r),
-                Line::Batch(b) if run.is_some() => batches.push(b),
-                Line::Done { mac, rec } if run.is_some() => {
-                    done.push((mac, rec.get().as_bytes().to_vec(), start, offset))
+            }
+            if run.is_none() {
+                match serde_json::from_slice::<RunRecord>(&line) {
+                    Ok(r) if r.kind == "run" => run = Some(r),
+                    _ => break,
                 }
-                _ => return Err(Error::integrity(&what, "journal records out of order")),
+            } else if line.starts_with(b"{\"type\":\"batch\"") {
+                let Ok(b) = serde_json::from_slice::<BatchLine>(&line) else {
+                    break; // a torn append
+                };
+                if b.batch as usize != batches.len() {
+                    return Err(Error::integrity(&what, "journal batches out of order"));
+                }
+                let at = format!("{what} batch {}", b.batch);
+                let key_file = crate::manifest::KeyFile {
+                    format: format::FORMAT_VERSION,
+                    vault_id: String::new(),
+                    batch_id: b.id,
+                    key_commitment: b.key_commitment,
+                    wrapped: b.wrapped,
+                };
+                let batch = key_file.to_batch(&at)?;
+                if batch.wrapped.is_empty() {
+                    return Err(Error::integrity(&at, "a batch without a wrapped key"));
+                }
+                batches.push(batch);
+            } else if line.len() > MAC_PREFIX_LEN && line.starts_with(b"{\"mac\":\"") {
+                authed.push((line, start, offset));
+            } else {
+                break; // a torn append
             }
             good_end = offset;
         }
-        let run = run.ok_or_else(|| Error::format(&what, "journal has no run record"))?;
+        let run = run.ok_or_else(|| {
+            Error::format(
+                &what,
+                "journal has no run record (a run stopped before it started); remove the vault directory and run the command again",
+            )
+        })?;
         if run.format != format::FORMAT_VERSION {
             return Err(Error::format(&what, "journal of another format version"));
         }
@@ -196,81 +245,168 @@ impl Journal {
             file,
             path,
             mac_key: None,
+            len: good_end,
         };
         Ok((
             journal,
             Loaded {
                 run,
                 batches,
-                done,
+                authed,
                 good_end,
             },
         ))
     }
 
-    /// Sets the MAC key (from the first batch's data key); needed before `append_done`.
+    /// Sets the MAC key (from the first batch's data key); needed before any authenticated
+    /// line is written or read.
     pub fn set_mac_key(&mut self, key: Zeroizing<[u8; 32]>) {
         self.mac_key = Some(key);
     }
 
-    /// Authenticates the loaded `done` records and truncates the journal after its last good
-    /// line, so new records follow it. Only the last line may fail (a write torn by a crash);
-    /// a bad record followed by good ones means the journal was modified.
-    pub fn authenticated_done(&mut self, loaded: &Loaded) -> Result<Vec<DoneRecord>> {
-        let mut out = Vec::new();
+    fn key(&self) -> Result<&[u8; 32]> {
+        self.mac_key
+            .as_deref()
+            .ok_or_else(|| Error::Runtime("journal MAC key not set".into()))
+    }
+
+    /// Authenticates the loaded lines and truncates the journal after the last good one, so new
+    /// records follow it. Only the last line may fail (a write torn by a crash); a bad line
+    /// followed by others means the journal was modified.
+    pub fn authenticated(&mut self, loaded: &Loaded) -> Result<Vec<Record>> {
+        let mut out = Vec::with_capacity(loaded.authed.len());
         let mut end = loaded.good_end;
-        for (mac, raw, line_start, line_end) in &loaded.done {
-            // Only `done` records need the key: a run stopped before its first batch record
-            // has none, and no key to check them with either.
-            let key = self
-                .mac_key
-                .as_ref()
-                .ok_or_else(|| Error::Runtime("journal MAC key not set".into()))?;
-            let ok = format::from_hex::<32>(mac)
-                .map(|m| blake3::keyed_hash(key, raw) == blake3::Hash::from(m))
-                .unwrap_or(false);
-            match serde_json::from_slice::<DoneRecord>(raw) {
-                Ok(rec) if ok => out.push(rec),
-                _ if *line_end == loaded.good_end => {
-                    end = *line_start;
+        let what = self.path.display().to_string();
+        for (line, start, stop) in &loaded.authed {
+            match self.parse_authed(line) {
+                Some(r) => out.push(r),
+                None if *stop == loaded.good_end => {
+                    end = *start;
                     break;
                 }
-                _ => {
+                None => {
                     return Err(Error::integrity(
-                        self.path.display().to_string(),
+                        &what,
                         "journal record fails authentication (the journal was modified)",
                     ))
                 }
             }
         }
         self.file.set_len(end).at(&self.path)?;
-        self.file.seek(SeekFrom::End(0)).at(&self.path)?;
+        self.file.seek(SeekFrom::Start(end)).at(&self.path)?;
+        self.len = end;
         Ok(out)
     }
 
+    fn parse_authed(&self, line: &[u8]) -> Option<Record> {
+        let key = self.key().ok()?;
+        let mac = format::from_hex::<32>(std::str::from_utf8(&line[8..72]).ok()?)?;
+        if mac_of(key, &line[MAC_PREFIX_LEN..]) != blake3::Hash::from(mac) {
+            return None;
+        }
+        let l: MacLine = serde_json::from_slice(line).ok()?;
+        match (l.kind.as_str(), l.obj, l.id, l.rec) {
+            ("object", Some(obj), Some(id), None) if l.src.is_none() => Some(Record::Object {
+                obj,
+                id: format::from_hex(&id)?,
+            }),
+            ("gen", None, None, None) if l.src.is_none() => Some(Record::Gen),
+            ("done", None, None, Some(rec)) => Some(Record::Done {
+                src: l.src,
+                rec: rec.get().as_bytes().to_vec(),
+            }),
+            _ => None,
+        }
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.file.write_all_at(bytes, self.len).at(&self.path)?;
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// The offset where the next record goes.
+    pub fn position(&self) -> u64 {
+        self.len
+    }
+
     /// Appends a batch record durably (before any of its ciphertext is written).
-    pub fn append_batch(&mut self, b: &BatchRecord) -> Result<()> {
-        self.file
-            .write_all(&line_bytes(&Line::Batch(b.clone()))?)
-            .at(&self.path)?;
+    pub fn append_batch(&mut self, index: u32, b: &Batch) -> Result<()> {
+        let line = json(&BatchLine {
+            kind: "batch".into(),
+            batch: index,
+            id: b.id_hex(),
+            key_commitment: format::to_hex(&b.key_commitment),
+            wrapped: b.wrapped.clone(),
+        })?;
+        self.append(&line)?;
         self.file.sync_data().at(&self.path)
     }
 
-    /// Appends `done` records and syncs. Callers sync the objects first.
-    pub fn append_done(&mut self, recs: &[DoneRecord]) -> Result<()> {
-        let key = self
-            .mac_key
-            .as_ref()
-            .ok_or_else(|| Error::Runtime("journal MAC key not set".into()))?;
-        let mut buf = Vec::new();
-        for r in recs {
-            let raw = serde_json::to_string(r).map_err(|e| Error::Runtime(e.to_string()))?;
-            let mac = blake3::keyed_hash(key, raw.as_bytes()).to_hex().to_string();
-            let rv = RawValue::from_string(raw).map_err(|e| Error::Runtime(e.to_string()))?;
-            buf.extend(line_bytes(&Line::Done { mac, rec: &rv })?);
+    /// Queues an authenticated line for the next [`Journal::write_queued`].
+    pub fn object_line(&self, obj: u64, id: &[u8; ID_LEN]) -> Result<Vec<u8>> {
+        let rest = format!(
+            r#""type":"object","obj":{obj},"id":"{}"}}"#,
+            format::to_hex(id)
+        );
+        Ok(mac_line(self.key()?, rest.as_bytes()))
+    }
+
+    /// The authenticated line that starts a new generation of entries.
+    pub fn gen_line(&self) -> Result<Vec<u8>> {
+        Ok(mac_line(self.key()?, br#""type":"gen"}"#))
+    }
+
+    /// The authenticated line of a finished entry (`rec` = its manifest line).
+    pub fn done_line(&self, src: Option<&SourceId>, rec: &[u8]) -> Result<Vec<u8>> {
+        let mut rest = Vec::with_capacity(rec.len() + 128);
+        rest.extend_from_slice(br#""type":"done","#);
+        if let Some(s) = src {
+            rest.extend_from_slice(b"\"src\":");
+            rest.extend(serde_json::to_vec(s).map_err(|e| Error::Runtime(e.to_string()))?);
+            rest.push(b',');
         }
-        self.file.write_all(&buf).at(&self.path)?;
+        rest.extend_from_slice(b"\"rec\":");
+        rest.extend_from_slice(rec);
+        rest.push(b'}');
+        Ok(mac_line(self.key()?, &rest))
+    }
+
+    /// Appends lines made by the methods above and syncs. Callers sync the data they name
+    /// first.
+    pub fn write_synced(&mut self, lines: &[u8]) -> Result<()> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        self.append(lines)?;
         self.file.sync_data().at(&self.path)
+    }
+
+    /// Reads back the entries written from `from` on (this run's generation), in order: the
+    /// manifest's entries. Each line is authenticated again (the file is on disk, and could
+    /// have changed since it was written).
+    pub fn entries_from(&self, from: u64, mut each: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        let mut f = self.file.try_clone().at(&self.path)?;
+        f.seek(SeekFrom::Start(from)).at(&self.path)?;
+        let mut lines = Lines::new(BufReader::with_capacity(1 << 20, f), &self.path);
+        let what = self.path.display().to_string();
+        while let Some(line) = lines.next_line()? {
+            if !line.starts_with(b"{\"mac\":\"") {
+                continue; // a batch record of this run
+            }
+            match self.parse_authed(&line) {
+                Some(Record::Done { rec, .. }) => each(&rec)?,
+                Some(_) => {}
+                None => {
+                    return Err(Error::integrity(
+                        &what,
+                        "journal record fails authentication (the journal was modified)",
+                    ))
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Removes the journal once the manifest is durable.
@@ -280,15 +416,29 @@ impl Journal {
     }
 }
 
+/// `O_NONBLOCK` on open, so that a FIFO planted in a vault does not hang the reader; regular
+/// files ignore it.
+trait NonBlock {
+    fn custom_flags_nonblock(&mut self) -> &mut Self;
+}
+
+impl NonBlock for OpenOptions {
+    fn custom_flags_nonblock(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.custom_flags(libc::O_NONBLOCK)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn run() -> RunRecord {
         RunRecord {
+            kind: "run".into(),
             format: format::FORMAT_VERSION,
             vault_id: "00".repeat(16),
-            created: "2026-11-28T00:00:00Z".into(),
+            created: "2026-12-01T00:00:00Z".into(),
             params: RunParams {
                 sources: vec!["L3Q=".into()],
                 key: None,
@@ -300,63 +450,40 @@ mod tests {
         }
     }
 
-    fn done(i: u64) -> DoneRecord {
-        DoneRecord {
-            entry: EntryRecord {
-                path: Some(format!("t/f{i}")),
-                kind: "file".into(),
-                size: Some(i),
-                ..Default::default()
-            },
-            dev: 1,
-            ino: i,
-        }
+    fn rec(i: u64) -> Vec<u8> {
+        format!(r#"{{"type":"entry","path":"t/f{i}","kind":"dir","mode":493,"mtime":0,"nsec":0}}"#)
+            .into_bytes()
     }
 
-    /// Done records survive a reopen (they once all failed to parse and were cut off as a torn
-    /// tail), and a torn last line is cut off while the records before it are kept.
+    fn done_recs(j: &mut Journal, loaded: &Loaded) -> Vec<Vec<u8>> {
+        j.authenticated(loaded)
+            .unwrap()
+            .into_iter()
+            .filter_map(|r| match r {
+                Record::Done { rec, .. } => Some(rec),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Done records survive a reopen, and a torn last line is cut off (also one torn just
+    /// before its newline, which parses) while the records before it are kept.
     #[test]
     fn done_records_survive_reopen_and_a_torn_tail_is_cut() {
         let dir = tempfile::tempdir().unwrap();
         let key = || Zeroizing::new([7u8; 32]);
+        let src = SourceId {
+            dev: 1,
+            ino: 2,
+            ctime: 3,
+            ctime_nsec: 4,
+        };
         {
             let mut j = Journal::create(dir.path(), &run()).unwrap();
             j.set_mac_key(key());
-            j.append_done(&[done(1), done(2)]).unwrap();
-        }
-        let path = dir.path().join(layout::JOURNAL);
-        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
-        f.write_all(br#"{"type":"done","mac":"00","rec":{"ent"#)
-            .unwrap();
-        drop(f);
-        let (mut j, loaded) = Journal::open(dir.path()).unwrap();
-        assert_eq!(loaded.run.params, run().params);
-        j.set_mac_key(key());
-        assert_eq!(
-            j.authenticated_done(&loaded).unwrap(),
-            vec![done(1), done(2)]
-        );
-        j.append_done(&[done(3)]).unwrap();
-        drop(j);
-        let (mut j, loaded) = Journal::open(dir.path()).unwrap();
-        j.set_mac_key(key());
-        assert_eq!(
-            j.authenticated_done(&loaded).unwrap(),
-            vec![done(1), done(2), done(3)]
-        );
-    }
-
-    /// A crash can tear an append just before its final newline: that line parses, but it is
-    /// torn. Keeping it used to extend the file by one NUL byte (`set_len` past the end) and
-    /// glue the next record to it, so that a later resume lost both.
-    #[test]
-    fn a_last_line_without_its_newline_is_torn() {
-        let dir = tempfile::tempdir().unwrap();
-        let key = || Zeroizing::new([7u8; 32]);
-        {
-            let mut j = Journal::create(dir.path(), &run()).unwrap();
-            j.set_mac_key(key());
-            j.append_done(&[done(1), done(2)]).unwrap();
+            let mut l = j.done_line(Some(&src), &rec(1)).unwrap();
+            l.extend(j.done_line(None, &rec(2)).unwrap());
+            j.write_synced(&l).unwrap();
         }
         let path = dir.path().join(layout::JOURNAL);
         let len = std::fs::metadata(&path).unwrap().len();
@@ -367,16 +494,25 @@ mod tests {
             .set_len(len - 1)
             .unwrap();
         let (mut j, loaded) = Journal::open(dir.path()).unwrap();
+        assert_eq!(loaded.run.params, run().params);
         j.set_mac_key(key());
-        assert_eq!(j.authenticated_done(&loaded).unwrap(), vec![done(1)]);
-        j.append_done(&[done(3)]).unwrap();
+        assert_eq!(done_recs(&mut j, &loaded), vec![rec(1)]);
+        let l = j.done_line(None, &rec(3)).unwrap();
+        j.write_synced(&l).unwrap();
         drop(j);
         let (mut j, loaded) = Journal::open(dir.path()).unwrap();
         j.set_mac_key(key());
-        assert_eq!(
-            j.authenticated_done(&loaded).unwrap(),
-            vec![done(1), done(3)]
-        );
+        assert_eq!(done_recs(&mut j, &loaded), vec![rec(1), rec(3)]);
         assert!(!std::fs::read(&path).unwrap().contains(&0));
+        // A modified line followed by another is tampering, not a torn tail.
+        let text = std::fs::read(&path).unwrap();
+        let changed = String::from_utf8(text).unwrap().replace("t/f1", "t/f9");
+        std::fs::write(&path, changed).unwrap();
+        let (mut j, loaded) = Journal::open(dir.path()).unwrap();
+        j.set_mac_key(key());
+        assert!(matches!(
+            j.authenticated(&loaded),
+            Err(Error::Integrity { .. })
+        ));
     }
 }

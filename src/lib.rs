@@ -3,10 +3,11 @@
 //! The pipeline of an `encrypt` run:
 //!
 //! ```text
-//! walk (sources -> entries) -> plan (entries + journal -> batches, objects)
-//!   -> KMS GenerateDataKey once per batch -> key file + journal (before any ciphertext)
-//!   -> rayon: per file, per segment: seal (AES-256-GCM) + BLAKE3 digests, written at offsets
-//!   -> journal "done" records (after sync) -> manifest (authenticated) -> journal removed
+//! walk thread (tree order) -> planner (batches, chunks of small files, windows of large
+//!   files, resume) -> KMS GenerateDataKey once per batch -> rayon jobs: seal (AES-256-GCM)
+//!   + BLAKE3 digests -> one vault writer: key file + journal record before any ciphertext,
+//!   packs and objects, group commits (syncfs, then journal "done" records), then the
+//!   manifest streamed from the journal, authenticated -> journal removed
 //! ```
 //!
 //! `decrypt` and `verify --deep` walk the same path backwards; keyless `verify` only hashes
@@ -25,9 +26,11 @@ pub mod kms;
 pub mod manifest;
 pub mod object;
 pub mod progress;
+pub mod seal;
 pub mod source;
 pub mod vault;
 pub mod verify;
 pub mod walk;
+pub mod write;
 
 pub use error::{Error, Result};

@@ -1,13 +1,14 @@
 //! The manifest (`manifest.jsonl`), key files (`keys-<batch>.json`) and their records.
 //!
-//! JSON Lines, readable with standard tools: a `vault` record, one `batch` record per data
-//! key, one `entry` record per path (sorted by path bytes), and a final `end` record with the
-//! entry count and one MAC per batch. Each MAC is a keyed BLAKE3 (key derived from that batch's
-//! data key) over every byte before the `end` line and the count, so any change, truncation,
-//! reordering or addition is detected with any one batch key. See docs/FORMAT.md §Manifest.
+//! JSON Lines, written and read as a stream (docs/FORMAT.md §6): a `vault` record; per batch a
+//! `batch` record and its `wrap` records; one `object` record per object; one `entry` record
+//! per path in tree order; an `end` record with the counts and one MAC per batch. The MAC covers
+//! every line but the `wrap` lines and the `end` line, through one running BLAKE3 of the body,
+//! so that no writer or reader holds the entries in memory and rewrapping a key replaces
+//! wrappings without touching the authenticated body.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use base64::engine::general_purpose::STANDARD as B64;
@@ -23,7 +24,7 @@ use crate::kms::WrappedKey;
 const AAD_PATH: &[u8] = b"envseal path";
 const AAD_TARGET: &[u8] = b"envseal link target";
 
-/// One batch: a data key and its wrappings.
+/// One batch: a data key, its commitment and its wrappings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Batch {
     pub batch_id: [u8; ID_LEN],
@@ -45,6 +46,26 @@ impl Batch {
             layout::KEYS_SUFFIX
         )
     }
+}
+
+/// An object file of the vault: a pack of small files' records, or one large file's record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectRef {
+    pub id: [u8; ID_LEN],
+    pub len: u64,
+}
+
+impl ObjectRef {
+    /// The object's path relative to the vault (derived from its id, never stored input).
+    pub fn name(&self) -> String {
+        object_name(&self.id)
+    }
+}
+
+/// `objects/<first two hex digits>/<object id hex>`.
+pub fn object_name(id: &[u8; ID_LEN]) -> String {
+    let h = format::to_hex(id);
+    format!("{}/{}/{}", layout::OBJECTS_DIR, &h[..2], h)
 }
 
 /// A path as stored: clear bytes, or sealed under the name key until revealed.
@@ -72,29 +93,25 @@ impl Name {
     }
 }
 
-/// A regular file's record.
+/// A regular file's record: where its sealed record lies and its digests.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileEntry {
     pub size: u64,
-    /// Index into the manifest's batches.
-    pub batch: usize,
-    pub file_id: [u8; ID_LEN],
+    /// Index of the batch (data key).
+    pub batch: u32,
+    /// Index of the object holding the record, and the record's offset in it.
+    pub obj: u64,
+    pub off: u64,
     pub salt: [u8; SALT_LEN],
-    pub ct_blake3: [u8; DIGEST_LEN],
-    pub pt_mac: [u8; DIGEST_LEN],
+    pub ct: [u8; DIGEST_LEN],
+    pub pt: [u8; DIGEST_LEN],
 }
 
 impl FileEntry {
-    /// The object's path relative to the vault (derived from the file id, never stored input).
-    pub fn object(&self) -> String {
-        object_name(&self.file_id)
+    /// The record's length, implied by the size and the segment size.
+    pub fn record_len(&self, segment_size: u32) -> u64 {
+        format::object_len(self.size, segment_size)
     }
-}
-
-/// `objects/<first two hex digits>/<file id hex>`.
-pub fn object_name(file_id: &[u8; ID_LEN]) -> String {
-    let h = format::to_hex(file_id);
-    format!("{}/{}/{}", layout::OBJECTS_DIR, &h[..2], h)
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -121,34 +138,33 @@ impl Entry {
             _ => None,
         }
     }
+
+    pub fn is_dir(&self) -> bool {
+        matches!(self.kind, EntryKind::Dir)
+    }
 }
 
-/// A whole manifest in memory.
-#[derive(Debug)]
-pub struct Manifest {
+/// The first record: what every other record is read against.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Header {
     pub vault_id: [u8; ID_LEN],
     pub created: String,
     pub generator: String,
     pub segment_size: u32,
     pub conceal_names: bool,
-    pub batches: Vec<Batch>,
-    pub entries: Vec<Entry>,
 }
 
 // ---- wire records ----------------------------------------------------------------------
-
-#[derive(Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-enum Record {
-    Vault(VaultRecord),
-    Batch(BatchRecord),
-    Entry(Box<EntryRecord>),
-    End(EndRecord),
-}
+//
+// Every record is one JSON object on one line and begins with its `type` member (a reader
+// dispatches on that prefix); unknown members and duplicate members are errors, and every
+// number is range-checked, so that two readers never read one line two ways (§6.1).
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct VaultRecord {
+struct VaultLine {
+    #[serde(rename = "type")]
+    kind: String,
     format: u16,
     vault_id: String,
     created: String,
@@ -157,20 +173,42 @@ struct VaultRecord {
     conceal_names: bool,
 }
 
-/// A batch as written in the manifest, the journal and (with a header) its key file.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct BatchRecord {
-    pub batch_id: String,
-    pub key_commitment: String,
-    pub keys_file: String,
-    pub wrapped: Vec<WrappedKey>,
+struct BatchLine {
+    #[serde(rename = "type")]
+    kind: String,
+    batch: u32,
+    id: String,
+    key_commitment: String,
 }
 
-/// An entry as written in the manifest and the journal.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WrapLine {
+    #[serde(rename = "type")]
+    kind: String,
+    batch: u32,
+    #[serde(flatten)]
+    wrapped: WrappedKey,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ObjectLine {
+    #[serde(rename = "type")]
+    kind: String,
+    obj: u64,
+    id: String,
+    len: u64,
+}
+
+/// An entry as written in the manifest (and, verbatim, in the journal).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-pub struct EntryRecord {
+pub struct EntryLine {
+    #[serde(rename = "type")]
+    pub kind_tag: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -180,21 +218,21 @@ pub struct EntryRecord {
     pub kind: String,
     pub mode: u32,
     pub mtime: i64,
-    pub mtime_nsec: u32,
+    pub nsec: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub batch_id: Option<String>,
+    pub batch: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub file_id: Option<String>,
+    pub obj: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub object: Option<String>,
+    pub off: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub salt: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub ct_blake3: Option<String>,
+    pub ct: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub pt_mac: Option<String>,
+    pub pt: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -205,7 +243,11 @@ pub struct EntryRecord {
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct EndRecord {
+struct EndLine {
+    #[serde(rename = "type")]
+    kind: String,
+    batches: u64,
+    objects: u64,
     entries: u64,
     macs: Vec<BatchMac>,
 }
@@ -213,18 +255,59 @@ struct EndRecord {
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BatchMac {
-    batch_id: String,
+    batch: u32,
     mac: String,
 }
 
-/// The key file of one batch, written before any of its ciphertext exists.
+/// The key file of one batch, written before any of its ciphertext exists: the copy of the
+/// wrappings that survives the loss of the manifest (§5).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct KeyFile {
     pub format: u16,
     pub vault_id: String,
-    #[serde(flatten)]
-    pub batch: BatchRecord,
+    pub batch_id: String,
+    pub key_commitment: String,
+    pub wrapped: Vec<WrappedKey>,
+}
+
+impl KeyFile {
+    pub fn new(vault_id: &[u8; ID_LEN], b: &Batch) -> KeyFile {
+        KeyFile {
+            format: format::FORMAT_VERSION,
+            vault_id: format::to_hex(vault_id),
+            batch_id: b.id_hex(),
+            key_commitment: format::to_hex(&b.key_commitment),
+            wrapped: b.wrapped.clone(),
+        }
+    }
+
+    /// Parses a key file's record (limits, ids and counts checked; `what` names it).
+    pub fn to_batch(&self, what: &str) -> Result<Batch> {
+        if self.format != format::FORMAT_VERSION {
+            return Err(bad(what, format!("unknown format version {}", self.format)));
+        }
+        batch_from(
+            &self.batch_id,
+            &self.key_commitment,
+            self.wrapped.clone(),
+            what,
+        )
+    }
+}
+
+fn batch_from(id: &str, commitment: &str, wrapped: Vec<WrappedKey>, what: &str) -> Result<Batch> {
+    let batch_id = format::from_hex(id).ok_or_else(|| bad(what, "bad batch id"))?;
+    let key_commitment =
+        format::from_hex(commitment).ok_or_else(|| bad(what, "bad key_commitment"))?;
+    if wrapped.len() > format::MAX_WRAPPED_KEYS {
+        return Err(bad(what, "more than 64 wrapped keys"));
+    }
+    Ok(Batch {
+        batch_id,
+        key_commitment,
+        wrapped,
+    })
 }
 
 fn bad(what: &str, why: impl Into<String>) -> Error {
@@ -233,40 +316,8 @@ fn bad(what: &str, why: impl Into<String>) -> Error {
 
 /// A record of a known format version that does not validate (a field that disagrees with
 /// another, an unsafe path) can only come from damage or tampering: exit 3, not 1.
-fn tampered(e: Error) -> Error {
-    match e {
-        Error::Format { what, why } => Error::Integrity { what, why },
-        e => e,
-    }
-}
-
-impl Batch {
-    pub fn to_record(&self) -> BatchRecord {
-        BatchRecord {
-            batch_id: self.id_hex(),
-            key_commitment: format::to_hex(&self.key_commitment),
-            keys_file: self.keys_file(),
-            wrapped: self.wrapped.clone(),
-        }
-    }
-
-    pub fn from_record(r: &BatchRecord, what: &str) -> Result<Self> {
-        let batch_id = format::from_hex(&r.batch_id).ok_or_else(|| bad(what, "bad batch_id"))?;
-        let key_commitment =
-            format::from_hex(&r.key_commitment).ok_or_else(|| bad(what, "bad key_commitment"))?;
-        if r.wrapped.is_empty() || r.wrapped.len() > format::MAX_WRAPPED_KEYS {
-            return Err(bad(what, "a batch needs 1 to 64 wrapped keys"));
-        }
-        let b = Batch {
-            batch_id,
-            key_commitment,
-            wrapped: r.wrapped.clone(),
-        };
-        if r.keys_file != b.keys_file() {
-            return Err(bad(what, "keys_file does not match batch_id"));
-        }
-        Ok(b)
-    }
+fn integrity(what: &str, why: impl Into<String>) -> Error {
+    Error::integrity(what, why)
 }
 
 fn name_fields(
@@ -294,31 +345,37 @@ fn parse_name(
     b64: &Option<String>,
     sealed: &Option<String>,
     what: &str,
-) -> Result<Name> {
+) -> std::result::Result<Name, String> {
     match (clear, b64, sealed) {
         (Some(s), None, None) => Ok(Name::Clear(s.as_bytes().to_vec())),
-        (None, Some(b), None) => Ok(Name::Clear(
-            B64.decode(b).map_err(|_| bad(what, "bad base64 name"))?,
-        )),
+        (None, Some(b), None) => {
+            let raw = B64.decode(b).map_err(|_| format!("{what}: bad base64"))?;
+            // One spelling per name: base64 only for names that are not UTF-8.
+            if std::str::from_utf8(&raw).is_ok() {
+                return Err(format!("{what}: a UTF-8 name in base64"));
+            }
+            Ok(Name::Clear(raw))
+        }
         (None, None, Some(e)) => Ok(Name::Sealed(
             B64.decode(e)
-                .map_err(|_| bad(what, "bad base64 sealed name"))?,
+                .map_err(|_| format!("{what}: bad base64 sealed name"))?,
         )),
-        _ => Err(bad(what, "exactly one name field is required")),
+        _ => Err(format!("exactly one {what} field is required")),
     }
 }
 
 impl Entry {
-    /// The record for this entry; names are sealed when `name_key` is given.
-    pub fn to_record(&self, batches: &[Batch], name_key: Option<&NameKey>) -> Result<EntryRecord> {
+    /// This entry's record line (without the newline); names sealed when `name_key` is given.
+    pub fn to_line(&self, name_key: Option<&NameKey>) -> Result<Vec<u8>> {
         let (path, path_b64, enc_path) = name_fields(&self.path, name_key, AAD_PATH)?;
-        let mut r = EntryRecord {
+        let mut r = EntryLine {
+            kind_tag: "entry".into(),
             path,
             path_b64,
             enc_path,
             mode: self.mode,
             mtime: self.mtime,
-            mtime_nsec: self.mtime_nsec,
+            nsec: self.mtime_nsec,
             ..Default::default()
         };
         match &self.kind {
@@ -330,82 +387,121 @@ impl Entry {
             EntryKind::File(f) => {
                 r.kind = "file".into();
                 r.size = Some(f.size);
-                r.batch_id = Some(
-                    batches
-                        .get(f.batch)
-                        .ok_or_else(|| Error::Runtime("entry names a missing batch".into()))?
-                        .id_hex(),
-                );
-                r.file_id = Some(format::to_hex(&f.file_id));
-                r.object = Some(f.object());
+                r.batch = Some(f.batch);
+                r.obj = Some(f.obj);
+                r.off = Some(f.off);
                 r.salt = Some(format::to_hex(&f.salt));
-                r.ct_blake3 = Some(format::to_hex(&f.ct_blake3));
-                r.pt_mac = Some(format::to_hex(&f.pt_mac));
+                r.ct = Some(format::to_hex(&f.ct));
+                r.pt = Some(format::to_hex(&f.pt));
             }
         }
-        Ok(r)
+        serde_json::to_vec(&r).map_err(|e| Error::Runtime(e.to_string()))
     }
 
-    /// Parses and validates a record (paths are checked for safety by [`check_path`]).
-    pub fn from_record(r: &EntryRecord, batches: &[Batch], what: &str) -> Result<Entry> {
-        let path = parse_name(&r.path, &r.path_b64, &r.enc_path, what)?;
+    /// Parses and validates one entry line against the vault header (paths checked for
+    /// safety, numbers for range, fields for presence by kind). Batch and object indices are
+    /// checked by the reader, which knows the counts.
+    pub fn from_line(line: &[u8], h: &Header) -> std::result::Result<Entry, String> {
+        let r: EntryLine = serde_json::from_slice(line).map_err(|e| e.to_string())?;
+        if r.kind_tag != "entry" {
+            return Err("not an entry record".into());
+        }
+        let path = parse_name(&r.path, &r.path_b64, &r.enc_path, "path")?;
+        if matches!(path, Name::Sealed(_)) != h.conceal_names {
+            return Err("names sealed in a clear vault, or clear in a concealed one".into());
+        }
         if let Name::Clear(p) = &path {
-            check_path(p).map_err(|why| bad(what, why))?;
+            check_path(p)?;
         }
-        let hex32 = |v: &Option<String>, f: &str| -> Result<[u8; 32]> {
-            v.as_deref()
-                .and_then(format::from_hex)
-                .ok_or_else(|| bad(what, format!("missing or bad {f}")))
-        };
         if r.mode & !0o7777 != 0 {
-            return Err(bad(what, "mode holds more than permission bits"));
+            return Err("mode holds more than permission bits".into());
         }
+        if r.nsec > 999_999_999 {
+            return Err("nsec out of range".into());
+        }
+        let file_fields = [
+            r.size.is_some(),
+            r.batch.is_some(),
+            r.obj.is_some(),
+            r.off.is_some(),
+            r.salt.is_some(),
+            r.ct.is_some(),
+            r.pt.is_some(),
+        ];
+        let link_fields = r.target.is_some() || r.target_b64.is_some() || r.enc_target.is_some();
         let kind = match r.kind.as_str() {
-            "dir" => EntryKind::Dir,
-            "symlink" => {
-                let t = parse_name(&r.target, &r.target_b64, &r.enc_target, what)?;
+            "dir" if !file_fields.contains(&true) && !link_fields => EntryKind::Dir,
+            "symlink" if !file_fields.contains(&true) => {
+                let t = parse_name(&r.target, &r.target_b64, &r.enc_target, "target")?;
+                if matches!(t, Name::Sealed(_)) != h.conceal_names {
+                    return Err(
+                        "a link target sealed in a clear vault, or clear in a concealed one".into(),
+                    );
+                }
                 if let Name::Clear(t) = &t {
-                    check_target(t).map_err(|why| bad(what, why))?;
+                    check_target(t)?;
                 }
                 EntryKind::Symlink(t)
             }
-            "file" => {
-                let bid: [u8; ID_LEN] = r
-                    .batch_id
-                    .as_deref()
-                    .and_then(format::from_hex)
-                    .ok_or_else(|| bad(what, "missing or bad batch_id"))?;
-                let batch = batches
-                    .iter()
-                    .position(|b| b.batch_id == bid)
-                    .ok_or_else(|| bad(what, "entry names an unknown batch"))?;
-                let file_id: [u8; ID_LEN] = r
-                    .file_id
-                    .as_deref()
-                    .and_then(format::from_hex)
-                    .ok_or_else(|| bad(what, "missing or bad file_id"))?;
+            "file" if !file_fields.contains(&false) && !link_fields => {
+                let hex32 =
+                    |v: &Option<String>, f: &str| -> std::result::Result<[u8; 32], String> {
+                        v.as_deref()
+                            .and_then(format::from_hex)
+                            .ok_or_else(|| format!("bad {f}"))
+                    };
                 let f = FileEntry {
-                    size: r.size.ok_or_else(|| bad(what, "file without size"))?,
-                    batch,
-                    file_id,
+                    size: r.size.unwrap_or_default(),
+                    batch: r.batch.unwrap_or_default(),
+                    obj: r.obj.unwrap_or_default(),
+                    off: r.off.unwrap_or_default(),
                     salt: hex32(&r.salt, "salt")?,
-                    ct_blake3: hex32(&r.ct_blake3, "ct_blake3")?,
-                    pt_mac: hex32(&r.pt_mac, "pt_mac")?,
+                    ct: hex32(&r.ct, "ct")?,
+                    pt: hex32(&r.pt, "pt")?,
                 };
-                if r.object.as_deref() != Some(f.object().as_str()) {
-                    return Err(bad(what, "object name does not match file_id"));
+                // Sizes are hostile input to keyless readers: bound them before any size
+                // arithmetic (record lengths, totals).
+                if format::segment_count(f.size, h.segment_size) > format::MAX_SEGMENTS {
+                    return Err("file size over 2^32 segments".into());
                 }
                 EntryKind::File(f)
             }
-            other => return Err(bad(what, format!("unknown entry kind {other:?}"))),
+            "dir" | "symlink" | "file" => {
+                return Err(format!("fields missing or out of place for a {}", r.kind))
+            }
+            other => return Err(format!("unknown entry kind {other:?}")),
         };
         Ok(Entry {
             path,
             mode: r.mode,
             mtime: r.mtime,
-            mtime_nsec: r.mtime_nsec,
+            mtime_nsec: r.nsec,
             kind,
         })
+    }
+
+    /// Decrypts this entry's sealed path and link target (no-op for clear names).
+    pub fn reveal(&mut self, nk: &NameKey) -> Result<()> {
+        let open = |n: &mut Name, aad: &[u8]| -> Result<()> {
+            if let Name::Sealed(s) = n {
+                let clear = nk.open(s, aad).map_err(|_| {
+                    Error::integrity("manifest", "a concealed name does not decrypt")
+                })?;
+                let r = if aad == AAD_PATH {
+                    check_path(&clear)
+                } else {
+                    check_target(&clear)
+                };
+                r.map_err(|why| Error::integrity("manifest", why))?;
+                *n = Name::Clear(clear);
+            }
+            Ok(())
+        };
+        open(&mut self.path, AAD_PATH)?;
+        if let EntryKind::Symlink(t) = &mut self.kind {
+            open(t, AAD_TARGET)?;
+        }
+        Ok(())
     }
 }
 
@@ -438,293 +534,546 @@ fn check_target(t: &[u8]) -> std::result::Result<(), String> {
     Ok(())
 }
 
-fn end_mac_input(entries: u64) -> [u8; 28] {
-    let mut b = [0u8; 28];
-    b[..20].copy_from_slice(b"envseal manifest end");
-    b[20..].copy_from_slice(&entries.to_be_bytes());
-    b
+/// The parent of a vault path (`None` for a top-level entry).
+pub fn parent(p: &[u8]) -> Option<&[u8]> {
+    p.iter().rposition(|&b| b == b'/').map(|i| &p[..i])
 }
 
-fn json_line(r: &Record) -> Result<Vec<u8>> {
-    let mut v = serde_json::to_vec(r).map_err(|e| Error::Runtime(e.to_string()))?;
-    v.push(b'\n');
-    Ok(v)
+/// Compares vault paths in tree order: component by component, each by its bytes. This is a
+/// depth-first walk with the entries of each directory sorted by name.
+pub fn tree_cmp(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    a.split(|&c| c == b'/').cmp(b.split(|&c| c == b'/'))
 }
 
-impl Manifest {
-    /// Serializes the manifest and writes it atomically to `vault/manifest.jsonl`
-    /// (temporary file, fsync, rename, directory fsync). `keys[i]` is batch i's key.
-    pub fn write(&self, vault: &Path, keys: &[&BatchKey]) -> Result<()> {
-        let name_key = if self.conceal_names {
-            Some(
-                keys.first()
-                    .ok_or_else(|| Error::Runtime("no batch key".into()))?
-                    .name_key(),
-            )
-        } else {
-            None
+/// Checks, as a stream and in memory proportional to the depth, that entries come in tree
+/// order, that every entry's parent is a directory entry listed before it, and that no path
+/// comes twice (§6.2).
+#[derive(Default)]
+pub struct TreeOrder {
+    /// The directories from the top down to the last one entered, each with the name of the
+    /// last child seen in it.
+    stack: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The last top-level name.
+    top: Vec<u8>,
+}
+
+impl TreeOrder {
+    pub fn push(&mut self, path: &[u8], is_dir: bool) -> std::result::Result<(), String> {
+        let (up, name) = match parent(path) {
+            Some(up) => (Some(up), &path[up.len() + 1..]),
+            None => (None, path),
         };
-        let mut body = Vec::new();
-        body.extend(json_line(&Record::Vault(VaultRecord {
-            format: format::FORMAT_VERSION,
-            vault_id: format::to_hex(&self.vault_id),
-            created: self.created.clone(),
-            generator: self.generator.clone(),
-            segment_size: self.segment_size,
-            conceal_names: self.conceal_names,
-        }))?);
-        for b in &self.batches {
-            body.extend(json_line(&Record::Batch(b.to_record()))?);
-        }
-        let mut lines = Vec::new();
-        for e in &self.entries {
-            let line = json_line(&Record::Entry(Box::new(
-                e.to_record(&self.batches, name_key.as_ref())?,
-            )))?;
-            if name_key.is_some() {
-                lines.push(line);
-            } else {
-                body.extend(line);
+        let last = match up {
+            None => {
+                self.stack.clear();
+                &mut self.top
             }
+            Some(up) => {
+                while self.stack.last().is_some_and(|(d, _)| d.as_slice() != up) {
+                    self.stack.pop();
+                }
+                match self.stack.last_mut() {
+                    Some((_, last)) => last,
+                    None => {
+                        return Err(format!(
+                            "{} does not follow its parent directory's entry (out of tree order, or no parent)",
+                            String::from_utf8_lossy(path)
+                        ))
+                    }
+                }
+            }
+        };
+        if !last.is_empty() && name <= last.as_slice() {
+            return Err(format!(
+                "{} is out of tree order or listed twice",
+                String::from_utf8_lossy(path)
+            ));
         }
-        // Listed in clear-path order, concealed entries (whose kinds, sizes and times stay
-        // visible) would give the tree's shape away. Their lines start with `enc_path`, whose
-        // first bytes are a random nonce: sorted lines are in an order unrelated to the names.
-        lines.sort_unstable();
-        for line in lines {
-            body.extend(line);
+        *last = name.to_vec();
+        if is_dir {
+            if self.stack.len() >= format::MAX_DEPTH {
+                return Err("directories nested too deep".into());
+            }
+            self.stack.push((path.to_vec(), Vec::new()));
         }
-        let n = self.entries.len() as u64;
-        let mut macs = Vec::new();
-        for (b, k) in self.batches.iter().zip(keys) {
-            let mut h = blake3::Hasher::new_keyed(&k.manifest_mac_key());
-            h.update(&body);
-            h.update(&end_mac_input(n));
-            macs.push(BatchMac {
-                batch_id: b.id_hex(),
-                mac: h.finalize().to_hex().to_string(),
-            });
-        }
-        body.extend(json_line(&Record::End(EndRecord { entries: n, macs }))?);
-        write_atomic(&vault.join(layout::MANIFEST), &body)
+        Ok(())
+    }
+}
+
+fn json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(v).map_err(|e| Error::Runtime(e.to_string()))
+}
+
+/// The MAC of a manifest body under one batch key (§6.3).
+fn body_mac(key: &BatchKey, body: &blake3::Hash, counts: [u64; 3]) -> blake3::Hash {
+    let mut h = blake3::Hasher::new_keyed(&key.manifest_mac_key());
+    h.update(format::MANIFEST_END_LABEL);
+    h.update(body.as_bytes());
+    for c in counts {
+        h.update(&c.to_be_bytes());
+    }
+    h.finalize()
+}
+
+/// Writes a manifest as a stream into a temporary file; [`ManifestWriter::finish`] adds the
+/// end record and renames it into place.
+pub struct ManifestWriter {
+    out: BufWriter<File>,
+    tmp: PathBuf,
+    path: PathBuf,
+    body: blake3::Hasher,
+    batches: u64,
+    objects: u64,
+    entries: u64,
+}
+
+impl ManifestWriter {
+    pub fn create(vault: &Path, h: &Header) -> Result<ManifestWriter> {
+        let path = vault.join(layout::MANIFEST);
+        let tmp = path.with_extension("tmp");
+        let file = create_fresh(&tmp)?;
+        let mut w = ManifestWriter {
+            out: BufWriter::with_capacity(1 << 20, file),
+            tmp,
+            path,
+            body: blake3::Hasher::new(),
+            batches: 0,
+            objects: 0,
+            entries: 0,
+        };
+        w.line(
+            &json(&VaultLine {
+                kind: "vault".into(),
+                format: format::FORMAT_VERSION,
+                vault_id: format::to_hex(&h.vault_id),
+                created: h.created.clone(),
+                generator: h.generator.clone(),
+                segment_size: h.segment_size,
+                conceal_names: h.conceal_names,
+            })?,
+            true,
+        )?;
+        Ok(w)
     }
 
-    /// Opens `vault/manifest.jsonl`, with a hint when the vault is unfinished.
-    fn open(vault: &Path) -> Result<File> {
+    fn line(&mut self, l: &[u8], authenticated: bool) -> Result<()> {
+        if authenticated {
+            self.body.update(l);
+            self.body.update(b"\n");
+        }
+        self.out.write_all(l).at(&self.tmp)?;
+        self.out.write_all(b"\n").at(&self.tmp)
+    }
+
+    /// A batch record and its wrappings; all batches come before any object.
+    pub fn batch(&mut self, b: &Batch) -> Result<()> {
+        let index = self.batches as u32;
+        self.line(
+            &json(&BatchLine {
+                kind: "batch".into(),
+                batch: index,
+                id: b.id_hex(),
+                key_commitment: format::to_hex(&b.key_commitment),
+            })?,
+            true,
+        )?;
+        for w in &b.wrapped {
+            self.line(
+                &json(&WrapLine {
+                    kind: "wrap".into(),
+                    batch: index,
+                    wrapped: w.clone(),
+                })?,
+                false,
+            )?;
+        }
+        self.batches += 1;
+        Ok(())
+    }
+
+    /// The next object record; all objects come before any entry.
+    pub fn object(&mut self, o: &ObjectRef) -> Result<()> {
+        let l = json(&ObjectLine {
+            kind: "object".into(),
+            obj: self.objects,
+            id: format::to_hex(&o.id),
+            len: o.len,
+        })?;
+        self.objects += 1;
+        self.line(&l, true)
+    }
+
+    /// The next entry, as the line [`Entry::to_line`] made (the journal keeps them verbatim).
+    pub fn entry_line(&mut self, l: &[u8]) -> Result<()> {
+        self.entries += 1;
+        self.line(l, true)
+    }
+
+    /// Adds the end record with one MAC per batch (`keys[i]` is batch i's key), then makes the
+    /// manifest durable under its final name.
+    pub fn finish(mut self, keys: &[&BatchKey]) -> Result<()> {
+        let body = self.body.finalize();
+        let counts = [self.batches, self.objects, self.entries];
+        let macs = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| BatchMac {
+                batch: i as u32,
+                mac: body_mac(k, &body, counts).to_hex().to_string(),
+            })
+            .collect();
+        let end = json(&EndLine {
+            kind: "end".into(),
+            batches: self.batches,
+            objects: self.objects,
+            entries: self.entries,
+            macs,
+        })?;
+        self.line(&end, false)?;
+        let file = self
+            .out
+            .into_inner()
+            .map_err(|e| Error::io(&self.tmp, e.into_error()))?;
+        file.sync_all().at(&self.tmp)?;
+        drop(file);
+        std::fs::rename(&self.tmp, &self.path).at(&self.path)?;
+        sync_dir(self.path.parent().unwrap_or(Path::new(".")))
+    }
+}
+
+/// Creates `path` anew: what is there (a stale file, or a planted symlink: the link, not its
+/// target) is removed first, and the new file is never opened through a link.
+fn create_fresh(path: &Path) -> Result<File> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(path, e)),
+        _ => {}
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .at(path)
+}
+
+/// The record types, by the prefix every record begins with.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Vault,
+    Batch,
+    Wrap,
+    Object,
+    Entry,
+    End,
+}
+
+fn kind_of(line: &[u8]) -> Option<Kind> {
+    const KINDS: [(&[u8], Kind); 6] = [
+        (b"{\"type\":\"entry\"", Kind::Entry),
+        (b"{\"type\":\"object\"", Kind::Object),
+        (b"{\"type\":\"batch\"", Kind::Batch),
+        (b"{\"type\":\"wrap\"", Kind::Wrap),
+        (b"{\"type\":\"vault\"", Kind::Vault),
+        (b"{\"type\":\"end\"", Kind::End),
+    ];
+    KINDS
+        .iter()
+        .find(|(p, _)| line.starts_with(p) && matches!(line.get(p.len()), Some(b',' | b'}')))
+        .map(|(_, k)| *k)
+}
+
+/// Reads a manifest as a stream: the header, batches and objects on open; entries one by one
+/// from [`ManifestReader::next_entry`], validated as they come; the end record last. Nothing
+/// read is authenticated until [`ManifestReader::authenticate`] succeeds after the last entry.
+pub struct ManifestReader {
+    lines: Lines<BufReader<File>>,
+    what: String,
+    pub header: Header,
+    pub batches: Vec<Batch>,
+    pub objects: Vec<ObjectRef>,
+    body: blake3::Hasher,
+    order: TreeOrder,
+    /// Revealed names are checked for tree order (clear vaults: always).
+    name_key: Option<NameKey>,
+    pending: Option<Vec<u8>>,
+    entries: u64,
+    end: Option<EndLine>,
+}
+
+impl ManifestReader {
+    /// Opens `vault/manifest.jsonl`, with a hint when the vault is unfinished or not a vault.
+    pub fn open(vault: &Path) -> Result<ManifestReader> {
         let path = vault.join(layout::MANIFEST);
-        File::open(&path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
+        let file = crate::vault::open_regular(&path).map_err(|e| match e {
+            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
                 let hint = if vault.join(layout::JOURNAL).exists() {
                     "the vault is unfinished: run the same encrypt command again to resume it"
+                } else if !vault.exists() {
+                    "no such directory"
                 } else {
                     "not an envseal vault (no manifest.jsonl)"
                 };
                 Error::format(vault.display().to_string(), hint)
-            } else {
-                Error::io(&path, e)
             }
-        })
-    }
-
-    /// The whole manifest file. Readers that authenticate it parse and MAC these same bytes
-    /// ([`Manifest::parse`], [`Manifest::authenticate_bytes`]): reading the file twice would
-    /// let it change in between, so that the entries used are not the ones authenticated.
-    pub fn read_bytes(vault: &Path) -> Result<Vec<u8>> {
-        let mut data = Vec::new();
-        Self::open(vault)?
-            .read_to_end(&mut data)
-            .at(vault.join(layout::MANIFEST))?;
-        Ok(data)
-    }
-
-    /// Reads and parses `vault/manifest.jsonl` without any key (structure and limits only).
-    pub fn read(vault: &Path) -> Result<Manifest> {
-        Self::parse(BufReader::new(Self::open(vault)?), vault)
-    }
-
-    /// Parses a manifest (of the vault `vault`, for messages) without any key.
-    pub fn parse(reader: impl BufRead, vault: &Path) -> Result<Manifest> {
-        let path = vault.join(layout::MANIFEST);
+            e => e,
+        })?;
         let what = path.display().to_string();
-        let mut lines = Lines::new(reader, &path);
-        let mut m: Option<Manifest> = None;
-        let mut ended = false;
-        while let Some(line) = lines.next_line()? {
-            if ended {
-                return Err(Error::integrity(&what, "data after the end record"));
-            }
-            let rec: Record = serde_json::from_slice(&line)
-                .map_err(|e| Error::integrity(&what, format!("line {}: {e}", lines.number)))?;
-            let at = format!("{what} line {}", lines.number);
-            match (rec, m.as_mut()) {
-                (Record::Vault(v), None) => {
-                    if v.format != format::FORMAT_VERSION {
-                        return Err(bad(&at, format!("unknown format version {}", v.format)));
-                    }
-                    if !format::valid_segment_size(u64::from(v.segment_size)) {
-                        return Err(bad(&at, "invalid segment size"));
-                    }
-                    m = Some(Manifest {
-                        vault_id: format::from_hex(&v.vault_id)
-                            .ok_or_else(|| bad(&at, "bad vault_id"))?,
-                        created: v.created,
-                        generator: v.generator,
-                        segment_size: v.segment_size,
-                        conceal_names: v.conceal_names,
-                        batches: Vec::new(),
-                        entries: Vec::new(),
-                    })
-                }
-                (Record::Batch(b), Some(m)) if m.entries.is_empty() => {
-                    if m.batches.len() >= format::MAX_BATCHES {
-                        return Err(bad(&at, "too many batches"));
-                    }
-                    m.batches
-                        .push(Batch::from_record(&b, &at).map_err(tampered)?)
-                }
-                (Record::Entry(e), Some(m)) if !m.batches.is_empty() => {
-                    if m.entries.len() as u64 >= format::MAX_ENTRIES {
-                        return Err(bad(&at, "too many entries"));
-                    }
-                    let entry = Entry::from_record(&e, &m.batches, &at).map_err(tampered)?;
-                    let sealed = |n: &Name| matches!(n, Name::Sealed(_));
-                    let target_sealed = match &entry.kind {
-                        EntryKind::Symlink(t) => sealed(t),
-                        _ => m.conceal_names,
-                    };
-                    if sealed(&entry.path) != m.conceal_names || target_sealed != m.conceal_names {
-                        return Err(Error::integrity(
-                            &at,
-                            "names sealed in a clear vault, or clear in a concealed one",
-                        ));
-                    }
-                    // One entry per path, in path order (concealed ones: checked once revealed).
-                    if let (Some(prev), Some(p)) = (
-                        m.entries.last().and_then(|e| e.path.clear()),
-                        entry.path.clear(),
-                    ) {
-                        if p <= prev {
-                            return Err(Error::integrity(
-                                &at,
-                                "entries out of path order, or a path listed twice",
-                            ));
-                        }
-                    }
-                    // Sizes are hostile input to keyless readers: bound them before any size
-                    // arithmetic (object lengths, totals).
-                    if entry.file().is_some_and(|f| {
-                        format::segment_count(f.size, m.segment_size) > format::MAX_SEGMENTS
-                    }) {
-                        return Err(Error::integrity(&at, "file size over 2^32 segments"));
-                    }
-                    m.entries.push(entry)
-                }
-                (Record::End(end), Some(m)) => {
-                    if end.entries != m.entries.len() as u64 {
-                        return Err(Error::integrity(&what, "entry count does not match"));
-                    }
-                    if end.macs.len() != m.batches.len() {
-                        return Err(Error::integrity(&what, "one MAC per batch expected"));
-                    }
-                    ended = true;
-                }
-                _ => return Err(Error::integrity(&at, "record out of order")),
-            }
-        }
-        if !ended {
-            return Err(Error::integrity(&what, "truncated (no end record)"));
-        }
-        m.ok_or_else(|| Error::integrity(&what, "empty manifest"))
+        let mut r = ManifestReader {
+            lines: Lines::new(BufReader::with_capacity(1 << 20, file), &path),
+            what,
+            header: Header {
+                vault_id: [0; ID_LEN],
+                created: String::new(),
+                generator: String::new(),
+                segment_size: 0,
+                conceal_names: false,
+            },
+            batches: Vec::new(),
+            objects: Vec::new(),
+            body: blake3::Hasher::new(),
+            order: TreeOrder::default(),
+            name_key: None,
+            pending: None,
+            entries: 0,
+            end: None,
+        };
+        r.read_head()?;
+        Ok(r)
     }
 
-    /// Authenticates manifest bytes with a batch key: recomputes that batch's MAC and compares
-    /// it (constant time) with the one in the end record. Parse the same bytes that were
-    /// authenticated ([`Manifest::read_bytes`], [`Manifest::parse`]), as
-    /// [`crate::vault::unlock`] does: re-reading the file would prove nothing about an earlier
-    /// read.
-    pub fn authenticate_bytes(
-        data: &[u8],
-        vault: &Path,
-        batch: &Batch,
-        key: &BatchKey,
-    ) -> Result<()> {
-        let what = vault.join(layout::MANIFEST).display().to_string();
-        // The end record is the last line; everything before it is MAC input.
-        let body_end = data[..data.len().saturating_sub(1)]
-            .iter()
-            .rposition(|&b| b == b'\n')
-            .map(|i| i + 1)
-            .ok_or_else(|| Error::integrity(&what, "no end record"))?;
-        let end: Record = serde_json::from_slice(&data[body_end..])
-            .map_err(|_| Error::integrity(&what, "bad end record"))?;
-        let Record::End(end) = end else {
-            return Err(Error::integrity(&what, "last line is not the end record"));
+    fn at(&self) -> String {
+        format!("{} line {}", self.what, self.lines.number)
+    }
+
+    fn next_raw(&mut self) -> Result<Option<(Kind, Vec<u8>)>> {
+        let Some(line) = self.lines.next_line()? else {
+            return Ok(None);
         };
-        let id = batch.id_hex();
+        let kind =
+            kind_of(&line).ok_or_else(|| integrity(&self.at(), "not a record of this format"))?;
+        if !matches!(kind, Kind::Wrap | Kind::End) {
+            self.body.update(&line);
+            self.body.update(b"\n");
+        }
+        Ok(Some((kind, line)))
+    }
+
+    fn read_head(&mut self) -> Result<()> {
+        let first = self.lines.next_line()?;
+        let Some(line) = first else {
+            return Err(integrity(&self.what, "empty manifest"));
+        };
+        // The version first, with a message of its own: a vault of another format version is
+        // not damaged, just not readable by this build.
+        #[derive(Deserialize)]
+        struct Version {
+            format: Option<u64>,
+        }
+        let v: Version = serde_json::from_slice(&line)
+            .map_err(|_| bad(&self.what, "not an envseal manifest"))?;
+        match v.format {
+            Some(f) if f == u64::from(format::FORMAT_VERSION) => {}
+            Some(1) => {
+                return Err(bad(
+                    &self.what,
+                    "a vault of format version 1, which this envseal no longer reads; decrypt it with envseal 0.1 and encrypt it again",
+                ))
+            }
+            Some(f) => return Err(bad(&self.what, format!("unknown format version {f}"))),
+            None => return Err(bad(&self.what, "not an envseal manifest")),
+        }
+        if kind_of(&line) != Some(Kind::Vault) {
+            return Err(integrity(
+                &self.at(),
+                "the first record must be the vault record",
+            ));
+        }
+        self.body.update(&line);
+        self.body.update(b"\n");
+        let v: VaultLine =
+            serde_json::from_slice(&line).map_err(|e| integrity(&self.at(), e.to_string()))?;
+        if !format::valid_segment_size(u64::from(v.segment_size)) {
+            return Err(integrity(&self.at(), "invalid segment size"));
+        }
+        self.header = Header {
+            vault_id: format::from_hex(&v.vault_id)
+                .ok_or_else(|| integrity(&self.at(), "bad vault_id"))?,
+            created: v.created,
+            generator: v.generator,
+            segment_size: v.segment_size,
+            conceal_names: v.conceal_names,
+        };
+        loop {
+            let Some((kind, line)) = self.next_raw()? else {
+                return Err(integrity(&self.what, "truncated (no end record)"));
+            };
+            let at = self.at();
+            let parse_err = |e: serde_json::Error| integrity(&at, e.to_string());
+            match kind {
+                Kind::Batch if self.objects.is_empty() => {
+                    let b: BatchLine = serde_json::from_slice(&line).map_err(parse_err)?;
+                    if b.batch as usize != self.batches.len() {
+                        return Err(integrity(&at, "batches out of order"));
+                    }
+                    if self.batches.len() >= format::MAX_BATCHES {
+                        return Err(integrity(&at, "too many batches"));
+                    }
+                    let batch = batch_from(&b.id, &b.key_commitment, Vec::new(), &at)
+                        .map_err(|e| integrity(&at, e.to_string()))?;
+                    self.batches.push(batch);
+                }
+                Kind::Wrap if self.objects.is_empty() => {
+                    let w: WrapLine = serde_json::from_slice(&line).map_err(parse_err)?;
+                    let n = self.batches.len();
+                    let b = self
+                        .batches
+                        .last_mut()
+                        .filter(|_| w.batch as usize + 1 == n)
+                        .ok_or_else(|| integrity(&at, "a wrap record must follow its batch"))?;
+                    if b.wrapped.len() >= format::MAX_WRAPPED_KEYS {
+                        return Err(integrity(&at, "more than 64 wrapped keys"));
+                    }
+                    b.wrapped.push(w.wrapped);
+                }
+                Kind::Object if !self.batches.is_empty() => {
+                    let o: ObjectLine = serde_json::from_slice(&line).map_err(parse_err)?;
+                    if o.obj != self.objects.len() as u64 || o.obj >= format::MAX_OBJECTS {
+                        return Err(integrity(&at, "objects out of order"));
+                    }
+                    self.objects.push(ObjectRef {
+                        id: format::from_hex(&o.id).ok_or_else(|| integrity(&at, "bad id"))?,
+                        len: o.len,
+                    });
+                }
+                Kind::Entry | Kind::End if !self.batches.is_empty() => {
+                    self.pending = Some(line);
+                    return self.check_head();
+                }
+                _ => return Err(integrity(&at, "record out of order")),
+            }
+        }
+    }
+
+    fn check_head(&self) -> Result<()> {
+        if let Some(b) = self.batches.iter().find(|b| b.wrapped.is_empty()) {
+            return Err(integrity(
+                &self.what,
+                format!("batch {} has no wrapped key", b.id_hex()),
+            ));
+        }
+        let mut ids: Vec<&[u8; ID_LEN]> = self.objects.iter().map(|o| &o.id).collect();
+        ids.sort_unstable();
+        if ids.windows(2).any(|w| w[0] == w[1]) {
+            return Err(integrity(&self.what, "an object is listed twice"));
+        }
+        Ok(())
+    }
+
+    /// Reveal concealed names with this key from now on (and check their tree order).
+    pub fn set_name_key(&mut self, k: NameKey) {
+        self.name_key = Some(k);
+    }
+
+    /// The next entry, validated; `None` after the end record (whose counts are checked).
+    pub fn next_entry(&mut self) -> Result<Option<Entry>> {
+        if self.end.is_some() {
+            return Ok(None);
+        }
+        let (kind, line) = match self.pending.take() {
+            Some(l) => (kind_of(&l).unwrap_or(Kind::Vault), l),
+            None => match self.next_raw()? {
+                Some(x) => x,
+                None => return Err(integrity(&self.what, "truncated (no end record)")),
+            },
+        };
+        let at = self.at();
+        match kind {
+            Kind::Entry => {
+                if self.entries >= format::MAX_ENTRIES {
+                    return Err(integrity(&at, "too many entries"));
+                }
+                let mut e =
+                    Entry::from_line(&line, &self.header).map_err(|why| integrity(&at, why))?;
+                if let Some(f) = e.file() {
+                    let obj = self
+                        .objects
+                        .get(f.obj as usize)
+                        .ok_or_else(|| integrity(&at, "entry names an unknown object"))?;
+                    if f.batch as usize >= self.batches.len() {
+                        return Err(integrity(&at, "entry names an unknown batch"));
+                    }
+                    let end = f.off.checked_add(f.record_len(self.header.segment_size));
+                    if end.is_none_or(|end| end > obj.len) {
+                        return Err(integrity(&at, "record lies outside its object"));
+                    }
+                }
+                if let Some(nk) = &self.name_key {
+                    e.reveal(nk)?;
+                }
+                if let Some(p) = e.path.clear() {
+                    self.order
+                        .push(p, e.is_dir())
+                        .map_err(|why| integrity(&at, why))?;
+                }
+                self.entries += 1;
+                Ok(Some(e))
+            }
+            Kind::End => {
+                let end: EndLine =
+                    serde_json::from_slice(&line).map_err(|e| integrity(&at, e.to_string()))?;
+                if end.entries != self.entries
+                    || end.objects != self.objects.len() as u64
+                    || end.batches != self.batches.len() as u64
+                {
+                    return Err(integrity(
+                        &self.what,
+                        "record counts do not match the end record",
+                    ));
+                }
+                if end.macs.len() != self.batches.len()
+                    || end
+                        .macs
+                        .iter()
+                        .enumerate()
+                        .any(|(i, m)| m.batch as usize != i)
+                {
+                    return Err(integrity(&self.what, "one MAC per batch expected"));
+                }
+                if self.lines.next_line()?.is_some() {
+                    return Err(integrity(&self.what, "data after the end record"));
+                }
+                self.end = Some(end);
+                Ok(None)
+            }
+            _ => Err(integrity(&at, "record out of order")),
+        }
+    }
+
+    /// Checks the end record's MAC of batch `index` with its key. Call after
+    /// [`ManifestReader::next_entry`] returned `None`: every line read is then authenticated.
+    pub fn authenticate(&self, index: usize, key: &BatchKey) -> Result<()> {
+        let end = self
+            .end
+            .as_ref()
+            .ok_or_else(|| Error::Runtime("manifest not read to its end".into()))?;
         let stored = end
             .macs
-            .iter()
-            .find(|m| m.batch_id == id)
+            .get(index)
             .and_then(|m| format::from_hex::<32>(&m.mac))
-            .ok_or_else(|| Error::integrity(&what, format!("no MAC for batch {id}")))?;
-        let mut h = blake3::Hasher::new_keyed(&key.manifest_mac_key());
-        h.update(&data[..body_end]);
-        h.update(&end_mac_input(end.entries));
-        if h.finalize() != blake3::Hash::from(stored) {
-            return Err(Error::integrity(
-                &what,
+            .ok_or_else(|| integrity(&self.what, format!("no MAC for batch {index}")))?;
+        let counts = [end.batches, end.objects, end.entries];
+        if body_mac(key, &self.body.finalize(), counts) != blake3::Hash::from(stored) {
+            return Err(integrity(
+                &self.what,
                 "manifest authentication failed (it was modified)",
             ));
         }
         Ok(())
     }
 
-    /// Decrypts concealed names with the first batch's key.
-    pub fn reveal_names(&mut self, first_batch_key: &BatchKey) -> Result<()> {
-        if !self.conceal_names {
-            return Ok(());
-        }
-        let nk = first_batch_key.name_key();
-        for e in &mut self.entries {
-            e.reveal(&nk)?;
-        }
+    /// The number of entries read so far.
+    pub fn entries_read(&self) -> u64 {
         self.entries
-            .sort_by(|a, b| a.path.clear().cmp(&b.path.clear()));
-        if self.entries.windows(2).any(|w| w[0].path == w[1].path) {
-            return Err(Error::integrity("manifest", "a path is listed twice"));
-        }
-        Ok(())
     }
-}
-
-impl Entry {
-    /// Decrypts this entry's sealed path and link target (no-op for clear names).
-    pub fn reveal(&mut self, nk: &NameKey) -> Result<()> {
-        let open = |n: &mut Name, aad: &[u8]| -> Result<()> {
-            if let Name::Sealed(s) = n {
-                let clear = nk.open(s, aad).map_err(|_| {
-                    Error::integrity("manifest", "a concealed name does not decrypt")
-                })?;
-                check_path_or_target(&clear, aad)?;
-                *n = Name::Clear(clear);
-            }
-            Ok(())
-        };
-        open(&mut self.path, AAD_PATH)?;
-        if let EntryKind::Symlink(t) = &mut self.kind {
-            open(t, AAD_TARGET)?;
-        }
-        Ok(())
-    }
-}
-
-fn check_path_or_target(clear: &[u8], aad: &[u8]) -> Result<()> {
-    let r = if aad == AAD_PATH {
-        check_path(clear)
-    } else {
-        check_target(clear)
-    };
-    r.map_err(|why| Error::integrity("manifest", why))
 }
 
 /// Reads lines with a length limit (FORMAT-RULES 17).
@@ -732,6 +1081,7 @@ pub struct Lines<R> {
     reader: R,
     pub number: u64,
     path: PathBuf,
+    buf: Vec<u8>,
 }
 
 impl<R: BufRead> Lines<R> {
@@ -740,41 +1090,38 @@ impl<R: BufRead> Lines<R> {
             reader,
             number: 0,
             path: path.to_path_buf(),
+            buf: Vec::new(),
         }
     }
 
     /// The next line without its newline; `None` at the end. A last line without a newline is
     /// returned as is (callers decide whether a torn line matters).
     pub fn next_line(&mut self) -> Result<Option<Vec<u8>>> {
-        let mut buf = Vec::new();
+        self.buf.clear();
         let n = (&mut self.reader)
             .take(format::MAX_MANIFEST_LINE as u64 + 1)
-            .read_until(b'\n', &mut buf)
+            .read_until(b'\n', &mut self.buf)
             .at(&self.path)?;
         if n == 0 {
             return Ok(None);
         }
         self.number += 1;
-        if buf.last() == Some(&b'\n') {
-            buf.pop();
-        } else if buf.len() > format::MAX_MANIFEST_LINE {
+        if self.buf.last() == Some(&b'\n') {
+            self.buf.pop();
+        } else if self.buf.len() > format::MAX_MANIFEST_LINE {
             return Err(Error::format(
                 self.path.display().to_string(),
                 format!("line {} is longer than the limit", self.number),
             ));
         }
-        Ok(Some(buf))
+        Ok(Some(self.buf.clone()))
     }
 }
 
 /// Writes a key file (`vault/keys-<batch>.json`) atomically.
 pub fn write_key_file(vault: &Path, vault_id: &[u8; ID_LEN], batch: &Batch) -> Result<()> {
-    let kf = KeyFile {
-        format: format::FORMAT_VERSION,
-        vault_id: format::to_hex(vault_id),
-        batch: batch.to_record(),
-    };
-    let mut body = serde_json::to_vec_pretty(&kf).map_err(|e| Error::Runtime(e.to_string()))?;
+    let mut body = serde_json::to_vec_pretty(&KeyFile::new(vault_id, batch))
+        .map_err(|e| Error::Runtime(e.to_string()))?;
     body.push(b'\n');
     write_atomic(&vault.join(batch.keys_file()), &body)
 }
@@ -783,18 +1130,9 @@ pub fn write_key_file(vault: &Path, vault_id: &[u8; ID_LEN], batch: &Batch) -> R
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = path.with_extension("tmp");
-    // The name is predictable and the directory may be writable by others: remove what is
-    // there (a stale file, or a planted symlink: the link, not its target) and create anew,
+    // The name is predictable and the directory may be writable by others: create it anew,
     // never following a link.
-    match std::fs::remove_file(&tmp) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(&tmp, e)),
-        _ => {}
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .at(&tmp)?;
+    let mut f = create_fresh(&tmp)?;
     f.write_all(data).at(&tmp)?;
     f.sync_all().at(&tmp)?;
     drop(f);
@@ -824,5 +1162,70 @@ mod tests {
         write_atomic(&path, b"manifest").unwrap();
         assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
         assert_eq!(std::fs::read(&path).unwrap(), b"manifest");
+    }
+
+    #[test]
+    fn tree_order_accepts_a_walk_and_refuses_disorder() {
+        let mut t = TreeOrder::default();
+        for (p, d) in [
+            ("a", true),
+            ("a/b", true),
+            ("a/b/x", false),
+            ("a/b-c", false),
+            ("a/bz", false),
+            ("d", false),
+        ] {
+            t.push(p.as_bytes(), d).unwrap();
+        }
+        assert_eq!(tree_cmp(b"a/b/x", b"a/b-c"), std::cmp::Ordering::Less);
+        for bad in [
+            vec![("a", true), ("a", true)],
+            vec![("a", true), ("b", false), ("a/x", false)],
+            vec![("b", false), ("a", false)],
+            vec![("a", false), ("a/x", false)],
+            vec![("a", true), ("a/y", false), ("a/x", false)],
+            vec![("x/y", false)],
+        ] {
+            let mut t = TreeOrder::default();
+            let r: std::result::Result<Vec<()>, String> =
+                bad.iter().map(|(p, d)| t.push(p.as_bytes(), *d)).collect();
+            assert!(r.is_err(), "{bad:?}");
+        }
+    }
+
+    fn header() -> Header {
+        Header {
+            vault_id: [1; 16],
+            created: String::new(),
+            generator: String::new(),
+            segment_size: 4096,
+            conceal_names: false,
+        }
+    }
+
+    /// One reading of every byte: unknown or duplicate members, fields of another kind, UTF-8
+    /// names spelled in base64 and out-of-range numbers are refused.
+    #[test]
+    fn entry_lines_are_strict() {
+        let h = header();
+        let good = br#"{"type":"entry","path":"a","kind":"dir","mode":493,"mtime":1,"nsec":0}"#;
+        assert!(Entry::from_line(good, &h).is_ok());
+        for bad in [
+            &br#"{"type":"entry","path":"a","kind":"dir","mode":493,"mtime":1,"nsec":0,"x":1}"#[..],
+            br#"{"type":"entry","path":"a","path":"b","kind":"dir","mode":493,"mtime":1,"nsec":0}"#,
+            br#"{"type":"entry","path":"a","kind":"dir","mode":493,"mtime":1,"nsec":0,"size":1}"#,
+            br#"{"type":"entry","path_b64":"YQ==","kind":"dir","mode":493,"mtime":1,"nsec":0}"#,
+            br#"{"type":"entry","path":"a","kind":"dir","mode":4294967296,"mtime":1,"nsec":0}"#,
+            br#"{"type":"entry","path":"a","kind":"dir","mode":493,"mtime":1,"nsec":1000000000}"#,
+            br#"{"type":"entry","path":"../a","kind":"dir","mode":493,"mtime":1,"nsec":0}"#,
+            br#"{"type":"entry","path":"a","kind":"file","mode":493,"mtime":1,"nsec":0}"#,
+            br#"{"type":"entry","type":"entry","path":"a","kind":"dir","mode":493,"mtime":1,"nsec":0}"#,
+        ] {
+            assert!(
+                Entry::from_line(bad, &h).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 }

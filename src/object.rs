@@ -1,9 +1,10 @@
-//! Opening one object: the shared path of `decrypt` and `verify --deep`.
+//! Opening one record (a file's header and segments, inside a pack or an object of its own):
+//! the shared path of `decrypt` and `verify --deep`.
 //!
-//! Checks, in this order, before any plaintext leaves: object length (exactly one valid
-//! segmentation), header syntax, header fields against the authenticated manifest entry,
-//! key commitment (constant time); then every segment's tag, and at the end the ciphertext
-//! digest and the keyed plaintext digest. Plaintext goes only to the caller's temporary file.
+//! Checks, in this order, before any plaintext leaves: the object's length, header syntax,
+//! header fields against the manifest entry, key commitment (constant time); then every
+//! segment's tag, and at the end the ciphertext digest and the keyed plaintext digest.
+//! Only the record's byte range is read. Plaintext goes only to the caller's temporary file.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -12,10 +13,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use rayon::prelude::*;
 
-use crate::crypto::{segment_mac, BatchKey, SegMac, TreeMac};
+use crate::crypto::{ct_leaf, record_ct, segment_mac, BatchKey, CtDigest, SegMac, TreeMac};
 use crate::error::Error;
 use crate::format::{self, ObjectHeader, HEADER_LEN, TAG_LEN};
-use crate::manifest::{FileEntry, Manifest};
+use crate::manifest::{Batch, FileEntry, Header, ObjectRef};
 use crate::progress::Progress;
 
 /// Why an object could not be opened.
@@ -107,15 +108,16 @@ impl Iterator for Windows {
 
 impl Window {
     /// Runs `f(segment index, slot)` on each segment slot of `buf[..used]` (in parallel when
-    /// there are several) and adds their MACs to `mac` in segment order.
-    pub fn each_segment<E: Send>(
+    /// there are several), adds their MACs to `mac` in segment order and returns their
+    /// other results in order.
+    pub fn each_segment<T: Send, E: Send>(
         &self,
         buf: &mut [u8],
         mac: &mut TreeMac,
-        f: impl Fn(u64, &mut [u8]) -> Result<SegMac, E> + Sync,
-    ) -> Result<(), E> {
+        f: impl Fn(u64, &mut [u8]) -> Result<(T, SegMac), E> + Sync,
+    ) -> Result<Vec<T>, E> {
         let buf = &mut buf[..self.used];
-        let macs: Vec<Result<SegMac, E>> = if self.count == 1 {
+        let results: Vec<Result<(T, SegMac), E>> = if self.count == 1 {
             vec![f(self.first, buf)]
         } else {
             buf.par_chunks_mut(self.slot)
@@ -123,30 +125,24 @@ impl Window {
                 .map(|(k, c)| f(self.first + k as u64, c))
                 .collect()
         };
-        for m in macs {
-            mac.add(m?);
+        let mut out = Vec::with_capacity(results.len());
+        for r in results {
+            let (t, m) = r?;
+            mac.add(m);
+            out.push(t);
         }
-        Ok(())
+        Ok(out)
     }
 }
 
-/// Hashes a window of ciphertext, in parallel when it is large.
-pub fn hash_window(h: &mut blake3::Hasher, bytes: &[u8]) {
-    if bytes.len() >= 1 << 20 {
-        h.update_rayon(bytes);
-    } else {
-        h.update(bytes);
-    }
-}
-
-/// Seals a whole plaintext into an object in memory, one segment after another: the
+/// Seals a whole plaintext into a record in memory, one segment after another: the
 /// reference implementation the parallel pipeline must agree with, and the generator of the
-/// known-answer vectors. Sets `header.commitment`. Returns (object, ct_blake3, pt_mac).
+/// known-answer vectors. Sets `header.commitment`. Returns (record, ct, pt).
 pub fn seal_object(
     key: &BatchKey,
     header: &mut ObjectHeader,
     plaintext: &[u8],
-) -> (Vec<u8>, blake3::Hash, blake3::Hash) {
+) -> (Vec<u8>, [u8; 32], blake3::Hash) {
     let fk = key.file_keys(header);
     header.commitment = fk.commitment();
     let seg = header.segment_size;
@@ -163,7 +159,7 @@ pub fn seal_object(
         fk.seal_segment(i, i == n - 1, &mut buf);
         out.extend_from_slice(&buf);
     }
-    let ct = blake3::hash(&out);
+    let ct = record_ct(&out, seg);
     // TreeMac::finalize is Some whenever at least one segment was added (n >= 1 always).
     let pt_mac = mac
         .finalize()
@@ -171,84 +167,129 @@ pub fn seal_object(
     (out, ct, pt_mac)
 }
 
-/// Authenticates (and with `out`, decrypts) one object. Plaintext segment `i` is written to
-/// `out` at offset `i * segment_size`.
-#[allow(clippy::too_many_arguments)]
-pub fn open_object(
-    vault: &Path,
-    m: &Manifest,
-    f: &FileEntry,
-    key: &BatchKey,
-    jobs: usize,
-    out: Option<&File>,
-    progress: &dyn Progress,
-    cancel: &AtomicBool,
-) -> Result<(), ObjectError> {
-    let integ = |why: String| ObjectError::Integrity(why);
-    let path = vault.join(f.object());
-    let obj = File::open(&path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            ObjectError::Missing(format!("object {} is missing", f.object()))
-        } else {
-            ObjectError::Io(Error::io(&path, e))
+/// What a record is read against: the vault's header, batches and objects, and the object
+/// files opened so far (a pack is opened once, not once per file in it).
+pub struct RecordCtx<'a> {
+    pub vault: &'a Path,
+    pub header: &'a Header,
+    pub batches: &'a [Batch],
+    pub objects: &'a [ObjectRef],
+    pub jobs: usize,
+    files: Vec<std::sync::OnceLock<File>>,
+}
+
+impl<'a> RecordCtx<'a> {
+    pub fn new(
+        vault: &'a Path,
+        header: &'a Header,
+        batches: &'a [Batch],
+        objects: &'a [ObjectRef],
+        jobs: usize,
+    ) -> RecordCtx<'a> {
+        RecordCtx {
+            vault,
+            header,
+            batches,
+            objects,
+            jobs,
+            files: objects.iter().map(|_| std::sync::OnceLock::new()).collect(),
         }
+    }
+
+    /// Object `i`, opened and its length checked on first use.
+    pub fn object(&self, i: u64) -> Result<&File, ObjectError> {
+        let cell = &self.files[i as usize];
+        if let Some(f) = cell.get() {
+            return Ok(f);
+        }
+        let f = open_object_file(self.vault, &self.objects[i as usize])?;
+        Ok(cell.get_or_init(|| f))
+    }
+}
+
+/// Opens an object file and checks its length against the manifest.
+pub fn open_object_file(vault: &Path, o: &ObjectRef) -> Result<File, ObjectError> {
+    let path = vault.join(o.name());
+    let obj = crate::vault::open_regular(&path).map_err(|e| match e {
+        Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            ObjectError::Missing(format!("object {} is missing", o.name()))
+        }
+        Error::Integrity { why, .. } => {
+            ObjectError::Integrity(format!("object {}: {why}", o.name()))
+        }
+        e => ObjectError::Io(e),
     })?;
     let len = obj
         .metadata()
         .map_err(|e| ObjectError::Io(Error::io(&path, e)))?
         .len();
-    let seg = m.segment_size;
-    let expected = format::object_len(f.size, seg);
-    if len != expected {
-        return Err(integ(format!(
-            "object {} is {len} bytes, expected {expected} (truncated or extended)",
-            f.object()
+    if len != o.len {
+        return Err(ObjectError::Integrity(format!(
+            "object {} is {len} bytes, expected {} (truncated or extended)",
+            o.name(),
+            o.len
         )));
     }
+    Ok(obj)
+}
+
+/// Authenticates (and with `out`, decrypts) one file's record. Plaintext segment `i` is
+/// written to `out` at offset `i * segment_size`.
+pub fn open_record(
+    ctx: &RecordCtx,
+    f: &FileEntry,
+    key: &BatchKey,
+    out: Option<&File>,
+    progress: &dyn Progress,
+    cancel: &AtomicBool,
+) -> Result<(), ObjectError> {
+    let integ = |why: String| ObjectError::Integrity(why);
+    let o = &ctx.objects[f.obj as usize];
+    let name = o.name();
+    let obj = ctx.object(f.obj)?;
+    let path = ctx.vault.join(&name);
+    let seg = ctx.header.segment_size;
     let mut hb = [0u8; HEADER_LEN];
-    obj.read_exact_at(&mut hb, 0)
+    obj.read_exact_at(&mut hb, f.off)
         .map_err(|e| ObjectError::Io(Error::io(&path, e)))?;
-    let header =
-        ObjectHeader::decode(&hb).map_err(|e| integ(format!("object {}: {e}", f.object())))?;
-    let batch = &m.batches[f.batch];
-    if header.vault_id != m.vault_id
+    let header = ObjectHeader::decode(&hb).map_err(|e| integ(format!("{name}@{}: {e}", f.off)))?;
+    let batch = &ctx.batches[f.batch as usize];
+    if header.vault_id != ctx.header.vault_id
         || header.batch_id != batch.batch_id
-        || header.file_id != f.file_id
         || header.salt != f.salt
         || header.plain_len != f.size
         || header.segment_size != seg
     {
         return Err(integ(format!(
-            "object {} does not belong to this entry (swapped or replaced)",
-            f.object()
+            "{name}@{}: the record does not belong to this entry (swapped or replaced)",
+            f.off
         )));
     }
     let fk = key.file_keys(&header);
     if !fk.check_commitment(&header.commitment) {
-        return Err(integ(format!(
-            "object {}: key commitment mismatch",
-            f.object()
-        )));
+        return Err(integ(format!("{name}@{}: key commitment mismatch", f.off)));
     }
 
     let n = format::segment_count(f.size, seg);
-    let windows = Windows::new(f.size, seg, jobs);
+    let windows = Windows::new(f.size, seg, ctx.jobs);
     let mut buf = windows.buffer();
-    let mut ct_hash = blake3::Hasher::new();
-    ct_hash.update(&hb);
+    let mut ct = CtDigest::new();
     let mut mac = TreeMac::new(fk.mac_key());
     for w in windows {
         if cancel.load(Ordering::Relaxed) {
             return Err(ObjectError::Cancelled);
         }
-        obj.read_exact_at(&mut buf[..w.used], format::segment_offset(seg, w.first))
-            .map_err(|e| ObjectError::Io(Error::io(&path, e)))?;
-        hash_window(&mut ct_hash, &buf[..w.used]);
-        w.each_segment(&mut buf, &mut mac, |i, chunk| {
+        obj.read_exact_at(
+            &mut buf[..w.used],
+            f.off + format::segment_offset(seg, w.first),
+        )
+        .map_err(|e| ObjectError::Io(Error::io(&path, e)))?;
+        let leaves = w.each_segment(&mut buf, &mut mac, |i, chunk| {
+            let leaf = ct_leaf(if i == 0 { &hb[..] } else { &[] }, chunk);
             let pt = fk.open_segment(i, i == n - 1, chunk).map_err(|_| {
                 integ(format!(
-                    "object {}: segment {i} fails authentication",
-                    f.object()
+                    "{name}@{}: segment {i} fails authentication",
+                    f.off
                 ))
             })?;
             let m = segment_mac(fk.mac_key(), seg, i, n, pt);
@@ -256,26 +297,85 @@ pub fn open_object(
                 out.write_all_at(pt, i * u64::from(seg))
                     .map_err(|e| ObjectError::Io(Error::io("output file", e)))?;
             }
-            Ok(m)
+            Ok((leaf, m))
         })?;
+        leaves.iter().for_each(|l| ct.push(l));
         progress.bytes(w.plain);
     }
-    if ct_hash.finalize() != blake3::Hash::from(f.ct_blake3) {
+    if ct.finalize() != f.ct {
         return Err(integ(format!(
-            "object {}: ciphertext digest mismatch",
-            f.object()
+            "{name}@{}: ciphertext digest mismatch",
+            f.off
         )));
     }
     let pt_mac = mac
         .finalize()
-        .ok_or_else(|| integ("empty object".to_string()))?;
-    if pt_mac != blake3::Hash::from(f.pt_mac) {
+        .ok_or_else(|| integ("empty record".to_string()))?;
+    if pt_mac != blake3::Hash::from(f.pt) {
         return Err(integ(format!(
-            "object {}: plaintext digest mismatch",
-            f.object()
+            "{name}@{}: plaintext digest mismatch",
+            f.off
         )));
     }
     Ok(())
+}
+
+/// The ciphertext digest of a record read from `obj` (keyless verify).
+pub fn hash_record(
+    obj: &File,
+    off: u64,
+    size: u64,
+    seg: u32,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<[u8; 32]> {
+    let windows = Windows::new(size, seg, 1);
+    let want = windows.buffer().len();
+    if buf.len() < want {
+        buf.resize(want, 0);
+    }
+    let mut hb = [0u8; HEADER_LEN];
+    obj.read_exact_at(&mut hb, off)?;
+    let mut ct = CtDigest::new();
+    let slot = seg as usize + TAG_LEN;
+    for w in windows {
+        obj.read_exact_at(
+            &mut buf[..w.used],
+            off + format::segment_offset(seg, w.first),
+        )?;
+        let leaves: Vec<[u8; 32]> = if w.used >= 2 << 20 {
+            buf[..w.used]
+                .par_chunks(slot)
+                .enumerate()
+                .map(|(k, c)| {
+                    ct_leaf(
+                        if w.first + k as u64 == 0 {
+                            &hb[..]
+                        } else {
+                            &[]
+                        },
+                        c,
+                    )
+                })
+                .collect()
+        } else {
+            buf[..w.used]
+                .chunks(slot)
+                .enumerate()
+                .map(|(k, c)| {
+                    ct_leaf(
+                        if w.first + k as u64 == 0 {
+                            &hb[..]
+                        } else {
+                            &[]
+                        },
+                        c,
+                    )
+                })
+                .collect()
+        };
+        leaves.iter().for_each(|l| ct.push(l));
+    }
+    Ok(ct.finalize())
 }
 
 #[cfg(test)]

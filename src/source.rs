@@ -133,6 +133,7 @@ pub struct Source {
     path: PathBuf,
     size: u64,
     mtime: (i64, i64),
+    ctime: (i64, i64),
     map: Option<GuardedMap>,
     sigbus_at_open: u64,
 }
@@ -176,6 +177,7 @@ impl Source {
             path: entry.source.clone(),
             size,
             mtime: (md.mtime(), md.mtime_nsec()),
+            ctime: (md.ctime(), md.ctime_nsec()),
             map,
             sigbus_at_open: SIGBUS_COUNT.load(Ordering::Acquire),
         })
@@ -184,6 +186,11 @@ impl Source {
     /// The size at open time: the plaintext length that will be recorded.
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    /// The status change time at open (seconds, nanoseconds).
+    pub fn ctime(&self) -> (i64, u32) {
+        (self.ctime.0, self.ctime.1.clamp(0, 999_999_999) as u32)
     }
 
     pub fn is_mapped(&self) -> bool {
@@ -220,7 +227,11 @@ impl Source {
             return Ok(true);
         }
         let md = self.file.metadata()?;
-        Ok(md.len() == self.size && (md.mtime(), md.mtime_nsec()) == self.mtime)
+        // The ctime too: a rewrite in place that puts the mtime back (`touch -r`, `cp -p`,
+        // rsync) still moves it.
+        Ok(md.len() == self.size
+            && (md.mtime(), md.mtime_nsec()) == self.mtime
+            && (md.ctime(), md.ctime_nsec()) == self.ctime)
     }
 }
 
@@ -244,6 +255,8 @@ mod tests {
             mtime_nsec: md.mtime_nsec() as u32,
             dev: md.dev(),
             ino: md.ino(),
+            ctime: md.ctime(),
+            ctime_nsec: md.ctime_nsec() as u32,
         }
     }
 

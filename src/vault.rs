@@ -1,38 +1,80 @@
 //! Opening a finished vault with its keys: the common first step of `decrypt`,
-//! `verify --deep` and `ls` of concealed names; and listing its object files.
+//! `verify --deep` and `ls` of concealed names; opening vault files safely; and listing its
+//! object files.
 
-use std::fs;
+use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
 use crate::crypto::BatchKey;
 use crate::error::{Error, IoContext, Result};
 use crate::format::layout;
 use crate::keys::Kms;
-use crate::manifest::Manifest;
+use crate::manifest::ManifestReader;
 
-/// A vault whose manifest is authenticated and whose batch keys are unwrapped.
+/// Opens a vault file for reading, refusing anything but a regular file before reading a
+/// byte: a FIFO planted in a vault must not hang the reader, nor a device feed it forever.
+pub fn open_regular(path: &Path) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                Error::integrity(path.display().to_string(), "a symlink, not a regular file")
+            } else {
+                Error::io(path, e)
+            }
+        })?;
+    check_regular(&f, path)?;
+    Ok(f)
+}
+
+/// Refuses an open file that is not a regular file (exit 3: a vault holds none).
+pub fn check_regular(f: &File, path: &Path) -> Result<()> {
+    let md = f.metadata().at(path)?;
+    if !md.is_file() {
+        return Err(Error::integrity(
+            path.display().to_string(),
+            "not a regular file (a FIFO, device or directory in place of a vault file)",
+        ));
+    }
+    Ok(())
+}
+
+/// A vault opened with its keys: the manifest reader positioned at its first entry (with
+/// concealed names revealed from there on) and every batch key unwrapped. Nothing it yields
+/// is authenticated until [`Unlocked::authenticate`] succeeds after the last entry.
 pub struct Unlocked {
-    pub manifest: Manifest,
-    /// `keys[i]` is the key of `manifest.batches[i]`.
+    pub reader: ManifestReader,
+    /// `keys[i]` is the key of batch `i`.
     pub keys: Vec<BatchKey>,
 }
 
-/// Reads the manifest, unwraps every batch key (one KMS `Decrypt` each), authenticates the
-/// manifest with each of them, and reveals concealed names. The file is read once: the bytes
-/// parsed are the bytes authenticated, even if the file changes meanwhile.
+/// Opens the manifest and unwraps every batch key (one KMS `Decrypt` each, checked against
+/// the batch's commitment and encryption context).
 pub fn unlock(vault: &Path, kms: &Kms) -> Result<Unlocked> {
-    let data = Manifest::read_bytes(vault)?;
-    let mut manifest = Manifest::parse(&data[..], vault)?;
-    let mut keys = Vec::with_capacity(manifest.batches.len());
-    for b in &manifest.batches {
-        let k = kms.unwrap(&manifest.vault_id, b)?;
-        Manifest::authenticate_bytes(&data, vault, b, &k)?;
-        keys.push(k);
+    let mut reader = ManifestReader::open(vault)?;
+    let mut keys = Vec::with_capacity(reader.batches.len());
+    for b in &reader.batches {
+        keys.push(kms.unwrap(&reader.header.vault_id, b)?);
     }
-    if let Some(k) = keys.first() {
-        manifest.reveal_names(k)?;
+    if reader.header.conceal_names {
+        if let Some(k) = keys.first() {
+            reader.set_name_key(k.name_key());
+        }
     }
-    Ok(Unlocked { manifest, keys })
+    Ok(Unlocked { reader, keys })
+}
+
+impl Unlocked {
+    /// Checks the manifest's MAC with every batch key; call after the last entry was read.
+    pub fn authenticate(&self) -> Result<()> {
+        for (i, k) in self.keys.iter().enumerate() {
+            self.reader.authenticate(i, k)?;
+        }
+        Ok(())
+    }
 }
 
 /// What `objects/` holds, as vault-relative paths, read without following links (a link

@@ -1,27 +1,28 @@
 //! `verify`: is the vault intact?
 //!
-//! Without `--deep` no key is needed: every object named by the manifest must exist, have the
-//! exact length its plaintext size implies, and hash (BLAKE3) to the manifest's ciphertext
-//! digest; objects the manifest does not name are reported as extra; each batch's key file
-//! must agree with the manifest. What keyless verify cannot know: whether the manifest itself
-//! was rewritten consistently (its MAC needs the key). `--deep` unwraps the keys,
-//! authenticates the manifest, opens every segment and checks every plaintext digest, and
-//! writes no plaintext anywhere. See docs/VERIFY.md.
+//! Without `--deep` no key is needed: every object the manifest lists must exist with its
+//! recorded length, and every file's record must hash to the manifest's ciphertext digest;
+//! files the manifest does not list are reported as extra; each batch's key file must agree
+//! with the manifest. What keyless verify cannot know: whether the manifest itself was
+//! rewritten consistently (its MAC needs the key). `--deep` unwraps the keys, authenticates
+//! the manifest, opens every segment and checks every plaintext digest, and writes no
+//! plaintext anywhere. Both read the manifest as a stream and check records on all cores.
+//! See docs/VERIFY.md.
 
 use std::collections::HashSet;
-use std::fs::{self, File};
+use std::fs;
 use std::io::Read;
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::Instant;
 
-use rayon::prelude::*;
-
+use crate::crypto::BatchKey;
 use crate::error::{Error, Result};
 use crate::format::{self, layout};
 use crate::keys::Kms;
-use crate::manifest::{Entry, KeyFile, Manifest};
-use crate::object::{open_object, ObjectError};
+use crate::manifest::{Batch, FileEntry, KeyFile, ManifestReader, ObjectRef};
+use crate::object::{hash_record, open_record, ObjectError, RecordCtx};
 use crate::progress::Progress;
 use crate::vault;
 
@@ -70,83 +71,93 @@ pub struct VerifyOptions {
     pub jobs: usize,
 }
 
-/// Hashes a whole object file with BLAKE3 (parallel for large ones).
-fn hash_file(path: &Path) -> std::io::Result<blake3::Hash> {
-    let mut f = File::open(path)?;
-    let mut h = blake3::Hasher::new();
-    let mut buf = vec![0u8; 8 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        if n >= 1 << 20 {
-            h.update_rayon(&buf[..n]);
-        } else {
-            h.update(&buf[..n]);
-        }
-    }
-    Ok(h.finalize())
+/// Entries a verify job takes at most, and record bytes.
+const JOB_ENTRIES: usize = 1024;
+const JOB_BYTES: u64 = 64 << 20;
+
+/// One file to check.
+struct Item {
+    path: String,
+    file: FileEntry,
 }
 
-fn check_keyless(
-    vault: &Path,
-    m: &Manifest,
-    e: &Entry,
-    progress: &dyn Progress,
-) -> Option<Problem> {
-    let f = e.file()?;
-    let path = vault.join(f.object());
-    let problem = |kind, detail: String| Problem {
-        path: e.path.display(),
-        object: f.object(),
+fn problem(it: &Item, objects: &[ObjectRef], kind: ProblemKind, detail: String) -> Problem {
+    Problem {
+        path: it.path.clone(),
+        object: objects
+            .get(it.file.obj as usize)
+            .map(|o| format!("{}@{}", o.name(), it.file.off))
+            .unwrap_or_default(),
         kind,
         detail,
-    };
-    let md = match fs::metadata(&path) {
-        Ok(md) => md,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            return Some(problem(
-                ProblemKind::Missing,
-                "object file is missing".into(),
-            ))
-        }
-        Err(err) => return Some(problem(ProblemKind::Corrupt, err.to_string())),
-    };
-    let expected = format::object_len(f.size, m.segment_size);
-    if md.len() != expected {
-        return Some(problem(
-            ProblemKind::Corrupt,
-            format!("{} bytes, expected {expected}", md.len()),
-        ));
     }
-    let r = match hash_file(&path) {
-        Ok(h) if h == blake3::Hash::from(f.ct_blake3) => None,
-        Ok(_) => Some(problem(
-            ProblemKind::Corrupt,
-            "ciphertext digest mismatch".into(),
-        )),
-        Err(err) => Some(problem(ProblemKind::Corrupt, err.to_string())),
-    };
-    progress.bytes(f.size);
-    r
 }
 
-/// What the vault holds and the format does not name: files under `objects/` that no entry
-/// names (links not followed), and anything in the vault root but the manifest, the journal,
-/// `objects/` and the key files of the manifest's batches (a stray key file, a `.tmp`).
-fn extras(vault: &Path, m: &Manifest) -> Vec<Problem> {
+fn object_problem(e: ObjectError) -> (ProblemKind, String) {
+    match e {
+        ObjectError::Missing(d) => (ProblemKind::Missing, d),
+        ObjectError::Integrity(d) => (ProblemKind::Corrupt, d),
+        ObjectError::Io(e) => (ProblemKind::Corrupt, e.to_string()),
+        ObjectError::Cancelled => (ProblemKind::Corrupt, "interrupted".to_string()),
+    }
+}
+
+/// Checks a job's files: keyless, the ciphertext digest of each record; deep, everything.
+fn check_items(
+    ctx: &RecordCtx,
+    keys: Option<&[BatchKey]>,
+    items: &[Item],
+    progress: &dyn Progress,
+    cancel: &AtomicBool,
+) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let mut buf = Vec::new();
+    for it in items {
+        if cancel.load(Ordering::Relaxed) {
+            break;
+        }
+        let f = &it.file;
+        let r = match keys {
+            Some(keys) => open_record(ctx, f, &keys[f.batch as usize], None, progress, cancel)
+                .err()
+                .map(object_problem),
+            None => {
+                let r = match ctx.object(f.obj) {
+                    Err(e) => Some(object_problem(e)),
+                    Ok(obj) => {
+                        match hash_record(obj, f.off, f.size, ctx.header.segment_size, &mut buf) {
+                            Ok(ct) if ct == f.ct => None,
+                            Ok(_) => Some((
+                                ProblemKind::Corrupt,
+                                "ciphertext digest mismatch".to_string(),
+                            )),
+                            Err(e) => Some((ProblemKind::Corrupt, e.to_string())),
+                        }
+                    }
+                };
+                progress.bytes(f.size);
+                r
+            }
+        };
+        if let Some((kind, detail)) = r {
+            out.push(problem(it, ctx.objects, kind, detail));
+        }
+        progress.file_done();
+    }
+    out
+}
+
+/// What the vault holds and the format does not name: files under `objects/` that no object
+/// record names (links not followed), and anything in the vault root but the manifest, the
+/// journal, `objects/` and the key files of the manifest's batches (a stray key file, a `.tmp`).
+fn extras(vault: &Path, batches: &[Batch], objects: &[ObjectRef]) -> Vec<Problem> {
     let extra = |path: String, detail: String| Problem {
         object: path.clone(),
         path,
         kind: ProblemKind::Extra,
         detail,
     };
-    let named: HashSet<String> = m
-        .entries
-        .iter()
-        .filter_map(|e| e.file().map(|f| f.object()))
-        .collect();
+    let named: HashSet<String> = objects.iter().map(|o| o.name()).collect();
     let mut out = Vec::new();
     match vault::object_files(vault) {
         Ok(files) => out.extend(
@@ -163,7 +174,7 @@ fn extras(vault: &Path, m: &Manifest) -> Vec<Problem> {
             format!("cannot list objects: {e}"),
         )),
     }
-    let keys: HashSet<String> = m.batches.iter().map(|b| b.keys_file()).collect();
+    let keys: HashSet<String> = batches.iter().map(|b| b.keys_file()).collect();
     let format_names = [layout::MANIFEST, layout::JOURNAL, layout::OBJECTS_DIR];
     let root = fs::read_dir(vault).and_then(|d| d.collect::<std::io::Result<Vec<_>>>());
     match root {
@@ -185,27 +196,23 @@ fn extras(vault: &Path, m: &Manifest) -> Vec<Problem> {
     out
 }
 
-/// Each batch's key file must exist and agree with the manifest (it is the manifest-free
-/// copy of the wrapped keys, FORMAT-RULES 10).
-fn key_files(vault: &Path, m: &Manifest) -> Vec<Problem> {
+/// Each batch's key file must exist and agree with the manifest: the same batch id and
+/// commitment, and the same wrappings (it is the manifest-free copy of them, §5).
+fn key_files(vault: &Path, vault_id: &[u8; 16], batches: &[Batch]) -> Vec<Problem> {
     let mut out = Vec::new();
-    for b in &m.batches {
+    for b in batches {
         let name = b.keys_file();
         let p = vault.join(&name);
-        // Untrusted input: read at most the limit (FORMAT-RULES 17); more is not a key file.
+        // Untrusted input: a regular file, read at most to the limit (FORMAT-RULES 17).
         let mut d = Vec::new();
-        let read = File::open(&p)
-            .and_then(|f| f.take(format::MAX_KEY_FILE + 1).read_to_end(&mut d))
-            .is_ok_and(|n| n as u64 <= format::MAX_KEY_FILE);
+        let read = vault::open_regular(&p)
+            .ok()
+            .and_then(|f| f.take(format::MAX_KEY_FILE + 1).read_to_end(&mut d).ok())
+            .is_some_and(|n| n as u64 <= format::MAX_KEY_FILE);
         let ok = read
             .then(|| serde_json::from_slice::<KeyFile>(&d).ok())
             .flatten()
-            // The whole record, wrapped keys included: recovery without the manifest uses them.
-            .is_some_and(|kf| {
-                kf.format == format::FORMAT_VERSION
-                    && kf.vault_id == format::to_hex(&m.vault_id)
-                    && kf.batch == b.to_record()
-            });
+            .is_some_and(|kf| kf == KeyFile::new(vault_id, b));
         if !ok {
             out.push(Problem {
                 path: name.clone(),
@@ -234,69 +241,77 @@ pub fn verify(
         deep: opts.deep,
         ..Default::default()
     };
-    let (m, keys) = if opts.deep {
+    let (mut reader, keys) = if opts.deep {
         let kms = kms.ok_or_else(|| Error::Usage("verify --deep needs a KMS".into()))?;
-        let u = crate::vault::unlock(vault, kms)?;
-        (u.manifest, Some(u.keys))
+        let u = vault::unlock(vault, kms)?;
+        (u.reader, Some(u.keys))
     } else {
-        (Manifest::read(vault)?, None)
+        (ManifestReader::open(vault)?, None)
     };
-    let files: Vec<&Entry> = m.entries.iter().filter(|e| e.file().is_some()).collect();
-    let total: u64 = files
-        .iter()
-        .filter_map(|e| e.file())
-        .fold(0u64, |t, f| t.saturating_add(f.size));
-    progress.start(files.len() as u64, total);
-    let mut problems: Vec<Problem> = pool.install(|| {
-        files
-            .par_iter()
-            .filter_map(|e| {
-                let r = match &keys {
-                    None => check_keyless(vault, &m, e, progress),
-                    Some(keys) => {
-                        let f = e.file()?;
-                        match open_object(
-                            vault,
-                            &m,
-                            f,
-                            &keys[f.batch],
-                            opts.jobs,
-                            None,
-                            progress,
-                            cancel,
-                        ) {
-                            Ok(()) => None,
-                            Err(err) => {
-                                let (kind, detail) = match err {
-                                    ObjectError::Missing(d) => (ProblemKind::Missing, d),
-                                    ObjectError::Integrity(d) => (ProblemKind::Corrupt, d),
-                                    ObjectError::Io(e) => (ProblemKind::Corrupt, e.to_string()),
-                                    ObjectError::Cancelled => {
-                                        (ProblemKind::Corrupt, "interrupted".to_string())
-                                    }
-                                };
-                                Some(Problem {
-                                    path: e.path.display(),
-                                    object: f.object(),
-                                    kind,
-                                    detail,
-                                })
-                            }
-                        }
+    let header = reader.header.clone();
+    let batches = reader.batches.clone();
+    let objects = reader.objects.clone();
+    let ctx = RecordCtx::new(vault, &header, &batches, &objects, opts.jobs);
+    let total: u64 = objects.iter().map(|o| o.len).sum();
+    progress.start(0, total);
+    let problems: Mutex<Vec<Problem>> = Mutex::new(Vec::new());
+    // At most a few jobs in flight: the manifest is read as a stream, never held.
+    let (slots_tx, slots_rx) = crossbeam_channel::bounded::<()>(2 * opts.jobs.max(1));
+    let mut files = 0u64;
+    let mut bytes = 0u64;
+    let read = pool.in_place_scope(|s| -> Result<()> {
+        let mut job: Vec<Item> = Vec::new();
+        let mut job_bytes = 0u64;
+        let dispatch = |job: Vec<Item>| {
+            let _ = slots_tx.send(());
+            let (ctx, keys, problems, slots_rx) = (&ctx, keys.as_deref(), &problems, &slots_rx);
+            s.spawn(move |_| {
+                let found = check_items(ctx, keys, &job, progress, cancel);
+                if !found.is_empty() {
+                    if let Ok(mut p) = problems.lock() {
+                        p.extend(found);
                     }
-                };
-                progress.file_done();
-                r
-            })
-            .collect()
+                }
+                let _ = slots_rx.recv();
+            });
+        };
+        while let Some(e) = reader.next_entry()? {
+            if cancel.load(Ordering::Relaxed) {
+                break;
+            }
+            let Some(f) = e.file() else { continue };
+            files += 1;
+            bytes = bytes.saturating_add(f.size);
+            job_bytes += f.record_len(header.segment_size);
+            job.push(Item {
+                path: e.path.display(),
+                file: f.clone(),
+            });
+            if job.len() >= JOB_ENTRIES || job_bytes >= JOB_BYTES {
+                dispatch(std::mem::take(&mut job));
+                job_bytes = 0;
+            }
+        }
+        if !job.is_empty() {
+            dispatch(job);
+        }
+        Ok(())
     });
-    if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+    read?;
+    if cancel.load(Ordering::Relaxed) {
         return Err(Error::Interrupted);
     }
-    problems.extend(extras(vault, &m));
-    problems.extend(key_files(vault, &m));
-    report.files = files.len() as u64;
-    report.bytes = total;
+    if let Some(keys) = &keys {
+        // Every entry was read: the manifest's MAC, with every batch key.
+        for (i, k) in keys.iter().enumerate() {
+            reader.authenticate(i, k)?;
+        }
+    }
+    let mut problems = problems.into_inner().unwrap_or_default();
+    problems.extend(extras(vault, &batches, &objects));
+    problems.extend(key_files(vault, &header.vault_id, &batches));
+    report.files = files;
+    report.bytes = bytes;
     report.problems = problems;
     progress.finish();
     report.seconds = started.elapsed().as_secs_f64();

@@ -43,6 +43,9 @@ pub struct SourceEntry {
     pub mtime_nsec: u32,
     pub dev: u64,
     pub ino: u64,
+    /// Status change time: a rewrite that puts the mtime back still moves it.
+    pub ctime: i64,
+    pub ctime_nsec: u32,
 }
 
 /// A path the walk could not take, with why.
@@ -54,11 +57,31 @@ pub struct Skipped {
     pub error: bool,
 }
 
-/// The result of a walk: entries sorted by vault path, and what was skipped.
+/// One thing the walk found: an entry, or a path it could not take.
+#[derive(Debug)]
+pub enum Found {
+    Entry(SourceEntry),
+    Skipped(Skipped),
+}
+
+/// The result of a walk collected in memory: entries in tree order, and what was skipped.
 #[derive(Debug, Default)]
 pub struct Walk {
     pub entries: Vec<SourceEntry>,
     pub skipped: Vec<Skipped>,
+}
+
+/// Walks all sources into memory (small trees, tests); [`walk_each`] streams.
+pub fn walk(sources: &[PathBuf], exclude: &GlobSet) -> Result<Walk> {
+    let mut out = Walk::default();
+    walk_each(sources, exclude, |f| {
+        match f {
+            Found::Entry(e) => out.entries.push(e),
+            Found::Skipped(s) => out.skipped.push(s),
+        }
+        true
+    })?;
+    Ok(out)
 }
 
 /// Compiles `--exclude` globs; a bad glob is a usage error naming it.
@@ -87,6 +110,8 @@ fn entry(path: Vec<u8>, source: &Path, md: &Metadata, kind: SourceKind) -> Sourc
         mtime_nsec: md.mtime_nsec().clamp(0, 999_999_999) as u32,
         dev: md.dev(),
         ino: md.ino(),
+        ctime: md.ctime(),
+        ctime_nsec: md.ctime_nsec().clamp(0, 999_999_999) as u32,
     }
 }
 
@@ -119,27 +144,48 @@ fn classify(
     Ok(None)
 }
 
-/// Walks all sources. Source-level problems (missing source, duplicate base names) are errors;
-/// problems below a source are collected in [`Walk::skipped`].
-pub fn walk(
-    sources: &[PathBuf],
-    exclude: &GlobSet,
-    mut on_progress: impl FnMut(u64, u64),
-) -> Result<Walk> {
-    let mut out = Walk::default();
-    let mut bytes = 0u64;
-    let mut tops: Vec<Vec<u8>> = Vec::new();
+/// Checks the sources and orders them by the base name each is stored under (the tree order
+/// of the top level). Source-level problems (missing source, duplicate base names) are errors.
+pub fn order_sources(sources: &[PathBuf]) -> Result<Vec<(Vec<u8>, PathBuf)>> {
+    let mut tops: Vec<(Vec<u8>, PathBuf)> = Vec::new();
     for src in sources {
         let md = fs::symlink_metadata(src)
             .map_err(|e| Error::Usage(format!("source {}: {e}", src.display())))?;
+        match classify(src, &md, true) {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return Err(Error::Usage(format!(
+                    "source {}: not a file, directory, symlink or block device",
+                    src.display()
+                )))
+            }
+            Err(why) => return Err(Error::Usage(format!("source {}: {why}", src.display()))),
+        }
         let base = base_name(src)?;
-        if tops.contains(&base) {
+        if tops.iter().any(|(b, _)| *b == base) {
             return Err(Error::Usage(format!(
                 "two sources share the base name {:?}; each source becomes a top-level entry, so base names must differ",
                 String::from_utf8_lossy(&base)
             )));
         }
-        tops.push(base.clone());
+        tops.push((base, src.clone()));
+    }
+    tops.sort();
+    Ok(tops)
+}
+
+/// Walks all sources in tree order (docs/FORMAT.md §6.2: each directory's entries sorted by
+/// name, depth first), handing each entry or skipped path to `on` as it is found; `on`
+/// returns `false` to stop. Problems below a source are reported as [`Found::Skipped`].
+pub fn walk_each(
+    sources: &[PathBuf],
+    exclude: &GlobSet,
+    mut on: impl FnMut(Found) -> bool,
+) -> Result<()> {
+    for (base, src) in order_sources(sources)? {
+        let src = &src;
+        let md = fs::symlink_metadata(src)
+            .map_err(|e| Error::Usage(format!("source {}: {e}", src.display())))?;
         let kind = match classify(src, &md, true) {
             Ok(Some(k)) => k,
             Ok(None) => {
@@ -151,10 +197,9 @@ pub fn walk(
             Err(why) => return Err(Error::Usage(format!("source {}: {why}", src.display()))),
         };
         let is_dir = kind == SourceKind::Dir;
-        if let SourceKind::File { size, .. } = kind {
-            bytes += size;
+        if !on(Found::Entry(entry(base.clone(), src, &md, kind))) {
+            return Ok(());
         }
-        out.entries.push(entry(base.clone(), src, &md, kind));
         if !is_dir {
             continue;
         }
@@ -167,11 +212,17 @@ pub fn walk(
                 let rel = e.path().strip_prefix(src).unwrap_or(e.path());
                 !(exclude.is_match(rel) || exclude.is_match(e.file_name()))
             });
+        let mut pending: Vec<Skipped> = Vec::new();
         for item in it {
+            for s in pending.drain(..) {
+                if !on(Found::Skipped(s)) {
+                    return Ok(());
+                }
+            }
             let de = match item {
                 Ok(de) => de,
                 Err(e) => {
-                    out.skipped.push(Skipped {
+                    pending.push(Skipped {
                         path: e
                             .path()
                             .map(Path::to_path_buf)
@@ -194,7 +245,7 @@ pub fn walk(
             let md = match de.metadata() {
                 Ok(md) => md,
                 Err(e) => {
-                    out.skipped.push(Skipped {
+                    pending.push(Skipped {
                         path: de.path().to_path_buf(),
                         why: e.to_string(),
                         error: true,
@@ -204,35 +255,37 @@ pub fn walk(
             };
             match classify(de.path(), &md, false) {
                 Ok(Some(kind)) => {
-                    if let SourceKind::File { size, .. } = kind {
-                        bytes += size;
-                    }
                     if let Err(why) = check_path(&vpath) {
-                        out.skipped.push(Skipped {
+                        pending.push(Skipped {
                             path: de.path().to_path_buf(),
                             why,
                             error: true,
                         });
                         continue;
                     }
-                    out.entries.push(entry(vpath, de.path(), &md, kind));
-                    on_progress(out.entries.len() as u64, bytes);
+                    if !on(Found::Entry(entry(vpath, de.path(), &md, kind))) {
+                        return Ok(());
+                    }
                 }
-                Ok(None) => out.skipped.push(Skipped {
+                Ok(None) => pending.push(Skipped {
                     path: de.path().to_path_buf(),
                     why: "special file (FIFO, socket or device) skipped".into(),
                     error: false,
                 }),
-                Err(why) => out.skipped.push(Skipped {
+                Err(why) => pending.push(Skipped {
                     path: de.path().to_path_buf(),
                     why,
                     error: true,
                 }),
             }
         }
+        for s in pending {
+            if !on(Found::Skipped(s)) {
+                return Ok(());
+            }
+        }
     }
-    out.entries.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(out)
+    Ok(())
 }
 
 /// The base name a source is stored under. `.` and `dir/..` are resolved to the directory's

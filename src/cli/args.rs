@@ -90,9 +90,9 @@ pub struct EncryptArgs {
     /// Resume an unfinished run in VAULT (running the same command again does this too).
     #[arg(long)]
     pub resume: bool,
-    /// Never memory-map sources; read every file with plain reads.
-    #[arg(long)]
-    pub no_mmap: bool,
+    /// Files smaller than this are sealed into shared packs (default 1MiB; 0 = never pack).
+    #[arg(long, value_name = "SIZE", hide = true)]
+    pub pack_threshold: Option<String>,
     /// Start a new batch (a new data key) after this many files.
     #[arg(long, value_name = "N", hide = true)]
     pub batch_max_files: Option<u64>,

@@ -7,7 +7,7 @@ use envseal::decrypt::{decrypt, DecryptOptions};
 use envseal::encrypt::{encrypt, EncryptOptions};
 use envseal::format;
 use envseal::keys::Kms;
-use envseal::manifest::{EntryKind, Manifest};
+use envseal::manifest::{EntryKind, ManifestReader};
 use envseal::verify::{verify, VerifyOptions};
 use envseal::Error;
 use serde_json::json;
@@ -63,12 +63,15 @@ pub fn encrypt_cmd(a: EncryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
         excludes: a.exclude,
         conceal_names: a.conceal_names,
         resume: a.resume,
-        use_mmap: !a.no_mmap,
         jobs: jobs(a.jobs)?,
         batch_max_files: a.batch_max_files.unwrap_or(format::BATCH_MAX_FILES).max(1),
         batch_max_bytes: match &a.batch_max_bytes {
             Some(s) => size_arg("--batch-max-bytes", s)?.max(1),
             None => format::BATCH_MAX_BYTES,
+        },
+        pack_threshold: match &a.pack_threshold {
+            Some(s) => size_arg("--pack-threshold", s)?,
+            None => format::DEFAULT_PACK_THRESHOLD,
         },
     };
     let kms = Kms::new(kms_options()?, None);
@@ -196,26 +199,40 @@ pub fn verify_cmd(a: VerifyArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
 }
 
 pub fn ls_cmd(a: LsArgs) -> anyhow::Result<i32> {
-    let m = if Manifest::read(&a.vault)?.conceal_names {
-        // Concealed names need the key; this also authenticates the manifest.
-        envseal::vault::unlock(&a.vault, &reading_kms(a.kms)?)?.manifest
+    // A stream: a million entries are listed without holding them. Concealed names need the
+    // key; then the manifest is also authenticated, and a failure after the listing is an
+    // error (exit 3) like any other.
+    let concealed = ManifestReader::open(&a.vault)?.header.conceal_names;
+    let mut unlocked = None;
+    let mut reader = if concealed {
+        let u = envseal::vault::unlock(&a.vault, &reading_kms(a.kms)?)?;
+        let envseal::vault::Unlocked { reader, keys } = u;
+        unlocked = Some(keys);
+        reader
     } else {
-        Manifest::read(&a.vault)?
+        ManifestReader::open(&a.vault)?
     };
-    for e in &m.entries {
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    use std::io::Write;
+    while let Some(e) = reader.next_entry()? {
         let path = e.path.display();
         let (kind, size, target) = match &e.kind {
             EntryKind::File(f) => ("file", f.size, None),
             EntryKind::Dir => ("dir", 0, None),
             EntryKind::Symlink(t) => ("symlink", 0, Some(t.display())),
         };
-        if a.json {
-            println!(
+        let r = if a.json {
+            let object = e.file().map(|f| {
+                let o = &reader.objects[f.obj as usize];
+                json!({"name": o.name(), "offset": f.off, "length": f.record_len(reader.header.segment_size)})
+            });
+            writeln!(
+                out,
                 "{}",
                 json!({"path": path, "kind": kind, "size": size, "mode": format!("{:o}", e.mode),
-                       "mtime": e.mtime, "target": target,
-                       "object": e.file().map(|f| f.object())})
-            );
+                       "mtime": e.mtime, "target": target, "object": object})
+            )
         } else {
             let t = time::OffsetDateTime::from_unix_timestamp(e.mtime)
                 .ok()
@@ -229,7 +246,8 @@ pub fn ls_cmd(a: LsArgs) -> anyhow::Result<i32> {
             let tail = target
                 .map(|t| format!(" -> {}", sanitize(&t)))
                 .unwrap_or_default();
-            println!(
+            writeln!(
+                out,
                 "{:<7} {:>6o} {:>14} {}  {}{}",
                 kind,
                 e.mode,
@@ -237,7 +255,19 @@ pub fn ls_cmd(a: LsArgs) -> anyhow::Result<i32> {
                 t,
                 sanitize(&path),
                 tail
-            );
+            )
+        };
+        if let Err(err) = r {
+            if err.kind() == std::io::ErrorKind::BrokenPipe {
+                return Ok(0);
+            }
+            return Err(err.into());
+        }
+    }
+    out.flush().ok();
+    if let Some(keys) = &unlocked {
+        for (i, k) in keys.iter().enumerate() {
+            reader.authenticate(i, k)?;
         }
     }
     Ok(0)

@@ -6,7 +6,7 @@ pub mod header;
 pub use header::ObjectHeader;
 
 /// Format version written in object headers, key files, journals and manifests.
-pub const FORMAT_VERSION: u16 = 1;
+pub const FORMAT_VERSION: u16 = 2;
 
 /// Algorithm suite 1: AES-256-GCM segments, BLAKE3 key derivation, digests and MACs.
 pub const ALG_AES256GCM_BLAKE3: u16 = 1;
@@ -44,6 +44,12 @@ pub const BATCH_MAX_FILES: u64 = 1 << 20;
 /// ... and at most this many plaintext bytes (a larger single file gets a batch of its own).
 pub const BATCH_MAX_BYTES: u64 = 1 << 44;
 
+/// Files smaller than this are sealed into shared packs by default (docs/PERFORMANCE.md);
+/// larger ones get an object of their own. An encoder's choice: readers accept any layout.
+pub const DEFAULT_PACK_THRESHOLD: u64 = 1 << 20;
+/// A pack is closed once it holds at least this many bytes (an encoder's choice too).
+pub const PACK_TARGET: u64 = 32 << 20;
+
 /// Limits for parsing untrusted manifests, key files and journals.
 pub const MAX_MANIFEST_LINE: usize = 1 << 20;
 /// A key file holds one batch record (at most a manifest line), pretty-printed.
@@ -52,19 +58,26 @@ pub const MAX_ENTRIES: u64 = 1 << 32;
 pub const MAX_WRAPPED_KEYS: usize = 64;
 pub const MAX_PATH_BYTES: usize = 4096;
 pub const MAX_BATCHES: usize = 1 << 16;
+/// Objects (packs and single-file objects) per vault.
+pub const MAX_OBJECTS: u64 = 1 << 32;
+/// Directory depth of a vault path (bounds the tree-order check's stack).
+pub const MAX_DEPTH: usize = 1024;
 
 /// BLAKE3 `derive_key` contexts, one per purpose (FORMAT-RULES 4). Variable inputs go in the
 /// key material, never here.
 pub mod kdf {
-    pub const SEGMENT_KEY: &str = "envseal 2026-11-28 v1 file segment key";
-    pub const NONCE_PREFIX: &str = "envseal 2026-11-28 v1 file nonce prefix";
-    pub const FILE_COMMITMENT: &str = "envseal 2026-11-28 v1 file key commitment";
-    pub const PLAINTEXT_MAC: &str = "envseal 2026-11-28 v1 file plaintext mac";
-    pub const BATCH_COMMITMENT: &str = "envseal 2026-11-28 v1 batch key commitment";
-    pub const MANIFEST_MAC: &str = "envseal 2026-11-28 v1 manifest mac";
-    pub const NAME_KEY: &str = "envseal 2026-11-28 v1 name encryption key";
-    pub const JOURNAL_MAC: &str = "envseal 2026-11-28 v1 journal mac";
+    pub const SEGMENT_KEY: &str = "envseal 2026-12-01 v2 file segment key";
+    pub const NONCE_PREFIX: &str = "envseal 2026-12-01 v2 file nonce prefix";
+    pub const FILE_COMMITMENT: &str = "envseal 2026-12-01 v2 file key commitment";
+    pub const PLAINTEXT_MAC: &str = "envseal 2026-12-01 v2 file plaintext mac";
+    pub const BATCH_COMMITMENT: &str = "envseal 2026-12-01 v2 batch key commitment";
+    pub const MANIFEST_MAC: &str = "envseal 2026-12-01 v2 manifest mac";
+    pub const NAME_KEY: &str = "envseal 2026-12-01 v2 name encryption key";
+    pub const JOURNAL_MAC: &str = "envseal 2026-12-01 v2 journal mac";
 }
+
+/// Fixed inputs of the manifest MAC (docs/FORMAT.md §6.3).
+pub const MANIFEST_END_LABEL: &[u8] = b"envseal manifest v2 end";
 
 /// Vault directory layout.
 pub mod layout {
@@ -85,7 +98,7 @@ pub fn segment_count(size: u64, segment_size: u32) -> u64 {
     }
 }
 
-/// Total object length for a plaintext of `size` bytes.
+/// Length of a record (an object header and its segments) for a plaintext of `size` bytes.
 pub fn object_len(size: u64, segment_size: u32) -> u64 {
     HEADER_LEN as u64 + size + segment_count(size, segment_size) * TAG_LEN as u64
 }
@@ -96,7 +109,7 @@ pub fn segment_plain_len(size: u64, segment_size: u32, index: u64) -> usize {
     (size.saturating_sub(start)).min(u64::from(segment_size)) as usize
 }
 
-/// Offset of segment `index` in the object.
+/// Offset of segment `index` in its record.
 pub fn segment_offset(segment_size: u32, index: u64) -> u64 {
     HEADER_LEN as u64 + index * (u64::from(segment_size) + TAG_LEN as u64)
 }

@@ -1,0 +1,352 @@
+//! Sealing on worker threads: plaintext in, records out. No vault I/O, no ordering: the
+//! single writer ([`crate::write`]) puts the results in place.
+//!
+//! Two kinds of job: a *chunk* (consecutive entries of the walk: small files sealed into
+//! records back to back in one buffer, directories and links passed through) and a *window*
+//! of a large file (a run of its segments). Every job owns one buffer of the [`BufPool`] until
+//! the writer has written it: the pool is the pipeline's memory bound and its backpressure.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::crypto::{ct_leaf, segment_mac, BatchKey, CtDigest, FileKeys, SegMac, TreeMac};
+use crate::format::{self, ObjectHeader, HEADER_LEN, ID_LEN, SALT_LEN, TAG_LEN};
+use crate::journal::SourceId;
+use crate::manifest::Entry;
+use crate::source::Source;
+use crate::walk::{SourceEntry, SourceKind};
+
+/// Buffers recycled between the jobs and the writer (no page faults for fresh allocations
+/// on every window: a fresh 8 MiB buffer costs more to fault in than to fill).
+pub struct BufPool {
+    tx: Sender<Vec<u8>>,
+    rx: Receiver<Vec<u8>>,
+}
+
+impl BufPool {
+    pub fn new(count: usize, size: usize) -> BufPool {
+        let (tx, rx) = crossbeam_channel::bounded(count);
+        for _ in 0..count {
+            let _ = tx.send(vec![0u8; size]);
+        }
+        BufPool { tx, rx }
+    }
+
+    /// Waits for a free buffer; `None` once `stop` is set.
+    pub fn take(&self, stop: &AtomicBool) -> Option<Vec<u8>> {
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return None;
+            }
+            if let Ok(b) = self.rx.recv_timeout(Duration::from_millis(50)) {
+                return Some(b);
+            }
+        }
+    }
+
+    pub fn give(&self, b: Vec<u8>) {
+        let _ = self.tx.send(b);
+    }
+}
+
+/// What the run's jobs share.
+pub struct SealCtx {
+    pub vault_id: [u8; ID_LEN],
+    pub segment_size: u32,
+}
+
+/// Why one file could not be sealed: its source is unreadable or kept changing (the file is
+/// reported and skipped), or the run is stopping.
+#[derive(Debug)]
+pub enum FileError {
+    Source(String),
+    Cancelled,
+}
+
+/// A source's identity as read.
+pub fn source_id(e: &SourceEntry, src: &Source) -> SourceId {
+    let (ctime, ctime_nsec) = src.ctime();
+    SourceId {
+        dev: e.dev,
+        ino: e.ino,
+        ctime,
+        ctime_nsec,
+    }
+}
+
+/// One file's fresh header and keys: a new file id and salt every time a file is sealed, so
+/// no key and nonce ever meet two plaintexts (FORMAT-RULES 16).
+pub fn new_file(
+    ctx: &SealCtx,
+    key: &BatchKey,
+    size: u64,
+) -> std::io::Result<(ObjectHeader, FileKeys)> {
+    let mut header = ObjectHeader {
+        version: format::FORMAT_VERSION,
+        alg: format::ALG_AES256GCM_BLAKE3,
+        segment_size: ctx.segment_size,
+        plain_len: size,
+        vault_id: ctx.vault_id,
+        batch_id: *key.batch_id(),
+        file_id: format::random()?,
+        salt: format::random()?,
+        commitment: [0; 32],
+    };
+    let fk = key.file_keys(&header);
+    header.commitment = fk.commitment();
+    Ok((header, fk))
+}
+
+/// Seals segments `first..first + count` of `src` into `out` (one slot after another, as
+/// they lie in the record), reading each byte once. Returns each piece's ct leaf and each
+/// segment's plaintext MAC contribution. `head` is the record header, hashed into piece 0.
+#[allow(clippy::too_many_arguments)]
+pub fn seal_segments(
+    src: &Source,
+    fk: &FileKeys,
+    head: &[u8],
+    size: u64,
+    seg: u32,
+    first: u64,
+    count: u64,
+    out: &mut [u8],
+) -> Result<(Vec<[u8; 32]>, Vec<SegMac>), FileError> {
+    let n = format::segment_count(size, seg);
+    let mut leaves = Vec::with_capacity(count as usize);
+    let mut macs = Vec::with_capacity(count as usize);
+    let mut pos = 0usize;
+    for i in first..first + count {
+        let len = format::segment_plain_len(size, seg, i);
+        let slot = &mut out[pos..pos + len + TAG_LEN];
+        src.read_at(i * u64::from(seg), &mut slot[..len])
+            .map_err(|e| FileError::Source(e.to_string()))?;
+        // The plaintext MAC is taken from the bytes just read, before sealing in place.
+        macs.push(segment_mac(fk.mac_key(), seg, i, n, &slot[..len]));
+        fk.seal_segment(i, i == n - 1, slot);
+        leaves.push(ct_leaf(if i == 0 { head } else { &[] }, slot));
+        pos += len + TAG_LEN;
+    }
+    Ok((leaves, macs))
+}
+
+/// An entry of a chunk, in walk order.
+pub enum ChunkItem {
+    /// A directory or symlink: nothing to seal.
+    Entry(Entry),
+    /// A file whose record an interrupted run already committed (its journal line, verbatim).
+    Reused {
+        line: Vec<u8>,
+        src: SourceId,
+        size: u64,
+        obj: u64,
+    },
+    /// A small file to seal into this chunk's buffer.
+    Small {
+        entry: SourceEntry,
+        batch: u32,
+        key: Arc<BatchKey>,
+    },
+}
+
+/// A sealed small file: its record lies at `rec_off` in the chunk's buffer.
+pub struct SealedFile {
+    pub entry: SourceEntry,
+    pub src: SourceId,
+    pub size: u64,
+    pub batch: u32,
+    pub rec_off: usize,
+    pub salt: [u8; SALT_LEN],
+    pub ct: [u8; 32],
+    pub pt: [u8; 32],
+}
+
+/// What a chunk job made of each item.
+pub enum ChunkOut {
+    Entry(Entry),
+    Reused {
+        line: Vec<u8>,
+        src: SourceId,
+        size: u64,
+        obj: u64,
+    },
+    Sealed(Box<SealedFile>),
+    Failed {
+        path: String,
+        why: String,
+    },
+}
+
+/// Attempts per file before a file that keeps changing is reported.
+const ATTEMPTS: usize = 3;
+
+/// Seals a chunk into `buf`; returns the outcomes in order and the bytes of `buf` used.
+pub fn seal_chunk(
+    ctx: &SealCtx,
+    items: Vec<ChunkItem>,
+    buf: &mut [u8],
+    cancel: &AtomicBool,
+    progress: &dyn crate::progress::Progress,
+) -> (Vec<ChunkOut>, usize) {
+    let mut out = Vec::with_capacity(items.len());
+    let mut used = 0usize;
+    for item in items {
+        match item {
+            ChunkItem::Entry(e) => out.push(ChunkOut::Entry(e)),
+            ChunkItem::Reused {
+                line,
+                src,
+                size,
+                obj,
+            } => out.push(ChunkOut::Reused {
+                line,
+                src,
+                size,
+                obj,
+            }),
+            ChunkItem::Small { entry, batch, key } => {
+                if cancel.load(Ordering::Relaxed) {
+                    break;
+                }
+                match seal_small(ctx, &entry, &key, &mut buf[used..]) {
+                    Ok((len, src, salt, ct, pt, size)) => {
+                        progress.bytes(size);
+                        out.push(ChunkOut::Sealed(Box::new(SealedFile {
+                            entry,
+                            src,
+                            size,
+                            batch,
+                            rec_off: used,
+                            salt,
+                            ct,
+                            pt,
+                        })));
+                        used += len;
+                    }
+                    Err(why) => out.push(ChunkOut::Failed {
+                        path: entry.source.display().to_string(),
+                        why,
+                    }),
+                }
+            }
+        }
+    }
+    (out, used)
+}
+
+type SealedSmall = (usize, SourceId, [u8; SALT_LEN], [u8; 32], [u8; 32], u64);
+
+/// Seals one small file's record at the start of `room`, retrying a file that changes while
+/// being read.
+fn seal_small(
+    ctx: &SealCtx,
+    entry: &SourceEntry,
+    key: &BatchKey,
+    room: &mut [u8],
+) -> Result<SealedSmall, String> {
+    let device = matches!(entry.kind, SourceKind::File { device: true, .. });
+    let mut last_why = String::new();
+    for _ in 0..ATTEMPTS {
+        let src = Source::open(entry, device, false).map_err(|e| e.to_string())?;
+        let size = src.size();
+        let len = format::object_len(size, ctx.segment_size) as usize;
+        if len > room.len() {
+            return Err("grew while being read; run the same command again".into());
+        }
+        let (header, fk) = new_file(ctx, key, size).map_err(|e| e.to_string())?;
+        let hb = header.encode();
+        room[..HEADER_LEN].copy_from_slice(&hb);
+        let n = format::segment_count(size, ctx.segment_size);
+        let r = seal_segments(
+            &src,
+            &fk,
+            &hb,
+            size,
+            ctx.segment_size,
+            0,
+            n,
+            &mut room[HEADER_LEN..len],
+        );
+        match r {
+            Ok((leaves, macs)) => match src.unchanged(device) {
+                Ok(true) => {
+                    let mut ct = CtDigest::new();
+                    leaves.iter().for_each(|l| ct.push(l));
+                    let mut mac = TreeMac::new(fk.mac_key());
+                    macs.into_iter().for_each(|m| mac.add(m));
+                    let pt = mac.finalize().ok_or("empty MAC tree")?;
+                    return Ok((
+                        len,
+                        source_id(entry, &src),
+                        header.salt,
+                        ct.finalize(),
+                        *pt.as_bytes(),
+                        size,
+                    ));
+                }
+                Ok(false) => last_why = "changed while being read".into(),
+                Err(e) => return Err(e.to_string()),
+            },
+            Err(FileError::Source(why)) if why.contains("changed while being read") => {
+                last_why = why
+            }
+            Err(FileError::Source(why)) => return Err(why),
+            Err(FileError::Cancelled) => return Err("interrupted".into()),
+        }
+    }
+    Err(format!("{last_why}; gave up after {ATTEMPTS} attempts"))
+}
+
+/// A large file being sealed window by window.
+pub struct LargeFile {
+    pub src: Source,
+    pub keys: FileKeys,
+    pub header: [u8; HEADER_LEN],
+    pub size: u64,
+    /// Segments per window.
+    pub window: u64,
+}
+
+impl LargeFile {
+    pub fn windows(&self, seg: u32) -> u64 {
+        format::segment_count(self.size, seg).div_ceil(self.window)
+    }
+
+    /// Seals window `w` into `buf`; returns the bytes used, the leaves and the MACs.
+    pub fn seal_window(
+        &self,
+        seg: u32,
+        w: u64,
+        buf: &mut [u8],
+    ) -> Result<(usize, Vec<[u8; 32]>, Vec<SegMac>), FileError> {
+        let n = format::segment_count(self.size, seg);
+        let first = w * self.window;
+        let count = self.window.min(n - first);
+        let used = (first..first + count)
+            .map(|i| format::segment_plain_len(self.size, seg, i) + TAG_LEN)
+            .sum::<usize>();
+        let (leaves, macs) = seal_segments(
+            &self.src,
+            &self.keys,
+            &self.header,
+            self.size,
+            seg,
+            first,
+            count,
+            &mut buf[..used],
+        )?;
+        Ok((used, leaves, macs))
+    }
+}
+
+/// Segments per window and the pool's buffer size for a segment size: windows of about
+/// 8 MiB (enough to amortise a job, small enough that a few per core stay in cache-friendly
+/// bounds), never less than one segment.
+pub fn window_geometry(seg: u32, pack_threshold: u64) -> (u64, usize) {
+    let slot = u64::from(seg) + TAG_LEN as u64;
+    let window = ((8u64 << 20) / slot).max(1);
+    let small = format::object_len(pack_threshold.saturating_sub(1), seg);
+    (window, (window * slot).max(small) as usize)
+}

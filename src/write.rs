@@ -1,0 +1,640 @@
+//! The vault writer: the one owner of every output of an `encrypt` run (objects and packs,
+//! key files, journal, manifest, syncs), on its own thread.
+//!
+//! Jobs finish in any order; the writer puts their results back in walk order (units are
+//! numbered by the planner), so that packs grow in walk order and the journal's entries are in
+//! tree order: committed records always form a prefix of each pack, and the last generation
+//! of the journal is the manifest's entry list, streamed into it at the end. Large files'
+//! windows are written as they come, at their offsets, into objects of their own.
+//!
+//! Durability (what makes a crash at any moment resumable): key file and journal `batch`
+//! record before any ciphertext of the batch; data written without per-file fsync; a group
+//! commit every [`COMMIT_EVERY`] (or [`COMMIT_LINES`] entries): `syncfs` of the vault, then
+//! the `object` and `done` lines and an `fdatasync` of the journal; at the end the manifest,
+//! then the journal removed.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+
+use crate::crypto::{BatchKey, CtDigest, NameKey, SegMac, TreeMac};
+use crate::error::{Error, IoContext, Result};
+use crate::format::{self, ID_LEN, SALT_LEN};
+use crate::journal::{Journal, SourceId};
+use crate::manifest::{
+    self, Batch, Entry, EntryKind, FileEntry, Header, ManifestWriter, Name, ObjectRef,
+};
+use crate::progress::Progress;
+use crate::seal::{BufPool, ChunkOut, FileError, LargeFile};
+use crate::walk::SourceEntry;
+
+/// Longest a finished file waits for its commit.
+pub const COMMIT_EVERY: Duration = Duration::from_millis(500);
+/// Most entries one commit waits for.
+pub const COMMIT_LINES: usize = 8192;
+
+/// What the planner and the jobs send the writer.
+pub enum Msg {
+    /// A new batch: its key file and journal record go to disk before anything else of it.
+    Batch { batch: Batch, key: Arc<BatchKey> },
+    /// A chunk's results: records back to back in `buf[..used]`, outcomes in walk order.
+    Chunk {
+        unit: u64,
+        buf: Vec<u8>,
+        used: usize,
+        items: Vec<ChunkOut>,
+    },
+    /// A large file's object begins; its windows follow.
+    Large { unit: u64, file: Box<LargeStart> },
+    /// One window of a large file, sealed (or not).
+    Window {
+        unit: u64,
+        window: u64,
+        buf: Vec<u8>,
+        result: std::result::Result<(usize, Vec<[u8; 32]>, Vec<SegMac>), FileError>,
+    },
+    /// A unit that produced nothing but a failure (a large file that could not be opened).
+    Failed {
+        unit: u64,
+        path: String,
+        why: String,
+    },
+}
+
+/// A large file as the writer needs it.
+pub struct LargeStart {
+    pub entry: SourceEntry,
+    pub file: Arc<LargeFile>,
+    pub batch: u32,
+    pub salt: [u8; SALT_LEN],
+    pub mac: TreeMac,
+    pub device: bool,
+}
+
+/// A file that could not be encrypted (the run goes on without it).
+#[derive(Clone, Debug)]
+pub struct Failure {
+    pub path: String,
+    pub why: String,
+}
+
+/// What the writer wrote.
+#[derive(Debug, Default)]
+pub struct Written {
+    pub files: u64,
+    pub bytes: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub resumed_files: u64,
+    pub failed: Vec<Failure>,
+}
+
+struct LargeState {
+    start: Box<LargeStart>,
+    obj: u64,
+    out: File,
+    path: PathBuf,
+    windows: u64,
+    next: u64,
+    waiting: BTreeMap<u64, (Vec<[u8; 32]>, Vec<SegMac>)>,
+    ct: CtDigest,
+    failed: Option<String>,
+}
+
+enum Unit {
+    Chunk {
+        buf: Vec<u8>,
+        used: usize,
+        items: Vec<ChunkOut>,
+    },
+    Large(Box<LargeState>),
+    Failed(Failure),
+}
+
+struct Pack {
+    file: File,
+    obj: u64,
+    len: u64,
+}
+
+/// The writer's state; [`Writer::run`] consumes it.
+pub struct Writer<'a> {
+    pub vault: PathBuf,
+    pub header: Header,
+    pub journal: Journal,
+    pub batches: Vec<Batch>,
+    pub keys: Vec<Arc<BatchKey>>,
+    /// Object ids by index (those an interrupted run listed, then this run's).
+    pub objects: Vec<[u8; ID_LEN]>,
+    /// Where this run's entries begin in the journal.
+    pub gen_start: u64,
+    pub pool: &'a BufPool,
+    pub progress: &'a dyn Progress,
+    pub stop: &'a AtomicBool,
+    name_key: Option<NameKey>,
+    referenced: Vec<bool>,
+    pack: Option<Pack>,
+    next_unit: u64,
+    units: BTreeMap<u64, Unit>,
+    queue: Vec<u8>,
+    queued: usize,
+    oldest: Option<Instant>,
+    written: Written,
+    vault_dir: Option<File>,
+}
+
+impl<'a> Writer<'a> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        vault: PathBuf,
+        header: Header,
+        journal: Journal,
+        batches: Vec<Batch>,
+        keys: Vec<Arc<BatchKey>>,
+        objects: Vec<[u8; ID_LEN]>,
+        pool: &'a BufPool,
+        progress: &'a dyn Progress,
+        stop: &'a AtomicBool,
+    ) -> Writer<'a> {
+        let name_key = match (header.conceal_names, keys.first()) {
+            (true, Some(k)) => Some(k.name_key()),
+            _ => None,
+        };
+        let gen_start = journal.position();
+        Writer {
+            vault,
+            header,
+            journal,
+            referenced: vec![false; objects.len()],
+            batches,
+            keys,
+            objects,
+            gen_start,
+            pool,
+            progress,
+            stop,
+            name_key,
+            pack: None,
+            next_unit: 0,
+            units: BTreeMap::new(),
+            queue: Vec::new(),
+            queued: 0,
+            oldest: None,
+            written: Written::default(),
+            vault_dir: None,
+        }
+    }
+
+    /// Marks the start of this run's entries in the journal (a resumed run's new generation).
+    pub fn start_generation(&mut self) -> Result<()> {
+        let l = self.journal.gen_line()?;
+        self.journal.write_synced(&l)?;
+        self.gen_start = self.journal.position();
+        Ok(())
+    }
+
+    /// Handles messages until every sender is gone, then writes the manifest. On an error the
+    /// `stop` flag is raised so that the planner and the jobs wind down.
+    pub fn run(mut self, rx: Receiver<Msg>, cancel: &AtomicBool) -> Result<Written> {
+        let r = self.serve(&rx);
+        if r.is_err() {
+            self.stop.store(true, Ordering::Relaxed);
+            // Drain, so that no job blocks on a full channel; buffers go back to the pool.
+            for m in rx.iter() {
+                match m {
+                    Msg::Chunk { buf, .. } | Msg::Window { buf, .. } => self.pool.give(buf),
+                    _ => {}
+                }
+            }
+            return r.map(|_| Written::default());
+        }
+        if cancel.load(Ordering::Relaxed) || self.stop.load(Ordering::Relaxed) {
+            self.commit()?;
+            return Err(Error::Interrupted);
+        }
+        if !self.units.is_empty() {
+            return Err(Error::Runtime(
+                "the planner stopped with work unfinished".into(),
+            ));
+        }
+        self.finish()
+    }
+
+    fn serve(&mut self, rx: &Receiver<Msg>) -> Result<()> {
+        loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(m) => self.handle(m)?,
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            }
+            self.emit_ready()?;
+            let due = self.oldest.is_some_and(|t| t.elapsed() >= COMMIT_EVERY)
+                || self.queued >= COMMIT_LINES;
+            if due {
+                self.commit()?;
+            }
+        }
+    }
+
+    fn handle(&mut self, m: Msg) -> Result<()> {
+        match m {
+            Msg::Batch { batch, key } => {
+                manifest::write_key_file(&self.vault, &self.header.vault_id, &batch)?;
+                let index = self.batches.len() as u32;
+                self.journal.append_batch(index, &batch)?;
+                if self.keys.is_empty() {
+                    self.journal.set_mac_key(key.journal_mac_key());
+                    if self.header.conceal_names {
+                        self.name_key = Some(key.name_key());
+                    }
+                }
+                self.batches.push(batch);
+                self.keys.push(key);
+            }
+            Msg::Chunk {
+                unit,
+                buf,
+                used,
+                items,
+            } => {
+                self.units.insert(unit, Unit::Chunk { buf, used, items });
+            }
+            Msg::Failed { unit, path, why } => {
+                self.units.insert(unit, Unit::Failed(Failure { path, why }));
+            }
+            Msg::Large { unit, file } => {
+                let state = self.open_large(file)?;
+                self.units.insert(unit, Unit::Large(Box::new(state)));
+            }
+            Msg::Window {
+                unit,
+                window,
+                buf,
+                result,
+            } => {
+                let r = self.window(unit, window, &buf, result);
+                self.pool.give(buf);
+                r?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A new object file, listed in the journal (its data is synced before any entry names it).
+    fn new_object(&mut self) -> Result<(u64, File, PathBuf)> {
+        let id: [u8; ID_LEN] = format::random().at(&self.vault)?;
+        let rel = manifest::object_name(&id);
+        let path = self.vault.join(&rel);
+        let dir = path.parent().unwrap_or(&self.vault);
+        fs::create_dir_all(dir).at(dir)?;
+        // Objects stay inside the vault: never written through a symlink planted in objects/.
+        if !fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
+            return Err(Error::Runtime(format!(
+                "{} is not a directory (a symlink?); refusing to write objects through it",
+                dir.display()
+            )));
+        }
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .at(&path)?;
+        let obj = self.objects.len() as u64;
+        if obj >= format::MAX_OBJECTS {
+            return Err(Error::Runtime("more objects than a vault holds".into()));
+        }
+        self.objects.push(id);
+        self.referenced.push(false);
+        let line = self.journal.object_line(obj, &id)?;
+        self.queue.extend(line);
+        Ok((obj, file, path))
+    }
+
+    fn open_large(&mut self, start: Box<LargeStart>) -> Result<LargeState> {
+        let (obj, out, path) = self.new_object()?;
+        out.write_all_at(&start.file.header, 0).at(&path)?;
+        let windows = start.file.windows(self.header.segment_size);
+        Ok(LargeState {
+            start,
+            obj,
+            out,
+            path,
+            windows,
+            next: 0,
+            waiting: BTreeMap::new(),
+            ct: CtDigest::new(),
+            failed: None,
+        })
+    }
+
+    fn window(
+        &mut self,
+        unit: u64,
+        window: u64,
+        buf: &[u8],
+        result: std::result::Result<(usize, Vec<[u8; 32]>, Vec<SegMac>), FileError>,
+    ) -> Result<()> {
+        let seg = self.header.segment_size;
+        let Some(Unit::Large(st)) = self.units.get_mut(&unit) else {
+            return Err(Error::Runtime("a window of an unknown file".into()));
+        };
+        match result {
+            Ok((used, leaves, macs)) => {
+                if st.failed.is_none() {
+                    let first = window * st.start.file.window;
+                    st.out
+                        .write_all_at(&buf[..used], format::segment_offset(seg, first))
+                        .at(&st.path)?;
+                    self.progress.bytes(
+                        (first..first + leaves.len() as u64)
+                            .map(|i| format::segment_plain_len(st.start.file.size, seg, i) as u64)
+                            .sum(),
+                    );
+                }
+                st.waiting.insert(window, (leaves, macs));
+            }
+            Err(FileError::Source(why)) => {
+                st.failed.get_or_insert(why);
+                st.waiting.insert(window, (Vec::new(), Vec::new()));
+            }
+            Err(FileError::Cancelled) => {
+                st.failed.get_or_insert("interrupted".into());
+                st.waiting.insert(window, (Vec::new(), Vec::new()));
+            }
+        }
+        while let Some((leaves, macs)) = st.waiting.remove(&st.next) {
+            leaves.iter().for_each(|l| st.ct.push(l));
+            macs.into_iter().for_each(|m| st.start.mac.add(m));
+            st.next += 1;
+        }
+        Ok(())
+    }
+
+    /// Emits, in unit order, every unit that is complete.
+    fn emit_ready(&mut self) -> Result<()> {
+        loop {
+            let ready = match self.units.get(&self.next_unit) {
+                Some(Unit::Large(st)) => st.next == st.windows,
+                Some(_) => true,
+                None => false,
+            };
+            if !ready {
+                return Ok(());
+            }
+            let Some(u) = self.units.remove(&self.next_unit) else {
+                return Ok(());
+            };
+            self.next_unit += 1;
+            match u {
+                Unit::Chunk { buf, used, items } => {
+                    let r = self.emit_chunk(&buf[..used], items);
+                    self.pool.give(buf);
+                    r?;
+                }
+                Unit::Large(st) => self.emit_large(*st)?,
+                Unit::Failed(f) => self.fail(f),
+            }
+        }
+    }
+
+    fn fail(&mut self, f: Failure) {
+        self.progress
+            .notice(&format!("failed {}: {}", f.path, f.why));
+        self.progress.file_done();
+        self.written.failed.push(f);
+    }
+
+    fn entry_of(e: &SourceEntry, kind: EntryKind) -> Entry {
+        Entry {
+            path: Name::Clear(e.path.clone()),
+            mode: e.mode,
+            mtime: e.mtime,
+            mtime_nsec: e.mtime_nsec,
+            kind,
+        }
+    }
+
+    fn queue_entry(&mut self, e: &Entry, src: Option<&SourceId>) -> Result<()> {
+        let line = e.to_line(self.name_key.as_ref())?;
+        self.queue_line(src, &line)
+    }
+
+    fn queue_line(&mut self, src: Option<&SourceId>, line: &[u8]) -> Result<()> {
+        let l = self.journal.done_line(src, line)?;
+        self.queue.extend(l);
+        self.queued += 1;
+        self.oldest.get_or_insert_with(Instant::now);
+        Ok(())
+    }
+
+    fn emit_chunk(&mut self, records: &[u8], items: Vec<ChunkOut>) -> Result<()> {
+        // The chunk's records go into the current pack in one write, at its end.
+        let mut base = (0u64, 0u64);
+        if !records.is_empty() {
+            let full = self
+                .pack
+                .as_ref()
+                .is_none_or(|p| p.len > 0 && p.len + records.len() as u64 > format::PACK_TARGET);
+            if full {
+                let (obj, file, _) = self.new_object()?;
+                self.pack = Some(Pack { file, obj, len: 0 });
+            }
+            let vault = self.vault.clone();
+            let p = self
+                .pack
+                .as_mut()
+                .ok_or_else(|| Error::Runtime("no pack".into()))?;
+            p.file.write_all_at(records, p.len).at(&vault)?;
+            base = (p.obj, p.len);
+            p.len += records.len() as u64;
+        }
+        for it in items {
+            match it {
+                ChunkOut::Entry(e) => {
+                    match e.kind {
+                        EntryKind::Dir => self.written.dirs += 1,
+                        _ => self.written.symlinks += 1,
+                    }
+                    self.queue_entry(&e, None)?;
+                }
+                ChunkOut::Reused {
+                    line,
+                    src,
+                    size,
+                    obj,
+                } => {
+                    if let Some(r) = self.referenced.get_mut(obj as usize) {
+                        *r = true;
+                    }
+                    self.written.files += 1;
+                    self.written.bytes += size;
+                    self.written.resumed_files += 1;
+                    self.queue_line(Some(&src), &line)?;
+                    self.progress.file_done();
+                }
+                ChunkOut::Sealed(s) => {
+                    let f = FileEntry {
+                        size: s.size,
+                        batch: s.batch,
+                        obj: base.0,
+                        off: base.1 + s.rec_off as u64,
+                        salt: s.salt,
+                        ct: s.ct,
+                        pt: s.pt,
+                    };
+                    self.referenced[base.0 as usize] = true;
+                    self.written.files += 1;
+                    self.written.bytes += s.size;
+                    let e = Self::entry_of(&s.entry, EntryKind::File(f));
+                    self.queue_entry(&e, Some(&s.src))?;
+                    self.progress.file_done();
+                }
+                ChunkOut::Failed { path, why } => self.fail(Failure { path, why }),
+            }
+        }
+        Ok(())
+    }
+
+    fn emit_large(&mut self, st: LargeState) -> Result<()> {
+        let LargeState {
+            start,
+            obj,
+            out,
+            path,
+            ct,
+            failed,
+            ..
+        } = st;
+        let LargeStart {
+            entry,
+            file,
+            batch,
+            salt,
+            mac,
+            device,
+        } = *start;
+        let failed = match failed {
+            Some(why) => Some(why),
+            None => match file.src.unchanged(device) {
+                Ok(true) => None,
+                Ok(false) => Some("changed while being read; run the same command again".into()),
+                Err(e) => Some(e.to_string()),
+            },
+        };
+        if let Some(why) = failed {
+            drop(out);
+            // Best effort: an object no entry names is emptied when the run finishes anyway.
+            let _ = fs::remove_file(&path);
+            self.fail(Failure {
+                path: entry.source.display().to_string(),
+                why,
+            });
+            return Ok(());
+        }
+        let pt = mac
+            .finalize()
+            .ok_or_else(|| Error::Runtime("empty MAC tree".into()))?;
+        let f = FileEntry {
+            size: file.size,
+            batch,
+            obj,
+            off: 0,
+            salt,
+            ct: ct.finalize(),
+            pt: *pt.as_bytes(),
+        };
+        self.referenced[obj as usize] = true;
+        self.written.files += 1;
+        self.written.bytes += file.size;
+        let src = crate::seal::source_id(&entry, &file.src);
+        let e = Self::entry_of(&entry, EntryKind::File(f));
+        self.queue_entry(&e, Some(&src))?;
+        self.progress.file_done();
+        Ok(())
+    }
+
+    /// Makes written data durable, then records it (one `syncfs` per group, not one fsync
+    /// per file: a million small files must not mean a million fsyncs).
+    fn commit(&mut self) -> Result<()> {
+        if self.queue.is_empty() {
+            return Ok(());
+        }
+        if self.vault_dir.is_none() {
+            self.vault_dir = Some(File::open(&self.vault).at(&self.vault)?);
+        }
+        if let Some(d) = &self.vault_dir {
+            // SAFETY: syncfs on a valid open descriptor.
+            if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
+                return Err(Error::io(&self.vault, std::io::Error::last_os_error()));
+            }
+        }
+        let q = std::mem::take(&mut self.queue);
+        self.journal.write_synced(&q)?;
+        self.queued = 0;
+        self.oldest = None;
+        Ok(())
+    }
+
+    /// The manifest: header, batches, the objects some entry names (renumbered if others
+    /// drop out: objects of files that failed, or that changed since an interrupted run),
+    /// then this run's entries streamed from the journal; then the sweep of the rest.
+    fn finish(mut self) -> Result<Written> {
+        self.commit()?;
+        self.pack = None;
+        let mut m = ManifestWriter::create(&self.vault, &self.header)?;
+        for b in &self.batches {
+            m.batch(b)?;
+        }
+        let mut remap: Vec<u64> = Vec::with_capacity(self.objects.len());
+        let mut kept: Vec<[u8; ID_LEN]> = Vec::new();
+        for (i, id) in self.objects.iter().enumerate() {
+            remap.push(kept.len() as u64);
+            if self.referenced[i] {
+                let path = self.vault.join(manifest::object_name(id));
+                let len = fs::symlink_metadata(&path).at(&path)?.len();
+                m.object(&ObjectRef { id: *id, len })?;
+                kept.push(*id);
+            }
+        }
+        let renumber = kept.len() != self.objects.len();
+        self.journal.entries_from(self.gen_start, |rec| {
+            if !renumber || !rec.windows(6).any(|w| w == b"\"obj\":") {
+                return m.entry_line(rec);
+            }
+            let mut line: manifest::EntryLine = serde_json::from_slice(rec)
+                .map_err(|e| Error::integrity("journal", e.to_string()))?;
+            if let Some(o) = line.obj.as_mut() {
+                *o = *remap
+                    .get(*o as usize)
+                    .ok_or_else(|| Error::integrity("journal", "entry names an unknown object"))?;
+            }
+            let l = serde_json::to_vec(&line).map_err(|e| Error::Runtime(e.to_string()))?;
+            m.entry_line(&l)
+        })?;
+        let keys: Vec<&BatchKey> = self.keys.iter().map(|k| k.as_ref()).collect();
+        m.finish(&keys)?;
+        sweep_objects(&self.vault, &kept)?;
+        self.journal.remove(&self.vault)?;
+        Ok(self.written)
+    }
+}
+
+/// Removes whatever `objects/` holds that the manifest does not list (objects of files an
+/// interrupted run never committed; a planted link is removed, never followed).
+fn sweep_objects(vault: &Path, listed: &[[u8; ID_LEN]]) -> Result<()> {
+    let keep: HashSet<String> = listed.iter().map(manifest::object_name).collect();
+    for rel in crate::vault::object_files(vault)? {
+        if !rel.to_str().is_some_and(|r| keep.contains(r)) {
+            let p = vault.join(&rel);
+            fs::remove_file(&p).at(&p)?;
+        }
+    }
+    Ok(())
+}
