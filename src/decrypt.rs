@@ -384,16 +384,36 @@ fn restore_file(
         }
     }
     let dir = target.parent().unwrap_or(&opts.dest);
-    let suffix: [u8; 8] = crate::format::random().map_err(|err| io(dir, err))?;
-    let tmp = dir.join(tmp_name(&suffix));
-    let out: File = OpenOptions::new()
+    // An unnamed file in the target's directory (O_TMPFILE): plaintext is never visible under
+    // any name before it is authenticated, and a killed decrypt leaves nothing behind. Where
+    // the filesystem has no O_TMPFILE, a named temporary file instead.
+    let (out, tmp) = match OpenOptions::new()
         .write(true)
-        .create_new(true)
         .mode(0o600)
-        .open(&tmp)
-        .map_err(|err| io(&tmp, err))?;
+        .custom_flags(libc::O_TMPFILE)
+        .open(dir)
+    {
+        Ok(f) => (f, None),
+        Err(err)
+            if matches!(
+                err.raw_os_error(),
+                Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)
+            ) =>
+        {
+            let suffix: [u8; 8] = crate::format::random().map_err(|err| io(dir, err))?;
+            let tmp = dir.join(tmp_name(&suffix));
+            let f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(|err| io(&tmp, err))?;
+            (f, Some(tmp))
+        }
+        Err(err) => return Err(io(dir, err)),
+    };
     let result = (|| {
-        out.set_len(f.size).map_err(|err| io(&tmp, err))?;
+        // Every segment is written, so the file reaches its length without a truncate.
         open_record(
             ctx,
             f,
@@ -403,16 +423,68 @@ fn restore_file(
             cancel,
         )?;
         out.set_permissions(fs::Permissions::from_mode(e.mode))
-            .map_err(|err| io(&tmp, err))?;
+            .map_err(|err| io(&target, err))?;
         let t = filetime::FileTime::from_unix_time(e.mtime, e.mtime_nsec);
-        filetime::set_file_handle_times(&out, Some(t), Some(t)).map_err(|err| io(&tmp, err))?;
-        fs::rename(&tmp, &target).map_err(|err| io(&target, err))
+        filetime::set_file_handle_times(&out, Some(t), Some(t))
+            .map_err(|err| io(&target, err))?;
+        match &tmp {
+            Some(tmp) => fs::rename(tmp, &target).map_err(|err| io(&target, err)),
+            None => link_into_place(&out, dir, &target, opts.overwrite)
+                .map_err(|err| io(&target, err)),
+        }
     })();
-    if result.is_err() {
+    if let (Err(_), Some(tmp)) = (&result, &tmp) {
         // The temporary file holds unauthenticated or partial plaintext: never leave it.
-        let _ = fs::remove_file(&tmp);
+        let _ = fs::remove_file(tmp);
     }
     result.map(|_| f.size)
+}
+
+/// Gives an unnamed (O_TMPFILE) file its name. `linkat` never replaces an existing name
+/// (nor follows a symlink there); with `--overwrite` the file is linked under a temporary
+/// name and renamed over the target.
+fn link_into_place(
+    out: &File,
+    dir: &Path,
+    target: &Path,
+    overwrite: bool,
+) -> std::io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::io::AsRawFd;
+    let from = CString::new(format!("/proc/self/fd/{}", out.as_raw_fd()))?;
+    let link = |to: &Path| -> std::io::Result<()> {
+        let to = CString::new(to.as_os_str().as_bytes())?;
+        // SAFETY: both paths are valid NUL-terminated strings for the duration of the call.
+        let r = unsafe {
+            libc::linkat(
+                libc::AT_FDCWD,
+                from.as_ptr(),
+                libc::AT_FDCWD,
+                to.as_ptr(),
+                libc::AT_SYMLINK_FOLLOW,
+            )
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    match link(target) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && overwrite => {
+            let suffix: [u8; 8] = crate::format::random()?;
+            let tmp = dir.join(tmp_name(&suffix));
+            link(&tmp)?;
+            fs::rename(&tmp, target).inspect_err(|_| {
+                let _ = fs::remove_file(&tmp);
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(std::io::Error::new(
+            e.kind(),
+            "exists (use --overwrite to replace it)",
+        )),
+        r => r,
+    }
 }
 
 #[cfg(test)]
