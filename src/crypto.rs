@@ -185,7 +185,17 @@ impl NameKey {
     /// (about 2–3 seals per entry, docs/FORMAT.md §8), so the 2^32 random-nonce limit of
     /// SP 800-38D bounds concealed vaults to about 2^30 entries.
     pub fn seal(&self, name: &[u8], aad: &[u8]) -> std::io::Result<Vec<u8>> {
-        let nonce: [u8; NONCE_LEN] = format::random()?;
+        self.seal_with_nonce(name, aad, format::random()?)
+    }
+
+    /// [`NameKey::seal`] with a given nonce: for known-answer vectors only (a nonce must
+    /// never repeat under one name key).
+    pub fn seal_with_nonce(
+        &self,
+        name: &[u8],
+        aad: &[u8],
+        nonce: [u8; NONCE_LEN],
+    ) -> std::io::Result<Vec<u8>> {
         let mut out = Vec::with_capacity(NONCE_LEN + name.len() + TAG_LEN);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(name);

@@ -1,19 +1,23 @@
 //! Known-answer vectors for the vault format (fixtures/vectors/).
 //!
-//! The vectors are a complete small vault made with fixed keys, ids and salts by the reference
-//! sealer (`object::seal_object`) and `Manifest::write`. The tests (1) decrypt and deep-verify
-//! the checked-in vault through the real library paths and compare with the recorded
-//! plaintexts, and (2) regenerate everything and require byte equality, so any change to the
-//! format fails here until the vectors are regenerated on purpose:
+//! Two small vaults made with fixed keys, ids, salts and nonces by the reference sealer
+//! (`object::seal_object`) and the streaming `ManifestWriter`: `vault/` (two batches, a pack of
+//! five files and an object of its own) and `concealed/` (names sealed). The tests (1) decrypt
+//! and deep-verify the checked-in vaults through the real library paths and compare with the
+//! recorded plaintexts, (2) regenerate everything and require byte equality, so any change to
+//! the format fails here until the vectors are regenerated on purpose:
 //!
 //!     ENVSEAL_REGEN_VECTORS=1 cargo test --test vectors
 //!
-//! (and a format change that old vaults cannot follow must also bump FORMAT_VERSION).
+//! (and a format change that old vaults cannot follow must also bump FORMAT_VERSION), and
+//! (3) apply each tamper case of `fixtures/vectors/tamper.json` to a copy of `vault/` and check
+//! that the stage it names fails, with the exit codes it names.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use base64::Engine;
 use envseal::crypto::BatchKey;
 use envseal::decrypt::{decrypt, DecryptOptions};
 use envseal::format::{self, ObjectHeader};
@@ -22,18 +26,23 @@ use envseal::kms::{
     DataKey, EncryptionContext, GeneratedKey, KeyProvider, KmsError, KmsErrorKind, KmsOptions,
     WrappedKey,
 };
-use envseal::manifest::{self, Batch, Entry, EntryKind, FileEntry, Manifest, Name};
+use envseal::manifest::{
+    self, Batch, Entry, EntryKind, EntryLine, FileEntry, Header, ManifestWriter, Name, ObjectRef,
+};
 use envseal::progress::NoProgress;
 use envseal::verify::{verify, VerifyOptions};
+use serde_json::Value;
 
 const KMS: &str = "vector";
 const SEG: u32 = 4096;
-
-fn batch_key_bytes() -> [u8; 32] {
-    std::array::from_fn(|i| i as u8)
-}
 const VAULT_ID: [u8; 16] = [0xa0; 16];
-const BATCH_ID: [u8; 16] = [0xb0; 16];
+const BATCH_IDS: [[u8; 16]; 2] = [[0xb0; 16], [0xb1; 16]];
+const PACK_ID: [u8; 16] = [0xc0; 16];
+const SINGLE_ID: [u8; 16] = [0xc1; 16];
+
+fn batch_key_bytes(b: usize) -> [u8; 32] {
+    std::array::from_fn(|i| (i + 32 * b) as u8)
+}
 
 /// A provider that "unwraps" the vector blob (the hex of the key); test-only, never shipped.
 struct VectorKms;
@@ -61,21 +70,37 @@ impl KeyProvider for VectorKms {
     }
 }
 
-fn batch_key() -> BatchKey {
+fn batch_key(b: usize) -> BatchKey {
     BatchKey::new(
-        DataKey::from_bytes(&batch_key_bytes()).unwrap(),
+        DataKey::from_bytes(&batch_key_bytes(b)).unwrap(),
         VAULT_ID,
-        BATCH_ID,
+        BATCH_IDS[b],
     )
 }
 
-/// (name, plaintext length)
+fn batch(b: usize) -> Batch {
+    Batch {
+        batch_id: BATCH_IDS[b],
+        key_commitment: batch_key(b).commitment(),
+        wrapped: vec![WrappedKey {
+            kms: KMS.into(),
+            key_id: format!("vector-cmk-{b}"),
+            blob: hex::encode(batch_key_bytes(b)),
+            context: EncryptionContext::for_batch(
+                &format::to_hex(&VAULT_ID),
+                &format::to_hex(&BATCH_IDS[b]),
+            ),
+        }],
+    }
+}
+
+/// (name, plaintext length), in tree order; the last one gets an object of its own.
 fn cases() -> Vec<(&'static str, usize)> {
     vec![
         ("empty", 0),
         ("one-byte", 1),
-        ("seg-minus-1", SEG as usize - 1),
         ("seg-exact", SEG as usize),
+        ("seg-minus-1", SEG as usize - 1),
         ("seg-plus-1", SEG as usize + 1),
         ("three-segs-plus-17", 3 * SEG as usize + 17),
     ]
@@ -89,32 +114,18 @@ fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/vectors")
 }
 
-/// Builds the vector vault into `out` (objects, key file, manifest) and the plaintexts into
-/// `plain`.
-fn generate(out: &Path, plain: &Path) {
-    let key = batch_key();
-    let batch = Batch {
-        batch_id: BATCH_ID,
-        key_commitment: key.commitment(),
-        wrapped: vec![WrappedKey {
-            kms: KMS.into(),
-            key_id: "vector-cmk".into(),
-            blob: hex::encode(batch_key_bytes()),
-            context: EncryptionContext::for_batch(
-                &format::to_hex(&VAULT_ID),
-                &format::to_hex(&BATCH_ID),
-            ),
-        }],
-    };
-    let mut entries = vec![Entry {
-        path: Name::Clear(b"vectors".to_vec()),
-        mode: 0o755,
-        mtime: 1_700_000_000,
-        mtime_nsec: 0,
-        kind: EntryKind::Dir,
-    }];
-    std::fs::create_dir_all(plain).unwrap();
+fn object_path(out: &Path, id: &[u8; 16]) -> PathBuf {
+    out.join(manifest::object_name(id))
+}
+
+/// Seals the cases: case k goes to batch k % 2; all but the last into one pack (in order),
+/// the last into an object of its own. Returns the file entries and writes the objects.
+fn seal_cases(out: &Path, plain: Option<&Path>) -> Vec<(String, FileEntry)> {
+    let mut pack = Vec::new();
+    let mut files = Vec::new();
+    let n = cases().len();
     for (k, (name, len)) in cases().into_iter().enumerate() {
+        let b = k % 2;
         let pt = plaintext(k, len);
         let mut header = ObjectHeader {
             version: format::FORMAT_VERSION,
@@ -122,24 +133,73 @@ fn generate(out: &Path, plain: &Path) {
             segment_size: SEG,
             plain_len: len as u64,
             vault_id: VAULT_ID,
-            batch_id: BATCH_ID,
+            batch_id: BATCH_IDS[b],
             file_id: [k as u8 + 1; 16],
             salt: [k as u8 + 0x40; 32],
             commitment: [0; 32],
         };
-        let (obj, ct, mac) = envseal::object::seal_object(&key, &mut header, &pt);
-        let f = FileEntry {
-            size: len as u64,
-            batch: 0,
-            file_id: header.file_id,
-            salt: header.salt,
-            ct_blake3: *ct.as_bytes(),
-            pt_mac: *mac.as_bytes(),
+        let (rec, ct, mac) = envseal::object::seal_object(&batch_key(b), &mut header, &pt);
+        let (obj, off) = if k + 1 < n {
+            pack.extend_from_slice(&rec);
+            (0, (pack.len() - rec.len()) as u64)
+        } else {
+            let p = object_path(out, &SINGLE_ID);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, &rec).unwrap();
+            (1, 0)
         };
-        let obj_path = out.join(f.object());
-        std::fs::create_dir_all(obj_path.parent().unwrap()).unwrap();
-        std::fs::write(&obj_path, &obj).unwrap();
-        std::fs::write(plain.join(name), &pt).unwrap();
+        files.push((
+            name.to_string(),
+            FileEntry {
+                size: len as u64,
+                batch: b as u32,
+                obj,
+                off,
+                salt: header.salt,
+                ct,
+                pt: *mac.as_bytes(),
+            },
+        ));
+        if let Some(plain) = plain {
+            std::fs::create_dir_all(plain).unwrap();
+            std::fs::write(plain.join(name), &pt).unwrap();
+        }
+    }
+    let p = object_path(out, &PACK_ID);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, &pack).unwrap();
+    files
+}
+
+/// Builds a vector vault into `out` (objects, key files, manifest) and, for the clear one,
+/// the plaintexts into `plain`.
+fn generate(out: &Path, plain: Option<&Path>, concealed: bool) {
+    std::fs::create_dir_all(out).unwrap();
+    let files = seal_cases(out, plain);
+    let header = Header {
+        vault_id: VAULT_ID,
+        created: "2026-12-01T00:00:00Z".into(),
+        generator: "envseal vectors".into(),
+        segment_size: SEG,
+        conceal_names: concealed,
+    };
+    let mut m = ManifestWriter::create(out, &header).unwrap();
+    for b in 0..2 {
+        manifest::write_key_file(out, &VAULT_ID, &batch(b)).unwrap();
+        m.batch(&batch(b)).unwrap();
+    }
+    for id in [PACK_ID, SINGLE_ID] {
+        let len = std::fs::metadata(object_path(out, &id)).unwrap().len();
+        m.object(&ObjectRef { id, len }).unwrap();
+    }
+    let mut entries = vec![Entry {
+        path: Name::Clear(b"vectors".to_vec()),
+        mode: 0o755,
+        mtime: 1_700_000_000,
+        mtime_nsec: 0,
+        kind: EntryKind::Dir,
+    }];
+    for (k, (name, f)) in files.into_iter().enumerate() {
         entries.push(Entry {
             path: Name::Clear(format!("vectors/{name}").into_bytes()),
             mode: 0o644,
@@ -148,28 +208,45 @@ fn generate(out: &Path, plain: &Path) {
             kind: EntryKind::File(f),
         });
     }
-    entries.sort_by(|a, b| a.path.clear().cmp(&b.path.clear()));
-    let m = Manifest {
-        vault_id: VAULT_ID,
-        created: "2026-11-28T00:00:00Z".into(),
-        generator: "envseal vectors".into(),
-        segment_size: SEG,
-        conceal_names: false,
-        batches: vec![batch.clone()],
-        entries,
-    };
-    manifest::write_key_file(out, &VAULT_ID, &batch).unwrap();
-    m.write(out, &[&key]).unwrap();
+    entries.push(Entry {
+        path: Name::Clear(b"vectors/z-link".to_vec()),
+        mode: 0o777,
+        mtime: 1_700_000_100,
+        mtime_nsec: 0,
+        kind: EntryKind::Symlink(Name::Clear(b"one-byte".to_vec())),
+    });
+    let nk = batch_key(0).name_key();
+    for (k, e) in entries.iter().enumerate() {
+        let line = e.to_line(None).unwrap();
+        let line = if concealed {
+            // Names sealed with fixed nonces (entry k: 12 × k for the path, 12 × (0x80 + k)
+            // for a link target), so that the vector is reproducible.
+            let mut l: EntryLine = serde_json::from_slice(&line).unwrap();
+            let b64 = base64::engine::general_purpose::STANDARD;
+            let path = l.path.take().unwrap();
+            l.enc_path = Some(
+                b64.encode(
+                    nk.seal_with_nonce(path.as_bytes(), b"envseal path", [k as u8; 12])
+                        .unwrap(),
+                ),
+            );
+            if let Some(t) = l.target.take() {
+                l.enc_target = Some(b64.encode(
+                    nk.seal_with_nonce(t.as_bytes(), b"envseal link target", [0x80 + k as u8; 12])
+                        .unwrap(),
+                ));
+            }
+            serde_json::to_vec(&l).unwrap()
+        } else {
+            line
+        };
+        m.entry_line(&line).unwrap();
+    }
+    m.finish(&[&batch_key(0), &batch_key(1)]).unwrap();
 }
 
 /// Every file below `dir`, relative, sorted.
-fn files(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = walkdir_files(dir);
-    v.sort();
-    v
-}
-
-fn walkdir_files(root: &Path) -> Vec<PathBuf> {
+fn files(root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -182,32 +259,36 @@ fn walkdir_files(root: &Path) -> Vec<PathBuf> {
             }
         }
     }
+    out.sort();
     out
+}
+
+fn generate_all(root: &Path) {
+    generate(&root.join("vault"), Some(&root.join("plain")), false);
+    generate(&root.join("concealed"), None, true);
 }
 
 #[test]
 fn vectors_are_current() {
     let tmp = tempfile::tempdir().unwrap();
     let fresh = tmp.path().to_path_buf();
-    std::fs::create_dir_all(fresh.join("vault")).unwrap();
-    generate(&fresh.join("vault"), &fresh.join("plain"));
+    generate_all(&fresh);
     let checked_in = dir();
     if std::env::var_os("ENVSEAL_REGEN_VECTORS").is_some() {
-        for d in ["vault", "plain"] {
+        for d in ["vault", "plain", "concealed"] {
             let _ = std::fs::remove_dir_all(checked_in.join(d));
         }
-        std::fs::create_dir_all(checked_in.join("vault")).unwrap();
-        generate(&checked_in.join("vault"), &checked_in.join("plain"));
+        generate_all(&checked_in);
         return;
     }
     let keep = |v: Vec<PathBuf>| -> Vec<PathBuf> {
         v.into_iter()
-            .filter(|p| p.starts_with("vault") || p.starts_with("plain"))
+            .filter(|p| ["vault", "plain", "concealed"].iter().any(|d| p.starts_with(d)))
             .collect()
     };
     let a = keep(files(&fresh));
     let b = keep(files(&checked_in));
-    assert_eq!(a, b, "the vector vault's file list changed: regenerate with ENVSEAL_REGEN_VECTORS=1 cargo test --test vectors");
+    assert_eq!(a, b, "the vector vaults' file lists changed: regenerate with ENVSEAL_REGEN_VECTORS=1 cargo test --test vectors");
     for f in a {
         assert!(
             std::fs::read(fresh.join(&f)).unwrap() == std::fs::read(checked_in.join(&f)).unwrap(),
@@ -221,41 +302,156 @@ fn kms() -> Kms {
     Kms::new(KmsOptions::default(), None).with_provider(KMS, Arc::new(VectorKms))
 }
 
-#[test]
-fn checked_in_vectors_decrypt_to_recorded_plaintexts() {
-    let vault = dir().join("vault");
+/// Exit codes of keyless verify, deep verify and decrypt on `vault`, through the library,
+/// and the files decrypt restored.
+fn outcomes(vault: &Path) -> (i32, i32, i32, Vec<String>) {
+    let v = |deep| {
+        match verify(
+            vault,
+            &VerifyOptions { deep, jobs: 2 },
+            Some(&kms()),
+            &NoProgress,
+            &AtomicBool::new(false),
+        ) {
+            Ok(r) if r.problems.is_empty() => 0,
+            Ok(_) => 3,
+            Err(e) => e.exit_code(),
+        }
+    };
     let tmp = tempfile::tempdir().unwrap();
     let dest = tmp.path().join("out");
     let opts = DecryptOptions {
-        vault: vault.clone(),
+        vault: vault.to_path_buf(),
         dest: dest.clone(),
         only: vec![],
         overwrite: false,
         jobs: 2,
     };
-    let r = decrypt(&opts, &kms(), &NoProgress, &AtomicBool::new(false)).unwrap();
-    assert!(r.failed.is_empty(), "{:?}", r.failed);
-    assert_eq!(r.files as usize, cases().len());
-    for (name, len) in cases() {
-        let got = std::fs::read(dest.join("vectors").join(name)).unwrap();
-        let want = std::fs::read(dir().join("plain").join(name)).unwrap();
-        assert_eq!(got.len(), len, "{name}");
-        assert!(
-            got == want,
-            "{name}: plaintext differs from the recorded one"
-        );
-    }
-    let v = verify(
-        &vault,
-        &VerifyOptions {
-            deep: true,
+    let d = match decrypt(&opts, &kms(), &NoProgress, &AtomicBool::new(false)) {
+        Ok(r) if r.integrity_failures > 0 => 3,
+        Ok(r) if !r.failed.is_empty() => 1,
+        Ok(_) => 0,
+        Err(e) => e.exit_code(),
+    };
+    let restored = std::fs::read_dir(dest.join("vectors"))
+        .map(|rd| {
+            let mut v: Vec<String> = rd
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        })
+        .unwrap_or_default();
+    (v(false), v(true), d, restored)
+}
+
+#[test]
+fn checked_in_vectors_decrypt_to_recorded_plaintexts() {
+    for name in ["vault", "concealed"] {
+        let vault = dir().join(name);
+        let tmp = tempfile::tempdir().unwrap();
+        let dest = tmp.path().join("out");
+        let opts = DecryptOptions {
+            vault: vault.clone(),
+            dest: dest.clone(),
+            only: vec![],
+            overwrite: false,
             jobs: 2,
-        },
-        Some(&kms()),
-        &NoProgress,
-        &AtomicBool::new(false),
-    )
-    .unwrap();
-    assert!(v.problems.is_empty(), "{:?}", v.problems);
-    assert_eq!(v.files as usize, cases().len());
+        };
+        let r = decrypt(&opts, &kms(), &NoProgress, &AtomicBool::new(false)).unwrap();
+        assert!(r.failed.is_empty(), "{name}: {:?}", r.failed);
+        assert_eq!(r.files as usize, cases().len(), "{name}");
+        assert_eq!(r.symlinks, 1, "{name}");
+        for (case, len) in cases() {
+            let got = std::fs::read(dest.join("vectors").join(case)).unwrap();
+            let want = std::fs::read(dir().join("plain").join(case)).unwrap();
+            assert_eq!(got.len(), len, "{name}/{case}");
+            assert!(got == want, "{name}/{case}: plaintext differs from the recorded one");
+        }
+        assert_eq!(
+            std::fs::read_link(dest.join("vectors/z-link")).unwrap(),
+            Path::new("one-byte")
+        );
+        assert_eq!(outcomes(&vault).0, 0, "{name}: keyless verify");
+        assert_eq!(outcomes(&vault).1, 0, "{name}: deep verify");
+    }
+    // The concealed vector keeps no name in clear.
+    let m = std::fs::read_to_string(dir().join("concealed/manifest.jsonl")).unwrap();
+    assert!(!m.contains("one-byte") && !m.contains("vectors/"), "{m}");
+}
+
+/// Applies one edit of tamper.json to a vault copy.
+fn apply(vault: &Path, edit: &Value) {
+    let file = vault.join(edit["file"].as_str().unwrap());
+    if let Some(off) = edit["flip"].as_u64() {
+        let mut b = std::fs::read(&file).unwrap();
+        b[off as usize] ^= 0x01;
+        std::fs::write(&file, b).unwrap();
+    } else if let Some(n) = edit["truncate"].as_u64() {
+        let len = std::fs::metadata(&file).unwrap().len();
+        let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+        f.set_len(len - n).unwrap();
+    } else if let Some(r) = edit["replace"].as_array() {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let (old, new) = (r[0].as_str().unwrap(), r[1].as_str().unwrap());
+        assert_eq!(text.matches(old).count(), 1, "{old} must occur once in {}", file.display());
+        std::fs::write(&file, text.replace(old, new)).unwrap();
+    } else if let Some(needle) = edit["drop_line"].as_str() {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let kept: Vec<&str> = text.lines().filter(|l| !l.contains(needle)).collect();
+        assert_eq!(kept.len() + 1, text.lines().count(), "{needle}");
+        std::fs::write(&file, kept.join("\n") + "\n").unwrap();
+    } else if let Some(data) = edit["create"].as_str() {
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, data).unwrap();
+    } else if let Some(r) = edit["swap"].as_array() {
+        // Swap two substrings (each occurring once) of a text file.
+        let text = std::fs::read_to_string(&file).unwrap();
+        let (a, b) = (r[0].as_str().unwrap(), r[1].as_str().unwrap());
+        let t = text.replace(a, "\u{0}").replace(b, a).replace('\u{0}', b);
+        assert_ne!(t, text);
+        std::fs::write(&file, t).unwrap();
+    } else {
+        panic!("unknown edit {edit}");
+    }
+}
+
+fn copy_dir(src: &Path, dst: &Path) {
+    for f in files(src) {
+        let to = dst.join(&f);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(src.join(&f), to).unwrap();
+    }
+}
+
+/// Each case of tamper.json names the stage that must fail: its expected exit codes for keyless
+/// verify, deep verify and decrypt, and what decrypt may still restore.
+#[test]
+fn tamper_vectors_fail_at_their_stage() {
+    let cases: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir().join("tamper.json")).unwrap())
+            .unwrap();
+    let cases = cases.as_array().unwrap();
+    assert!(cases.len() >= 8);
+    for c in cases {
+        let name = c["name"].as_str().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let vault = tmp.path().join("vault");
+        copy_dir(&dir().join("vault"), &vault);
+        for e in c["edits"].as_array().unwrap() {
+            apply(&vault, e);
+        }
+        let (keyless, deep, dec, restored) = outcomes(&vault);
+        let want = &c["expect"];
+        assert_eq!(keyless as i64, want["verify"].as_i64().unwrap(), "{name}: keyless verify");
+        assert_eq!(deep as i64, want["verify_deep"].as_i64().unwrap(), "{name}: deep verify");
+        assert_eq!(dec as i64, want["decrypt"].as_i64().unwrap(), "{name}: decrypt");
+        let want_restored: Vec<String> = want["restored"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(restored, want_restored, "{name}: restored files");
+    }
 }
