@@ -153,6 +153,9 @@ pub fn decrypt(
         entries.push(e);
     }
     unlocked.authenticate()?;
+    if unlocked.reader.header.conceal_names {
+        crate::manifest::check_tree(&mut entries)?;
+    }
     let keys = &unlocked.keys;
     let r = &unlocked.reader;
     let ctx = RecordCtx::new(&opts.vault, &r.header, &r.batches, &r.objects, opts.jobs);

@@ -600,6 +600,28 @@ impl TreeOrder {
     }
 }
 
+/// Puts revealed entries of a concealed vault in tree order and checks the tree rules on them
+/// (every parent a directory listed before, no path twice).
+pub fn check_tree(entries: &mut [Entry]) -> Result<()> {
+    entries.sort_by(|a, b| {
+        tree_cmp(
+            a.path.clear().unwrap_or_default(),
+            b.path.clear().unwrap_or_default(),
+        )
+    });
+    let mut order = TreeOrder::default();
+    for e in entries.iter() {
+        let p = e
+            .path
+            .clear()
+            .ok_or_else(|| Error::Runtime("names not revealed".into()))?;
+        order
+            .push(p, e.is_dir())
+            .map_err(|why| integrity("manifest", why))?;
+    }
+    Ok(())
+}
+
 fn json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
     serde_json::to_vec(v).map_err(|e| Error::Runtime(e.to_string()))
 }
@@ -795,6 +817,8 @@ pub struct ManifestReader {
     /// Revealed names are checked for tree order (clear vaults: always).
     name_key: Option<NameKey>,
     pending: Option<Vec<u8>>,
+    /// Concealed vaults: the previous entry line (their order is that of the sealed names).
+    prev: Vec<u8>,
     entries: u64,
     end: Option<EndLine>,
 }
@@ -833,6 +857,7 @@ impl ManifestReader {
             order: TreeOrder::default(),
             name_key: None,
             pending: None,
+            prev: Vec::new(),
             entries: 0,
             end: None,
         };
@@ -1006,10 +1031,17 @@ impl ManifestReader {
                         return Err(integrity(&at, "record lies outside its object"));
                     }
                 }
-                if let Some(nk) = &self.name_key {
-                    e.reveal(nk)?;
-                }
-                if let Some(p) = e.path.clear() {
+                if self.header.conceal_names {
+                    // Ordered by the sealed name, an order unrelated to the tree (§6.2);
+                    // tree rules are checked once the names are revealed ([`check_tree`]).
+                    if line <= self.prev {
+                        return Err(integrity(&at, "concealed entries out of order, or repeated"));
+                    }
+                    self.prev = line;
+                    if let Some(nk) = &self.name_key {
+                        e.reveal(nk)?;
+                    }
+                } else if let Some(p) = e.path.clear() {
                     self.order
                         .push(p, e.is_dir())
                         .map_err(|why| integrity(&at, why))?;

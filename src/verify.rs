@@ -259,6 +259,8 @@ pub fn verify(
     let (slots_tx, slots_rx) = crossbeam_channel::bounded::<()>(2 * opts.jobs.max(1));
     let mut files = 0u64;
     let mut bytes = 0u64;
+    // Concealed names, revealed: their tree rules are checked once all are known.
+    let mut revealed: Vec<crate::manifest::Entry> = Vec::new();
     let read = pool.in_place_scope(|s| -> Result<()> {
         let mut job: Vec<Item> = Vec::new();
         let mut job_bytes = 0u64;
@@ -278,6 +280,17 @@ pub fn verify(
         while let Some(e) = reader.next_entry()? {
             if cancel.load(Ordering::Relaxed) {
                 break;
+            }
+            if header.conceal_names && keys.is_some() {
+                revealed.push(crate::manifest::Entry {
+                    kind: match e.kind {
+                        crate::manifest::EntryKind::Dir => crate::manifest::EntryKind::Dir,
+                        _ => crate::manifest::EntryKind::Symlink(crate::manifest::Name::Clear(
+                            Vec::new(),
+                        )),
+                    },
+                    ..e.clone()
+                });
             }
             let Some(f) = e.file() else { continue };
             files += 1;
@@ -305,6 +318,9 @@ pub fn verify(
         // Every entry was read: the manifest's MAC, with every batch key.
         for (i, k) in keys.iter().enumerate() {
             reader.authenticate(i, k)?;
+        }
+        if header.conceal_names {
+            crate::manifest::check_tree(&mut revealed)?;
         }
     }
     let mut problems = problems.into_inner().unwrap_or_default();

@@ -604,20 +604,34 @@ impl<'a> Writer<'a> {
             }
         }
         let renumber = kept.len() != self.objects.len();
+        let concealed = self.header.conceal_names;
+        // Concealed entries are listed in the order of their sealed names, unrelated to the
+        // tree's shape (§6.2): gathered and sorted here, the one place a run holds them all.
+        let mut sealed: Vec<Vec<u8>> = Vec::new();
         self.journal.entries_from(self.gen_start, |rec| {
-            if !renumber || !rec.windows(6).any(|w| w == b"\"obj\":") {
-                return m.entry_line(rec);
+            let line = if !renumber || !rec.windows(6).any(|w| w == b"\"obj\":") {
+                rec.to_vec()
+            } else {
+                let mut line: manifest::EntryLine = serde_json::from_slice(rec)
+                    .map_err(|e| Error::integrity("journal", e.to_string()))?;
+                if let Some(o) = line.obj.as_mut() {
+                    *o = *remap.get(*o as usize).ok_or_else(|| {
+                        Error::integrity("journal", "entry names an unknown object")
+                    })?;
+                }
+                serde_json::to_vec(&line).map_err(|e| Error::Runtime(e.to_string()))?
+            };
+            if concealed {
+                sealed.push(line);
+                Ok(())
+            } else {
+                m.entry_line(&line)
             }
-            let mut line: manifest::EntryLine = serde_json::from_slice(rec)
-                .map_err(|e| Error::integrity("journal", e.to_string()))?;
-            if let Some(o) = line.obj.as_mut() {
-                *o = *remap
-                    .get(*o as usize)
-                    .ok_or_else(|| Error::integrity("journal", "entry names an unknown object"))?;
-            }
-            let l = serde_json::to_vec(&line).map_err(|e| Error::Runtime(e.to_string()))?;
-            m.entry_line(&l)
         })?;
+        sealed.sort_unstable();
+        for l in &sealed {
+            m.entry_line(l)?;
+        }
         let keys: Vec<&BatchKey> = self.keys.iter().map(|k| k.as_ref()).collect();
         m.finish(&keys)?;
         sweep_objects(&self.vault, &kept)?;

@@ -216,6 +216,7 @@ fn generate(out: &Path, plain: Option<&Path>, concealed: bool) {
         kind: EntryKind::Symlink(Name::Clear(b"one-byte".to_vec())),
     });
     let nk = batch_key(0).name_key();
+    let mut lines = Vec::new();
     for (k, e) in entries.iter().enumerate() {
         let line = e.to_line(None).unwrap();
         let line = if concealed {
@@ -240,7 +241,14 @@ fn generate(out: &Path, plain: Option<&Path>, concealed: bool) {
         } else {
             line
         };
-        m.entry_line(&line).unwrap();
+        lines.push(line);
+    }
+    // Concealed entries are listed in the order of their lines (of their sealed names).
+    if concealed {
+        lines.sort();
+    }
+    for l in &lines {
+        m.entry_line(l).unwrap();
     }
     m.finish(&[&batch_key(0), &batch_key(1)]).unwrap();
 }

@@ -215,7 +215,23 @@ pub fn ls_cmd(a: LsArgs) -> anyhow::Result<i32> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     use std::io::Write;
-    while let Some(e) = reader.next_entry()? {
+    // Concealed entries are stored in an order unrelated to the tree: revealed, they are
+    // sorted (and their tree checked) before listing.
+    let mut sorted = Vec::new();
+    if concealed {
+        while let Some(e) = reader.next_entry()? {
+            sorted.push(e);
+        }
+        envseal::manifest::check_tree(&mut sorted)?;
+        sorted.reverse();
+    }
+    loop {
+        let next = if concealed {
+            sorted.pop()
+        } else {
+            reader.next_entry()?
+        };
+        let Some(e) = next else { break };
         let path = e.path.display();
         let (kind, size, target) = match &e.kind {
             EntryKind::File(f) => ("file", f.size, None),
