@@ -504,6 +504,7 @@ mod tests {
         j.set_mac_key(key());
         assert_eq!(done_recs(&mut j, &loaded), vec![rec(1), rec(3)]);
         assert!(!std::fs::read(&path).unwrap().contains(&0));
+        drop(j);
         // A modified line followed by another is tampering, not a torn tail.
         let text = std::fs::read(&path).unwrap();
         let changed = String::from_utf8(text).unwrap().replace("t/f1", "t/f9");

@@ -1,7 +1,8 @@
-//! Tampering is caught: single-byte flips anywhere in an object, truncation at a segment
-//! boundary, swapped objects and swapped segments are named by keyless `verify` (exit 3) and
-//! refused by `decrypt` (exit 3, the file left absent, no temporary file, the rest restored);
-//! any change to the manifest fails `verify --deep` and `decrypt`; extra objects are reported.
+//! Tampering is caught: single-byte flips anywhere in an object or in one packed record,
+//! truncation at a segment boundary or of a pack, swapped packed records and swapped segments
+//! are named by keyless `verify` (exit 3) and refused by `decrypt` (exit 3, the file left
+//! absent, no temporary file, the rest restored); any change to the manifest fails
+//! `verify --deep` and `decrypt`; extra objects are reported.
 
 mod common;
 
@@ -44,8 +45,10 @@ impl Base {
             b"another file, in a subdirectory",
         );
         let vault = dir.path().join("vault");
+        // big.bin (16,484 bytes) gets an object of its own, the other files share a pack.
         ok(envseal(&home)
-            .args(["encrypt", "-q", "--segment-size", "4KiB", "-o"])
+            .args(["encrypt", "-q", "--segment-size", "4KiB"])
+            .args(["--pack-threshold", "16KiB", "-o"])
             .arg(&vault)
             .arg(&src));
         Base {
@@ -65,11 +68,12 @@ impl Base {
         v
     }
 
-    /// The object of a vault path, inside `vault`.
-    fn object(&self, vault: &Path, path: &str) -> (String, PathBuf) {
-        let o = common::tree::objects_by_path(vault)[path].clone();
+    /// The object holding a vault path's record, inside `vault`: its name as reports show
+    /// it (`objects/<xx>/<id>@<offset>`), its path, and the record's offset in it.
+    fn object(&self, vault: &Path, path: &str) -> (String, PathBuf, u64) {
+        let (o, off) = common::tree::objects_by_path(vault)[path].clone();
         let p = vault.join(&o);
-        (o, p)
+        (format!("{o}@{off}"), p, off)
     }
 
     fn verify(&self, vault: &Path, deep: bool) -> Output {
@@ -101,7 +105,7 @@ impl Base {
         let err = stderr(&v);
         assert_eq!(code(&v), 3, "{case}: verify exit code; stderr: {err}");
         for p in damaged {
-            let (obj, _) = self.object(vault, p);
+            let (obj, _, _) = self.object(vault, p);
             assert!(
                 err.contains(p) && err.contains(&obj),
                 "{case}: verify does not name {p} ({obj}): {err}"
@@ -166,7 +170,8 @@ fn any_single_byte_flip_in_an_object_is_caught() {
     ];
     for (case, at) in cases {
         let v = b.copy();
-        let (_, obj) = b.object(&v, "data/big.bin");
+        let (_, obj, off) = b.object(&v, "data/big.bin");
+        assert_eq!(off, 0, "big.bin has an object of its own");
         assert_eq!(
             fs::metadata(&obj).unwrap().len(),
             last + 116,
@@ -182,7 +187,7 @@ fn truncation_at_a_segment_boundary_is_caught() {
     let b = Base::new();
     for keep in [1u64, 4] {
         let v = b.copy();
-        let (_, obj) = b.object(&v, "data/big.bin");
+        let (_, obj, _) = b.object(&v, "data/big.bin");
         let f = OpenOptions::new().write(true).open(&obj).unwrap();
         f.set_len(HDR + keep * SEG).unwrap();
         drop(f);
@@ -195,24 +200,63 @@ fn truncation_at_a_segment_boundary_is_caught() {
 }
 
 #[test]
-fn swapped_objects_are_caught() {
+fn swapped_packed_records_are_caught() {
     let b = Base::new();
     let v = b.copy();
-    let (_, a) = b.object(&v, "data/twin-a.bin");
-    let (_, c) = b.object(&v, "data/twin-b.bin");
-    assert_eq!(
-        fs::metadata(&a).unwrap().len(),
-        fs::metadata(&c).unwrap().len(),
-        "the twins' objects have the same length, so only authentication can tell them apart"
-    );
-    let tmp = a.with_extension("swap");
-    fs::rename(&a, &tmp).unwrap();
-    fs::rename(&c, &a).unwrap();
-    fs::rename(&tmp, &c).unwrap();
+    let (_, pack, a) = b.object(&v, "data/twin-a.bin");
+    let (_, pack2, c) = b.object(&v, "data/twin-b.bin");
+    assert_eq!(pack, pack2, "the twins share a pack");
+    let len = (HDR + 2 * 16 + 5000) as usize;
+    assert_eq!(c - a, len as u64, "the twins' records lie side by side");
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&pack)
+        .unwrap();
+    let (mut ra, mut rc) = (vec![0u8; len], vec![0u8; len]);
+    f.read_exact_at(&mut ra, a).unwrap();
+    f.read_exact_at(&mut rc, c).unwrap();
+    f.write_all_at(&rc, a).unwrap();
+    f.write_all_at(&ra, c).unwrap();
+    drop(f);
     b.assert_caught(
         &v,
         &["data/twin-a.bin", "data/twin-b.bin"],
-        "swapped objects",
+        "swapped packed records",
+    );
+}
+
+#[test]
+fn a_byte_flip_in_a_packed_file_fails_that_file_only() {
+    let b = Base::new();
+    let v = b.copy();
+    let (_, pack, off) = b.object(&v, "data/sub/other.txt");
+    flip_byte(&pack, off + HDR + 3);
+    b.assert_caught(&v, &["data/sub/other.txt"], "flip in a packed record");
+}
+
+#[test]
+fn a_truncated_pack_fails_its_files_only() {
+    let b = Base::new();
+    let v = b.copy();
+    let (_, pack, _) = b.object(&v, "data/small.txt");
+    let len = fs::metadata(&pack).unwrap().len();
+    OpenOptions::new()
+        .write(true)
+        .open(&pack)
+        .unwrap()
+        .set_len(len - 1)
+        .unwrap();
+    b.assert_caught(
+        &v,
+        &[
+            "data/empty.bin",
+            "data/small.txt",
+            "data/sub/other.txt",
+            "data/twin-a.bin",
+            "data/twin-b.bin",
+        ],
+        "truncated pack",
     );
 }
 
@@ -220,7 +264,7 @@ fn swapped_objects_are_caught() {
 fn swapped_segments_are_caught() {
     let b = Base::new();
     let v = b.copy();
-    let (_, obj) = b.object(&v, "data/big.bin");
+    let (_, obj, _) = b.object(&v, "data/big.bin");
     let f = OpenOptions::new()
         .read(true)
         .write(true)
@@ -240,36 +284,24 @@ fn swapped_segments_are_caught() {
 fn an_empty_file_is_authenticated_too() {
     let b = Base::new();
     let v = b.copy();
-    let (_, obj) = b.object(&v, "data/empty.bin");
-    assert_eq!(
-        fs::metadata(&obj).unwrap().len(),
-        HDR + 16,
-        "header and one empty segment"
-    );
-    flip_byte(&obj, HDR + 7);
+    let (_, pack, off) = b.object(&v, "data/empty.bin");
+    let (_, _, next) = b.object(&v, "data/small.txt");
+    assert_eq!(next - off, HDR + 16, "header and one empty segment");
+    flip_byte(&pack, off + HDR + 7);
     b.assert_caught(&v, &["data/empty.bin"], "empty file's tag");
-    let v = b.copy();
-    let (_, obj) = b.object(&v, "data/empty.bin");
-    OpenOptions::new()
-        .write(true)
-        .open(&obj)
-        .unwrap()
-        .set_len(HDR)
-        .unwrap();
-    b.assert_caught(&v, &["data/empty.bin"], "empty file's segment dropped");
 }
 
 #[test]
 fn a_missing_object_is_named() {
     let b = Base::new();
     let v = b.copy();
-    let (obj_name, obj) = b.object(&v, "data/small.txt");
+    let (obj_name, obj, _) = b.object(&v, "data/big.bin");
     fs::remove_file(&obj).unwrap();
     let o = b.verify(&v, false);
     let err = stderr(&o);
     assert_eq!(code(&o), 3, "{err}");
     assert!(err.contains("missing") && err.contains(&obj_name), "{err}");
-    b.assert_caught(&v, &["data/small.txt"], "missing object");
+    b.assert_caught(&v, &["data/big.bin"], "missing object");
 }
 
 #[test]
@@ -335,11 +367,11 @@ fn any_change_to_the_manifest_fails_deep_verify_and_decrypt() {
     let cases: Vec<(&str, Edit)> = vec![
         (
             "an entry's ciphertext digest",
-            Box::new(move |l| l[small] = change_hex(&l[small], "ct_blake3", 7)),
+            Box::new(move |l| l[small] = change_hex(&l[small], "ct", 7)),
         ),
         (
             "an entry's plaintext MAC",
-            Box::new(move |l| l[big] = change_hex(&l[big], "pt_mac", 0)),
+            Box::new(move |l| l[big] = change_hex(&l[big], "pt", 0)),
         ),
         (
             "a size",
@@ -358,16 +390,27 @@ fn any_change_to_the_manifest_fails_deep_verify_and_decrypt() {
             Box::new(move |l| l[end] = l[end].replace("\"entries\":", "\"entries\":1")),
         ),
         (
-            "an entry's file id",
-            Box::new(move |l| l[small] = change_hex(&l[small], "file_id", 5)),
+            "an entry's salt",
+            Box::new(move |l| l[small] = change_hex(&l[small], "salt", 5)),
         ),
         (
-            "an entry's batch id",
-            Box::new(move |l| l[small] = change_hex(&l[small], "batch_id", 3)),
+            "an entry's record offset",
+            Box::new(move |l| l[small] = l[small].replace("\"off\":", "\"off\":1")),
+        ),
+        (
+            "an entry's batch",
+            Box::new(move |l| l[small] = l[small].replace("\"batch\":0,", "\"batch\":1,")),
         ),
         (
             "the batch record's id",
-            Box::new(move |l| l[1] = change_hex(&l[1], "batch_id", 3)),
+            Box::new(move |l| l[1] = change_hex(&l[1], "id", 3)),
+        ),
+        (
+            "an object's length",
+            Box::new(move |l| {
+                let i = l.iter().position(|x| x.contains("\"type\":\"object\"")).unwrap();
+                l[i] = l[i].replace("\"len\":", "\"len\":1");
+            }),
         ),
         (
             "a path made to escape",
@@ -424,7 +467,7 @@ fn any_change_to_the_manifest_fails_deep_verify_and_decrypt() {
 fn extra_object_is_reported_by_verify() {
     let b = Base::new();
     let v = b.copy();
-    let (_, obj) = b.object(&v, "data/small.txt");
+    let (_, obj, _) = b.object(&v, "data/small.txt");
     let stray = obj
         .parent()
         .unwrap()

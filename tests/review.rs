@@ -62,10 +62,10 @@ impl Fixture {
             excludes: vec![],
             conceal_names: false,
             resume: false,
-            use_mmap: false,
             jobs: 2,
             batch_max_files: format::BATCH_MAX_FILES,
             batch_max_bytes: format::BATCH_MAX_BYTES,
+            pack_threshold: format::DEFAULT_PACK_THRESHOLD,
         }
     }
 
@@ -179,6 +179,7 @@ fn a_run_killed_before_its_first_batch_resumes() {
     fs::create_dir_all(&fx.vault).unwrap();
     let abs = std::path::absolute(&fx.src).unwrap();
     let run = RunRecord {
+        kind: "run".into(),
         format: format::FORMAT_VERSION,
         vault_id: "ab".repeat(16),
         created: "2026-11-28T00:00:00Z".into(),
@@ -227,19 +228,16 @@ fn hostile_sizes_in_the_manifest_do_not_overflow() {
         )
     };
 
-    // Each size valid on its own, their sum over u64: every object is reported, no panic.
+    // Each size valid on its own, their sum over u64: refused (each record would lie outside
+    // its object), no panic.
     fs::write(
         fx.manifest_path(),
         text.replace("\"size\":1,", &format!("\"size\":{},", 1u64 << 58)),
     )
     .unwrap();
-    let r = verify_keyless().unwrap();
-    let corrupt = r
-        .problems
-        .iter()
-        .filter(|p| p.kind == ProblemKind::Corrupt)
-        .count();
-    assert_eq!(corrupt, 65, "{:?}", r.problems);
+    let e = verify_keyless().unwrap_err();
+    assert_eq!(e.exit_code(), 3, "{e}");
+    let _ = ProblemKind::Corrupt;
 
     // A size with more than 2^32 segments is refused when the manifest is parsed.
     fs::write(
@@ -288,7 +286,6 @@ fn a_key_file_with_another_wrapped_key_is_reported() {
 #[test]
 fn concealed_entries_are_not_in_clear_path_order() {
     use base64::Engine;
-    use envseal::manifest::Manifest;
     let fx = Fixture::new(&[]);
     for d in 0..4 {
         for f in 0..3 {
@@ -301,8 +298,11 @@ fn concealed_entries_are_not_in_clear_path_order() {
     opts.conceal_names = true;
     let kms = fx.kms();
     encrypt(&opts, &kms, &NoProgress, &AtomicBool::new(false)).unwrap();
-    let m = Manifest::read(&fx.vault).unwrap();
-    let nk = kms.unwrap(&m.vault_id, &m.batches[0]).unwrap().name_key();
+    let m = envseal::manifest::ManifestReader::open(&fx.vault).unwrap();
+    let nk = kms
+        .unwrap(&m.header.vault_id, &m.batches[0])
+        .unwrap()
+        .name_key();
     let text = fs::read_to_string(fx.manifest_path()).unwrap();
     let listed: Vec<Vec<u8>> = text
         .lines()
@@ -374,11 +374,13 @@ fn a_run_killed_after_its_manifest_finishes_on_rerun() {
         excludes: opts.excludes.clone(),
     };
     let vault_id = format::to_hex(
-        &envseal::manifest::Manifest::read(&fx.vault)
+        &envseal::manifest::ManifestReader::open(&fx.vault)
             .unwrap()
+            .header
             .vault_id,
     );
     let run = |params: RunParams| RunRecord {
+        kind: "run".into(),
         format: format::FORMAT_VERSION,
         vault_id: vault_id.clone(),
         created: "2026-11-28T00:00:00Z".into(),
@@ -402,12 +404,21 @@ fn a_run_killed_after_its_manifest_finishes_on_rerun() {
     assert!(matches!(e, Error::Usage(_)), "{e}");
 }
 
-/// docs/FORMAT.md §6: one entry per path, sorted by the path's bytes; `mode` holds permission
-/// bits only; link targets obey the path limits (no NUL, at most 4096 bytes). The reader
-/// accepted manifests breaking each rule.
+/// Reads a whole manifest (keyless), as every reader does.
+fn read_all(vault: &std::path::Path) -> envseal::Result<Vec<envseal::manifest::Entry>> {
+    let mut r = envseal::manifest::ManifestReader::open(vault)?;
+    let mut out = Vec::new();
+    while let Some(e) = r.next_entry()? {
+        out.push(e);
+    }
+    Ok(out)
+}
+
+/// docs/FORMAT.md §6: one entry per path, in tree order; `mode` holds permission bits only;
+/// link targets obey the path limits (no NUL, at most 4096 bytes). The reader accepted
+/// manifests breaking each rule.
 #[test]
 fn the_reader_enforces_the_entry_rules() {
-    use envseal::manifest::Manifest;
     let fx = Fixture::new(&[("a.txt", b"hello"), ("b.txt", b"world")]);
     std::os::unix::fs::symlink("a.txt", fx.src.join("c-link")).unwrap();
     fx.encrypt(4096);
@@ -423,7 +434,7 @@ fn the_reader_enforces_the_entry_rules() {
     let n = lines.len();
     let write = |ls: Vec<String>| {
         fs::write(fx.manifest_path(), ls.join("\n") + "\n").unwrap();
-        Manifest::read(&fx.vault)
+        read_all(&fx.vault)
     };
     let owned = || lines.iter().map(|l| l.to_string()).collect::<Vec<_>>();
     assert!(write(owned()).is_ok());
@@ -519,6 +530,7 @@ fn a_resumed_run_refuses_batches_of_another_kms() {
     let abs = std::path::absolute(&fx.src).unwrap();
     let vault_id = [0xab; 16];
     let run = RunRecord {
+        kind: "run".into(),
         format: format::FORMAT_VERSION,
         vault_id: format::to_hex(&vault_id),
         created: "2026-11-28T00:00:00Z".into(),
@@ -542,7 +554,7 @@ fn a_resumed_run_refuses_batches_of_another_kms() {
     let (b, _) = other_kms
         .generate(&other_url, envseal::kms::DEFAULT_ALIAS, &vault_id, [1; 16])
         .unwrap();
-    journal.append_batch(&b.to_record()).unwrap();
+    journal.append_batch(0, &b).unwrap();
     drop(journal);
     let r = encrypt(&opts, &fx.kms(), &NoProgress, &AtomicBool::new(false));
     assert!(
@@ -566,6 +578,7 @@ fn the_object_sweep_does_not_follow_symlinks() {
     std::os::unix::fs::symlink(&victim, fx.vault.join("objects/00")).unwrap();
     let abs = std::path::absolute(&fx.src).unwrap();
     let run = RunRecord {
+        kind: "run".into(),
         format: format::FORMAT_VERSION,
         vault_id: "ab".repeat(16),
         created: "2026-11-28T00:00:00Z".into(),
@@ -692,23 +705,29 @@ fn verify_problems(fx: &Fixture, deep: bool) -> Vec<envseal::verify::Problem> {
     .problems
 }
 
+/// The object (`objects/<xx>/<id>`) holding a file's record.
 fn object_of(fx: &Fixture, name: &str) -> String {
-    let m = envseal::manifest::Manifest::read(&fx.vault).unwrap();
-    m.entries
-        .iter()
-        .find(|e| e.path.display().ends_with(name))
-        .and_then(|e| e.file().map(|f| f.object()))
+    let m = envseal::manifest::ManifestReader::open(&fx.vault).unwrap();
+    let f = read_all(&fx.vault)
         .unwrap()
+        .into_iter()
+        .find(|e| e.path.display().ends_with(name))
+        .and_then(|e| e.file().cloned())
+        .unwrap();
+    m.objects[f.obj as usize].name()
 }
 
 /// A missing object is told from a damaged one by a typed error, not by the wording of a
-/// message: `open_object` says `Missing`, and deep verify reports `missing` vs `corrupt`.
+/// message: `open_record` says `Missing`, and deep verify reports `missing` vs `corrupt`.
 #[test]
 fn a_missing_object_is_a_typed_error() {
-    use envseal::object::{open_object, ObjectError};
+    use envseal::object::{open_record, ObjectError, RecordCtx};
     use envseal::verify::ProblemKind;
     let fx = Fixture::new(&[("gone.txt", b"gone"), ("cut.txt", b"truncated")]);
-    fx.encrypt(4096);
+    // Not packed: each file in an object of its own.
+    let mut opts = fx.opts(4096);
+    opts.pack_threshold = 0;
+    encrypt(&opts, &fx.kms(), &NoProgress, &AtomicBool::new(false)).unwrap();
     let gone = object_of(&fx, "gone.txt");
     let cut = object_of(&fx, "cut.txt");
     fs::remove_file(fx.vault.join(&gone)).unwrap();
@@ -718,23 +737,22 @@ fn a_missing_object_is_a_typed_error() {
         .unwrap();
     f.set_len(10).unwrap();
 
-    let u = envseal::vault::unlock(&fx.vault, &fx.kms()).unwrap();
-    let entry = |o: &str| {
-        u.manifest
-            .entries
-            .iter()
-            .filter_map(|e| e.file())
-            .find(|f| f.object() == o)
-            .unwrap()
-    };
+    let mut u = envseal::vault::unlock(&fx.vault, &fx.kms()).unwrap();
+    let mut files = Vec::new();
+    while let Some(e) = u.reader.next_entry().unwrap() {
+        files.extend(e.file().cloned());
+    }
+    let r = &u.reader;
+    let ctx = RecordCtx::new(&fx.vault, &r.header, &r.batches, &r.objects, 1);
     let open = |o: &str| {
-        let f = entry(o);
-        open_object(
-            &fx.vault,
-            &u.manifest,
+        let f = files
+            .iter()
+            .find(|f| r.objects[f.obj as usize].name() == o)
+            .unwrap();
+        open_record(
+            &ctx,
             f,
-            &u.keys[f.batch],
-            1,
+            &u.keys[f.batch as usize],
             None,
             &NoProgress,
             &AtomicBool::new(false),
@@ -747,8 +765,14 @@ fn a_missing_object_is_a_typed_error() {
         .into_iter()
         .map(|p| (p.object, p.kind))
         .collect();
-    assert!(kinds.contains(&(gone, ProblemKind::Missing)), "{kinds:?}");
-    assert!(kinds.contains(&(cut, ProblemKind::Corrupt)), "{kinds:?}");
+    assert!(
+        kinds.contains(&(format!("{gone}@0"), ProblemKind::Missing)),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.contains(&(format!("{cut}@0"), ProblemKind::Corrupt)),
+        "{kinds:?}"
+    );
 }
 
 /// Keyless verify lists the vault without following links, and reports what the format does

@@ -159,10 +159,10 @@ mod tests {
         bad[0] ^= 1;
         assert_eq!(ObjectHeader::decode(&bad), Err(HeaderError::BadMagic));
         let mut bad = b;
-        bad[9] = 2;
+        bad[9] = 3;
         assert_eq!(
             ObjectHeader::decode(&bad),
-            Err(HeaderError::UnknownVersion(2))
+            Err(HeaderError::UnknownVersion(3))
         );
         let mut bad = b;
         bad[11] = 9;

@@ -220,16 +220,28 @@ pub fn manifest_records(vault: &Path) -> Vec<Value> {
         .collect()
 }
 
-/// Clear path -> object path (relative to the vault) for every file entry.
-pub fn objects_by_path(vault: &Path) -> BTreeMap<String, String> {
-    manifest_records(vault)
-        .into_iter()
+/// Clear path -> (object path relative to the vault, offset of the file's record in it) for
+/// every file entry.
+pub fn objects_by_path(vault: &Path) -> BTreeMap<String, (String, u64)> {
+    let recs = manifest_records(vault);
+    let objects: Vec<String> = recs
+        .iter()
+        .filter(|r| r["type"] == "object")
+        .map(|r| {
+            let id = r["id"].as_str().unwrap();
+            format!("objects/{}/{id}", &id[..2])
+        })
+        .collect();
+    recs.iter()
         .filter(|r| r["type"] == "entry" && r["kind"] == "file")
         // Non-UTF-8 paths are stored as `path_b64`; tests look up UTF-8 ones.
         .filter_map(|r| {
             Some((
                 r["path"].as_str()?.to_string(),
-                r["object"].as_str()?.to_string(),
+                (
+                    objects[r["obj"].as_u64()? as usize].clone(),
+                    r["off"].as_u64()?,
+                ),
             ))
         })
         .collect()
