@@ -428,12 +428,12 @@ fn restore_file(
         out.set_permissions(fs::Permissions::from_mode(e.mode))
             .map_err(|err| io(&target, err))?;
         let t = filetime::FileTime::from_unix_time(e.mtime, e.mtime_nsec);
-        filetime::set_file_handle_times(&out, Some(t), Some(t))
-            .map_err(|err| io(&target, err))?;
+        filetime::set_file_handle_times(&out, Some(t), Some(t)).map_err(|err| io(&target, err))?;
         match &tmp {
             Some(tmp) => fs::rename(tmp, &target).map_err(|err| io(&target, err)),
-            None => link_into_place(&out, dir, &target, opts.overwrite)
-                .map_err(|err| io(&target, err)),
+            None => {
+                link_into_place(&out, dir, &target, opts.overwrite).map_err(|err| io(&target, err))
+            }
         }
     })();
     if let (Err(_), Some(tmp)) = (&result, &tmp) {
@@ -446,12 +446,7 @@ fn restore_file(
 /// Gives an unnamed (O_TMPFILE) file its name. `linkat` never replaces an existing name
 /// (nor follows a symlink there); with `--overwrite` the file is linked under a temporary
 /// name and renamed over the target.
-fn link_into_place(
-    out: &File,
-    dir: &Path,
-    target: &Path,
-    overwrite: bool,
-) -> std::io::Result<()> {
+fn link_into_place(out: &File, dir: &Path, target: &Path, overwrite: bool) -> std::io::Result<()> {
     use std::ffi::CString;
     use std::os::unix::io::AsRawFd;
     let from = CString::new(format!("/proc/self/fd/{}", out.as_raw_fd()))?;

@@ -1035,7 +1035,10 @@ impl ManifestReader {
                     // Ordered by the sealed name, an order unrelated to the tree (§6.2);
                     // tree rules are checked once the names are revealed ([`check_tree`]).
                     if line <= self.prev {
-                        return Err(integrity(&at, "concealed entries out of order, or repeated"));
+                        return Err(integrity(
+                            &at,
+                            "concealed entries out of order, or repeated",
+                        ));
                     }
                     self.prev = line;
                     if let Some(nk) = &self.name_key {

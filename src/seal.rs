@@ -299,6 +299,9 @@ fn seal_small(
     Err(format!("{last_why}; gave up after {ATTEMPTS} attempts"))
 }
 
+/// A sealed window: bytes of its buffer used, each piece's ct leaf, each segment's MAC part.
+pub type SealedWindow = (usize, Vec<[u8; 32]>, Vec<SegMac>);
+
 /// A large file being sealed window by window.
 pub struct LargeFile {
     pub src: Source,
@@ -315,12 +318,7 @@ impl LargeFile {
     }
 
     /// Seals window `w` into `buf`; returns the bytes used, the leaves and the MACs.
-    pub fn seal_window(
-        &self,
-        seg: u32,
-        w: u64,
-        buf: &mut [u8],
-    ) -> Result<(usize, Vec<[u8; 32]>, Vec<SegMac>), FileError> {
+    pub fn seal_window(&self, seg: u32, w: u64, buf: &mut [u8]) -> Result<SealedWindow, FileError> {
         let n = format::segment_count(self.size, seg);
         let first = w * self.window;
         let count = self.window.min(n - first);

@@ -32,7 +32,7 @@ use crate::manifest::{
     self, Batch, Entry, EntryKind, FileEntry, Header, ManifestWriter, Name, ObjectRef,
 };
 use crate::progress::Progress;
-use crate::seal::{BufPool, ChunkOut, FileError, LargeFile};
+use crate::seal::{BufPool, ChunkOut, FileError, LargeFile, SealedWindow};
 use crate::walk::SourceEntry;
 
 /// Longest a finished file waits for its commit.
@@ -58,7 +58,7 @@ pub enum Msg {
         unit: u64,
         window: u64,
         buf: Vec<u8>,
-        result: std::result::Result<(usize, Vec<[u8; 32]>, Vec<SegMac>), FileError>,
+        result: std::result::Result<SealedWindow, FileError>,
     },
     /// A unit that produced nothing but a failure (a large file that could not be opened).
     Failed {
@@ -339,7 +339,7 @@ impl<'a> Writer<'a> {
         unit: u64,
         window: u64,
         buf: &[u8],
-        result: std::result::Result<(usize, Vec<[u8; 32]>, Vec<SegMac>), FileError>,
+        result: std::result::Result<SealedWindow, FileError>,
     ) -> Result<()> {
         let seg = self.header.segment_size;
         let Some(Unit::Large(st)) = self.units.get_mut(&unit) else {

@@ -224,9 +224,7 @@ fn batches_past_the_file_limit_get_their_own_key() {
     // Every batch holds at most 100 files, and all 250 are there.
     let mut per_batch = std::collections::HashMap::new();
     for r in recs.iter().filter(|r| r["kind"] == "file") {
-        *per_batch
-            .entry(r["batch_id"].as_str().unwrap().to_string())
-            .or_insert(0) += 1;
+        *per_batch.entry(r["batch"].as_u64().unwrap()).or_insert(0) += 1;
     }
     assert_eq!(per_batch.len(), 3);
     assert!(per_batch.values().all(|&n| n <= 100), "{per_batch:?}");

@@ -408,7 +408,10 @@ fn any_change_to_the_manifest_fails_deep_verify_and_decrypt() {
         (
             "an object's length",
             Box::new(move |l| {
-                let i = l.iter().position(|x| x.contains("\"type\":\"object\"")).unwrap();
+                let i = l
+                    .iter()
+                    .position(|x| x.contains("\"type\":\"object\""))
+                    .unwrap();
                 l[i] = l[i].replace("\"len\":", "\"len\":1");
             }),
         ),

@@ -116,9 +116,10 @@ fn aliyun_round_trip_without_kms_flag_one_call_per_batch() {
 
     // The manifest names the provider and the CMK's real id, never only the alias.
     let manifest = std::fs::read_to_string(vault.join("manifest.jsonl")).unwrap();
-    let batch: serde_json::Value = serde_json::from_str(manifest.lines().nth(1).unwrap()).unwrap();
-    assert_eq!(batch["wrapped"][0]["kms"], url.as_str());
-    assert_eq!(batch["wrapped"][0]["key_id"], key_id.as_str());
+    let wrap: serde_json::Value = serde_json::from_str(manifest.lines().nth(2).unwrap()).unwrap();
+    assert_eq!(wrap["type"], "wrap");
+    assert_eq!(wrap["kms"], url.as_str());
+    assert_eq!(wrap["key_id"], key_id.as_str());
     assert!(!vault_text(&vault).contains(ALI_SECRET));
 
     // No --kms: the manifest says where the keys live. One Decrypt per wrapped key.

@@ -58,7 +58,10 @@ fn run(jobs: usize, pack_threshold: u64, batch_max_files: u64) {
     };
     let r = encrypt(&opts, &kms, &NoProgress, &AtomicBool::new(false)).unwrap();
     assert_eq!(r.files as usize, sizes.len());
-    assert_eq!(r.batches, sizes.len().div_ceil(batch_max_files as usize) as u64);
+    assert_eq!(
+        r.batches,
+        sizes.len().div_ceil(batch_max_files as usize) as u64
+    );
     let mut m = ManifestReader::open(&vault).unwrap();
     let keys: Vec<_> = m
         .batches
@@ -94,7 +97,10 @@ fn run(jobs: usize, pack_threshold: u64, batch_max_files: u64) {
         assert_eq!(ct, f.ct, "{name}: ct digest");
         assert_eq!(mac.as_bytes(), &f.pt, "{name}: plaintext MAC");
     }
-    let want_packed = sizes.iter().filter(|&&n| (n as u64) < pack_threshold).count();
+    let want_packed = sizes
+        .iter()
+        .filter(|&&n| (n as u64) < pack_threshold)
+        .count();
     assert_eq!(packed, if want_packed > 1 { want_packed } else { 0 });
     if batch_max_files < sizes.len() as u64 && want_packed > batch_max_files as usize {
         assert!(

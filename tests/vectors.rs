@@ -232,10 +232,16 @@ fn generate(out: &Path, plain: Option<&Path>, concealed: bool) {
                 ),
             );
             if let Some(t) = l.target.take() {
-                l.enc_target = Some(b64.encode(
-                    nk.seal_with_nonce(t.as_bytes(), b"envseal link target", [0x80 + k as u8; 12])
+                l.enc_target = Some(
+                    b64.encode(
+                        nk.seal_with_nonce(
+                            t.as_bytes(),
+                            b"envseal link target",
+                            [0x80 + k as u8; 12],
+                        )
                         .unwrap(),
-                ));
+                    ),
+                );
             }
             serde_json::to_vec(&l).unwrap()
         } else {
@@ -291,7 +297,11 @@ fn vectors_are_current() {
     }
     let keep = |v: Vec<PathBuf>| -> Vec<PathBuf> {
         v.into_iter()
-            .filter(|p| ["vault", "plain", "concealed"].iter().any(|d| p.starts_with(d)))
+            .filter(|p| {
+                ["vault", "plain", "concealed"]
+                    .iter()
+                    .any(|d| p.starts_with(d))
+            })
             .collect()
     };
     let a = keep(files(&fresh));
@@ -313,18 +323,16 @@ fn kms() -> Kms {
 /// Exit codes of keyless verify, deep verify and decrypt on `vault`, through the library,
 /// and the files decrypt restored.
 fn outcomes(vault: &Path) -> (i32, i32, i32, Vec<String>) {
-    let v = |deep| {
-        match verify(
-            vault,
-            &VerifyOptions { deep, jobs: 2 },
-            Some(&kms()),
-            &NoProgress,
-            &AtomicBool::new(false),
-        ) {
-            Ok(r) if r.problems.is_empty() => 0,
-            Ok(_) => 3,
-            Err(e) => e.exit_code(),
-        }
+    let v = |deep| match verify(
+        vault,
+        &VerifyOptions { deep, jobs: 2 },
+        Some(&kms()),
+        &NoProgress,
+        &AtomicBool::new(false),
+    ) {
+        Ok(r) if r.problems.is_empty() => 0,
+        Ok(_) => 3,
+        Err(e) => e.exit_code(),
     };
     let tmp = tempfile::tempdir().unwrap();
     let dest = tmp.path().join("out");
@@ -374,7 +382,10 @@ fn checked_in_vectors_decrypt_to_recorded_plaintexts() {
             let got = std::fs::read(dest.join("vectors").join(case)).unwrap();
             let want = std::fs::read(dir().join("plain").join(case)).unwrap();
             assert_eq!(got.len(), len, "{name}/{case}");
-            assert!(got == want, "{name}/{case}: plaintext differs from the recorded one");
+            assert!(
+                got == want,
+                "{name}/{case}: plaintext differs from the recorded one"
+            );
         }
         assert_eq!(
             std::fs::read_link(dest.join("vectors/z-link")).unwrap(),
@@ -402,7 +413,12 @@ fn apply(vault: &Path, edit: &Value) {
     } else if let Some(r) = edit["replace"].as_array() {
         let text = std::fs::read_to_string(&file).unwrap();
         let (old, new) = (r[0].as_str().unwrap(), r[1].as_str().unwrap());
-        assert_eq!(text.matches(old).count(), 1, "{old} must occur once in {}", file.display());
+        assert_eq!(
+            text.matches(old).count(),
+            1,
+            "{old} must occur once in {}",
+            file.display()
+        );
         std::fs::write(&file, text.replace(old, new)).unwrap();
     } else if let Some(needle) = edit["drop_line"].as_str() {
         let text = std::fs::read_to_string(&file).unwrap();
@@ -437,8 +453,7 @@ fn copy_dir(src: &Path, dst: &Path) {
 #[test]
 fn tamper_vectors_fail_at_their_stage() {
     let cases: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir().join("tamper.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir().join("tamper.json")).unwrap()).unwrap();
     let cases = cases.as_array().unwrap();
     assert!(cases.len() >= 8);
     for c in cases {
@@ -451,9 +466,21 @@ fn tamper_vectors_fail_at_their_stage() {
         }
         let (keyless, deep, dec, restored) = outcomes(&vault);
         let want = &c["expect"];
-        assert_eq!(keyless as i64, want["verify"].as_i64().unwrap(), "{name}: keyless verify");
-        assert_eq!(deep as i64, want["verify_deep"].as_i64().unwrap(), "{name}: deep verify");
-        assert_eq!(dec as i64, want["decrypt"].as_i64().unwrap(), "{name}: decrypt");
+        assert_eq!(
+            keyless as i64,
+            want["verify"].as_i64().unwrap(),
+            "{name}: keyless verify"
+        );
+        assert_eq!(
+            deep as i64,
+            want["verify_deep"].as_i64().unwrap(),
+            "{name}: deep verify"
+        );
+        assert_eq!(
+            dec as i64,
+            want["decrypt"].as_i64().unwrap(),
+            "{name}: decrypt"
+        );
         let want_restored: Vec<String> = want["restored"]
             .as_array()
             .unwrap()
