@@ -33,7 +33,7 @@ use crate::progress::Progress;
 use crate::seal::{self, BufPool, ChunkItem, LargeFile, SealCtx};
 use crate::source::Source;
 use crate::walk::{self, Found, SourceEntry, SourceKind};
-use crate::write::{LargeStart, Msg, Writer};
+use crate::write::{entry_of, LargeStart, Msg, Writer};
 
 pub use crate::write::Failure;
 
@@ -436,12 +436,12 @@ impl<'a> Planner<'a> {
                 && d.mtime == (e.mtime, e.mtime_nsec);
             if unchanged {
                 self.progress.bytes(size);
-                let item = ChunkItem::Reused {
+                let item = ChunkItem::Reused(seal::Reused {
                     line: d.line,
                     src: d.src,
                     size: d.size,
                     obj: d.obj,
-                };
+                });
                 return self.push(s, item, 0, tx);
             }
         }
@@ -637,16 +637,6 @@ impl<'a> Planner<'a> {
         self.load = (0, 0);
         tx.send(Msg::Batch { batch: b, key: k })
             .map_err(|_| Error::Runtime("the vault writer stopped".into()))
-    }
-}
-
-fn entry_of(e: &SourceEntry, kind: EntryKind) -> Entry {
-    Entry {
-        path: Name::Clear(e.path.clone()),
-        mode: e.mode,
-        mtime: e.mtime,
-        mtime_nsec: e.mtime_nsec,
-        kind,
     }
 }
 

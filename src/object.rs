@@ -342,36 +342,15 @@ pub fn hash_record(
             &mut buf[..w.used],
             off + format::segment_offset(seg, w.first),
         )?;
+        let leaf = |(k, c): (usize, &[u8])| {
+            let head: &[u8] = if w.first + k as u64 == 0 { &hb } else { &[] };
+            ct_leaf(head, c)
+        };
+        let slots = &buf[..w.used];
         let leaves: Vec<[u8; 32]> = if w.used >= 2 << 20 {
-            buf[..w.used]
-                .par_chunks(slot)
-                .enumerate()
-                .map(|(k, c)| {
-                    ct_leaf(
-                        if w.first + k as u64 == 0 {
-                            &hb[..]
-                        } else {
-                            &[]
-                        },
-                        c,
-                    )
-                })
-                .collect()
+            slots.par_chunks(slot).enumerate().map(leaf).collect()
         } else {
-            buf[..w.used]
-                .chunks(slot)
-                .enumerate()
-                .map(|(k, c)| {
-                    ct_leaf(
-                        if w.first + k as u64 == 0 {
-                            &hb[..]
-                        } else {
-                            &[]
-                        },
-                        c,
-                    )
-                })
-                .collect()
+            slots.chunks(slot).enumerate().map(leaf).collect()
         };
         leaves.iter().for_each(|l| ct.push(l));
     }

@@ -132,17 +132,21 @@ pub fn seal_segments(
     Ok((leaves, macs))
 }
 
+/// A file an interrupted run committed, taken over: its entry line verbatim, the source it
+/// was read from, its size and its object.
+pub struct Reused {
+    pub line: Vec<u8>,
+    pub src: SourceId,
+    pub size: u64,
+    pub obj: u64,
+}
+
 /// An entry of a chunk, in walk order.
 pub enum ChunkItem {
     /// A directory or symlink: nothing to seal.
     Entry(Entry),
-    /// A file whose record an interrupted run already committed (its journal line, verbatim).
-    Reused {
-        line: Vec<u8>,
-        src: SourceId,
-        size: u64,
-        obj: u64,
-    },
+    /// A file whose record an interrupted run already committed.
+    Reused(Reused),
     /// A small file to seal into this chunk's buffer.
     Small {
         entry: SourceEntry,
@@ -166,17 +170,9 @@ pub struct SealedFile {
 /// What a chunk job made of each item.
 pub enum ChunkOut {
     Entry(Entry),
-    Reused {
-        line: Vec<u8>,
-        src: SourceId,
-        size: u64,
-        obj: u64,
-    },
+    Reused(Reused),
     Sealed(Box<SealedFile>),
-    Failed {
-        path: String,
-        why: String,
-    },
+    Failed { path: String, why: String },
 }
 
 /// Attempts per file before a file that keeps changing is reported.
@@ -195,17 +191,7 @@ pub fn seal_chunk(
     for item in items {
         match item {
             ChunkItem::Entry(e) => out.push(ChunkOut::Entry(e)),
-            ChunkItem::Reused {
-                line,
-                src,
-                size,
-                obj,
-            } => out.push(ChunkOut::Reused {
-                line,
-                src,
-                size,
-                obj,
-            }),
+            ChunkItem::Reused(r) => out.push(ChunkOut::Reused(r)),
             ChunkItem::Small { entry, batch, key } => {
                 if cancel.load(Ordering::Relaxed) {
                     break;

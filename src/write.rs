@@ -411,16 +411,6 @@ impl<'a> Writer<'a> {
         self.written.failed.push(f);
     }
 
-    fn entry_of(e: &SourceEntry, kind: EntryKind) -> Entry {
-        Entry {
-            path: Name::Clear(e.path.clone()),
-            mode: e.mode,
-            mtime: e.mtime,
-            mtime_nsec: e.mtime_nsec,
-            kind,
-        }
-    }
-
     fn queue_entry(&mut self, e: &Entry, src: Option<&SourceId>) -> Result<()> {
         let line = e.to_line(self.name_key.as_ref())?;
         self.queue_line(src, &line)
@@ -464,12 +454,12 @@ impl<'a> Writer<'a> {
                     }
                     self.queue_entry(&e, None)?;
                 }
-                ChunkOut::Reused {
+                ChunkOut::Reused(crate::seal::Reused {
                     line,
                     src,
                     size,
                     obj,
-                } => {
+                }) => {
                     if let Some(r) = self.referenced.get_mut(obj as usize) {
                         *r = true;
                     }
@@ -492,7 +482,7 @@ impl<'a> Writer<'a> {
                     self.referenced[base.0 as usize] = true;
                     self.written.files += 1;
                     self.written.bytes += s.size;
-                    let e = Self::entry_of(&s.entry, EntryKind::File(f));
+                    let e = entry_of(&s.entry, EntryKind::File(f));
                     self.queue_entry(&e, Some(&s.src))?;
                     self.progress.file_done();
                 }
@@ -554,7 +544,7 @@ impl<'a> Writer<'a> {
         self.written.files += 1;
         self.written.bytes += file.size;
         let src = crate::seal::source_id(&entry, &file.src);
-        let e = Self::entry_of(&entry, EntryKind::File(f));
+        let e = entry_of(&entry, EntryKind::File(f));
         self.queue_entry(&e, Some(&src))?;
         self.progress.file_done();
         Ok(())
@@ -637,6 +627,17 @@ impl<'a> Writer<'a> {
         sweep_objects(&self.vault, &kept)?;
         self.journal.remove(&self.vault)?;
         Ok(self.written)
+    }
+}
+
+/// The vault entry of a walked source entry.
+pub fn entry_of(e: &SourceEntry, kind: EntryKind) -> Entry {
+    Entry {
+        path: Name::Clear(e.path.clone()),
+        mode: e.mode,
+        mtime: e.mtime,
+        mtime_nsec: e.mtime_nsec,
+        kind,
     }
 }
 
