@@ -300,6 +300,9 @@ pub fn open_record(
             Ok((leaf, m))
         })?;
         leaves.iter().for_each(|l| ct.push(l));
+        if let Some(out) = out {
+            crate::vault::start_writeback(out, w.first * u64::from(seg), w.plain as usize);
+        }
         progress.bytes(w.plain);
     }
     if ct.finalize() != f.ct {

@@ -349,9 +349,9 @@ impl<'a> Writer<'a> {
             Ok((used, leaves, macs)) => {
                 if st.failed.is_none() {
                     let first = window * st.start.file.window;
-                    st.out
-                        .write_all_at(&buf[..used], format::segment_offset(seg, first))
-                        .at(&st.path)?;
+                    let at = format::segment_offset(seg, first);
+                    st.out.write_all_at(&buf[..used], at).at(&st.path)?;
+                    crate::vault::start_writeback(&st.out, at, used);
                     self.progress.bytes(
                         (first..first + leaves.len() as u64)
                             .map(|i| format::segment_plain_len(st.start.file.size, seg, i) as u64)
@@ -442,6 +442,7 @@ impl<'a> Writer<'a> {
                 .as_mut()
                 .ok_or_else(|| Error::Runtime("no pack".into()))?;
             p.file.write_all_at(records, p.len).at(&vault)?;
+            crate::vault::start_writeback(&p.file, p.len, records.len());
             base = (p.obj, p.len);
             p.len += records.len() as u64;
         }
