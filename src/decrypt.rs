@@ -47,6 +47,8 @@ pub struct DecryptReport {
     pub integrity_failures: u64,
     /// The restored files were made durable (one `syncfs` of DEST) before this report.
     pub synced: bool,
+    /// Bytes read from the vault's objects (only the records of the files restored).
+    pub vault_bytes_read: u64,
     pub seconds: f64,
 }
 
@@ -316,6 +318,7 @@ pub fn decrypt(
     if !report.synced {
         return Err(Error::io(dest, std::io::Error::last_os_error()));
     }
+    report.vault_bytes_read = ctx.read.load(std::sync::atomic::Ordering::Relaxed);
     progress.finish();
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)

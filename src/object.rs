@@ -176,6 +176,8 @@ pub struct RecordCtx<'a> {
     pub objects: &'a [ObjectRef],
     pub jobs: usize,
     files: Vec<std::sync::OnceLock<File>>,
+    /// Bytes of objects read so far (records only: `--only` reads no more than it needs).
+    pub read: std::sync::atomic::AtomicU64,
 }
 
 impl<'a> RecordCtx<'a> {
@@ -193,6 +195,7 @@ impl<'a> RecordCtx<'a> {
             objects,
             jobs,
             files: objects.iter().map(|_| std::sync::OnceLock::new()).collect(),
+            read: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -252,6 +255,7 @@ pub fn open_record(
     let mut hb = [0u8; HEADER_LEN];
     obj.read_exact_at(&mut hb, f.off)
         .map_err(|e| ObjectError::Io(Error::io(&path, e)))?;
+    ctx.read.fetch_add(HEADER_LEN as u64, Ordering::Relaxed);
     let header = ObjectHeader::decode(&hb).map_err(|e| integ(format!("{name}@{}: {e}", f.off)))?;
     let batch = &ctx.batches[f.batch as usize];
     if header.vault_id != ctx.header.vault_id
@@ -284,6 +288,7 @@ pub fn open_record(
             f.off + format::segment_offset(seg, w.first),
         )
         .map_err(|e| ObjectError::Io(Error::io(&path, e)))?;
+        ctx.read.fetch_add(w.used as u64, Ordering::Relaxed);
         let leaves = w.each_segment(&mut buf, &mut mac, |i, chunk| {
             let leaf = ct_leaf(if i == 0 { &hb[..] } else { &[] }, chunk);
             let pt = fk.open_segment(i, i == n - 1, chunk).map_err(|_| {

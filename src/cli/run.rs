@@ -122,7 +122,7 @@ pub fn decrypt_cmd(a: DecryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
     let r = decrypt(&opts, &kms, &bars, cancel)?;
     print_failures(&r.failed);
     let line = format!(
-        "decrypted {} files, {} dirs, {} symlinks, {} bytes in {:.2} s ({:.2} GB/s) into {}; {} failed{}",
+        "decrypted {} files, {} dirs, {} symlinks, {} bytes in {:.2} s ({:.2} GB/s) into {} (synced to disk); {} failed{}",
         r.files,
         r.dirs,
         r.symlinks,
@@ -143,6 +143,7 @@ pub fn decrypt_cmd(a: DecryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
             "files": r.files, "dirs": r.dirs, "symlinks": r.symlinks, "bytes": r.bytes,
             "seconds": r.seconds, "gb_per_s": rate(r.bytes, r.seconds),
             "failed": failures_json(&r.failed), "integrity_failures": r.integrity_failures,
+            "synced": r.synced, "vault_bytes_read": r.vault_bytes_read,
         }),
     );
     Ok(if r.integrity_failures > 0 {
