@@ -123,8 +123,6 @@ pub struct DecryptArgs {
     pub kms: Option<String>,
     #[arg(short = 'j', long, value_name = "N")]
     pub jobs: Option<usize>,
-    #[arg(long)]
-    pub no_mmap: bool,
     #[command(flatten)]
     pub out: OutputArgs,
 }
