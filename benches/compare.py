@@ -713,10 +713,9 @@ def print_report(rep, f=sys.stdout):
         p("commands (cwd = BENCH_DIR):")
         for r in c["commands"]:
             p(f"  {r['label']:24} {r['cmd']}")
-    if rep["settings"]["reps"] > 1:
-        p()
-        p("x cp, x cp -r: median over reps of (command time / baseline time in the same rep);"
-          " peak RSS: max over reps; out KiB: du -sk of the output (first rep)")
+    p()
+    p("x cp, x cp -r: median over reps of (command time / baseline time in the same rep);"
+      " peak RSS: max over reps; out KiB: du -sk of the output (first rep)")
 
 
 # ---------------------------------------------------------------------------------------------
