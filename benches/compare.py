@@ -488,7 +488,7 @@ class Runner:
             raise BenchError(f"no peak RSS reported for `{self.display(pipeline)}`")
         return wall, rss
 
-    def timed(self, label, pipeline, out=None, baseline=False):
+    def timed(self, label, pipeline, out=None, baseline=False, durable=False):
         """One timing: sync (untimed), run, record; `out` is the output to measure with du
         on the first rep."""
         if out and os.path.lexists(self.wd.abs(out)):
@@ -499,7 +499,8 @@ class Runner:
         wall, rss = self.run(pipeline)
         rec = self.results.setdefault(self.case, {}).setdefault(
             label, {"label": label, "cmd": self.display(pipeline), "times_s": [],
-                    "rss_kib": [], "out_kib": None, "baseline": baseline})
+                    "rss_kib": [], "out_kib": None, "baseline": baseline,
+                    "durable": durable})
         rec["times_s"].append(wall)
         rec["rss_kib"].append(rss)
         if out and rec["out_kib"] is None:
@@ -538,6 +539,10 @@ def groups_for(case, src, r, have_age):
         def cp_group():
             r.timed("cp", ["cp", src, "run/cp.out"], out="run/cp.out", baseline=True)
             wd.remove("run/cp.out")
+            # envseal makes its output durable before it reports success; so does this one.
+            r.timed("cp + sync", ["sh", "-c", f"cp {src} run/cps.out && sync -f run/cps.out"],
+                    durable=True)
+            wd.remove("run/cps.out")
 
         def age_group():
             key = "run/age.key"
@@ -553,6 +558,10 @@ def groups_for(case, src, r, have_age):
         def cp_group():
             r.timed("cp -r", ["cp", "-r", src, "run/cp.out"], out="run/cp.out", baseline=True)
             wd.remove("run/cp.out")
+            r.timed("cp -r + sync",
+                    ["sh", "-c", f"cp -r {src} run/cps.out && sync -f run/cps.out"],
+                    durable=True)
+            wd.remove("run/cps.out")
 
         def tar_group():
             r.timed("tar -c", ["tar", "-cf", "run/c.tar", "-C", parent, name], out="run/c.tar")
@@ -638,6 +647,7 @@ def loadavg():
 
 def summarize(case, meta, recs):
     base = next((r for r in recs.values() if r["baseline"]), None)
+    durable = next((r for r in recs.values() if r.get("durable")), None)
     out = []
     for rec in recs.values():
         t = rec["times_s"]
@@ -650,6 +660,11 @@ def summarize(case, meta, recs):
             rec["median_ratio"] = statistics.median(ratios) if ratios else None
         else:
             rec["ratios"], rec["median_ratio"] = [], None
+        if durable is not None:
+            ratios = [a / b for a, b in zip(t, durable["times_s"]) if b > 0]
+            rec["median_ratio_durable"] = statistics.median(ratios) if ratios else None
+        else:
+            rec["median_ratio_durable"] = None
         rec["mib_per_s"] = meta["bytes"] / MiB / med if meta["bytes"] and med > 0 else None
         rec["files_per_s"] = meta["files"] / med if case != "image" and med > 0 else None
         rec["kib_per_file"] = (rec["out_kib"] / meta["files"]
@@ -688,7 +703,10 @@ def print_report(rep, f=sys.stdout):
             desc += f" ({meta['zero_bytes'] / MiB:.0f} MiB of it zeros)"
         p(f"== {c['case']}: {c['path']}: {desc}; du -sk {meta['du_kib']} KiB ==")
         cols = [("command", 24, None), ("median s", 10, None),
-                (f"x {base}" if base else "ratio", 8, None), ("peak RSS MiB", 13, None),
+                (f"x {base}" if base else "ratio", 8, None)]
+        if base:
+            cols.append(("x +sync", 9, None))
+        cols += [("peak RSS MiB", 13, None),
                 ("MiB/s", 9, None)]
         trees = c["case"] != "image"
         if trees:
@@ -701,6 +719,8 @@ def print_report(rep, f=sys.stdout):
             row = r["label"].ljust(24)
             row += fmt(r["median_s"], ".3f", 10)
             row += fmt(r["median_ratio"], ".2f", 8)
+            if base:
+                row += fmt(r.get("median_ratio_durable"), ".2f", 9)
             row += fmt(r["peak_rss_kib"] / 1024, ".1f", 13)
             mps = r["mib_per_s"]
             row += fmt(mps, ".0f" if mps is None or mps >= 100 else ".1f" if mps >= 10 else ".2f", 9)
@@ -714,6 +734,8 @@ def print_report(rep, f=sys.stdout):
         for r in c["commands"]:
             p(f"  {r['label']:24} {r['cmd']}")
     p()
+    p("x +sync: the same against `cp` (`cp -r`) followed by `sync -f` of its output: envseal"
+      " makes its output durable (one filesystem sync) before it reports success")
     p("x cp, x cp -r: median over reps of (command time / baseline time in the same rep);"
       " peak RSS: max over reps; out KiB: du -sk of the output (first rep)")
 

@@ -306,6 +306,10 @@ pub fn encrypt(
                 etx.send(f).is_ok()
             });
             drop(etx);
+            if r.is_err() {
+                // An incomplete walk must not end in a manifest that looks complete.
+                stop.store(true, Ordering::Relaxed);
+            }
             progress.start(files, bytes);
             r
         });
