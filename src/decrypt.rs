@@ -161,8 +161,7 @@ pub fn decrypt(
     let keys = &unlocked.keys;
     let r = &unlocked.reader;
     let ctx = RecordCtx::new(&opts.vault, &r.header, &r.batches, &r.objects, opts.jobs);
-    let manifest = Listed { entries };
-    let chosen = select(&manifest.entries, &opts.only)?;
+    let chosen = select(&entries, &opts.only)?;
     fs::create_dir_all(&opts.dest).at(&opts.dest)?;
     let dest = &opts.dest;
     let mut report = DecryptReport::default();
@@ -179,7 +178,7 @@ pub fn decrypt(
 
     // Directories first, parents before children (sorted order), each checked to be real.
     for &i in &chosen {
-        let e = &manifest.entries[i];
+        let e = &entries[i];
         if !matches!(e.kind, EntryKind::Dir) {
             continue;
         }
@@ -215,7 +214,7 @@ pub fn decrypt(
     // Files, in parallel (and each large file's segments in parallel too).
     let files: Vec<&Entry> = chosen
         .iter()
-        .map(|&i| &manifest.entries[i])
+        .map(|&i| &entries[i])
         .filter(|e| e.file().is_some() && !under_bad(rel(e)))
         .collect();
     let total: u64 = files
@@ -266,7 +265,7 @@ pub fn decrypt(
 
     // Symlinks after files, so no file is ever written through a restored link.
     for &i in &chosen {
-        let e = &manifest.entries[i];
+        let e = &entries[i];
         let EntryKind::Symlink(target) = &e.kind else {
             continue;
         };
@@ -298,7 +297,7 @@ pub fn decrypt(
 
     // Directory modes and times last, deepest first (writing inside a directory changes them).
     for &i in chosen.iter().rev() {
-        let e = &manifest.entries[i];
+        let e = &entries[i];
         if !matches!(e.kind, EntryKind::Dir) || bad_dirs.contains(&rel(e)) {
             continue;
         }
@@ -310,23 +309,20 @@ pub fn decrypt(
         }
     }
     // Durable once, not once per file: one syncfs of the destination's filesystem.
-    if let Ok(d) = File::open(dest) {
+    let synced = File::open(dest).and_then(|d| {
         use std::os::unix::io::AsRawFd;
         // SAFETY: syncfs on a valid open descriptor.
-        report.synced = unsafe { libc::syncfs(d.as_raw_fd()) } == 0;
-    }
-    if !report.synced {
-        return Err(Error::io(dest, std::io::Error::last_os_error()));
-    }
+        match unsafe { libc::syncfs(d.as_raw_fd()) } {
+            0 => Ok(()),
+            _ => Err(std::io::Error::last_os_error()),
+        }
+    });
+    synced.at(dest)?;
+    report.synced = true;
     report.vault_bytes_read = ctx.read.load(std::sync::atomic::Ordering::Relaxed);
     progress.finish();
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
-}
-
-/// The entries of an authenticated manifest, in tree order.
-struct Listed {
-    entries: Vec<Entry>,
 }
 
 const TMP_PREFIX: &str = ".envseal-";

@@ -2,7 +2,7 @@
 //!
 //! Line 1 is the `run` record (the arguments, so a resumed run can check it is the same run).
 //! `batch` records are written and synced before any ciphertext of their batch exists
-//! (FORMAT-RULES 12). Every later line is authenticated: it begins `{"mac":"<hex>",` and the
+//! (docs/FORMAT.md §7). Every later line is authenticated: it begins `{"mac":"<hex>",` and the
 //! MAC (keyed BLAKE3, key derived from the first batch's data key) covers the rest of the line.
 //! `object` lines name the objects in the order of their indices; `done` lines carry entries,
 //! verbatim as the manifest will hold them, in tree order, each appended only after its data

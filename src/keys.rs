@@ -2,7 +2,7 @@
 //!
 //! Every unwrapped key is checked against the batch's key commitment before use, so a
 //! wrapping that yields another key (a swapped key file, a hostile KMS) is refused before any
-//! plaintext is produced (FORMAT-RULES 7).
+//! plaintext is produced (docs/FORMAT.md §5).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -126,7 +126,7 @@ impl Kms {
     pub fn unwrap(&self, vault_id: &[u8; ID_LEN], batch: &Batch) -> Result<BatchKey> {
         // The context sent with Decrypt is this batch's, not whatever the record says (it is
         // unauthenticated): otherwise a wrapping copied from another vault or batch, with its
-        // own context, would be unwrapped by the KMS (FORMAT-RULES 11).
+        // own context, would be unwrapped by the KMS (docs/FORMAT.md §5).
         let ctx = EncryptionContext::for_batch(&format::to_hex(vault_id), &batch.id_hex());
         if let Some(w) = batch.wrapped.iter().find(|w| w.context != ctx) {
             return Err(Error::integrity(

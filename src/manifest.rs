@@ -1111,7 +1111,7 @@ impl ManifestReader {
     }
 }
 
-/// Reads lines with a length limit (FORMAT-RULES 17).
+/// Reads lines with a length limit (docs/FORMAT.md §8).
 pub struct Lines<R> {
     reader: R,
     pub number: u64,

@@ -78,7 +78,7 @@ pub fn source_id(e: &SourceEntry, src: &Source) -> SourceId {
 }
 
 /// One file's fresh header and keys: a new file id and salt every time a file is sealed, so
-/// no key and nonce ever meet two plaintexts (FORMAT-RULES 16).
+/// no key and nonce ever meet two plaintexts (docs/FORMAT.md §7).
 pub fn new_file(
     ctx: &SealCtx,
     key: &BatchKey,

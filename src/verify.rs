@@ -203,7 +203,7 @@ fn key_files(vault: &Path, vault_id: &[u8; 16], batches: &[Batch]) -> Vec<Proble
     for b in batches {
         let name = b.keys_file();
         let p = vault.join(&name);
-        // Untrusted input: a regular file, read at most to the limit (FORMAT-RULES 17).
+        // Untrusted input: a regular file, read at most to the limit (docs/FORMAT.md §8).
         let mut d = Vec::new();
         let read = vault::open_regular(&p)
             .ok()

@@ -64,26 +64,6 @@ pub enum Found {
     Skipped(Skipped),
 }
 
-/// The result of a walk collected in memory: entries in tree order, and what was skipped.
-#[derive(Debug, Default)]
-pub struct Walk {
-    pub entries: Vec<SourceEntry>,
-    pub skipped: Vec<Skipped>,
-}
-
-/// Walks all sources into memory (small trees, tests); [`walk_each`] streams.
-pub fn walk(sources: &[PathBuf], exclude: &GlobSet) -> Result<Walk> {
-    let mut out = Walk::default();
-    walk_each(sources, exclude, |f| {
-        match f {
-            Found::Entry(e) => out.entries.push(e),
-            Found::Skipped(s) => out.skipped.push(s),
-        }
-        true
-    })?;
-    Ok(out)
-}
-
 /// Compiles `--exclude` globs; a bad glob is a usage error naming it.
 pub fn excludes(globs: &[String]) -> Result<GlobSet> {
     let mut b = GlobSetBuilder::new();

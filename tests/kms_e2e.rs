@@ -285,14 +285,16 @@ fn aws_round_trip_without_kms_flag() {
         0,
     );
     let manifest = std::fs::read_to_string(vault.join("manifest.jsonl")).unwrap();
-    let batch: serde_json::Value = serde_json::from_str(manifest.lines().nth(1).unwrap()).unwrap();
-    assert_eq!(batch["wrapped"][0]["kms"], moto.url().as_str());
+    // The first wrapping record of batch 0 (docs/FORMAT.md §6.1).
+    let wrap: serde_json::Value = manifest
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["type"] == "wrap")
+        .expect("a wrap record");
+    assert_eq!(wrap["kms"], moto.url().as_str());
     assert!(
-        batch["wrapped"][0]["key_id"]
-            .as_str()
-            .unwrap()
-            .starts_with("arn:aws:kms:"),
-        "the key ARN, not the alias: {batch}"
+        wrap["key_id"].as_str().unwrap().starts_with("arn:aws:kms:"),
+        "the key ARN, not the alias: {wrap}"
     );
     assert!(!vault_text(&vault).contains(AWS_SECRET));
     run(aws(&home).args(["verify", "--deep", "-q"]).arg(&vault), 0);

@@ -473,7 +473,7 @@ fn the_reader_enforces_the_entry_rules() {
 }
 
 /// Key files are untrusted input to keyless `verify`, read whole: they need a size limit
-/// before allocating (FORMAT-RULES 17). A key file padded past it is reported, not loaded.
+/// before allocating (docs/FORMAT.md §8). A key file padded past it is reported, not loaded.
 #[test]
 fn an_oversized_key_file_is_refused() {
     use envseal::verify::ProblemKind;
@@ -645,7 +645,7 @@ impl KeyProvider for CountingProvider {
     }
 }
 
-/// FORMAT-RULES 11: the encryption context sent with `Decrypt` binds the wrapped key to this
+/// docs/FORMAT.md §5: the encryption context sent with `Decrypt` binds the wrapped key to this
 /// vault and batch. Taking it from the (unauthenticated) record made the binding vacuous: a
 /// wrapping copied from another vault or batch, with its own context, was unwrapped by the KMS
 /// (and refused only later, by the commitment). It must be refused before any KMS call.

@@ -82,7 +82,7 @@ impl ObjectHeader {
         out
     }
 
-    /// Parses and validates a header (limits first: FORMAT-RULES 17).
+    /// Parses and validates a header (limits first: docs/FORMAT.md §8).
     pub fn decode(b: &[u8]) -> Result<Self, HeaderError> {
         if b.len() < HEADER_LEN {
             return Err(HeaderError::TooShort);

@@ -19,7 +19,7 @@ pub const HEADER_LEN: usize = 136;
 
 /// AES-GCM tag length.
 pub const TAG_LEN: usize = 16;
-/// AES-GCM nonce length (12 bytes; never longer, see FORMAT-RULES 2).
+/// AES-GCM nonce length (12 bytes; never longer, see docs/FORMAT.md §4.2).
 pub const NONCE_LEN: usize = 12;
 /// Length of the derived per-file nonce prefix; the nonce is prefix ‖ BE32(index) ‖ last-flag.
 pub const NONCE_PREFIX_LEN: usize = 7;
@@ -63,7 +63,7 @@ pub const MAX_OBJECTS: u64 = 1 << 32;
 /// Directory depth of a vault path (bounds the tree-order check's stack).
 pub const MAX_DEPTH: usize = 1024;
 
-/// BLAKE3 `derive_key` contexts, one per purpose (FORMAT-RULES 4). Variable inputs go in the
+/// BLAKE3 `derive_key` contexts, one per purpose (docs/FORMAT.md §3). Variable inputs go in the
 /// key material, never here.
 pub mod kdf {
     pub const SEGMENT_KEY: &str = "envseal 2026-12-01 v2 file segment key";
