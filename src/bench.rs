@@ -82,6 +82,8 @@ pub struct BenchReport {
     pub size: u64,
     pub jobs: usize,
     pub runs: usize,
+    /// The AES-256-GCM implementation compiled in ([`crate::aead::BACKEND`]).
+    pub aead_backend: &'static str,
     pub figures: Figures,
     /// min(seal_parallel, blake3_parallel, page_cache_write): what `encrypt` should approach.
     pub limit: f64,
@@ -129,6 +131,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         size,
         jobs,
         runs,
+        aead_backend: crate::aead::BACKEND,
         limit,
         ratio: figures.encrypt_tree / limit,
         tree_limit,

@@ -6,8 +6,8 @@
 
 use std::sync::LazyLock;
 
+use crate::aead::Aes256Gcm;
 use blake3::hazmat::{self, ChainingValue, HasherExt, Mode};
-use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
 use zeroize::Zeroizing;
 
 use crate::format::{self, kdf, ObjectHeader, DIGEST_LEN, ID_LEN, NONCE_LEN, TAG_LEN};
@@ -85,7 +85,7 @@ impl BatchKey {
     /// The key that encrypts concealed names.
     pub fn name_key(&self) -> NameKey {
         let k = self.derive_batch(kdf::NAME_KEY);
-        NameKey(aead_key(&k))
+        NameKey(Aes256Gcm::new(&k))
     }
 
     /// Derives one file's keys from its header's bound fields.
@@ -99,17 +99,12 @@ impl BatchKey {
         let mut nonce_prefix = [0u8; format::NONCE_PREFIX_LEN];
         nonce_prefix.copy_from_slice(&prefix[..format::NONCE_PREFIX_LEN]);
         FileKeys {
-            aead: aead_key(&seg),
+            aead: Aes256Gcm::new(&seg),
             nonce_prefix,
             commitment: *commitment,
             mac_key,
         }
     }
-}
-
-fn aead_key(k: &[u8; 32]) -> LessSafeKey {
-    // AES_256_GCM takes any 32-byte key; this cannot fail.
-    LessSafeKey::new(UnboundKey::new(&aead::AES_256_GCM, k).unwrap_or_else(|_| unreachable!()))
 }
 
 /// Segment authentication failed (wrong key, tampered, truncated or reordered data).
@@ -118,7 +113,7 @@ pub struct OpenError;
 
 /// One file's keys.
 pub struct FileKeys {
-    aead: LessSafeKey,
+    aead: Aes256Gcm,
     nonce_prefix: [u8; format::NONCE_PREFIX_LEN],
     commitment: [u8; DIGEST_LEN],
     mac_key: Zeroizing<[u8; 32]>,
@@ -140,13 +135,13 @@ impl FileKeys {
         &self.mac_key
     }
 
-    fn nonce(&self, index: u64, last: bool) -> Nonce {
+    fn nonce(&self, index: u64, last: bool) -> [u8; NONCE_LEN] {
         let mut n = [0u8; NONCE_LEN];
         n[..7].copy_from_slice(&self.nonce_prefix);
         // Callers guarantee index < 2^32 (format::MAX_SEGMENTS is checked at parse and plan).
         n[7..11].copy_from_slice(&(index as u32).to_be_bytes());
         n[11] = u8::from(last);
-        Nonce::assume_unique_for_key(n)
+        n
     }
 
     /// Seals one segment in place: `buf` holds the plaintext followed by `TAG_LEN` bytes of
@@ -156,9 +151,9 @@ impl FileKeys {
         // Sealing fails only for inputs over GCM's 64 GiB limit; segments are <= 64 MiB.
         let tag = self
             .aead
-            .seal_in_place_separate_tag(self.nonce(index, last), Aad::empty(), pt)
+            .seal_in_place(&self.nonce(index, last), &[], pt)
             .unwrap_or_else(|_| unreachable!());
-        tag_out.copy_from_slice(tag.as_ref());
+        tag_out.copy_from_slice(&tag);
     }
 
     /// Opens one stored segment (ciphertext ‖ tag) in place; returns the plaintext part.
@@ -168,17 +163,14 @@ impl FileKeys {
         last: bool,
         buf: &'a mut [u8],
     ) -> Result<&'a mut [u8], OpenError> {
-        if buf.len() < TAG_LEN {
-            return Err(OpenError);
-        }
         self.aead
-            .open_in_place(self.nonce(index, last), Aad::empty(), buf)
+            .open_in_place(&self.nonce(index, last), &[], buf)
             .map_err(|_| OpenError)
     }
 }
 
 /// Encrypts concealed names (paths, link targets) under a key derived from the batch key.
-pub struct NameKey(LessSafeKey);
+pub struct NameKey(Aes256Gcm);
 
 impl NameKey {
     /// `nonce ‖ ciphertext ‖ tag` with a random nonce. One name key serves a whole vault
@@ -201,13 +193,9 @@ impl NameKey {
         out.extend_from_slice(name);
         let tag = self
             .0
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(aad),
-                &mut out[NONCE_LEN..],
-            )
+            .seal_in_place(&nonce, aad, &mut out[NONCE_LEN..])
             .map_err(|_| std::io::Error::other("name too long to seal"))?;
-        out.extend_from_slice(tag.as_ref());
+        out.extend_from_slice(&tag);
         Ok(out)
     }
 
@@ -220,11 +208,7 @@ impl NameKey {
         let mut buf = sealed[NONCE_LEN..].to_vec();
         let len = self
             .0
-            .open_in_place(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(aad),
-                &mut buf,
-            )
+            .open_in_place(&nonce, aad, &mut buf)
             .map_err(|_| OpenError)?
             .len();
         buf.truncate(len);

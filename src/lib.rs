@@ -14,6 +14,7 @@
 //! objects. The byte formats are specified in `docs/FORMAT.md`; their constants live in
 //! [`format`](mod@format).
 
+pub mod aead;
 pub mod bench;
 pub mod crypto;
 pub mod decrypt;

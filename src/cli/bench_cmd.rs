@@ -69,6 +69,7 @@ fn table(r: &BenchReport) -> String {
             v / r.limit
         );
     }
+    out += &format!("# aes-256-gcm backend: {}\n", r.aead_backend);
     out += &format!(
         "# limit = min(seal, blake3 on {n} threads, page cache write) = {}\n",
         human(r.limit)
