@@ -393,6 +393,7 @@ impl EncryptRig {
             batch_max_files: format::BATCH_MAX_FILES,
             batch_max_bytes: format::BATCH_MAX_BYTES,
             pack_threshold: format::DEFAULT_PACK_THRESHOLD,
+            sync: true,
         };
         Ok(EncryptRig {
             scratch,

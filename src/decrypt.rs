@@ -34,6 +34,8 @@ pub struct DecryptOptions {
     pub only: Vec<String>,
     pub overwrite: bool,
     pub jobs: usize,
+    /// One `syncfs` of DEST before success (the default); `false` = `--no-sync`.
+    pub sync: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -160,7 +162,8 @@ pub fn decrypt(
     }
     let keys = &unlocked.keys;
     let r = &unlocked.reader;
-    let ctx = RecordCtx::new(&opts.vault, &r.header, &r.batches, &r.objects, opts.jobs);
+    let mut ctx = RecordCtx::new(&opts.vault, &r.header, &r.batches, &r.objects, opts.jobs);
+    ctx.writeback = opts.sync;
     let chosen = select(&entries, &opts.only)?;
     fs::create_dir_all(&opts.dest).at(&opts.dest)?;
     let dest = &opts.dest;
@@ -309,16 +312,18 @@ pub fn decrypt(
         }
     }
     // Durable once, not once per file: one syncfs of the destination's filesystem.
-    let synced = File::open(dest).and_then(|d| {
-        use std::os::unix::io::AsRawFd;
-        // SAFETY: syncfs on a valid open descriptor.
-        match unsafe { libc::syncfs(d.as_raw_fd()) } {
-            0 => Ok(()),
-            _ => Err(std::io::Error::last_os_error()),
-        }
-    });
-    synced.at(dest)?;
-    report.synced = true;
+    if opts.sync {
+        let synced = File::open(dest).and_then(|d| {
+            use std::os::unix::io::AsRawFd;
+            // SAFETY: syncfs on a valid open descriptor.
+            match unsafe { libc::syncfs(d.as_raw_fd()) } {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        });
+        synced.at(dest)?;
+        report.synced = true;
+    }
     report.vault_bytes_read = ctx.read.load(std::sync::atomic::Ordering::Relaxed);
     progress.finish();
     report.seconds = started.elapsed().as_secs_f64();

@@ -56,6 +56,10 @@ pub struct EncryptOptions {
     pub batch_max_bytes: u64,
     /// Files smaller than this are packed together.
     pub pack_threshold: u64,
+    /// Sync written data before journaling it and before success (the default). `false`
+    /// (`--no-sync`) leaves writeback to the kernel: still safe against a crash of envseal,
+    /// not against a crash of the operating system (docs/FORMAT.md §7).
+    pub sync: bool,
 }
 
 /// The outcome of a run.
@@ -264,6 +268,7 @@ pub fn encrypt(
         progress,
         &stop,
     );
+    writer.sync = opts.sync;
     if resumed_batches > 0 {
         writer.start_generation()?;
     }

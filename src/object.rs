@@ -178,6 +178,8 @@ pub struct RecordCtx<'a> {
     files: Vec<std::sync::OnceLock<File>>,
     /// Bytes of objects read so far (records only: `--only` reads no more than it needs).
     pub read: std::sync::atomic::AtomicU64,
+    /// Start writeback of restored windows as they are written (off with `--no-sync`).
+    pub writeback: bool,
 }
 
 impl<'a> RecordCtx<'a> {
@@ -196,6 +198,7 @@ impl<'a> RecordCtx<'a> {
             jobs,
             files: objects.iter().map(|_| std::sync::OnceLock::new()).collect(),
             read: std::sync::atomic::AtomicU64::new(0),
+            writeback: true,
         }
     }
 
@@ -305,7 +308,7 @@ pub fn open_record(
             Ok((leaf, m))
         })?;
         leaves.iter().for_each(|l| ct.push(l));
-        if let Some(out) = out {
+        if let (Some(out), true) = (out, ctx.writeback) {
             crate::vault::start_writeback(out, w.first * u64::from(seg), w.plain as usize);
         }
         progress.bytes(w.plain);

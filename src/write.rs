@@ -148,6 +148,8 @@ pub struct Writer<'a> {
     oldest: Option<Instant>,
     written: Written,
     vault_dir: Option<File>,
+    /// Sync data before journaling it (see `EncryptOptions::sync`).
+    pub sync: bool,
 }
 
 impl<'a> Writer<'a> {
@@ -189,6 +191,7 @@ impl<'a> Writer<'a> {
             oldest: None,
             written: Written::default(),
             vault_dir: None,
+            sync: true,
         }
     }
 
@@ -351,7 +354,9 @@ impl<'a> Writer<'a> {
                     let first = window * st.start.file.window;
                     let at = format::segment_offset(seg, first);
                     st.out.write_all_at(&buf[..used], at).at(&st.path)?;
-                    crate::vault::start_writeback(&st.out, at, used);
+                    if self.sync {
+                        crate::vault::start_writeback(&st.out, at, used);
+                    }
                     self.progress.bytes(
                         (first..first + leaves.len() as u64)
                             .map(|i| format::segment_plain_len(st.start.file.size, seg, i) as u64)
@@ -437,12 +442,15 @@ impl<'a> Writer<'a> {
                 self.pack = Some(Pack { file, obj, len: 0 });
             }
             let vault = self.vault.clone();
+            let sync = self.sync;
             let p = self
                 .pack
                 .as_mut()
                 .ok_or_else(|| Error::Runtime("no pack".into()))?;
             p.file.write_all_at(records, p.len).at(&vault)?;
-            crate::vault::start_writeback(&p.file, p.len, records.len());
+            if sync {
+                crate::vault::start_writeback(&p.file, p.len, records.len());
+            }
             base = (p.obj, p.len);
             p.len += records.len() as u64;
         }
@@ -557,10 +565,10 @@ impl<'a> Writer<'a> {
         if self.queue.is_empty() {
             return Ok(());
         }
-        if self.vault_dir.is_none() {
+        if self.sync && self.vault_dir.is_none() {
             self.vault_dir = Some(File::open(&self.vault).at(&self.vault)?);
         }
-        if let Some(d) = &self.vault_dir {
+        if let (true, Some(d)) = (self.sync, &self.vault_dir) {
             // SAFETY: syncfs on a valid open descriptor.
             if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
                 return Err(Error::io(&self.vault, std::io::Error::last_os_error()));

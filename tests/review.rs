@@ -66,6 +66,7 @@ impl Fixture {
             batch_max_files: format::BATCH_MAX_FILES,
             batch_max_bytes: format::BATCH_MAX_BYTES,
             pack_threshold: format::DEFAULT_PACK_THRESHOLD,
+            sync: true,
         }
     }
 
@@ -87,6 +88,7 @@ impl Fixture {
             only: vec![],
             overwrite: false,
             jobs: 2,
+            sync: true,
         };
         let r = decrypt(&opts, kms, &NoProgress, &AtomicBool::new(false)).map(|r| {
             assert!(r.failed.is_empty(), "failed: {:?}", r.failed);

@@ -342,6 +342,7 @@ fn outcomes(vault: &Path) -> (i32, i32, i32, Vec<String>) {
         only: vec![],
         overwrite: false,
         jobs: 2,
+        sync: true,
     };
     let d = match decrypt(&opts, &kms(), &NoProgress, &AtomicBool::new(false)) {
         Ok(r) if r.integrity_failures > 0 => 3,
@@ -373,6 +374,7 @@ fn checked_in_vectors_decrypt_to_recorded_plaintexts() {
             only: vec![],
             overwrite: false,
             jobs: 2,
+            sync: true,
         };
         let r = decrypt(&opts, &kms(), &NoProgress, &AtomicBool::new(false)).unwrap();
         assert!(r.failed.is_empty(), "{name}: {:?}", r.failed);

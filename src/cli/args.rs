@@ -87,6 +87,11 @@ pub struct EncryptArgs {
     /// Keep paths only inside the encrypted part of the manifest.
     #[arg(long)]
     pub conceal_names: bool,
+    /// Do not wait for the vault to reach the disk (as `pg_dump --no-sync`): faster, and still
+    /// resumable after envseal is killed, but a crash of the operating system can leave the
+    /// vault incomplete (`verify` finds it). Default: sync before journaling and before success.
+    #[arg(long)]
+    pub no_sync: bool,
     /// Resume an unfinished run in VAULT (running the same command again does this too).
     #[arg(long)]
     pub resume: bool,
@@ -117,6 +122,10 @@ pub struct DecryptArgs {
     /// Replace files that already exist in DEST.
     #[arg(long)]
     pub overwrite: bool,
+    /// Do not wait for restored files to reach the disk (one `syncfs` of DEST by default):
+    /// faster, but a crash of the operating system can lose or truncate restored files.
+    #[arg(long)]
+    pub no_sync: bool,
     /// Use this KMS instead of the one the manifest names (for moved endpoints; ENVSEAL_KMS
     /// is not read here: the manifest knows where each key lives).
     #[arg(long, value_name = "URL")]

@@ -73,12 +73,13 @@ pub fn encrypt_cmd(a: EncryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
             Some(s) => size_arg("--pack-threshold", s)?,
             None => format::DEFAULT_PACK_THRESHOLD,
         },
+        sync: !a.no_sync,
     };
     let kms = Kms::new(kms_options()?, None);
     let bars = Bars::new("encrypt", a.out.quiet);
     let r = encrypt(&opts, &kms, &bars, cancel)?;
     let line = format!(
-        "encrypted {} files, {} dirs, {} symlinks, {} bytes in {:.2} s ({:.2} GB/s) into {}; {} batch(es){}; {} skipped, {} failed",
+        "encrypted {} files, {} dirs, {} symlinks, {} bytes in {:.2} s ({:.2} GB/s) into {}{}; {} batch(es){}; {} skipped, {} failed",
         r.files,
         r.dirs,
         r.symlinks,
@@ -86,6 +87,7 @@ pub fn encrypt_cmd(a: EncryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
         r.seconds,
         rate(r.bytes, r.seconds),
         opts.vault.display(),
+        if opts.sync { "" } else { " (not synced: --no-sync)" },
         r.batches,
         if r.resumed_files > 0 { format!(", {} files resumed from the journal", r.resumed_files) } else { String::new() },
         r.skipped.len(),
@@ -102,7 +104,7 @@ pub fn encrypt_cmd(a: EncryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
             "files": r.files, "dirs": r.dirs, "symlinks": r.symlinks, "bytes": r.bytes,
             "seconds": r.seconds, "gb_per_s": rate(r.bytes, r.seconds),
             "batches": r.batches, "generated_keys": r.generated_keys,
-            "resumed_files": r.resumed_files,
+            "resumed_files": r.resumed_files, "synced": opts.sync,
             "skipped": failures_json(&r.skipped), "failed": failures_json(&r.failed),
         }),
     );
@@ -116,13 +118,14 @@ pub fn decrypt_cmd(a: DecryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
         only: a.only,
         overwrite: a.overwrite,
         jobs: jobs(a.jobs)?,
+        sync: !a.no_sync,
     };
     let kms = reading_kms(a.kms)?;
     let bars = Bars::new("decrypt", a.out.quiet);
     let r = decrypt(&opts, &kms, &bars, cancel)?;
     print_failures(&r.failed);
     let line = format!(
-        "decrypted {} files, {} dirs, {} symlinks, {} bytes in {:.2} s ({:.2} GB/s) into {} (synced to disk); {} failed{}",
+        "decrypted {} files, {} dirs, {} symlinks, {} bytes in {:.2} s ({:.2} GB/s) into {} ({}); {} failed{}",
         r.files,
         r.dirs,
         r.symlinks,
@@ -130,6 +133,7 @@ pub fn decrypt_cmd(a: DecryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
         r.seconds,
         rate(r.bytes, r.seconds),
         opts.dest.display(),
+        if r.synced { "synced to disk" } else { "not synced: --no-sync" },
         r.failed.len(),
         if r.integrity_failures > 0 { format!(" ({} integrity failures)", r.integrity_failures) } else { String::new() }
     );
