@@ -69,6 +69,10 @@ pub struct EncryptReport {
     pub bytes: u64,
     pub dirs: u64,
     pub symlinks: u64,
+    /// Further names of files stored once (hard links).
+    pub hardlinks: u64,
+    /// FIFOs and device nodes.
+    pub specials: u64,
     /// Files taken over from the journal of an interrupted run.
     pub resumed_files: u64,
     pub batches: u64,
@@ -285,6 +289,7 @@ pub fn encrypt(
         window,
         buf_size,
         done,
+        links: HashMap::new(),
         unit: 0,
         chunk: Vec::new(),
         chunk_bytes: 0,
@@ -345,6 +350,8 @@ pub fn encrypt(
     report.bytes = written.bytes;
     report.dirs = written.dirs;
     report.symlinks = written.symlinks;
+    report.hardlinks = written.hardlinks;
+    report.specials = written.specials;
     report.resumed_files = written.resumed_files;
     report.failed = planner.failed;
     report.failed.extend(written.failed);
@@ -369,6 +376,9 @@ struct Planner<'a> {
     window: u64,
     buf_size: usize,
     done: HashMap<Vec<u8>, Done>,
+    /// The first path of each multiply-linked file (by device and inode): later paths of the
+    /// same inode become hard-link entries naming it.
+    links: HashMap<(u64, u64), Vec<u8>>,
     unit: u64,
     chunk: Vec<ChunkItem>,
     chunk_bytes: usize,
@@ -436,7 +446,26 @@ impl<'a> Planner<'a> {
                 let entry = entry_of(&e, EntryKind::Symlink(Name::Clear(target.clone())));
                 return self.push(s, ChunkItem::Entry(entry), 0, tx);
             }
+            SourceKind::Fifo | SourceKind::CharDev(_) | SourceKind::BlockDev(_) => {
+                let kind = match e.kind {
+                    SourceKind::CharDev(d) => EntryKind::CharDev(d),
+                    SourceKind::BlockDev(d) => EntryKind::BlockDev(d),
+                    _ => EntryKind::Fifo,
+                };
+                return self.push(s, ChunkItem::Entry(entry_of(&e, kind)), 0, tx);
+            }
         };
+        if e.nlink > 1 && !device {
+            match self.links.entry((e.dev, e.ino)) {
+                std::collections::hash_map::Entry::Occupied(first) => {
+                    let kind = EntryKind::HardLink(Name::Clear(first.get().clone()));
+                    return self.push(s, ChunkItem::Entry(entry_of(&e, kind)), 0, tx);
+                }
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(e.path.clone());
+                }
+            }
+        }
         if let Some(d) = self.done.remove(&e.path) {
             let unchanged = d.src.dev == e.dev
                 && d.src.ino == e.ino
@@ -450,6 +479,7 @@ impl<'a> Planner<'a> {
                     src: d.src,
                     size: d.size,
                     obj: d.obj,
+                    linkable: (e.nlink > 1).then(|| e.path.clone()),
                 });
                 return self.push(s, item, 0, tx);
             }
@@ -785,6 +815,8 @@ fn finished_run(vault: &Path, params: &RunParams) -> Result<Option<EncryptReport
             }
             EntryKind::Dir => r.dirs += 1,
             EntryKind::Symlink(_) => r.symlinks += 1,
+            EntryKind::HardLink(_) => r.hardlinks += 1,
+            EntryKind::Fifo | EntryKind::CharDev(_) | EntryKind::BlockDev(_) => r.specials += 1,
         }
     }
     journal.remove(vault)?;

@@ -26,6 +26,7 @@ pub mod keys;
 pub mod kms;
 pub mod manifest;
 pub mod object;
+pub mod owner;
 pub mod progress;
 pub mod seal;
 pub mod source;

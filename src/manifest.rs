@@ -23,6 +23,7 @@ use crate::kms::WrappedKey;
 /// Associated data for sealed names, so a sealed path cannot stand in for a link target.
 const AAD_PATH: &[u8] = b"envseal path";
 const AAD_TARGET: &[u8] = b"envseal link target";
+const AAD_HARDLINK: &[u8] = b"envseal hard link";
 
 /// One batch: a data key, its commitment and its wrappings.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -119,6 +120,21 @@ pub enum EntryKind {
     File(FileEntry),
     Dir,
     Symlink(Name),
+    /// Another name of an earlier file entry (the path it was stored under) (§6.1).
+    HardLink(Name),
+    Fifo,
+    /// A character or block device node, with its `st_rdev`.
+    CharDev(u64),
+    BlockDev(u64),
+}
+
+/// Who owned an entry: ids always, names where the source machine had them (§6.1).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+    pub user: Option<String>,
+    pub group: Option<String>,
 }
 
 /// One path in the vault.
@@ -129,6 +145,10 @@ pub struct Entry {
     pub mtime: i64,
     pub mtime_nsec: u32,
     pub kind: EntryKind,
+    /// `None` in vaults written without ownership (restore leaves ownership to the user).
+    pub owner: Option<Owner>,
+    /// A file with other hard links in the tree: later `HardLink` entries may name it.
+    pub linked: bool,
 }
 
 impl Entry {
@@ -239,6 +259,18 @@ pub struct EntryLine {
     pub target_b64: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub enc_target: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rdev: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub linked: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -378,12 +410,23 @@ impl Entry {
             nsec: self.mtime_nsec,
             ..Default::default()
         };
+        if let Some(o) = &self.owner {
+            (r.uid, r.gid) = (Some(o.uid), Some(o.gid));
+            (r.user, r.group) = (o.user.clone(), o.group.clone());
+        }
         match &self.kind {
             EntryKind::Dir => r.kind = "dir".into(),
             EntryKind::Symlink(t) => {
                 r.kind = "symlink".into();
                 (r.target, r.target_b64, r.enc_target) = name_fields(t, name_key, AAD_TARGET)?;
             }
+            EntryKind::HardLink(t) => {
+                r.kind = "hardlink".into();
+                (r.target, r.target_b64, r.enc_target) = name_fields(t, name_key, AAD_HARDLINK)?;
+            }
+            EntryKind::Fifo => r.kind = "fifo".into(),
+            EntryKind::CharDev(d) => (r.kind, r.rdev) = ("chardev".into(), Some(*d)),
+            EntryKind::BlockDev(d) => (r.kind, r.rdev) = ("blockdev".into(), Some(*d)),
             EntryKind::File(f) => {
                 r.kind = "file".into();
                 r.size = Some(f.size);
@@ -393,6 +436,7 @@ impl Entry {
                 r.salt = Some(format::to_hex(&f.salt));
                 r.ct = Some(format::to_hex(&f.ct));
                 r.pt = Some(format::to_hex(&f.pt));
+                r.linked = self.linked.then_some(true);
             }
         }
         serde_json::to_vec(&r).map_err(|e| Error::Runtime(e.to_string()))
@@ -429,8 +473,48 @@ impl Entry {
             r.pt.is_some(),
         ];
         let link_fields = r.target.is_some() || r.target_b64.is_some() || r.enc_target.is_some();
+        let owner = match (r.uid, r.gid) {
+            (Some(uid), Some(gid)) => {
+                for n in [&r.user, &r.group].into_iter().flatten() {
+                    if n.is_empty() || n.len() > 256 || n.contains(['\0', '/', ':', '\n']) {
+                        return Err(format!("bad owner name {n:?}"));
+                    }
+                }
+                Some(Owner {
+                    uid,
+                    gid,
+                    user: r.user.clone(),
+                    group: r.group.clone(),
+                })
+            }
+            (None, None) if r.user.is_none() && r.group.is_none() => None,
+            _ => return Err("uid and gid go together, and names only with them".into()),
+        };
+        // Only a file may be `linked`, and only `true` is written (one spelling per record).
+        if r.linked == Some(false) || (r.linked.is_some() && r.kind != "file") {
+            return Err("linked is only `true`, on a file".into());
+        }
+        if r.rdev.is_some() && !matches!(r.kind.as_str(), "chardev" | "blockdev") {
+            return Err("rdev on an entry that is not a device".into());
+        }
+        let plain = !file_fields.contains(&true) && !link_fields;
         let kind = match r.kind.as_str() {
-            "dir" if !file_fields.contains(&true) && !link_fields => EntryKind::Dir,
+            "dir" if plain => EntryKind::Dir,
+            "fifo" if plain => EntryKind::Fifo,
+            "chardev" if plain && r.rdev.is_some() => EntryKind::CharDev(r.rdev.unwrap_or(0)),
+            "blockdev" if plain && r.rdev.is_some() => EntryKind::BlockDev(r.rdev.unwrap_or(0)),
+            "hardlink" if !file_fields.contains(&true) => {
+                let t = parse_name(&r.target, &r.target_b64, &r.enc_target, "target")?;
+                if matches!(t, Name::Sealed(_)) != h.conceal_names {
+                    return Err(
+                        "a link target sealed in a clear vault, or clear in a concealed one".into(),
+                    );
+                }
+                if let Name::Clear(t) = &t {
+                    check_path(t)?;
+                }
+                EntryKind::HardLink(t)
+            }
             "symlink" if !file_fields.contains(&true) => {
                 let t = parse_name(&r.target, &r.target_b64, &r.enc_target, "target")?;
                 if matches!(t, Name::Sealed(_)) != h.conceal_names {
@@ -466,7 +550,7 @@ impl Entry {
                 }
                 EntryKind::File(f)
             }
-            "dir" | "symlink" | "file" => {
+            "dir" | "symlink" | "file" | "hardlink" | "fifo" | "chardev" | "blockdev" => {
                 return Err(format!("fields missing or out of place for a {}", r.kind))
             }
             other => return Err(format!("unknown entry kind {other:?}")),
@@ -477,6 +561,8 @@ impl Entry {
             mtime: r.mtime,
             mtime_nsec: r.nsec,
             kind,
+            owner,
+            linked: r.linked == Some(true),
         })
     }
 
@@ -487,7 +573,7 @@ impl Entry {
                 let clear = nk.open(s, aad).map_err(|_| {
                     Error::integrity("manifest", "a concealed name does not decrypt")
                 })?;
-                let r = if aad == AAD_PATH {
+                let r = if aad == AAD_PATH || aad == AAD_HARDLINK {
                     check_path(&clear)
                 } else {
                     check_target(&clear)
@@ -498,8 +584,10 @@ impl Entry {
             Ok(())
         };
         open(&mut self.path, AAD_PATH)?;
-        if let EntryKind::Symlink(t) = &mut self.kind {
-            open(t, AAD_TARGET)?;
+        match &mut self.kind {
+            EntryKind::Symlink(t) => open(t, AAD_TARGET)?,
+            EntryKind::HardLink(t) => open(t, AAD_HARDLINK)?,
+            _ => {}
         }
         Ok(())
     }
@@ -555,9 +643,34 @@ pub struct TreeOrder {
     stack: Vec<(Vec<u8>, Vec<u8>)>,
     /// The last top-level name.
     top: Vec<u8>,
+    /// Files marked `linked` so far: the only paths a hard link may name.
+    linkable: std::collections::HashSet<Vec<u8>>,
 }
 
 impl TreeOrder {
+    /// [`TreeOrder::push`], and a hard link must name an earlier `linked` file.
+    pub fn push_entry(&mut self, e: &Entry) -> std::result::Result<(), String> {
+        let p = e.path.clear().ok_or("names not revealed")?;
+        self.push(p, e.is_dir())?;
+        match &e.kind {
+            EntryKind::File(_) if e.linked => {
+                self.linkable.insert(p.to_vec());
+            }
+            EntryKind::HardLink(t) => {
+                let t = t.clear().ok_or("names not revealed")?;
+                if !self.linkable.contains(t) {
+                    return Err(format!(
+                        "hard link {} names {}, which is not an earlier linked file",
+                        String::from_utf8_lossy(p),
+                        String::from_utf8_lossy(t)
+                    ));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     pub fn push(&mut self, path: &[u8], is_dir: bool) -> std::result::Result<(), String> {
         let (up, name) = match parent(path) {
             Some(up) => (Some(up), &path[up.len() + 1..]),
@@ -611,12 +724,8 @@ pub fn check_tree(entries: &mut [Entry]) -> Result<()> {
     });
     let mut order = TreeOrder::default();
     for e in entries.iter() {
-        let p = e
-            .path
-            .clear()
-            .ok_or_else(|| Error::Runtime("names not revealed".into()))?;
         order
-            .push(p, e.is_dir())
+            .push_entry(e)
             .map_err(|why| integrity("manifest", why))?;
     }
     Ok(())
@@ -1044,9 +1153,9 @@ impl ManifestReader {
                     if let Some(nk) = &self.name_key {
                         e.reveal(nk)?;
                     }
-                } else if let Some(p) = e.path.clear() {
+                } else {
                     self.order
-                        .push(p, e.is_dir())
+                        .push_entry(&e)
                         .map_err(|why| integrity(&at, why))?;
                 }
                 self.entries += 1;

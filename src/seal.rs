@@ -139,11 +139,13 @@ pub struct Reused {
     pub src: SourceId,
     pub size: u64,
     pub obj: u64,
+    /// The path, when the file has other hard links (a later hard-link entry may name it).
+    pub linkable: Option<Vec<u8>>,
 }
 
 /// An entry of a chunk, in walk order.
 pub enum ChunkItem {
-    /// A directory or symlink: nothing to seal.
+    /// A directory, symlink, hard link, FIFO or device: nothing to seal.
     Entry(Entry),
     /// A file whose record an interrupted run already committed.
     Reused(Reused),

@@ -2,8 +2,9 @@
 //!
 //! Each source becomes a top-level entry under its base name. Directories are walked without
 //! following symlinks, in name order (so runs are deterministic); symlinks are recorded as
-//! links; a block device given as a source is read whole, as an image. Special files inside a
-//! tree (FIFOs, sockets, devices) are skipped and reported.
+//! links; a block device given as a source is read whole, as an image. FIFOs and device nodes
+//! inside a tree are recorded as such (as `tar` does); sockets are skipped and reported. Owners
+//! are recorded by id and, where this machine names them, by name.
 
 use std::ffi::OsStr;
 use std::fs::{self, Metadata};
@@ -28,6 +29,9 @@ pub enum SourceKind {
     Symlink {
         target: Vec<u8>,
     },
+    Fifo,
+    CharDev(u64),
+    BlockDev(u64),
 }
 
 /// One entry found by the walk.
@@ -46,6 +50,10 @@ pub struct SourceEntry {
     /// Status change time: a rewrite that puts the mtime back still moves it.
     pub ctime: i64,
     pub ctime_nsec: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Hard links to the inode (a regular file with more than one may recur in the tree).
+    pub nlink: u64,
 }
 
 /// A path the walk could not take, with why.
@@ -92,6 +100,9 @@ fn entry(path: Vec<u8>, source: &Path, md: &Metadata, kind: SourceKind) -> Sourc
         ino: md.ino(),
         ctime: md.ctime(),
         ctime_nsec: md.ctime_nsec().clamp(0, 999_999_999) as u32,
+        uid: md.uid(),
+        gid: md.gid(),
+        nlink: md.nlink(),
     }
 }
 
@@ -121,6 +132,15 @@ fn classify(
         let size = device_size(path).map_err(|e| e.to_string())?;
         return Ok(Some(SourceKind::File { size, device: true }));
     }
+    if ft.is_block_device() {
+        return Ok(Some(SourceKind::BlockDev(md.rdev())));
+    }
+    if ft.is_char_device() {
+        return Ok(Some(SourceKind::CharDev(md.rdev())));
+    }
+    if ft.is_fifo() {
+        return Ok(Some(SourceKind::Fifo));
+    }
     Ok(None)
 }
 
@@ -135,7 +155,7 @@ pub fn order_sources(sources: &[PathBuf]) -> Result<Vec<(Vec<u8>, PathBuf)>> {
             Ok(Some(_)) => {}
             Ok(None) => {
                 return Err(Error::Usage(format!(
-                    "source {}: not a file, directory, symlink or block device",
+                    "source {}: a socket; envseal stores files, directories, links, FIFOs and devices",
                     src.display()
                 )))
             }
@@ -170,7 +190,7 @@ pub fn walk_each(
             Ok(Some(k)) => k,
             Ok(None) => {
                 return Err(Error::Usage(format!(
-                    "source {}: not a file, directory, symlink or block device",
+                    "source {}: a socket; envseal stores files, directories, links, FIFOs and devices",
                     src.display()
                 )))
             }
@@ -249,7 +269,7 @@ pub fn walk_each(
                 }
                 Ok(None) => pending.push(Skipped {
                     path: de.path().to_path_buf(),
-                    why: "special file (FIFO, socket or device) skipped".into(),
+                    why: "socket skipped (a socket cannot be stored)".into(),
                     error: false,
                 }),
                 Err(why) => pending.push(Skipped {

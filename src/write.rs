@@ -33,7 +33,7 @@ use crate::manifest::{
 };
 use crate::progress::Progress;
 use crate::seal::{BufPool, ChunkOut, FileError, LargeFile, SealedWindow};
-use crate::walk::SourceEntry;
+use crate::walk::{SourceEntry, SourceKind};
 
 /// Longest a finished file waits for its commit.
 pub const COMMIT_EVERY: Duration = Duration::from_millis(500);
@@ -92,6 +92,8 @@ pub struct Written {
     pub bytes: u64,
     pub dirs: u64,
     pub symlinks: u64,
+    pub hardlinks: u64,
+    pub specials: u64,
     pub resumed_files: u64,
     pub failed: Vec<Failure>,
 }
@@ -150,6 +152,9 @@ pub struct Writer<'a> {
     vault_dir: Option<File>,
     /// Sync data before journaling it (see `EncryptOptions::sync`).
     pub sync: bool,
+    /// Paths of stored files with other hard links: what a hard-link entry may name (a link
+    /// whose file failed would name nothing, and is reported instead).
+    linkable: HashSet<Vec<u8>>,
 }
 
 impl<'a> Writer<'a> {
@@ -192,6 +197,7 @@ impl<'a> Writer<'a> {
             written: Written::default(),
             vault_dir: None,
             sync: true,
+            linkable: HashSet::new(),
         }
     }
 
@@ -457,9 +463,23 @@ impl<'a> Writer<'a> {
         for it in items {
             match it {
                 ChunkOut::Entry(e) => {
-                    match e.kind {
+                    match &e.kind {
                         EntryKind::Dir => self.written.dirs += 1,
-                        _ => self.written.symlinks += 1,
+                        EntryKind::Symlink(_) => self.written.symlinks += 1,
+                        EntryKind::HardLink(t) => {
+                            if !t.clear().is_some_and(|t| self.linkable.contains(t)) {
+                                self.fail(Failure {
+                                    path: e.path.display(),
+                                    why: format!(
+                                        "a hard link of {}, which could not be stored",
+                                        t.display()
+                                    ),
+                                });
+                                continue;
+                            }
+                            self.written.hardlinks += 1
+                        }
+                        _ => self.written.specials += 1,
                     }
                     self.queue_entry(&e, None)?;
                 }
@@ -468,7 +488,11 @@ impl<'a> Writer<'a> {
                     src,
                     size,
                     obj,
+                    linkable,
                 }) => {
+                    if let Some(p) = linkable {
+                        self.linkable.insert(p);
+                    }
                     if let Some(r) = self.referenced.get_mut(obj as usize) {
                         *r = true;
                     }
@@ -492,6 +516,9 @@ impl<'a> Writer<'a> {
                     self.written.files += 1;
                     self.written.bytes += s.size;
                     let e = entry_of(&s.entry, EntryKind::File(f));
+                    if e.linked {
+                        self.linkable.insert(s.entry.path.clone());
+                    }
                     self.queue_entry(&e, Some(&s.src))?;
                     self.progress.file_done();
                 }
@@ -554,6 +581,9 @@ impl<'a> Writer<'a> {
         self.written.bytes += file.size;
         let src = crate::seal::source_id(&entry, &file.src);
         let e = entry_of(&entry, EntryKind::File(f));
+        if e.linked {
+            self.linkable.insert(entry.path.clone());
+        }
         self.queue_entry(&e, Some(&src))?;
         self.progress.file_done();
         Ok(())
@@ -641,11 +671,16 @@ impl<'a> Writer<'a> {
 
 /// The vault entry of a walked source entry.
 pub fn entry_of(e: &SourceEntry, kind: EntryKind) -> Entry {
+    // A file is `linked` when other names of its inode may follow (a block device read as an
+    // image is never one).
+    let linked = e.nlink > 1 && matches!(e.kind, SourceKind::File { device: false, .. });
     Entry {
         path: Name::Clear(e.path.clone()),
         mode: e.mode,
         mtime: e.mtime,
         mtime_nsec: e.mtime_nsec,
+        linked: linked && matches!(kind, EntryKind::File(_)),
+        owner: Some(crate::owner::owner_of(e.uid, e.gid)),
         kind,
     }
 }

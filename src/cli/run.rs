@@ -242,6 +242,10 @@ pub fn ls_cmd(a: LsArgs) -> anyhow::Result<i32> {
             EntryKind::File(f) => ("file", f.size, None),
             EntryKind::Dir => ("dir", 0, None),
             EntryKind::Symlink(t) => ("symlink", 0, Some(t.display())),
+            EntryKind::HardLink(t) => ("hardlink", 0, Some(t.display())),
+            EntryKind::Fifo => ("fifo", 0, None),
+            EntryKind::CharDev(_) => ("chardev", 0, None),
+            EntryKind::BlockDev(_) => ("blockdev", 0, None),
         };
         let r = if a.json {
             let object = e.file().map(|f| {
