@@ -4,11 +4,6 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-/// envseal: encrypt whole directory trees and disk images with keys held by a KMS.
-///
-/// One data key per batch comes from the KMS (GenerateDataKey); every file gets its own derived
-/// key and is sealed in AES-256-GCM segments in parallel. The vault's manifest keeps the wrapped
-/// keys and BLAKE3 digests, so it can be verified without the key and restored whole or in part.
 /// Shown after the top-level help and in the man page.
 const AFTER_HELP: &str = "\
 Exit codes: 0 success; 1 runtime error (I/O, KMS, some files failed); 2 wrong arguments; \
@@ -21,6 +16,11 @@ one), ENVSEAL_KMS_TRUST, ENVSEAL_KMS_TIMEOUT, ENVSEAL_KMS_ATTEMPTS, \
 ALIBABA_CLOUD_ACCESS_KEY_ID/_SECRET, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, \
 AWS_SESSION_TOKEN, AWS_REGION, NO_COLOR.";
 
+/// envseal: encrypt whole directory trees and disk images with keys held by a KMS.
+///
+/// One data key per batch comes from the KMS (GenerateDataKey); every file gets its own derived
+/// key and is sealed in AES-256-GCM segments in parallel. The vault's manifest keeps the wrapped
+/// keys and BLAKE3 digests, so it can be verified without the key and restored whole or in part.
 #[derive(Debug, Parser)]
 #[command(
     name = "envseal",

@@ -10,20 +10,27 @@ use super::args::{Cli, CompletionsArgs, ManArgs};
 
 pub fn completions(a: CompletionsArgs) -> anyhow::Result<i32> {
     let mut cmd = Cli::command();
+    let mut buf = Vec::new();
+    clap_complete::generate(a.shell, &mut cmd, "envseal", &mut buf);
+    print(&buf)
+}
+
+/// Writes to stdout; a reader that stops early (`| head`) is not an error.
+fn print(bytes: &[u8]) -> anyhow::Result<i32> {
     let mut out = std::io::stdout().lock();
-    clap_complete::generate(a.shell, &mut cmd, "envseal", &mut out);
-    out.flush()?;
-    Ok(0)
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(0),
+    }
 }
 
 pub fn man(a: ManArgs) -> anyhow::Result<i32> {
     let mut cmd = Cli::command();
     cmd.build();
     let Some(dir) = a.out_dir else {
-        let mut out = std::io::stdout().lock();
-        clap_mangen::Man::new(cmd).render(&mut out)?;
-        out.flush()?;
-        return Ok(0);
+        let mut buf = Vec::new();
+        clap_mangen::Man::new(cmd).render(&mut buf)?;
+        return print(&buf);
     };
     std::fs::create_dir_all(&dir).map_err(|e| envseal::Error::io(&dir, e))?;
     let mut written = Vec::new();
