@@ -65,13 +65,10 @@ pub fn failures_json(list: &[envseal::encrypt::Failure]) -> Value {
     )
 }
 
-/// Lists the files that failed, after the run, unless the progress display already showed
-/// each one as it failed (so `-q` still names them: failures are never silent).
-pub fn print_failures(list: &[envseal::encrypt::Failure], shown_live: bool) {
-    if shown_live {
-        return;
-    }
-    for f in list {
+/// Lists the files that failed, after the run, except those the progress display already
+/// showed as they failed (so `-q` lists them all: failures are never silent).
+pub fn print_failures(list: &[envseal::encrypt::Failure], bars: &super::progress::Bars) {
+    for f in list.iter().filter(|f| !bars.showed(f)) {
         eprintln!(
             "envseal: failed: {}: {}",
             sanitize(&f.path),

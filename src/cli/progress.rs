@@ -1,6 +1,7 @@
 //! Progress for the terminal: one indicatif bar when stderr is a terminal, plain lines every
 //! `--progress-interval` otherwise, nothing with `-q`.
 
+use std::collections::HashSet;
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -15,8 +16,15 @@ use super::output::human_bytes;
 /// few thousand files shows the spinner.
 const TICK: Duration = Duration::from_millis(100);
 
-/// The binary's `Progress`.
-pub enum Bars {
+/// The binary's `Progress`, and which notices it showed.
+pub struct Bars {
+    display: Display,
+    /// `path: why` of each notice shown (`failed PATH: WHY`), so the end of a run lists only
+    /// the failures that were not shown as they happened.
+    shown: Mutex<HashSet<String>>,
+}
+
+enum Display {
     Quiet,
     Plain(Plain),
     Fancy(Fancy),
@@ -54,6 +62,7 @@ pub struct Plain {
 }
 
 pub struct Fancy {
+    verb: &'static str,
     multi: MultiProgress,
     walk: ProgressBar,
     bar: ProgressBar,
@@ -64,11 +73,27 @@ pub struct Fancy {
 impl Bars {
     /// `interval`: how often plain lines are printed when stderr is not a terminal.
     pub fn new(verb: &'static str, quiet: bool, interval: Duration) -> Bars {
+        Bars {
+            display: Display::new(verb, quiet, interval),
+            shown: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Whether a failure was shown as a notice while the run went on.
+    pub fn showed(&self, f: &envseal::encrypt::Failure) -> bool {
+        self.shown
+            .lock()
+            .is_ok_and(|s| s.contains(&format!("{}: {}", f.path, f.why)))
+    }
+}
+
+impl Display {
+    fn new(verb: &'static str, quiet: bool, interval: Duration) -> Display {
         if quiet {
-            return Bars::Quiet;
+            return Display::Quiet;
         }
         if !std::io::stderr().is_terminal() {
-            return Bars::Plain(Plain {
+            return Display::Plain(Plain {
                 verb,
                 counts: Counts::default(),
                 interval,
@@ -81,7 +106,12 @@ impl Bars {
             ProgressStyle::with_template("{spinner} {msg}")
                 .unwrap_or_else(|_| ProgressStyle::default_spinner()),
         );
-        walk.set_message(format!("{verb}: walking..."));
+        // encrypt walks its sources; decrypt and verify read the manifest first.
+        walk.set_message(if verb == "encrypt" {
+            format!("{verb}: walking...")
+        } else {
+            format!("{verb}: reading the manifest...")
+        });
         // Drawn now, not at the first steady tick: a short walk would end before it.
         walk.tick();
         walk.enable_steady_tick(TICK);
@@ -95,19 +125,14 @@ impl Bars {
             .progress_chars("=> "),
         );
         bar.set_prefix(verb);
-        Bars::Fancy(Fancy {
+        Display::Fancy(Fancy {
+            verb,
             multi,
             walk,
             bar,
             counts: Counts::default(),
             started: AtomicBool::new(false),
         })
-    }
-
-    /// Whether notices (each failed file) were shown as they came: then the end of the run
-    /// need not list them again.
-    pub fn shows_notices(&self) -> bool {
-        !matches!(self, Bars::Quiet)
     }
 }
 
@@ -144,9 +169,9 @@ impl Fancy {
 
 impl Progress for Bars {
     fn walking(&self, files: u64, bytes: u64) {
-        match self {
-            Bars::Quiet => {}
-            Bars::Plain(p) => {
+        match &self.display {
+            Display::Quiet => {}
+            Display::Plain(p) => {
                 if let Ok(mut last) = p.last.lock() {
                     if last.elapsed() >= p.interval {
                         *last = Instant::now();
@@ -158,10 +183,11 @@ impl Progress for Bars {
                     }
                 }
             }
-            Bars::Fancy(f) => {
+            Display::Fancy(f) => {
                 if files % 64 == 0 {
                     f.walk.set_message(format!(
-                        "walking: {files} files, {} found",
+                        "{}: walking: {files} files, {} found",
+                        f.verb,
                         human_bytes(bytes)
                     ));
                 }
@@ -170,15 +196,15 @@ impl Progress for Bars {
     }
 
     fn start(&self, files: u64, bytes: u64) {
-        match self {
-            Bars::Quiet => {}
-            Bars::Plain(p) => {
+        match &self.display {
+            Display::Quiet => {}
+            Display::Plain(p) => {
                 p.counts.total_files.store(files, Ordering::Relaxed);
                 p.counts.total_bytes.store(bytes, Ordering::Relaxed);
                 // One line as the work starts, whatever the interval.
                 p.line(true);
             }
-            Bars::Fancy(f) => {
+            Display::Fancy(f) => {
                 f.counts.total_files.store(files, Ordering::Relaxed);
                 f.counts.total_bytes.store(bytes, Ordering::Relaxed);
                 f.walk.finish_and_clear();
@@ -193,13 +219,13 @@ impl Progress for Bars {
     }
 
     fn bytes(&self, n: u64) {
-        match self {
-            Bars::Quiet => {}
-            Bars::Plain(p) => {
+        match &self.display {
+            Display::Quiet => {}
+            Display::Plain(p) => {
                 p.counts.bytes.fetch_add(n, Ordering::Relaxed);
                 p.line(false);
             }
-            Bars::Fancy(f) => {
+            Display::Fancy(f) => {
                 f.counts.bytes.fetch_add(n, Ordering::Relaxed);
                 f.bar.inc(n);
             }
@@ -207,13 +233,13 @@ impl Progress for Bars {
     }
 
     fn file_done(&self) {
-        match self {
-            Bars::Quiet => {}
-            Bars::Plain(p) => {
+        match &self.display {
+            Display::Quiet => {}
+            Display::Plain(p) => {
                 p.counts.files.fetch_add(1, Ordering::Relaxed);
                 p.line(false);
             }
-            Bars::Fancy(f) => {
+            Display::Fancy(f) => {
                 let done = f.counts.files.fetch_add(1, Ordering::Relaxed) + 1;
                 f.update_files(done);
             }
@@ -221,18 +247,24 @@ impl Progress for Bars {
     }
 
     fn notice(&self, msg: &str) {
+        if matches!(self.display, Display::Quiet) {
+            return;
+        }
+        if let (Some((_, what)), Ok(mut shown)) = (msg.split_once(' '), self.shown.lock()) {
+            shown.insert(what.to_string());
+        }
         let msg = super::output::sanitize(msg);
-        match self {
-            Bars::Quiet => {}
-            Bars::Plain(_) => eprintln!("envseal: {msg}"),
-            Bars::Fancy(f) => {
+        match &self.display {
+            Display::Quiet => {}
+            Display::Plain(_) => eprintln!("envseal: {msg}"),
+            Display::Fancy(f) => {
                 let _ = f.multi.println(format!("envseal: {msg}"));
             }
         }
     }
 
     fn finish(&self) {
-        if let Bars::Fancy(f) = self {
+        if let Display::Fancy(f) = &self.display {
             f.walk.finish_and_clear();
             f.bar.finish_and_clear();
         }

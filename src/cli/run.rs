@@ -138,7 +138,7 @@ pub fn encrypt_cmd(a: EncryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
         r.skipped.len(),
         r.failed.len()
     );
-    print_failures(&r.failed, bars.shows_notices());
+    print_failures(&r.failed, &bars);
     summary(
         a.out.quiet,
         a.out.json,
@@ -169,7 +169,7 @@ pub fn decrypt_cmd(a: DecryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
     let kms = reading_kms(a.kms)?;
     let bars = bars("decrypt", &a.out)?;
     let r = decrypt(&opts, &kms, &bars, cancel)?;
-    print_failures(&r.failed, bars.shows_notices());
+    print_failures(&r.failed, &bars);
     let line = format!(
         "decrypted {} files, {} dirs, {} symlinks, {} in {:.2} s ({:.2} GB/s) into {} (synced to disk); {} failed{}",
         r.files,
