@@ -527,3 +527,27 @@ fn plain_progress_prints_a_line_at_the_start_and_takes_an_interval() {
     ]);
     assert_error(&o, 2, &["--progress-interval 0: expected seconds"]);
 }
+
+#[test]
+fn a_disabled_key_on_decrypt_hints_enable_key_with_the_vaults_key() {
+    let f = Fx::new();
+    let v = f.vault();
+    let list: Value = serde_json::from_str(&stdout(&f.run(&["kms", "list"]))).unwrap();
+    let id = list["Keys"][0]["KeyId"].as_str().unwrap().to_string();
+    assert_eq!(code(&f.run(&["kms", "disable-key", &id])), 0);
+    let o = f.run(&["decrypt", "-q", &v, "-o", &f.p("out")]);
+    assert_error(
+        &o,
+        1,
+        &[
+            "cannot unwrap the data key",
+            "Rejected.Disabled",
+            &format!("\"envseal kms enable-key {id}\""),
+        ],
+    );
+    let o = f.run(&["verify", "--deep", "-q", &v]);
+    assert_error(&o, 1, &[&format!("\"envseal kms enable-key {id}\"")]);
+    assert_eq!(code(&f.run(&["kms", "enable-key", &id])), 0);
+    let o = f.run(&["verify", "--deep", "-q", &v]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+}

@@ -14,8 +14,8 @@ use serde_json::json;
 
 use super::args::{DecryptArgs, EncryptArgs, LsArgs, OutputArgs, VerifyArgs};
 use super::kms_cmd::kms_options;
-use super::kms_cmd::{explain, parse_url, Where};
-use super::messages::{check_output_dir, check_vault, usage};
+use super::kms_cmd::{advice, explain, parse_url, Where};
+use super::messages::{advise, check_output_dir, check_vault, usage};
 use super::output::{failures_json, human_bytes, print_failures, rate, sanitize, summary};
 use super::progress::Bars;
 
@@ -34,6 +34,18 @@ fn reading_kms(override_url: Option<String>) -> anyhow::Result<Kms> {
             .collect::<Vec<_>>(),
     );
     Ok(Kms::new(kms_options()?, override_url).trusting(trusted))
+}
+
+/// A batch key that cannot be unwrapped gets advice by the KMS's answer (a disabled key, a
+/// missing one), naming the key and KMS the vault records.
+fn unwrap_advice(e: Error) -> anyhow::Error {
+    if let Error::Unwrap { last: Some(l), .. } = &e {
+        let (key_id, url, k) = &**l;
+        if let Some(h) = advice(k, key_id, Where { url }) {
+            return advise(e, h);
+        }
+    }
+    e.into()
 }
 
 fn jobs(j: Option<usize>) -> anyhow::Result<usize> {
@@ -122,7 +134,7 @@ pub fn encrypt_cmd(a: EncryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
     let bars = bars("encrypt", &a.out)?;
     let r = encrypt(&opts, &kms, &bars, cancel).map_err(|e| match e {
         Error::Kms(k) => explain(k, &key_asked, Where { url: &kms_url }),
-        e => e.into(),
+        e => unwrap_advice(e),
     })?;
     let line = format!(
         "encrypted {} files, {} dirs, {} symlinks, {} in {:.2} s ({:.2} GB/s) into {}; {} batch(es){}; {} skipped, {} failed",
@@ -168,7 +180,7 @@ pub fn decrypt_cmd(a: DecryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
     };
     let kms = reading_kms(a.kms)?;
     let bars = bars("decrypt", &a.out)?;
-    let r = decrypt(&opts, &kms, &bars, cancel)?;
+    let r = decrypt(&opts, &kms, &bars, cancel).map_err(unwrap_advice)?;
     print_failures(&r.failed, &bars);
     let line = format!(
         "decrypted {} files, {} dirs, {} symlinks, {} in {:.2} s ({:.2} GB/s) into {} (synced to disk); {} failed{}",
@@ -212,7 +224,7 @@ pub fn verify_cmd(a: VerifyArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
     };
     let kms = reading_kms(a.kms)?;
     let bars = bars("verify", &a.out)?;
-    let r = verify(&a.vault, &opts, Some(&kms), &bars, cancel)?;
+    let r = verify(&a.vault, &opts, Some(&kms), &bars, cancel).map_err(unwrap_advice)?;
     for p in &r.problems {
         eprintln!(
             "envseal: {}: {} ({}): {}",
@@ -257,7 +269,7 @@ pub fn ls_cmd(a: LsArgs) -> anyhow::Result<i32> {
     let concealed = ManifestReader::open(&a.vault)?.header.conceal_names;
     let mut unlocked = None;
     let mut reader = if concealed {
-        let u = envseal::vault::unlock(&a.vault, &reading_kms(a.kms)?)?;
+        let u = envseal::vault::unlock(&a.vault, &reading_kms(a.kms)?).map_err(unwrap_advice)?;
         let envseal::vault::Unlocked { reader, keys } = u;
         unlocked = Some(keys);
         reader
