@@ -551,3 +551,70 @@ fn a_disabled_key_on_decrypt_hints_enable_key_with_the_vaults_key() {
     let o = f.run(&["verify", "--deep", "-q", &v]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
 }
+
+/// Every field of the `--json` summaries is documented in docs/JSON.md.
+#[test]
+fn json_summary_fields_are_documented() {
+    let doc =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/JSON.md")).unwrap();
+    let f = Fx::new();
+    let (v, s, out) = (f.p("v"), f.p("s"), f.p("out"));
+    let runs = [
+        vec!["encrypt", "-q", "--json", &s, "-o", &v],
+        vec!["decrypt", "-q", "--json", &v, "-o", &out],
+        vec!["verify", "-q", "--json", "--deep", &v],
+    ];
+    for args in runs {
+        let o = f.run(&args);
+        assert_eq!(code(&o), 0, "{args:?}: {}", stderr(&o));
+        let j: Value = serde_json::from_str(&stdout(&o)).unwrap();
+        let section = &doc[doc.find(&format!("## `{}`", args[0])).unwrap()..];
+        let section = &section[..section[3..].find("\n## ").map_or(section.len(), |i| i + 3)];
+        for key in j.as_object().unwrap().keys() {
+            if key == "schema_version" {
+                continue;
+            }
+            assert!(
+                section.contains(&format!("`{key}`")),
+                "{}: `{key}` is not in docs/JSON.md",
+                args[0]
+            );
+        }
+    }
+}
+
+/// On a terminal: the spinner is drawn at once (even a tiny tree shows it), then one bar
+/// carries bytes and files. `script` gives the binary a pseudo-terminal.
+#[test]
+fn a_terminal_gets_the_spinner_at_once_and_one_bar() {
+    if !Path::new("/usr/bin/script").exists() {
+        eprintln!("skipping: no script(1)");
+        return;
+    }
+    let f = Fx::new();
+    let bin = env!("CARGO_BIN_EXE_envseal");
+    for (cmd, want) in [
+        (
+            format!("{bin} encrypt {} -o {}", f.p("s"), f.p("v")),
+            "encrypt: walking",
+        ),
+        (
+            format!("{bin} decrypt {} -o {}", f.p("v"), f.p("out")),
+            "decrypt: reading the manifest",
+        ),
+    ] {
+        let o = std::process::Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .env("ENVSEAL_HOME", f.home())
+            .env_remove("NO_COLOR")
+            .output()
+            .unwrap();
+        let out = stdout(&o);
+        assert!(o.status.success(), "{cmd}: {out}");
+        assert!(out.contains(want), "{cmd}: no spinner: {out:?}");
+        assert!(
+            out.contains("/2 files") && out.contains("B/4 B"),
+            "{cmd}: no bar with bytes and files: {out:?}"
+        );
+    }
+}
