@@ -70,6 +70,10 @@ pub fn parse_url(url: &str) -> anyhow::Result<ProviderUrl> {
 
 pub fn run(cmd: KmsCommand) -> anyhow::Result<i32> {
     let opts = kms_options()?;
+    let cmd = match cmd {
+        KmsCommand::Serve(args) => return super::serve_cmd::run(args),
+        cmd => cmd,
+    };
     let url = match &cmd {
         KmsCommand::CreateKey { kms, .. }
         | KmsCommand::CreateAlias { kms, .. }
@@ -80,7 +84,7 @@ pub fn run(cmd: KmsCommand) -> anyhow::Result<i32> {
         | KmsCommand::ScheduleKeyDeletion { kms, .. } => kms_url(kms),
         KmsCommand::Serve(_) => String::new(),
     };
-    if let (Some(instead), ProviderUrl::Aws { .. }) = (aws_instead(&cmd), parse_url_if(&url)?) {
+    if let (ProviderUrl::Aws { .. }, Some(instead)) = (parse_url(&url)?, aws_instead(&cmd)) {
         return Err(envseal::Error::Usage(format!(
             "envseal does not manage AWS KMS keys; use the AWS CLI: {instead}; then encrypt with --key alias/... --kms {url}"
         ))
@@ -139,16 +143,9 @@ pub fn run(cmd: KmsCommand) -> anyhow::Result<i32> {
                 .schedule_key_deletion(&key_id, pending_days)
                 .map_err(|e| explain(e, &key_id, at))?;
         }
-        KmsCommand::Serve(args) => return super::serve_cmd::run(args),
+        KmsCommand::Serve(_) => {}
     }
     Ok(0)
-}
-
-fn parse_url_if(url: &str) -> anyhow::Result<ProviderUrl> {
-    if url.is_empty() {
-        return Ok(ProviderUrl::Local(None));
-    }
-    parse_url(url)
 }
 
 /// The AWS CLI command that does what a `kms` subcommand does, for AWS users.
