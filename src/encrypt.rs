@@ -754,7 +754,8 @@ fn open_vault(
         let (journal, loaded) = Journal::open(vault)?;
         if loaded.run.params != *params {
             return Err(Error::Usage(format!(
-                "{shown} holds an unfinished run with other arguments; run that command again to finish it, or choose another -o"
+                "{shown} holds an unfinished run with other arguments, started by: {}; run that command again to finish it, or choose another -o",
+                command_of(vault, &loaded.run.params)
             )));
         }
         let run = loaded.run.clone();
@@ -787,6 +788,43 @@ fn open_vault(
     };
     let journal = Journal::create(vault, &run)?;
     Ok((journal, run, None))
+}
+
+/// The command line that started a run, for the message that asks to finish it.
+fn command_of(vault: &Path, p: &RunParams) -> String {
+    fn quoted(s: &str) -> String {
+        let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+,:=@%".contains(c);
+        if !s.is_empty() && s.chars().all(plain) {
+            s.to_string()
+        } else {
+            format!("'{}'", s.replace('\'', r"'\''"))
+        }
+    }
+    let mut c = String::from("envseal encrypt");
+    for s in &p.sources {
+        let path = B64
+            .decode(s)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        c += &format!(" {}", quoted(&path));
+    }
+    c += &format!(" -o {}", quoted(&vault.display().to_string()));
+    if let Some(k) = &p.key {
+        c += &format!(" --key {}", quoted(k));
+    }
+    if p.kms != "local" {
+        c += &format!(" --kms {}", quoted(&p.kms));
+    }
+    if p.segment_size != format::DEFAULT_SEGMENT_SIZE {
+        c += &format!(" --segment-size {}KiB", p.segment_size / 1024);
+    }
+    for e in &p.excludes {
+        c += &format!(" --exclude {}", quoted(e));
+    }
+    if p.conceal_names {
+        c += " --conceal-names";
+    }
+    c
 }
 
 /// A run of the same command that wrote its manifest and stopped before removing its journal

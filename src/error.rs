@@ -33,6 +33,16 @@ pub enum Error {
     #[error("KMS: {0}")]
     Kms(KmsError),
 
+    /// No wrapping of a batch's data key could be unwrapped (exit 1). `last` is the KMS's
+    /// answer to the last wrapping tried, with its key id and provider URL, so the CLI can
+    /// advise by its kind (a disabled key, a missing one).
+    #[error("cannot unwrap the data key of batch {batch}: {detail}")]
+    Unwrap {
+        batch: String,
+        detail: String,
+        last: Option<Box<(String, String, KmsError)>>,
+    },
+
     /// The vault is damaged or has been tampered with (exit 3).
     #[error("integrity: {what}: {why}")]
     Integrity { what: String, why: String },

@@ -138,6 +138,7 @@ impl Kms {
             ));
         }
         let mut errors = Vec::new();
+        let mut last = None;
         for w in &batch.wrapped {
             let key = match self
                 .provider_inner(&w.kms, false)
@@ -146,6 +147,9 @@ impl Kms {
                 Ok(k) => k,
                 Err(e) => {
                     errors.push(format!("{} ({}): {e}", w.key_id, w.kms));
+                    if let Error::Kms(k) = e {
+                        last = Some(Box::new((w.key_id.clone(), w.kms.clone(), k)));
+                    }
                     continue;
                 }
             };
@@ -161,11 +165,11 @@ impl Kms {
             }
             return Ok(bk);
         }
-        Err(Error::Runtime(format!(
-            "cannot unwrap the data key of batch {}: {}",
-            batch.id_hex(),
-            errors.join("; ")
-        )))
+        Err(Error::Unwrap {
+            batch: batch.id_hex(),
+            detail: errors.join("; "),
+            last,
+        })
     }
 }
 

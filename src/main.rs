@@ -4,7 +4,7 @@ mod cli;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 use cli::args::{Cli, Command, KmsCommand};
 
@@ -31,7 +31,16 @@ impl log::Log for StderrLog {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    // NO_COLOR (no-color.org) wins over clap's own terminal detection and CLICOLOR_FORCE.
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    let mut cmd = Cli::command();
+    if no_color {
+        cmd = cmd.color(clap::ColorChoice::Never);
+    }
+    let cli = match Cli::from_arg_matches(&cmd.get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let level = match cli.verbose {
         0 => log::LevelFilter::Warn,
         1 => log::LevelFilter::Info,
@@ -49,13 +58,12 @@ fn main() {
     let code = match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!(
-                "envseal: error: {}",
-                cli::output::sanitize(&format!("{e:#}"))
-            );
-            e.downcast_ref::<envseal::Error>()
-                .map(|e| e.exit_code())
-                .unwrap_or(1)
+            let (line, hint, code) = cli::messages::report(&e);
+            eprintln!("envseal: error: {}", cli::output::sanitize(&line));
+            if let Some(h) = hint {
+                eprintln!("envseal: hint: {}", cli::output::sanitize(&h));
+            }
+            code
         }
     };
     std::process::exit(code);
@@ -70,5 +78,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Kms(KmsCommand::Serve(args)) => cli::serve_cmd::run(args),
         Command::Kms(cmd) => cli::kms_cmd::run(cmd),
         Command::Bench(args) => cli::bench_cmd::run(args),
+        Command::Completions(args) => cli::docs_cmd::completions(args),
+        Command::Man(args) => cli::docs_cmd::man(args),
     }
 }

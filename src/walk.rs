@@ -12,7 +12,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use globset::{Glob, GlobSet, GlobSetBuilder};
+use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 
 use crate::error::{Error, Result};
 use crate::manifest::check_path;
@@ -72,11 +72,17 @@ pub enum Found {
     Skipped(Skipped),
 }
 
+/// One `--exclude`/`--only` glob. `*`, `?` and `[...]` stop at `/` (as in gitignore and
+/// `tar --wildcards`); `**` crosses directories; `{a,b}` picks alternatives.
+pub fn glob(pattern: &str) -> std::result::Result<Glob, globset::Error> {
+    GlobBuilder::new(pattern).literal_separator(true).build()
+}
+
 /// Compiles `--exclude` globs; a bad glob is a usage error naming it.
 pub fn excludes(globs: &[String]) -> Result<GlobSet> {
     let mut b = GlobSetBuilder::new();
     for g in globs {
-        b.add(Glob::new(g).map_err(|e| Error::Usage(format!("--exclude {g:?}: {e}")))?);
+        b.add(glob(g).map_err(|e| Error::Usage(format!("--exclude {g:?}: {e}")))?);
     }
     b.build()
         .map_err(|e| Error::Usage(format!("--exclude: {e}")))

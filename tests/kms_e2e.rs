@@ -313,7 +313,8 @@ fn aws_round_trip_without_kms_flag() {
 fn kms_serve_seals_its_store_with_a_passphrase() {
     let open = KmsServer::start();
     assert!(
-        open.stderr_with("not sealed").contains("is not sealed"),
+        open.stderr_with("unsealed key store")
+            .contains("created an unsealed key store"),
         "{}",
         open.stderr()
     );

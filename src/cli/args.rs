@@ -4,6 +4,18 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+/// Shown after the top-level help and in the man page.
+const AFTER_HELP: &str = "\
+Exit codes: 0 success; 1 runtime error (I/O, KMS, some files failed); 2 wrong arguments; \
+3 integrity failure found by verify or decrypt; 130 interrupted (run the same command again \
+to resume).
+
+Environment: ENVSEAL_KMS (default --kms), ENVSEAL_HOME (local key store in \
+$ENVSEAL_HOME/keystore), ENVSEAL_PASSPHRASE (seals a new local key store, unlocks a sealed \
+one), ENVSEAL_KMS_TRUST, ENVSEAL_KMS_TIMEOUT, ENVSEAL_KMS_ATTEMPTS, \
+ALIBABA_CLOUD_ACCESS_KEY_ID/_SECRET, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, \
+AWS_SESSION_TOKEN, AWS_REGION, NO_COLOR.";
+
 /// envseal: encrypt whole directory trees and disk images with keys held by a KMS.
 ///
 /// One data key per batch comes from the KMS (GenerateDataKey); every file gets its own derived
@@ -14,7 +26,8 @@ use clap::{Args, Parser, Subcommand};
     name = "envseal",
     version,
     propagate_version = true,
-    max_term_width = 100
+    max_term_width = 100,
+    after_help = AFTER_HELP
 )]
 pub struct Cli {
     /// More log lines on stderr (-v: KMS retries and notices, -vv: debug).
@@ -40,13 +53,42 @@ pub enum Command {
     Kms(KmsCommand),
     /// Measure this machine's throughput for the primitives envseal uses.
     Bench(BenchArgs),
+    /// Print a shell completion script (e.g. envseal completions bash > /etc/bash_completion.d/envseal).
+    Completions(CompletionsArgs),
+    /// Print the man page (troff) on stdout, or write one page per command into a directory.
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_name = "SHELL")]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write envseal.1 and envseal-<command>.1 for every command into DIR instead.
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<std::path::PathBuf>,
 }
 
 /// Options shared by the commands that talk to a KMS.
 #[derive(Debug, Args, Clone)]
 pub struct KmsArgs {
     /// KMS provider URL: local, local:<DIR>, aliyun:<http(s)://host[:port]>[?region=R],
-    /// aws:<http(s)://host[:port]>[?region=R]. Default: local (or ENVSEAL_KMS).
+    /// aws:<http(s)://host[:port]>[?region=R] (the HTTP providers need the regional endpoint,
+    /// e.g. aws:https://kms.us-east-1.amazonaws.com). Default: local (or ENVSEAL_KMS).
+    #[arg(long, env = "ENVSEAL_KMS", value_name = "URL")]
+    pub kms: Option<String>,
+}
+
+/// The KMS of the key-management commands: envseal manages keys in its local store and in
+/// Alibaba Cloud KMS; AWS KMS keys are managed with the AWS CLI.
+#[derive(Debug, Args, Clone)]
+pub struct AdminKmsArgs {
+    /// KMS provider URL: local, local:<DIR> or aliyun:<http(s)://host[:port]>[?region=R].
+    /// Default: local (or ENVSEAL_KMS). For AWS KMS use the AWS CLI (aws kms ...).
     #[arg(long, env = "ENVSEAL_KMS", value_name = "URL")]
     pub kms: Option<String>,
 }
@@ -57,9 +99,13 @@ pub struct OutputArgs {
     /// No progress and no summary on stderr.
     #[arg(short, long)]
     pub quiet: bool,
-    /// Print a machine-readable summary as JSON on stdout.
+    /// Print a machine-readable summary as JSON on stdout (schema: docs/JSON.md).
     #[arg(long)]
     pub json: bool,
+    /// Seconds between plain progress lines when stderr is not a terminal (one line is
+    /// printed as the work starts).
+    #[arg(long, value_name = "SECS", default_value = "5")]
+    pub progress_interval: String,
 }
 
 #[derive(Debug, Args)]
@@ -78,10 +124,13 @@ pub struct EncryptArgs {
     /// Worker threads (default: number of cores).
     #[arg(short = 'j', long, value_name = "N")]
     pub jobs: Option<usize>,
-    /// Segment size: a power of two from 4KiB to 64MiB (e.g. 64KiB, 1MiB).
+    /// Segment size: a power of two from 4KiB to 64MiB (e.g. 64KiB, 1MiB; KiB and MiB are
+    /// powers of 1024, KB and MB powers of 1000).
     #[arg(long, value_name = "SIZE", default_value = "1MiB")]
     pub segment_size: String,
-    /// Skip paths matching this glob (relative to each source; repeatable).
+    /// Skip paths matching this glob (repeatable). A glob is matched against the path below
+    /// each source and against the file name: '*.tmp' skips every .tmp file, 'build/*' what
+    /// is directly in build. '*' and '?' stop at '/', '**' crosses directories.
     #[arg(long, value_name = "GLOB")]
     pub exclude: Vec<String>,
     /// Keep paths only inside the encrypted part of the manifest.
@@ -116,7 +165,9 @@ pub struct DecryptArgs {
     /// Destination directory (created if absent).
     #[arg(short, long, value_name = "DEST")]
     pub output: PathBuf,
-    /// Restore only these paths or globs (a directory brings its contents; repeatable).
+    /// Restore only these paths or globs, as `envseal ls` shows them (a directory brings its
+    /// contents; repeatable). '*' and '?' stop at '/' ('tree/*.txt' is not 'tree/sub/b.txt'),
+    /// '**' crosses directories ('tree/**/*.txt').
     #[arg(long, value_name = "PATH|GLOB")]
     pub only: Vec<String>,
     /// Replace files that already exist in DEST.
@@ -130,6 +181,7 @@ pub struct DecryptArgs {
     /// is not read here: the manifest knows where each key lives).
     #[arg(long, value_name = "URL")]
     pub kms: Option<String>,
+    /// Worker threads (default: number of cores).
     #[arg(short = 'j', long, value_name = "N")]
     pub jobs: Option<usize>,
     #[command(flatten)]
@@ -138,6 +190,7 @@ pub struct DecryptArgs {
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
+    /// The vault directory.
     #[arg(value_name = "VAULT")]
     pub vault: PathBuf,
     /// Unwrap the keys, authenticate the manifest and every segment, check plaintext digests.
@@ -146,6 +199,7 @@ pub struct VerifyArgs {
     /// Use this KMS instead of the one the manifest names (with --deep).
     #[arg(long, value_name = "URL")]
     pub kms: Option<String>,
+    /// Worker threads (default: number of cores).
     #[arg(short = 'j', long, value_name = "N")]
     pub jobs: Option<usize>,
     #[command(flatten)]
@@ -154,6 +208,7 @@ pub struct VerifyArgs {
 
 #[derive(Debug, Args)]
 pub struct LsArgs {
+    /// The vault directory.
     #[arg(value_name = "VAULT")]
     pub vault: PathBuf,
     /// One JSON object per entry on stdout.
@@ -166,50 +221,65 @@ pub struct LsArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum KmsCommand {
-    /// Create a customer master key; prints its KeyMetadata as JSON.
+    /// Create a customer master key; prints its KeyMetadata as JSON (local or aliyun).
     CreateKey {
-        #[arg(long, default_value = "")]
+        /// A description stored with the key (shown by describe and list).
+        #[arg(long, default_value = "", value_name = "TEXT")]
         description: String,
         #[command(flatten)]
-        kms: KmsArgs,
+        kms: AdminKmsArgs,
     },
-    /// Point an alias (alias/...) at a key.
+    /// Point an alias (alias/...) at a key; encrypt --key takes the alias.
     CreateAlias {
+        /// The alias to create, e.g. alias/backup/2026 (must start with alias/).
+        #[arg(value_name = "ALIAS")]
         alias: String,
+        /// The key id the alias points to (as printed by create-key or list).
+        #[arg(value_name = "KEY_ID")]
         key_id: String,
         #[command(flatten)]
-        kms: KmsArgs,
+        kms: AdminKmsArgs,
     },
     /// List keys and aliases as JSON.
     List {
         #[command(flatten)]
-        kms: KmsArgs,
+        kms: AdminKmsArgs,
     },
     /// Show one key's KeyMetadata as JSON.
     Describe {
+        /// Key id, ARN or alias.
+        #[arg(value_name = "KEY")]
         key: String,
         #[command(flatten)]
-        kms: KmsArgs,
+        kms: AdminKmsArgs,
     },
     /// Disable a key: it can no longer generate or unwrap data keys.
     DisableKey {
+        /// The key id.
+        #[arg(value_name = "KEY_ID")]
         key_id: String,
         #[command(flatten)]
-        kms: KmsArgs,
+        kms: AdminKmsArgs,
     },
     /// Enable a disabled key.
     EnableKey {
+        /// The key id.
+        #[arg(value_name = "KEY_ID")]
         key_id: String,
         #[command(flatten)]
-        kms: KmsArgs,
+        kms: AdminKmsArgs,
     },
     /// Schedule a key for deletion after a waiting period.
     ScheduleKeyDeletion {
+        /// The key id.
+        #[arg(value_name = "KEY_ID")]
         key_id: String,
+        /// Days before the key is deleted (7 to 366); every vault sealed with it becomes
+        /// unreadable then.
         #[arg(long, default_value_t = 30, value_name = "N")]
         pending_days: u32,
         #[command(flatten)]
-        kms: KmsArgs,
+        kms: AdminKmsArgs,
     },
     /// Serve the Alibaba Cloud KMS API (2016-01-20) over HTTP(S) from a key store directory.
     Serve(ServeArgs),
@@ -239,8 +309,10 @@ pub struct BenchArgs {
     /// Bytes processed per measurement.
     #[arg(long, value_name = "SIZE", default_value = "256MiB")]
     pub size: String,
+    /// Threads for the all-core figures (default: number of cores).
     #[arg(short = 'j', long, value_name = "N")]
     pub jobs: Option<usize>,
+    /// Print the figures as JSON on stdout instead of a table.
     #[arg(long)]
     pub json: bool,
 }

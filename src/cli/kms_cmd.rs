@@ -5,13 +5,15 @@
 
 use std::io::IsTerminal;
 
-use envseal::kms::{self, keystore, AliasEntry, KeyMetadata, KmsError, KmsErrorKind, KmsOptions};
+use envseal::kms::{
+    self, keystore, AliasEntry, KeyMetadata, KmsCode, KmsError, KmsErrorKind, KmsOptions,
+    ProviderUrl,
+};
 use serde::Serialize;
 use zeroize::Zeroizing;
 
-use super::args::{KmsArgs, KmsCommand};
+use super::args::{AdminKmsArgs, KmsCommand};
 
-/// Provider options for the binary: a terminal passphrase prompt for sealed local key stores.
 /// Provider options for the binary: the terminal passphrase prompt, and the HTTP providers'
 /// retry and timeout settings from `ENVSEAL_KMS_ATTEMPTS` (total attempts per call, 1 = no
 /// retry) and `ENVSEAL_KMS_TIMEOUT` (seconds per request).
@@ -56,71 +58,123 @@ fn prompt_passphrase() -> Option<Zeroizing<String>> {
 }
 
 /// The URL of `--kms`, `ENVSEAL_KMS` (clap reads both), else `local`.
-pub fn kms_url(args: &KmsArgs) -> String {
+pub fn kms_url(args: &AdminKmsArgs) -> String {
     args.kms.clone().unwrap_or_else(|| "local".to_string())
+}
+
+/// Checks a `--kms` URL before any work: a wrong one is a usage error (exit 2) that names it.
+pub fn parse_url(url: &str) -> anyhow::Result<ProviderUrl> {
+    ProviderUrl::parse(url)
+        .map_err(|e| envseal::Error::Usage(format!("--kms: {}", e.message)).into())
 }
 
 pub fn run(cmd: KmsCommand) -> anyhow::Result<i32> {
     let opts = kms_options()?;
+    let cmd = match cmd {
+        KmsCommand::Serve(args) => return super::serve_cmd::run(args),
+        cmd => cmd,
+    };
+    let url = match &cmd {
+        KmsCommand::CreateKey { kms, .. }
+        | KmsCommand::CreateAlias { kms, .. }
+        | KmsCommand::List { kms }
+        | KmsCommand::Describe { kms, .. }
+        | KmsCommand::DisableKey { kms, .. }
+        | KmsCommand::EnableKey { kms, .. }
+        | KmsCommand::ScheduleKeyDeletion { kms, .. } => kms_url(kms),
+        KmsCommand::Serve(_) => String::new(),
+    };
+    if let (ProviderUrl::Aws { .. }, Some(instead)) = (parse_url(&url)?, aws_instead(&cmd)) {
+        return Err(envseal::Error::Usage(format!(
+            "envseal does not manage AWS KMS keys; use the AWS CLI: {instead}; then encrypt with --key alias/... --kms {url}"
+        ))
+        .into());
+    }
+    let at = Where { url: &url };
     match cmd {
-        KmsCommand::CreateKey { description, kms } => {
-            let meta = admin(&kms, &opts)?
+        KmsCommand::CreateKey { description, .. } => {
+            let meta = admin(&url, &opts)?
                 .create_key(&description)
-                .map_err(|e| explain(e, ""))?;
+                .map_err(|e| explain(e, "", at))?;
             print_json(&MetadataOut {
                 key_metadata: &meta,
             })?;
         }
-        KmsCommand::CreateAlias { alias, key_id, kms } => {
+        KmsCommand::CreateAlias { alias, key_id, .. } => {
             // Checked here too, so a typo is a usage error before any store or network access.
-            keystore::validate_alias(&alias).map_err(|e| explain(e, &alias))?;
-            admin(&kms, &opts)?
+            keystore::validate_alias(&alias).map_err(|e| explain(e, &alias, at))?;
+            admin(&url, &opts)?
                 .create_alias(&alias, &key_id)
-                .map_err(|e| explain(e, &key_id))?;
+                .map_err(|e| explain(e, &key_id, at))?;
         }
-        KmsCommand::List { kms } => {
-            let admin = admin(&kms, &opts)?;
-            let keys = admin.list_keys().map_err(|e| explain(e, ""))?;
-            let aliases = admin.list_aliases().map_err(|e| explain(e, ""))?;
+        KmsCommand::List { .. } => {
+            let admin = admin(&url, &opts)?;
+            let keys = admin.list_keys().map_err(|e| explain(e, "", at))?;
+            let aliases = admin.list_aliases().map_err(|e| explain(e, "", at))?;
             print_json(&ListOut {
                 keys: &keys,
                 aliases: &aliases,
             })?;
         }
-        KmsCommand::Describe { key, kms } => {
-            let meta = admin(&kms, &opts)?
+        KmsCommand::Describe { key, .. } => {
+            let meta = admin(&url, &opts)?
                 .describe_key(&key)
-                .map_err(|e| explain(e, &key))?;
+                .map_err(|e| explain(e, &key, at))?;
             print_json(&MetadataOut {
                 key_metadata: &meta,
             })?;
         }
-        KmsCommand::DisableKey { key_id, kms } => {
-            admin(&kms, &opts)?
+        KmsCommand::DisableKey { key_id, .. } => {
+            admin(&url, &opts)?
                 .disable_key(&key_id)
-                .map_err(|e| explain(e, &key_id))?;
+                .map_err(|e| explain(e, &key_id, at))?;
         }
-        KmsCommand::EnableKey { key_id, kms } => {
-            admin(&kms, &opts)?
+        KmsCommand::EnableKey { key_id, .. } => {
+            admin(&url, &opts)?
                 .enable_key(&key_id)
-                .map_err(|e| explain(e, &key_id))?;
+                .map_err(|e| explain(e, &key_id, at))?;
         }
         KmsCommand::ScheduleKeyDeletion {
             key_id,
             pending_days,
-            kms,
+            ..
         } => {
-            admin(&kms, &opts)?
+            admin(&url, &opts)?
                 .schedule_key_deletion(&key_id, pending_days)
-                .map_err(|e| explain(e, &key_id))?;
+                .map_err(|e| explain(e, &key_id, at))?;
         }
-        KmsCommand::Serve(args) => return super::serve_cmd::run(args),
+        KmsCommand::Serve(_) => {}
     }
     Ok(0)
 }
 
-fn admin(args: &KmsArgs, opts: &KmsOptions) -> anyhow::Result<Box<dyn kms::KmsAdmin>> {
-    kms::admin_from_url(&kms_url(args), opts).map_err(|e| explain(e, ""))
+/// The AWS CLI command that does what a `kms` subcommand does, for AWS users.
+fn aws_instead(cmd: &KmsCommand) -> Option<String> {
+    Some(match cmd {
+        KmsCommand::CreateKey { .. } => {
+            "aws kms create-key --description TEXT, then aws kms create-alias --alias-name alias/NAME --target-key-id KEY_ID".into()
+        }
+        KmsCommand::CreateAlias { alias, key_id, .. } => {
+            format!("aws kms create-alias --alias-name {alias} --target-key-id {key_id}")
+        }
+        KmsCommand::List { .. } => "aws kms list-keys and aws kms list-aliases".into(),
+        KmsCommand::Describe { key, .. } => format!("aws kms describe-key --key-id {key}"),
+        KmsCommand::DisableKey { key_id, .. } => format!("aws kms disable-key --key-id {key_id}"),
+        KmsCommand::EnableKey { key_id, .. } => format!("aws kms enable-key --key-id {key_id}"),
+        KmsCommand::ScheduleKeyDeletion {
+            key_id,
+            pending_days,
+            ..
+        } => format!(
+            "aws kms schedule-key-deletion --key-id {key_id} --pending-window-in-days {pending_days}"
+        ),
+        KmsCommand::Serve(_) => return None,
+    })
+}
+
+fn admin(url: &str, opts: &KmsOptions) -> anyhow::Result<Box<dyn kms::KmsAdmin>> {
+    parse_url(url)?;
+    kms::admin_from_url(url, opts).map_err(|e| explain(e, "", Where { url }))
 }
 
 // Typed wrappers keep Alibaba's field order (KeyId first), which `json!` maps would sort away.
@@ -142,9 +196,73 @@ fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where a KMS call went, for advice that names the right `--kms`.
+#[derive(Clone, Copy)]
+pub struct Where<'a> {
+    /// The provider URL as the user gave it (`local` when none).
+    pub url: &'a str,
+}
+
+impl Where<'_> {
+    /// ` --kms URL`, or nothing for the default local store.
+    fn flag(&self) -> String {
+        if self.url == "local" || self.url.is_empty() {
+            String::new()
+        } else {
+            format!(" --kms {}", self.url)
+        }
+    }
+
+    fn is_aws(&self) -> bool {
+        matches!(ProviderUrl::parse(self.url), Ok(ProviderUrl::Aws { .. }))
+    }
+}
+
+/// What to do about a KMS failure concerning `subject` (the key or alias the user gave).
+pub fn advice(e: &KmsError, subject: &str, at: Where) -> Option<String> {
+    let k = at.flag();
+    let aws = at.is_aws();
+    Some(match (e.kind, e.code_kind()) {
+        (_, KmsCode::AliasNotFound | KmsCode::KeyNotFound) if aws => format!(
+            "no key or alias {subject:?} in this AWS KMS region: \"aws kms list-aliases\" lists them; create one with \"aws kms create-key\" and \"aws kms create-alias\", or pass another --key"
+        ),
+        (_, KmsCode::AliasNotFound) if subject == kms::DEFAULT_ALIAS => format!(
+            "no --key was given and this KMS has no {subject}: pass --key <key id or alias> (\"envseal kms list{k}\" lists them), or create the alias: \"envseal kms create-alias {subject} <KEY_ID>{k}\""
+        ),
+        (_, KmsCode::AliasNotFound | KmsCode::KeyNotFound) => format!(
+            "no key or alias {subject:?} in this KMS: \"envseal kms list{k}\" lists them; \"envseal kms create-key{k}\" and \"envseal kms create-alias\" make one"
+        ),
+        (_, KmsCode::PendingDeletion) => format!(
+            "key {subject:?} is scheduled for deletion and can no longer be used; encrypt with another --key"
+        ),
+        (_, KmsCode::StateChangeRefused) => format!(
+            "key {subject:?} is scheduled for deletion; its state can no longer change"
+        ),
+        (_, KmsCode::KeyDisabled) if aws => format!(
+            "key {subject:?} is disabled: \"aws kms enable-key --key-id <KEY_ID>\" enables it"
+        ),
+        (_, KmsCode::KeyDisabled) => {
+            let id = if subject.is_empty() { "<KEY_ID>" } else { subject };
+            format!(
+                "key {subject:?} is disabled: \"envseal kms enable-key {id}{k}\" enables it (\"envseal kms list{k}\" shows its key id)"
+            )
+        }
+        (_, KmsCode::AliasExists) => format!(
+            "that alias already exists (\"envseal kms list{k}\" shows where it points); choose another name"
+        ),
+        (KmsErrorKind::Auth, _) if aws => "check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN) and that the IAM policy allows kms:GenerateDataKey and kms:Decrypt on the key".into(),
+        (KmsErrorKind::Auth, _) => "check ALIBABA_CLOUD_ACCESS_KEY_ID and ALIBABA_CLOUD_ACCESS_KEY_SECRET, and that the RAM policy allows kms:GenerateDataKey and kms:Decrypt on the key".into(),
+        (KmsErrorKind::Transport | KmsErrorKind::Unavailable | KmsErrorKind::Throttled, _) => format!(
+            "check the endpoint in --kms {} and the network (ENVSEAL_KMS_TIMEOUT and ENVSEAL_KMS_ATTEMPTS set the timeout and retries)", at.url
+        ),
+        (KmsErrorKind::Io, _) => "check that the key store directory exists and that you may read and write it (it is $ENVSEAL_HOME/keystore, else ~/.local/share/envseal/keystore), or pass --kms local:<DIR>".into(),
+        _ => return None,
+    })
+}
+
 /// Turns a KMS failure into the CLI's error: bad arguments are usage errors (exit 2); for the
 /// rest, a line naming `subject` (the key or alias the user gave) and what to do (exit 1).
-pub fn explain(e: KmsError, subject: &str) -> anyhow::Error {
+pub fn explain(e: KmsError, subject: &str, at: Where) -> anyhow::Error {
     let usage = e.kind == KmsErrorKind::InvalidArgument
         && matches!(
             e.code.as_deref(),
@@ -153,28 +271,10 @@ pub fn explain(e: KmsError, subject: &str) -> anyhow::Error {
     if usage {
         return envseal::Error::Usage(e.to_string()).into();
     }
-    let hint = match (e.kind, e.code.as_deref()) {
-        (KmsErrorKind::NotFound, _) => Some(format!(
-            "no key or alias {subject:?} in this KMS (\"envseal kms list\" shows them; create one with \"envseal kms create-key\")"
-        )),
-        (KmsErrorKind::Disabled, Some("Rejected.PendingDeletion")) => Some(format!(
-            "key {subject:?} is scheduled for deletion and can no longer be used"
-        )),
-        (KmsErrorKind::Disabled, _) => Some(format!(
-            "key {subject:?} is disabled (\"envseal kms enable-key {subject}\" enables it)"
-        )),
-        (_, Some("Rejected.StateModifiedFailed")) => Some(format!(
-            "key {subject:?} is scheduled for deletion; its state can no longer change"
-        )),
-        (_, Some("AliasAlreadyExists")) => Some(
-            "that alias already exists (\"envseal kms list\" shows where it points); choose another name"
-                .to_string(),
-        ),
-        _ => None,
-    };
+    let hint = advice(&e, subject, at);
     let err = anyhow::Error::new(envseal::Error::Kms(e));
     match hint {
-        Some(h) => err.context(h),
+        Some(h) => super::messages::advise(err, h),
         None => err,
     }
 }

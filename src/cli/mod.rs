@@ -2,7 +2,9 @@
 
 pub mod args;
 pub mod bench_cmd;
+pub mod docs_cmd;
 pub mod kms_cmd;
+pub mod messages;
 pub mod output;
 pub mod progress;
 pub mod run;

@@ -24,14 +24,37 @@ pub fn rate(bytes: u64, seconds: f64) -> f64 {
     }
 }
 
-/// Prints the one-line summary on stderr (unless quiet) and the JSON summary on stdout.
-pub fn summary(quiet: bool, json: bool, line: String, value: Value) {
+/// The version of the `--json` summaries' schema (docs/JSON.md), bumped when a field changes
+/// meaning or goes away; new fields may appear without a bump.
+pub const JSON_SCHEMA_VERSION: u32 = 1;
+
+/// Prints the one-line summary on stderr (unless quiet) and the JSON summary on stdout, with
+/// its `schema_version`.
+pub fn summary(quiet: bool, json: bool, line: String, mut value: Value) {
     if !quiet {
         eprintln!("envseal: {}", sanitize(&line));
     }
     if json {
+        if let Value::Object(m) = &mut value {
+            m.insert("schema_version".into(), json!(JSON_SCHEMA_VERSION));
+        }
         println!("{value}");
     }
+}
+
+/// A byte count for people: `512 B`, `1.50 KiB`, `1.10 GiB` (exact counts are in `--json`).
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.2} {}", UNITS[unit])
 }
 
 pub fn failures_json(list: &[envseal::encrypt::Failure]) -> Value {
@@ -42,13 +65,28 @@ pub fn failures_json(list: &[envseal::encrypt::Failure]) -> Value {
     )
 }
 
-/// Lists the files that failed, after the run (also with `-q`: failures are never silent).
-pub fn print_failures(list: &[envseal::encrypt::Failure]) {
-    for f in list {
+/// Lists the files that failed, after the run, except those the progress display already
+/// showed as they failed (so `-q` lists them all: failures are never silent).
+pub fn print_failures(list: &[envseal::encrypt::Failure], bars: &super::progress::Bars) {
+    for f in list.iter().filter(|f| !bars.showed(f)) {
         eprintln!(
             "envseal: failed: {}: {}",
             sanitize(&f.path),
             sanitize(&f.why)
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human_bytes;
+
+    #[test]
+    fn human_bytes_picks_the_largest_unit_below_1024() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.50 KiB");
+        assert_eq!(human_bytes(1183793095), "1.10 GiB");
+        assert_eq!(human_bytes(u64::MAX), "16.00 EiB");
     }
 }

@@ -12,14 +12,19 @@ use envseal::verify::{verify, VerifyOptions};
 use envseal::Error;
 use serde_json::json;
 
-use super::args::{DecryptArgs, EncryptArgs, LsArgs, VerifyArgs};
+use super::args::{DecryptArgs, EncryptArgs, LsArgs, OutputArgs, VerifyArgs};
 use super::kms_cmd::kms_options;
-use super::output::{failures_json, print_failures, rate, sanitize, summary};
+use super::kms_cmd::{advice, explain, parse_url, Where};
+use super::messages::{advise, check_output_dir, check_vault, usage};
+use super::output::{failures_json, human_bytes, print_failures, rate, sanitize, summary};
 use super::progress::Bars;
 
 /// A KMS handle for reading vaults: `--kms` overrides the vault's URLs; `ENVSEAL_KMS` and the
 /// comma-separated `ENVSEAL_KMS_TRUST` name remote endpoints the user trusts.
 fn reading_kms(override_url: Option<String>) -> anyhow::Result<Kms> {
+    if let Some(url) = &override_url {
+        parse_url(url)?;
+    }
     let trusted = std::env::var("ENVSEAL_KMS").into_iter().chain(
         std::env::var("ENVSEAL_KMS_TRUST")
             .unwrap_or_default()
@@ -31,12 +36,45 @@ fn reading_kms(override_url: Option<String>) -> anyhow::Result<Kms> {
     Ok(Kms::new(kms_options()?, override_url).trusting(trusted))
 }
 
+/// A batch key that cannot be unwrapped gets advice by the KMS's answer (a disabled key, a
+/// missing one), naming the key and KMS the vault records.
+fn unwrap_advice(e: Error) -> anyhow::Error {
+    if let Error::Unwrap { last: Some(l), .. } = &e {
+        let (key_id, url, k) = &**l;
+        if let Some(h) = advice(k, key_id, Where { url }) {
+            return advise(e, h);
+        }
+    }
+    e.into()
+}
+
 fn jobs(j: Option<usize>) -> anyhow::Result<usize> {
     match j {
         Some(0) => Err(Error::Usage("-j must be at least 1".into()).into()),
         Some(n) => Ok(n),
         None => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
     }
+}
+
+/// The progress display `out` asks for.
+fn bars(verb: &'static str, out: &OutputArgs) -> anyhow::Result<Bars> {
+    let s = out.progress_interval.trim();
+    let secs: f64 = s
+        .strip_suffix('s')
+        .unwrap_or(s)
+        .parse()
+        .ok()
+        .filter(|v: &f64| v.is_finite() && (0.1..=86400.0).contains(v))
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "--progress-interval {s}: expected seconds from 0.1 to 86400, e.g. 5 or 0.5"
+            ))
+        })?;
+    Ok(Bars::new(
+        verb,
+        out.quiet,
+        std::time::Duration::from_secs_f64(secs),
+    ))
 }
 
 /// A size flag's value (`1MiB`, `64KiB`, `4GiB`, bytes); errors are usage errors naming it.
@@ -47,13 +85,31 @@ fn size_arg(flag: &str, s: &str) -> anyhow::Result<u64> {
 pub fn encrypt_cmd(a: EncryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
     let seg = size_arg("--segment-size", &a.segment_size)?;
     if !format::valid_segment_size(seg) {
-        return Err(Error::Usage(format!(
-            "--segment-size {}: must be a power of two from 4KiB to 64MiB",
-            a.segment_size
-        ))
-        .into());
+        return Err(usage(
+            format!(
+                "--segment-size {}: must be a power of two from 4KiB to 64MiB",
+                a.segment_size
+            ),
+            "use binary units, e.g. 64KiB or 1MiB (1MB is 1000000 bytes, not a power of two)",
+        ));
     }
     let kms_url = a.kms.kms.clone().unwrap_or_else(|| "local".to_string());
+    parse_url(&kms_url)?;
+    check_output_dir("-o", &a.output)?;
+    for src in &a.sources {
+        if let Err(e) = std::fs::symlink_metadata(src) {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                return Err(usage(
+                    format!("{}: does not exist", src.display()),
+                    "check the path of each SRC (a file, directory, disk image or block device)",
+                ));
+            }
+        }
+    }
+    let key_asked = a
+        .key
+        .clone()
+        .unwrap_or_else(|| envseal::kms::DEFAULT_ALIAS.to_string());
     let opts = EncryptOptions {
         sources: a.sources,
         vault: a.output,
@@ -76,14 +132,17 @@ pub fn encrypt_cmd(a: EncryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
         sync: !a.no_sync,
     };
     let kms = Kms::new(kms_options()?, None);
-    let bars = Bars::new("encrypt", a.out.quiet);
-    let r = encrypt(&opts, &kms, &bars, cancel)?;
+    let bars = bars("encrypt", &a.out)?;
+    let r = encrypt(&opts, &kms, &bars, cancel).map_err(|e| match e {
+        Error::Kms(k) => explain(k, &key_asked, Where { url: &kms_url }),
+        e => unwrap_advice(e),
+    })?;
     let line = format!(
-        "encrypted {} files, {} dirs, {} symlinks, {} bytes in {:.2} s ({:.2} GB/s) into {}{}; {} batch(es){}; {} skipped, {} failed",
+        "encrypted {} files, {} dirs, {} symlinks, {} in {:.2} s ({:.2} GB/s) into {}{}; {} batch(es){}; {} skipped, {} failed",
         r.files,
         r.dirs,
         r.symlinks,
-        r.bytes,
+        human_bytes(r.bytes),
         r.seconds,
         rate(r.bytes, r.seconds),
         opts.vault.display(),
@@ -93,7 +152,7 @@ pub fn encrypt_cmd(a: EncryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
         r.skipped.len(),
         r.failed.len()
     );
-    print_failures(&r.failed);
+    print_failures(&r.failed, &bars);
     summary(
         a.out.quiet,
         a.out.json,
@@ -112,6 +171,8 @@ pub fn encrypt_cmd(a: EncryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
 }
 
 pub fn decrypt_cmd(a: DecryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
+    check_vault(&a.vault)?;
+    check_output_dir("-o", &a.output)?;
     let opts = DecryptOptions {
         vault: a.vault,
         dest: a.output,
@@ -121,15 +182,15 @@ pub fn decrypt_cmd(a: DecryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
         sync: !a.no_sync,
     };
     let kms = reading_kms(a.kms)?;
-    let bars = Bars::new("decrypt", a.out.quiet);
-    let r = decrypt(&opts, &kms, &bars, cancel)?;
-    print_failures(&r.failed);
+    let bars = bars("decrypt", &a.out)?;
+    let r = decrypt(&opts, &kms, &bars, cancel).map_err(unwrap_advice)?;
+    print_failures(&r.failed, &bars);
     let line = format!(
-        "decrypted {} files, {} dirs, {} symlinks, {} bytes in {:.2} s ({:.2} GB/s) into {} ({}); {} failed{}",
+        "decrypted {} files, {} dirs, {} symlinks, {} in {:.2} s ({:.2} GB/s) into {} ({}); {} failed{}",
         r.files,
         r.dirs,
         r.symlinks,
-        r.bytes,
+        human_bytes(r.bytes),
         r.seconds,
         rate(r.bytes, r.seconds),
         opts.dest.display(),
@@ -160,13 +221,14 @@ pub fn decrypt_cmd(a: DecryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
 }
 
 pub fn verify_cmd(a: VerifyArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
+    check_vault(&a.vault)?;
     let opts = VerifyOptions {
         deep: a.deep,
         jobs: jobs(a.jobs)?,
     };
     let kms = reading_kms(a.kms)?;
-    let bars = Bars::new("verify", a.out.quiet);
-    let r = verify(&a.vault, &opts, Some(&kms), &bars, cancel)?;
+    let bars = bars("verify", &a.out)?;
+    let r = verify(&a.vault, &opts, Some(&kms), &bars, cancel).map_err(unwrap_advice)?;
     for p in &r.problems {
         eprintln!(
             "envseal: {}: {} ({}): {}",
@@ -177,10 +239,10 @@ pub fn verify_cmd(a: VerifyArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
         );
     }
     let line = format!(
-        "verified{} {} objects, {} bytes of plaintext in {:.2} s: {}",
+        "verified{} {} objects, {} of plaintext in {:.2} s: {}",
         if r.deep { " (deep)" } else { "" },
         r.files,
-        r.bytes,
+        human_bytes(r.bytes),
         r.seconds,
         if r.problems.is_empty() {
             "OK".to_string()
@@ -207,10 +269,11 @@ pub fn ls_cmd(a: LsArgs) -> anyhow::Result<i32> {
     // A stream: a million entries are listed without holding them. Concealed names need the
     // key; then the manifest is also authenticated, and a failure after the listing is an
     // error (exit 3) like any other.
+    check_vault(&a.vault)?;
     let concealed = ManifestReader::open(&a.vault)?.header.conceal_names;
     let mut unlocked = None;
     let mut reader = if concealed {
-        let u = envseal::vault::unlock(&a.vault, &reading_kms(a.kms)?)?;
+        let u = envseal::vault::unlock(&a.vault, &reading_kms(a.kms)?).map_err(unwrap_advice)?;
         let envseal::vault::Unlocked { reader, keys } = u;
         unlocked = Some(keys);
         reader

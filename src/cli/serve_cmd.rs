@@ -40,9 +40,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
     let passphrase = std::env::var("ENVSEAL_PASSPHRASE")
         .ok()
         .map(zeroize::Zeroizing::new);
+    // A store created now says itself that it is unsealed; an existing one is reminded here.
+    let existed = args.store.join("store.json").exists();
     let store = KeyStore::open(&args.store, passphrase.as_deref().map(String::as_str))
         .map_err(envseal::Error::from)?;
-    if !store.sealed() {
+    if existed && !store.sealed() {
         eprintln!(
             "envseal kms serve: warning: the key store {} is not sealed; its master keys are stored unencrypted (files 0600). Create the store with ENVSEAL_PASSPHRASE set to seal them at rest (Argon2id).",
             store.dir().display()

@@ -1,17 +1,18 @@
-//! Byte sizes on the command line: `4096`, `64KiB`, `1MiB`, `256MiB`, `4GiB`.
+//! Byte sizes on the command line: `4096`, `64KiB`, `1MiB`, `256MiB`, `4GiB`, `1MB`.
 
-/// Binary units (the `i` is optional: `64K`, `64KB` and `64KiB` are all 65536 bytes, as in
-/// `dd` and `cryptsetup`; nobody sizes segments in powers of ten).
-const UNITS: [(&str, u32); 5] = [("", 0), ("k", 10), ("m", 20), ("g", 30), ("t", 40)];
+/// Unit prefixes and their power of 1024 (binary) or 1000 (decimal).
+const PREFIXES: [(&str, u32); 5] = [("", 0), ("k", 1), ("m", 2), ("g", 3), ("t", 4)];
 
-/// Parses a byte size: a whole number, then optionally a unit (`B`, `K`/`KB`/`KiB`, `M`..,
-/// `G`.., `T`..; case does not matter, a space may come between).
+/// Parses a byte size: a whole number, then optionally a unit (case does not matter, a space
+/// may come between). `KiB`, `MiB`, `GiB`, `TiB` and the bare `K`, `M`, `G`, `T` (as in `dd`)
+/// are powers of 1024; `KB`, `MB`, `GB`, `TB` are powers of 1000, as storage is sold: `1MB` is
+/// 1000000 bytes, never silently 1 MiB.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let digits = t.bytes().take_while(u8::is_ascii_digit).count();
     if digits == 0 {
         return Err(format!(
-            "invalid size '{s}': expected a number of bytes, e.g. 4096, 64KiB, 256MiB or 4GiB"
+            "invalid size '{s}': expected a number of bytes, e.g. 4096, 64KiB, 256MiB, 4GiB or 1GB"
         ));
     }
     let (num, unit) = t.split_at(digits);
@@ -19,25 +20,31 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .parse()
         .map_err(|_| format!("invalid size '{s}': too large"))?;
     let unit = unit.trim_start().to_ascii_lowercase();
-    let prefix = unit
-        .strip_suffix("ib")
-        .or_else(|| unit.strip_suffix('b'))
-        .unwrap_or(&unit);
-    // "ib" alone (as in "64ib") is not a unit.
-    if unit == "ib" {
-        return Err(unknown_unit(s, &unit));
-    }
-    let shift = UNITS
+    let (prefix, base) = if let Some(p) = unit.strip_suffix("ib") {
+        (p, 1024u64)
+    } else if let Some(p) = unit.strip_suffix('b').filter(|p| !p.is_empty()) {
+        (p, 1000)
+    } else if unit == "b" {
+        ("", 1)
+    } else {
+        (unit.as_str(), 1024)
+    };
+    let power = PREFIXES
         .iter()
         .find(|(p, _)| *p == prefix)
-        .map(|(_, shift)| *shift)
+        .map(|(_, power)| *power)
+        // "ib" alone (as in "64ib") is not a unit.
+        .filter(|&power| power > 0 || base != 1024 || unit.is_empty())
         .ok_or_else(|| unknown_unit(s, &unit))?;
-    n.checked_mul(1u64 << shift)
+    base.checked_pow(power)
+        .and_then(|m| n.checked_mul(m))
         .ok_or_else(|| format!("invalid size '{s}': too large"))
 }
 
 fn unknown_unit(s: &str, unit: &str) -> String {
-    format!("invalid size '{s}': unknown unit '{unit}' (use B, KiB, MiB, GiB or TiB)")
+    format!(
+        "invalid size '{s}': unknown unit '{unit}' (use B, KiB, MiB, GiB, TiB for powers of 1024, or KB, MB, GB, TB for powers of 1000)"
+    )
 }
 
 #[cfg(test)]
@@ -45,21 +52,25 @@ mod tests {
     use super::parse_size;
 
     #[test]
-    fn parses_bytes_and_binary_units() {
+    fn parses_bytes_binary_and_decimal_units() {
         for (s, want) in [
             ("0", 0),
             ("4096", 4096),
             ("4096B", 4096),
             ("64KiB", 64 << 10),
             ("64K", 64 << 10),
-            ("64kb", 64 << 10),
+            ("64kb", 64_000),
+            ("64KB", 64_000),
             ("1MiB", 1 << 20),
+            ("1MB", 1_000_000),
             ("256MiB", 256 << 20),
             ("256 MiB", 256 << 20),
             (" 256m ", 256 << 20),
             ("4GiB", 4 << 30),
             ("4G", 4 << 30),
+            ("4GB", 4_000_000_000),
             ("2TiB", 2 << 40),
+            ("2TB", 2_000_000_000_000),
         ] {
             assert_eq!(parse_size(s), Ok(want), "{s}");
         }
@@ -68,7 +79,7 @@ mod tests {
     #[test]
     fn rejects_garbage_with_a_useful_message() {
         for s in [
-            "", "MiB", "-1", "1.5GiB", "12XB", "64ib", "64 KiB x", "0x10", "1e6",
+            "", "MiB", "-1", "1.5GiB", "12XB", "64ib", "64 KiB x", "0x10", "1e6", "64bb",
         ] {
             let e = parse_size(s).unwrap_err();
             assert!(e.contains(&format!("'{s}'")), "{s}: {e}");

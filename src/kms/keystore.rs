@@ -256,15 +256,16 @@ impl KeyStore {
                     seal,
                 };
                 self.write_json(&path, &file)?;
-                log::info!(
-                    "created {} key store in {}",
-                    if file.seal.is_some() {
-                        "a sealed"
-                    } else {
-                        "an unsealed"
-                    },
-                    self.dir.display()
-                );
+                // A warning, so it is seen without -v: the user must know where the keys
+                // to every future vault live, and that they lie unencrypted.
+                if file.seal.is_some() {
+                    log::info!("created a sealed key store in {}", self.dir.display());
+                } else {
+                    log::warn!(
+                        "created an unsealed key store in {} (master keys unencrypted, files 0600); to seal a new store set ENVSEAL_PASSPHRASE before its first use; back this directory up: losing it loses every vault sealed with its keys",
+                        self.dir.display()
+                    );
+                }
                 return Ok(());
             }
         };

@@ -203,6 +203,21 @@ impl KmsErrorKind {
     }
 }
 
+/// What a KMS error's code says beyond its [`KmsErrorKind`], where the advice to the user
+/// differs. Alibaba and AWS name the same condition differently; this is the one place that
+/// knows both spellings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KmsCode {
+    KeyNotFound,
+    AliasNotFound,
+    KeyDisabled,
+    PendingDeletion,
+    /// The key's state cannot change (it is pending deletion).
+    StateChangeRefused,
+    AliasExists,
+    Other,
+}
+
 /// A KMS failure with what the KMS said about it. Never contains key material or secrets.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KmsError {
@@ -226,6 +241,26 @@ impl KmsError {
             request_id: None,
             endpoint: None,
             status: None,
+        }
+    }
+
+    /// The condition this error's code names (see [`KmsCode`]).
+    pub fn code_kind(&self) -> KmsCode {
+        match self.code.as_deref() {
+            Some("Forbidden.KeyNotFound") => KmsCode::KeyNotFound,
+            Some("Forbidden.AliasNotFound") => KmsCode::AliasNotFound,
+            Some("Rejected.Disabled" | "DisabledException") => KmsCode::KeyDisabled,
+            // One Alibaba doc table misspells it; accept both.
+            Some("Rejected.PendingDeletion" | "Rejetced.PendingDeletion") => {
+                KmsCode::PendingDeletion
+            }
+            Some("Rejected.StateModifiedFailed") => KmsCode::StateChangeRefused,
+            Some("AliasAlreadyExists" | "AlreadyExistsException") => KmsCode::AliasExists,
+            _ => match self.kind {
+                KmsErrorKind::NotFound => KmsCode::KeyNotFound,
+                KmsErrorKind::Disabled => KmsCode::KeyDisabled,
+                _ => KmsCode::Other,
+            },
         }
     }
 
@@ -327,9 +362,23 @@ impl ProviderUrl {
             }
             return Ok(ProviderUrl::Local(Some(dir.into())));
         }
-        let (scheme, rest) = s.split_once(':').ok_or_else(|| bad("no provider name"))?;
+        let (scheme, rest) = s.split_once(':').unwrap_or((s, ""));
+        let example = match scheme {
+            "aliyun" => "aliyun:https://kms.cn-hangzhou.aliyuncs.com",
+            "aws" => "aws:https://kms.us-east-1.amazonaws.com",
+            other => {
+                return Err(KmsError::new(
+                    KmsErrorKind::InvalidArgument,
+                    format!("unknown KMS provider {other:?} in {s:?}: the known providers are local, local:<DIR>, aliyun:<http(s)://host[:port]>[?region=R] and aws:<http(s)://host[:port]>[?region=R]"),
+                ))
+            }
+        };
         if !(rest.starts_with("http://") || rest.starts_with("https://")) {
-            return Err(bad("the endpoint must start with http:// or https://"));
+            // The HTTP providers have no default endpoint: the region is part of it.
+            return Err(KmsError::new(
+                KmsErrorKind::InvalidArgument,
+                format!("{s:?}: {scheme}: needs the endpoint URL of the region, e.g. {example}"),
+            ));
         }
         let (endpoint, query) = match rest.split_once('?') {
             Some((e, q)) => (e, Some(q)),
@@ -343,10 +392,10 @@ impl ProviderUrl {
             }
         }
         let endpoint = endpoint.trim_end_matches('/').to_string();
-        match scheme {
-            "aliyun" => Ok(ProviderUrl::Aliyun { endpoint, region }),
-            "aws" => Ok(ProviderUrl::Aws { endpoint, region }),
-            other => Err(bad(&format!("unknown provider {other:?}"))),
+        if scheme == "aws" {
+            Ok(ProviderUrl::Aws { endpoint, region })
+        } else {
+            Ok(ProviderUrl::Aliyun { endpoint, region })
         }
     }
 }
@@ -380,7 +429,7 @@ pub fn admin_from_url(url: &str, opts: &KmsOptions) -> Result<Box<dyn KmsAdmin>,
         ProviderUrl::Aws { .. } => {
             return Err(KmsError::new(
                 KmsErrorKind::Unsupported,
-                "envseal does not manage AWS KMS keys; use the AWS CLI or console, then pass --key",
+                "envseal does not manage AWS KMS keys: create and manage them with the AWS CLI (aws kms create-key, aws kms create-alias) or the console, then pass --key alias/... --kms aws:<endpoint> to encrypt",
             ))
         }
     })
@@ -414,6 +463,15 @@ mod tests {
                 region: None
             }
         );
+        let e = ProviderUrl::parse("gcp:x").unwrap_err();
+        assert!(e.message.contains("unknown KMS provider \"gcp\""), "{e}");
+        assert!(e.message.contains("aws:<http(s)"), "{e}");
+        let e = ProviderUrl::parse("aws:").unwrap_err();
+        assert!(
+            e.message
+                .contains("e.g. aws:https://kms.us-east-1.amazonaws.com"),
+            "{e}"
+        );
         for bad in [
             "",
             "aliyun:",
@@ -424,6 +482,37 @@ mod tests {
         ] {
             assert!(ProviderUrl::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn codes_of_both_providers_name_one_condition() {
+        let e = |kind, code: &str| KmsError::new(kind, "x").with_code(code);
+        use KmsErrorKind::*;
+        assert_eq!(
+            e(Disabled, "Rejected.Disabled").code_kind(),
+            KmsCode::KeyDisabled
+        );
+        assert_eq!(
+            e(Disabled, "DisabledException").code_kind(),
+            KmsCode::KeyDisabled
+        );
+        assert_eq!(
+            e(Disabled, "Rejected.PendingDeletion").code_kind(),
+            KmsCode::PendingDeletion
+        );
+        assert_eq!(
+            e(NotFound, "Forbidden.AliasNotFound").code_kind(),
+            KmsCode::AliasNotFound
+        );
+        assert_eq!(
+            e(NotFound, "NotFoundException").code_kind(),
+            KmsCode::KeyNotFound
+        );
+        assert_eq!(
+            e(InvalidArgument, "AlreadyExistsException").code_kind(),
+            KmsCode::AliasExists
+        );
+        assert_eq!(KmsError::new(Auth, "x").code_kind(), KmsCode::Other);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The Alibaba Cloud KMS client: v1-signed POST requests with every parameter in the query
-//! (kms-wire.md §8), bounded retries of temporary failures, typed errors.
+//! (docs/KMS-WIRE.md §8), bounded retries of temporary failures, typed errors.
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;

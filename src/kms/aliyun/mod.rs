@@ -1,4 +1,4 @@
-//! Alibaba Cloud KMS, RPC API 2016-01-20 (see `kms-wire.md`): request signing shared by the
+//! Alibaba Cloud KMS, RPC API 2016-01-20 (see `docs/KMS-WIRE.md`): request signing shared by the
 //! client and `envseal kms serve`, and the blocking client provider.
 
 pub mod client;

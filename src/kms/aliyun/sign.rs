@@ -1,4 +1,4 @@
-//! Request signatures of the Alibaba Cloud RPC API (kms-wire.md §3 and §4).
+//! Request signatures of the Alibaba Cloud RPC API (docs/KMS-WIRE.md §3 and §4).
 //!
 //! Signature v1 (HMAC-SHA1 over the sorted, percent-encoded parameters) is what envseal's client
 //! sends and what the old SDK sends; signature v3 (`ACS3-HMAC-SHA256` over a canonical request)
@@ -248,7 +248,7 @@ mod tests {
         assert_eq!(pct("%2F"), "%252F");
     }
 
-    /// kms-wire.md §3, the docs' CreateKey example (GET).
+    /// docs/KMS-WIRE.md §3, the docs' CreateKey example (GET).
     #[test]
     fn v1_vector_create_key_get() {
         let p = params(&[
@@ -284,7 +284,7 @@ mod tests {
         assert!(!v1_verify("testsecret", &sts, "not base64!"));
     }
 
-    /// kms-wire.md §3, old-SDK style POST (checked against the SDK's own string to sign).
+    /// docs/KMS-WIRE.md §3, old-SDK style POST (checked against the SDK's own string to sign).
     #[test]
     fn v1_vector_old_sdk_post() {
         let p = params(&[
@@ -324,7 +324,7 @@ mod tests {
         );
     }
 
-    /// kms-wire.md §4, computed with the new SDK's `Utils.get_authorization`.
+    /// docs/KMS-WIRE.md §4, computed with the new SDK's `Utils.get_authorization`.
     #[test]
     fn v3_vector_new_sdk() {
         let query = params(&[

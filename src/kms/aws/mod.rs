@@ -2,7 +2,7 @@
 //!
 //! Every operation is `POST /` with `Content-Type: application/x-amz-json-1.1`,
 //! `X-Amz-Target: TrentService.<Operation>` and a JSON body; errors come back as
-//! `{"__type": "...Exception", "message": "..."}` (see `kms-wire.md` §10). The same client
+//! `{"__type": "...Exception", "message": "..."}` (see `docs/KMS-WIRE.md` §10). The same client
 //! talks to the real service and to a local emulator such as moto.
 //!
 //! Bodies that carry key material (Encrypt requests, GenerateDataKey and Decrypt responses) are

@@ -1,4 +1,4 @@
-//! The KMS actions of `kms serve` (kms-wire.md §5) on a [`KeyStore`]. Blocking: the server
+//! The KMS actions of `kms serve` (docs/KMS-WIRE.md §5) on a [`KeyStore`]. Blocking: the server
 //! runs them on tokio's blocking pool.
 
 use base64::engine::general_purpose::STANDARD as B64;

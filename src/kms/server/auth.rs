@@ -1,6 +1,6 @@
 //! Request authentication for `kms serve`: signature v1 (HMAC-SHA1 query signature) and v3
 //! (`ACS3-HMAC-SHA256` header), the 15-minute timestamp window and nonce-replay refusal
-//! (kms-wire.md §2–§4).
+//! (docs/KMS-WIRE.md §2–§4).
 
 use std::collections::HashMap;
 use std::sync::Mutex;

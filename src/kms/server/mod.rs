@@ -1,5 +1,5 @@
 //! `envseal kms serve`: an HTTP(S) server for the Alibaba Cloud KMS RPC API 2016-01-20
-//! (kms-wire.md), so the official SDKs and envseal's own `aliyun:` provider can use a local
+//! (docs/KMS-WIRE.md), so the official SDKs and envseal's own `aliyun:` provider can use a local
 //! [`KeyStore`] unchanged.
 //!
 //! One request: read (body ≤ 1 MiB) → decode query and form parameters → authenticate
@@ -332,7 +332,7 @@ async fn read_request(req: Request<hyper::body::Incoming>) -> Result<Incoming, A
             )
         })
         .collect();
-    // Form rules (`+` is a space) before any re-encoding (kms-wire.md §1).
+    // Form rules (`+` is a space) before any re-encoding (docs/KMS-WIRE.md §1).
     let decode = |s: &[u8]| -> Vec<(String, String)> {
         url::form_urlencoded::parse(s).into_owned().collect()
     };

@@ -1,4 +1,4 @@
-//! Error replies of the Alibaba gateway (kms-wire.md §6): HTTP status, `Code`, `Message`.
+//! Error replies of the Alibaba gateway (docs/KMS-WIRE.md §6): HTTP status, `Code`, `Message`.
 
 use crate::kms::{KmsError, KmsErrorKind};
 
