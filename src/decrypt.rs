@@ -36,6 +36,52 @@ pub struct DecryptOptions {
     pub jobs: usize,
     /// One `syncfs` of DEST before success (the default); `false` = `--no-sync`.
     pub sync: bool,
+    pub owners: Owners,
+}
+
+/// What to do with recorded owners (as GNU tar's `--same-owner`, `--numeric-owner`,
+/// `--no-same-owner`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Owners {
+    /// Restore them when running as root (by name where this machine knows it, else by id);
+    /// otherwise leave ownership to the running user.
+    #[default]
+    Auto,
+    /// As `Auto`, by recorded id only.
+    Numeric,
+    /// Never change ownership.
+    Ignore,
+}
+
+impl Owners {
+    /// The ids to give `e`, or `None` to leave the running user's.
+    fn ids(self, e: &Entry) -> Option<(u32, u32)> {
+        let o = e.owner.as_ref()?;
+        match self {
+            Owners::Ignore => None,
+            _ if !crate::owner::can_chown() => None,
+            Owners::Numeric => Some(crate::owner::local_ids(o, true)),
+            Owners::Auto => Some(crate::owner::local_ids(o, false)),
+        }
+    }
+
+    /// The mode to set once ownership is settled: setuid and setgid only on an entry that
+    /// got its recorded owner (or whose recorded owner is the running user).
+    fn mode(self, e: &Entry, chowned: bool) -> u32 {
+        // SAFETY: geteuid and getegid have no preconditions.
+        let me = unsafe { (libc::geteuid(), libc::getegid()) };
+        let ours = e.owner.as_ref().is_some_and(|o| (o.uid, o.gid) == me);
+        if chowned || ours || e.owner.is_none() {
+            e.mode
+        } else {
+            e.mode & !0o6000
+        }
+    }
+}
+
+/// `lchown` (never follows a link).
+fn lchown(p: &Path, (uid, gid): (u32, u32)) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(p, Some(uid), Some(gid))
 }
 
 #[derive(Clone, Debug, Default)]
@@ -44,6 +90,9 @@ pub struct DecryptReport {
     pub bytes: u64,
     pub dirs: u64,
     pub symlinks: u64,
+    pub hardlinks: u64,
+    /// FIFOs and device nodes.
+    pub specials: u64,
     pub failed: Vec<Failure>,
     /// How many of `failed` are integrity failures (exit 3).
     pub integrity_failures: u64,
@@ -217,11 +266,40 @@ pub fn decrypt(
     }
     let under_bad = |p: &[u8]| under(&bad_dirs, p);
 
+    // A hard link chosen without its file (`--only`) stands in for the file: the first such
+    // link gets its contents, later ones are linked to it.
+    let chosen_paths: HashSet<&[u8]> = chosen.iter().map(|&i| rel(&entries[i])).collect();
+    let linked: HashMap<&[u8], &Entry> = entries
+        .iter()
+        .filter(|e| e.linked)
+        .map(|e| (rel(e), e))
+        .collect();
+    let mut stand_ins: HashMap<&[u8], &[u8]> = HashMap::new();
+    let mut extra: Vec<Entry> = Vec::new();
+    for &i in &chosen {
+        let e = &entries[i];
+        let EntryKind::HardLink(t) = &e.kind else {
+            continue;
+        };
+        let t = t.clear().unwrap_or_default();
+        if chosen_paths.contains(t) || stand_ins.contains_key(t) || under_bad(rel(e)) {
+            continue;
+        }
+        if let Some(f) = linked.get(t) {
+            stand_ins.insert(t, rel(e));
+            extra.push(Entry {
+                path: e.path.clone(),
+                ..(*f).clone()
+            });
+        }
+    }
+
     // Files, in parallel (and each large file's segments in parallel too).
     let files: Vec<&Entry> = chosen
         .iter()
         .map(|&i| &entries[i])
         .filter(|e| e.file().is_some() && !under_bad(rel(e)))
+        .chain(extra.iter())
         .collect();
     let total: u64 = files
         .iter()
@@ -250,12 +328,16 @@ pub fn decrypt(
             })
             .collect()
     });
+    let mut restored: HashSet<&[u8]> = HashSet::new();
     for (k, r) in results {
         let e = files[k];
         match r {
             Ok(bytes) => {
                 report.files += 1;
                 report.bytes += bytes;
+                if e.linked {
+                    restored.insert(rel(e));
+                }
             }
             Err(ObjectError::Cancelled) => return Err(Error::Interrupted),
             Err(ObjectError::Integrity(why) | ObjectError::Missing(why)) => {
@@ -266,6 +348,54 @@ pub fn decrypt(
                 progress.notice(&format!("failed {}: {err}", e.path.display()));
                 fail(&mut report, e, err.to_string(), false)
             }
+        }
+    }
+
+    // Hard links, FIFOs and device nodes; then symlinks, so that nothing is ever created
+    // through a restored link.
+    for &i in &chosen {
+        let e = &entries[i];
+        if under_bad(rel(e)) {
+            continue;
+        }
+        let p = join(dest, rel(e));
+        let made = match &e.kind {
+            EntryKind::HardLink(t) => {
+                let t = t.clear().unwrap_or_default();
+                let from = if chosen_paths.contains(t) {
+                    t
+                } else {
+                    match stand_ins.get(t) {
+                        Some(&s) if s == rel(e) => continue, // restored as the file itself
+                        Some(&s) => s,
+                        None => t,
+                    }
+                };
+                if !restored.contains(from) {
+                    let why = format!(
+                        "not linked: {} was not restored",
+                        String::from_utf8_lossy(from)
+                    );
+                    fail(&mut report, e, why, false);
+                    continue;
+                }
+                make_room(&p, opts.overwrite).and_then(|()| {
+                    fs::hard_link(join(dest, from), &p).map_err(|err| format!("{}: {err}", p.display()))
+                })
+            }
+            EntryKind::Fifo | EntryKind::CharDev(_) | EntryKind::BlockDev(_) => {
+                make_room(&p, opts.overwrite).and_then(|()| {
+                    make_node(&p, &e.kind)
+                        .and_then(|()| settle(&p, e, opts.owners))
+                        .map_err(|err| node_error(&p, &e.kind, err))
+                })
+            }
+            _ => continue,
+        };
+        match (made, &e.kind) {
+            (Ok(()), EntryKind::HardLink(_)) => report.hardlinks += 1,
+            (Ok(()), _) => report.specials += 1,
+            (Err(why), _) => fail(&mut report, e, why, false),
         }
     }
 
@@ -295,7 +425,14 @@ pub fn decrypt(
             }
         }
         let t = OsStr::from_bytes(target.clear().unwrap_or_default());
-        match std::os::unix::fs::symlink(t, &p).and_then(|_| set_mtime(&p, e, true)) {
+        let owned = |p: &Path| match opts.owners.ids(e) {
+            Some(ids) => lchown(p, ids),
+            None => Ok(()),
+        };
+        let made = std::os::unix::fs::symlink(t, &p)
+            .and_then(|_| owned(&p))
+            .and_then(|_| set_mtime(&p, e, true));
+        match made {
             Ok(()) => report.symlinks += 1,
             Err(err) => fail(&mut report, e, format!("{}: {err}", p.display()), false),
         }
@@ -308,9 +445,7 @@ pub fn decrypt(
             continue;
         }
         let p = join(dest, rel(e));
-        let r = fs::set_permissions(&p, fs::Permissions::from_mode(e.mode))
-            .and_then(|_| set_mtime(&p, e, false));
-        if let Err(err) = r {
+        if let Err(err) = settle(&p, e, opts.owners) {
             fail(&mut report, e, format!("{}: {err}", p.display()), false);
         }
     }
@@ -331,6 +466,57 @@ pub fn decrypt(
     progress.finish();
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Owner, then mode (a chown clears setuid bits), then times, of a created node or directory
+/// (never through a link: directories were checked to be real, nodes were just made).
+fn settle(p: &Path, e: &Entry, owners: Owners) -> std::io::Result<()> {
+    let chowned = match owners.ids(e) {
+        Some(ids) => lchown(p, ids).map(|()| true)?,
+        None => false,
+    };
+    fs::set_permissions(p, fs::Permissions::from_mode(owners.mode(e, chowned)))?;
+    set_mtime(p, e, false)
+}
+
+/// Clears the way for a new name at `p`: nothing there, or (with `--overwrite`) a non-directory
+/// removed first.
+fn make_room(p: &Path, overwrite: bool) -> std::result::Result<(), String> {
+    let Ok(md) = fs::symlink_metadata(p) else {
+        return Ok(());
+    };
+    if !overwrite || md.is_dir() {
+        return Err(format!(
+            "{} exists (use --overwrite to replace it)",
+            p.display()
+        ));
+    }
+    fs::remove_file(p).map_err(|err| format!("{}: {err}", p.display()))
+}
+
+/// Creates a FIFO or device node (mode 0600 until [`settle`] sets the recorded one).
+fn make_node(p: &Path, kind: &EntryKind) -> std::io::Result<()> {
+    let (fmt, rdev) = match kind {
+        EntryKind::CharDev(d) => (libc::S_IFCHR, *d),
+        EntryKind::BlockDev(d) => (libc::S_IFBLK, *d),
+        _ => (libc::S_IFIFO, 0),
+    };
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes())?;
+    // SAFETY: a valid NUL-terminated path; mknod creates a new node and never follows a link.
+    match unsafe { libc::mknod(c.as_ptr(), fmt | 0o600, rdev as libc::dev_t) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+fn node_error(p: &Path, kind: &EntryKind, err: std::io::Error) -> String {
+    if err.raw_os_error() == Some(libc::EPERM) && !matches!(kind, EntryKind::Fifo) {
+        return format!(
+            "{}: creating a device node needs root (run decrypt as root, or leave it out with --only)",
+            p.display()
+        );
+    }
+    format!("{}: {err}", p.display())
 }
 
 const TMP_PREFIX: &str = ".envseal-";
@@ -432,7 +618,15 @@ fn restore_file(
             progress,
             cancel,
         )?;
-        out.set_permissions(fs::Permissions::from_mode(e.mode))
+        let chowned = match opts.owners.ids(e) {
+            Some((uid, gid)) => {
+                std::os::unix::fs::fchown(&out, Some(uid), Some(gid))
+                    .map_err(|err| io(&target, err))?;
+                true
+            }
+            None => false,
+        };
+        out.set_permissions(fs::Permissions::from_mode(opts.owners.mode(e, chowned)))
             .map_err(|err| io(&target, err))?;
         let t = filetime::FileTime::from_unix_time(e.mtime, e.mtime_nsec);
         filetime::set_file_handle_times(&out, Some(t), Some(t)).map_err(|err| io(&target, err))?;
@@ -508,6 +702,8 @@ mod tests {
             } else {
                 EntryKind::Symlink(Name::Clear(b"t".to_vec()))
             },
+            owner: None,
+            linked: false,
         }
     }
 

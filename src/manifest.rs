@@ -652,10 +652,10 @@ impl TreeOrder {
     pub fn push_entry(&mut self, e: &Entry) -> std::result::Result<(), String> {
         let p = e.path.clear().ok_or("names not revealed")?;
         self.push(p, e.is_dir())?;
+        if e.linked {
+            self.linkable.insert(p.to_vec());
+        }
         match &e.kind {
-            EntryKind::File(_) if e.linked => {
-                self.linkable.insert(p.to_vec());
-            }
             EntryKind::HardLink(t) => {
                 let t = t.clear().ok_or("names not revealed")?;
                 if !self.linkable.contains(t) {

@@ -257,6 +257,9 @@ mod tests {
             ino: md.ino(),
             ctime: md.ctime(),
             ctime_nsec: md.ctime_nsec() as u32,
+            uid: md.uid(),
+            gid: md.gid(),
+            nlink: md.nlink(),
         }
     }
 

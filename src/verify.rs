@@ -282,13 +282,16 @@ pub fn verify(
                 break;
             }
             if header.conceal_names && keys.is_some() {
+                // Only what the tree rules read: the path, whether it is a directory, a
+                // hard link's target and whether a file may be one.
+                use crate::manifest::EntryKind;
                 revealed.push(crate::manifest::Entry {
-                    kind: match e.kind {
-                        crate::manifest::EntryKind::Dir => crate::manifest::EntryKind::Dir,
-                        _ => crate::manifest::EntryKind::Symlink(crate::manifest::Name::Clear(
-                            Vec::new(),
-                        )),
+                    kind: match &e.kind {
+                        EntryKind::Dir => EntryKind::Dir,
+                        EntryKind::HardLink(t) => EntryKind::HardLink(t.clone()),
+                        _ => EntryKind::Fifo,
                     },
+                    owner: None,
                     ..e.clone()
                 });
             }

@@ -89,6 +89,7 @@ impl Fixture {
             overwrite: false,
             jobs: 2,
             sync: true,
+            owners: Default::default(),
         };
         let r = decrypt(&opts, kms, &NoProgress, &AtomicBool::new(false)).map(|r| {
             assert!(r.failed.is_empty(), "failed: {:?}", r.failed);

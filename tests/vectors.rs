@@ -198,6 +198,8 @@ fn generate(out: &Path, plain: Option<&Path>, concealed: bool) {
         mtime: 1_700_000_000,
         mtime_nsec: 0,
         kind: EntryKind::Dir,
+        owner: None,
+        linked: false,
     }];
     for (k, (name, f)) in files.into_iter().enumerate() {
         entries.push(Entry {
@@ -206,6 +208,8 @@ fn generate(out: &Path, plain: Option<&Path>, concealed: bool) {
             mtime: 1_700_000_000 + k as i64,
             mtime_nsec: 123_456_789,
             kind: EntryKind::File(f),
+            owner: None,
+            linked: false,
         });
     }
     entries.push(Entry {
@@ -214,6 +218,8 @@ fn generate(out: &Path, plain: Option<&Path>, concealed: bool) {
         mtime: 1_700_000_100,
         mtime_nsec: 0,
         kind: EntryKind::Symlink(Name::Clear(b"one-byte".to_vec())),
+        owner: None,
+        linked: false,
     });
     let nk = batch_key(0).name_key();
     let mut lines = Vec::new();
@@ -343,6 +349,7 @@ fn outcomes(vault: &Path) -> (i32, i32, i32, Vec<String>) {
         overwrite: false,
         jobs: 2,
         sync: true,
+        owners: Default::default(),
     };
     let d = match decrypt(&opts, &kms(), &NoProgress, &AtomicBool::new(false)) {
         Ok(r) if r.integrity_failures > 0 => 3,
@@ -375,6 +382,7 @@ fn checked_in_vectors_decrypt_to_recorded_plaintexts() {
             overwrite: false,
             jobs: 2,
             sync: true,
+            owners: Default::default(),
         };
         let r = decrypt(&opts, &kms(), &NoProgress, &AtomicBool::new(false)).unwrap();
         assert!(r.failed.is_empty(), "{name}: {:?}", r.failed);

@@ -173,6 +173,13 @@ pub struct DecryptArgs {
     /// Replace files that already exist in DEST.
     #[arg(long)]
     pub overwrite: bool,
+    /// Give entries their recorded owners by numeric id, not by user and group name (root
+    /// only; as GNU tar).
+    #[arg(long, conflicts_with = "no_owner")]
+    pub numeric_owner: bool,
+    /// Never change ownership, even as root (restored entries belong to the running user).
+    #[arg(long)]
+    pub no_owner: bool,
     /// Do not wait for restored files to reach the disk (one `syncfs` of DEST by default):
     /// faster, but a crash of the operating system can lose or truncate restored files.
     #[arg(long)]

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::AtomicBool;
 
-use envseal::decrypt::{decrypt, DecryptOptions};
+use envseal::decrypt::{decrypt, DecryptOptions, Owners};
 use envseal::encrypt::{encrypt, EncryptOptions};
 use envseal::format;
 use envseal::keys::Kms;
@@ -82,6 +82,18 @@ fn size_arg(flag: &str, s: &str) -> anyhow::Result<u64> {
     super::size::parse_size(s).map_err(|e| Error::Usage(format!("{flag}: {e}")).into())
 }
 
+/// ", N hard links, M FIFOs and devices" when there are any.
+fn others(hardlinks: u64, specials: u64) -> String {
+    let mut s = String::new();
+    if hardlinks > 0 {
+        s += &format!(", {hardlinks} hard links");
+    }
+    if specials > 0 {
+        s += &format!(", {specials} FIFOs and devices");
+    }
+    s
+}
+
 pub fn encrypt_cmd(a: EncryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
     let seg = size_arg("--segment-size", &a.segment_size)?;
     if !format::valid_segment_size(seg) {
@@ -138,10 +150,11 @@ pub fn encrypt_cmd(a: EncryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
         e => unwrap_advice(e),
     })?;
     let line = format!(
-        "encrypted {} files, {} dirs, {} symlinks, {} in {:.2} s ({:.2} GB/s) into {}{}; {} batch(es){}; {} skipped, {} failed",
+        "encrypted {} files, {} dirs, {} symlinks{}, {} in {:.2} s ({:.2} GB/s) into {}{}; {} batch(es){}; {} skipped, {} failed",
         r.files,
         r.dirs,
         r.symlinks,
+        others(r.hardlinks, r.specials),
         human_bytes(r.bytes),
         r.seconds,
         rate(r.bytes, r.seconds),
@@ -161,6 +174,7 @@ pub fn encrypt_cmd(a: EncryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
             "command": "encrypt",
             "vault": opts.vault,
             "files": r.files, "dirs": r.dirs, "symlinks": r.symlinks, "bytes": r.bytes,
+            "hardlinks": r.hardlinks, "specials": r.specials,
             "seconds": r.seconds, "gb_per_s": rate(r.bytes, r.seconds),
             "batches": r.batches, "generated_keys": r.generated_keys,
             "resumed_files": r.resumed_files, "synced": opts.sync,
@@ -180,16 +194,22 @@ pub fn decrypt_cmd(a: DecryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
         overwrite: a.overwrite,
         jobs: jobs(a.jobs)?,
         sync: !a.no_sync,
+        owners: match (a.numeric_owner, a.no_owner) {
+            (_, true) => Owners::Ignore,
+            (true, _) => Owners::Numeric,
+            _ => Owners::Auto,
+        },
     };
     let kms = reading_kms(a.kms)?;
     let bars = bars("decrypt", &a.out)?;
     let r = decrypt(&opts, &kms, &bars, cancel).map_err(unwrap_advice)?;
     print_failures(&r.failed, &bars);
     let line = format!(
-        "decrypted {} files, {} dirs, {} symlinks, {} in {:.2} s ({:.2} GB/s) into {} ({}); {} failed{}",
+        "decrypted {} files, {} dirs, {} symlinks{}, {} in {:.2} s ({:.2} GB/s) into {} ({}); {} failed{}",
         r.files,
         r.dirs,
         r.symlinks,
+        others(r.hardlinks, r.specials),
         human_bytes(r.bytes),
         r.seconds,
         rate(r.bytes, r.seconds),
@@ -206,6 +226,7 @@ pub fn decrypt_cmd(a: DecryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
             "command": "decrypt",
             "dest": opts.dest,
             "files": r.files, "dirs": r.dirs, "symlinks": r.symlinks, "bytes": r.bytes,
+            "hardlinks": r.hardlinks, "specials": r.specials,
             "seconds": r.seconds, "gb_per_s": rate(r.bytes, r.seconds),
             "failed": failures_json(&r.failed), "integrity_failures": r.integrity_failures,
             "synced": r.synced, "vault_bytes_read": r.vault_bytes_read,

@@ -1,0 +1,294 @@
+//! What a disk holds beyond contents: owners, hard links, FIFOs and device nodes, through the
+//! real binary. Owners and device nodes need root: those tests say so and return when not.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+
+use common::tree::{code, gen_file, hash_file, ok, set_mtime, write};
+use common::{envseal, stderr};
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn mknod(p: &Path, kind: libc::mode_t, rdev: libc::dev_t) {
+    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    let r = unsafe { libc::mknod(c.as_ptr(), kind | 0o644, rdev) };
+    assert_eq!(r, 0, "mknod {}: {}", p.display(), std::io::Error::last_os_error());
+}
+
+/// Everything `stat` says that a restore must keep, per path; hard links as the first path
+/// (in sorted order) of their inode within the tree.
+fn stat_tree(root: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut inodes: BTreeMap<(u64, u64), String> = BTreeMap::new();
+    let mut paths = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let md = fs::symlink_metadata(&p).unwrap();
+        if md.is_dir() {
+            for d in fs::read_dir(&p).unwrap() {
+                stack.push(d.unwrap().path());
+            }
+        }
+        paths.push(p);
+    }
+    paths.sort();
+    for p in paths {
+        let md = fs::symlink_metadata(&p).unwrap();
+        let rel = p.strip_prefix(root).unwrap().display().to_string();
+        let ft = md.file_type();
+        let content = if ft.is_file() {
+            hash_file(&p)
+        } else if ft.is_symlink() {
+            fs::read_link(&p).unwrap().display().to_string()
+        } else {
+            String::new()
+        };
+        let group = if ft.is_file() && md.nlink() > 1 {
+            inodes
+                .entry((md.dev(), md.ino()))
+                .or_insert_with(|| rel.clone())
+                .clone()
+        } else {
+            String::new()
+        };
+        let mode = if ft.is_symlink() { 0 } else { md.mode() };
+        let mtime = if ft.is_dir() && rel.is_empty() {
+            0 // the restore root's own time is not part of the vault
+        } else {
+            md.mtime()
+        };
+        out.insert(
+            rel,
+            format!(
+                "mode {mode:o} uid {} gid {} nlink {} rdev {:x} size {} mtime {mtime} links-with {group:?} {content}",
+                md.uid(),
+                md.gid(),
+                if ft.is_dir() { 0 } else { md.nlink() },
+                md.rdev(),
+                if ft.is_dir() { 0 } else { md.len() },
+            ),
+        );
+    }
+    out
+}
+
+fn assert_same(src: &Path, restored: &Path) {
+    let (a, b) = (stat_tree(src), stat_tree(restored));
+    for (k, v) in &a {
+        assert_eq!(Some(v), b.get(k), "{k}");
+    }
+    assert_eq!(a.len(), b.len(), "extra paths in the restore: {b:?}");
+}
+
+/// A tree with a hard-linked trio, a FIFO, and (as root) other owners, a setuid file of
+/// another user and device nodes.
+fn tree(parent: &Path) -> std::path::PathBuf {
+    let src = parent.join("disk");
+    fs::create_dir_all(src.join("etc/sub")).unwrap();
+    write(&src.join("etc/passwd"), b"root:x:0:0\n");
+    gen_file(&src.join("etc/big"), 3 << 20, 9);
+    fs::hard_link(src.join("etc/big"), src.join("big-link")).unwrap();
+    fs::hard_link(src.join("etc/big"), src.join("etc/sub/big-link2")).unwrap();
+    write(&src.join("small"), b"tiny");
+    fs::hard_link(src.join("small"), src.join("small-link")).unwrap();
+    let fifo = CString::new(src.join("etc/fifo").as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o640) }, 0);
+    if is_root() {
+        mknod(&src.join("etc/null"), libc::S_IFCHR, libc::makedev(1, 3));
+        mknod(&src.join("etc/loop9"), libc::S_IFBLK, libc::makedev(7, 9));
+        std::os::unix::fs::chown(src.join("etc/passwd"), Some(1234), Some(5678)).unwrap();
+        std::os::unix::fs::lchown(src.join("etc/sub"), Some(4321), Some(8765)).unwrap();
+        write(&src.join("setuid"), b"#!/bin/sh\n");
+        std::os::unix::fs::chown(src.join("setuid"), Some(1234), Some(5678)).unwrap();
+        fs::set_permissions(src.join("setuid"), fs::Permissions::from_mode(0o4755)).unwrap();
+    }
+    std::os::unix::fs::symlink("passwd", src.join("etc/link")).unwrap();
+    for p in ["etc/passwd", "small", "etc/big", "etc/sub"] {
+        set_mtime(&src.join(p), 1_600_000_000, 5);
+    }
+    src
+}
+
+#[test]
+fn owners_links_fifos_and_devices_round_trip() {
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("home");
+    let src = tree(t.path());
+    let vault = t.path().join("vault");
+    let out = ok(envseal(&home)
+        .args(["encrypt", "-q", "--json", "-o"])
+        .arg(&vault)
+        .arg(&src));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["hardlinks"], 3, "{j}");
+    assert_eq!(j["files"], if is_root() { 4 } else { 3 }, "{j}");
+    assert_eq!(j["specials"], if is_root() { 3 } else { 1 }, "{j}");
+    // Stored once: the vault holds one copy of the 3 MiB file, not three.
+    let du = ok(Command::new("du").arg("-sk").arg(&vault));
+    let kib: u64 = String::from_utf8_lossy(&du.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(kib < 4 * 1024, "vault of {kib} KiB");
+    ok(envseal(&home).args(["verify", "--deep", "-q"]).arg(&vault));
+    let ls = ok(envseal(&home).args(["ls"]).arg(&vault));
+    let ls = String::from_utf8_lossy(&ls.stdout);
+    assert!(ls.contains("hardlink") && ls.contains("fifo"), "{ls}");
+
+    let dest = t.path().join("out");
+    let out = ok(envseal(&home)
+        .args(["decrypt", "-q", "--json"])
+        .arg(&vault)
+        .arg("-o")
+        .arg(&dest));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["hardlinks"], 3, "{j}");
+    if is_root() {
+        // As root: owners, setuid, device numbers and link counts, all as the source.
+        assert_same(&src, &dest.join("disk"));
+    } else {
+        eprintln!("not root: owners and device nodes are not checked");
+        let md = fs::metadata(dest.join("disk/big-link")).unwrap();
+        assert_eq!(md.nlink(), 3);
+    }
+}
+
+#[test]
+fn no_owner_and_numeric_owner_as_root() {
+    if !is_root() {
+        eprintln!("not root: skipped (ownership can only be given away by root)");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("home");
+    let src = tree(t.path());
+    let vault = t.path().join("vault");
+    ok(envseal(&home).args(["encrypt", "-q", "-o"]).arg(&vault).arg(&src));
+
+    let dest = t.path().join("mine");
+    ok(envseal(&home)
+        .args(["decrypt", "-q", "--no-owner"])
+        .arg(&vault)
+        .arg("-o")
+        .arg(&dest));
+    let md = fs::metadata(dest.join("disk/etc/passwd")).unwrap();
+    assert_eq!((md.uid(), md.gid()), (0, 0));
+    // Not given its owner: no setuid bit on a file of someone else's.
+    let md = fs::metadata(dest.join("disk/setuid")).unwrap();
+    assert_eq!(md.mode() & 0o7777, 0o755);
+
+    // Names win over ids unless --numeric-owner: a vault recording user "root" as uid 1234
+    // is restored to this machine's root. The recorded name comes from the source machine;
+    // here uid 1234 has no name, so both ways give 1234.
+    let dest = t.path().join("numeric");
+    ok(envseal(&home)
+        .args(["decrypt", "-q", "--numeric-owner"])
+        .arg(&vault)
+        .arg("-o")
+        .arg(&dest));
+    let md = fs::metadata(dest.join("disk/etc/passwd")).unwrap();
+    assert_eq!((md.uid(), md.gid()), (1234, 5678));
+    let md = fs::metadata(dest.join("disk/setuid")).unwrap();
+    assert_eq!(md.mode() & 0o7777, 0o4755);
+}
+
+#[test]
+fn unprivileged_restore_keeps_contents_modes_times_and_drops_setuid() {
+    if !is_root() || Command::new("setpriv").arg("--version").output().is_err() {
+        eprintln!("needs root and setpriv to run decrypt as another user: skipped");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    fs::set_permissions(t.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let home = t.path().join("home");
+    let src = tree(t.path());
+    // Without the device nodes (only root can make them).
+    fs::remove_file(src.join("etc/null")).unwrap();
+    fs::remove_file(src.join("etc/loop9")).unwrap();
+    let vault = t.path().join("vault");
+    ok(envseal(&home).args(["encrypt", "-q", "-o"]).arg(&vault).arg(&src));
+    ok(Command::new("chown").args(["-R", "65534:65534"]).arg(&home).arg(&vault));
+    let dest = t.path().join("out");
+    fs::create_dir(&dest).unwrap();
+    std::os::unix::fs::chown(&dest, Some(65534), Some(65534)).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_envseal"))
+        .args(["decrypt", "-q"])
+        .arg(&vault)
+        .arg("-o")
+        .arg(&dest)
+        .env("ENVSEAL_HOME", &home)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let r = dest.join("disk");
+    for p in ["etc/passwd", "setuid", "etc/big", "big-link", "etc/fifo"] {
+        let md = fs::symlink_metadata(r.join(p)).unwrap();
+        assert_eq!((md.uid(), md.gid()), (65534, 65534), "{p}");
+    }
+    let (a, b) = (
+        fs::metadata(src.join("etc/passwd")).unwrap(),
+        fs::metadata(r.join("etc/passwd")).unwrap(),
+    );
+    assert_eq!((a.mode(), a.mtime(), a.mtime_nsec()), (b.mode(), b.mtime(), b.mtime_nsec()));
+    assert_eq!(hash_file(&src.join("etc/big")), hash_file(&r.join("big-link")));
+    assert_eq!(fs::metadata(r.join("big-link")).unwrap().nlink(), 3);
+    assert_eq!(fs::metadata(r.join("setuid")).unwrap().mode() & 0o7777, 0o755);
+}
+
+#[test]
+fn only_a_hard_link_restores_its_contents() {
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("home");
+    let src = tree(t.path());
+    let vault = t.path().join("vault");
+    ok(envseal(&home).args(["encrypt", "-q", "-o"]).arg(&vault).arg(&src));
+    let dest = t.path().join("out");
+    ok(envseal(&home)
+        .args(["decrypt", "-q", "--only", "disk/big-link", "--only", "disk/etc/sub"])
+        .arg(&vault)
+        .arg("-o")
+        .arg(&dest));
+    let r = dest.join("disk");
+    assert!(!r.join("etc/big").exists());
+    assert_eq!(hash_file(&src.join("etc/big")), hash_file(&r.join("big-link")));
+    let (a, b) = (
+        fs::metadata(r.join("big-link")).unwrap(),
+        fs::metadata(r.join("etc/sub/big-link2")).unwrap(),
+    );
+    assert_eq!((a.dev(), a.ino()), (b.dev(), b.ino()), "the two links share one inode");
+}
+
+#[test]
+fn a_socket_is_skipped_and_reported() {
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("home");
+    let src = t.path().join("s");
+    fs::create_dir(&src).unwrap();
+    write(&src.join("a"), b"a");
+    let _sock = std::os::unix::net::UnixListener::bind(src.join("sock")).unwrap();
+    let vault = t.path().join("vault");
+    let out = envseal(&home)
+        .args(["encrypt", "-o"])
+        .arg(&vault)
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stderr(&out).contains("socket skipped"), "{}", stderr(&out));
+}
