@@ -382,6 +382,7 @@ impl EncryptRig {
             vault: PathBuf::new(),
             key: Some(key),
             kms_url: url,
+            also_keys: Vec::new(),
             segment_size: DEFAULT_SEGMENT_SIZE,
             excludes: Vec::new(),
             conceal_names: false,

@@ -28,6 +28,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::format::{self, layout, ID_LEN};
 use crate::journal::{Journal, Record, RunParams, RunRecord, SourceId};
 use crate::keys::Kms;
+use crate::keyspec::KeySpec;
 use crate::manifest::{Batch, Entry, EntryKind, Header, ManifestReader, Name};
 use crate::progress::Progress;
 use crate::seal::{self, BufPool, ChunkItem, LargeFile, SealCtx};
@@ -46,6 +47,9 @@ pub struct EncryptOptions {
     pub key: Option<String>,
     /// Provider URL for new batches.
     pub kms_url: String,
+    /// Further CMKs (each with its provider) every batch key is also wrapped under, by one
+    /// `Encrypt` each: any one of them opens the vault alone.
+    pub also_keys: Vec<KeySpec>,
     pub segment_size: u32,
     pub excludes: Vec<String>,
     pub conceal_names: bool,
@@ -122,6 +126,11 @@ pub fn encrypt(
         segment_size: opts.segment_size,
         conceal_names: opts.conceal_names,
         excludes: opts.excludes.clone(),
+        also_keys: opts
+            .also_keys
+            .iter()
+            .map(|k| format!("{}#{}", k.kms, k.key))
+            .collect(),
     };
     let exclude = walk::excludes(&opts.excludes)?;
     check_vault_outside(opts, &sources)?;
@@ -169,16 +178,22 @@ pub fn encrypt(
         // Batch records are not authenticated, but the run record matched this command line:
         // a batch must be wrapped by this run's KMS, or the rest of the run would be encrypted
         // under a key held elsewhere (say, an attacker's store named in an edited journal).
-        let run_kms = if loaded.batches.is_empty() {
-            String::new()
-        } else {
-            kms.provider(&opts.kms_url)?.url()
-        };
+        let mut run_kms = Vec::new();
+        if !loaded.batches.is_empty() {
+            run_kms.push(kms.provider(&opts.kms_url)?.url());
+            for k in &opts.also_keys {
+                run_kms.push(kms.provider(&k.kms)?.url());
+            }
+        }
         for (i, b) in loaded.batches.iter().enumerate() {
-            if let Some(w) = b.wrapped.iter().find(|w| w.kms != run_kms) {
+            if let Some(w) = b.wrapped.iter().find(|w| !run_kms.contains(&w.kms)) {
                 return Err(Error::integrity(
                     format!("journal batch {i}"),
-                    format!("wrapped by {}, not by this run's KMS {run_kms}", w.kms),
+                    format!(
+                        "wrapped by {}, not by this run's KMS {}",
+                        w.kms,
+                        run_kms.join(", ")
+                    ),
                 ));
             }
             keys.push(Arc::new(kms.unwrap(&vault_id, b)?));
@@ -632,9 +647,12 @@ impl<'a> Planner<'a> {
             )));
         }
         let batch_id: [u8; ID_LEN] = format::random().at(&self.opts.vault)?;
-        let (b, k) = self
-            .kms
-            .generate(&self.opts.kms_url, self.key, &self.vault_id, batch_id)?;
+        let mut specs = vec![KeySpec {
+            kms: self.opts.kms_url.clone(),
+            key: self.key.to_string(),
+        }];
+        specs.extend(self.opts.also_keys.iter().cloned());
+        let (b, k) = self.kms.generate_all(&specs, &self.vault_id, batch_id)?;
         let k = Arc::new(k);
         self.keys.push(Arc::clone(&k));
         self.generated += 1;

@@ -700,14 +700,7 @@ impl ManifestWriter {
             true,
         )?;
         for w in &b.wrapped {
-            self.line(
-                &json(&WrapLine {
-                    kind: "wrap".into(),
-                    batch: index,
-                    wrapped: w.clone(),
-                })?,
-                false,
-            )?;
+            self.line(&wrap_line(index, w)?, false)?;
         }
         self.batches += 1;
         Ok(())
@@ -765,7 +758,7 @@ impl ManifestWriter {
 
 /// Creates `path` anew: what is there (a stale file, or a planted symlink: the link, not its
 /// target) is removed first, and the new file is never opened through a link.
-fn create_fresh(path: &Path) -> Result<File> {
+pub fn create_fresh(path: &Path) -> Result<File> {
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(path, e)),
         _ => {}
@@ -786,6 +779,24 @@ enum Kind {
     Object,
     Entry,
     End,
+}
+
+/// A `wrap` line for batch `index` (§6.1), as [`ManifestWriter`] writes it.
+pub fn wrap_line(index: u32, w: &WrappedKey) -> Result<Vec<u8>> {
+    json(&WrapLine {
+        kind: "wrap".into(),
+        batch: index,
+        wrapped: w.clone(),
+    })
+}
+
+/// Whether a manifest line is a `wrap` record, and whether it is a `batch` record.
+pub fn is_wrap_line(line: &[u8]) -> bool {
+    kind_of(line) == Some(Kind::Wrap)
+}
+
+pub fn is_batch_line(line: &[u8]) -> bool {
+    kind_of(line) == Some(Kind::Batch)
 }
 
 fn kind_of(line: &[u8]) -> Option<Kind> {
@@ -827,6 +838,13 @@ impl ManifestReader {
     /// Opens `vault/manifest.jsonl`, with a hint when the vault is unfinished or not a vault.
     pub fn open(vault: &Path) -> Result<ManifestReader> {
         let path = vault.join(layout::MANIFEST);
+        Self::open_file(vault, &path)
+    }
+
+    /// Opens a manifest at `path` (in `vault`): `rewrap` reads back the manifest it wrote
+    /// under its temporary name before putting it in place.
+    pub fn open_file(vault: &Path, path: &Path) -> Result<ManifestReader> {
+        let path = path.to_path_buf();
         let file = crate::vault::open_regular(&path).map_err(|e| match e {
             Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
                 let hint = if vault.join(layout::JOURNAL).exists() {

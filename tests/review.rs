@@ -58,6 +58,7 @@ impl Fixture {
             vault: self.vault.clone(),
             key: None,
             kms_url: self.url(),
+            also_keys: Vec::new(),
             segment_size,
             excludes: vec![],
             conceal_names: false,
@@ -191,6 +192,7 @@ fn a_run_killed_before_its_first_batch_resumes() {
             segment_size: opts.segment_size,
             conceal_names: opts.conceal_names,
             excludes: opts.excludes.clone(),
+            also_keys: Vec::new(),
         },
     };
     drop(Journal::create(&fx.vault, &run).unwrap()); // the "crash"
@@ -372,6 +374,7 @@ fn a_run_killed_after_its_manifest_finishes_on_rerun() {
         segment_size: opts.segment_size,
         conceal_names: opts.conceal_names,
         excludes: opts.excludes.clone(),
+        also_keys: Vec::new(),
     };
     let vault_id = format::to_hex(
         &envseal::manifest::ManifestReader::open(&fx.vault)
@@ -542,6 +545,7 @@ fn a_resumed_run_refuses_batches_of_another_kms() {
             segment_size: opts.segment_size,
             conceal_names: opts.conceal_names,
             excludes: opts.excludes.clone(),
+            also_keys: Vec::new(),
         },
     };
     let mut journal = Journal::create(&fx.vault, &run).unwrap();
@@ -590,6 +594,7 @@ fn the_object_sweep_does_not_follow_symlinks() {
             segment_size: opts.segment_size,
             conceal_names: opts.conceal_names,
             excludes: opts.excludes.clone(),
+            also_keys: Vec::new(),
         },
     };
     drop(Journal::create(&fx.vault, &run).unwrap());

@@ -35,6 +35,8 @@ pub enum Command {
     Verify(VerifyArgs),
     /// List a vault's entries.
     Ls(LsArgs),
+    /// Put a vault's data keys under another master key (no data read or rewritten).
+    Rewrap(super::lifecycle::RewrapArgs),
     /// Manage master keys (CMKs) and run an Alibaba-compatible KMS server.
     #[command(subcommand)]
     Kms(KmsCommand),
@@ -71,8 +73,11 @@ pub struct EncryptArgs {
     #[arg(short, long, value_name = "VAULT")]
     pub output: PathBuf,
     /// CMK id, ARN or alias (default: alias/envseal/default, created on first use with local).
+    /// Repeatable, each as [<KMS URL>#]<CMK>: the data keys are generated under the first and
+    /// also wrapped under each other one, and any one of them opens the vault alone, e.g.
+    /// --key alias/work --key aliyun:https://kms.cn-hangzhou.aliyuncs.com#alias/escrow
     #[arg(long, value_name = "CMK")]
-    pub key: Option<String>,
+    pub key: Vec<String>,
     #[command(flatten)]
     pub kms: KmsArgs,
     /// Worker threads (default: number of cores).
@@ -153,6 +158,10 @@ pub struct LsArgs {
     /// Use this KMS instead of the one the manifest names (concealed names need the key).
     #[arg(long, value_name = "URL")]
     pub kms: Option<String>,
+    /// List the master keys (CMKs) that wrap the vault's data keys instead of its entries,
+    /// and whether each opens the vault alone (no key needed), e.g. `envseal ls --keys VAULT`.
+    #[arg(long)]
+    pub keys: bool,
 }
 
 #[derive(Debug, Subcommand)]

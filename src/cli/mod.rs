@@ -3,6 +3,7 @@
 pub mod args;
 pub mod bench_cmd;
 pub mod kms_cmd;
+pub mod lifecycle;
 pub mod output;
 pub mod progress;
 pub mod run;

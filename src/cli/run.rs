@@ -19,7 +19,7 @@ use super::progress::Bars;
 
 /// A KMS handle for reading vaults: `--kms` overrides the vault's URLs; `ENVSEAL_KMS` and the
 /// comma-separated `ENVSEAL_KMS_TRUST` name remote endpoints the user trusts.
-fn reading_kms(override_url: Option<String>) -> anyhow::Result<Kms> {
+pub(super) fn reading_kms(override_url: Option<String>) -> anyhow::Result<Kms> {
     let trusted = std::env::var("ENVSEAL_KMS").into_iter().chain(
         std::env::var("ENVSEAL_KMS_TRUST")
             .unwrap_or_default()
@@ -53,12 +53,20 @@ pub fn encrypt_cmd(a: EncryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
         ))
         .into());
     }
-    let kms_url = a.kms.kms.clone().unwrap_or_else(|| "local".to_string());
+    let default_kms = a.kms.kms.clone().unwrap_or_else(|| "local".to_string());
+    let mut keys = a
+        .key
+        .iter()
+        .map(|k| envseal::keyspec::KeySpec::parse(k, &default_kms))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter();
+    let first = keys.next();
     let opts = EncryptOptions {
         sources: a.sources,
         vault: a.output,
-        key: a.key,
-        kms_url: kms_url.clone(),
+        kms_url: first.as_ref().map_or(default_kms, |k| k.kms.clone()),
+        key: first.map(|k| k.key),
+        also_keys: keys.collect(),
         segment_size: seg as u32,
         excludes: a.exclude,
         conceal_names: a.conceal_names,
@@ -191,6 +199,7 @@ pub fn verify_cmd(a: VerifyArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
         json!({
             "command": "verify", "deep": r.deep, "ok": r.problems.is_empty(),
             "files": r.files, "bytes": r.bytes, "seconds": r.seconds,
+            "keys": super::lifecycle::wrappers_json(&a.vault),
             "problems": r.problems.iter().map(|p| json!({
                 "kind": p.kind.as_str(), "path": p.path, "object": p.object, "detail": p.detail
             })).collect::<Vec<_>>(),
@@ -200,6 +209,9 @@ pub fn verify_cmd(a: VerifyArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
 }
 
 pub fn ls_cmd(a: LsArgs) -> anyhow::Result<i32> {
+    if a.keys {
+        return super::lifecycle::ls_keys(&a.vault, a.json);
+    }
     // A stream: a million entries are listed without holding them. Concealed names need the
     // key; then the manifest is also authenticated, and a failure after the listing is an
     // error (exit 3) like any other.

@@ -1,0 +1,122 @@
+//! `rewrap` (and the other vault-lifecycle commands): arguments and handlers.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use envseal::keyspec::KeySpec;
+use envseal::rewrap::{rewrap, RewrapOptions};
+use serde_json::json;
+
+use super::args::OutputArgs;
+use super::output::{sanitize, summary};
+use super::run::reading_kms;
+
+/// Put a vault's data keys under another master key, without reading or rewriting any data.
+///
+/// Each batch key is moved under the new CMK (ReEncrypt within one KMS, else Decrypt +
+/// Encrypt), checked against the batch's key commitment, and the wrappings are replaced in
+/// the manifest and key files. A few KMS calls per batch, whatever the data size.
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  envseal rewrap backup.vault --key alias/new-key
+  envseal rewrap backup.vault --add --key aliyun:https://kms.cn-hangzhou.aliyuncs.com#alias/escrow
+  envseal rewrap backup.vault --remove <CMK id as `envseal ls --keys` shows it>")]
+pub struct RewrapArgs {
+    /// The vault directory.
+    #[arg(value_name = "VAULT")]
+    pub vault: PathBuf,
+    /// The new CMK: [<KMS URL>#]<CMK id, ARN or alias>; without a URL, the one of --kms.
+    #[arg(long, value_name = "CMK")]
+    pub key: Option<String>,
+    /// KMS of the new CMK (default: local, or ENVSEAL_KMS). The vault's current KMS is the
+    /// one its wrappings name.
+    #[arg(long, env = "ENVSEAL_KMS", value_name = "URL")]
+    pub kms: Option<String>,
+    /// Keep the current wrappings and add the new one (any one of them then opens the vault).
+    #[arg(long, requires = "key")]
+    pub add: bool,
+    /// Drop the wrappings by this CMK (its id, or <KMS URL>#<id>); never the last one.
+    /// Repeatable; with --key, the other wrappings are kept.
+    #[arg(long, value_name = "CMK")]
+    pub remove: Vec<String>,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+pub fn rewrap_cmd(a: RewrapArgs) -> anyhow::Result<i32> {
+    let default_kms = a.kms.clone().unwrap_or_else(|| "local".to_string());
+    let key = a
+        .key
+        .as_deref()
+        .map(|k| KeySpec::parse(k, &default_kms))
+        .transpose()?;
+    let mut trusted: Vec<String> = a.kms.iter().cloned().collect();
+    if let Some(k) = &key {
+        trusted.push(k.kms.clone());
+    }
+    let kms = reading_kms(None)?.trusting(trusted);
+    let opts = RewrapOptions {
+        vault: a.vault,
+        key,
+        add: a.add,
+        remove: a.remove,
+    };
+    let r = rewrap(&opts, &kms)?;
+    let line = format!(
+        "rewrapped {} batch key(s) of {} in {:.2} s ({} by ReEncrypt, {} wrapping(s) removed, {} key file(s) written); opens with {}",
+        r.batches,
+        opts.vault.display(),
+        r.seconds,
+        r.re_encrypted,
+        r.removed,
+        r.key_files_written,
+        r.wrapped_by.join(", ")
+    );
+    summary(
+        a.out.quiet,
+        a.out.json,
+        line,
+        json!({
+            "command": "rewrap", "vault": opts.vault, "batches": r.batches,
+            "re_encrypted": r.re_encrypted, "removed": r.removed,
+            "key_files_written": r.key_files_written, "wrapped_by": r.wrapped_by,
+            "seconds": r.seconds,
+        }),
+    );
+    Ok(0)
+}
+
+/// The CMKs that wrap a vault's data keys, as JSON (`verify --json`'s `keys`); `null` when
+/// the manifest cannot be read (verify reports why).
+pub fn wrappers_json(vault: &std::path::Path) -> serde_json::Value {
+    match envseal::manifest::ManifestReader::open(vault) {
+        Ok(m) => serde_json::to_value(envseal::keyspec::wrappers(&m.batches))
+            .unwrap_or(serde_json::Value::Null),
+        Err(_) => serde_json::Value::Null,
+    }
+}
+
+/// `ls --keys`: one line (or JSON object) per CMK wrapping the vault's data keys.
+pub fn ls_keys(vault: &std::path::Path, as_json: bool) -> anyhow::Result<i32> {
+    let m = envseal::manifest::ManifestReader::open(vault)?;
+    let total = m.batches.len();
+    for w in envseal::keyspec::wrappers(&m.batches) {
+        if as_json {
+            println!("{}", serde_json::to_string(&w)?);
+        } else {
+            println!(
+                "{}#{}  {}/{} batches{}",
+                sanitize(&w.kms),
+                sanitize(&w.key_id),
+                w.batches,
+                total,
+                if w.opens_alone {
+                    "  opens the vault alone"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    Ok(0)
+}
