@@ -32,6 +32,7 @@ pub mod seal;
 pub mod source;
 pub mod vault;
 pub mod verify;
+pub mod verify_source;
 pub mod walk;
 pub mod write;
 

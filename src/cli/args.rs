@@ -139,9 +139,18 @@ pub struct VerifyArgs {
     /// Unwrap the keys, authenticate the manifest and every segment, check plaintext digests.
     #[arg(long)]
     pub deep: bool,
-    /// Use this KMS instead of the one the manifest names (with --deep).
+    /// Use this KMS instead of the one the manifest names (with --deep or --source).
     #[arg(long, value_name = "URL")]
     pub kms: Option<String>,
+    /// Compare the vault with the live tree it was made from (the path given to encrypt;
+    /// repeatable), without decrypting: keyed plaintext digests and metadata. Reports
+    /// changed, bitrot (content changed, size and mtime not), metadata, missing and extra
+    /// paths; exit 0 only when they match. E.g. `envseal verify --source ~/data data.vault`.
+    #[arg(long, value_name = "DIR")]
+    pub source: Vec<std::path::PathBuf>,
+    /// With --source: paths the encrypt run excluded (its --exclude globs).
+    #[arg(long, value_name = "GLOB", requires = "source")]
+    pub exclude: Vec<String>,
     #[arg(short = 'j', long, value_name = "N")]
     pub jobs: Option<usize>,
     #[command(flatten)]

@@ -31,7 +31,7 @@ pub(super) fn reading_kms(override_url: Option<String>) -> anyhow::Result<Kms> {
     Ok(Kms::new(kms_options()?, override_url).trusting(trusted))
 }
 
-fn jobs(j: Option<usize>) -> anyhow::Result<usize> {
+pub(super) fn jobs(j: Option<usize>) -> anyhow::Result<usize> {
     match j {
         Some(0) => Err(Error::Usage("-j must be at least 1".into()).into()),
         Some(n) => Ok(n),
@@ -164,6 +164,9 @@ pub fn decrypt_cmd(a: DecryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
 }
 
 pub fn verify_cmd(a: VerifyArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
+    if !a.source.is_empty() {
+        return super::lifecycle::verify_source_cmd(a, cancel);
+    }
     let opts = VerifyOptions {
         deep: a.deep,
         jobs: jobs(a.jobs)?,
