@@ -24,6 +24,7 @@ pub mod journal;
 pub mod keys;
 pub mod keyspec;
 pub mod kms;
+pub mod legacy;
 pub mod manifest;
 pub mod object;
 pub mod progress;

@@ -37,6 +37,8 @@ pub enum Command {
     Ls(LsArgs),
     /// Put a vault's data keys under another master key (no data read or rewritten).
     Rewrap(super::lifecycle::RewrapArgs),
+    /// Import the files written by the Alibaba Cloud KMS guide's Python envelope sample.
+    ImportLegacy(super::lifecycle::ImportLegacyArgs),
     /// Manage master keys (CMKs) and run an Alibaba-compatible KMS server.
     #[command(subcommand)]
     Kms(KmsCommand),

@@ -194,3 +194,127 @@ pub fn verify_source_cmd(
         1
     })
 }
+
+/// Import the files written by the Alibaba Cloud KMS guide's Python envelope sample.
+///
+/// Each FILE holds four lines: the data key's CiphertextBlob (from GenerateDataKey), then
+/// base64 of the 16-byte AES-EAX nonce, of the ciphertext and of the 16-byte tag. Each key
+/// is unwrapped by the KMS given with --kms, the EAX tag is checked before anything is
+/// released, and the plaintext goes into a new vault (-o) or a directory (--to), named
+/// without the `.cipher` suffix. Bad files are named and skipped (exit 1).
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  envseal import-legacy data/*.cipher -o data.vault \\
+      --kms aliyun:https://kms.cn-hangzhou.aliyuncs.com --key local#alias/envseal/default
+  envseal import-legacy report.txt.cipher --to restored/ --kms aliyun:http://127.0.0.1:8443")]
+pub struct ImportLegacyArgs {
+    /// The guide's output files.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// The vault to create.
+    #[arg(
+        short,
+        long,
+        value_name = "VAULT",
+        required_unless_present = "to",
+        conflicts_with = "to"
+    )]
+    pub output: Option<PathBuf>,
+    /// Write the plaintext files into this directory instead (existing files are kept).
+    #[arg(long, value_name = "DEST")]
+    pub to: Option<PathBuf>,
+    /// The KMS holding the guide's CMK (default: local, or ENVSEAL_KMS).
+    #[arg(long, env = "ENVSEAL_KMS", value_name = "URL")]
+    pub kms: Option<String>,
+    /// CMK(s) for the new vault, as for encrypt: [<KMS URL>#]<CMK>, repeatable (default:
+    /// alias/envseal/default on the --kms provider).
+    #[arg(long, value_name = "CMK")]
+    pub key: Vec<String>,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+pub fn import_legacy_cmd(
+    a: ImportLegacyArgs,
+    cancel: &std::sync::atomic::AtomicBool,
+) -> anyhow::Result<i32> {
+    use envseal::encrypt::EncryptOptions;
+    use envseal::format;
+    use envseal::legacy::{import, ImportOptions, ImportTo};
+    let kms_url = a.kms.clone().unwrap_or_else(|| "local".to_string());
+    let to = match (&a.output, &a.to) {
+        (Some(vault), None) => {
+            let mut keys = a
+                .key
+                .iter()
+                .map(|k| KeySpec::parse(k, &kms_url))
+                .collect::<Result<Vec<_>, _>>()?
+                .into_iter();
+            let first = keys.next();
+            ImportTo::Vault(Box::new(EncryptOptions {
+                sources: Vec::new(),
+                vault: vault.clone(),
+                kms_url: first.as_ref().map_or(kms_url.clone(), |k| k.kms.clone()),
+                key: first.map(|k| k.key),
+                also_keys: keys.collect(),
+                segment_size: format::DEFAULT_SEGMENT_SIZE,
+                excludes: Vec::new(),
+                conceal_names: false,
+                resume: false,
+                jobs: super::run::jobs(None)?,
+                batch_max_files: format::BATCH_MAX_FILES,
+                batch_max_bytes: format::BATCH_MAX_BYTES,
+                pack_threshold: format::DEFAULT_PACK_THRESHOLD,
+            }))
+        }
+        (None, Some(dest)) => ImportTo::Dir(dest.clone()),
+        _ => {
+            return Err(
+                envseal::Error::Usage("give either -o <VAULT> or --to <DEST>".into()).into(),
+            )
+        }
+    };
+    let opts = ImportOptions {
+        files: a.files,
+        kms_url: kms_url.clone(),
+        to,
+    };
+    let kms = envseal::keys::Kms::new(super::kms_cmd::kms_options()?, None);
+    let bars = super::progress::Bars::new("import", a.out.quiet);
+    let r = import(&opts, &kms, &bars, cancel)?;
+    super::output::print_failures(&r.bad);
+    let target = match (&a.output, &a.to) {
+        (Some(v), _) => format!("the vault {}", v.display()),
+        (_, Some(d)) => d.display().to_string(),
+        _ => String::new(),
+    };
+    let line = format!(
+        "imported {} file(s), {} bytes, into {}{}; {} bad file(s) skipped",
+        r.imported,
+        r.bytes,
+        target,
+        if r.imported == 0 && a.output.is_some() {
+            " (not created: nothing to import)"
+        } else {
+            ""
+        },
+        r.bad.len()
+    );
+    summary(
+        a.out.quiet,
+        a.out.json,
+        line,
+        json!({
+            "command": "import-legacy", "imported": r.imported, "bytes": r.bytes,
+            "vault": a.output, "to": a.to,
+            "bad": super::output::failures_json(&r.bad),
+            "batches": r.encrypt.as_ref().map(|e| e.batches),
+        }),
+    );
+    let vault_failed = r.encrypt.as_ref().is_some_and(|e| !e.failed.is_empty());
+    Ok(if r.bad.is_empty() && !vault_failed {
+        0
+    } else {
+        1
+    })
+}
