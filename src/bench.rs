@@ -383,6 +383,7 @@ impl EncryptRig {
             key: Some(key),
             kms_url: url,
             also_keys: Vec::new(),
+            since: None,
             segment_size: DEFAULT_SEGMENT_SIZE,
             excludes: Vec::new(),
             conceal_names: false,

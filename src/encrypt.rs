@@ -50,6 +50,9 @@ pub struct EncryptOptions {
     /// Further CMKs (each with its provider) every batch key is also wrapped under, by one
     /// `Encrypt` each: any one of them opens the vault alone.
     pub also_keys: Vec<KeySpec>,
+    /// An incremental run: unchanged files are taken from this earlier vault without being
+    /// read or sealed again (see [`crate::since`]).
+    pub since: Option<PathBuf>,
     pub segment_size: u32,
     pub excludes: Vec<String>,
     pub conceal_names: bool,
@@ -74,6 +77,9 @@ pub struct EncryptReport {
     pub batches: u64,
     /// `GenerateDataKey` calls made by this run.
     pub generated_keys: u64,
+    /// Files (and their bytes) taken unchanged from the `--since` vault.
+    pub reused_files: u64,
+    pub reused_bytes: u64,
     pub skipped: Vec<Failure>,
     pub failed: Vec<Failure>,
     pub seconds: f64,
@@ -90,6 +96,8 @@ struct Done {
     mtime: (i64, u32),
     obj: u64,
     batch: u32,
+    /// From the `--since` vault (not from this run's journal).
+    from_since: bool,
 }
 
 /// Runs an encryption. `cancel` stops it between files and windows (the vault stays
@@ -131,6 +139,12 @@ pub fn encrypt(
             .iter()
             .map(|k| format!("{}#{}", k.kms, k.key))
             .collect(),
+        since: opts
+            .since
+            .as_ref()
+            .map(|p| std::path::absolute(p).map(|a| B64.encode(a.as_os_str().as_bytes())))
+            .transpose()
+            .map_err(|e| Error::io(opts.since.as_deref().unwrap_or(Path::new("")), e))?,
     };
     let exclude = walk::excludes(&opts.excludes)?;
     check_vault_outside(opts, &sources)?;
@@ -143,7 +157,34 @@ pub fn encrypt(
         report.seconds = started.elapsed().as_secs_f64();
         return Ok(report);
     }
-    let (mut journal, run, loaded) = open_vault(vault, &params, opts.resume)?;
+    let earlier = match &opts.since {
+        Some(p) => {
+            if resolved(p) == resolved(vault) {
+                return Err(Error::Usage(format!(
+                    "--since {}: that is the vault being written; name the earlier vault",
+                    p.display()
+                )));
+            }
+            let e = crate::since::Earlier::load(p, kms)?;
+            if e.segment_size != opts.segment_size {
+                return Err(Error::Usage(format!(
+                    "--since {}: its segment size is {}, this run's {}; use --segment-size {}",
+                    p.display(),
+                    e.segment_size,
+                    opts.segment_size,
+                    e.segment_size
+                )));
+            }
+            Some(e)
+        }
+        None => None,
+    };
+    let (mut journal, run, loaded) = open_vault(
+        vault,
+        &params,
+        opts.resume,
+        earlier.as_ref().map(|e| e.vault_id),
+    )?;
     let mut unstarted = Unstarted {
         vault,
         vault_existed,
@@ -183,6 +224,10 @@ pub fn encrypt(
             run_kms.push(kms.provider(&opts.kms_url)?.url());
             for k in &opts.also_keys {
                 run_kms.push(kms.provider(&k.kms)?.url());
+            }
+            // An incremental run's journal starts with the earlier vault's batches.
+            for b in earlier.iter().flat_map(|e| &e.batches) {
+                run_kms.extend(b.wrapped.iter().map(|w| w.kms.clone()));
             }
         }
         for (i, b) in loaded.batches.iter().enumerate() {
@@ -235,6 +280,7 @@ pub fn encrypt(
                                     mtime: (e.mtime, e.mtime_nsec),
                                     obj: f.obj,
                                     batch: f.batch,
+                                    from_since: false,
                                 },
                             );
                         }
@@ -251,6 +297,32 @@ pub fn encrypt(
             load.0 += 1;
             load.1 = load.1.saturating_add(d.size);
         }
+    }
+    // A new incremental run: the earlier vault's batches and objects become this vault's
+    // first ones, its unchanged files candidates for reuse; new files go to a new batch.
+    if let (Some(e), None) = (&earlier, &loaded) {
+        e.inherit(vault, &mut journal)?;
+        unstarted.armed = false;
+        batches = e.batches.clone();
+        keys = e.keys.clone();
+        objects = e.objects.iter().map(|o| o.id).collect();
+        let name_key = opts.conceal_names.then(|| keys[0].name_key());
+        for (p, (entry, src)) in &e.files {
+            let Some(f) = entry.file() else { continue };
+            done.insert(
+                p.clone(),
+                Done {
+                    src: *src,
+                    line: entry.to_line_src(name_key.as_ref(), Some(src))?,
+                    size: f.size,
+                    mtime: (entry.mtime, entry.mtime_nsec),
+                    obj: f.obj,
+                    batch: f.batch,
+                    from_since: true,
+                },
+            );
+        }
+        load = (u64::MAX, u64::MAX);
     }
     let jobs = opts.jobs.max(1);
     let (window, buf_size) = seal::window_geometry(opts.segment_size, opts.pack_threshold);
@@ -291,6 +363,7 @@ pub fn encrypt(
         keys,
         load,
         generated: 0,
+        reused: (0, 0),
         ctx: &ctx,
         window,
         buf_size,
@@ -360,6 +433,7 @@ pub fn encrypt(
     report.failed.extend(written.failed);
     report.skipped = planner.skipped;
     report.generated_keys = planner.generated;
+    (report.reused_files, report.reused_bytes) = planner.reused;
     report.batches = planner.keys.len() as u64;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
@@ -375,6 +449,8 @@ struct Planner<'a> {
     /// Files and bytes in the current (last) batch.
     load: (u64, u64),
     generated: u64,
+    /// Files and bytes reused from the `--since` vault.
+    reused: (u64, u64),
     ctx: &'a SealCtx,
     window: u64,
     buf_size: usize,
@@ -455,6 +531,10 @@ impl<'a> Planner<'a> {
                 && d.mtime == (e.mtime, e.mtime_nsec);
             if unchanged {
                 self.progress.bytes(size);
+                if d.from_since {
+                    self.reused.0 += 1;
+                    self.reused.1 += size;
+                }
                 let item = ChunkItem::Reused(seal::Reused {
                     line: d.line,
                     src: d.src,
@@ -726,6 +806,7 @@ fn open_vault(
     vault: &Path,
     params: &RunParams,
     must_resume: bool,
+    vault_id: Option<[u8; ID_LEN]>,
 ) -> Result<(Journal, RunRecord, Option<crate::journal::Loaded>)> {
     let shown = vault.display();
     if vault.join(layout::MANIFEST).exists() {
@@ -764,7 +845,10 @@ fn open_vault(
     let run = RunRecord {
         kind: "run".into(),
         format: format::FORMAT_VERSION,
-        vault_id: format::to_hex(&format::random::<ID_LEN>().at(vault)?),
+        vault_id: match vault_id {
+            Some(id) => format::to_hex(&id),
+            None => format::to_hex(&format::random::<ID_LEN>().at(vault)?),
+        },
         created: now_rfc3339(),
         params: params.clone(),
     };

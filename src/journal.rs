@@ -37,6 +37,9 @@ pub struct RunParams {
     /// The other CMKs every batch key is wrapped under (`KMS#CMK`), absent when none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub also_keys: Vec<String>,
+    /// An incremental run's earlier vault (base64 of its absolute path), absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -450,6 +453,7 @@ mod tests {
                 conceal_names: false,
                 excludes: vec![],
                 also_keys: vec![],
+                since: None,
             },
         }
     }

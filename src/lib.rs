@@ -30,6 +30,7 @@ pub mod object;
 pub mod progress;
 pub mod rewrap;
 pub mod seal;
+pub mod since;
 pub mod source;
 pub mod vault;
 pub mod verify;

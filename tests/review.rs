@@ -59,6 +59,7 @@ impl Fixture {
             key: None,
             kms_url: self.url(),
             also_keys: Vec::new(),
+            since: None,
             segment_size,
             excludes: vec![],
             conceal_names: false,
@@ -193,6 +194,7 @@ fn a_run_killed_before_its_first_batch_resumes() {
             conceal_names: opts.conceal_names,
             excludes: opts.excludes.clone(),
             also_keys: Vec::new(),
+            since: None,
         },
     };
     drop(Journal::create(&fx.vault, &run).unwrap()); // the "crash"
@@ -375,6 +377,7 @@ fn a_run_killed_after_its_manifest_finishes_on_rerun() {
         conceal_names: opts.conceal_names,
         excludes: opts.excludes.clone(),
         also_keys: Vec::new(),
+        since: None,
     };
     let vault_id = format::to_hex(
         &envseal::manifest::ManifestReader::open(&fx.vault)
@@ -546,6 +549,7 @@ fn a_resumed_run_refuses_batches_of_another_kms() {
             conceal_names: opts.conceal_names,
             excludes: opts.excludes.clone(),
             also_keys: Vec::new(),
+            since: None,
         },
     };
     let mut journal = Journal::create(&fx.vault, &run).unwrap();
@@ -595,6 +599,7 @@ fn the_object_sweep_does_not_follow_symlinks() {
             conceal_names: opts.conceal_names,
             excludes: opts.excludes.clone(),
             also_keys: Vec::new(),
+            since: None,
         },
     };
     drop(Journal::create(&fx.vault, &run).unwrap());

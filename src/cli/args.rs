@@ -85,9 +85,16 @@ pub struct EncryptArgs {
     /// Worker threads (default: number of cores).
     #[arg(short = 'j', long, value_name = "N")]
     pub jobs: Option<usize>,
-    /// Segment size: a power of two from 4KiB to 64MiB (e.g. 64KiB, 1MiB).
-    #[arg(long, value_name = "SIZE", default_value = "1MiB")]
-    pub segment_size: String,
+    /// Segment size: a power of two from 4KiB to 64MiB (e.g. 64KiB, 1MiB; default 1MiB, or
+    /// that of the --since vault).
+    #[arg(long, value_name = "SIZE")]
+    pub segment_size: Option<String>,
+    /// Incremental: files whose type, size, mtime, inode and ctime match this earlier vault's
+    /// entries are taken from it without being read or encrypted again; the new vault holds
+    /// the whole current tree and does not need the earlier one afterwards, e.g.
+    /// `envseal encrypt data -o mon.vault --since sun.vault`.
+    #[arg(long, value_name = "EARLIER_VAULT")]
+    pub since: Option<std::path::PathBuf>,
     /// Skip paths matching this glob (relative to each source; repeatable).
     #[arg(long, value_name = "GLOB")]
     pub exclude: Vec<String>,

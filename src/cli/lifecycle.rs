@@ -257,6 +257,7 @@ pub fn import_legacy_cmd(
                 kms_url: first.as_ref().map_or(kms_url.clone(), |k| k.kms.clone()),
                 key: first.map(|k| k.key),
                 also_keys: keys.collect(),
+                since: None,
                 segment_size: format::DEFAULT_SEGMENT_SIZE,
                 excludes: Vec::new(),
                 conceal_names: false,

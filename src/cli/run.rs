@@ -45,11 +45,16 @@ fn size_arg(flag: &str, s: &str) -> anyhow::Result<u64> {
 }
 
 pub fn encrypt_cmd(a: EncryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
-    let seg = size_arg("--segment-size", &a.segment_size)?;
+    let seg = match (&a.segment_size, &a.since) {
+        (Some(s), _) => size_arg("--segment-size", s)?,
+        // An incremental run keeps the earlier vault's segment size (its records are reused).
+        (None, Some(earlier)) => u64::from(ManifestReader::open(earlier)?.header.segment_size),
+        (None, None) => u64::from(format::DEFAULT_SEGMENT_SIZE),
+    };
     if !format::valid_segment_size(seg) {
         return Err(Error::Usage(format!(
             "--segment-size {}: must be a power of two from 4KiB to 64MiB",
-            a.segment_size
+            a.segment_size.as_deref().unwrap_or_default()
         ))
         .into());
     }
@@ -67,6 +72,7 @@ pub fn encrypt_cmd(a: EncryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
         kms_url: first.as_ref().map_or(default_kms, |k| k.kms.clone()),
         key: first.map(|k| k.key),
         also_keys: keys.collect(),
+        since: a.since,
         segment_size: seg as u32,
         excludes: a.exclude,
         conceal_names: a.conceal_names,
@@ -95,7 +101,8 @@ pub fn encrypt_cmd(a: EncryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
         rate(r.bytes, r.seconds),
         opts.vault.display(),
         r.batches,
-        if r.resumed_files > 0 { format!(", {} files resumed from the journal", r.resumed_files) } else { String::new() },
+        if r.reused_files > 0 || opts.since.is_some() { format!(", {} unchanged files ({} bytes) reused from the earlier vault", r.reused_files, r.reused_bytes) } else { String::new() }
+            + &if r.resumed_files > r.reused_files { format!(", {} files resumed from the journal", r.resumed_files - r.reused_files) } else { String::new() },
         r.skipped.len(),
         r.failed.len()
     );
@@ -110,7 +117,10 @@ pub fn encrypt_cmd(a: EncryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
             "files": r.files, "dirs": r.dirs, "symlinks": r.symlinks, "bytes": r.bytes,
             "seconds": r.seconds, "gb_per_s": rate(r.bytes, r.seconds),
             "batches": r.batches, "generated_keys": r.generated_keys,
-            "resumed_files": r.resumed_files,
+            "resumed_files": r.resumed_files - r.reused_files,
+            "reused_files": r.reused_files, "reused_bytes": r.reused_bytes,
+            "encrypted_files": r.files - r.resumed_files,
+            "since": opts.since,
             "skipped": failures_json(&r.skipped), "failed": failures_json(&r.failed),
         }),
     );
