@@ -306,3 +306,38 @@ impl Drop for Staging {
         let _ = fs::remove_dir_all(&self.dir);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(text: &str) -> std::result::Result<LegacyFile, String> {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x.txt.cipher");
+        fs::write(&p, text).unwrap();
+        parse(&p)
+    }
+
+    #[test]
+    fn the_four_lines_are_checked() {
+        let n = B64.encode([7u8; 16]);
+        let ok = parsed(&format!("YmxvYg==\n{n}\n{}\n{n}\n", B64.encode(b"ct"))).unwrap();
+        assert_eq!(ok.name, "x.txt");
+        assert_eq!(ok.ciphertext, b"ct");
+        // An empty file's ciphertext is an empty line.
+        assert!(parsed(&format!("YmxvYg==\n{n}\n\n{n}\n")).is_ok());
+        for (bad, why) in [
+            (format!("YmxvYg==\n{n}\n{n}\n"), "3 line(s)"),
+            (format!("YmxvYg==\n{n}\nYQ==\n{n}\nextra\n"), "5 line(s)"),
+            (format!("YmxvYg==\n!!\nYQ==\n{n}\n"), "line 2"),
+            (
+                format!("YmxvYg==\n{n}\nYQ==\n{}\n", B64.encode([1u8; 12])),
+                "12 bytes",
+            ),
+            (format!("\n{n}\nYQ==\n{n}\n"), "expected 4"),
+        ] {
+            let e = parsed(&bad).err().unwrap();
+            assert!(e.contains(why), "{e}");
+        }
+    }
+}

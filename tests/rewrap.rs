@@ -151,7 +151,7 @@ fn rewrap_to_another_cmk_then_the_old_one_disabled() {
     assert_eq!(objects_state(&vault), before);
 }
 
-/// The same number of KMS calls for 1 MiB and 256 MiB of data, and no object read: the
+/// The same number of KMS calls for 1 MiB and 1 GiB of data, and no object read: the
 /// rewrap runs with `objects/` moved out of the vault.
 #[test]
 fn rewrap_cost_does_not_depend_on_the_data() {
@@ -159,10 +159,10 @@ fn rewrap_cost_does_not_depend_on_the_data() {
     let home = t.path().join("home");
     let (a, b) = (create_key(&home), create_key(&home));
     let mut calls = Vec::new();
-    for (name, size) in [("small", 256u64 << 10), ("large", 64 << 20)] {
+    for (name, size) in [("small", 256u64 << 10), ("large", 256 << 20)] {
         let src = t.path().join(name);
         for i in 0..4 {
-            // Sparse sources: cheap to make, still 4 x 64 MiB of data to encrypt.
+            // Sparse sources: cheap to make, still 4 x 256 MiB of data to encrypt.
             fs::create_dir_all(&src).unwrap();
             let f = fs::File::create(src.join(format!("f{i}"))).unwrap();
             f.set_len(size).unwrap();
@@ -278,4 +278,40 @@ fn kill_during_rewrap_leaves_a_vault_that_opens() {
         }
     }
     eprintln!("states after kill -9 (full run {full:?}): {seen:?}");
+}
+
+/// A vault with concealed names rewraps the same way (its sealed lines are copied as they
+/// are) and still reveals and restores its tree under the new CMK alone.
+#[test]
+fn rewrap_a_concealed_vault() {
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("home");
+    let (a, b) = (create_key(&home), create_key(&home));
+    let src = small_tree(t.path(), 7);
+    let vault = t.path().join("vault");
+    ok(envseal(&home)
+        .args([
+            "encrypt",
+            "-q",
+            "--conceal-names",
+            "--batch-max-files",
+            "3",
+            "--key",
+            &a,
+            "-o",
+        ])
+        .arg(&vault)
+        .arg(&src));
+    ok(envseal(&home)
+        .args(["rewrap", "-q", "--key", &b])
+        .arg(&vault));
+    ok(envseal(&home).args(["kms", "disable-key", &a]));
+    let o = ok(envseal(&home).arg("ls").arg(&vault));
+    assert!(stdout(&o).contains("src/d1/f4.txt"), "{}", stdout(&o));
+    let dest = t.path().join("out");
+    ok(envseal(&home)
+        .args(["decrypt", "-q", "-o"])
+        .arg(&dest)
+        .arg(&vault));
+    assert_same_tree(&src, &dest.join("src"));
 }
