@@ -298,31 +298,51 @@ pub fn encrypt(
             load.1 = load.1.saturating_add(d.size);
         }
     }
-    // A new incremental run: the earlier vault's batches and objects become this vault's
-    // first ones, its unchanged files candidates for reuse; new files go to a new batch.
-    if let (Some(e), None) = (&earlier, &loaded) {
-        e.inherit(vault, &mut journal)?;
-        unstarted.armed = false;
-        batches = e.batches.clone();
-        keys = e.keys.clone();
-        objects = e.objects.iter().map(|o| o.id).collect();
-        let name_key = opts.conceal_names.then(|| keys[0].name_key());
-        for (p, (entry, src)) in &e.files {
-            let Some(f) = entry.file() else { continue };
-            done.insert(
-                p.clone(),
-                Done {
-                    src: *src,
-                    line: entry.to_line_src(name_key.as_ref(), Some(src))?,
-                    size: f.size,
-                    mtime: (entry.mtime, entry.mtime_nsec),
-                    obj: f.obj,
-                    batch: f.batch,
-                    from_since: true,
-                },
-            );
+    // An incremental run: the earlier vault's batches and objects are this vault's first
+    // ones (a new run puts them there; a resumed one finds them in its journal), its
+    // unchanged files candidates for reuse beside what the journal committed; new files go
+    // to a new batch.
+    if let Some(e) = &earlier {
+        let inherited = match &loaded {
+            None => {
+                e.inherit(vault, &mut journal)?;
+                unstarted.armed = false;
+                batches = e.batches.clone();
+                keys = e.keys.clone();
+                objects = e.objects.iter().map(|o| o.id).collect();
+                true
+            }
+            Some(_) => {
+                batches.len() >= e.batches.len()
+                    && objects.len() >= e.objects.len()
+                    && batches.iter().zip(&e.batches).all(|(a, b)| a == b)
+                    && objects.iter().zip(&e.objects).all(|(a, o)| *a == o.id)
+            }
+        };
+        if inherited {
+            let name_key = opts.conceal_names.then(|| keys[0].name_key());
+            for (p, (entry, src)) in &e.files {
+                let Some(f) = entry.file() else { continue };
+                if done.contains_key(p) {
+                    continue;
+                }
+                done.insert(
+                    p.clone(),
+                    Done {
+                        src: *src,
+                        line: entry.to_line_src(name_key.as_ref(), Some(src))?,
+                        size: f.size,
+                        mtime: (entry.mtime, entry.mtime_nsec),
+                        obj: f.obj,
+                        batch: f.batch,
+                        from_since: true,
+                    },
+                );
+            }
+            if keys.len() == e.batches.len() {
+                load = (u64::MAX, u64::MAX);
+            }
         }
-        load = (u64::MAX, u64::MAX);
     }
     let jobs = opts.jobs.max(1);
     let (window, buf_size) = seal::window_geometry(opts.segment_size, opts.pack_threshold);

@@ -107,3 +107,76 @@ fn only_changed_and_new_files_are_encrypted_and_the_result_is_whole() {
         .arg(&v3));
     assert_same_tree(&src, &out3.join("tree"));
 }
+
+/// An interrupted incremental run (Ctrl-C once its new batch exists) resumes with the same
+/// command, still reusing the unchanged files it had not reached, and the result is whole.
+#[test]
+fn an_interrupted_incremental_run_resumes_and_still_reuses() {
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("home");
+    let src = t.path().join("tree");
+    for i in 0..40 {
+        write(
+            &src.join(format!("f{i:02}")),
+            format!("small {i}\n").as_bytes(),
+        );
+    }
+    common::tree::gen_file(&src.join("old.bin"), 8 << 20, 1);
+    let v1 = t.path().join("v1");
+    encrypt_json(&home, &src, &v1, None);
+    // New data large enough that the run is still sealing it when interrupted.
+    common::tree::gen_file(&src.join("new.bin"), 192 << 20, 2);
+    write(&src.join("f07"), b"changed\n");
+
+    let v2 = t.path().join("v2");
+    let mut child = envseal(&home)
+        .args(["encrypt", "-q", "-j", "1", "--since"])
+        .arg(&v1)
+        .arg("-o")
+        .arg(&v2)
+        .arg(&src)
+        .spawn()
+        .unwrap();
+    let journal = v2.join("journal.jsonl");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    // Wait for the new batch (the second batch record) before interrupting.
+    while fs::read_to_string(&journal)
+        .map(|j| j.matches("\"type\":\"batch\"").count() < 2)
+        .unwrap_or(true)
+    {
+        assert!(std::time::Instant::now() < deadline, "no new batch in time");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let status = child.wait().unwrap();
+    let interrupted = status.code() == Some(130);
+    assert!(interrupted || status.success(), "{status:?}");
+
+    if !interrupted {
+        // It finished before the signal: nothing to resume (the machine was fast).
+        let out = t.path().join("out");
+        ok(envseal(&home)
+            .args(["decrypt", "-q", "-o"])
+            .arg(&out)
+            .arg(&v2));
+        assert_same_tree(&src, &out.join("tree"));
+        return;
+    }
+    let r = encrypt_json(&home, &src, &v2, Some(&v1));
+    assert!(!v2.join("journal.jsonl").exists());
+    // Across both runs only new.bin and f07 are sealed: the rest is taken over, from the
+    // earlier vault or from what the interrupted run committed (f07 possibly among it).
+    let taken = r["reused_files"].as_u64().unwrap() + r["resumed_files"].as_u64().unwrap();
+    let sealed = r["encrypted_files"].as_u64().unwrap();
+    assert_eq!(taken + sealed, 42, "{r}");
+    assert!(sealed <= 2, "only new.bin (and f07) sealed now: {r}");
+    assert_eq!(r["files"], 42);
+    let out = t.path().join("out");
+    ok(envseal(&home)
+        .args(["decrypt", "-q", "-o"])
+        .arg(&out)
+        .arg(&v2));
+    assert_same_tree(&src, &out.join("tree"));
+}
