@@ -7,10 +7,14 @@
 //! Each key is unwrapped by one `Decrypt` at the KMS the user names; the EAX tag is checked
 //! (RustCrypto's `eax`) before any plaintext is kept. A file that does not parse, whose key
 //! does not unwrap or whose tag does not check out is named and skipped.
+//!
+//! The plaintext, in memory already (the guide's files hold a whole file in one line), is
+//! sealed straight into a new vault of one batch and one object: nothing is staged on disk
+//! and nothing is written outside the vault (or, with `--to`, the destination).
 
 use std::fs;
 use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
@@ -21,12 +25,13 @@ use eax::aead::generic_array::GenericArray;
 use eax::aead::{AeadInPlace, KeyInit};
 use zeroize::Zeroizing;
 
-use crate::encrypt::{encrypt, EncryptOptions, EncryptReport, Failure};
+use crate::encrypt::Failure;
 use crate::error::{Error, IoContext, Result};
-use crate::format;
+use crate::format::{self, layout, ObjectHeader, ID_LEN};
 use crate::keys::Kms;
+use crate::keyspec::KeySpec;
 use crate::kms::{EncryptionContext, WrappedKey};
-use crate::progress::Progress;
+use crate::manifest::{self, Entry, EntryKind, FileEntry, Header, ManifestWriter, Name, ObjectRef};
 
 /// EAX nonce and tag length in the guide's files (pycryptodome's defaults).
 const NONCE_LEN: usize = 16;
@@ -157,8 +162,9 @@ impl LegacyFile {
 pub enum ImportTo {
     /// Plaintext files in this directory (created if absent; existing files are kept).
     Dir(PathBuf),
-    /// A new vault, made by `encrypt` with these options (`sources` is filled in).
-    Vault(Box<EncryptOptions>),
+    /// A new vault of one batch, its data key generated under the first key and wrapped
+    /// under the others (as `encrypt --key ... --key ...`).
+    Vault { vault: PathBuf, keys: Vec<KeySpec> },
 }
 
 #[derive(Clone, Debug)]
@@ -175,21 +181,19 @@ pub struct ImportReport {
     pub bytes: u64,
     /// Files named and skipped, with why.
     pub bad: Vec<Failure>,
-    /// The vault run, for `ImportTo::Vault` when anything was imported.
-    pub encrypt: Option<EncryptReport>,
+    /// Batches of the vault written (1), 0 when no vault was written.
+    pub batches: u64,
 }
 
 /// Imports guide files (see the module documentation).
-pub fn import(
-    opts: &ImportOptions,
-    kms: &Kms,
-    progress: &dyn Progress,
-    cancel: &AtomicBool,
-) -> Result<ImportReport> {
+pub fn import(opts: &ImportOptions, kms: &Kms, cancel: &AtomicBool) -> Result<ImportReport> {
     let mut report = ImportReport::default();
     let mut opened: Vec<(LegacyFile, Zeroizing<Vec<u8>>)> = Vec::new();
     let mut names = std::collections::HashSet::new();
     for path in &opts.files {
+        if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(Error::Interrupted);
+        }
         let bad = |why: String| Failure {
             path: path.display().to_string(),
             why,
@@ -236,23 +240,120 @@ pub fn import(
                 }
             }
         }
-        ImportTo::Vault(enc) => {
-            let staging = Staging::new()?;
-            let mut sources = Vec::new();
-            for (lf, pt) in &opened {
-                let p = staging.dir.join(&lf.name);
-                write_new(&p, pt, &lf.path)?;
-                sources.push(p);
-            }
-            drop(opened);
-            let run = EncryptOptions {
-                sources,
-                ..(**enc).clone()
-            };
-            report.encrypt = Some(encrypt(&run, kms, progress, cancel)?);
+        ImportTo::Vault { vault, keys } => {
+            opened.sort_by(|a, b| {
+                std::os::unix::ffi::OsStrExt::as_bytes(a.0.name.as_os_str())
+                    .cmp(std::os::unix::ffi::OsStrExt::as_bytes(b.0.name.as_os_str()))
+            });
+            write_vault(vault, keys, kms, &opened)?;
+            report.batches = 1;
         }
     }
     Ok(report)
+}
+
+/// Seals the plaintexts into a new vault: one batch (one `GenerateDataKey`, plus one
+/// `Encrypt` per further key), one object holding every record, then the manifest (its
+/// presence marks the vault finished; a vault killed before it has none and is refused by
+/// every reader). `files` are sorted by name (tree order for top-level entries).
+fn write_vault(
+    vault: &Path,
+    keys: &[KeySpec],
+    kms: &Kms,
+    files: &[(LegacyFile, Zeroizing<Vec<u8>>)],
+) -> Result<()> {
+    match fs::read_dir(vault) {
+        Ok(mut d) => {
+            if d.next().is_some() {
+                return Err(Error::Usage(format!(
+                    "{} exists and is not empty; choose a new directory for the vault",
+                    vault.display()
+                )));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            fs::create_dir_all(vault).at(vault)?
+        }
+        Err(e) => return Err(Error::io(vault, e)),
+    }
+    let vault_id: [u8; ID_LEN] = format::random().at(vault)?;
+    let batch_id: [u8; ID_LEN] = format::random().at(vault)?;
+    let (batch, bk) = kms.generate_all(keys, &vault_id, batch_id)?;
+    manifest::write_key_file(vault, &vault_id, &batch)?;
+    let header = Header {
+        vault_id,
+        created: crate::encrypt::now_rfc3339(),
+        generator: format!("envseal {} import-legacy", env!("CARGO_PKG_VERSION")),
+        segment_size: format::DEFAULT_SEGMENT_SIZE,
+        conceal_names: false,
+    };
+    let obj_id: [u8; ID_LEN] = format::random().at(vault)?;
+    let obj_path = vault.join(manifest::object_name(&obj_id));
+    let dir = obj_path.parent().unwrap_or(vault);
+    fs::create_dir_all(dir).at(dir)?;
+    let mut out = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&obj_path)
+        .at(&obj_path)?;
+    let mut entries = Vec::with_capacity(files.len());
+    let mut off = 0u64;
+    for (lf, pt) in files {
+        let name = std::os::unix::ffi::OsStrExt::as_bytes(lf.name.as_os_str()).to_vec();
+        manifest::check_path(&name).map_err(|why| {
+            Error::Usage(format!(
+                "{}: cannot be imported as {why}",
+                lf.path.display()
+            ))
+        })?;
+        let mut h = ObjectHeader {
+            version: format::FORMAT_VERSION,
+            alg: format::ALG_AES256GCM_BLAKE3,
+            segment_size: header.segment_size,
+            plain_len: pt.len() as u64,
+            vault_id,
+            batch_id,
+            file_id: format::random().at(vault)?,
+            salt: format::random().at(vault)?,
+            commitment: [0; 32],
+        };
+        let (record, ct, pt_mac) = crate::object::seal_object(&bk, &mut h, pt);
+        out.write_all(&record).at(&obj_path)?;
+        let md = fs::metadata(&lf.path).at(&lf.path)?;
+        use std::os::unix::fs::MetadataExt;
+        entries.push(Entry {
+            path: Name::Clear(name),
+            mode: md.mode() & 0o7777,
+            mtime: md.mtime(),
+            mtime_nsec: md.mtime_nsec() as u32,
+            kind: EntryKind::File(FileEntry {
+                size: pt.len() as u64,
+                batch: 0,
+                obj: 0,
+                off,
+                salt: h.salt,
+                ct,
+                pt: *pt_mac.as_bytes(),
+            }),
+        });
+        off += record.len() as u64;
+    }
+    out.sync_all().at(&obj_path)?;
+    drop(out);
+    manifest::sync_dir(dir)?;
+    let mut m = ManifestWriter::create(vault, &header)?;
+    m.batch(&batch)?;
+    m.object(&ObjectRef {
+        id: obj_id,
+        len: off,
+    })?;
+    for e in &entries {
+        m.entry_line(&e.to_line(None)?)?;
+    }
+    m.finish(&[&bk])?;
+    debug_assert!(vault.join(layout::MANIFEST).exists());
+    Ok(())
 }
 
 /// Writes a new file (never replacing one) with the mode and mtime of the guide file it
@@ -278,33 +379,6 @@ fn write_new(out: &Path, data: &[u8], from: &Path) -> Result<()> {
         return Err(Error::io(out, e));
     }
     Ok(())
-}
-
-/// A private directory (0700) for the plaintext on its way into the vault: in `/dev/shm`
-/// (memory) when there is one, else the temporary directory. Removed when dropped.
-struct Staging {
-    dir: PathBuf,
-}
-
-impl Staging {
-    fn new() -> Result<Staging> {
-        let shm = Path::new("/dev/shm");
-        let base = if shm.is_dir() {
-            shm.to_path_buf()
-        } else {
-            std::env::temp_dir()
-        };
-        let id: [u8; 16] = format::random().at(&base)?;
-        let dir = base.join(format!("envseal-import-{}", format::to_hex(&id)));
-        fs::DirBuilder::new().mode(0o700).create(&dir).at(&dir)?;
-        Ok(Staging { dir })
-    }
-}
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.dir);
-    }
 }
 
 #[cfg(test)]

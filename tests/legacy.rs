@@ -155,6 +155,16 @@ fn guide_files_import_byte_identical_and_bad_ones_are_named() {
         );
     }
     assert!(!out.join("damaged.bin").exists());
+    // The vault is an ordinary one: keyless and deep verification pass.
+    for deep in [false, true] {
+        let mut c = envseal(&home);
+        c.args(["verify", "--json"]);
+        if deep {
+            c.arg("--deep");
+        }
+        let o = ok(c.arg(&vault));
+        assert!(stdout(&o).contains("\"ok\":true"), "{}", stdout(&o));
+    }
 }
 
 /// `--to DEST` writes the plaintext files; a damaged one is refused by name and not written.

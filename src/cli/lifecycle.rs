@@ -238,8 +238,6 @@ pub fn import_legacy_cmd(
     a: ImportLegacyArgs,
     cancel: &std::sync::atomic::AtomicBool,
 ) -> anyhow::Result<i32> {
-    use envseal::encrypt::EncryptOptions;
-    use envseal::format;
     use envseal::legacy::{import, ImportOptions, ImportTo};
     let kms_url = a.kms.clone().unwrap_or_else(|| "local".to_string());
     let to = match (&a.output, &a.to) {
@@ -248,25 +246,17 @@ pub fn import_legacy_cmd(
                 .key
                 .iter()
                 .map(|k| KeySpec::parse(k, &kms_url))
-                .collect::<Result<Vec<_>, _>>()?
-                .into_iter();
-            let first = keys.next();
-            ImportTo::Vault(Box::new(EncryptOptions {
-                sources: Vec::new(),
+                .collect::<Result<Vec<_>, _>>()?;
+            if keys.is_empty() {
+                keys.push(KeySpec {
+                    kms: kms_url.clone(),
+                    key: envseal::kms::DEFAULT_ALIAS.to_string(),
+                });
+            }
+            ImportTo::Vault {
                 vault: vault.clone(),
-                kms_url: first.as_ref().map_or(kms_url.clone(), |k| k.kms.clone()),
-                key: first.map(|k| k.key),
-                also_keys: keys.collect(),
-                since: None,
-                segment_size: format::DEFAULT_SEGMENT_SIZE,
-                excludes: Vec::new(),
-                conceal_names: false,
-                resume: false,
-                jobs: super::run::jobs(None)?,
-                batch_max_files: format::BATCH_MAX_FILES,
-                batch_max_bytes: format::BATCH_MAX_BYTES,
-                pack_threshold: format::DEFAULT_PACK_THRESHOLD,
-            }))
+                keys,
+            }
         }
         (None, Some(dest)) => ImportTo::Dir(dest.clone()),
         _ => {
@@ -281,8 +271,7 @@ pub fn import_legacy_cmd(
         to,
     };
     let kms = envseal::keys::Kms::new(super::kms_cmd::kms_options()?, None);
-    let bars = super::progress::Bars::new("import", a.out.quiet);
-    let r = import(&opts, &kms, &bars, cancel)?;
+    let r = import(&opts, &kms, cancel)?;
     super::output::print_failures(&r.bad);
     let target = match (&a.output, &a.to) {
         (Some(v), _) => format!("the vault {}", v.display()),
@@ -309,13 +298,8 @@ pub fn import_legacy_cmd(
             "command": "import-legacy", "imported": r.imported, "bytes": r.bytes,
             "vault": a.output, "to": a.to,
             "bad": super::output::failures_json(&r.bad),
-            "batches": r.encrypt.as_ref().map(|e| e.batches),
+            "batches": r.batches,
         }),
     );
-    let vault_failed = r.encrypt.as_ref().is_some_and(|e| !e.failed.is_empty());
-    Ok(if r.bad.is_empty() && !vault_failed {
-        0
-    } else {
-        1
-    })
+    Ok(if r.bad.is_empty() { 0 } else { 1 })
 }
