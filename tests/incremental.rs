@@ -156,6 +156,7 @@ fn an_interrupted_incremental_run_resumes_and_still_reuses() {
 
     if !interrupted {
         // It finished before the signal: nothing to resume (the machine was fast).
+        eprintln!("the run finished before the interrupt; resume not exercised");
         let out = t.path().join("out");
         ok(envseal(&home)
             .args(["decrypt", "-q", "-o"])
