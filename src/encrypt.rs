@@ -28,6 +28,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::format::{self, layout, ID_LEN};
 use crate::journal::{Journal, Record, RunParams, RunRecord, SourceId};
 use crate::keys::Kms;
+use crate::keyspec::KeySpec;
 use crate::manifest::{Batch, Entry, EntryKind, Header, ManifestReader, Name};
 use crate::progress::Progress;
 use crate::seal::{self, BufPool, ChunkItem, LargeFile, SealCtx};
@@ -46,6 +47,12 @@ pub struct EncryptOptions {
     pub key: Option<String>,
     /// Provider URL for new batches.
     pub kms_url: String,
+    /// Further CMKs (each with its provider) every batch key is also wrapped under, by one
+    /// `Encrypt` each: any one of them opens the vault alone.
+    pub also_keys: Vec<KeySpec>,
+    /// An incremental run: unchanged files are taken from this earlier vault without being
+    /// read or sealed again (see [`crate::since`]).
+    pub since: Option<PathBuf>,
     pub segment_size: u32,
     pub excludes: Vec<String>,
     pub conceal_names: bool,
@@ -74,6 +81,9 @@ pub struct EncryptReport {
     pub batches: u64,
     /// `GenerateDataKey` calls made by this run.
     pub generated_keys: u64,
+    /// Files (and their bytes) taken unchanged from the `--since` vault.
+    pub reused_files: u64,
+    pub reused_bytes: u64,
     pub skipped: Vec<Failure>,
     pub failed: Vec<Failure>,
     pub seconds: f64,
@@ -90,6 +100,8 @@ struct Done {
     mtime: (i64, u32),
     obj: u64,
     batch: u32,
+    /// From the `--since` vault (not from this run's journal).
+    from_since: bool,
 }
 
 /// Runs an encryption. `cancel` stops it between files and windows (the vault stays
@@ -126,6 +138,17 @@ pub fn encrypt(
         segment_size: opts.segment_size,
         conceal_names: opts.conceal_names,
         excludes: opts.excludes.clone(),
+        also_keys: opts
+            .also_keys
+            .iter()
+            .map(|k| format!("{}#{}", k.kms, k.key))
+            .collect(),
+        since: opts
+            .since
+            .as_ref()
+            .map(|p| std::path::absolute(p).map(|a| B64.encode(a.as_os_str().as_bytes())))
+            .transpose()
+            .map_err(|e| Error::io(opts.since.as_deref().unwrap_or(Path::new("")), e))?,
     };
     let exclude = walk::excludes(&opts.excludes)?;
     check_vault_outside(opts, &sources)?;
@@ -138,7 +161,34 @@ pub fn encrypt(
         report.seconds = started.elapsed().as_secs_f64();
         return Ok(report);
     }
-    let (mut journal, run, loaded) = open_vault(vault, &params, opts.resume)?;
+    let earlier = match &opts.since {
+        Some(p) => {
+            if resolved(p) == resolved(vault) {
+                return Err(Error::Usage(format!(
+                    "--since {}: that is the vault being written; name the earlier vault",
+                    p.display()
+                )));
+            }
+            let e = crate::since::Earlier::load(p, kms)?;
+            if e.segment_size != opts.segment_size {
+                return Err(Error::Usage(format!(
+                    "--since {}: its segment size is {}, this run's {}; use --segment-size {}",
+                    p.display(),
+                    e.segment_size,
+                    opts.segment_size,
+                    e.segment_size
+                )));
+            }
+            Some(e)
+        }
+        None => None,
+    };
+    let (mut journal, run, loaded) = open_vault(
+        vault,
+        &params,
+        opts.resume,
+        earlier.as_ref().map(|e| e.vault_id),
+    )?;
     let mut unstarted = Unstarted {
         vault,
         vault_existed,
@@ -173,16 +223,26 @@ pub fn encrypt(
         // Batch records are not authenticated, but the run record matched this command line:
         // a batch must be wrapped by this run's KMS, or the rest of the run would be encrypted
         // under a key held elsewhere (say, an attacker's store named in an edited journal).
-        let run_kms = if loaded.batches.is_empty() {
-            String::new()
-        } else {
-            kms.provider(&opts.kms_url)?.url()
-        };
+        let mut run_kms = Vec::new();
+        if !loaded.batches.is_empty() {
+            run_kms.push(kms.provider(&opts.kms_url)?.url());
+            for k in &opts.also_keys {
+                run_kms.push(kms.provider(&k.kms)?.url());
+            }
+            // An incremental run's journal starts with the earlier vault's batches.
+            for b in earlier.iter().flat_map(|e| &e.batches) {
+                run_kms.extend(b.wrapped.iter().map(|w| w.kms.clone()));
+            }
+        }
         for (i, b) in loaded.batches.iter().enumerate() {
-            if let Some(w) = b.wrapped.iter().find(|w| w.kms != run_kms) {
+            if let Some(w) = b.wrapped.iter().find(|w| !run_kms.contains(&w.kms)) {
                 return Err(Error::integrity(
                     format!("journal batch {i}"),
-                    format!("wrapped by {}, not by this run's KMS {run_kms}", w.kms),
+                    format!(
+                        "wrapped by {}, not by this run's KMS {}",
+                        w.kms,
+                        run_kms.join(", ")
+                    ),
                 ));
             }
             keys.push(Arc::new(kms.unwrap(&vault_id, b)?));
@@ -224,6 +284,7 @@ pub fn encrypt(
                                     mtime: (e.mtime, e.mtime_nsec),
                                     obj: f.obj,
                                     batch: f.batch,
+                                    from_since: false,
                                 },
                             );
                         }
@@ -239,6 +300,52 @@ pub fn encrypt(
         for d in done.values().filter(|d| d.batch as usize == last) {
             load.0 += 1;
             load.1 = load.1.saturating_add(d.size);
+        }
+    }
+    // An incremental run: the earlier vault's batches and objects are this vault's first
+    // ones (a new run puts them there; a resumed one finds them in its journal), its
+    // unchanged files candidates for reuse beside what the journal committed; new files go
+    // to a new batch.
+    if let Some(e) = &earlier {
+        let inherited = match &loaded {
+            None => {
+                e.inherit(vault, &mut journal)?;
+                unstarted.armed = false;
+                batches = e.batches.clone();
+                keys = e.keys.clone();
+                objects = e.objects.iter().map(|o| o.id).collect();
+                true
+            }
+            Some(_) => {
+                batches.len() >= e.batches.len()
+                    && objects.len() >= e.objects.len()
+                    && batches.iter().zip(&e.batches).all(|(a, b)| a == b)
+                    && objects.iter().zip(&e.objects).all(|(a, o)| *a == o.id)
+            }
+        };
+        if inherited {
+            let name_key = opts.conceal_names.then(|| keys[0].name_key());
+            for (p, (entry, src)) in &e.files {
+                let Some(f) = entry.file() else { continue };
+                if done.contains_key(p) {
+                    continue;
+                }
+                done.insert(
+                    p.clone(),
+                    Done {
+                        src: *src,
+                        line: entry.to_line_src(name_key.as_ref(), Some(src))?,
+                        size: f.size,
+                        mtime: (entry.mtime, entry.mtime_nsec),
+                        obj: f.obj,
+                        batch: f.batch,
+                        from_since: true,
+                    },
+                );
+            }
+            if keys.len() == e.batches.len() {
+                load = (u64::MAX, u64::MAX);
+            }
         }
     }
     let jobs = opts.jobs.max(1);
@@ -281,6 +388,7 @@ pub fn encrypt(
         keys,
         load,
         generated: 0,
+        reused: (0, 0),
         ctx: &ctx,
         window,
         buf_size,
@@ -350,6 +458,7 @@ pub fn encrypt(
     report.failed.extend(written.failed);
     report.skipped = planner.skipped;
     report.generated_keys = planner.generated;
+    (report.reused_files, report.reused_bytes) = planner.reused;
     report.batches = planner.keys.len() as u64;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
@@ -365,6 +474,8 @@ struct Planner<'a> {
     /// Files and bytes in the current (last) batch.
     load: (u64, u64),
     generated: u64,
+    /// Files and bytes reused from the `--since` vault.
+    reused: (u64, u64),
     ctx: &'a SealCtx,
     window: u64,
     buf_size: usize,
@@ -445,6 +556,10 @@ impl<'a> Planner<'a> {
                 && d.mtime == (e.mtime, e.mtime_nsec);
             if unchanged {
                 self.progress.bytes(size);
+                if d.from_since {
+                    self.reused.0 += 1;
+                    self.reused.1 += size;
+                }
                 let item = ChunkItem::Reused(seal::Reused {
                     line: d.line,
                     src: d.src,
@@ -637,9 +752,12 @@ impl<'a> Planner<'a> {
             )));
         }
         let batch_id: [u8; ID_LEN] = format::random().at(&self.opts.vault)?;
-        let (b, k) = self
-            .kms
-            .generate(&self.opts.kms_url, self.key, &self.vault_id, batch_id)?;
+        let mut specs = vec![KeySpec {
+            kms: self.opts.kms_url.clone(),
+            key: self.key.to_string(),
+        }];
+        specs.extend(self.opts.also_keys.iter().cloned());
+        let (b, k) = self.kms.generate_all(&specs, &self.vault_id, batch_id)?;
         let k = Arc::new(k);
         self.keys.push(Arc::clone(&k));
         self.generated += 1;
@@ -713,6 +831,7 @@ fn open_vault(
     vault: &Path,
     params: &RunParams,
     must_resume: bool,
+    vault_id: Option<[u8; ID_LEN]>,
 ) -> Result<(Journal, RunRecord, Option<crate::journal::Loaded>)> {
     let shown = vault.display();
     if vault.join(layout::MANIFEST).exists() {
@@ -752,7 +871,10 @@ fn open_vault(
     let run = RunRecord {
         kind: "run".into(),
         format: format::FORMAT_VERSION,
-        vault_id: format::to_hex(&format::random::<ID_LEN>().at(vault)?),
+        vault_id: match vault_id {
+            Some(id) => format::to_hex(&id),
+            None => format::to_hex(&format::random::<ID_LEN>().at(vault)?),
+        },
         created: now_rfc3339(),
         params: params.clone(),
     };

@@ -34,6 +34,12 @@ pub struct RunParams {
     pub segment_size: u32,
     pub conceal_names: bool,
     pub excludes: Vec<String>,
+    /// The other CMKs every batch key is wrapped under (`KMS#CMK`), absent when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also_keys: Vec<String>,
+    /// An incremental run's earlier vault (base64 of its absolute path), absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -446,6 +452,8 @@ mod tests {
                 segment_size: 4096,
                 conceal_names: false,
                 excludes: vec![],
+                also_keys: vec![],
+                since: None,
             },
         }
     }

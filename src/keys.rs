@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use crate::crypto::BatchKey;
 use crate::error::{Error, Result};
 use crate::format::{self, ID_LEN};
-use crate::kms::{self, EncryptionContext, KeyProvider, KmsOptions};
+use crate::keyspec::KeySpec;
+use crate::kms::{self, EncryptionContext, KeyProvider, KmsOptions, WrappedKey};
 use crate::manifest::Batch;
 
 /// Builds providers by URL once per run, and talks to them.
@@ -122,8 +123,37 @@ impl Kms {
         Ok((batch, bk))
     }
 
-    /// Unwraps a batch's key: tries its wrappings in order, checks the commitment.
-    pub fn unwrap(&self, vault_id: &[u8; ID_LEN], batch: &Batch) -> Result<BatchKey> {
+    /// One `GenerateDataKey` under the first key, then one `Encrypt` of the same data key
+    /// under each of the others: a batch any one of them opens alone.
+    pub fn generate_all(
+        &self,
+        keys: &[KeySpec],
+        vault_id: &[u8; ID_LEN],
+        batch_id: [u8; ID_LEN],
+    ) -> Result<(Batch, BatchKey)> {
+        let (first, rest) = keys
+            .split_first()
+            .ok_or_else(|| Error::Usage("no --key to generate the data key under".into()))?;
+        let (mut batch, bk) = self.generate(&first.kms, &first.key, vault_id, batch_id)?;
+        for k in rest {
+            batch.wrapped.push(self.wrap(k, &bk)?);
+        }
+        Ok((batch, bk))
+    }
+
+    /// `Encrypt` of a batch key under another CMK, bound to the same vault and batch.
+    pub fn wrap(&self, spec: &KeySpec, bk: &BatchKey) -> Result<WrappedKey> {
+        let ctx = EncryptionContext::for_batch(
+            &format::to_hex(bk.vault_id()),
+            &format::to_hex(bk.batch_id()),
+        );
+        Ok(self
+            .provider(&spec.kms)?
+            .encrypt(&spec.key, bk.data_key(), &ctx)?)
+    }
+
+    /// Refuses wrappings whose recorded context is not this batch's, before any KMS call.
+    pub fn check_contexts(&self, vault_id: &[u8; ID_LEN], batch: &Batch) -> Result<()> {
         // The context sent with Decrypt is this batch's, not whatever the record says (it is
         // unauthenticated): otherwise a wrapping copied from another vault or batch, with its
         // own context, would be unwrapped by the KMS (docs/FORMAT.md §5).
@@ -137,33 +167,47 @@ impl Kms {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// Unwraps one wrapping of a batch (one `Decrypt`) and checks it against the batch's
+    /// commitment; the wrapping's context must already have been checked.
+    pub fn unwrap_one(
+        &self,
+        vault_id: &[u8; ID_LEN],
+        batch: &Batch,
+        w: &WrappedKey,
+    ) -> Result<BatchKey> {
+        let key = self.provider_inner(&w.kms, false)?.decrypt(w)?;
+        let bk = BatchKey::new(key, *vault_id, batch.batch_id);
+        if !bk.matches_commitment(&batch.key_commitment) {
+            return Err(Error::integrity(
+                format!("batch {}", batch.id_hex()),
+                format!(
+                    "the key unwrapped by {} does not match the batch's key commitment",
+                    w.key_id
+                ),
+            ));
+        }
+        Ok(bk)
+    }
+
+    /// Unwraps a batch's key: tries its wrappings in order, checks the commitment.
+    pub fn unwrap(&self, vault_id: &[u8; ID_LEN], batch: &Batch) -> Result<BatchKey> {
+        self.check_contexts(vault_id, batch)?;
         let mut errors = Vec::new();
         let mut last = None;
         for w in &batch.wrapped {
-            let key = match self
-                .provider_inner(&w.kms, false)
-                .and_then(|p| Ok(p.decrypt(w)?))
-            {
-                Ok(k) => k,
+            match self.unwrap_one(vault_id, batch, w) {
+                Ok(bk) => return Ok(bk),
+                Err(e @ Error::Integrity { .. }) => return Err(e),
                 Err(e) => {
                     errors.push(format!("{} ({}): {e}", w.key_id, w.kms));
                     if let Error::Kms(k) = e {
                         last = Some(Box::new((w.key_id.clone(), w.kms.clone(), k)));
                     }
-                    continue;
                 }
-            };
-            let bk = BatchKey::new(key, *vault_id, batch.batch_id);
-            if !bk.matches_commitment(&batch.key_commitment) {
-                return Err(Error::integrity(
-                    format!("batch {}", batch.id_hex()),
-                    format!(
-                        "the key unwrapped by {} does not match the batch's key commitment",
-                        w.key_id
-                    ),
-                ));
             }
-            return Ok(bk);
         }
         Err(Error::Unwrap {
             batch: batch.id_hex(),

@@ -75,6 +75,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Decrypt(a) => cli::run::decrypt_cmd(a, &CANCEL),
         Command::Verify(a) => cli::run::verify_cmd(a, &CANCEL),
         Command::Ls(a) => cli::run::ls_cmd(a),
+        Command::Rewrap(a) => cli::lifecycle::rewrap_cmd(a),
+        Command::ImportLegacy(a) => cli::lifecycle::import_legacy_cmd(a, &CANCEL),
         Command::Kms(KmsCommand::Serve(args)) => cli::serve_cmd::run(args),
         Command::Kms(cmd) => cli::kms_cmd::run(cmd),
         Command::Bench(args) => cli::bench_cmd::run(args),

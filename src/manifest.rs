@@ -239,6 +239,10 @@ pub struct EntryLine {
     pub target_b64: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub enc_target: Option<String>,
+    /// Files: the source as it was read (device, inode, ctime), so that `encrypt --since`
+    /// can tell an unchanged file without reading it (§6.1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub src: Option<crate::journal::SourceId>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -367,6 +371,15 @@ fn parse_name(
 impl Entry {
     /// This entry's record line (without the newline); names sealed when `name_key` is given.
     pub fn to_line(&self, name_key: Option<&NameKey>) -> Result<Vec<u8>> {
+        self.to_line_src(name_key, None)
+    }
+
+    /// [`Entry::to_line`], with a file's source identity (`src`) when given.
+    pub fn to_line_src(
+        &self,
+        name_key: Option<&NameKey>,
+        src: Option<&crate::journal::SourceId>,
+    ) -> Result<Vec<u8>> {
         let (path, path_b64, enc_path) = name_fields(&self.path, name_key, AAD_PATH)?;
         let mut r = EntryLine {
             kind_tag: "entry".into(),
@@ -393,6 +406,7 @@ impl Entry {
                 r.salt = Some(format::to_hex(&f.salt));
                 r.ct = Some(format::to_hex(&f.ct));
                 r.pt = Some(format::to_hex(&f.pt));
+                r.src = src.copied();
             }
         }
         serde_json::to_vec(&r).map_err(|e| Error::Runtime(e.to_string()))
@@ -402,7 +416,18 @@ impl Entry {
     /// safety, numbers for range, fields for presence by kind). Batch and object indices are
     /// checked by the reader, which knows the counts.
     pub fn from_line(line: &[u8], h: &Header) -> std::result::Result<Entry, String> {
+        Self::from_line_src(line, h).map(|(e, _)| e)
+    }
+
+    /// [`Entry::from_line`], also returning a file's `src` when the line has one.
+    pub fn from_line_src(
+        line: &[u8],
+        h: &Header,
+    ) -> std::result::Result<(Entry, Option<crate::journal::SourceId>), String> {
         let r: EntryLine = serde_json::from_slice(line).map_err(|e| e.to_string())?;
+        if r.src.is_some() && r.kind != "file" {
+            return Err(format!("src on a {}", r.kind));
+        }
         if r.kind_tag != "entry" {
             return Err("not an entry record".into());
         }
@@ -471,13 +496,16 @@ impl Entry {
             }
             other => return Err(format!("unknown entry kind {other:?}")),
         };
-        Ok(Entry {
-            path,
-            mode: r.mode,
-            mtime: r.mtime,
-            mtime_nsec: r.nsec,
-            kind,
-        })
+        Ok((
+            Entry {
+                path,
+                mode: r.mode,
+                mtime: r.mtime,
+                mtime_nsec: r.nsec,
+                kind,
+            },
+            r.src,
+        ))
     }
 
     /// Decrypts this entry's sealed path and link target (no-op for clear names).
@@ -700,14 +728,7 @@ impl ManifestWriter {
             true,
         )?;
         for w in &b.wrapped {
-            self.line(
-                &json(&WrapLine {
-                    kind: "wrap".into(),
-                    batch: index,
-                    wrapped: w.clone(),
-                })?,
-                false,
-            )?;
+            self.line(&wrap_line(index, w)?, false)?;
         }
         self.batches += 1;
         Ok(())
@@ -765,7 +786,7 @@ impl ManifestWriter {
 
 /// Creates `path` anew: what is there (a stale file, or a planted symlink: the link, not its
 /// target) is removed first, and the new file is never opened through a link.
-fn create_fresh(path: &Path) -> Result<File> {
+pub fn create_fresh(path: &Path) -> Result<File> {
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(path, e)),
         _ => {}
@@ -786,6 +807,24 @@ enum Kind {
     Object,
     Entry,
     End,
+}
+
+/// A `wrap` line for batch `index` (§6.1), as [`ManifestWriter`] writes it.
+pub fn wrap_line(index: u32, w: &WrappedKey) -> Result<Vec<u8>> {
+    json(&WrapLine {
+        kind: "wrap".into(),
+        batch: index,
+        wrapped: w.clone(),
+    })
+}
+
+/// Whether a manifest line is a `wrap` record, and whether it is a `batch` record.
+pub fn is_wrap_line(line: &[u8]) -> bool {
+    kind_of(line) == Some(Kind::Wrap)
+}
+
+pub fn is_batch_line(line: &[u8]) -> bool {
+    kind_of(line) == Some(Kind::Batch)
 }
 
 fn kind_of(line: &[u8]) -> Option<Kind> {
@@ -821,12 +860,21 @@ pub struct ManifestReader {
     prev: Vec<u8>,
     entries: u64,
     end: Option<EndLine>,
+    /// The `src` of the entry last returned, if it had one.
+    last_src: Option<crate::journal::SourceId>,
 }
 
 impl ManifestReader {
     /// Opens `vault/manifest.jsonl`, with a hint when the vault is unfinished or not a vault.
     pub fn open(vault: &Path) -> Result<ManifestReader> {
         let path = vault.join(layout::MANIFEST);
+        Self::open_file(vault, &path)
+    }
+
+    /// Opens a manifest at `path` (in `vault`): `rewrap` reads back the manifest it wrote
+    /// under its temporary name before putting it in place.
+    pub fn open_file(vault: &Path, path: &Path) -> Result<ManifestReader> {
+        let path = path.to_path_buf();
         let file = crate::vault::open_regular(&path).map_err(|e| match e {
             Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
                 let hint = if vault.join(layout::JOURNAL).exists() {
@@ -860,6 +908,7 @@ impl ManifestReader {
             prev: Vec::new(),
             entries: 0,
             end: None,
+            last_src: None,
         };
         r.read_head()?;
         Ok(r)
@@ -1016,8 +1065,9 @@ impl ManifestReader {
                 if self.entries >= format::MAX_ENTRIES {
                     return Err(integrity(&at, "too many entries"));
                 }
-                let mut e =
-                    Entry::from_line(&line, &self.header).map_err(|why| integrity(&at, why))?;
+                let (mut e, src) =
+                    Entry::from_line_src(&line, &self.header).map_err(|why| integrity(&at, why))?;
+                self.last_src = src;
                 if let Some(f) = e.file() {
                     let obj = self
                         .objects
@@ -1103,6 +1153,11 @@ impl ManifestReader {
             ));
         }
         Ok(())
+    }
+
+    /// The source identity (`src`) recorded with the entry last returned, if any.
+    pub fn last_src(&self) -> Option<crate::journal::SourceId> {
+        self.last_src
     }
 
     /// The number of entries read so far.

@@ -417,7 +417,7 @@ impl<'a> Writer<'a> {
     }
 
     fn queue_entry(&mut self, e: &Entry, src: Option<&SourceId>) -> Result<()> {
-        let line = e.to_line(self.name_key.as_ref())?;
+        let line = e.to_line_src(self.name_key.as_ref(), src)?;
         self.queue_line(src, &line)
     }
 

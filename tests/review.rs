@@ -58,6 +58,8 @@ impl Fixture {
             vault: self.vault.clone(),
             key: None,
             kms_url: self.url(),
+            also_keys: Vec::new(),
+            since: None,
             segment_size,
             excludes: vec![],
             conceal_names: false,
@@ -193,6 +195,8 @@ fn a_run_killed_before_its_first_batch_resumes() {
             segment_size: opts.segment_size,
             conceal_names: opts.conceal_names,
             excludes: opts.excludes.clone(),
+            also_keys: Vec::new(),
+            since: None,
         },
     };
     drop(Journal::create(&fx.vault, &run).unwrap()); // the "crash"
@@ -374,6 +378,8 @@ fn a_run_killed_after_its_manifest_finishes_on_rerun() {
         segment_size: opts.segment_size,
         conceal_names: opts.conceal_names,
         excludes: opts.excludes.clone(),
+        also_keys: Vec::new(),
+        since: None,
     };
     let vault_id = format::to_hex(
         &envseal::manifest::ManifestReader::open(&fx.vault)
@@ -544,6 +550,8 @@ fn a_resumed_run_refuses_batches_of_another_kms() {
             segment_size: opts.segment_size,
             conceal_names: opts.conceal_names,
             excludes: opts.excludes.clone(),
+            also_keys: Vec::new(),
+            since: None,
         },
     };
     let mut journal = Journal::create(&fx.vault, &run).unwrap();
@@ -592,6 +600,8 @@ fn the_object_sweep_does_not_follow_symlinks() {
             segment_size: opts.segment_size,
             conceal_names: opts.conceal_names,
             excludes: opts.excludes.clone(),
+            also_keys: Vec::new(),
+            since: None,
         },
     };
     drop(Journal::create(&fx.vault, &run).unwrap());
