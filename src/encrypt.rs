@@ -130,7 +130,7 @@ pub fn encrypt(
     // The vault directory: new, or an unfinished run of the same command.
     let vault = &opts.vault;
     let vault_existed = vault.exists();
-    if let Some(mut report) = finished_run(vault, &params)? {
+    if let Some(mut report) = finished_run(vault, &params, kms)? {
         report.seconds = started.elapsed().as_secs_f64();
         return Ok(report);
     }
@@ -229,6 +229,10 @@ pub fn encrypt(
         }
     }
 
+    if loaded.is_some() {
+        tidy_resumed(vault, &vault_id, &batches, &objects, &done)?;
+    }
+
     // New files fill the interrupted run's last batch up to the limits, counting what it
     // holds already (an upper bound: some of those files may have changed since).
     if let Some(last) = keys.len().checked_sub(1) {
@@ -237,7 +241,10 @@ pub fn encrypt(
             load.1 = load.1.saturating_add(d.size);
         }
     }
-    let jobs = opts.jobs.max(1);
+    let (jobs, lowered) = crate::limits::clamp_jobs(opts.jobs);
+    if let Some(n) = lowered {
+        progress.notice(&n);
+    }
     let (window, buf_size) = seal::window_geometry(opts.segment_size, opts.pack_threshold);
     // Enough buffers for every core to seal while the writer writes and a few units wait to
     // be written in order; fewer for huge segments (peak memory, docs/PERFORMANCE.md).
@@ -715,7 +722,7 @@ fn open_vault(
             "{shown} is a finished vault; refusing to overwrite it (choose another -o, or delete it first)"
         )));
     }
-    if vault.join(layout::JOURNAL).exists() {
+    if vault.join(layout::JOURNAL).exists() && !crate::leftovers::only_unstarted(vault)? {
         let (journal, loaded) = Journal::open(vault)?;
         if loaded.run.params != *params {
             return Err(Error::Usage(format!(
@@ -733,9 +740,13 @@ fn open_vault(
     match fs::read_dir(vault) {
         Ok(mut d) => {
             if d.next().is_some() {
-                return Err(Error::Usage(format!(
-                    "{shown} exists and is not empty; choose a new directory for the vault"
-                )));
+                if !crate::leftovers::only_unstarted(vault)? {
+                    return Err(Error::Usage(format!(
+                        "{shown} exists and is not empty; choose a new directory for the vault"
+                    )));
+                }
+                // A run killed before its first batch record: it wrote no ciphertext.
+                crate::leftovers::clear_unstarted(vault)?;
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -754,19 +765,47 @@ fn open_vault(
     Ok((journal, run, None))
 }
 
-/// A run of the same command that wrote its manifest and stopped before removing its journal
-/// is finished: removes the journal and reports what the manifest holds.
-fn finished_run(vault: &Path, params: &RunParams) -> Result<Option<EncryptReport>> {
-    if !vault.join(layout::MANIFEST).exists() || !vault.join(layout::JOURNAL).exists() {
+/// A run of the same command that wrote its manifest is finished, whatever moment it was
+/// killed at afterwards: its journal is either still whole (its run record names these
+/// arguments) or already the receipt (a keyed MAC of them, checked with batch 0's key).
+/// Tidies what the kill left (objects and key files no manifest record names, the journal
+/// not yet turned into the receipt) and reports what the manifest holds. `None`: not this
+/// command's finished vault.
+fn finished_run(vault: &Path, params: &RunParams, kms: &Kms) -> Result<Option<EncryptReport>> {
+    use crate::journal::Head;
+    if !vault.join(layout::MANIFEST).exists() {
         return Ok(None);
     }
-    let (journal, loaded) = Journal::open(vault)?;
-    if loaded.run.params != *params {
-        return Ok(None);
-    }
+    let head = match crate::journal::head(vault)? {
+        None | Some(Head::Unreadable) => return Ok(None),
+        Some(h) => h,
+    };
     let mut m = ManifestReader::open(vault)?;
-    if loaded.run.vault_id != format::to_hex(&m.header.vault_id) {
+    let vault_id = format::to_hex(&m.header.vault_id);
+    let same_id = match &head {
+        Head::Run(r) => r.vault_id == vault_id && r.params == *params,
+        Head::Finished(r) => r.vault_id == vault_id,
+        Head::Unreadable => false,
+    };
+    let Some(b0) = m.batches.first().cloned() else {
         return Ok(None);
+    };
+    if !same_id {
+        return Ok(None);
+    }
+    let key = match (kms.unwrap(&m.header.vault_id, &b0), &head) {
+        (Ok(k), _) => k,
+        // A receipt cannot be matched without the key: treat the vault as another's.
+        (Err(_), Head::Finished(_)) => return Ok(None),
+        (Err(e), _) => return Err(e),
+    };
+    let mac = crate::journal::params_mac(&key.journal_mac_key(), params)?;
+    if let Head::Finished(r) = &head {
+        let want = format::from_hex::<32>(&r.params_mac).map(blake3::Hash::from);
+        let got = format::from_hex::<32>(&mac).map(blake3::Hash::from);
+        if want.is_none() || want != got {
+            return Ok(None);
+        }
     }
     let mut r = EncryptReport {
         batches: m.batches.len() as u64,
@@ -782,9 +821,41 @@ fn finished_run(vault: &Path, params: &RunParams) -> Result<Option<EncryptReport
             EntryKind::Symlink(_) => r.symlinks += 1,
         }
     }
-    journal.remove(vault)?;
+    m.authenticate(0, &key)?;
+    let listed: Vec<[u8; ID_LEN]> = m.objects.iter().map(|o| o.id).collect();
+    crate::write::sweep_objects(vault, &listed)?;
+    crate::leftovers::sweep_root(vault, &m.batches)?;
+    if let Head::Run(_) = head {
+        crate::journal::write_receipt(vault, &vault_id, &mac)?;
+    }
     r.resumed_files = r.files;
     Ok(Some(r))
+}
+
+/// A resumed run first tidies what the killed one left: key files of batches it never
+/// journaled, temporary files, objects no committed entry names (partial objects of files in
+/// flight, which would otherwise pile up over repeated kills); and puts back the key file of
+/// a journaled batch if it is missing (the journal holds the same wrappings).
+fn tidy_resumed(
+    vault: &Path,
+    vault_id: &[u8; ID_LEN],
+    batches: &[Batch],
+    objects: &[[u8; ID_LEN]],
+    done: &HashMap<Vec<u8>, Done>,
+) -> Result<()> {
+    crate::leftovers::sweep_root(vault, batches)?;
+    for b in batches {
+        if !vault.join(b.keys_file()).exists() {
+            crate::manifest::write_key_file(vault, vault_id, b)?;
+        }
+    }
+    let mut used: Vec<[u8; ID_LEN]> = done
+        .values()
+        .filter_map(|d| objects.get(d.obj as usize).copied())
+        .collect();
+    used.sort_unstable();
+    used.dedup();
+    crate::write::sweep_objects(vault, &used)
 }
 
 /// Until its first batch record is in the journal, a run has written no key and no
@@ -803,6 +874,9 @@ impl Drop for Unstarted<'_> {
         if !self.armed {
             return;
         }
+        // Key files first and the journal last: a kill in between leaves a journal, whose
+        // rerun sweeps the rest.
+        let _ = crate::leftovers::sweep_root(self.vault, &[]);
         let _ = fs::remove_file(self.vault.join(layout::JOURNAL));
         let _ = fs::remove_dir(self.vault.join(layout::OBJECTS_DIR));
         if !self.vault_existed {

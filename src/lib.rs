@@ -23,6 +23,8 @@ pub mod format;
 pub mod journal;
 pub mod keys;
 pub mod kms;
+pub mod leftovers;
+pub mod limits;
 pub mod manifest;
 pub mod object;
 pub mod progress;

@@ -63,6 +63,8 @@ pub struct SealCtx {
 #[derive(Debug)]
 pub enum FileError {
     Source(String),
+    /// The source changed while it was read (retried, then reported).
+    Changed(String),
     Cancelled,
 }
 
@@ -122,7 +124,13 @@ pub fn seal_segments(
         let len = format::segment_plain_len(size, seg, i);
         let slot = &mut out[pos..pos + len + TAG_LEN];
         src.read_at(i * u64::from(seg), &mut slot[..len])
-            .map_err(|e| FileError::Source(e.to_string()))?;
+            .map_err(|e| {
+                if crate::source::is_changed(&e) {
+                    FileError::Changed(e.to_string())
+                } else {
+                    FileError::Source(e.to_string())
+                }
+            })?;
         // The plaintext MAC is taken from the bytes just read, before sealing in place.
         macs.push(segment_mac(fk.mac_key(), seg, i, n, &slot[..len]));
         fk.seal_segment(i, i == n - 1, slot);
@@ -192,13 +200,18 @@ pub fn seal_chunk(
         match item {
             ChunkItem::Entry(e) => out.push(ChunkOut::Entry(e)),
             ChunkItem::Reused(r) => out.push(ChunkOut::Reused(r)),
-            ChunkItem::Small { entry, batch, key } => {
+            ChunkItem::Small {
+                mut entry,
+                batch,
+                key,
+            } => {
                 if cancel.load(Ordering::Relaxed) {
                     break;
                 }
                 match seal_small(ctx, &entry, &key, &mut buf[used..]) {
-                    Ok((len, src, salt, ct, pt, size)) => {
+                    Ok((len, src, salt, ct, pt, size, mtime)) => {
                         progress.bytes(size);
+                        (entry.mtime, entry.mtime_nsec) = mtime;
                         out.push(ChunkOut::Sealed(Box::new(SealedFile {
                             entry,
                             src,
@@ -222,7 +235,15 @@ pub fn seal_chunk(
     (out, used)
 }
 
-type SealedSmall = (usize, SourceId, [u8; SALT_LEN], [u8; 32], [u8; 32], u64);
+type SealedSmall = (
+    usize,
+    SourceId,
+    [u8; SALT_LEN],
+    [u8; 32],
+    [u8; 32],
+    u64,
+    (i64, u32),
+);
 
 /// Seals one small file's record at the start of `room`, retrying a file that changes while
 /// being read.
@@ -270,14 +291,13 @@ fn seal_small(
                         ct.finalize(),
                         *pt.as_bytes(),
                         size,
+                        src.mtime(),
                     ));
                 }
                 Ok(false) => last_why = "changed while being read".into(),
                 Err(e) => return Err(e.to_string()),
             },
-            Err(FileError::Source(why)) if why.contains("changed while being read") => {
-                last_why = why
-            }
+            Err(FileError::Changed(why)) => last_why = why,
             Err(FileError::Source(why)) => return Err(why),
             Err(FileError::Cancelled) => return Err("interrupted".into()),
         }

@@ -360,7 +360,7 @@ impl<'a> Writer<'a> {
                 }
                 st.waiting.insert(window, (leaves, macs));
             }
-            Err(FileError::Source(why)) => {
+            Err(FileError::Source(why) | FileError::Changed(why)) => {
                 st.failed.get_or_insert(why);
                 st.waiting.insert(window, (Vec::new(), Vec::new()));
             }
@@ -504,7 +504,7 @@ impl<'a> Writer<'a> {
             ..
         } = st;
         let LargeStart {
-            entry,
+            mut entry,
             file,
             batch,
             salt,
@@ -545,6 +545,9 @@ impl<'a> Writer<'a> {
         self.written.files += 1;
         self.written.bytes += file.size;
         let src = crate::seal::source_id(&entry, &file.src);
+        if !device {
+            (entry.mtime, entry.mtime_nsec) = file.src.mtime();
+        }
         let e = entry_of(&entry, EntryKind::File(f));
         self.queue_entry(&e, Some(&src))?;
         self.progress.file_done();
@@ -626,7 +629,8 @@ impl<'a> Writer<'a> {
         let keys: Vec<&BatchKey> = self.keys.iter().map(|k| k.as_ref()).collect();
         m.finish(&keys)?;
         sweep_objects(&self.vault, &kept)?;
-        self.journal.remove(&self.vault)?;
+        crate::leftovers::sweep_root(&self.vault, &self.batches)?;
+        self.journal.finish(&self.vault)?;
         Ok(self.written)
     }
 }
@@ -644,7 +648,7 @@ pub fn entry_of(e: &SourceEntry, kind: EntryKind) -> Entry {
 
 /// Removes whatever `objects/` holds that the manifest does not list (objects of files an
 /// interrupted run never committed; a planted link is removed, never followed).
-fn sweep_objects(vault: &Path, listed: &[[u8; ID_LEN]]) -> Result<()> {
+pub(crate) fn sweep_objects(vault: &Path, listed: &[[u8; ID_LEN]]) -> Result<()> {
     let keep: HashSet<String> = listed.iter().map(manifest::object_name).collect();
     for rel in crate::vault::object_files(vault)? {
         if !rel.to_str().is_some_and(|r| keep.contains(r)) {
