@@ -31,6 +31,8 @@ impl log::Log for StderrLog {
 }
 
 fn main() {
+    // Before anything holds a key or a passphrase.
+    envseal::limits::disable_core_dumps();
     let cli = Cli::parse();
     let level = match cli.verbose {
         0 => log::LevelFilter::Warn,
