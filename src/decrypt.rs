@@ -509,6 +509,7 @@ fn restore_file(
             .map_err(|err| io(&target, err))?;
         let t = filetime::FileTime::from_unix_time(e.mtime, e.mtime_nsec);
         filetime::set_file_handle_times(&out, Some(t), Some(t)).map_err(|err| io(&target, err))?;
+        check_time_kept(&out, e, &target)?;
         match &tmp {
             Some(tmp) => fs::rename(tmp, &target).map_err(|err| io(&target, err)),
             None => link_into_place(&out, dir, &target, opts.overwrite, tag)
@@ -520,6 +521,25 @@ fn restore_file(
         let _ = fs::remove_file(tmp);
     }
     result.map(|_| Restored::Written(f.size))
+}
+
+/// Refuses a file whose recorded mtime the filesystem cannot hold (the kernel clamps it
+/// silently, say `i64::MAX` seconds): restoring it with another time would not be the
+/// state recorded. Filesystems with coarse timestamps (FAT: 2 s) are allowed their rounding.
+fn check_time_kept(out: &File, e: &Entry, target: &Path) -> std::result::Result<(), ObjectError> {
+    use std::os::unix::fs::MetadataExt;
+    let md = out
+        .metadata()
+        .map_err(|err| ObjectError::Io(Error::io(target, err)))?;
+    if md.mtime().abs_diff(e.mtime) > 2 {
+        return Err(ObjectError::Io(Error::Runtime(format!(
+            "{}: its recorded mtime ({} s) cannot be stored on this filesystem (it keeps {} s); not restored",
+            target.display(),
+            e.mtime,
+            md.mtime()
+        ))));
+    }
+    Ok(())
 }
 
 /// Gives an unnamed (O_TMPFILE) file its name. `linkat` never replaces an existing name

@@ -121,6 +121,10 @@ pub struct DecryptArgs {
     /// is not read here: the manifest knows where each key lives).
     #[arg(long, value_name = "URL")]
     pub kms: Option<String>,
+    /// Unwrap only keys wrapped by this CMK (id or ARN; repeatable): a vault names its own
+    /// KMS and CMK, so restore pipelines say which they trust.
+    #[arg(long, value_name = "CMK")]
+    pub expect_key: Vec<String>,
     #[arg(short = 'j', long, value_name = "N")]
     pub jobs: Option<usize>,
     #[command(flatten)]
@@ -137,6 +141,9 @@ pub struct VerifyArgs {
     /// Use this KMS instead of the one the manifest names (with --deep).
     #[arg(long, value_name = "URL")]
     pub kms: Option<String>,
+    /// With --deep: unwrap only keys wrapped by this CMK (id or ARN; repeatable).
+    #[arg(long, value_name = "CMK")]
+    pub expect_key: Vec<String>,
     #[arg(short = 'j', long, value_name = "N")]
     pub jobs: Option<usize>,
     #[command(flatten)]

@@ -117,7 +117,7 @@ pub fn decrypt_cmd(a: DecryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
         overwrite: a.overwrite,
         jobs: jobs(a.jobs)?,
     };
-    let kms = reading_kms(a.kms)?;
+    let kms = reading_kms(a.kms)?.expecting(a.expect_key);
     let bars = Bars::new("decrypt", a.out.quiet);
     let r = decrypt(&opts, &kms, &bars, cancel)?;
     print_failures(&r.failed);
@@ -160,7 +160,7 @@ pub fn verify_cmd(a: VerifyArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
         deep: a.deep,
         jobs: jobs(a.jobs)?,
     };
-    let kms = reading_kms(a.kms)?;
+    let kms = reading_kms(a.kms)?.expecting(a.expect_key);
     let bars = Bars::new("verify", a.out.quiet);
     let r = verify(&a.vault, &opts, Some(&kms), &bars, cancel)?;
     for p in &r.problems {
