@@ -133,12 +133,25 @@ fn join(dest: &Path, p: &[u8]) -> PathBuf {
     dest.join(OsStr::from_bytes(p))
 }
 
+/// Sets a path's access and modification times to the entry's mtime by name
+/// (`utimensat`): opening it would fail for a directory (EISDIR) or one whose mode was
+/// already set to 0311 or 000; owning it is enough.
 fn set_mtime(path: &Path, e: &Entry, symlink: bool) -> std::io::Result<()> {
-    let t = filetime::FileTime::from_unix_time(e.mtime, e.mtime_nsec);
-    if symlink {
-        filetime::set_symlink_file_times(path, t, t)
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    let t = libc::timespec {
+        tv_sec: e.mtime as libc::time_t,
+        tv_nsec: e.mtime_nsec as libc::c_long,
+    };
+    let flags = if symlink {
+        libc::AT_SYMLINK_NOFOLLOW
     } else {
-        filetime::set_file_times(path, t, t)
+        0
+    };
+    // SAFETY: a valid NUL-terminated path and two timespecs, for the duration of the call.
+    if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), [t, t].as_ptr(), flags) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -207,6 +220,14 @@ pub fn decrypt(
                     fail(&mut report, e, format!("{} exists and is not a directory (a symlink or file); refusing to write through it", p.display()), false);
                     continue;
                 }
+                // Restored before (an interrupted decrypt) with its final mode, say 0311 or
+                // 000: writable again until its mode is set last, after its contents.
+                if let Ok(md) = fs::symlink_metadata(&p) {
+                    let mode = md.permissions().mode() & 0o7777;
+                    if mode & 0o700 != 0o700 {
+                        let _ = fs::set_permissions(&p, fs::Permissions::from_mode(mode | 0o700));
+                    }
+                }
             }
             Err(err) => {
                 bad_dirs.insert(rel(e));
@@ -268,6 +289,11 @@ pub fn decrypt(
             Err(ObjectError::Integrity(why) | ObjectError::Missing(why)) => {
                 progress.notice(&format!("FAILED {}: {why}", e.path.display()));
                 fail(&mut report, e, why, true)
+            }
+            Err(ObjectError::Io(err)) if err.is_no_space() => {
+                let why = "no space left on device; free some space, then run the same command again (files already restored are kept)";
+                progress.notice(&format!("failed {}: {why}", e.path.display()));
+                fail(&mut report, e, why.to_string(), false)
             }
             Err(ObjectError::Io(err)) => {
                 progress.notice(&format!("failed {}: {err}", e.path.display()));

@@ -89,8 +89,33 @@ struct Done {
 }
 
 /// Runs an encryption. `cancel` stops it between files and windows (the vault stays
-/// resumable).
+/// resumable). A full disk is reported as [`Error::NoSpace`] with the command that resumes.
 pub fn encrypt(
+    opts: &EncryptOptions,
+    kms: &Kms,
+    progress: &dyn Progress,
+    cancel: &AtomicBool,
+) -> Result<EncryptReport> {
+    encrypt_run(opts, kms, progress, cancel).map_err(|e| {
+        if !e.is_no_space() {
+            return e;
+        }
+        let path = match &e {
+            Error::Io { path, .. } | Error::NoSpace { path, .. } => path.clone(),
+            _ => opts.vault.clone(),
+        };
+        let then = match crate::journal::head(&opts.vault) {
+            Ok(Some(crate::journal::Head::Run(r))) => format!(
+                "run `{}` again: it resumes where this run stopped",
+                crate::journal::resume_command(&opts.vault, &r.params)
+            ),
+            _ => "run the same command again".into(),
+        };
+        Error::NoSpace { path, then }
+    })
+}
+
+fn encrypt_run(
     opts: &EncryptOptions,
     kms: &Kms,
     progress: &dyn Progress,

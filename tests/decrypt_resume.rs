@@ -199,3 +199,76 @@ fn a_running_encrypt_cannot_dump_core() {
     assert_eq!(st.signal(), Some(libc::SIGABRT));
     assert!(!st.core_dumped(), "a core was dumped");
 }
+
+/// Directory modes and times are set last, after their contents, by name: an unprivileged
+/// restore of 0311 and 000 directories succeeds, keeps their mtimes, and a rerun (the
+/// directories already at their final modes) succeeds too. Needs root to switch to `nobody`
+/// (skipped with a notice otherwise).
+#[test]
+fn unprivileged_restore_of_0311_and_000_directories() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || Command::new("setpriv").arg("--version").output().is_err()
+    {
+        eprintln!("NOTICE: not root or no setpriv; skipping the unprivileged restore test");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path();
+    let home = root.join("home");
+    let src = root.join("src");
+    gen_file(&src.join("a/b/f"), 10, 1);
+    gen_file(&src.join("z/g"), 10, 2);
+    let vault = root.join("vault");
+    ok(envseal(&home)
+        .args(["encrypt", "-q", "-o"])
+        .arg(&vault)
+        .arg(&src));
+    for (d, mode) in [("a", 0o311), ("z", 0o000)] {
+        let p = src.join(d);
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+        common::tree::set_mtime(&p, 978_307_200, 5);
+    }
+    // A vault of the tree with those modes, readable by nobody, with the binary beside it.
+    let vault = root.join("vault2");
+    ok(envseal(&home)
+        .args(["encrypt", "-q", "-o"])
+        .arg(&vault)
+        .arg(&src));
+    let bin = root.join("envseal");
+    fs::copy(env!("CARGO_BIN_EXE_envseal"), &bin).unwrap();
+    let st = Command::new("chown")
+        .args(["-R", "nobody:"])
+        .arg(root)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    fs::set_permissions(root, fs::Permissions::from_mode(0o755)).unwrap();
+    let dest = root.join("out");
+    for round in 0..2 {
+        let o = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "env"])
+            .arg(format!("ENVSEAL_HOME={}", home.display()))
+            .arg(&bin)
+            .args(["decrypt", "-q", "-o"])
+            .arg(&dest)
+            .arg(&vault)
+            .output()
+            .unwrap();
+        assert_eq!(code(&o), 0, "round {round}: {}", stderr(&o));
+        for (d, mode) in [("a", 0o311), ("z", 0o000)] {
+            let md = fs::symlink_metadata(dest.join("src").join(d)).unwrap();
+            assert_eq!(md.mode() & 0o7777, mode, "{d}");
+            assert_eq!((md.mtime(), md.mtime_nsec()), (978_307_200, 5), "{d}");
+        }
+    }
+    // Root reads them back: the files inside were restored.
+    assert_eq!(
+        fs::read(dest.join("src/a/b/f")).unwrap(),
+        fs::read(src.join("a/b/f")).unwrap()
+    );
+    assert_eq!(
+        fs::read(dest.join("src/z/g")).unwrap(),
+        fs::read(src.join("z/g")).unwrap()
+    );
+}
