@@ -70,6 +70,9 @@ pub struct EncryptReport {
     pub batches: u64,
     /// `GenerateDataKey` calls made by this run.
     pub generated_keys: u64,
+    /// Source bytes this run read and sealed (files and segments taken over from an
+    /// interrupted run are not read again).
+    pub bytes_read: u64,
     pub skipped: Vec<Failure>,
     pub failed: Vec<Failure>,
     pub seconds: f64,
@@ -189,6 +192,8 @@ fn encrypt_run(
     let mut keys: Vec<Arc<BatchKey>> = Vec::new();
     let mut objects: Vec<[u8; ID_LEN]> = Vec::new();
     let mut done: HashMap<Vec<u8>, Done> = HashMap::new();
+    // The last segment checkpoint of each large file in flight, by (device, inode).
+    let mut ckpts: HashMap<(u64, u64), crate::journal::Ckpt> = HashMap::new();
     let mut load: (u64, u64) = (0, 0);
     if let Some(loaded) = &loaded {
         // Batch records are not authenticated, but the run record matched this command line:
@@ -222,6 +227,15 @@ fn encrypt_run(
                         objects.push(id);
                     }
                     Record::Gen => {}
+                    Record::Ckpt(c) => {
+                        if c.obj >= objects.len() as u64 || c.batch as usize >= batches.len() {
+                            return Err(Error::integrity(
+                                "journal",
+                                "checkpoint names an unknown object or batch",
+                            ));
+                        }
+                        ckpts.insert((c.src.dev, c.src.ino), c);
+                    }
                     Record::Done { src, rec } => {
                         let Some(src) = src else { continue };
                         let mut e = Entry::from_line(&rec, &header)
@@ -255,7 +269,8 @@ fn encrypt_run(
     }
 
     if loaded.is_some() {
-        tidy_resumed(vault, &vault_id, &batches, &objects, &done)?;
+        let kept: Vec<u64> = ckpts.values().map(|c| c.obj).collect();
+        tidy_resumed(vault, &vault_id, &batches, &objects, &done, &kept)?;
     }
 
     // New files fill the interrupted run's last batch up to the limits, counting what it
@@ -285,6 +300,7 @@ fn encrypt_run(
         segment_size: opts.segment_size,
     };
     let resumed_batches = batches.len();
+    let object_ids = objects.clone();
     let mut writer = Writer::new(
         vault.to_path_buf(),
         header,
@@ -312,6 +328,9 @@ fn encrypt_run(
         window,
         buf_size,
         done,
+        ckpts,
+        objects: object_ids,
+        resumed_read: 0,
         unit: 0,
         chunk: Vec::new(),
         chunk_bytes: 0,
@@ -377,6 +396,13 @@ fn encrypt_run(
     report.failed.extend(written.failed);
     report.skipped = planner.skipped;
     report.generated_keys = planner.generated;
+    report.bytes_read = written.read_bytes;
+    if planner.resumed_read > 0 {
+        log::info!(
+            "read back {} bytes of checkpointed objects",
+            planner.resumed_read
+        );
+    }
     report.batches = planner.keys.len() as u64;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
@@ -396,6 +422,11 @@ struct Planner<'a> {
     window: u64,
     buf_size: usize,
     done: HashMap<Vec<u8>, Done>,
+    ckpts: HashMap<(u64, u64), crate::journal::Ckpt>,
+    /// Object ids an interrupted run listed (checkpointed objects are among them).
+    objects: Vec<[u8; ID_LEN]>,
+    /// Object bytes read back to take up checkpointed files.
+    resumed_read: u64,
     unit: u64,
     chunk: Vec<ChunkItem>,
     chunk_bytes: usize,
@@ -479,6 +510,18 @@ impl<'a> Planner<'a> {
                     obj: d.obj,
                 });
                 return self.push(s, item, 0, tx);
+            }
+        }
+        if let Some(c) = self.ckpts.remove(&(e.dev, e.ino)) {
+            if !device && size >= self.opts.pack_threshold {
+                if let Some(start) = self.resume_at(&e, &c) {
+                    self.flush(s, tx)?;
+                    return self.dispatch_large(s, start, tx);
+                }
+                self.progress.notice(&format!(
+                    "{}: changed since its checkpoint; sealing it again from the start",
+                    e.source.display()
+                ));
             }
         }
         if format::segment_count(size, self.opts.segment_size) > format::MAX_SEGMENTS {
@@ -594,15 +637,47 @@ impl<'a> Planner<'a> {
             size,
             window: self.window,
         });
-        let windows = file.windows(self.opts.segment_size);
         let start = LargeStart {
             entry: e,
-            file: Arc::clone(&file),
+            file,
             batch,
             salt: h.salt,
             mac,
+            ct: crate::crypto::CtDigest::new(),
             device,
+            resume: None,
         };
+        self.send_large(s, unit, start, tx)
+    }
+
+    /// Dispatches a large file taken up at its checkpoint.
+    fn dispatch_large<'s>(
+        &mut self,
+        s: &rayon::Scope<'s>,
+        start: LargeStart,
+        tx: &Sender<Msg>,
+    ) -> Result<()>
+    where
+        'a: 's,
+    {
+        let unit = self.next_unit();
+        self.send_large(s, unit, start, tx)
+    }
+
+    /// Sends a large file's start to the writer, then one job per window still to seal.
+    fn send_large<'s>(
+        &mut self,
+        s: &rayon::Scope<'s>,
+        unit: u64,
+        start: LargeStart,
+        tx: &Sender<Msg>,
+    ) -> Result<()>
+    where
+        'a: 's,
+    {
+        let file = Arc::clone(&start.file);
+        let windows = file.windows(self.opts.segment_size);
+        let first = start.resume.map_or(0, |(_, w)| w);
         if tx
             .send(Msg::Large {
                 unit,
@@ -612,7 +687,7 @@ impl<'a> Planner<'a> {
         {
             return Ok(());
         }
-        for w in 0..windows {
+        for w in first..windows {
             let Some(mut buf) = self.pool.take(self.stop) else {
                 break;
             };
@@ -637,6 +712,47 @@ impl<'a> Planner<'a> {
             });
         }
         Ok(())
+    }
+
+    /// A large file's state at its segment checkpoint, if the source is provably the one
+    /// checkpointed (device, inode, size, mtime, ctime) and the object's prefix opens under
+    /// its keys; `None` otherwise (the file is sealed again with a fresh salt).
+    fn resume_at(&mut self, e: &SourceEntry, c: &crate::journal::Ckpt) -> Option<LargeStart> {
+        let same = |s: &Source| {
+            s.size() == c.size
+                && s.mtime() == (c.mtime, c.mtime_nsec)
+                && s.ctime() == (c.src.ctime, c.src.ctime_nsec)
+        };
+        let key = Arc::clone(self.keys.get(c.batch as usize)?);
+        let id = self.objects.get(c.obj as usize)?;
+        let src = Source::open(e, false, false).ok()?;
+        if !same(&src) || c.segs % self.window != 0 {
+            return None;
+        }
+        let path = self.opts.vault.join(crate::manifest::object_name(id));
+        let obj = crate::vault::open_regular(&path).ok()?;
+        let r = seal::resume_large(self.ctx, &key, &obj, c.size, c.segs)?;
+        self.resumed_read += r.read;
+        // Skip the prefix in the progress totals: it is done.
+        self.progress
+            .bytes(c.segs * u64::from(self.opts.segment_size));
+        let file = Arc::new(LargeFile {
+            src,
+            keys: r.keys,
+            header: r.header,
+            size: c.size,
+            window: self.window,
+        });
+        Some(LargeStart {
+            entry: e.clone(),
+            file,
+            batch: c.batch,
+            salt: r.salt,
+            mac: r.mac,
+            ct: r.ct,
+            device: false,
+            resume: Some((c.obj, c.segs / self.window)),
+        })
     }
 
     /// The batch of the next file, opening a new one (one GenerateDataKey) past the limits.
@@ -867,6 +983,7 @@ fn tidy_resumed(
     batches: &[Batch],
     objects: &[[u8; ID_LEN]],
     done: &HashMap<Vec<u8>, Done>,
+    checkpointed: &[u64],
 ) -> Result<()> {
     crate::leftovers::sweep_root(vault, batches)?;
     for b in batches {
@@ -876,7 +993,9 @@ fn tidy_resumed(
     }
     let mut used: Vec<[u8; ID_LEN]> = done
         .values()
-        .filter_map(|d| objects.get(d.obj as usize).copied())
+        .map(|d| d.obj)
+        .chain(checkpointed.iter().copied())
+        .filter_map(|o| objects.get(o as usize).copied())
         .collect();
     used.sort_unstable();
     used.dedup();

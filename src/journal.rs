@@ -72,9 +72,30 @@ pub struct SourceId {
 /// An authenticated record of an existing journal.
 #[derive(Debug)]
 pub enum Record {
-    Object { obj: u64, id: [u8; ID_LEN] },
+    Object {
+        obj: u64,
+        id: [u8; ID_LEN],
+    },
     Gen,
-    Done { src: Option<SourceId>, rec: Vec<u8> },
+    Done {
+        src: Option<SourceId>,
+        rec: Vec<u8>,
+    },
+    /// A segment checkpoint of a large file: its first `segs` segments are sealed into
+    /// object `obj` (synced before this record), from the source as identified.
+    Ckpt(Ckpt),
+}
+
+/// A segment checkpoint (docs/FORMAT.md §7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ckpt {
+    pub src: SourceId,
+    pub size: u64,
+    pub mtime: i64,
+    pub mtime_nsec: u32,
+    pub batch: u32,
+    pub obj: u64,
+    pub segs: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -91,6 +112,16 @@ struct MacLine<'a> {
     src: Option<SourceId>,
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     rec: Option<&'a RawValue>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mtime: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nsec: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    batch: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    segs: Option<u64>,
 }
 
 /// `{"mac":"` + 64 hex digits + `",`: the fixed start of every authenticated line.
@@ -333,6 +364,38 @@ impl Journal {
             return None;
         }
         let l: MacLine = serde_json::from_slice(line).ok()?;
+        if l.kind == "ckpt" {
+            return match (l.src, l.obj, l.size, l.mtime, l.nsec, l.batch, l.segs) {
+                (
+                    Some(src),
+                    Some(obj),
+                    Some(size),
+                    Some(mtime),
+                    Some(nsec),
+                    Some(batch),
+                    Some(segs),
+                ) if l.id.is_none() && l.rec.is_none() && nsec <= 999_999_999 => {
+                    Some(Record::Ckpt(Ckpt {
+                        src,
+                        size,
+                        mtime,
+                        mtime_nsec: nsec,
+                        batch,
+                        obj,
+                        segs,
+                    }))
+                }
+                _ => None,
+            };
+        }
+        if l.size.is_some()
+            || l.mtime.is_some()
+            || l.nsec.is_some()
+            || l.batch.is_some()
+            || l.segs.is_some()
+        {
+            return None;
+        }
         match (l.kind.as_str(), l.obj, l.id, l.rec) {
             ("object", Some(obj), Some(id), None) if l.src.is_none() => Some(Record::Object {
                 obj,
@@ -377,6 +440,16 @@ impl Journal {
         let rest = format!(
             r#""type":"object","obj":{obj},"id":"{}"}}"#,
             format::to_hex(id)
+        );
+        Ok(mac_line(self.key()?, rest.as_bytes()))
+    }
+
+    /// The authenticated line of a segment checkpoint.
+    pub fn ckpt_line(&self, c: &Ckpt) -> Result<Vec<u8>> {
+        let src = serde_json::to_string(&c.src).map_err(|e| Error::Runtime(e.to_string()))?;
+        let rest = format!(
+            r#""type":"ckpt","obj":{},"src":{src},"size":{},"mtime":{},"nsec":{},"batch":{},"segs":{}}}"#,
+            c.obj, c.size, c.mtime, c.mtime_nsec, c.batch, c.segs
         );
         Ok(mac_line(self.key()?, rest.as_bytes()))
     }

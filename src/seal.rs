@@ -354,3 +354,70 @@ pub fn window_geometry(seg: u32, pack_threshold: u64) -> (u64, usize) {
     let small = format::object_len(pack_threshold.saturating_sub(1), seg);
     (window, (window * slot).max(small) as usize)
 }
+
+/// A large file taken up at a segment checkpoint: its keys (from the header already in its
+/// object) and the digests of the prefix sealed before, rebuilt from the object (read back
+/// and opened: the source is not read again).
+pub struct Resumed {
+    pub keys: FileKeys,
+    pub header: [u8; HEADER_LEN],
+    pub salt: [u8; SALT_LEN],
+    pub ct: CtDigest,
+    pub mac: TreeMac,
+    /// Bytes of the object read back.
+    pub read: u64,
+}
+
+/// Rebuilds a checkpointed file's state from the first `segs` segments of `obj` (its record
+/// at offset 0), after checking the header is this file's (vault, batch, length, segment
+/// size, key commitment). `None` when anything differs or fails: the file starts over.
+pub fn resume_large(
+    ctx: &SealCtx,
+    key: &BatchKey,
+    obj: &std::fs::File,
+    size: u64,
+    segs: u64,
+) -> Option<Resumed> {
+    use std::os::unix::fs::FileExt;
+    let seg = ctx.segment_size;
+    let n = format::segment_count(size, seg);
+    if segs == 0 || segs >= n {
+        return None;
+    }
+    let mut hb = [0u8; HEADER_LEN];
+    obj.read_exact_at(&mut hb, 0).ok()?;
+    let h = ObjectHeader::decode(&hb).ok()?;
+    if h.vault_id != ctx.vault_id
+        || &h.batch_id != key.batch_id()
+        || h.plain_len != size
+        || h.segment_size != seg
+    {
+        return None;
+    }
+    let keys = key.file_keys(&h);
+    if !keys.check_commitment(&h.commitment) {
+        return None;
+    }
+    let mut ct = CtDigest::new();
+    let mut mac = TreeMac::new(keys.mac_key());
+    let slot = seg as usize + TAG_LEN;
+    let mut buf = vec![0u8; slot];
+    let mut read = 0u64;
+    for i in 0..segs {
+        // Every segment before a checkpoint is a full one (segs < n).
+        obj.read_exact_at(&mut buf, format::segment_offset(seg, i))
+            .ok()?;
+        read += slot as u64;
+        ct.push(&ct_leaf(if i == 0 { &hb[..] } else { &[] }, &buf));
+        let pt = keys.open_segment(i, false, &mut buf).ok()?;
+        mac.add(segment_mac(keys.mac_key(), seg, i, n, pt));
+    }
+    Some(Resumed {
+        keys,
+        header: hb,
+        salt: h.salt,
+        ct,
+        mac,
+        read,
+    })
+}

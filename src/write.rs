@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,7 +27,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use crate::crypto::{BatchKey, CtDigest, NameKey, SegMac, TreeMac};
 use crate::error::{Error, IoContext, Result};
 use crate::format::{self, ID_LEN, SALT_LEN};
-use crate::journal::{Journal, SourceId};
+use crate::journal::{Ckpt, Journal, SourceId};
 use crate::manifest::{
     self, Batch, Entry, EntryKind, FileEntry, Header, ManifestWriter, Name, ObjectRef,
 };
@@ -39,6 +39,12 @@ use crate::walk::SourceEntry;
 pub const COMMIT_EVERY: Duration = Duration::from_millis(500);
 /// Most entries one commit waits for.
 pub const COMMIT_LINES: usize = 8192;
+/// A large file's segment checkpoint is recorded at least every this many bytes sealed in
+/// order...
+pub const CHECKPOINT_BYTES: u64 = 64 << 20;
+/// ...and every this long, so a killed run loses at most about one interval per file in
+/// flight (the checkpoint is committed with the next group commit, after its data is synced).
+pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 /// What the planner and the jobs send the writer.
 pub enum Msg {
@@ -75,7 +81,12 @@ pub struct LargeStart {
     pub batch: u32,
     pub salt: [u8; SALT_LEN],
     pub mac: TreeMac,
+    /// The ciphertext digest so far (of the checkpointed prefix, when resumed).
+    pub ct: CtDigest,
     pub device: bool,
+    /// Taken up at a checkpoint: the object already holding the prefix, and the first
+    /// window still to write.
+    pub resume: Option<(u64, u64)>,
 }
 
 /// A file that could not be encrypted (the run goes on without it).
@@ -94,6 +105,8 @@ pub struct Written {
     pub symlinks: u64,
     pub resumed_files: u64,
     pub failed: Vec<Failure>,
+    /// Source bytes sealed by this run (not those taken over from an interrupted one).
+    pub read_bytes: u64,
 }
 
 struct LargeState {
@@ -106,6 +119,10 @@ struct LargeState {
     waiting: BTreeMap<u64, (Vec<[u8; 32]>, Vec<SegMac>)>,
     ct: CtDigest,
     failed: Option<String>,
+    /// Windows in order at the last checkpoint, and when it was taken.
+    ckpt: (u64, Instant),
+    /// Stopped by a cancel (not a source error).
+    interrupted: bool,
 }
 
 enum Unit {
@@ -317,20 +334,41 @@ impl<'a> Writer<'a> {
         Ok((obj, file, path))
     }
 
-    fn open_large(&mut self, start: Box<LargeStart>) -> Result<LargeState> {
-        let (obj, out, path) = self.new_object()?;
-        out.write_all_at(&start.file.header, 0).at(&path)?;
+    fn open_large(&mut self, mut start: Box<LargeStart>) -> Result<LargeState> {
+        let (obj, out, path, next) = match start.resume {
+            Some((obj, next)) => {
+                let id = self
+                    .objects
+                    .get(obj as usize)
+                    .ok_or_else(|| Error::Runtime("a checkpoint of an unknown object".into()))?;
+                let path = self.vault.join(manifest::object_name(id));
+                let out = OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&path)
+                    .at(&path)?;
+                (obj, out, path, next)
+            }
+            None => {
+                let (obj, out, path) = self.new_object()?;
+                out.write_all_at(&start.file.header, 0).at(&path)?;
+                (obj, out, path, 0)
+            }
+        };
         let windows = start.file.windows(self.header.segment_size);
+        let ct = std::mem::take(&mut start.ct);
         Ok(LargeState {
             start,
             obj,
             out,
             path,
             windows,
-            next: 0,
+            next,
             waiting: BTreeMap::new(),
-            ct: CtDigest::new(),
+            ct,
             failed: None,
+            ckpt: (next, Instant::now()),
+            interrupted: false,
         })
     }
 
@@ -352,11 +390,11 @@ impl<'a> Writer<'a> {
                     let at = format::segment_offset(seg, first);
                     st.out.write_all_at(&buf[..used], at).at(&st.path)?;
                     crate::vault::start_writeback(&st.out, at, used);
-                    self.progress.bytes(
-                        (first..first + leaves.len() as u64)
-                            .map(|i| format::segment_plain_len(st.start.file.size, seg, i) as u64)
-                            .sum(),
-                    );
+                    let plain = (first..first + leaves.len() as u64)
+                        .map(|i| format::segment_plain_len(st.start.file.size, seg, i) as u64)
+                        .sum();
+                    self.progress.bytes(plain);
+                    self.written.read_bytes += plain;
                 }
                 st.waiting.insert(window, (leaves, macs));
             }
@@ -365,6 +403,7 @@ impl<'a> Writer<'a> {
                 st.waiting.insert(window, (Vec::new(), Vec::new()));
             }
             Err(FileError::Cancelled) => {
+                st.interrupted = true;
                 st.failed.get_or_insert("interrupted".into());
                 st.waiting.insert(window, (Vec::new(), Vec::new()));
             }
@@ -373,6 +412,34 @@ impl<'a> Writer<'a> {
             leaves.iter().for_each(|l| st.ct.push(l));
             macs.into_iter().for_each(|m| st.start.mac.add(m));
             st.next += 1;
+        }
+        // A checkpoint: the windows written in order so far (their data is synced by the
+        // commit that records it). Not for devices (no ctime to prove them unchanged).
+        let window = st.start.file.window;
+        let bytes = (st.next - st.ckpt.0) * window * u64::from(seg);
+        let due = bytes >= CHECKPOINT_BYTES || st.ckpt.1.elapsed() >= CHECKPOINT_EVERY;
+        let ckpt = (st.failed.is_none()
+            && !st.start.device
+            && st.next > st.ckpt.0
+            && st.next < st.windows
+            && due)
+            .then(|| {
+                st.ckpt = (st.next, Instant::now());
+                let (mtime, mtime_nsec) = st.start.file.src.mtime();
+                Ckpt {
+                    src: crate::seal::source_id(&st.start.entry, &st.start.file.src),
+                    size: st.start.file.size,
+                    mtime,
+                    mtime_nsec,
+                    batch: st.start.batch,
+                    obj: st.obj,
+                    segs: st.next * window,
+                }
+            });
+        if let Some(c) = ckpt {
+            let line = self.journal.ckpt_line(&c)?;
+            self.queue.extend(line);
+            self.oldest.get_or_insert_with(Instant::now);
         }
         Ok(())
     }
@@ -483,6 +550,7 @@ impl<'a> Writer<'a> {
                     self.referenced[base.0 as usize] = true;
                     self.written.files += 1;
                     self.written.bytes += s.size;
+                    self.written.read_bytes += s.size;
                     let e = entry_of(&s.entry, EntryKind::File(f));
                     self.queue_entry(&e, Some(&s.src))?;
                     self.progress.file_done();
@@ -501,6 +569,7 @@ impl<'a> Writer<'a> {
             path,
             ct,
             failed,
+            interrupted,
             ..
         } = st;
         let LargeStart {
@@ -510,6 +579,7 @@ impl<'a> Writer<'a> {
             salt,
             mac,
             device,
+            ..
         } = *start;
         let failed = match failed {
             Some(why) => Some(why),
@@ -521,8 +591,12 @@ impl<'a> Writer<'a> {
         };
         if let Some(why) = failed {
             drop(out);
-            // Best effort: an object no entry names is emptied when the run finishes anyway.
-            let _ = fs::remove_file(&path);
+            // An interrupted file keeps its object: its checkpoint may take it up on resume
+            // (the resume sweeps it otherwise). Best effort: an object no entry names is
+            // removed when the run finishes anyway.
+            if !interrupted {
+                let _ = fs::remove_file(&path);
+            }
             self.fail(Failure {
                 path: entry.source.display().to_string(),
                 why,

@@ -81,6 +81,8 @@ enum Moment {
     ObjectOver(u64),
     /// While `manifest.tmp` exists (the final manifest write).
     ManifestWrite,
+    /// Once the journal holds this text.
+    JournalHas(&'static str),
 }
 
 /// The longest object file (read while the run changes `objects/`: errors are skipped).
@@ -114,6 +116,9 @@ fn kill_at(child: &mut Child, vault: &Path, m: &Moment) -> bool {
             Moment::KeyFile => has_key_file(vault),
             Moment::ObjectOver(n) => largest_object(vault) > *n,
             Moment::ManifestWrite => vault.join("manifest.tmp").exists(),
+            Moment::JournalHas(t) => {
+                fs::read_to_string(vault.join("journal.jsonl")).is_ok_and(|j| j.contains(t))
+            }
         };
         if now || started.elapsed() > Duration::from_secs(60) {
             return kill9(child);
@@ -142,16 +147,20 @@ fn kill_9_at_many_moments_every_rerun_finishes() {
     ok(&mut encrypt_cmd(&home, &src, &vault));
     let full = started.elapsed();
     eprintln!("a whole run takes {full:?}");
-    let mut moments: Vec<Moment> = [0u64, 2, 5, 10, 20, 35, 50, 75, 100]
+    let mut moments: Vec<Moment> = [0u64, 2, 5, 10, 20, 35, 50, 75]
         .iter()
         .map(|ms| Moment::After(Duration::from_millis(*ms)))
         .collect();
+    // Spread over the first 60% of a run (run times vary with the machine's load).
     for i in 1..=10u32 {
-        moments.push(Moment::After(full * i / 12));
+        moments.push(Moment::After(full * 6 * i / 100));
     }
     moments.extend([
         Moment::KeyFile,
+        Moment::JournalHas("\"type\":\"done\""),
+        Moment::ObjectOver(1 << 20),
         Moment::ObjectOver(4 << 20),
+        Moment::ObjectOver(8 << 20),
         Moment::ObjectOver(12 << 20),
         Moment::ManifestWrite,
     ]);
