@@ -39,6 +39,10 @@ use crate::walk::SourceEntry;
 pub const COMMIT_EVERY: Duration = Duration::from_millis(500);
 /// Most entries one commit waits for.
 pub const COMMIT_LINES: usize = 8192;
+/// Why a large file is reported when it kept changing while read.
+const CHANGED: &str = "changed while being read; run the same command again";
+/// Times a large file that changed while read is read again before it is reported.
+pub const RESEAL_ATTEMPTS: usize = 2;
 /// A large file's segment checkpoint is recorded at least every this many bytes sealed in
 /// order...
 pub const CHECKPOINT_BYTES: u64 = 64 << 20;
@@ -123,6 +127,8 @@ struct LargeState {
     ckpt: (u64, Instant),
     /// Stopped by a cancel (not a source error).
     interrupted: bool,
+    /// The source changed while a window was read.
+    changed: bool,
 }
 
 enum Unit {
@@ -369,6 +375,7 @@ impl<'a> Writer<'a> {
             failed: None,
             ckpt: (next, Instant::now()),
             interrupted: false,
+            changed: false,
         })
     }
 
@@ -398,7 +405,12 @@ impl<'a> Writer<'a> {
                 }
                 st.waiting.insert(window, (leaves, macs));
             }
-            Err(FileError::Source(why) | FileError::Changed(why)) => {
+            Err(FileError::Changed(why)) => {
+                st.changed = true;
+                st.failed.get_or_insert(why);
+                st.waiting.insert(window, (Vec::new(), Vec::new()));
+            }
+            Err(FileError::Source(why)) => {
                 st.failed.get_or_insert(why);
                 st.waiting.insert(window, (Vec::new(), Vec::new()));
             }
@@ -570,6 +582,7 @@ impl<'a> Writer<'a> {
             ct,
             failed,
             interrupted,
+            changed,
             ..
         } = st;
         let LargeStart {
@@ -585,47 +598,167 @@ impl<'a> Writer<'a> {
             Some(why) => Some(why),
             None => match file.src.unchanged(device) {
                 Ok(true) => None,
-                Ok(false) => Some("changed while being read; run the same command again".into()),
+                Ok(false) => Some(CHANGED.into()),
                 Err(e) => Some(e.to_string()),
             },
         };
-        if let Some(why) = failed {
-            drop(out);
-            // An interrupted file keeps its object: its checkpoint may take it up on resume
-            // (the resume sweeps it otherwise). Best effort: an object no entry names is
-            // removed when the run finishes anyway.
-            if !interrupted {
-                let _ = fs::remove_file(&path);
+        let sealed = match failed {
+            None => {
+                let pt = mac
+                    .finalize()
+                    .ok_or_else(|| Error::Runtime("empty MAC tree".into()))?;
+                let f = FileEntry {
+                    size: file.size,
+                    batch,
+                    obj,
+                    off: 0,
+                    salt,
+                    ct: ct.finalize(),
+                    pt: *pt.as_bytes(),
+                };
+                let src = crate::seal::source_id(&entry, &file.src);
+                Ok((f, src, file.src.mtime()))
             }
-            self.fail(Failure {
-                path: entry.source.display().to_string(),
-                why,
-            });
-            return Ok(());
-        }
-        let pt = mac
-            .finalize()
-            .ok_or_else(|| Error::Runtime("empty MAC tree".into()))?;
-        let f = FileEntry {
-            size: file.size,
-            batch,
-            obj,
-            off: 0,
-            salt,
-            ct: ct.finalize(),
-            pt: *pt.as_bytes(),
+            Some(why) => {
+                drop(out);
+                // An interrupted file keeps its object: its checkpoint may take it up on
+                // resume (the resume sweeps it otherwise). Best effort: an object no entry
+                // names is removed when the run finishes anyway.
+                if !interrupted {
+                    let _ = fs::remove_file(&path);
+                }
+                if (why == CHANGED || changed) && !interrupted {
+                    // Read again from the start, here, keeping the entries' order.
+                    self.reseal_large(&entry, batch, device)?
+                } else {
+                    Err(why)
+                }
+            }
         };
-        self.referenced[obj as usize] = true;
+        let (f, src, mtime) = match sealed {
+            Ok(s) => s,
+            Err(why) => {
+                self.fail(Failure {
+                    path: entry.source.display().to_string(),
+                    why,
+                });
+                return Ok(());
+            }
+        };
+        self.referenced[f.obj as usize] = true;
         self.written.files += 1;
-        self.written.bytes += file.size;
-        let src = crate::seal::source_id(&entry, &file.src);
+        self.written.bytes += f.size;
         if !device {
-            (entry.mtime, entry.mtime_nsec) = file.src.mtime();
+            (entry.mtime, entry.mtime_nsec) = mtime;
         }
         let e = entry_of(&entry, EntryKind::File(f));
         self.queue_entry(&e, Some(&src))?;
         self.progress.file_done();
         Ok(())
+    }
+
+    /// Seals a large file that changed while it was read again, from the start, with a fresh
+    /// file id and salt, window by window on this thread (rare: the pipeline waits, and the
+    /// entries keep their order). Gives up after [`RESEAL_ATTEMPTS`]; the file is then
+    /// reported.
+    #[allow(clippy::type_complexity)]
+    fn reseal_large(
+        &mut self,
+        entry: &SourceEntry,
+        batch: u32,
+        device: bool,
+    ) -> Result<std::result::Result<(FileEntry, SourceId, (i64, u32)), String>> {
+        let seg = self.header.segment_size;
+        let key = Arc::clone(
+            self.keys
+                .get(batch as usize)
+                .ok_or_else(|| Error::Runtime("a file of an unknown batch".into()))?,
+        );
+        let ctx = crate::seal::SealCtx {
+            vault_id: self.header.vault_id,
+            segment_size: seg,
+        };
+        let (window, _) = crate::seal::window_geometry(seg, 0);
+        for _ in 0..RESEAL_ATTEMPTS {
+            if self.stop.load(Ordering::Relaxed) {
+                return Ok(Err("interrupted".into()));
+            }
+            let src = match crate::source::Source::open(entry, device, false) {
+                Ok(s) => s,
+                Err(e) => return Ok(Err(e.to_string())),
+            };
+            let size = src.size();
+            let (h, keys) = crate::seal::new_file(&ctx, &key, size).at(&self.vault)?;
+            let file = LargeFile {
+                src,
+                header: h.encode(),
+                keys,
+                size,
+                window,
+            };
+            let (obj, out, path) = self.new_object()?;
+            out.write_all_at(&file.header, 0).at(&path)?;
+            let mut ct = CtDigest::new();
+            let mut mac = TreeMac::new(file.keys.mac_key());
+            let slot = u64::from(seg) + format::TAG_LEN as u64;
+            let mut buf = vec![0u8; (window * slot) as usize];
+            let mut outcome = Ok(());
+            for w in 0..file.windows(seg) {
+                match file.seal_window(seg, w, &mut buf) {
+                    Ok((used, leaves, macs)) => {
+                        let at = format::segment_offset(seg, w * window);
+                        out.write_all_at(&buf[..used], at).at(&path)?;
+                        self.written.read_bytes += (used - leaves.len() * format::TAG_LEN) as u64;
+                        leaves.iter().for_each(|l| ct.push(l));
+                        macs.into_iter().for_each(|m| mac.add(m));
+                    }
+                    Err(FileError::Changed(_)) => {
+                        outcome = Err(CHANGED.to_string());
+                        break;
+                    }
+                    Err(FileError::Source(why)) => {
+                        outcome = Err(why);
+                        break;
+                    }
+                    Err(FileError::Cancelled) => {
+                        outcome = Err("interrupted".into());
+                        break;
+                    }
+                }
+            }
+            if outcome.is_ok() && !file.src.unchanged(device).unwrap_or(false) {
+                outcome = Err(CHANGED.to_string());
+            }
+            match outcome {
+                Ok(()) => {
+                    let pt = mac
+                        .finalize()
+                        .ok_or_else(|| Error::Runtime("empty MAC tree".into()))?;
+                    let f = FileEntry {
+                        size,
+                        batch,
+                        obj,
+                        off: 0,
+                        salt: h.salt,
+                        ct: ct.finalize(),
+                        pt: *pt.as_bytes(),
+                    };
+                    let src = crate::seal::source_id(entry, &file.src);
+                    return Ok(Ok((f, src, file.src.mtime())));
+                }
+                Err(why) => {
+                    drop(out);
+                    let _ = fs::remove_file(&path);
+                    if why != CHANGED {
+                        return Ok(Err(why));
+                    }
+                }
+            }
+        }
+        Ok(Err(format!(
+            "{CHANGED}; gave up after {} attempts",
+            RESEAL_ATTEMPTS + 1
+        )))
     }
 
     /// Makes written data durable, then records it (one `syncfs` per group, not one fsync
