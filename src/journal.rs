@@ -194,7 +194,7 @@ fn mac_line(key: &[u8; 32], rest: &[u8]) -> Vec<u8> {
 
 impl Journal {
     /// Starts a new journal with its run record, durably and atomically: the record is
-    /// written and synced under a temporary name that is then renamed into place, so a
+    /// written and synced under a temporary name that is then linked into place, so a
     /// `journal.jsonl` never exists without its run record (a kill at any moment leaves
     /// either no journal, and at most the temporary file a rerun removes, or a whole one).
     pub fn create(vault: &Path, run: &RunRecord) -> Result<Journal> {
@@ -211,13 +211,19 @@ impl Journal {
         let line = json(run)?;
         file.write_all(&line).at(&tmp)?;
         file.sync_all().at(&tmp)?;
-        if path.exists() {
-            return Err(Error::Runtime(format!(
-                "{}: another envseal run created this journal",
-                path.display()
-            )));
+        // A link, not a rename: it never replaces a journal another run put there first.
+        match std::fs::hard_link(&tmp, &path) {
+            Ok(()) => remove_if_present(&tmp)?,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(Error::Runtime(format!(
+                    "{}: another envseal run created this journal",
+                    path.display()
+                )));
+            }
+            // Filesystems without hard links: a rename (the run record is in place either way).
+            Err(_) => std::fs::rename(&tmp, &path).at(&path)?,
         }
-        std::fs::rename(&tmp, &path).at(&path)?;
         crate::manifest::sync_dir(vault)?;
         Ok(Journal {
             file,
