@@ -19,6 +19,8 @@ pub struct Kms {
     opts: KmsOptions,
     override_url: Option<String>,
     trusted: Vec<String>,
+    /// CMKs a wrapping must name to be unwrapped (empty: any).
+    expected: Vec<String>,
     providers: Mutex<HashMap<String, Arc<dyn KeyProvider>>>,
 }
 
@@ -29,8 +31,27 @@ impl Kms {
             opts,
             override_url,
             trusted: Vec::new(),
+            expected: Vec::new(),
             providers: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Restricts unwrapping to wrappings by these CMKs (`--expect-key`, for restore
+    /// pipelines): a vault names its own KMS and CMK, even a `local:<dir>` store it brings
+    /// along, so only the caller can say which keys it trusts. A CMK matches by its id or
+    /// ARN as recorded, or as the last part of a recorded ARN (`…:key/<id>`).
+    pub fn expecting(mut self, cmks: impl IntoIterator<Item = String>) -> Self {
+        self.expected.extend(cmks);
+        self
+    }
+
+    fn expected_key(&self, key_id: &str) -> bool {
+        self.expected.iter().any(|e| {
+            key_id == e
+                || key_id
+                    .rsplit_once(":key/")
+                    .is_some_and(|(_, id)| id == e.as_str())
+        })
     }
 
     /// Remote KMS URLs the user trusts beyond loopback and the official endpoints (the CLI
@@ -195,9 +216,24 @@ impl Kms {
     /// Unwraps a batch's key: tries its wrappings in order, checks the commitment.
     pub fn unwrap(&self, vault_id: &[u8; ID_LEN], batch: &Batch) -> Result<BatchKey> {
         self.check_contexts(vault_id, batch)?;
+        if !self.expected.is_empty() && !batch.wrapped.iter().any(|w| self.expected_key(&w.key_id))
+        {
+            let names: Vec<&str> = batch.wrapped.iter().map(|w| w.key_id.as_str()).collect();
+            return Err(Error::integrity(
+                format!("batch {}", batch.id_hex()),
+                format!(
+                    "wrapped by {}, none of the keys given with --expect-key ({}); refusing to unwrap",
+                    names.join(", "),
+                    self.expected.join(", ")
+                ),
+            ));
+        }
         let mut errors = Vec::new();
         let mut last = None;
         for w in &batch.wrapped {
+            if !self.expected.is_empty() && !self.expected_key(&w.key_id) {
+                continue;
+            }
             match self.unwrap_one(vault_id, batch, w) {
                 Ok(bk) => return Ok(bk),
                 Err(e @ Error::Integrity { .. }) => return Err(e),

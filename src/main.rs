@@ -31,6 +31,8 @@ impl log::Log for StderrLog {
 }
 
 fn main() {
+    // Before anything holds a key or a passphrase.
+    envseal::limits::disable_core_dumps();
     // NO_COLOR (no-color.org) wins over clap's own terminal detection and CLICOLOR_FORCE.
     let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let mut cmd = Cli::command();

@@ -878,11 +878,11 @@ impl ManifestReader {
         let file = crate::vault::open_regular(&path).map_err(|e| match e {
             Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
                 let hint = if vault.join(layout::JOURNAL).exists() {
-                    "the vault is unfinished: run the same encrypt command again to resume it"
+                    crate::journal::resume_hint(vault)
                 } else if !vault.exists() {
-                    "no such directory"
+                    "no such directory".into()
                 } else {
-                    "not an envseal vault (no manifest.jsonl)"
+                    "not an envseal vault (no manifest.jsonl)".into()
                 };
                 Error::format(vault.display().to_string(), hint)
             }

@@ -69,7 +69,12 @@ pub fn rewrap(opts: &RewrapOptions, kms: &Kms) -> Result<RewrapReport> {
     if opts.add && opts.key.is_none() {
         return Err(Error::Usage("rewrap --add needs --key <CMK>".into()));
     }
-    if vault.join(layout::JOURNAL).exists() {
+    // A finished vault may keep its journal as a receipt (docs/FORMAT.md §7); any other
+    // journal is an unfinished run.
+    if !matches!(
+        crate::journal::head(vault)?,
+        None | Some(crate::journal::Head::Finished(_))
+    ) {
         return Err(Error::Usage(format!(
             "{} holds an unfinished encrypt run; finish it (run the encrypt command again) before rewrapping",
             vault.display()

@@ -194,6 +194,10 @@ pub struct DecryptArgs {
     /// is not read here: the manifest knows where each key lives).
     #[arg(long, value_name = "URL")]
     pub kms: Option<String>,
+    /// Unwrap only keys wrapped by this CMK (id or ARN; repeatable): a vault names its own
+    /// KMS and CMK, so restore pipelines say which they trust.
+    #[arg(long, value_name = "CMK")]
+    pub expect_key: Vec<String>,
     /// Worker threads (default: number of cores).
     #[arg(short = 'j', long, value_name = "N")]
     pub jobs: Option<usize>,
@@ -221,6 +225,9 @@ pub struct VerifyArgs {
     /// With --source: paths the encrypt run excluded (its --exclude globs).
     #[arg(long, value_name = "GLOB", requires = "source")]
     pub exclude: Vec<String>,
+    /// With --deep: unwrap only keys wrapped by this CMK (id or ARN; repeatable).
+    #[arg(long, value_name = "CMK")]
+    pub expect_key: Vec<String>,
     /// Worker threads (default: number of cores).
     #[arg(short = 'j', long, value_name = "N")]
     pub jobs: Option<usize>,

@@ -200,7 +200,7 @@ pub fn decrypt_cmd(a: DecryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
         jobs: jobs(a.jobs)?,
         sync: !a.no_sync,
     };
-    let kms = reading_kms(a.kms)?;
+    let kms = reading_kms(a.kms)?.expecting(a.expect_key);
     let bars = bars("decrypt", &a.out)?;
     let r = decrypt(&opts, &kms, &bars, cancel).map_err(unwrap_advice)?;
     print_failures(&r.failed, &bars);
@@ -248,7 +248,7 @@ pub fn verify_cmd(a: VerifyArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
         deep: a.deep,
         jobs: jobs(a.jobs)?,
     };
-    let kms = reading_kms(a.kms)?;
+    let kms = reading_kms(a.kms)?.expecting(a.expect_key);
     let bars = bars("verify", &a.out)?;
     let r = verify(&a.vault, &opts, Some(&kms), &bars, cancel).map_err(unwrap_advice)?;
     for p in &r.problems {
