@@ -385,6 +385,8 @@ impl EncryptRig {
             vault: PathBuf::new(),
             key: Some(key),
             kms_url: url,
+            also_keys: Vec::new(),
+            since: None,
             segment_size: DEFAULT_SEGMENT_SIZE,
             excludes: Vec::new(),
             conceal_names: false,

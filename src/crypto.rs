@@ -56,6 +56,15 @@ impl BatchKey {
         &self.batch_id
     }
 
+    pub fn vault_id(&self) -> &[u8; ID_LEN] {
+        &self.vault_id
+    }
+
+    /// The data key itself, to wrap it under another CMK (KMS `Encrypt`, `rewrap`).
+    pub fn data_key(&self) -> &DataKey {
+        &self.key
+    }
+
     fn derive_batch(&self, context: &str) -> Zeroizing<[u8; 32]> {
         let mut km = Zeroizing::new([0u8; 64]);
         km[..32].copy_from_slice(self.key.expose());

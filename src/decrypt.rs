@@ -94,6 +94,9 @@ pub struct DecryptReport {
     /// FIFOs and device nodes.
     pub specials: u64,
     pub failed: Vec<Failure>,
+    /// Files and symlinks found already restored (a rerun after an interrupted decrypt;
+    /// the rule is in docs/RESUME.md), left as they are.
+    pub already_restored: u64,
     /// How many of `failed` are integrity failures (exit 3).
     pub integrity_failures: u64,
     /// The restored files were made durable (one `syncfs` of DEST) before this report.
@@ -184,12 +187,25 @@ fn join(dest: &Path, p: &[u8]) -> PathBuf {
     dest.join(OsStr::from_bytes(p))
 }
 
+/// Sets a path's access and modification times to the entry's mtime by name
+/// (`utimensat`): opening it would fail for a directory (EISDIR) or one whose mode was
+/// already set to 0311 or 000; owning it is enough.
 fn set_mtime(path: &Path, e: &Entry, symlink: bool) -> std::io::Result<()> {
-    let t = filetime::FileTime::from_unix_time(e.mtime, e.mtime_nsec);
-    if symlink {
-        filetime::set_symlink_file_times(path, t, t)
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    let t = libc::timespec {
+        tv_sec: e.mtime as libc::time_t,
+        tv_nsec: e.mtime_nsec as libc::c_long,
+    };
+    let flags = if symlink {
+        libc::AT_SYMLINK_NOFOLLOW
     } else {
-        filetime::set_file_times(path, t, t)
+        0
+    };
+    // SAFETY: a valid NUL-terminated path and two timespecs, for the duration of the call.
+    if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), [t, t].as_ptr(), flags) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -214,7 +230,11 @@ pub fn decrypt(
     }
     let keys = &unlocked.keys;
     let r = &unlocked.reader;
-    let mut ctx = RecordCtx::new(&opts.vault, &r.header, &r.batches, &r.objects, opts.jobs);
+    let (jobs, lowered) = crate::limits::clamp_jobs(opts.jobs);
+    if let Some(n) = lowered {
+        progress.notice(&n);
+    }
+    let mut ctx = RecordCtx::new(&opts.vault, &r.header, &r.batches, &r.objects, jobs);
     ctx.writeback = opts.sync;
     let chosen = select(&entries, &opts.only)?;
     fs::create_dir_all(&opts.dest).at(&opts.dest)?;
@@ -254,6 +274,14 @@ pub fn decrypt(
                     bad_dirs.insert(rel(e));
                     fail(&mut report, e, format!("{} exists and is not a directory (a symlink or file); refusing to write through it", p.display()), false);
                     continue;
+                }
+                // Restored before (an interrupted decrypt) with its final mode, say 0311 or
+                // 000: writable again until its mode is set last, after its contents.
+                if let Ok(md) = fs::symlink_metadata(&p) {
+                    let mode = md.permissions().mode() & 0o7777;
+                    if mode & 0o700 != 0o700 {
+                        let _ = fs::set_permissions(&p, fs::Permissions::from_mode(mode | 0o700));
+                    }
                 }
             }
             Err(err) => {
@@ -309,20 +337,21 @@ pub fn decrypt(
         .iter()
         .map(|e| parent(rel(e)).unwrap_or_default())
         .collect();
+    let tag = tmp_tag(&r.header.vault_id);
     for d in targets {
-        remove_stale_tmp(&join(dest, d));
+        remove_stale_tmp(&join(dest, d), &tag);
     }
     progress.start(files.len() as u64, total);
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(opts.jobs.max(1))
+        .num_threads(jobs)
         .build()
         .map_err(|e| Error::Runtime(format!("thread pool: {e}")))?;
-    let results: Vec<(usize, std::result::Result<u64, ObjectError>)> = pool.install(|| {
+    let results: Vec<(usize, std::result::Result<Restored, ObjectError>)> = pool.install(|| {
         files
             .par_iter()
             .enumerate()
             .map(|(k, e)| {
-                let r = restore_file(opts, &ctx, keys, e, progress, cancel);
+                let r = restore_file(opts, &ctx, keys, e, &tag, progress, cancel);
                 progress.file_done();
                 (k, r)
             })
@@ -332,17 +361,27 @@ pub fn decrypt(
     for (k, r) in results {
         let e = files[k];
         match r {
-            Ok(bytes) => {
+            Ok(Restored::Written(bytes)) => {
                 report.files += 1;
                 report.bytes += bytes;
                 if e.linked {
                     restored.insert(rel(e));
                 }
             }
+            Ok(Restored::Present(bytes)) => {
+                report.files += 1;
+                report.bytes += bytes;
+                report.already_restored += 1;
+            }
             Err(ObjectError::Cancelled) => return Err(Error::Interrupted),
             Err(ObjectError::Integrity(why) | ObjectError::Missing(why)) => {
                 progress.notice(&format!("FAILED {}: {why}", e.path.display()));
                 fail(&mut report, e, why, true)
+            }
+            Err(ObjectError::Io(err)) if err.is_no_space() => {
+                let why = "no space left on device; free some space, then run the same command again (files already restored are kept)";
+                progress.notice(&format!("failed {}: {why}", e.path.display()));
+                fail(&mut report, e, why.to_string(), false)
             }
             Err(ObjectError::Io(err)) => {
                 progress.notice(&format!("failed {}: {err}", e.path.display()));
@@ -380,7 +419,8 @@ pub fn decrypt(
                     continue;
                 }
                 make_room(&p, opts.overwrite).and_then(|()| {
-                    fs::hard_link(join(dest, from), &p).map_err(|err| format!("{}: {err}", p.display()))
+                    fs::hard_link(join(dest, from), &p)
+                        .map_err(|err| format!("{}: {err}", p.display()))
                 })
             }
             EntryKind::Fifo | EntryKind::CharDev(_) | EntryKind::BlockDev(_) => {
@@ -410,6 +450,15 @@ pub fn decrypt(
         }
         let p = join(dest, rel(e));
         if let Ok(md) = fs::symlink_metadata(&p) {
+            let t = OsStr::from_bytes(target.clear().unwrap_or_default());
+            if md.is_symlink() && fs::read_link(&p).is_ok_and(|l| l.as_os_str() == t) {
+                // Restored by an interrupted decrypt: the same link.
+                if set_mtime(&p, e, true).is_ok() {
+                    report.symlinks += 1;
+                    report.already_restored += 1;
+                    continue;
+                }
+            }
             if !opts.overwrite || md.is_dir() {
                 fail(
                     &mut report,
@@ -522,30 +571,42 @@ fn node_error(p: &Path, kind: &EntryKind, err: std::io::Error) -> String {
 const TMP_PREFIX: &str = ".envseal-";
 const TMP_SUFFIX: &str = ".tmp";
 
-/// The name a file is decrypted into before its rename: random, not derived from the file's
-/// name (a name near NAME_MAX, 255, plus a suffix would not fit).
-fn tmp_name(random: &[u8; 8]) -> String {
-    format!("{TMP_PREFIX}{}{TMP_SUFFIX}", hex::encode(random))
+/// The part of a temporary name that ties it to one vault: the first 8 bytes of its id.
+/// A user's file named like another vault's (or an older release's) temporary file is never
+/// taken for one of ours.
+fn tmp_tag(vault_id: &[u8; crate::format::ID_LEN]) -> String {
+    hex::encode(&vault_id[..8])
 }
 
-/// Whether `name` is exactly of the form [`tmp_name`] makes.
-fn is_tmp_name(name: &OsStr) -> bool {
+/// The name a file is decrypted into before its rename (where O_TMPFILE is not available):
+/// `.envseal-<vault tag>-<16 random hex>.tmp`; random, not derived from the file's name (a
+/// name near NAME_MAX, 255, plus a suffix would not fit).
+fn tmp_name(tag: &str, random: &[u8; 8]) -> String {
+    format!("{TMP_PREFIX}{tag}-{}{TMP_SUFFIX}", hex::encode(random))
+}
+
+/// Whether `name` is exactly of the form [`tmp_name`] makes for this vault.
+fn is_tmp_name(name: &OsStr, tag: &str) -> bool {
+    let hexdigits = |h: &[u8]| h.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
     name.as_bytes()
         .strip_prefix(TMP_PREFIX.as_bytes())
         .and_then(|r| r.strip_suffix(TMP_SUFFIX.as_bytes()))
-        .is_some_and(|h| h.len() == 16 && h.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+        .and_then(|r| r.strip_prefix(tag.as_bytes()))
+        .and_then(|r| r.strip_prefix(b"-"))
+        .is_some_and(|h| h.len() == 16 && hexdigits(h))
 }
 
-/// Removes the temporary files a killed decrypt left in `dir` (plaintext, perhaps partial or
-/// unauthenticated): regular files whose names are exactly of our pattern, nothing else. A
-/// decrypt running into the same directory at the same time would lose its file (and report
-/// that file failed); restoring one place twice at once is not supported anyway.
-fn remove_stale_tmp(dir: &Path) {
+/// Removes the temporary files a killed decrypt of this vault left in `dir` (plaintext,
+/// perhaps partial or unauthenticated): regular files whose names are exactly of our
+/// pattern with this vault's tag, nothing else. A decrypt running into the same directory at
+/// the same time would lose its file (and report that file failed); restoring one place
+/// twice at once is not supported anyway.
+fn remove_stale_tmp(dir: &Path, tag: &str) {
     let Ok(entries) = fs::read_dir(dir) else {
         return; // Nothing to clean; writing there will report the error.
     };
     for d in entries.flatten() {
-        if is_tmp_name(&d.file_name()) && d.file_type().is_ok_and(|t| t.is_file()) {
+        if is_tmp_name(&d.file_name(), tag) && d.file_type().is_ok_and(|t| t.is_file()) {
             match fs::remove_file(d.path()) {
                 Ok(()) => log::info!(
                     "removed {}, left by an interrupted decrypt",
@@ -557,22 +618,69 @@ fn remove_stale_tmp(dir: &Path) {
     }
 }
 
+/// What restoring one file did.
+enum Restored {
+    Written(u64),
+    /// Already in place from an interrupted decrypt (docs/RESUME.md): left as it is.
+    Present(u64),
+}
+
+/// Whether `target` is this entry's file as a decrypt restores it: a regular file (not a
+/// link) with the entry's size, mode and mtime (to the nanosecond), whose content has the
+/// entry's keyed plaintext digest.
+fn already_restored(
+    ctx: &RecordCtx,
+    f: &crate::manifest::FileEntry,
+    key: &crate::crypto::BatchKey,
+    e: &Entry,
+    target: &Path,
+    cancel: &AtomicBool,
+) -> std::result::Result<bool, ObjectError> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(md) = fs::symlink_metadata(target) else {
+        return Ok(false);
+    };
+    if !md.is_file()
+        || md.len() != f.size
+        || md.mode() & 0o7777 != e.mode
+        || (md.mtime(), md.mtime_nsec()) != (e.mtime, i64::from(e.mtime_nsec))
+    {
+        return Ok(false);
+    }
+    let Ok(file) = crate::vault::open_regular(target) else {
+        return Ok(false);
+    };
+    crate::object::plaintext_matches(ctx, f, key, &file, cancel)
+}
+
 /// Decrypts one file into a temporary name and renames it into place.
 fn restore_file(
     opts: &DecryptOptions,
     ctx: &RecordCtx,
     keys: &[crate::crypto::BatchKey],
     e: &Entry,
+    tag: &str,
     progress: &dyn Progress,
     cancel: &AtomicBool,
-) -> std::result::Result<u64, ObjectError> {
+) -> std::result::Result<Restored, ObjectError> {
     let io = |p: &Path, err: std::io::Error| ObjectError::Io(Error::io(p, err));
     let f = e
         .file()
         .ok_or_else(|| ObjectError::Integrity("not a file".into()))?;
     let target = join(&opts.dest, rel(e));
     if let Ok(md) = fs::symlink_metadata(&target) {
-        if !opts.overwrite || md.is_dir() {
+        let key = &keys[f.batch as usize];
+        if already_restored(ctx, f, key, e, &target, cancel)? {
+            progress.bytes(f.size);
+            return Ok(Restored::Present(f.size));
+        }
+        if md.is_dir() {
+            return Err(ObjectError::Io(Error::Runtime(format!(
+                "{} is a directory in the way of a file; move it away and run the same command again",
+                target.display()
+            ))));
+        }
+        if !opts.overwrite {
             return Err(ObjectError::Io(Error::Runtime(format!(
                 "{} exists (use --overwrite to replace it)",
                 target.display()
@@ -597,7 +705,7 @@ fn restore_file(
             ) =>
         {
             let suffix: [u8; 8] = crate::format::random().map_err(|err| io(dir, err))?;
-            let tmp = dir.join(tmp_name(&suffix));
+            let tmp = dir.join(tmp_name(tag, &suffix));
             let f = OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -630,24 +738,49 @@ fn restore_file(
             .map_err(|err| io(&target, err))?;
         let t = filetime::FileTime::from_unix_time(e.mtime, e.mtime_nsec);
         filetime::set_file_handle_times(&out, Some(t), Some(t)).map_err(|err| io(&target, err))?;
+        check_time_kept(&out, e, &target)?;
         match &tmp {
             Some(tmp) => fs::rename(tmp, &target).map_err(|err| io(&target, err)),
-            None => {
-                link_into_place(&out, dir, &target, opts.overwrite).map_err(|err| io(&target, err))
-            }
+            None => link_into_place(&out, dir, &target, opts.overwrite, tag)
+                .map_err(|err| io(&target, err)),
         }
     })();
     if let (Err(_), Some(tmp)) = (&result, &tmp) {
         // The temporary file holds unauthenticated or partial plaintext: never leave it.
         let _ = fs::remove_file(tmp);
     }
-    result.map(|_| f.size)
+    result.map(|_| Restored::Written(f.size))
+}
+
+/// Refuses a file whose recorded mtime the filesystem cannot hold (the kernel clamps it
+/// silently, say `i64::MAX` seconds): restoring it with another time would not be the
+/// state recorded. Filesystems with coarse timestamps (FAT: 2 s) are allowed their rounding.
+fn check_time_kept(out: &File, e: &Entry, target: &Path) -> std::result::Result<(), ObjectError> {
+    use std::os::unix::fs::MetadataExt;
+    let md = out
+        .metadata()
+        .map_err(|err| ObjectError::Io(Error::io(target, err)))?;
+    if md.mtime().abs_diff(e.mtime) > 2 {
+        return Err(ObjectError::Io(Error::Runtime(format!(
+            "{}: its recorded mtime ({} s) cannot be stored on this filesystem (it keeps {} s); not restored",
+            target.display(),
+            e.mtime,
+            md.mtime()
+        ))));
+    }
+    Ok(())
 }
 
 /// Gives an unnamed (O_TMPFILE) file its name. `linkat` never replaces an existing name
 /// (nor follows a symlink there); with `--overwrite` the file is linked under a temporary
 /// name and renamed over the target.
-fn link_into_place(out: &File, dir: &Path, target: &Path, overwrite: bool) -> std::io::Result<()> {
+fn link_into_place(
+    out: &File,
+    dir: &Path,
+    target: &Path,
+    overwrite: bool,
+    tag: &str,
+) -> std::io::Result<()> {
     use std::ffi::CString;
     use std::os::unix::io::AsRawFd;
     let from = CString::new(format!("/proc/self/fd/{}", out.as_raw_fd()))?;
@@ -672,7 +805,7 @@ fn link_into_place(out: &File, dir: &Path, target: &Path, overwrite: bool) -> st
     match link(target) {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && overwrite => {
             let suffix: [u8; 8] = crate::format::random()?;
-            let tmp = dir.join(tmp_name(&suffix));
+            let tmp = dir.join(tmp_name(tag, &suffix));
             link(&tmp)?;
             fs::rename(&tmp, target).inspect_err(|_| {
                 let _ = fs::remove_file(&tmp);
@@ -719,10 +852,18 @@ mod tests {
     /// The cleanup pattern is exactly the names decrypt makes.
     #[test]
     fn tmp_names_are_recognised() {
+        let tag = tmp_tag(&[0x5a; 16]);
         for r in [[0u8; 8], [0xab; 8], [0x9f; 8]] {
-            assert!(is_tmp_name(OsStr::new(&tmp_name(&r))));
+            assert!(is_tmp_name(OsStr::new(&tmp_name(&tag, &r)), &tag));
+            // Another vault's, and a user's file of the old pattern, are not ours.
+            assert!(!is_tmp_name(
+                OsStr::new(&tmp_name(&tmp_tag(&[1; 16]), &r)),
+                &tag
+            ));
+            let old = format!(".envseal-{}.tmp", hex::encode(r));
+            assert!(!is_tmp_name(OsStr::new(&old), &tag));
         }
-        assert!(!is_tmp_name(OsStr::new(".envseal-00.tmp")));
+        assert!(!is_tmp_name(OsStr::new(".envseal-00.tmp"), &tag));
     }
 
     #[test]

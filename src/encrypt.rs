@@ -28,6 +28,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::format::{self, layout, ID_LEN};
 use crate::journal::{Journal, Record, RunParams, RunRecord, SourceId};
 use crate::keys::Kms;
+use crate::keyspec::KeySpec;
 use crate::manifest::{Batch, Entry, EntryKind, Header, ManifestReader, Name};
 use crate::progress::Progress;
 use crate::seal::{self, BufPool, ChunkItem, LargeFile, SealCtx};
@@ -46,6 +47,12 @@ pub struct EncryptOptions {
     pub key: Option<String>,
     /// Provider URL for new batches.
     pub kms_url: String,
+    /// Further CMKs (each with its provider) every batch key is also wrapped under, by one
+    /// `Encrypt` each: any one of them opens the vault alone.
+    pub also_keys: Vec<KeySpec>,
+    /// An incremental run: unchanged files are taken from this earlier vault without being
+    /// read or sealed again (see [`crate::since`]).
+    pub since: Option<PathBuf>,
     pub segment_size: u32,
     pub excludes: Vec<String>,
     pub conceal_names: bool,
@@ -78,6 +85,12 @@ pub struct EncryptReport {
     pub batches: u64,
     /// `GenerateDataKey` calls made by this run.
     pub generated_keys: u64,
+    /// Files (and their bytes) taken unchanged from the `--since` vault.
+    pub reused_files: u64,
+    pub reused_bytes: u64,
+    /// Source bytes this run read and sealed (files and segments taken over from an
+    /// interrupted run are not read again).
+    pub bytes_read: u64,
     pub skipped: Vec<Failure>,
     pub failed: Vec<Failure>,
     pub seconds: f64,
@@ -94,11 +107,38 @@ struct Done {
     mtime: (i64, u32),
     obj: u64,
     batch: u32,
+    /// From the `--since` vault (not from this run's journal).
+    from_since: bool,
 }
 
 /// Runs an encryption. `cancel` stops it between files and windows (the vault stays
-/// resumable).
+/// resumable). A full disk is reported as [`Error::NoSpace`] with the command that resumes.
 pub fn encrypt(
+    opts: &EncryptOptions,
+    kms: &Kms,
+    progress: &dyn Progress,
+    cancel: &AtomicBool,
+) -> Result<EncryptReport> {
+    encrypt_run(opts, kms, progress, cancel).map_err(|e| {
+        if !e.is_no_space() {
+            return e;
+        }
+        let path = match &e {
+            Error::Io { path, .. } | Error::NoSpace { path, .. } => path.clone(),
+            _ => opts.vault.clone(),
+        };
+        let then = match crate::journal::head(&opts.vault) {
+            Ok(Some(crate::journal::Head::Run(r))) => format!(
+                "run `{}` again: it resumes where this run stopped",
+                crate::journal::resume_command(&opts.vault, &r.params)
+            ),
+            _ => "run the same command again".into(),
+        };
+        Error::NoSpace { path, then }
+    })
+}
+
+fn encrypt_run(
     opts: &EncryptOptions,
     kms: &Kms,
     progress: &dyn Progress,
@@ -130,6 +170,17 @@ pub fn encrypt(
         segment_size: opts.segment_size,
         conceal_names: opts.conceal_names,
         excludes: opts.excludes.clone(),
+        also_keys: opts
+            .also_keys
+            .iter()
+            .map(|k| format!("{}#{}", k.kms, k.key))
+            .collect(),
+        since: opts
+            .since
+            .as_ref()
+            .map(|p| std::path::absolute(p).map(|a| B64.encode(a.as_os_str().as_bytes())))
+            .transpose()
+            .map_err(|e| Error::io(opts.since.as_deref().unwrap_or(Path::new("")), e))?,
     };
     let exclude = walk::excludes(&opts.excludes)?;
     check_vault_outside(opts, &sources)?;
@@ -138,11 +189,38 @@ pub fn encrypt(
     // The vault directory: new, or an unfinished run of the same command.
     let vault = &opts.vault;
     let vault_existed = vault.exists();
-    if let Some(mut report) = finished_run(vault, &params)? {
+    if let Some(mut report) = finished_run(vault, &params, kms)? {
         report.seconds = started.elapsed().as_secs_f64();
         return Ok(report);
     }
-    let (mut journal, run, loaded) = open_vault(vault, &params, opts.resume)?;
+    let earlier = match &opts.since {
+        Some(p) => {
+            if resolved(p) == resolved(vault) {
+                return Err(Error::Usage(format!(
+                    "--since {}: that is the vault being written; name the earlier vault",
+                    p.display()
+                )));
+            }
+            let e = crate::since::Earlier::load(p, kms)?;
+            if e.segment_size != opts.segment_size {
+                return Err(Error::Usage(format!(
+                    "--since {}: its segment size is {}, this run's {}; use --segment-size {}",
+                    p.display(),
+                    e.segment_size,
+                    opts.segment_size,
+                    e.segment_size
+                )));
+            }
+            Some(e)
+        }
+        None => None,
+    };
+    let (mut journal, run, loaded) = open_vault(
+        vault,
+        &params,
+        opts.resume,
+        earlier.as_ref().map(|e| e.vault_id),
+    )?;
     let mut unstarted = Unstarted {
         vault,
         vault_existed,
@@ -172,21 +250,33 @@ pub fn encrypt(
     let mut keys: Vec<Arc<BatchKey>> = Vec::new();
     let mut objects: Vec<[u8; ID_LEN]> = Vec::new();
     let mut done: HashMap<Vec<u8>, Done> = HashMap::new();
+    // The last segment checkpoint of each large file in flight, by (device, inode).
+    let mut ckpts: HashMap<(u64, u64), crate::journal::Ckpt> = HashMap::new();
     let mut load: (u64, u64) = (0, 0);
     if let Some(loaded) = &loaded {
         // Batch records are not authenticated, but the run record matched this command line:
         // a batch must be wrapped by this run's KMS, or the rest of the run would be encrypted
         // under a key held elsewhere (say, an attacker's store named in an edited journal).
-        let run_kms = if loaded.batches.is_empty() {
-            String::new()
-        } else {
-            kms.provider(&opts.kms_url)?.url()
-        };
+        let mut run_kms = Vec::new();
+        if !loaded.batches.is_empty() {
+            run_kms.push(kms.provider(&opts.kms_url)?.url());
+            for k in &opts.also_keys {
+                run_kms.push(kms.provider(&k.kms)?.url());
+            }
+            // An incremental run's journal starts with the earlier vault's batches.
+            for b in earlier.iter().flat_map(|e| &e.batches) {
+                run_kms.extend(b.wrapped.iter().map(|w| w.kms.clone()));
+            }
+        }
         for (i, b) in loaded.batches.iter().enumerate() {
-            if let Some(w) = b.wrapped.iter().find(|w| w.kms != run_kms) {
+            if let Some(w) = b.wrapped.iter().find(|w| !run_kms.contains(&w.kms)) {
                 return Err(Error::integrity(
                     format!("journal batch {i}"),
-                    format!("wrapped by {}, not by this run's KMS {run_kms}", w.kms),
+                    format!(
+                        "wrapped by {}, not by this run's KMS {}",
+                        w.kms,
+                        run_kms.join(", ")
+                    ),
                 ));
             }
             keys.push(Arc::new(kms.unwrap(&vault_id, b)?));
@@ -205,6 +295,15 @@ pub fn encrypt(
                         objects.push(id);
                     }
                     Record::Gen => {}
+                    Record::Ckpt(c) => {
+                        if c.obj >= objects.len() as u64 || c.batch as usize >= batches.len() {
+                            return Err(Error::integrity(
+                                "journal",
+                                "checkpoint names an unknown object or batch",
+                            ));
+                        }
+                        ckpts.insert((c.src.dev, c.src.ino), c);
+                    }
                     Record::Done { src, rec } => {
                         let Some(src) = src else { continue };
                         let mut e = Entry::from_line(&rec, &header)
@@ -228,6 +327,7 @@ pub fn encrypt(
                                     mtime: (e.mtime, e.mtime_nsec),
                                     obj: f.obj,
                                     batch: f.batch,
+                                    from_since: false,
                                 },
                             );
                         }
@@ -235,6 +335,20 @@ pub fn encrypt(
                 }
             }
         }
+    }
+
+    if loaded.is_some() {
+        // Objects taken over from a --since vault stay: its unchanged files name them.
+        let inherited: std::collections::HashSet<[u8; ID_LEN]> = earlier
+            .iter()
+            .flat_map(|e| e.objects.iter().map(|o| o.id))
+            .collect();
+        let kept: Vec<u64> = ckpts
+            .values()
+            .map(|c| c.obj)
+            .chain((0..objects.len() as u64).filter(|&i| inherited.contains(&objects[i as usize])))
+            .collect();
+        tidy_resumed(vault, &vault_id, &batches, &objects, &done, &kept)?;
     }
 
     // New files fill the interrupted run's last batch up to the limits, counting what it
@@ -245,7 +359,56 @@ pub fn encrypt(
             load.1 = load.1.saturating_add(d.size);
         }
     }
-    let jobs = opts.jobs.max(1);
+    // An incremental run: the earlier vault's batches and objects are this vault's first
+    // ones (a new run puts them there; a resumed one finds them in its journal), its
+    // unchanged files candidates for reuse beside what the journal committed; new files go
+    // to a new batch.
+    if let Some(e) = &earlier {
+        let inherited = match &loaded {
+            None => {
+                e.inherit(vault, &mut journal)?;
+                unstarted.armed = false;
+                batches = e.batches.clone();
+                keys = e.keys.clone();
+                objects = e.objects.iter().map(|o| o.id).collect();
+                true
+            }
+            Some(_) => {
+                batches.len() >= e.batches.len()
+                    && objects.len() >= e.objects.len()
+                    && batches.iter().zip(&e.batches).all(|(a, b)| a == b)
+                    && objects.iter().zip(&e.objects).all(|(a, o)| *a == o.id)
+            }
+        };
+        if inherited {
+            let name_key = opts.conceal_names.then(|| keys[0].name_key());
+            for (p, (entry, src)) in &e.files {
+                let Some(f) = entry.file() else { continue };
+                if done.contains_key(p) {
+                    continue;
+                }
+                done.insert(
+                    p.clone(),
+                    Done {
+                        src: *src,
+                        line: entry.to_line_src(name_key.as_ref(), Some(src))?,
+                        size: f.size,
+                        mtime: (entry.mtime, entry.mtime_nsec),
+                        obj: f.obj,
+                        batch: f.batch,
+                        from_since: true,
+                    },
+                );
+            }
+            if keys.len() == e.batches.len() {
+                load = (u64::MAX, u64::MAX);
+            }
+        }
+    }
+    let (jobs, lowered) = crate::limits::clamp_jobs(opts.jobs);
+    if let Some(n) = lowered {
+        progress.notice(&n);
+    }
     let (window, buf_size) = seal::window_geometry(opts.segment_size, opts.pack_threshold);
     // Enough buffers for every core to seal while the writer writes and a few units wait to
     // be written in order; fewer for huge segments (peak memory, docs/PERFORMANCE.md).
@@ -261,6 +424,7 @@ pub fn encrypt(
         segment_size: opts.segment_size,
     };
     let resumed_batches = batches.len();
+    let object_ids = objects.clone();
     let mut writer = Writer::new(
         vault.to_path_buf(),
         header,
@@ -285,11 +449,15 @@ pub fn encrypt(
         keys,
         load,
         generated: 0,
+        reused: (0, 0),
         ctx: &ctx,
         window,
         buf_size,
         done,
         links: HashMap::new(),
+        ckpts,
+        objects: object_ids,
+        resumed_read: 0,
         unit: 0,
         chunk: Vec::new(),
         chunk_bytes: 0,
@@ -357,6 +525,14 @@ pub fn encrypt(
     report.failed.extend(written.failed);
     report.skipped = planner.skipped;
     report.generated_keys = planner.generated;
+    (report.reused_files, report.reused_bytes) = planner.reused;
+    report.bytes_read = written.read_bytes;
+    if planner.resumed_read > 0 {
+        log::info!(
+            "read back {} bytes of checkpointed objects",
+            planner.resumed_read
+        );
+    }
     report.batches = planner.keys.len() as u64;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
@@ -372,6 +548,8 @@ struct Planner<'a> {
     /// Files and bytes in the current (last) batch.
     load: (u64, u64),
     generated: u64,
+    /// Files and bytes reused from the `--since` vault.
+    reused: (u64, u64),
     ctx: &'a SealCtx,
     window: u64,
     buf_size: usize,
@@ -379,6 +557,11 @@ struct Planner<'a> {
     /// The first path of each multiply-linked file (by device and inode): later paths of the
     /// same inode become hard-link entries naming it.
     links: HashMap<(u64, u64), Vec<u8>>,
+    ckpts: HashMap<(u64, u64), crate::journal::Ckpt>,
+    /// Object ids an interrupted run listed (checkpointed objects are among them).
+    objects: Vec<[u8; ID_LEN]>,
+    /// Object bytes read back to take up checkpointed files.
+    resumed_read: u64,
     unit: u64,
     chunk: Vec<ChunkItem>,
     chunk_bytes: usize,
@@ -474,6 +657,10 @@ impl<'a> Planner<'a> {
                 && d.mtime == (e.mtime, e.mtime_nsec);
             if unchanged {
                 self.progress.bytes(size);
+                if d.from_since {
+                    self.reused.0 += 1;
+                    self.reused.1 += size;
+                }
                 let item = ChunkItem::Reused(seal::Reused {
                     line: d.line,
                     src: d.src,
@@ -482,6 +669,18 @@ impl<'a> Planner<'a> {
                     linkable: (e.nlink > 1).then(|| e.path.clone()),
                 });
                 return self.push(s, item, 0, tx);
+            }
+        }
+        if let Some(c) = self.ckpts.remove(&(e.dev, e.ino)) {
+            if !device && size >= self.opts.pack_threshold {
+                if let Some(start) = self.resume_at(&e, &c) {
+                    self.flush(s, tx)?;
+                    return self.dispatch_large(s, start, tx);
+                }
+                self.progress.notice(&format!(
+                    "{}: changed since its checkpoint; sealing it again from the start",
+                    e.source.display()
+                ));
             }
         }
         if format::segment_count(size, self.opts.segment_size) > format::MAX_SEGMENTS {
@@ -597,15 +796,47 @@ impl<'a> Planner<'a> {
             size,
             window: self.window,
         });
-        let windows = file.windows(self.opts.segment_size);
         let start = LargeStart {
             entry: e,
-            file: Arc::clone(&file),
+            file,
             batch,
             salt: h.salt,
             mac,
+            ct: crate::crypto::CtDigest::new(),
             device,
+            resume: None,
         };
+        self.send_large(s, unit, start, tx)
+    }
+
+    /// Dispatches a large file taken up at its checkpoint.
+    fn dispatch_large<'s>(
+        &mut self,
+        s: &rayon::Scope<'s>,
+        start: LargeStart,
+        tx: &Sender<Msg>,
+    ) -> Result<()>
+    where
+        'a: 's,
+    {
+        let unit = self.next_unit();
+        self.send_large(s, unit, start, tx)
+    }
+
+    /// Sends a large file's start to the writer, then one job per window still to seal.
+    fn send_large<'s>(
+        &mut self,
+        s: &rayon::Scope<'s>,
+        unit: u64,
+        start: LargeStart,
+        tx: &Sender<Msg>,
+    ) -> Result<()>
+    where
+        'a: 's,
+    {
+        let file = Arc::clone(&start.file);
+        let windows = file.windows(self.opts.segment_size);
+        let first = start.resume.map_or(0, |(_, w)| w);
         if tx
             .send(Msg::Large {
                 unit,
@@ -615,7 +846,7 @@ impl<'a> Planner<'a> {
         {
             return Ok(());
         }
-        for w in 0..windows {
+        for w in first..windows {
             let Some(mut buf) = self.pool.take(self.stop) else {
                 break;
             };
@@ -640,6 +871,47 @@ impl<'a> Planner<'a> {
             });
         }
         Ok(())
+    }
+
+    /// A large file's state at its segment checkpoint, if the source is provably the one
+    /// checkpointed (device, inode, size, mtime, ctime) and the object's prefix opens under
+    /// its keys; `None` otherwise (the file is sealed again with a fresh salt).
+    fn resume_at(&mut self, e: &SourceEntry, c: &crate::journal::Ckpt) -> Option<LargeStart> {
+        let same = |s: &Source| {
+            s.size() == c.size
+                && s.mtime() == (c.mtime, c.mtime_nsec)
+                && s.ctime() == (c.src.ctime, c.src.ctime_nsec)
+        };
+        let key = Arc::clone(self.keys.get(c.batch as usize)?);
+        let id = self.objects.get(c.obj as usize)?;
+        let src = Source::open(e, false, false).ok()?;
+        if !same(&src) || c.segs % self.window != 0 {
+            return None;
+        }
+        let path = self.opts.vault.join(crate::manifest::object_name(id));
+        let obj = crate::vault::open_regular(&path).ok()?;
+        let r = seal::resume_large(self.ctx, &key, &obj, c.size, c.segs)?;
+        self.resumed_read += r.read;
+        // Skip the prefix in the progress totals: it is done.
+        self.progress
+            .bytes(c.segs * u64::from(self.opts.segment_size));
+        let file = Arc::new(LargeFile {
+            src,
+            keys: r.keys,
+            header: r.header,
+            size: c.size,
+            window: self.window,
+        });
+        Some(LargeStart {
+            entry: e.clone(),
+            file,
+            batch: c.batch,
+            salt: r.salt,
+            mac: r.mac,
+            ct: r.ct,
+            device: false,
+            resume: Some((c.obj, c.segs / self.window)),
+        })
     }
 
     /// The batch of the next file, opening a new one (one GenerateDataKey) past the limits.
@@ -667,9 +939,12 @@ impl<'a> Planner<'a> {
             )));
         }
         let batch_id: [u8; ID_LEN] = format::random().at(&self.opts.vault)?;
-        let (b, k) = self
-            .kms
-            .generate(&self.opts.kms_url, self.key, &self.vault_id, batch_id)?;
+        let mut specs = vec![KeySpec {
+            kms: self.opts.kms_url.clone(),
+            key: self.key.to_string(),
+        }];
+        specs.extend(self.opts.also_keys.iter().cloned());
+        let (b, k) = self.kms.generate_all(&specs, &self.vault_id, batch_id)?;
         let k = Arc::new(k);
         self.keys.push(Arc::clone(&k));
         self.generated += 1;
@@ -743,6 +1018,7 @@ fn open_vault(
     vault: &Path,
     params: &RunParams,
     must_resume: bool,
+    vault_id: Option<[u8; ID_LEN]>,
 ) -> Result<(Journal, RunRecord, Option<crate::journal::Loaded>)> {
     let shown = vault.display();
     if vault.join(layout::MANIFEST).exists() {
@@ -750,7 +1026,7 @@ fn open_vault(
             "{shown} is a finished vault; refusing to overwrite it (choose another -o, or delete it first)"
         )));
     }
-    if vault.join(layout::JOURNAL).exists() {
+    if vault.join(layout::JOURNAL).exists() && !crate::leftovers::only_unstarted(vault)? {
         let (journal, loaded) = Journal::open(vault)?;
         if loaded.run.params != *params {
             return Err(Error::Usage(format!(
@@ -769,9 +1045,13 @@ fn open_vault(
     match fs::read_dir(vault) {
         Ok(mut d) => {
             if d.next().is_some() {
-                return Err(Error::Usage(format!(
-                    "{shown} exists and is not empty; choose a new directory for the vault"
-                )));
+                if !crate::leftovers::only_unstarted(vault)? {
+                    return Err(Error::Usage(format!(
+                        "{shown} exists and is not empty; choose a new directory for the vault"
+                    )));
+                }
+                // A run killed before its first batch record: it wrote no ciphertext.
+                crate::leftovers::clear_unstarted(vault)?;
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -782,7 +1062,10 @@ fn open_vault(
     let run = RunRecord {
         kind: "run".into(),
         format: format::FORMAT_VERSION,
-        vault_id: format::to_hex(&format::random::<ID_LEN>().at(vault)?),
+        vault_id: match vault_id {
+            Some(id) => format::to_hex(&id),
+            None => format::to_hex(&format::random::<ID_LEN>().at(vault)?),
+        },
         created: now_rfc3339(),
         params: params.clone(),
     };
@@ -827,19 +1110,47 @@ fn command_of(vault: &Path, p: &RunParams) -> String {
     c
 }
 
-/// A run of the same command that wrote its manifest and stopped before removing its journal
-/// is finished: removes the journal and reports what the manifest holds.
-fn finished_run(vault: &Path, params: &RunParams) -> Result<Option<EncryptReport>> {
-    if !vault.join(layout::MANIFEST).exists() || !vault.join(layout::JOURNAL).exists() {
+/// A run of the same command that wrote its manifest is finished, whatever moment it was
+/// killed at afterwards: its journal is either still whole (its run record names these
+/// arguments) or already the receipt (a keyed MAC of them, checked with batch 0's key).
+/// Tidies what the kill left (objects and key files no manifest record names, the journal
+/// not yet turned into the receipt) and reports what the manifest holds. `None`: not this
+/// command's finished vault.
+fn finished_run(vault: &Path, params: &RunParams, kms: &Kms) -> Result<Option<EncryptReport>> {
+    use crate::journal::Head;
+    if !vault.join(layout::MANIFEST).exists() {
         return Ok(None);
     }
-    let (journal, loaded) = Journal::open(vault)?;
-    if loaded.run.params != *params {
-        return Ok(None);
-    }
+    let head = match crate::journal::head(vault)? {
+        None | Some(Head::Unreadable) => return Ok(None),
+        Some(h) => h,
+    };
     let mut m = ManifestReader::open(vault)?;
-    if loaded.run.vault_id != format::to_hex(&m.header.vault_id) {
+    let vault_id = format::to_hex(&m.header.vault_id);
+    let same_id = match &head {
+        Head::Run(r) => r.vault_id == vault_id && r.params == *params,
+        Head::Finished(r) => r.vault_id == vault_id,
+        Head::Unreadable => false,
+    };
+    let Some(b0) = m.batches.first().cloned() else {
         return Ok(None);
+    };
+    if !same_id {
+        return Ok(None);
+    }
+    let key = match (kms.unwrap(&m.header.vault_id, &b0), &head) {
+        (Ok(k), _) => k,
+        // A receipt cannot be matched without the key: treat the vault as another's.
+        (Err(_), Head::Finished(_)) => return Ok(None),
+        (Err(e), _) => return Err(e),
+    };
+    let mac = crate::journal::params_mac(&key.journal_mac_key(), params)?;
+    if let Head::Finished(r) = &head {
+        let want = format::from_hex::<32>(&r.params_mac).map(blake3::Hash::from);
+        let got = format::from_hex::<32>(&mac).map(blake3::Hash::from);
+        if want.is_none() || want != got {
+            return Ok(None);
+        }
     }
     let mut r = EncryptReport {
         batches: m.batches.len() as u64,
@@ -857,9 +1168,44 @@ fn finished_run(vault: &Path, params: &RunParams) -> Result<Option<EncryptReport
             EntryKind::Fifo | EntryKind::CharDev(_) | EntryKind::BlockDev(_) => r.specials += 1,
         }
     }
-    journal.remove(vault)?;
+    m.authenticate(0, &key)?;
+    let listed: Vec<[u8; ID_LEN]> = m.objects.iter().map(|o| o.id).collect();
+    crate::write::sweep_objects(vault, &listed)?;
+    crate::leftovers::sweep_root(vault, &m.batches)?;
+    if let Head::Run(_) = head {
+        crate::journal::write_receipt(vault, &vault_id, &mac)?;
+    }
     r.resumed_files = r.files;
     Ok(Some(r))
+}
+
+/// A resumed run first tidies what the killed one left: key files of batches it never
+/// journaled, temporary files, objects no committed entry names (partial objects of files in
+/// flight, which would otherwise pile up over repeated kills); and puts back the key file of
+/// a journaled batch if it is missing (the journal holds the same wrappings).
+fn tidy_resumed(
+    vault: &Path,
+    vault_id: &[u8; ID_LEN],
+    batches: &[Batch],
+    objects: &[[u8; ID_LEN]],
+    done: &HashMap<Vec<u8>, Done>,
+    checkpointed: &[u64],
+) -> Result<()> {
+    crate::leftovers::sweep_root(vault, batches)?;
+    for b in batches {
+        if !vault.join(b.keys_file()).exists() {
+            crate::manifest::write_key_file(vault, vault_id, b)?;
+        }
+    }
+    let mut used: Vec<[u8; ID_LEN]> = done
+        .values()
+        .map(|d| d.obj)
+        .chain(checkpointed.iter().copied())
+        .filter_map(|o| objects.get(o as usize).copied())
+        .collect();
+    used.sort_unstable();
+    used.dedup();
+    crate::write::sweep_objects(vault, &used)
 }
 
 /// Until its first batch record is in the journal, a run has written no key and no
@@ -878,6 +1224,9 @@ impl Drop for Unstarted<'_> {
         if !self.armed {
             return;
         }
+        // Key files first and the journal last: a kill in between leaves a journal, whose
+        // rerun sweeps the rest.
+        let _ = crate::leftovers::sweep_root(self.vault, &[]);
         let _ = fs::remove_file(self.vault.join(layout::JOURNAL));
         let _ = fs::remove_dir(self.vault.join(layout::OBJECTS_DIR));
         if !self.vault_existed {

@@ -51,6 +51,11 @@ pub enum Error {
     #[error("{what}: {why}")]
     Format { what: String, why: String },
 
+    /// The vault's (or DEST's) filesystem is full; the run is resumable (exit 1). `then`
+    /// says what to run once space is freed.
+    #[error("{}: no space left on device; free some space, then {then}", path.display())]
+    NoSpace { path: PathBuf, then: String },
+
     /// A run was stopped (Ctrl-C); the vault is resumable (exit 130).
     #[error("interrupted; run the same command again to resume")]
     Interrupted,
@@ -66,6 +71,17 @@ impl Error {
         Error::Io {
             path: path.as_ref().to_path_buf(),
             source,
+        }
+    }
+
+    /// Whether this is an I/O error of a full filesystem or an exceeded quota.
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            Error::NoSpace { .. } => true,
+            Error::Io { source, .. } => {
+                matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+            }
+            _ => false,
         }
     }
 

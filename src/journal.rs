@@ -34,6 +34,12 @@ pub struct RunParams {
     pub segment_size: u32,
     pub conceal_names: bool,
     pub excludes: Vec<String>,
+    /// The other CMKs every batch key is wrapped under (`KMS#CMK`), absent when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also_keys: Vec<String>,
+    /// An incremental run's earlier vault (base64 of its absolute path), absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -72,9 +78,30 @@ pub struct SourceId {
 /// An authenticated record of an existing journal.
 #[derive(Debug)]
 pub enum Record {
-    Object { obj: u64, id: [u8; ID_LEN] },
+    Object {
+        obj: u64,
+        id: [u8; ID_LEN],
+    },
     Gen,
-    Done { src: Option<SourceId>, rec: Vec<u8> },
+    Done {
+        src: Option<SourceId>,
+        rec: Vec<u8>,
+    },
+    /// A segment checkpoint of a large file: its first `segs` segments are sealed into
+    /// object `obj` (synced before this record), from the source as identified.
+    Ckpt(Ckpt),
+}
+
+/// A segment checkpoint (docs/FORMAT.md §7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ckpt {
+    pub src: SourceId,
+    pub size: u64,
+    pub mtime: i64,
+    pub mtime_nsec: u32,
+    pub batch: u32,
+    pub obj: u64,
+    pub segs: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -91,6 +118,16 @@ struct MacLine<'a> {
     src: Option<SourceId>,
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     rec: Option<&'a RawValue>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mtime: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nsec: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    batch: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    segs: Option<u64>,
 }
 
 /// `{"mac":"` + 64 hex digits + `",`: the fixed start of every authenticated line.
@@ -103,6 +140,18 @@ pub struct Journal {
     mac_key: Option<Zeroizing<[u8; 32]>>,
     /// Where appends go (the file's length).
     len: u64,
+    vault_id: String,
+    params: RunParams,
+}
+
+/// The temporary name of a journal being created (a rerun removes one a kill left).
+pub const TMP: &str = "journal.tmp";
+
+fn remove_if_present(p: &Path) -> Result<()> {
+    match std::fs::remove_file(p) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(p, e)),
+        _ => Ok(()),
+    }
 }
 
 /// What an existing journal holds, before its authenticated lines are checked.
@@ -150,25 +199,45 @@ fn mac_line(key: &[u8; 32], rest: &[u8]) -> Vec<u8> {
 }
 
 impl Journal {
-    /// Starts a new journal with its run record, durably.
+    /// Starts a new journal with its run record, durably and atomically: the record is
+    /// written and synced under a temporary name that is then linked into place, so a
+    /// `journal.jsonl` never exists without its run record (a kill at any moment leaves
+    /// either no journal, and at most the temporary file a rerun removes, or a whole one).
     pub fn create(vault: &Path, run: &RunRecord) -> Result<Journal> {
         let path = vault.join(layout::JOURNAL);
+        let tmp = vault.join(TMP);
+        remove_if_present(&tmp)?;
         let mut file = OpenOptions::new()
             .create_new(true)
             .read(true)
             .write(true)
-            .open(&path)
-            .at(&path)?;
-        lock(&file, &path)?;
+            .open(&tmp)
+            .at(&tmp)?;
+        lock(&file, &tmp)?;
         let line = json(run)?;
-        file.write_all(&line).at(&path)?;
-        file.sync_all().at(&path)?;
+        file.write_all(&line).at(&tmp)?;
+        file.sync_all().at(&tmp)?;
+        // A link, not a rename: it never replaces a journal another run put there first.
+        match std::fs::hard_link(&tmp, &path) {
+            Ok(()) => remove_if_present(&tmp)?,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(Error::Runtime(format!(
+                    "{}: another envseal run created this journal",
+                    path.display()
+                )));
+            }
+            // Filesystems without hard links: a rename (the run record is in place either way).
+            Err(_) => std::fs::rename(&tmp, &path).at(&path)?,
+        }
         crate::manifest::sync_dir(vault)?;
         Ok(Journal {
             file,
             path,
             mac_key: None,
             len: line.len() as u64,
+            vault_id: run.vault_id.clone(),
+            params: run.params.clone(),
         })
     }
 
@@ -246,6 +315,8 @@ impl Journal {
             path,
             mac_key: None,
             len: good_end,
+            vault_id: run.vault_id.clone(),
+            params: run.params.clone(),
         };
         Ok((
             journal,
@@ -305,6 +376,38 @@ impl Journal {
             return None;
         }
         let l: MacLine = serde_json::from_slice(line).ok()?;
+        if l.kind == "ckpt" {
+            return match (l.src, l.obj, l.size, l.mtime, l.nsec, l.batch, l.segs) {
+                (
+                    Some(src),
+                    Some(obj),
+                    Some(size),
+                    Some(mtime),
+                    Some(nsec),
+                    Some(batch),
+                    Some(segs),
+                ) if l.id.is_none() && l.rec.is_none() && nsec <= 999_999_999 => {
+                    Some(Record::Ckpt(Ckpt {
+                        src,
+                        size,
+                        mtime,
+                        mtime_nsec: nsec,
+                        batch,
+                        obj,
+                        segs,
+                    }))
+                }
+                _ => None,
+            };
+        }
+        if l.size.is_some()
+            || l.mtime.is_some()
+            || l.nsec.is_some()
+            || l.batch.is_some()
+            || l.segs.is_some()
+        {
+            return None;
+        }
         match (l.kind.as_str(), l.obj, l.id, l.rec) {
             ("object", Some(obj), Some(id), None) if l.src.is_none() => Some(Record::Object {
                 obj,
@@ -349,6 +452,16 @@ impl Journal {
         let rest = format!(
             r#""type":"object","obj":{obj},"id":"{}"}}"#,
             format::to_hex(id)
+        );
+        Ok(mac_line(self.key()?, rest.as_bytes()))
+    }
+
+    /// The authenticated line of a segment checkpoint.
+    pub fn ckpt_line(&self, c: &Ckpt) -> Result<Vec<u8>> {
+        let src = serde_json::to_string(&c.src).map_err(|e| Error::Runtime(e.to_string()))?;
+        let rest = format!(
+            r#""type":"ckpt","obj":{},"src":{src},"size":{},"mtime":{},"nsec":{},"batch":{},"segs":{}}}"#,
+            c.obj, c.size, c.mtime, c.mtime_nsec, c.batch, c.segs
         );
         Ok(mac_line(self.key()?, rest.as_bytes()))
     }
@@ -409,11 +522,135 @@ impl Journal {
         Ok(())
     }
 
-    /// Removes the journal once the manifest is durable.
-    pub fn remove(self, vault: &Path) -> Result<()> {
-        std::fs::remove_file(&self.path).at(&self.path)?;
-        crate::manifest::sync_dir(vault)
+    /// Once the manifest is durable: replaces the journal (atomically) by the receipt of the
+    /// finished run, so that the same command run again (after a kill at any later moment)
+    /// knows the vault is its own and finished.
+    pub fn finish(self, vault: &Path) -> Result<()> {
+        let mac = params_mac(self.key()?, &self.params)?;
+        write_receipt(vault, &self.vault_id, &mac)
     }
+}
+
+/// The last state of a journal: `{"type":"finished","format":2,"vault_id","params_mac"}`.
+/// The run's arguments are kept only as a keyed MAC (they name source paths, which a vault
+/// with concealed names must not show).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Receipt {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub format: u16,
+    pub vault_id: String,
+    pub params_mac: String,
+}
+
+/// The keyed MAC (journal MAC key of batch 0) of a run's arguments, for the receipt.
+pub fn params_mac(key: &[u8; 32], params: &RunParams) -> Result<String> {
+    let mut h = blake3::Hasher::new_keyed(key);
+    h.update(b"envseal finished run\n");
+    h.update(&serde_json::to_vec(params).map_err(|e| Error::Runtime(e.to_string()))?);
+    Ok(h.finalize().to_hex().to_string())
+}
+
+/// Writes the receipt in place of the journal (temporary file, sync, rename, sync).
+pub fn write_receipt(vault: &Path, vault_id: &str, params_mac: &str) -> Result<()> {
+    let line = json(&Receipt {
+        kind: "finished".into(),
+        format: format::FORMAT_VERSION,
+        vault_id: vault_id.into(),
+        params_mac: params_mac.into(),
+    })?;
+    crate::manifest::write_atomic(&vault.join(layout::JOURNAL), &line)
+}
+
+/// What the first line of a vault's journal says, read without locking and within the line
+/// limit: `None` when there is no journal.
+pub enum Head {
+    Run(RunRecord),
+    Finished(Receipt),
+    /// Empty, torn or not a journal line.
+    Unreadable,
+}
+
+/// Reads the first line of `journal.jsonl` (a regular file only, at most one line's limit).
+pub fn head(vault: &Path) -> Result<Option<Head>> {
+    use std::io::Read;
+    let path = vault.join(layout::JOURNAL);
+    let f = match crate::vault::open_regular(&path) {
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(None)
+        }
+        r => r?,
+    };
+    let mut buf = Vec::new();
+    f.take(format::MAX_MANIFEST_LINE as u64 + 1)
+        .read_to_end(&mut buf)
+        .at(&path)?;
+    let Some(end) = buf.iter().position(|&b| b == b'\n') else {
+        return Ok(Some(Head::Unreadable));
+    };
+    let line = &buf[..end];
+    if let Ok(r) = serde_json::from_slice::<RunRecord>(line) {
+        if r.kind == "run" {
+            return Ok(Some(Head::Run(r)));
+        }
+    }
+    if let Ok(r) = serde_json::from_slice::<Receipt>(line) {
+        if r.kind == "finished" {
+            return Ok(Some(Head::Finished(r)));
+        }
+    }
+    Ok(Some(Head::Unreadable))
+}
+
+/// What to tell a reader (`verify`, `decrypt`, `ls`) of a vault without a manifest that has
+/// a journal: the exact command that finishes it, or that there is nothing to finish.
+pub fn resume_hint(vault: &Path) -> String {
+    match head(vault) {
+        Ok(Some(Head::Run(r))) => format!(
+            "the vault is unfinished: run `{}` again to finish it (an encrypt of the same sources with the same options resumes)",
+            resume_command(vault, &r.params)
+        ),
+        Ok(Some(Head::Finished(_))) => {
+            "the vault has lost its manifest.jsonl (its journal says it was finished): restore the manifest from a backup".into()
+        }
+        _ => "the vault holds no run record: an encrypt stopped before it started, so it holds no data; delete the directory and encrypt again".into(),
+    }
+}
+
+/// The `envseal encrypt` command line of a run (paths shown lossily if not UTF-8).
+pub fn resume_command(vault: &Path, p: &RunParams) -> String {
+    use base64::Engine;
+    let quote = |s: &str| {
+        if !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/._-:+=@,%".contains(&b))
+        {
+            s.to_string()
+        } else {
+            format!("'{}'", s.replace('\'', r"'\''"))
+        }
+    };
+    let mut c = String::from("envseal encrypt");
+    if let Some(k) = &p.key {
+        c += &format!(" --key {}", quote(k));
+    }
+    c += &format!(" --kms {}", quote(&p.kms));
+    c += &format!(" --segment-size {}", p.segment_size);
+    if p.conceal_names {
+        c += " --conceal-names";
+    }
+    for e in &p.excludes {
+        c += &format!(" --exclude {}", quote(e));
+    }
+    c += &format!(" -o {}", quote(&vault.display().to_string()));
+    for s in &p.sources {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .unwrap_or_default();
+        c += &format!(" {}", quote(&String::from_utf8_lossy(&bytes)));
+    }
+    c
 }
 
 /// `O_NONBLOCK` on open, so that a FIFO planted in a vault does not hang the reader; regular
@@ -446,6 +683,8 @@ mod tests {
                 segment_size: 4096,
                 conceal_names: false,
                 excludes: vec![],
+                also_keys: vec![],
+                since: None,
             },
         }
     }

@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use crate::crypto::BatchKey;
 use crate::error::{Error, Result};
 use crate::format::{self, ID_LEN};
-use crate::kms::{self, EncryptionContext, KeyProvider, KmsOptions};
+use crate::keyspec::KeySpec;
+use crate::kms::{self, EncryptionContext, KeyProvider, KmsOptions, WrappedKey};
 use crate::manifest::Batch;
 
 /// Builds providers by URL once per run, and talks to them.
@@ -18,6 +19,8 @@ pub struct Kms {
     opts: KmsOptions,
     override_url: Option<String>,
     trusted: Vec<String>,
+    /// CMKs a wrapping must name to be unwrapped (empty: any).
+    expected: Vec<String>,
     providers: Mutex<HashMap<String, Arc<dyn KeyProvider>>>,
 }
 
@@ -28,8 +31,27 @@ impl Kms {
             opts,
             override_url,
             trusted: Vec::new(),
+            expected: Vec::new(),
             providers: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Restricts unwrapping to wrappings by these CMKs (`--expect-key`, for restore
+    /// pipelines): a vault names its own KMS and CMK, even a `local:<dir>` store it brings
+    /// along, so only the caller can say which keys it trusts. A CMK matches by its id or
+    /// ARN as recorded, or as the last part of a recorded ARN (`…:key/<id>`).
+    pub fn expecting(mut self, cmks: impl IntoIterator<Item = String>) -> Self {
+        self.expected.extend(cmks);
+        self
+    }
+
+    fn expected_key(&self, key_id: &str) -> bool {
+        self.expected.iter().any(|e| {
+            key_id == e
+                || key_id
+                    .rsplit_once(":key/")
+                    .is_some_and(|(_, id)| id == e.as_str())
+        })
     }
 
     /// Remote KMS URLs the user trusts beyond loopback and the official endpoints (the CLI
@@ -122,8 +144,37 @@ impl Kms {
         Ok((batch, bk))
     }
 
-    /// Unwraps a batch's key: tries its wrappings in order, checks the commitment.
-    pub fn unwrap(&self, vault_id: &[u8; ID_LEN], batch: &Batch) -> Result<BatchKey> {
+    /// One `GenerateDataKey` under the first key, then one `Encrypt` of the same data key
+    /// under each of the others: a batch any one of them opens alone.
+    pub fn generate_all(
+        &self,
+        keys: &[KeySpec],
+        vault_id: &[u8; ID_LEN],
+        batch_id: [u8; ID_LEN],
+    ) -> Result<(Batch, BatchKey)> {
+        let (first, rest) = keys
+            .split_first()
+            .ok_or_else(|| Error::Usage("no --key to generate the data key under".into()))?;
+        let (mut batch, bk) = self.generate(&first.kms, &first.key, vault_id, batch_id)?;
+        for k in rest {
+            batch.wrapped.push(self.wrap(k, &bk)?);
+        }
+        Ok((batch, bk))
+    }
+
+    /// `Encrypt` of a batch key under another CMK, bound to the same vault and batch.
+    pub fn wrap(&self, spec: &KeySpec, bk: &BatchKey) -> Result<WrappedKey> {
+        let ctx = EncryptionContext::for_batch(
+            &format::to_hex(bk.vault_id()),
+            &format::to_hex(bk.batch_id()),
+        );
+        Ok(self
+            .provider(&spec.kms)?
+            .encrypt(&spec.key, bk.data_key(), &ctx)?)
+    }
+
+    /// Refuses wrappings whose recorded context is not this batch's, before any KMS call.
+    pub fn check_contexts(&self, vault_id: &[u8; ID_LEN], batch: &Batch) -> Result<()> {
         // The context sent with Decrypt is this batch's, not whatever the record says (it is
         // unauthenticated): otherwise a wrapping copied from another vault or batch, with its
         // own context, would be unwrapped by the KMS (docs/FORMAT.md §5).
@@ -137,33 +188,62 @@ impl Kms {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// Unwraps one wrapping of a batch (one `Decrypt`) and checks it against the batch's
+    /// commitment; the wrapping's context must already have been checked.
+    pub fn unwrap_one(
+        &self,
+        vault_id: &[u8; ID_LEN],
+        batch: &Batch,
+        w: &WrappedKey,
+    ) -> Result<BatchKey> {
+        let key = self.provider_inner(&w.kms, false)?.decrypt(w)?;
+        let bk = BatchKey::new(key, *vault_id, batch.batch_id);
+        if !bk.matches_commitment(&batch.key_commitment) {
+            return Err(Error::integrity(
+                format!("batch {}", batch.id_hex()),
+                format!(
+                    "the key unwrapped by {} does not match the batch's key commitment",
+                    w.key_id
+                ),
+            ));
+        }
+        Ok(bk)
+    }
+
+    /// Unwraps a batch's key: tries its wrappings in order, checks the commitment.
+    pub fn unwrap(&self, vault_id: &[u8; ID_LEN], batch: &Batch) -> Result<BatchKey> {
+        self.check_contexts(vault_id, batch)?;
+        if !self.expected.is_empty() && !batch.wrapped.iter().any(|w| self.expected_key(&w.key_id))
+        {
+            let names: Vec<&str> = batch.wrapped.iter().map(|w| w.key_id.as_str()).collect();
+            return Err(Error::integrity(
+                format!("batch {}", batch.id_hex()),
+                format!(
+                    "wrapped by {}, none of the keys given with --expect-key ({}); refusing to unwrap",
+                    names.join(", "),
+                    self.expected.join(", ")
+                ),
+            ));
+        }
         let mut errors = Vec::new();
         let mut last = None;
         for w in &batch.wrapped {
-            let key = match self
-                .provider_inner(&w.kms, false)
-                .and_then(|p| Ok(p.decrypt(w)?))
-            {
-                Ok(k) => k,
+            if !self.expected.is_empty() && !self.expected_key(&w.key_id) {
+                continue;
+            }
+            match self.unwrap_one(vault_id, batch, w) {
+                Ok(bk) => return Ok(bk),
+                Err(e @ Error::Integrity { .. }) => return Err(e),
                 Err(e) => {
                     errors.push(format!("{} ({}): {e}", w.key_id, w.kms));
                     if let Error::Kms(k) = e {
                         last = Some(Box::new((w.key_id.clone(), w.kms.clone(), k)));
                     }
-                    continue;
                 }
-            };
-            let bk = BatchKey::new(key, *vault_id, batch.batch_id);
-            if !bk.matches_commitment(&batch.key_commitment) {
-                return Err(Error::integrity(
-                    format!("batch {}", batch.id_hex()),
-                    format!(
-                        "the key unwrapped by {} does not match the batch's key commitment",
-                        w.key_id
-                    ),
-                ));
             }
-            return Ok(bk);
         }
         Err(Error::Unwrap {
             batch: batch.id_hex(),

@@ -31,6 +31,8 @@ impl log::Log for StderrLog {
 }
 
 fn main() {
+    // Before anything holds a key or a passphrase.
+    envseal::limits::disable_core_dumps();
     // NO_COLOR (no-color.org) wins over clap's own terminal detection and CLICOLOR_FORCE.
     let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let mut cmd = Cli::command();
@@ -75,6 +77,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Decrypt(a) => cli::run::decrypt_cmd(a, &CANCEL),
         Command::Verify(a) => cli::run::verify_cmd(a, &CANCEL),
         Command::Ls(a) => cli::run::ls_cmd(a),
+        Command::Rewrap(a) => cli::lifecycle::rewrap_cmd(a),
+        Command::ImportLegacy(a) => cli::lifecycle::import_legacy_cmd(a, &CANCEL),
         Command::Kms(KmsCommand::Serve(args)) => cli::serve_cmd::run(args),
         Command::Kms(cmd) => cli::kms_cmd::run(cmd),
         Command::Bench(args) => cli::bench_cmd::run(args),

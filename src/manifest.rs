@@ -271,6 +271,10 @@ pub struct EntryLine {
     pub user: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+    /// Files: the source as it was read (device, inode, ctime), so that `encrypt --since`
+    /// can tell an unchanged file without reading it (§6.1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub src: Option<crate::journal::SourceId>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -399,6 +403,15 @@ fn parse_name(
 impl Entry {
     /// This entry's record line (without the newline); names sealed when `name_key` is given.
     pub fn to_line(&self, name_key: Option<&NameKey>) -> Result<Vec<u8>> {
+        self.to_line_src(name_key, None)
+    }
+
+    /// [`Entry::to_line`], with a file's source identity (`src`) when given.
+    pub fn to_line_src(
+        &self,
+        name_key: Option<&NameKey>,
+        src: Option<&crate::journal::SourceId>,
+    ) -> Result<Vec<u8>> {
         let (path, path_b64, enc_path) = name_fields(&self.path, name_key, AAD_PATH)?;
         let mut r = EntryLine {
             kind_tag: "entry".into(),
@@ -437,6 +450,7 @@ impl Entry {
                 r.ct = Some(format::to_hex(&f.ct));
                 r.pt = Some(format::to_hex(&f.pt));
                 r.linked = self.linked.then_some(true);
+                r.src = src.copied();
             }
         }
         serde_json::to_vec(&r).map_err(|e| Error::Runtime(e.to_string()))
@@ -446,7 +460,18 @@ impl Entry {
     /// safety, numbers for range, fields for presence by kind). Batch and object indices are
     /// checked by the reader, which knows the counts.
     pub fn from_line(line: &[u8], h: &Header) -> std::result::Result<Entry, String> {
+        Self::from_line_src(line, h).map(|(e, _)| e)
+    }
+
+    /// [`Entry::from_line`], also returning a file's `src` when the line has one.
+    pub fn from_line_src(
+        line: &[u8],
+        h: &Header,
+    ) -> std::result::Result<(Entry, Option<crate::journal::SourceId>), String> {
         let r: EntryLine = serde_json::from_slice(line).map_err(|e| e.to_string())?;
+        if r.src.is_some() && r.kind != "file" {
+            return Err(format!("src on a {}", r.kind));
+        }
         if r.kind_tag != "entry" {
             return Err("not an entry record".into());
         }
@@ -555,15 +580,18 @@ impl Entry {
             }
             other => return Err(format!("unknown entry kind {other:?}")),
         };
-        Ok(Entry {
-            path,
-            mode: r.mode,
-            mtime: r.mtime,
-            mtime_nsec: r.nsec,
-            kind,
-            owner,
-            linked: r.linked == Some(true),
-        })
+        Ok((
+            Entry {
+                path,
+                mode: r.mode,
+                mtime: r.mtime,
+                mtime_nsec: r.nsec,
+                kind,
+                owner,
+                linked: r.linked == Some(true),
+            },
+            r.src,
+        ))
     }
 
     /// Decrypts this entry's sealed path and link target (no-op for clear names).
@@ -655,18 +683,15 @@ impl TreeOrder {
         if e.linked {
             self.linkable.insert(p.to_vec());
         }
-        match &e.kind {
-            EntryKind::HardLink(t) => {
-                let t = t.clear().ok_or("names not revealed")?;
-                if !self.linkable.contains(t) {
-                    return Err(format!(
-                        "hard link {} names {}, which is not an earlier linked file",
-                        String::from_utf8_lossy(p),
-                        String::from_utf8_lossy(t)
-                    ));
-                }
+        if let EntryKind::HardLink(t) = &e.kind {
+            let t = t.clear().ok_or("names not revealed")?;
+            if !self.linkable.contains(t) {
+                return Err(format!(
+                    "hard link {} names {}, which is not an earlier linked file",
+                    String::from_utf8_lossy(p),
+                    String::from_utf8_lossy(t)
+                ));
             }
-            _ => {}
         }
         Ok(())
     }
@@ -809,14 +834,7 @@ impl ManifestWriter {
             true,
         )?;
         for w in &b.wrapped {
-            self.line(
-                &json(&WrapLine {
-                    kind: "wrap".into(),
-                    batch: index,
-                    wrapped: w.clone(),
-                })?,
-                false,
-            )?;
+            self.line(&wrap_line(index, w)?, false)?;
         }
         self.batches += 1;
         Ok(())
@@ -874,7 +892,7 @@ impl ManifestWriter {
 
 /// Creates `path` anew: what is there (a stale file, or a planted symlink: the link, not its
 /// target) is removed first, and the new file is never opened through a link.
-fn create_fresh(path: &Path) -> Result<File> {
+pub fn create_fresh(path: &Path) -> Result<File> {
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(path, e)),
         _ => {}
@@ -895,6 +913,24 @@ enum Kind {
     Object,
     Entry,
     End,
+}
+
+/// A `wrap` line for batch `index` (§6.1), as [`ManifestWriter`] writes it.
+pub fn wrap_line(index: u32, w: &WrappedKey) -> Result<Vec<u8>> {
+    json(&WrapLine {
+        kind: "wrap".into(),
+        batch: index,
+        wrapped: w.clone(),
+    })
+}
+
+/// Whether a manifest line is a `wrap` record, and whether it is a `batch` record.
+pub fn is_wrap_line(line: &[u8]) -> bool {
+    kind_of(line) == Some(Kind::Wrap)
+}
+
+pub fn is_batch_line(line: &[u8]) -> bool {
+    kind_of(line) == Some(Kind::Batch)
 }
 
 fn kind_of(line: &[u8]) -> Option<Kind> {
@@ -930,20 +966,29 @@ pub struct ManifestReader {
     prev: Vec<u8>,
     entries: u64,
     end: Option<EndLine>,
+    /// The `src` of the entry last returned, if it had one.
+    last_src: Option<crate::journal::SourceId>,
 }
 
 impl ManifestReader {
     /// Opens `vault/manifest.jsonl`, with a hint when the vault is unfinished or not a vault.
     pub fn open(vault: &Path) -> Result<ManifestReader> {
         let path = vault.join(layout::MANIFEST);
+        Self::open_file(vault, &path)
+    }
+
+    /// Opens a manifest at `path` (in `vault`): `rewrap` reads back the manifest it wrote
+    /// under its temporary name before putting it in place.
+    pub fn open_file(vault: &Path, path: &Path) -> Result<ManifestReader> {
+        let path = path.to_path_buf();
         let file = crate::vault::open_regular(&path).map_err(|e| match e {
             Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
                 let hint = if vault.join(layout::JOURNAL).exists() {
-                    "the vault is unfinished: run the same encrypt command again to resume it"
+                    crate::journal::resume_hint(vault)
                 } else if !vault.exists() {
-                    "no such directory"
+                    "no such directory".into()
                 } else {
-                    "not an envseal vault (no manifest.jsonl)"
+                    "not an envseal vault (no manifest.jsonl)".into()
                 };
                 Error::format(vault.display().to_string(), hint)
             }
@@ -969,6 +1014,7 @@ impl ManifestReader {
             prev: Vec::new(),
             entries: 0,
             end: None,
+            last_src: None,
         };
         r.read_head()?;
         Ok(r)
@@ -1125,8 +1171,9 @@ impl ManifestReader {
                 if self.entries >= format::MAX_ENTRIES {
                     return Err(integrity(&at, "too many entries"));
                 }
-                let mut e =
-                    Entry::from_line(&line, &self.header).map_err(|why| integrity(&at, why))?;
+                let (mut e, src) =
+                    Entry::from_line_src(&line, &self.header).map_err(|why| integrity(&at, why))?;
+                self.last_src = src;
                 if let Some(f) = e.file() {
                     let obj = self
                         .objects
@@ -1212,6 +1259,11 @@ impl ManifestReader {
             ));
         }
         Ok(())
+    }
+
+    /// The source identity (`src`) recorded with the entry last returned, if any.
+    pub fn last_src(&self) -> Option<crate::journal::SourceId> {
+        self.last_src
     }
 
     /// The number of entries read so far.
@@ -1371,5 +1423,54 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    /// Owners, devices and hard links: strict fields, and a hard link must name an earlier
+    /// file marked `linked` (§6.1, §6.2).
+    #[test]
+    fn fidelity_fields_are_strict_and_links_name_earlier_linked_files() {
+        let h = header();
+        let line = |rest: &str| {
+            format!(r#"{{"type":"entry","path":{rest},"mode":420,"mtime":1,"nsec":0}}"#)
+        };
+        let ok = |rest: &str| Entry::from_line(line(rest).as_bytes(), &h);
+        let e = ok(r#""d","kind":"chardev","rdev":259,"uid":7,"gid":8,"user":"u","group":"g""#)
+            .unwrap();
+        assert_eq!(e.kind, EntryKind::CharDev(259));
+        assert_eq!(e.owner.unwrap().user.as_deref(), Some("u"));
+        for bad in [
+            r#""d","kind":"chardev""#,                          // no rdev
+            r#""d","kind":"fifo","rdev":1"#,                    // rdev on a FIFO
+            r#""d","kind":"dir","uid":1"#,                      // uid without gid
+            r#""d","kind":"dir","user":"u""#,                   // a name without ids
+            r#""d","kind":"dir","uid":1,"gid":1,"user":"a/b""#, // a bad name
+            r#""d","kind":"dir","linked":true"#,                // linked on a directory
+            r#""d","kind":"hardlink","target":"../x""#,         // unsafe target
+            r#""d","kind":"hardlink""#,                         // no target
+        ] {
+            assert!(ok(bad).is_err(), "{bad}");
+        }
+        let file = |p: &str, linked: bool| Entry {
+            path: Name::Clear(p.as_bytes().to_vec()),
+            mode: 0o644,
+            mtime: 0,
+            mtime_nsec: 0,
+            kind: EntryKind::Dir,
+            owner: None,
+            linked,
+        };
+        let link = |p: &str, t: &str| Entry {
+            kind: EntryKind::HardLink(Name::Clear(t.as_bytes().to_vec())),
+            ..file(p, false)
+        };
+        let mut t = TreeOrder::default();
+        t.push_entry(&file("a", true)).unwrap();
+        t.push_entry(&file("b", false)).unwrap();
+        t.push_entry(&link("c", "a")).unwrap();
+        // Not linked, not listed, or later: refused.
+        assert!(t.push_entry(&link("d", "b")).is_err());
+        assert!(t.push_entry(&link("e", "zz")).is_err());
+        let mut t = TreeOrder::default();
+        assert!(t.push_entry(&link("a", "b")).is_err());
     }
 }

@@ -250,32 +250,11 @@ pub fn open_record(
     cancel: &AtomicBool,
 ) -> Result<(), ObjectError> {
     let integ = |why: String| ObjectError::Integrity(why);
-    let o = &ctx.objects[f.obj as usize];
-    let name = o.name();
+    let (hb, fk) = record_keys(ctx, f, key)?;
+    let name = ctx.objects[f.obj as usize].name();
     let obj = ctx.object(f.obj)?;
     let path = ctx.vault.join(&name);
     let seg = ctx.header.segment_size;
-    let mut hb = [0u8; HEADER_LEN];
-    obj.read_exact_at(&mut hb, f.off)
-        .map_err(|e| ObjectError::Io(Error::io(&path, e)))?;
-    ctx.read.fetch_add(HEADER_LEN as u64, Ordering::Relaxed);
-    let header = ObjectHeader::decode(&hb).map_err(|e| integ(format!("{name}@{}: {e}", f.off)))?;
-    let batch = &ctx.batches[f.batch as usize];
-    if header.vault_id != ctx.header.vault_id
-        || header.batch_id != batch.batch_id
-        || header.salt != f.salt
-        || header.plain_len != f.size
-        || header.segment_size != seg
-    {
-        return Err(integ(format!(
-            "{name}@{}: the record does not belong to this entry (swapped or replaced)",
-            f.off
-        )));
-    }
-    let fk = key.file_keys(&header);
-    if !fk.check_commitment(&header.commitment) {
-        return Err(integ(format!("{name}@{}: key commitment mismatch", f.off)));
-    }
 
     let n = format::segment_count(f.size, seg);
     let windows = Windows::new(f.size, seg, ctx.jobs);
@@ -293,6 +272,10 @@ pub fn open_record(
         .map_err(|e| ObjectError::Io(Error::io(&path, e)))?;
         ctx.read.fetch_add(w.used as u64, Ordering::Relaxed);
         let leaves = w.each_segment(&mut buf, &mut mac, |i, chunk| {
+            // Checked per segment, not per window: a window is up to 32 MiB per file.
+            if cancel.load(Ordering::Relaxed) {
+                return Err(ObjectError::Cancelled);
+            }
             let leaf = ct_leaf(if i == 0 { &hb[..] } else { &[] }, chunk);
             let pt = fk.open_segment(i, i == n - 1, chunk).map_err(|_| {
                 integ(format!(
@@ -329,6 +312,77 @@ pub fn open_record(
         )));
     }
     Ok(())
+}
+
+/// Reads a record's header and derives its file keys, after checking that the header is
+/// this entry's (vault, batch, salt, length, segment size) and the key commitment.
+fn record_keys(
+    ctx: &RecordCtx,
+    f: &FileEntry,
+    key: &BatchKey,
+) -> Result<([u8; HEADER_LEN], crate::crypto::FileKeys), ObjectError> {
+    let integ = |why: String| ObjectError::Integrity(why);
+    let o = &ctx.objects[f.obj as usize];
+    let name = o.name();
+    let obj = ctx.object(f.obj)?;
+    let path = ctx.vault.join(&name);
+    let seg = ctx.header.segment_size;
+    let mut hb = [0u8; HEADER_LEN];
+    obj.read_exact_at(&mut hb, f.off)
+        .map_err(|e| ObjectError::Io(Error::io(&path, e)))?;
+    ctx.read.fetch_add(HEADER_LEN as u64, Ordering::Relaxed);
+    let header = ObjectHeader::decode(&hb).map_err(|e| integ(format!("{name}@{}: {e}", f.off)))?;
+    let batch = &ctx.batches[f.batch as usize];
+    if header.vault_id != ctx.header.vault_id
+        || header.batch_id != batch.batch_id
+        || header.salt != f.salt
+        || header.plain_len != f.size
+        || header.segment_size != seg
+    {
+        return Err(integ(format!(
+            "{name}@{}: the record does not belong to this entry (swapped or replaced)",
+            f.off
+        )));
+    }
+    let fk = key.file_keys(&header);
+    if !fk.check_commitment(&header.commitment) {
+        return Err(integ(format!("{name}@{}: key commitment mismatch", f.off)));
+    }
+    Ok((hb, fk))
+}
+
+/// Whether `existing` (a file already in DEST, of the entry's size) holds exactly the
+/// entry's plaintext: its keyed digest (`pt`, under the key of this file's record) over the
+/// whole file equals the entry's. Reads the record's header only, and the whole file.
+pub fn plaintext_matches(
+    ctx: &RecordCtx,
+    f: &FileEntry,
+    key: &BatchKey,
+    existing: &File,
+    cancel: &AtomicBool,
+) -> Result<bool, ObjectError> {
+    let (_, fk) = record_keys(ctx, f, key)?;
+    let mut h = blake3::Hasher::new_keyed(fk.mac_key());
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    loop {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(ObjectError::Cancelled);
+        }
+        let n = existing
+            .read_at(&mut buf, at)
+            .map_err(|e| ObjectError::Io(Error::io("existing file", e)))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        at += n as u64;
+        if at > f.size {
+            return Ok(false);
+        }
+    }
+    // blake3::Hash compares in constant time.
+    Ok(at == f.size && h.finalize() == blake3::Hash::from(f.pt))
 }
 
 /// The ciphertext digest of a record read from `obj` (keyless verify).

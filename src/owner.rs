@@ -24,7 +24,11 @@ static CACHE: LazyLock<Mutex<Cache>> = LazyLock::new(Mutex::default);
 pub fn owner_of(uid: u32, gid: u32) -> Owner {
     let mut c = CACHE.lock().unwrap_or_else(|p| p.into_inner());
     let user = c.users.entry(uid).or_insert_with(|| user_name(uid)).clone();
-    let group = c.groups.entry(gid).or_insert_with(|| group_name(gid)).clone();
+    let group = c
+        .groups
+        .entry(gid)
+        .or_insert_with(|| group_name(gid))
+        .clone();
     Owner {
         uid,
         gid,

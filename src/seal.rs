@@ -63,6 +63,8 @@ pub struct SealCtx {
 #[derive(Debug)]
 pub enum FileError {
     Source(String),
+    /// The source changed while it was read (retried, then reported).
+    Changed(String),
     Cancelled,
 }
 
@@ -122,7 +124,13 @@ pub fn seal_segments(
         let len = format::segment_plain_len(size, seg, i);
         let slot = &mut out[pos..pos + len + TAG_LEN];
         src.read_at(i * u64::from(seg), &mut slot[..len])
-            .map_err(|e| FileError::Source(e.to_string()))?;
+            .map_err(|e| {
+                if crate::source::is_changed(&e) {
+                    FileError::Changed(e.to_string())
+                } else {
+                    FileError::Source(e.to_string())
+                }
+            })?;
         // The plaintext MAC is taken from the bytes just read, before sealing in place.
         macs.push(segment_mac(fk.mac_key(), seg, i, n, &slot[..len]));
         fk.seal_segment(i, i == n - 1, slot);
@@ -194,13 +202,18 @@ pub fn seal_chunk(
         match item {
             ChunkItem::Entry(e) => out.push(ChunkOut::Entry(e)),
             ChunkItem::Reused(r) => out.push(ChunkOut::Reused(r)),
-            ChunkItem::Small { entry, batch, key } => {
+            ChunkItem::Small {
+                mut entry,
+                batch,
+                key,
+            } => {
                 if cancel.load(Ordering::Relaxed) {
                     break;
                 }
                 match seal_small(ctx, &entry, &key, &mut buf[used..]) {
-                    Ok((len, src, salt, ct, pt, size)) => {
+                    Ok((len, src, salt, ct, pt, size, mtime)) => {
                         progress.bytes(size);
+                        (entry.mtime, entry.mtime_nsec) = mtime;
                         out.push(ChunkOut::Sealed(Box::new(SealedFile {
                             entry,
                             src,
@@ -224,7 +237,15 @@ pub fn seal_chunk(
     (out, used)
 }
 
-type SealedSmall = (usize, SourceId, [u8; SALT_LEN], [u8; 32], [u8; 32], u64);
+type SealedSmall = (
+    usize,
+    SourceId,
+    [u8; SALT_LEN],
+    [u8; 32],
+    [u8; 32],
+    u64,
+    (i64, u32),
+);
 
 /// Seals one small file's record at the start of `room`, retrying a file that changes while
 /// being read.
@@ -272,14 +293,13 @@ fn seal_small(
                         ct.finalize(),
                         *pt.as_bytes(),
                         size,
+                        src.mtime(),
                     ));
                 }
                 Ok(false) => last_why = "changed while being read".into(),
                 Err(e) => return Err(e.to_string()),
             },
-            Err(FileError::Source(why)) if why.contains("changed while being read") => {
-                last_why = why
-            }
+            Err(FileError::Changed(why)) => last_why = why,
             Err(FileError::Source(why)) => return Err(why),
             Err(FileError::Cancelled) => return Err("interrupted".into()),
         }
@@ -335,4 +355,71 @@ pub fn window_geometry(seg: u32, pack_threshold: u64) -> (u64, usize) {
     let window = ((8u64 << 20) / slot).max(1);
     let small = format::object_len(pack_threshold.saturating_sub(1), seg);
     (window, (window * slot).max(small) as usize)
+}
+
+/// A large file taken up at a segment checkpoint: its keys (from the header already in its
+/// object) and the digests of the prefix sealed before, rebuilt from the object (read back
+/// and opened: the source is not read again).
+pub struct Resumed {
+    pub keys: FileKeys,
+    pub header: [u8; HEADER_LEN],
+    pub salt: [u8; SALT_LEN],
+    pub ct: CtDigest,
+    pub mac: TreeMac,
+    /// Bytes of the object read back.
+    pub read: u64,
+}
+
+/// Rebuilds a checkpointed file's state from the first `segs` segments of `obj` (its record
+/// at offset 0), after checking the header is this file's (vault, batch, length, segment
+/// size, key commitment). `None` when anything differs or fails: the file starts over.
+pub fn resume_large(
+    ctx: &SealCtx,
+    key: &BatchKey,
+    obj: &std::fs::File,
+    size: u64,
+    segs: u64,
+) -> Option<Resumed> {
+    use std::os::unix::fs::FileExt;
+    let seg = ctx.segment_size;
+    let n = format::segment_count(size, seg);
+    if segs == 0 || segs >= n {
+        return None;
+    }
+    let mut hb = [0u8; HEADER_LEN];
+    obj.read_exact_at(&mut hb, 0).ok()?;
+    let h = ObjectHeader::decode(&hb).ok()?;
+    if h.vault_id != ctx.vault_id
+        || &h.batch_id != key.batch_id()
+        || h.plain_len != size
+        || h.segment_size != seg
+    {
+        return None;
+    }
+    let keys = key.file_keys(&h);
+    if !keys.check_commitment(&h.commitment) {
+        return None;
+    }
+    let mut ct = CtDigest::new();
+    let mut mac = TreeMac::new(keys.mac_key());
+    let slot = seg as usize + TAG_LEN;
+    let mut buf = vec![0u8; slot];
+    let mut read = 0u64;
+    for i in 0..segs {
+        // Every segment before a checkpoint is a full one (segs < n).
+        obj.read_exact_at(&mut buf, format::segment_offset(seg, i))
+            .ok()?;
+        read += slot as u64;
+        ct.push(&ct_leaf(if i == 0 { &hb[..] } else { &[] }, &buf));
+        let pt = keys.open_segment(i, false, &mut buf).ok()?;
+        mac.add(segment_mac(keys.mac_key(), seg, i, n, pt));
+    }
+    Some(Resumed {
+        keys,
+        header: hb,
+        salt: h.salt,
+        ct,
+        mac,
+        read,
+    })
 }

@@ -138,9 +138,27 @@ pub struct Source {
     sigbus_at_open: u64,
 }
 
-/// The error a reader reports when its input changed under it.
+/// The error a reader reports when its input changed under it (a typed payload, so that
+/// callers retry by kind: [`is_changed`]).
 pub fn changed_error(path: &Path) -> io::Error {
-    io::Error::other(format!("{} changed while being read", path.display()))
+    io::Error::other(Changed(path.to_path_buf()))
+}
+
+/// The payload of [`changed_error`].
+#[derive(Debug)]
+pub struct Changed(pub PathBuf);
+
+impl std::fmt::Display for Changed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} changed while being read", self.0.display())
+    }
+}
+
+impl std::error::Error for Changed {}
+
+/// Whether an error says the source changed while being read.
+pub fn is_changed(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|r| r.is::<Changed>())
 }
 
 impl Source {
@@ -186,6 +204,14 @@ impl Source {
     /// The size at open time: the plaintext length that will be recorded.
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    /// The modification time at open: what the entry records, since the bytes sealed are
+    /// those of the file from its open on (checked by [`Source::unchanged`]: an in-place
+    /// rewrite with its mtime put back, as `touch -r`, `cp -p` and rsync do, still moves
+    /// ctime).
+    pub fn mtime(&self) -> (i64, u32) {
+        (self.mtime.0, self.mtime.1.clamp(0, 999_999_999) as u32)
     }
 
     /// The status change time at open (seconds, nanoseconds).

@@ -233,8 +233,12 @@ pub fn verify(
     cancel: &AtomicBool,
 ) -> Result<VerifyReport> {
     let started = Instant::now();
+    let (jobs, lowered) = crate::limits::clamp_jobs(opts.jobs);
+    if let Some(n) = lowered {
+        progress.notice(&n);
+    }
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(opts.jobs.max(1))
+        .num_threads(jobs)
         .build()
         .map_err(|e| Error::Runtime(format!("thread pool: {e}")))?;
     let mut report = VerifyReport {
@@ -251,12 +255,12 @@ pub fn verify(
     let header = reader.header.clone();
     let batches = reader.batches.clone();
     let objects = reader.objects.clone();
-    let ctx = RecordCtx::new(vault, &header, &batches, &objects, opts.jobs);
+    let ctx = RecordCtx::new(vault, &header, &batches, &objects, jobs);
     let total: u64 = objects.iter().map(|o| o.len).sum();
     progress.start(0, total);
     let problems: Mutex<Vec<Problem>> = Mutex::new(Vec::new());
     // At most a few jobs in flight: the manifest is read as a stream, never held.
-    let (slots_tx, slots_rx) = crossbeam_channel::bounded::<()>(2 * opts.jobs.max(1));
+    let (slots_tx, slots_rx) = crossbeam_channel::bounded::<()>(2 * jobs);
     let mut files = 0u64;
     let mut bytes = 0u64;
     // Concealed names, revealed: their tree rules are checked once all are known.

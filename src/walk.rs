@@ -161,9 +161,9 @@ pub fn order_sources(sources: &[PathBuf]) -> Result<Vec<(Vec<u8>, PathBuf)>> {
             Ok(Some(_)) => {}
             Ok(None) => {
                 return Err(Error::Usage(format!(
-                    "source {}: a socket; envseal stores files, directories, links, FIFOs and devices",
-                    src.display()
-                )))
+                "source {}: a socket; envseal stores files, directories, links, FIFOs and devices",
+                src.display()
+            )))
             }
             Err(why) => return Err(Error::Usage(format!("source {}: {why}", src.display()))),
         }
@@ -196,9 +196,9 @@ pub fn walk_each(
             Ok(Some(k)) => k,
             Ok(None) => {
                 return Err(Error::Usage(format!(
-                    "source {}: a socket; envseal stores files, directories, links, FIFOs and devices",
-                    src.display()
-                )))
+                "source {}: a socket; envseal stores files, directories, links, FIFOs and devices",
+                src.display()
+            )))
             }
             Err(why) => return Err(Error::Usage(format!("source {}: {why}", src.display()))),
         };

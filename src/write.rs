@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,7 +27,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use crate::crypto::{BatchKey, CtDigest, NameKey, SegMac, TreeMac};
 use crate::error::{Error, IoContext, Result};
 use crate::format::{self, ID_LEN, SALT_LEN};
-use crate::journal::{Journal, SourceId};
+use crate::journal::{Ckpt, Journal, SourceId};
 use crate::manifest::{
     self, Batch, Entry, EntryKind, FileEntry, Header, ManifestWriter, Name, ObjectRef,
 };
@@ -39,6 +39,16 @@ use crate::walk::{SourceEntry, SourceKind};
 pub const COMMIT_EVERY: Duration = Duration::from_millis(500);
 /// Most entries one commit waits for.
 pub const COMMIT_LINES: usize = 8192;
+/// Why a large file is reported when it kept changing while read.
+const CHANGED: &str = "changed while being read; run the same command again";
+/// Times a large file that changed while read is read again before it is reported.
+pub const RESEAL_ATTEMPTS: usize = 2;
+/// A large file's segment checkpoint is recorded at least every this many bytes sealed in
+/// order...
+pub const CHECKPOINT_BYTES: u64 = 64 << 20;
+/// ...and every this long, so a killed run loses at most about one interval per file in
+/// flight (the checkpoint is committed with the next group commit, after its data is synced).
+pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 /// What the planner and the jobs send the writer.
 pub enum Msg {
@@ -75,7 +85,12 @@ pub struct LargeStart {
     pub batch: u32,
     pub salt: [u8; SALT_LEN],
     pub mac: TreeMac,
+    /// The ciphertext digest so far (of the checkpointed prefix, when resumed).
+    pub ct: CtDigest,
     pub device: bool,
+    /// Taken up at a checkpoint: the object already holding the prefix, and the first
+    /// window still to write.
+    pub resume: Option<(u64, u64)>,
 }
 
 /// A file that could not be encrypted (the run goes on without it).
@@ -96,6 +111,8 @@ pub struct Written {
     pub specials: u64,
     pub resumed_files: u64,
     pub failed: Vec<Failure>,
+    /// Source bytes sealed by this run (not those taken over from an interrupted one).
+    pub read_bytes: u64,
 }
 
 struct LargeState {
@@ -108,6 +125,12 @@ struct LargeState {
     waiting: BTreeMap<u64, (Vec<[u8; 32]>, Vec<SegMac>)>,
     ct: CtDigest,
     failed: Option<String>,
+    /// Windows in order at the last checkpoint, and when it was taken.
+    ckpt: (u64, Instant),
+    /// Stopped by a cancel (not a source error).
+    interrupted: bool,
+    /// The source changed while a window was read.
+    changed: bool,
 }
 
 enum Unit {
@@ -326,20 +349,42 @@ impl<'a> Writer<'a> {
         Ok((obj, file, path))
     }
 
-    fn open_large(&mut self, start: Box<LargeStart>) -> Result<LargeState> {
-        let (obj, out, path) = self.new_object()?;
-        out.write_all_at(&start.file.header, 0).at(&path)?;
+    fn open_large(&mut self, mut start: Box<LargeStart>) -> Result<LargeState> {
+        let (obj, out, path, next) = match start.resume {
+            Some((obj, next)) => {
+                let id = self
+                    .objects
+                    .get(obj as usize)
+                    .ok_or_else(|| Error::Runtime("a checkpoint of an unknown object".into()))?;
+                let path = self.vault.join(manifest::object_name(id));
+                let out = OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&path)
+                    .at(&path)?;
+                (obj, out, path, next)
+            }
+            None => {
+                let (obj, out, path) = self.new_object()?;
+                out.write_all_at(&start.file.header, 0).at(&path)?;
+                (obj, out, path, 0)
+            }
+        };
         let windows = start.file.windows(self.header.segment_size);
+        let ct = std::mem::take(&mut start.ct);
         Ok(LargeState {
             start,
             obj,
             out,
             path,
             windows,
-            next: 0,
+            next,
             waiting: BTreeMap::new(),
-            ct: CtDigest::new(),
+            ct,
             failed: None,
+            ckpt: (next, Instant::now()),
+            interrupted: false,
+            changed: false,
         })
     }
 
@@ -363,19 +408,25 @@ impl<'a> Writer<'a> {
                     if self.sync {
                         crate::vault::start_writeback(&st.out, at, used);
                     }
-                    self.progress.bytes(
-                        (first..first + leaves.len() as u64)
-                            .map(|i| format::segment_plain_len(st.start.file.size, seg, i) as u64)
-                            .sum(),
-                    );
+                    let plain = (first..first + leaves.len() as u64)
+                        .map(|i| format::segment_plain_len(st.start.file.size, seg, i) as u64)
+                        .sum();
+                    self.progress.bytes(plain);
+                    self.written.read_bytes += plain;
                 }
                 st.waiting.insert(window, (leaves, macs));
+            }
+            Err(FileError::Changed(why)) => {
+                st.changed = true;
+                st.failed.get_or_insert(why);
+                st.waiting.insert(window, (Vec::new(), Vec::new()));
             }
             Err(FileError::Source(why)) => {
                 st.failed.get_or_insert(why);
                 st.waiting.insert(window, (Vec::new(), Vec::new()));
             }
             Err(FileError::Cancelled) => {
+                st.interrupted = true;
                 st.failed.get_or_insert("interrupted".into());
                 st.waiting.insert(window, (Vec::new(), Vec::new()));
             }
@@ -384,6 +435,34 @@ impl<'a> Writer<'a> {
             leaves.iter().for_each(|l| st.ct.push(l));
             macs.into_iter().for_each(|m| st.start.mac.add(m));
             st.next += 1;
+        }
+        // A checkpoint: the windows written in order so far (their data is synced by the
+        // commit that records it). Not for devices (no ctime to prove them unchanged).
+        let window = st.start.file.window;
+        let bytes = (st.next - st.ckpt.0) * window * u64::from(seg);
+        let due = bytes >= CHECKPOINT_BYTES || st.ckpt.1.elapsed() >= CHECKPOINT_EVERY;
+        let ckpt = (st.failed.is_none()
+            && !st.start.device
+            && st.next > st.ckpt.0
+            && st.next < st.windows
+            && due)
+            .then(|| {
+                st.ckpt = (st.next, Instant::now());
+                let (mtime, mtime_nsec) = st.start.file.src.mtime();
+                Ckpt {
+                    src: crate::seal::source_id(&st.start.entry, &st.start.file.src),
+                    size: st.start.file.size,
+                    mtime,
+                    mtime_nsec,
+                    batch: st.start.batch,
+                    obj: st.obj,
+                    segs: st.next * window,
+                }
+            });
+        if let Some(c) = ckpt {
+            let line = self.journal.ckpt_line(&c)?;
+            self.queue.extend(line);
+            self.oldest.get_or_insert_with(Instant::now);
         }
         Ok(())
     }
@@ -423,7 +502,7 @@ impl<'a> Writer<'a> {
     }
 
     fn queue_entry(&mut self, e: &Entry, src: Option<&SourceId>) -> Result<()> {
-        let line = e.to_line(self.name_key.as_ref())?;
+        let line = e.to_line_src(self.name_key.as_ref(), src)?;
         self.queue_line(src, &line)
     }
 
@@ -515,6 +594,7 @@ impl<'a> Writer<'a> {
                     self.referenced[base.0 as usize] = true;
                     self.written.files += 1;
                     self.written.bytes += s.size;
+                    self.written.read_bytes += s.size;
                     let e = entry_of(&s.entry, EntryKind::File(f));
                     if e.linked {
                         self.linkable.insert(s.entry.path.clone());
@@ -536,50 +616,76 @@ impl<'a> Writer<'a> {
             path,
             ct,
             failed,
+            interrupted,
+            changed,
             ..
         } = st;
         let LargeStart {
-            entry,
+            mut entry,
             file,
             batch,
             salt,
             mac,
             device,
+            ..
         } = *start;
         let failed = match failed {
             Some(why) => Some(why),
             None => match file.src.unchanged(device) {
                 Ok(true) => None,
-                Ok(false) => Some("changed while being read; run the same command again".into()),
+                Ok(false) => Some(CHANGED.into()),
                 Err(e) => Some(e.to_string()),
             },
         };
-        if let Some(why) = failed {
-            drop(out);
-            // Best effort: an object no entry names is emptied when the run finishes anyway.
-            let _ = fs::remove_file(&path);
-            self.fail(Failure {
-                path: entry.source.display().to_string(),
-                why,
-            });
-            return Ok(());
-        }
-        let pt = mac
-            .finalize()
-            .ok_or_else(|| Error::Runtime("empty MAC tree".into()))?;
-        let f = FileEntry {
-            size: file.size,
-            batch,
-            obj,
-            off: 0,
-            salt,
-            ct: ct.finalize(),
-            pt: *pt.as_bytes(),
+        let sealed = match failed {
+            None => {
+                let pt = mac
+                    .finalize()
+                    .ok_or_else(|| Error::Runtime("empty MAC tree".into()))?;
+                let f = FileEntry {
+                    size: file.size,
+                    batch,
+                    obj,
+                    off: 0,
+                    salt,
+                    ct: ct.finalize(),
+                    pt: *pt.as_bytes(),
+                };
+                let src = crate::seal::source_id(&entry, &file.src);
+                Ok((f, src, file.src.mtime()))
+            }
+            Some(why) => {
+                drop(out);
+                // An interrupted file keeps its object: its checkpoint may take it up on
+                // resume (the resume sweeps it otherwise). Best effort: an object no entry
+                // names is removed when the run finishes anyway.
+                if !interrupted {
+                    let _ = fs::remove_file(&path);
+                }
+                if (why == CHANGED || changed) && !interrupted {
+                    // Read again from the start, here, keeping the entries' order.
+                    self.reseal_large(&entry, batch, device)?
+                } else {
+                    Err(why)
+                }
+            }
         };
-        self.referenced[obj as usize] = true;
+        let (f, src, mtime) = match sealed {
+            Ok(s) => s,
+            Err(why) => {
+                self.fail(Failure {
+                    path: entry.source.display().to_string(),
+                    why,
+                });
+                return Ok(());
+            }
+        };
+        self.referenced[f.obj as usize] = true;
         self.written.files += 1;
-        self.written.bytes += file.size;
-        let src = crate::seal::source_id(&entry, &file.src);
+        self.written.bytes += f.size;
+        if !device {
+            (entry.mtime, entry.mtime_nsec) = mtime;
+        }
         let e = entry_of(&entry, EntryKind::File(f));
         if e.linked {
             self.linkable.insert(entry.path.clone());
@@ -587,6 +693,110 @@ impl<'a> Writer<'a> {
         self.queue_entry(&e, Some(&src))?;
         self.progress.file_done();
         Ok(())
+    }
+
+    /// Seals a large file that changed while it was read again, from the start, with a fresh
+    /// file id and salt, window by window on this thread (rare: the pipeline waits, and the
+    /// entries keep their order). Gives up after [`RESEAL_ATTEMPTS`]; the file is then
+    /// reported.
+    #[allow(clippy::type_complexity)]
+    fn reseal_large(
+        &mut self,
+        entry: &SourceEntry,
+        batch: u32,
+        device: bool,
+    ) -> Result<std::result::Result<(FileEntry, SourceId, (i64, u32)), String>> {
+        let seg = self.header.segment_size;
+        let key = Arc::clone(
+            self.keys
+                .get(batch as usize)
+                .ok_or_else(|| Error::Runtime("a file of an unknown batch".into()))?,
+        );
+        let ctx = crate::seal::SealCtx {
+            vault_id: self.header.vault_id,
+            segment_size: seg,
+        };
+        let (window, _) = crate::seal::window_geometry(seg, 0);
+        for _ in 0..RESEAL_ATTEMPTS {
+            if self.stop.load(Ordering::Relaxed) {
+                return Ok(Err("interrupted".into()));
+            }
+            let src = match crate::source::Source::open(entry, device, false) {
+                Ok(s) => s,
+                Err(e) => return Ok(Err(e.to_string())),
+            };
+            let size = src.size();
+            let (h, keys) = crate::seal::new_file(&ctx, &key, size).at(&self.vault)?;
+            let file = LargeFile {
+                src,
+                header: h.encode(),
+                keys,
+                size,
+                window,
+            };
+            let (obj, out, path) = self.new_object()?;
+            out.write_all_at(&file.header, 0).at(&path)?;
+            let mut ct = CtDigest::new();
+            let mut mac = TreeMac::new(file.keys.mac_key());
+            let slot = u64::from(seg) + format::TAG_LEN as u64;
+            let mut buf = vec![0u8; (window * slot) as usize];
+            let mut outcome = Ok(());
+            for w in 0..file.windows(seg) {
+                match file.seal_window(seg, w, &mut buf) {
+                    Ok((used, leaves, macs)) => {
+                        let at = format::segment_offset(seg, w * window);
+                        out.write_all_at(&buf[..used], at).at(&path)?;
+                        self.written.read_bytes += (used - leaves.len() * format::TAG_LEN) as u64;
+                        leaves.iter().for_each(|l| ct.push(l));
+                        macs.into_iter().for_each(|m| mac.add(m));
+                    }
+                    Err(FileError::Changed(_)) => {
+                        outcome = Err(CHANGED.to_string());
+                        break;
+                    }
+                    Err(FileError::Source(why)) => {
+                        outcome = Err(why);
+                        break;
+                    }
+                    Err(FileError::Cancelled) => {
+                        outcome = Err("interrupted".into());
+                        break;
+                    }
+                }
+            }
+            if outcome.is_ok() && !file.src.unchanged(device).unwrap_or(false) {
+                outcome = Err(CHANGED.to_string());
+            }
+            match outcome {
+                Ok(()) => {
+                    let pt = mac
+                        .finalize()
+                        .ok_or_else(|| Error::Runtime("empty MAC tree".into()))?;
+                    let f = FileEntry {
+                        size,
+                        batch,
+                        obj,
+                        off: 0,
+                        salt: h.salt,
+                        ct: ct.finalize(),
+                        pt: *pt.as_bytes(),
+                    };
+                    let src = crate::seal::source_id(entry, &file.src);
+                    return Ok(Ok((f, src, file.src.mtime())));
+                }
+                Err(why) => {
+                    drop(out);
+                    let _ = fs::remove_file(&path);
+                    if why != CHANGED {
+                        return Ok(Err(why));
+                    }
+                }
+            }
+        }
+        Ok(Err(format!(
+            "{CHANGED}; gave up after {} attempts",
+            RESEAL_ATTEMPTS + 1
+        )))
     }
 
     /// Makes written data durable, then records it (one `syncfs` per group, not one fsync
@@ -664,7 +874,8 @@ impl<'a> Writer<'a> {
         let keys: Vec<&BatchKey> = self.keys.iter().map(|k| k.as_ref()).collect();
         m.finish(&keys)?;
         sweep_objects(&self.vault, &kept)?;
-        self.journal.remove(&self.vault)?;
+        crate::leftovers::sweep_root(&self.vault, &self.batches)?;
+        self.journal.finish(&self.vault)?;
         Ok(self.written)
     }
 }
@@ -687,7 +898,7 @@ pub fn entry_of(e: &SourceEntry, kind: EntryKind) -> Entry {
 
 /// Removes whatever `objects/` holds that the manifest does not list (objects of files an
 /// interrupted run never committed; a planted link is removed, never followed).
-fn sweep_objects(vault: &Path, listed: &[[u8; ID_LEN]]) -> Result<()> {
+pub(crate) fn sweep_objects(vault: &Path, listed: &[[u8; ID_LEN]]) -> Result<()> {
     let keep: HashSet<String> = listed.iter().map(manifest::object_name).collect();
     for rel in crate::vault::object_files(vault)? {
         if !rel.to_str().is_some_and(|r| keep.contains(r)) {

@@ -59,6 +59,10 @@ fn undescribed(help: &str) -> Vec<String> {
     let lines: Vec<&str> = help.lines().collect();
     let mut bad = Vec::new();
     for (i, l) in lines.iter().enumerate() {
+        // The examples that follow the options are not arguments.
+        if l.starts_with("Examples:") {
+            break;
+        }
         // Entries are indented 2 (short flags, arguments) or 6 (long-only flags) spaces;
         // descriptions 10 or more.
         let indent = l.len() - l.trim_start().len();
@@ -81,6 +85,8 @@ fn undescribed(help: &str) -> Vec<String> {
 fn the_description_checker_catches_an_empty_one() {
     let h = "Options:\n  -j, --jobs <N>\n  -q, --quiet  No progress\n      --deep\n          Unwrap the keys\n";
     assert_eq!(undescribed(h), ["-j, --jobs <N>"]);
+    let with_examples = format!("{h}\nExamples:\n  envseal x \\\n      --kms y --key z\n");
+    assert_eq!(undescribed(&with_examples), ["-j, --jobs <N>"]);
 }
 
 #[test]

@@ -237,7 +237,12 @@ fn resume_after_kill_reuses_the_batch_key_and_round_trips() {
         "a second data key"
     );
     assert_eq!(audit_count(&home, "Decrypt"), decrypts + 1);
-    assert!(!journal.exists(), "journal left after a finished run");
+    assert!(
+        fs::read_to_string(&journal)
+            .unwrap()
+            .starts_with(r#"{"type":"finished""#),
+        "the journal of a finished run is its receipt"
+    );
     ok(envseal(&home).arg("verify").arg(&vault));
     let out = t.path().join("out");
     ok(envseal(&home)
@@ -290,9 +295,22 @@ fn a_finished_vault_is_never_overwritten() {
     let f = Fixture::new(&[]);
     let before = fs::read(f.vault.join("manifest.jsonl")).unwrap();
     let objects = files_under(&f.vault);
+    // The same command again: the vault is its own, finished (exit 0, nothing changes),
+    // whatever moment a kill stopped it at after its manifest (docs/RESUME.md).
     for extra in [&[][..], &["--resume"][..]] {
         let o = envseal(&f.home)
             .args(["encrypt", "-q", "--segment-size", "4KiB", "-o"])
+            .arg(&f.vault)
+            .args(extra)
+            .arg(&f.src)
+            .output()
+            .unwrap();
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+    }
+    // Another command: refused.
+    for extra in [&[][..], &["--resume"][..]] {
+        let o = envseal(&f.home)
+            .args(["encrypt", "-q", "--segment-size", "64KiB", "-o"])
             .arg(&f.vault)
             .args(extra)
             .arg(&f.src)

@@ -23,7 +23,13 @@ fn mknod(p: &Path, kind: libc::mode_t, rdev: libc::dev_t) {
     let c = CString::new(p.as_os_str().as_bytes()).unwrap();
     // SAFETY: a valid NUL-terminated path.
     let r = unsafe { libc::mknod(c.as_ptr(), kind | 0o644, rdev) };
-    assert_eq!(r, 0, "mknod {}: {}", p.display(), std::io::Error::last_os_error());
+    assert_eq!(
+        r,
+        0,
+        "mknod {}: {}",
+        p.display(),
+        std::io::Error::last_os_error()
+    );
 }
 
 /// Everything `stat` says that a restore must keep, per path; hard links as the first path
@@ -177,7 +183,10 @@ fn no_owner_and_numeric_owner_as_root() {
     let home = t.path().join("home");
     let src = tree(t.path());
     let vault = t.path().join("vault");
-    ok(envseal(&home).args(["encrypt", "-q", "-o"]).arg(&vault).arg(&src));
+    ok(envseal(&home)
+        .args(["encrypt", "-q", "-o"])
+        .arg(&vault)
+        .arg(&src));
 
     let dest = t.path().join("mine");
     ok(envseal(&home)
@@ -220,8 +229,14 @@ fn unprivileged_restore_keeps_contents_modes_times_and_drops_setuid() {
     fs::remove_file(src.join("etc/null")).unwrap();
     fs::remove_file(src.join("etc/loop9")).unwrap();
     let vault = t.path().join("vault");
-    ok(envseal(&home).args(["encrypt", "-q", "-o"]).arg(&vault).arg(&src));
-    ok(Command::new("chown").args(["-R", "65534:65534"]).arg(&home).arg(&vault));
+    ok(envseal(&home)
+        .args(["encrypt", "-q", "-o"])
+        .arg(&vault)
+        .arg(&src));
+    ok(Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(&home)
+        .arg(&vault));
     let dest = t.path().join("out");
     fs::create_dir(&dest).unwrap();
     std::os::unix::fs::chown(&dest, Some(65534), Some(65534)).unwrap();
@@ -245,10 +260,19 @@ fn unprivileged_restore_keeps_contents_modes_times_and_drops_setuid() {
         fs::metadata(src.join("etc/passwd")).unwrap(),
         fs::metadata(r.join("etc/passwd")).unwrap(),
     );
-    assert_eq!((a.mode(), a.mtime(), a.mtime_nsec()), (b.mode(), b.mtime(), b.mtime_nsec()));
-    assert_eq!(hash_file(&src.join("etc/big")), hash_file(&r.join("big-link")));
+    assert_eq!(
+        (a.mode(), a.mtime(), a.mtime_nsec()),
+        (b.mode(), b.mtime(), b.mtime_nsec())
+    );
+    assert_eq!(
+        hash_file(&src.join("etc/big")),
+        hash_file(&r.join("big-link"))
+    );
     assert_eq!(fs::metadata(r.join("big-link")).unwrap().nlink(), 3);
-    assert_eq!(fs::metadata(r.join("setuid")).unwrap().mode() & 0o7777, 0o755);
+    assert_eq!(
+        fs::metadata(r.join("setuid")).unwrap().mode() & 0o7777,
+        0o755
+    );
 }
 
 #[test]
@@ -257,21 +281,38 @@ fn only_a_hard_link_restores_its_contents() {
     let home = t.path().join("home");
     let src = tree(t.path());
     let vault = t.path().join("vault");
-    ok(envseal(&home).args(["encrypt", "-q", "-o"]).arg(&vault).arg(&src));
+    ok(envseal(&home)
+        .args(["encrypt", "-q", "-o"])
+        .arg(&vault)
+        .arg(&src));
     let dest = t.path().join("out");
     ok(envseal(&home)
-        .args(["decrypt", "-q", "--only", "disk/big-link", "--only", "disk/etc/sub"])
+        .args([
+            "decrypt",
+            "-q",
+            "--only",
+            "disk/big-link",
+            "--only",
+            "disk/etc/sub",
+        ])
         .arg(&vault)
         .arg("-o")
         .arg(&dest));
     let r = dest.join("disk");
     assert!(!r.join("etc/big").exists());
-    assert_eq!(hash_file(&src.join("etc/big")), hash_file(&r.join("big-link")));
+    assert_eq!(
+        hash_file(&src.join("etc/big")),
+        hash_file(&r.join("big-link"))
+    );
     let (a, b) = (
         fs::metadata(r.join("big-link")).unwrap(),
         fs::metadata(r.join("etc/sub/big-link2")).unwrap(),
     );
-    assert_eq!((a.dev(), a.ino()), (b.dev(), b.ino()), "the two links share one inode");
+    assert_eq!(
+        (a.dev(), a.ino()),
+        (b.dev(), b.ino()),
+        "the two links share one inode"
+    );
 }
 
 #[test]

@@ -47,6 +47,8 @@ fn run(jobs: usize, pack_threshold: u64, batch_max_files: u64) {
         vault: vault.clone(),
         key: None,
         kms_url: url,
+        also_keys: Vec::new(),
+        since: None,
         segment_size: seg,
         excludes: vec![],
         conceal_names: false,

@@ -58,6 +58,8 @@ impl Fixture {
             vault: self.vault.clone(),
             key: None,
             kms_url: self.url(),
+            also_keys: Vec::new(),
+            since: None,
             segment_size,
             excludes: vec![],
             conceal_names: false,
@@ -194,6 +196,8 @@ fn a_run_killed_before_its_first_batch_resumes() {
             segment_size: opts.segment_size,
             conceal_names: opts.conceal_names,
             excludes: opts.excludes.clone(),
+            also_keys: Vec::new(),
+            since: None,
         },
     };
     drop(Journal::create(&fx.vault, &run).unwrap()); // the "crash"
@@ -375,6 +379,8 @@ fn a_run_killed_after_its_manifest_finishes_on_rerun() {
         segment_size: opts.segment_size,
         conceal_names: opts.conceal_names,
         excludes: opts.excludes.clone(),
+        also_keys: Vec::new(),
+        since: None,
     };
     let vault_id = format::to_hex(
         &envseal::manifest::ManifestReader::open(&fx.vault)
@@ -390,12 +396,28 @@ fn a_run_killed_after_its_manifest_finishes_on_rerun() {
         params,
     };
     let journal = fx.vault.join(layout::JOURNAL);
+    let receipt = fs::read(&journal).expect("a finished vault keeps its receipt");
+    assert!(receipt.starts_with(br#"{"type":"finished""#));
+    // The receipt does not show the source paths (a concealed vault must not).
+    let name = fx.src.file_name().unwrap().to_str().unwrap();
+    assert!(!String::from_utf8_lossy(&receipt).contains(name));
+    fs::remove_file(&journal).unwrap();
     drop(Journal::create(&fx.vault, &run(params.clone())).unwrap()); // the "crash"
     let r = encrypt(&opts, &fx.kms(), &NoProgress, &AtomicBool::new(false))
         .expect("the rerun of a finished command must succeed");
     assert_eq!(r.files, 1);
-    assert!(!journal.exists(), "the leftover journal is removed");
+    assert_eq!(
+        fs::read(&journal).unwrap(),
+        receipt,
+        "the journal becomes the receipt"
+    );
     assert_eq!(fs::read(fx.manifest_path()).unwrap(), manifest);
+    // Run again with the receipt in place: finished again, nothing changes.
+    let r = encrypt(&opts, &fx.kms(), &NoProgress, &AtomicBool::new(false))
+        .expect("the rerun of a finished command must succeed");
+    assert_eq!(r.files, 1);
+    assert_eq!(fs::read(fx.manifest_path()).unwrap(), manifest);
+    fs::remove_file(&journal).unwrap();
     // Another command's leftover journal, or none at all: still refused.
     let mut other = params;
     other.excludes = vec!["*.tmp".into()];
@@ -545,6 +567,8 @@ fn a_resumed_run_refuses_batches_of_another_kms() {
             segment_size: opts.segment_size,
             conceal_names: opts.conceal_names,
             excludes: opts.excludes.clone(),
+            also_keys: Vec::new(),
+            since: None,
         },
     };
     let mut journal = Journal::create(&fx.vault, &run).unwrap();
@@ -593,6 +617,8 @@ fn the_object_sweep_does_not_follow_symlinks() {
             segment_size: opts.segment_size,
             conceal_names: opts.conceal_names,
             excludes: opts.excludes.clone(),
+            also_keys: Vec::new(),
+            since: None,
         },
     };
     drop(Journal::create(&fx.vault, &run).unwrap());
@@ -835,8 +861,20 @@ fn decrypt_removes_stale_temporary_files_it_made() {
     fx.encrypt(4096);
     let dir = fx.tmp.path().join("out/data");
     fs::create_dir_all(&dir).unwrap();
-    let stale = ".envseal-0123456789abcdef.tmp";
+    // Temporary names carry the vault's tag (the first 8 bytes of its id).
+    let vault_id = envseal::manifest::ManifestReader::open(&fx.vault)
+        .unwrap()
+        .header
+        .vault_id;
+    let stale = format!(
+        ".envseal-{}-0123456789abcdef.tmp",
+        format::to_hex(&vault_id[..8])
+    );
+    let stale = stale.as_str();
     let users = [
+        // A user's file of the old pattern, and one of another vault's tag.
+        ".envseal-0123456789abcdef.tmp",
+        ".envseal-00112233445566ff-0123456789abcdef.tmp",
         ".envseal-0123456789abcdef.tmp.bak",
         ".envseal-notes.tmp",
         ".envseal-0123456789ABCDEF.tmp",

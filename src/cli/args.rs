@@ -48,6 +48,10 @@ pub enum Command {
     Verify(VerifyArgs),
     /// List a vault's entries.
     Ls(LsArgs),
+    /// Put a vault's data keys under another master key (no data read or rewritten).
+    Rewrap(super::lifecycle::RewrapArgs),
+    /// Import the files written by the Alibaba Cloud KMS guide's Python envelope sample.
+    ImportLegacy(super::lifecycle::ImportLegacyArgs),
     /// Manage master keys (CMKs) and run an Alibaba-compatible KMS server.
     #[command(subcommand)]
     Kms(KmsCommand),
@@ -117,17 +121,26 @@ pub struct EncryptArgs {
     #[arg(short, long, value_name = "VAULT")]
     pub output: PathBuf,
     /// CMK id, ARN or alias (default: alias/envseal/default, created on first use with local).
+    /// Repeatable, each as [<KMS URL>#]<CMK>: the data keys are generated under the first and
+    /// also wrapped under each other one, and any one of them opens the vault alone, e.g.
+    /// --key alias/work --key aliyun:https://kms.cn-hangzhou.aliyuncs.com#alias/escrow
     #[arg(long, value_name = "CMK")]
-    pub key: Option<String>,
+    pub key: Vec<String>,
     #[command(flatten)]
     pub kms: KmsArgs,
     /// Worker threads (default: number of cores).
     #[arg(short = 'j', long, value_name = "N")]
     pub jobs: Option<usize>,
     /// Segment size: a power of two from 4KiB to 64MiB (e.g. 64KiB, 1MiB; KiB and MiB are
-    /// powers of 1024, KB and MB powers of 1000).
-    #[arg(long, value_name = "SIZE", default_value = "1MiB")]
-    pub segment_size: String,
+    /// powers of 1024, KB and MB powers of 1000; default 1MiB, or that of the --since vault).
+    #[arg(long, value_name = "SIZE")]
+    pub segment_size: Option<String>,
+    /// Incremental: files whose type, size, mtime, inode and ctime match this earlier vault's
+    /// entries are taken from it without being read or encrypted again; the new vault holds
+    /// the whole current tree and does not need the earlier one afterwards, e.g.
+    /// `envseal encrypt data -o mon.vault --since sun.vault`.
+    #[arg(long, value_name = "EARLIER_VAULT")]
+    pub since: Option<std::path::PathBuf>,
     /// Skip paths matching this glob (repeatable). A glob is matched against the path below
     /// each source and against the file name: '*.tmp' skips every .tmp file, 'build/*' what
     /// is directly in build. '*' and '?' stop at '/', '**' crosses directories.
@@ -188,6 +201,10 @@ pub struct DecryptArgs {
     /// is not read here: the manifest knows where each key lives).
     #[arg(long, value_name = "URL")]
     pub kms: Option<String>,
+    /// Unwrap only keys wrapped by this CMK (id or ARN; repeatable): a vault names its own
+    /// KMS and CMK, so restore pipelines say which they trust.
+    #[arg(long, value_name = "CMK")]
+    pub expect_key: Vec<String>,
     /// Worker threads (default: number of cores).
     #[arg(short = 'j', long, value_name = "N")]
     pub jobs: Option<usize>,
@@ -203,9 +220,21 @@ pub struct VerifyArgs {
     /// Unwrap the keys, authenticate the manifest and every segment, check plaintext digests.
     #[arg(long)]
     pub deep: bool,
-    /// Use this KMS instead of the one the manifest names (with --deep).
+    /// Use this KMS instead of the one the manifest names (with --deep or --source).
     #[arg(long, value_name = "URL")]
     pub kms: Option<String>,
+    /// Compare the vault with the live tree it was made from (the path given to encrypt;
+    /// repeatable), without decrypting: keyed plaintext digests and metadata. Reports
+    /// changed, bitrot (content changed, size and mtime not), metadata, missing and extra
+    /// paths; exit 0 only when they match. E.g. `envseal verify --source ~/data data.vault`.
+    #[arg(long, value_name = "DIR")]
+    pub source: Vec<std::path::PathBuf>,
+    /// With --source: paths the encrypt run excluded (its --exclude globs).
+    #[arg(long, value_name = "GLOB", requires = "source")]
+    pub exclude: Vec<String>,
+    /// With --deep: unwrap only keys wrapped by this CMK (id or ARN; repeatable).
+    #[arg(long, value_name = "CMK")]
+    pub expect_key: Vec<String>,
     /// Worker threads (default: number of cores).
     #[arg(short = 'j', long, value_name = "N")]
     pub jobs: Option<usize>,
@@ -224,6 +253,10 @@ pub struct LsArgs {
     /// Use this KMS instead of the one the manifest names (concealed names need the key).
     #[arg(long, value_name = "URL")]
     pub kms: Option<String>,
+    /// List the master keys (CMKs) that wrap the vault's data keys instead of its entries,
+    /// and whether each opens the vault alone (no key needed), e.g. `envseal ls --keys VAULT`.
+    #[arg(long)]
+    pub keys: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -4,6 +4,7 @@ pub mod args;
 pub mod bench_cmd;
 pub mod docs_cmd;
 pub mod kms_cmd;
+pub mod lifecycle;
 pub mod messages;
 pub mod output;
 pub mod progress;

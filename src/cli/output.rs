@@ -68,7 +68,12 @@ pub fn failures_json(list: &[envseal::encrypt::Failure]) -> Value {
 /// Lists the files that failed, after the run, except those the progress display already
 /// showed as they failed (so `-q` lists them all: failures are never silent).
 pub fn print_failures(list: &[envseal::encrypt::Failure], bars: &super::progress::Bars) {
-    for f in list.iter().filter(|f| !bars.showed(f)) {
+    print_all_failures(list.iter().filter(|f| !bars.showed(f)));
+}
+
+/// Lists failures where no progress display showed them.
+pub fn print_all_failures<'a>(list: impl IntoIterator<Item = &'a envseal::encrypt::Failure>) {
+    for f in list {
         eprintln!(
             "envseal: failed: {}: {}",
             sanitize(&f.path),

@@ -21,7 +21,7 @@ use super::progress::Bars;
 
 /// A KMS handle for reading vaults: `--kms` overrides the vault's URLs; `ENVSEAL_KMS` and the
 /// comma-separated `ENVSEAL_KMS_TRUST` name remote endpoints the user trusts.
-fn reading_kms(override_url: Option<String>) -> anyhow::Result<Kms> {
+pub(super) fn reading_kms(override_url: Option<String>) -> anyhow::Result<Kms> {
     if let Some(url) = &override_url {
         parse_url(url)?;
     }
@@ -38,7 +38,7 @@ fn reading_kms(override_url: Option<String>) -> anyhow::Result<Kms> {
 
 /// A batch key that cannot be unwrapped gets advice by the KMS's answer (a disabled key, a
 /// missing one), naming the key and KMS the vault records.
-fn unwrap_advice(e: Error) -> anyhow::Error {
+pub(super) fn unwrap_advice(e: Error) -> anyhow::Error {
     if let Error::Unwrap { last: Some(l), .. } = &e {
         let (key_id, url, k) = &**l;
         if let Some(h) = advice(k, key_id, Where { url }) {
@@ -48,7 +48,7 @@ fn unwrap_advice(e: Error) -> anyhow::Error {
     e.into()
 }
 
-fn jobs(j: Option<usize>) -> anyhow::Result<usize> {
+pub(super) fn jobs(j: Option<usize>) -> anyhow::Result<usize> {
     match j {
         Some(0) => Err(Error::Usage("-j must be at least 1".into()).into()),
         Some(n) => Ok(n),
@@ -95,18 +95,23 @@ fn others(hardlinks: u64, specials: u64) -> String {
 }
 
 pub fn encrypt_cmd(a: EncryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
-    let seg = size_arg("--segment-size", &a.segment_size)?;
+    let seg = match (&a.segment_size, &a.since) {
+        (Some(s), _) => size_arg("--segment-size", s)?,
+        // An incremental run keeps the earlier vault's segment size (its records are reused).
+        (None, Some(earlier)) => u64::from(ManifestReader::open(earlier)?.header.segment_size),
+        (None, None) => u64::from(format::DEFAULT_SEGMENT_SIZE),
+    };
     if !format::valid_segment_size(seg) {
         return Err(usage(
             format!(
                 "--segment-size {}: must be a power of two from 4KiB to 64MiB",
-                a.segment_size
+                a.segment_size.as_deref().unwrap_or_default()
             ),
             "use binary units, e.g. 64KiB or 1MiB (1MB is 1000000 bytes, not a power of two)",
         ));
     }
-    let kms_url = a.kms.kms.clone().unwrap_or_else(|| "local".to_string());
-    parse_url(&kms_url)?;
+    let default_kms = a.kms.kms.clone().unwrap_or_else(|| "local".to_string());
+    parse_url(&default_kms)?;
     check_output_dir("-o", &a.output)?;
     for src in &a.sources {
         if let Err(e) = std::fs::symlink_metadata(src) {
@@ -118,15 +123,25 @@ pub fn encrypt_cmd(a: EncryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
             }
         }
     }
-    let key_asked = a
+    let mut keys = a
         .key
-        .clone()
-        .unwrap_or_else(|| envseal::kms::DEFAULT_ALIAS.to_string());
+        .iter()
+        .map(|k| envseal::keyspec::KeySpec::parse(k, &default_kms))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter();
+    let first = keys.next();
+    // What the first key's errors are explained against.
+    let (key_asked, kms_url) = first.as_ref().map_or_else(
+        || (envseal::kms::DEFAULT_ALIAS.to_string(), default_kms.clone()),
+        |k| (k.key.clone(), k.kms.clone()),
+    );
     let opts = EncryptOptions {
         sources: a.sources,
         vault: a.output,
-        key: a.key,
         kms_url: kms_url.clone(),
+        key: first.map(|k| k.key),
+        also_keys: keys.collect(),
+        since: a.since,
         segment_size: seg as u32,
         excludes: a.exclude,
         conceal_names: a.conceal_names,
@@ -161,7 +176,8 @@ pub fn encrypt_cmd(a: EncryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
         opts.vault.display(),
         if opts.sync { "" } else { " (not synced: --no-sync)" },
         r.batches,
-        if r.resumed_files > 0 { format!(", {} files resumed from the journal", r.resumed_files) } else { String::new() },
+        if r.reused_files > 0 || opts.since.is_some() { format!(", {} unchanged files ({} bytes) reused from the earlier vault", r.reused_files, r.reused_bytes) } else { String::new() }
+            + &if r.resumed_files > r.reused_files { format!(", {} files resumed from the journal", r.resumed_files - r.reused_files) } else { String::new() },
         r.skipped.len(),
         r.failed.len()
     );
@@ -177,7 +193,10 @@ pub fn encrypt_cmd(a: EncryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
             "hardlinks": r.hardlinks, "specials": r.specials,
             "seconds": r.seconds, "gb_per_s": rate(r.bytes, r.seconds),
             "batches": r.batches, "generated_keys": r.generated_keys,
-            "resumed_files": r.resumed_files, "synced": opts.sync,
+            "resumed_files": r.resumed_files - r.reused_files, "synced": opts.sync,
+            "reused_files": r.reused_files, "reused_bytes": r.reused_bytes,
+            "encrypted_files": r.files - r.resumed_files,
+            "since": opts.since,
             "skipped": failures_json(&r.skipped), "failed": failures_json(&r.failed),
         }),
     );
@@ -200,7 +219,7 @@ pub fn decrypt_cmd(a: DecryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
             _ => Owners::Auto,
         },
     };
-    let kms = reading_kms(a.kms)?;
+    let kms = reading_kms(a.kms)?.expecting(a.expect_key);
     let bars = bars("decrypt", &a.out)?;
     let r = decrypt(&opts, &kms, &bars, cancel).map_err(unwrap_advice)?;
     print_failures(&r.failed, &bars);
@@ -242,12 +261,15 @@ pub fn decrypt_cmd(a: DecryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
 }
 
 pub fn verify_cmd(a: VerifyArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
+    if !a.source.is_empty() {
+        return super::lifecycle::verify_source_cmd(a, cancel);
+    }
     check_vault(&a.vault)?;
     let opts = VerifyOptions {
         deep: a.deep,
         jobs: jobs(a.jobs)?,
     };
-    let kms = reading_kms(a.kms)?;
+    let kms = reading_kms(a.kms)?.expecting(a.expect_key);
     let bars = bars("verify", &a.out)?;
     let r = verify(&a.vault, &opts, Some(&kms), &bars, cancel).map_err(unwrap_advice)?;
     for p in &r.problems {
@@ -278,6 +300,7 @@ pub fn verify_cmd(a: VerifyArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
         json!({
             "command": "verify", "deep": r.deep, "ok": r.problems.is_empty(),
             "files": r.files, "bytes": r.bytes, "seconds": r.seconds,
+            "keys": super::lifecycle::wrappers_json(&a.vault),
             "problems": r.problems.iter().map(|p| json!({
                 "kind": p.kind.as_str(), "path": p.path, "object": p.object, "detail": p.detail
             })).collect::<Vec<_>>(),
@@ -287,6 +310,9 @@ pub fn verify_cmd(a: VerifyArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
 }
 
 pub fn ls_cmd(a: LsArgs) -> anyhow::Result<i32> {
+    if a.keys {
+        return super::lifecycle::ls_keys(&a.vault, a.json);
+    }
     // A stream: a million entries are listed without holding them. Concealed names need the
     // key; then the manifest is also authenticated, and a failure after the listing is an
     // error (exit 3) like any other.

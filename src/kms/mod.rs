@@ -113,13 +113,24 @@ pub trait KeyProvider: Send + Sync {
     /// `Decrypt`: unwrap a blob this provider (or a compatible one) produced.
     fn decrypt(&self, wrapped: &WrappedKey) -> Result<DataKey, KmsError>;
 
-    /// `Encrypt`: wrap an existing data key under `key` (used by `rewrap --add`).
+    /// `Encrypt`: wrap an existing data key under `key` (`rewrap`, extra `--key`s).
     fn encrypt(
         &self,
         key: &str,
         plaintext: &DataKey,
         context: &EncryptionContext,
     ) -> Result<WrappedKey, KmsError>;
+
+    /// `ReEncrypt`: moves a blob this provider made under `key`, keeping its context, without
+    /// the data key leaving the KMS (`rewrap` within one KMS). Providers without it say
+    /// `Unsupported` and callers fall back to `Decrypt` + `Encrypt`.
+    fn re_encrypt(&self, wrapped: &WrappedKey, key: &str) -> Result<WrappedKey, KmsError> {
+        let _ = (wrapped, key);
+        Err(KmsError::new(
+            KmsErrorKind::Unsupported,
+            "this provider has no ReEncrypt",
+        ))
+    }
 }
 
 /// Key metadata as Alibaba's `KeyMetadata` object (PascalCase JSON). Printed by `envseal kms`.

@@ -457,6 +457,10 @@ impl KeyProvider for AliyunClient {
             context: context.clone(),
         })
     }
+
+    fn re_encrypt(&self, wrapped: &WrappedKey, key: &str) -> Result<WrappedKey, KmsError> {
+        AliyunClient::re_encrypt(self, wrapped, key, &wrapped.context)
+    }
 }
 
 impl KmsAdmin for AliyunClient {

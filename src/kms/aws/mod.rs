@@ -472,6 +472,10 @@ impl KeyProvider for AwsClient {
         let resp: CiphertextResponse = self.call("Encrypt", &what, &req)?;
         self.wrapped(resp, context)
     }
+
+    fn re_encrypt(&self, wrapped: &WrappedKey, key: &str) -> Result<WrappedKey, KmsError> {
+        AwsClient::re_encrypt(self, wrapped, key)
+    }
 }
 
 /// The [`KmsErrorKind`] for an AWS error code, falling back on the HTTP status.

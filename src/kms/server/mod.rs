@@ -10,6 +10,7 @@
 pub mod actions;
 pub mod auth;
 pub mod credentials;
+pub mod limits;
 pub mod reply;
 
 use std::convert::Infallible;
@@ -40,6 +41,8 @@ use super::{KmsError, KmsErrorKind};
 const MAX_BODY: usize = 1 << 20;
 /// Time allowed for a TLS handshake or for a request's headers to arrive.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time allowed for a request's body to arrive (a slow body must not hold a connection).
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for requests in flight.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -85,6 +88,7 @@ struct State {
     store: Arc<KeyStore>,
     auth: Authenticator,
     access_log: AccessLog,
+    conns: Arc<limits::Conns>,
 }
 
 /// The server: a key store, the accepted credentials, optional TLS.
@@ -105,6 +109,7 @@ impl Server {
                 store: Arc::new(store),
                 auth: Authenticator::new(credentials),
                 access_log,
+                conns: Arc::new(limits::Conns::new(limits::max_connections())),
             }),
             tls: tls.map(TlsAcceptor::from),
         }
@@ -133,21 +138,24 @@ impl Server {
                     }
                 },
             };
+            let Some(slot) = self.state.conns.admit(peer.ip()) else {
+                log::info!(
+                    "{peer}: refused, {} connections open",
+                    limits::MAX_CONNECTIONS
+                );
+                drop(stream);
+                continue;
+            };
             let _ = stream.set_nodelay(true);
             let state = self.state.clone();
             let tls = self.tls.clone();
             let stop = stop_rx.clone();
             conns.spawn(async move {
-                match tls {
-                    Some(acceptor) => {
-                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-                        {
-                            Ok(Ok(s)) => serve_connection(TokioIo::new(s), peer, state, stop).await,
-                            Ok(Err(e)) => log::info!("{peer}: TLS handshake failed: {e}"),
-                            Err(_) => log::info!("{peer}: TLS handshake timed out"),
-                        }
-                    }
-                    None => serve_connection(TokioIo::new(stream), peer, state, stop).await,
+                let close = slot.close.clone();
+                tokio::select! {
+                    _ = serve(tls, stream, peer, state, stop, slot) => {}
+                    // Made room for another connection: dropping the future closes it.
+                    _ = close.notified() => log::debug!("{peer}: closed to make room"),
                 }
             });
             // Reap finished connections so the set does not grow without bound.
@@ -166,17 +174,41 @@ impl Server {
     }
 }
 
+/// One connection: the TLS handshake (bounded), then HTTP.
+async fn serve(
+    tls: Option<TlsAcceptor>,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    state: Arc<State>,
+    stop: tokio::sync::watch::Receiver<bool>,
+    slot: limits::Slot,
+) {
+    let authed = slot.authed.clone();
+    match tls {
+        Some(acceptor) => {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(s)) => serve_connection(TokioIo::new(s), peer, state, stop, authed).await,
+                Ok(Err(e)) => log::info!("{peer}: TLS handshake failed: {e}"),
+                Err(_) => log::info!("{peer}: TLS handshake timed out"),
+            }
+        }
+        None => serve_connection(TokioIo::new(stream), peer, state, stop, authed).await,
+    }
+    drop(slot);
+}
+
 async fn serve_connection<I>(
     io: TokioIo<I>,
     peer: SocketAddr,
     state: Arc<State>,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    authed: Arc<std::sync::atomic::AtomicBool>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |req| {
-        let state = state.clone();
-        async move { Ok::<_, Infallible>(handle(state, peer, req).await) }
+        let (state, authed) = (state.clone(), authed.clone());
+        async move { Ok::<_, Infallible>(handle(state, peer, req, &authed).await) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -200,6 +232,7 @@ async fn handle(
     state: Arc<State>,
     peer: SocketAddr,
     req: Request<hyper::body::Incoming>,
+    authed: &std::sync::atomic::AtomicBool,
 ) -> Response<Full<Bytes>> {
     let start = Instant::now();
     let request_id = new_uuid().to_ascii_uppercase();
@@ -211,7 +244,7 @@ async fn handle(
         .to_string();
     let (incoming, result) = match read_request(req).await {
         Ok(incoming) => {
-            let result = process(&state, &incoming, &request_id).await;
+            let result = process(&state, &incoming, &request_id, authed).await;
             (Some(incoming), result)
         }
         Err(e) => (None, Err(e)),
@@ -269,10 +302,12 @@ async fn process(
     state: &Arc<State>,
     incoming: &Incoming,
     request_id: &str,
+    conn_authed: &std::sync::atomic::AtomicBool,
 ) -> Result<actions::Success, ApiError> {
     let authed = state
         .auth
         .authenticate(incoming, time::OffsetDateTime::now_utc())?;
+    conn_authed.store(true, std::sync::atomic::Ordering::Relaxed);
     let store = state.store.clone();
     let request_id = request_id.to_string();
     // The request is small; a copy keeps the closure 'static.
@@ -310,9 +345,16 @@ async fn read_request(req: Request<hyper::body::Incoming>) -> Result<Incoming, A
             "Specified api is not found, please check your url and method.",
         ));
     }
-    let body = Limited::new(body, MAX_BODY)
-        .collect()
+    let collected = tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY).collect())
         .await
+        .map_err(|_| {
+            ApiError::new(
+                408,
+                "RequestTimeout",
+                "The request body did not arrive in time.",
+            )
+        })?;
+    let body = collected
         .map_err(|_| {
             ApiError::new(
                 400,

@@ -1,0 +1,305 @@
+//! `rewrap` (and the other vault-lifecycle commands): arguments and handlers.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use envseal::keyspec::KeySpec;
+use envseal::rewrap::{rewrap, RewrapOptions};
+use serde_json::json;
+
+use super::args::OutputArgs;
+use super::output::{sanitize, summary};
+use super::run::reading_kms;
+
+/// Put a vault's data keys under another master key, without reading or rewriting any data.
+///
+/// Each batch key is moved under the new CMK (ReEncrypt within one KMS, else Decrypt +
+/// Encrypt), checked against the batch's key commitment, and the wrappings are replaced in
+/// the manifest and key files. A few KMS calls per batch, whatever the data size.
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  envseal rewrap backup.vault --key alias/new-key
+  envseal rewrap backup.vault --add --key aliyun:https://kms.cn-hangzhou.aliyuncs.com#alias/escrow
+  envseal rewrap backup.vault --remove <CMK id as `envseal ls --keys` shows it>")]
+pub struct RewrapArgs {
+    /// The vault directory.
+    #[arg(value_name = "VAULT")]
+    pub vault: PathBuf,
+    /// The new CMK: [<KMS URL>#]<CMK id, ARN or alias>; without a URL, the one of --kms.
+    #[arg(long, value_name = "CMK")]
+    pub key: Option<String>,
+    /// KMS of the new CMK (default: local, or ENVSEAL_KMS). The vault's current KMS is the
+    /// one its wrappings name.
+    #[arg(long, env = "ENVSEAL_KMS", value_name = "URL")]
+    pub kms: Option<String>,
+    /// Keep the current wrappings and add the new one (any one of them then opens the vault).
+    #[arg(long, requires = "key")]
+    pub add: bool,
+    /// Drop the wrappings by this CMK (its id, or <KMS URL>#<id>); never the last one.
+    /// Repeatable; with --key, the other wrappings are kept.
+    #[arg(long, value_name = "CMK")]
+    pub remove: Vec<String>,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+pub fn rewrap_cmd(a: RewrapArgs) -> anyhow::Result<i32> {
+    let default_kms = a.kms.clone().unwrap_or_else(|| "local".to_string());
+    let key = a
+        .key
+        .as_deref()
+        .map(|k| KeySpec::parse(k, &default_kms))
+        .transpose()?;
+    let mut trusted: Vec<String> = a.kms.iter().cloned().collect();
+    if let Some(k) = &key {
+        trusted.push(k.kms.clone());
+    }
+    let kms = reading_kms(None)?.trusting(trusted);
+    let opts = RewrapOptions {
+        vault: a.vault,
+        key,
+        add: a.add,
+        remove: a.remove,
+    };
+    let r = rewrap(&opts, &kms)?;
+    let line = format!(
+        "rewrapped {} batch key(s) of {} in {:.2} s ({} by ReEncrypt, {} wrapping(s) removed, {} key file(s) written); opens with {}",
+        r.batches,
+        opts.vault.display(),
+        r.seconds,
+        r.re_encrypted,
+        r.removed,
+        r.key_files_written,
+        r.wrapped_by.join(", ")
+    );
+    summary(
+        a.out.quiet,
+        a.out.json,
+        line,
+        json!({
+            "command": "rewrap", "vault": opts.vault, "batches": r.batches,
+            "re_encrypted": r.re_encrypted, "removed": r.removed,
+            "key_files_written": r.key_files_written, "wrapped_by": r.wrapped_by,
+            "seconds": r.seconds,
+        }),
+    );
+    Ok(0)
+}
+
+/// The CMKs that wrap a vault's data keys, as JSON (`verify --json`'s `keys`); `null` when
+/// the manifest cannot be read (verify reports why).
+pub fn wrappers_json(vault: &std::path::Path) -> serde_json::Value {
+    match envseal::manifest::ManifestReader::open(vault) {
+        Ok(m) => serde_json::to_value(envseal::keyspec::wrappers(&m.batches))
+            .unwrap_or(serde_json::Value::Null),
+        Err(_) => serde_json::Value::Null,
+    }
+}
+
+/// `ls --keys`: one line (or JSON object) per CMK wrapping the vault's data keys.
+pub fn ls_keys(vault: &std::path::Path, as_json: bool) -> anyhow::Result<i32> {
+    let m = envseal::manifest::ManifestReader::open(vault)?;
+    let total = m.batches.len();
+    for w in envseal::keyspec::wrappers(&m.batches) {
+        if as_json {
+            println!("{}", serde_json::to_string(&w)?);
+        } else {
+            println!(
+                "{}#{}  {}/{} batches{}",
+                sanitize(&w.kms),
+                sanitize(&w.key_id),
+                w.batches,
+                total,
+                if w.opens_alone {
+                    "  opens the vault alone"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    Ok(0)
+}
+
+/// `verify --source`: the vault against the live tree, without decrypting.
+pub fn verify_source_cmd(
+    a: super::args::VerifyArgs,
+    cancel: &std::sync::atomic::AtomicBool,
+) -> anyhow::Result<i32> {
+    use envseal::verify_source::{verify_source, DiffKind, SourceOptions};
+    let opts = SourceOptions {
+        sources: a.source.clone(),
+        excludes: a.exclude.clone(),
+        jobs: super::run::jobs(a.jobs)?,
+    };
+    let kms = reading_kms(a.kms.clone())?;
+    let r = verify_source(&a.vault, &opts, &kms, cancel)?;
+    for d in &r.diffs {
+        eprintln!(
+            "envseal: {}: {}: {}",
+            d.kind.as_str(),
+            sanitize(&d.path),
+            sanitize(&d.detail)
+        );
+    }
+    let count = |k: DiffKind| r.diffs.iter().filter(|d| d.kind == k).count();
+    let kinds = [
+        DiffKind::Changed,
+        DiffKind::Bitrot,
+        DiffKind::Metadata,
+        DiffKind::Missing,
+        DiffKind::Extra,
+        DiffKind::Unreadable,
+        DiffKind::Damaged,
+    ];
+    let line = format!(
+        "compared {} entries of {} with the source ({} bytes hashed, nothing decrypted) in {:.2} s: {}",
+        r.entries,
+        a.vault.display(),
+        r.bytes_hashed,
+        r.seconds,
+        if r.diffs.is_empty() {
+            "they match".to_string()
+        } else {
+            kinds
+                .iter()
+                .filter(|k| count(**k) > 0)
+                .map(|k| format!("{} {}", count(*k), k.as_str()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    );
+    let mut by_kind = serde_json::Map::new();
+    for k in kinds {
+        by_kind.insert(k.as_str().into(), json!(count(k)));
+    }
+    summary(
+        a.out.quiet,
+        a.out.json,
+        line,
+        json!({
+            "command": "verify", "source": a.source, "ok": r.diffs.is_empty(),
+            "entries": r.entries, "bytes_hashed": r.bytes_hashed, "seconds": r.seconds,
+            "counts": by_kind,
+            "differences": r.diffs.iter().map(|d| json!({
+                "kind": d.kind.as_str(), "path": d.path, "detail": d.detail
+            })).collect::<Vec<_>>(),
+        }),
+    );
+    Ok(if count(DiffKind::Damaged) > 0 {
+        3
+    } else if r.diffs.is_empty() {
+        0
+    } else {
+        1
+    })
+}
+
+/// Import the files written by the Alibaba Cloud KMS guide's Python envelope sample.
+///
+/// Each FILE holds four lines: the data key's CiphertextBlob (from GenerateDataKey), then
+/// base64 of the 16-byte AES-EAX nonce, of the ciphertext and of the 16-byte tag. Each key
+/// is unwrapped by the KMS given with --kms, the EAX tag is checked before anything is
+/// released, and the plaintext goes into a new vault (-o) or a directory (--to), named
+/// without the `.cipher` suffix. Bad files are named and skipped (exit 1).
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  envseal import-legacy data/*.cipher -o data.vault \\
+      --kms aliyun:https://kms.cn-hangzhou.aliyuncs.com --key local#alias/envseal/default
+  envseal import-legacy report.txt.cipher --to restored/ --kms aliyun:http://127.0.0.1:8443")]
+pub struct ImportLegacyArgs {
+    /// The guide's output files.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// The vault to create.
+    #[arg(
+        short,
+        long,
+        value_name = "VAULT",
+        required_unless_present = "to",
+        conflicts_with = "to"
+    )]
+    pub output: Option<PathBuf>,
+    /// Write the plaintext files into this directory instead (existing files are kept).
+    #[arg(long, value_name = "DEST")]
+    pub to: Option<PathBuf>,
+    /// The KMS holding the guide's CMK (default: local, or ENVSEAL_KMS).
+    #[arg(long, env = "ENVSEAL_KMS", value_name = "URL")]
+    pub kms: Option<String>,
+    /// CMK(s) for the new vault, as for encrypt: [<KMS URL>#]<CMK>, repeatable (default:
+    /// alias/envseal/default on the --kms provider).
+    #[arg(long, value_name = "CMK")]
+    pub key: Vec<String>,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+pub fn import_legacy_cmd(
+    a: ImportLegacyArgs,
+    cancel: &std::sync::atomic::AtomicBool,
+) -> anyhow::Result<i32> {
+    use envseal::legacy::{import, ImportOptions, ImportTo};
+    let kms_url = a.kms.clone().unwrap_or_else(|| "local".to_string());
+    let to = match (&a.output, &a.to) {
+        (Some(vault), None) => {
+            let mut keys = a
+                .key
+                .iter()
+                .map(|k| KeySpec::parse(k, &kms_url))
+                .collect::<Result<Vec<_>, _>>()?;
+            if keys.is_empty() {
+                keys.push(KeySpec {
+                    kms: kms_url.clone(),
+                    key: envseal::kms::DEFAULT_ALIAS.to_string(),
+                });
+            }
+            ImportTo::Vault {
+                vault: vault.clone(),
+                keys,
+            }
+        }
+        (None, Some(dest)) => ImportTo::Dir(dest.clone()),
+        _ => {
+            return Err(
+                envseal::Error::Usage("give either -o <VAULT> or --to <DEST>".into()).into(),
+            )
+        }
+    };
+    let opts = ImportOptions {
+        files: a.files,
+        kms_url: kms_url.clone(),
+        to,
+    };
+    let kms = envseal::keys::Kms::new(super::kms_cmd::kms_options()?, None);
+    let r = import(&opts, &kms, cancel)?;
+    super::output::print_all_failures(&r.bad);
+    let target = match (&a.output, &a.to) {
+        (Some(v), _) => format!("the vault {}", v.display()),
+        (_, Some(d)) => d.display().to_string(),
+        _ => String::new(),
+    };
+    let line = format!(
+        "imported {} file(s), {} bytes, into {}{}; {} bad file(s) skipped",
+        r.imported,
+        r.bytes,
+        target,
+        if r.imported == 0 && a.output.is_some() {
+            " (not created: nothing to import)"
+        } else {
+            ""
+        },
+        r.bad.len()
+    );
+    summary(
+        a.out.quiet,
+        a.out.json,
+        line,
+        json!({
+            "command": "import-legacy", "imported": r.imported, "bytes": r.bytes,
+            "vault": a.output, "to": a.to,
+            "bad": super::output::failures_json(&r.bad),
+            "batches": r.batches,
+        }),
+    );
+    Ok(if r.bad.is_empty() { 0 } else { 1 })
+}

@@ -1,0 +1,84 @@
+//! What a killed run can leave in a vault besides its journal, and how a rerun tidies it:
+//! temporary files of atomic writes, key files of batches the journal never recorded (a kill
+//! between writing a key file and journaling it), and objects no committed entry names.
+//! Every removal here is of a name the vault format owns; nothing is followed through a link.
+
+use std::collections::HashSet;
+use std::fs;
+use std::path::Path;
+
+use crate::error::{Error, IoContext, Result};
+use crate::format::{layout, ID_LEN};
+use crate::manifest::Batch;
+
+/// Temporary names of the vault root's atomic writes (`<name>.tmp`, then renamed).
+fn is_temp(name: &str) -> bool {
+    name == crate::journal::TMP
+        || name == "manifest.tmp"
+        || (name.starts_with(layout::KEYS_PREFIX) && name.ends_with(".tmp"))
+}
+
+/// The batch id of a key file's name, if it is one.
+fn key_file_id(name: &str) -> Option<&str> {
+    let id = name
+        .strip_prefix(layout::KEYS_PREFIX)?
+        .strip_suffix(layout::KEYS_SUFFIX)?;
+    (id.len() == 2 * ID_LEN && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
+}
+
+/// Removes, from the vault root, temporary files and key files of batches not in `batches`.
+pub fn sweep_root(vault: &Path, batches: &[Batch]) -> Result<()> {
+    let keep: HashSet<String> = batches.iter().map(|b| b.id_hex()).collect();
+    for d in fs::read_dir(vault).at(vault)? {
+        let d = d.at(vault)?;
+        let name = d.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let stray = is_temp(name) || key_file_id(name).is_some_and(|id| !keep.contains(id));
+        if stray && !d.file_type().at(d.path())?.is_dir() {
+            let p = d.path();
+            fs::remove_file(&p).at(&p)?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether a directory holds only what a run that never journaled a batch can leave:
+/// temporary files, key files (of no journaled batch: there is no journal), an empty
+/// `objects/`, and an empty journal (left by versions that created it in place). Such a run
+/// wrote no ciphertext, so a new run may start there after [`clear_unstarted`].
+pub fn only_unstarted(vault: &Path) -> Result<bool> {
+    for d in fs::read_dir(vault).at(vault)? {
+        let d = d.at(vault)?;
+        let name = d.file_name();
+        let Some(name) = name.to_str() else {
+            return Ok(false);
+        };
+        let ft = d.file_type().at(d.path())?;
+        let ok = if name == layout::OBJECTS_DIR {
+            ft.is_dir() && fs::read_dir(d.path()).at(d.path())?.next().is_none()
+        } else if name == layout::JOURNAL {
+            ft.is_file() && d.metadata().at(d.path())?.len() == 0
+        } else {
+            ft.is_file() && (is_temp(name) || key_file_id(name).is_some())
+        };
+        if !ok {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Removes what [`only_unstarted`] accepted (key files first, the journal last).
+pub fn clear_unstarted(vault: &Path) -> Result<()> {
+    sweep_root(vault, &[])?;
+    let j = vault.join(layout::JOURNAL);
+    match fs::remove_file(&j) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(&j, e)),
+        _ => {}
+    }
+    let o = vault.join(layout::OBJECTS_DIR);
+    match fs::remove_dir(&o) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&o, e)),
+        _ => Ok(()),
+    }
+}

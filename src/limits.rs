@@ -1,0 +1,54 @@
+//! Process limits: the cap on worker threads (`-j`) and core dumps.
+
+/// The most worker threads a run starts per available core. Past a few per core, more
+/// threads only add memory (each holds a buffer of up to a window, 8 MiB when encrypting,
+/// 32 MiB per file when decrypting) and scheduling work, and a runaway `-j 100000` would
+/// start tens of thousands of threads that take minutes to answer SIGTERM.
+pub const JOBS_PER_CORE: usize = 4;
+/// The absolute cap, whatever the core count.
+pub const MAX_JOBS: usize = 256;
+
+/// `requested` clamped to `[1, min(MAX_JOBS, JOBS_PER_CORE × cores)]`, and the notice to
+/// show when it was lowered.
+pub fn clamp_jobs(requested: usize) -> (usize, Option<String>) {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cap = cores.saturating_mul(JOBS_PER_CORE).clamp(1, MAX_JOBS);
+    if requested > cap {
+        let why = format!(
+            "-j {requested} lowered to {cap} ({JOBS_PER_CORE} per core on {cores} cores, at most {MAX_JOBS}): more threads add memory, not speed"
+        );
+        (cap, Some(why))
+    } else {
+        (requested.max(1), None)
+    }
+}
+
+/// Keeps secrets out of core dumps: the process is made non-dumpable (no core file, no
+/// ptrace attach by other processes of the same user, /proc/<pid>/mem unreadable to them)
+/// and its core size limit set to 0. Called first thing by the binary; failures are ignored
+/// (nothing to do about them, and the run is no less correct).
+pub fn disable_core_dumps() {
+    let zero = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls with valid arguments.
+    unsafe {
+        libc::setrlimit(libc::RLIMIT_CORE, &zero);
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jobs_are_clamped_with_a_notice() {
+        let (j, notice) = clamp_jobs(100_000);
+        assert!((1..=MAX_JOBS).contains(&j));
+        assert!(notice.unwrap().contains("lowered to"));
+        assert_eq!(clamp_jobs(1), (1, None));
+        assert_eq!(clamp_jobs(0).0, 1);
+    }
+}

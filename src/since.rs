@@ -1,0 +1,108 @@
+//! `encrypt --since <EARLIER_VAULT>`: an incremental run that pays only for what changed.
+//!
+//! A file is unchanged when its type, size, mtime, device, inode and ctime equal what the
+//! earlier vault's entry recorded (the entry's `src`, docs/FORMAT.md §6.1) — the rule restic
+//! uses. Its record is not read, decrypted or sealed again: the new vault takes over the
+//! earlier vault's identity (vault id), its batches (ids, commitments, wrappings) and its
+//! objects (hard-linked into the new vault, or copied where a link is impossible), and the
+//! entry points at the same record. Changed and new files are sealed under a new batch; files
+//! gone from the tree are simply not listed, and objects no entry names are dropped when the
+//! run finishes. The new vault is complete by itself: it reads nothing of the earlier one.
+
+use std::collections::HashMap;
+use std::fs;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::crypto::BatchKey;
+use crate::error::{Error, IoContext, Result};
+use crate::format::ID_LEN;
+use crate::journal::{Journal, SourceId};
+use crate::keys::Kms;
+use crate::manifest::{self, Batch, Entry, ObjectRef};
+use crate::vault;
+
+/// What an incremental run takes from the earlier vault.
+pub struct Earlier {
+    pub path: PathBuf,
+    pub vault_id: [u8; ID_LEN],
+    pub segment_size: u32,
+    pub batches: Vec<Batch>,
+    pub keys: Vec<Arc<BatchKey>>,
+    pub objects: Vec<ObjectRef>,
+    /// Files with their recorded source identity, by clear path.
+    pub files: HashMap<Vec<u8>, (Entry, SourceId)>,
+}
+
+impl Earlier {
+    /// Opens the earlier vault with its keys (one `Decrypt` per batch) and reads and
+    /// authenticates its manifest.
+    pub fn load(path: &Path, kms: &Kms) -> Result<Earlier> {
+        let mut u = vault::unlock(path, kms)?;
+        let mut files = HashMap::new();
+        while let Some(e) = u.reader.next_entry()? {
+            let (Some(src), Some(p)) = (u.reader.last_src(), e.path.clear()) else {
+                continue;
+            };
+            if e.file().is_some() {
+                files.insert(p.to_vec(), (e, src));
+            }
+        }
+        u.authenticate()?;
+        Ok(Earlier {
+            path: path.to_path_buf(),
+            vault_id: u.reader.header.vault_id,
+            segment_size: u.reader.header.segment_size,
+            batches: u.reader.batches.clone(),
+            keys: u.keys.into_iter().map(Arc::new).collect(),
+            objects: u.reader.objects.clone(),
+            files,
+        })
+    }
+
+    /// Puts the earlier batches and objects into a new run's vault and journal, as batches
+    /// `0..B` and objects `0..O` (the indices the earlier entries use): key files, journal
+    /// batch records, objects linked (or copied), synced, then listed in the journal.
+    pub fn inherit(&self, vault: &Path, journal: &mut Journal) -> Result<()> {
+        for (i, (b, k)) in self.batches.iter().zip(&self.keys).enumerate() {
+            manifest::write_key_file(vault, &self.vault_id, b)?;
+            journal.append_batch(i as u32, b)?;
+            if i == 0 {
+                journal.set_mac_key(k.journal_mac_key());
+            }
+        }
+        let mut lines = Vec::new();
+        for (i, o) in self.objects.iter().enumerate() {
+            link_object(&self.path, vault, o)?;
+            lines.extend(journal.object_line(i as u64, &o.id)?);
+        }
+        // The objects (copies) and their names are on disk before the journal names them.
+        let d = fs::File::open(vault).at(vault)?;
+        // SAFETY: syncfs on a valid open descriptor.
+        if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
+            return Err(Error::io(vault, std::io::Error::last_os_error()));
+        }
+        journal.write_synced(&lines)
+    }
+}
+
+/// Hard-links an earlier object into the new vault (objects are never modified once
+/// written), or copies it when the vaults are on different filesystems; its length is
+/// checked first.
+fn link_object(from_vault: &Path, to_vault: &Path, o: &ObjectRef) -> Result<()> {
+    crate::object::open_object_file(from_vault, o).map_err(|e| {
+        Error::Runtime(format!(
+            "the earlier vault {}: {e:?}; run `envseal verify` on it",
+            from_vault.display()
+        ))
+    })?;
+    let from = from_vault.join(o.name());
+    let to = to_vault.join(o.name());
+    let dir = to.parent().unwrap_or(to_vault);
+    fs::create_dir_all(dir).at(dir)?;
+    if fs::hard_link(&from, &to).is_err() {
+        fs::copy(&from, &to).at(&to)?;
+    }
+    Ok(())
+}

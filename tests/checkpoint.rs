@@ -1,0 +1,152 @@
+//! Segment checkpoints: a large file interrupted past a checkpoint is taken up there, not
+//! read again from the start (bytes read counted); a file changed since is sealed again
+//! from the start; either way the vault is whole.
+
+use std::fs;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use envseal::decrypt::{decrypt, DecryptOptions};
+use envseal::encrypt::{encrypt, EncryptOptions};
+use envseal::error::Error;
+use envseal::format;
+use envseal::keys::Kms;
+use envseal::kms::local::LocalProvider;
+use envseal::kms::KmsOptions;
+use envseal::progress::{NoProgress, Progress};
+use envseal::write::CHECKPOINT_BYTES;
+
+/// Stops the run (as Ctrl-C does) once `after` bytes were sealed.
+struct StopAfter {
+    seen: AtomicU64,
+    after: u64,
+    cancel: Arc<AtomicBool>,
+}
+
+impl Progress for StopAfter {
+    fn bytes(&self, n: u64) {
+        if self.seen.fetch_add(n, Ordering::SeqCst) + n >= self.after {
+            self.cancel.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+fn write_big(p: &Path, len: usize, seed: u8) {
+    let data: Vec<u8> = (0..len)
+        .map(|i| (i as u8).wrapping_mul(13) ^ seed ^ (i >> 20) as u8)
+        .collect();
+    fs::write(p, data).unwrap();
+}
+
+fn run(change_before_resume: bool) {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("data");
+    fs::create_dir_all(&src).unwrap();
+    let size = (2 * CHECKPOINT_BYTES + (24 << 20)) as usize;
+    let big = src.join("big.img");
+    write_big(&big, size, 1);
+    let store = tmp.path().join("keystore");
+    let url = format!("local:{}", store.display());
+    let provider = LocalProvider::open(Some(&store), &KmsOptions::default()).unwrap();
+    let kms = Kms::new(KmsOptions::default(), None).with_provider(&url, Arc::new(provider));
+    let vault = tmp.path().join("vault");
+    let opts = EncryptOptions {
+        sources: vec![src.clone()],
+        vault: vault.clone(),
+        key: None,
+        kms_url: url,
+        segment_size: 1 << 20,
+        excludes: vec![],
+        conceal_names: false,
+        resume: false,
+        jobs: 1,
+        batch_max_files: format::BATCH_MAX_FILES,
+        batch_max_bytes: format::BATCH_MAX_BYTES,
+        pack_threshold: format::DEFAULT_PACK_THRESHOLD,
+        also_keys: Vec::new(),
+        since: None,
+        sync: true,
+    };
+    let cancel = Arc::new(AtomicBool::new(false));
+    let stop = StopAfter {
+        seen: AtomicU64::new(0),
+        after: CHECKPOINT_BYTES + (32 << 20),
+        cancel: Arc::clone(&cancel),
+    };
+    let e = encrypt(&opts, &kms, &stop, &cancel).unwrap_err();
+    assert!(matches!(e, Error::Interrupted), "{e}");
+    let journal = fs::read_to_string(vault.join("journal.jsonl")).unwrap();
+    assert!(
+        journal.contains(r#""type":"ckpt""#),
+        "no checkpoint recorded"
+    );
+    // What the vault holds now: at most the file and one checkpoint interval of windows.
+    let held: u64 = walk_sizes(&vault.join("objects"));
+    assert!(
+        held <= size as u64 + CHECKPOINT_BYTES + (16 << 20),
+        "{held}"
+    );
+    if change_before_resume {
+        write_big(&big, size, 2);
+    }
+    let r = encrypt(&opts, &kms, &NoProgress, &AtomicBool::new(false)).unwrap();
+    assert!(r.failed.is_empty(), "{:?}", r.failed);
+    if change_before_resume {
+        assert_eq!(r.bytes_read, size as u64, "a changed file is read whole");
+    } else {
+        assert!(
+            r.bytes_read <= (size as u64) - CHECKPOINT_BYTES,
+            "read {} of {size} bytes again",
+            r.bytes_read
+        );
+    }
+    let dest = tmp.path().join("out");
+    let o = DecryptOptions {
+        vault: vault.clone(),
+        dest: dest.clone(),
+        only: vec![],
+        overwrite: false,
+        jobs: 1,
+        sync: true,
+        owners: Default::default(),
+    };
+    let d = decrypt(&o, &kms, &NoProgress, &AtomicBool::new(false)).unwrap();
+    assert!(d.failed.is_empty(), "{:?}", d.failed);
+    assert!(fs::read(dest.join("data/big.img")).unwrap() == fs::read(&big).unwrap());
+    let v = envseal::verify::verify(
+        &vault,
+        &envseal::verify::VerifyOptions {
+            deep: true,
+            jobs: 1,
+        },
+        Some(&kms),
+        &NoProgress,
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    assert!(v.problems.is_empty(), "{:?}", v.problems);
+}
+
+fn walk_sizes(dir: &Path) -> u64 {
+    let mut n = 0;
+    for e in fs::read_dir(dir).unwrap().flatten() {
+        let md = e.metadata().unwrap();
+        n += if md.is_dir() {
+            walk_sizes(&e.path())
+        } else {
+            md.len()
+        };
+    }
+    n
+}
+
+#[test]
+fn a_large_file_resumes_at_its_checkpoint_without_rereading_the_prefix() {
+    run(false);
+}
+
+#[test]
+fn a_large_file_changed_since_its_checkpoint_is_sealed_again_whole() {
+    run(true);
+}
