@@ -238,9 +238,11 @@ impl Kms {
                 Ok(bk) => return Ok(bk),
                 Err(e @ Error::Integrity { .. }) => return Err(e),
                 Err(e) => {
-                    errors.push(format!("{} ({}): {e}", w.key_id, w.kms));
+                    // Name the KMS actually asked: `--kms` overrides the vault's URL.
+                    let url = self.override_url.as_deref().unwrap_or(&w.kms);
+                    errors.push(format!("{} ({url}): {e}", w.key_id));
                     if let Error::Kms(k) = e {
-                        last = Some(Box::new((w.key_id.clone(), w.kms.clone(), k)));
+                        last = Some(Box::new((w.key_id.clone(), url.to_string(), k)));
                     }
                 }
             }

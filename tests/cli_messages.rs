@@ -618,3 +618,20 @@ fn a_terminal_gets_the_spinner_at_once_and_one_bar() {
         );
     }
 }
+
+/// With `--kms` overriding the vault's endpoint, errors name the KMS actually asked.
+#[test]
+fn an_overriding_kms_is_the_one_errors_name() {
+    let f = Fx::new();
+    let v = f.vault();
+    // Another key store: it exists, but does not hold the vault's CMK.
+    let other = f.p("other-store");
+    let o = f.run(&["kms", "create-key", "--kms", &format!("local:{other}")]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let url = format!("local:{other}");
+    let o = f.run(&["decrypt", "-q", &v, "-o", &f.p("out"), "--kms", &url]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains(&format!("({url})")), "{err}");
+    assert!(!err.contains("(local)"), "the vault's own URL named: {err}");
+}
