@@ -459,13 +459,8 @@ pub fn decrypt(
                     continue;
                 }
             }
-            if !opts.overwrite || md.is_dir() {
-                fail(
-                    &mut report,
-                    e,
-                    format!("{} exists (use --overwrite to replace it)", p.display()),
-                    false,
-                );
+            if let Some(why) = in_the_way(&p, &md, opts.overwrite) {
+                fail(&mut report, e, why, false);
                 continue;
             }
             if let Err(err) = fs::remove_file(&p) {
@@ -534,13 +529,22 @@ fn make_room(p: &Path, overwrite: bool) -> std::result::Result<(), String> {
     let Ok(md) = fs::symlink_metadata(p) else {
         return Ok(());
     };
-    if !overwrite || md.is_dir() {
-        return Err(format!(
-            "{} exists (use --overwrite to replace it)",
+    if let Some(why) = in_the_way(p, &md, overwrite) {
+        return Err(why);
+    }
+    fs::remove_file(p).map_err(|err| format!("{}: {err}", p.display()))
+}
+
+/// Why an existing `p` stops a restore there: a directory never goes (`--overwrite` replaces
+/// files, links and nodes only), anything else without `--overwrite`.
+fn in_the_way(p: &Path, md: &fs::Metadata, overwrite: bool) -> Option<String> {
+    if md.is_dir() {
+        return Some(format!(
+            "{} is a directory in the way; move it away and run the same command again",
             p.display()
         ));
     }
-    fs::remove_file(p).map_err(|err| format!("{}: {err}", p.display()))
+    (!overwrite).then(|| format!("{} exists (use --overwrite to replace it)", p.display()))
 }
 
 /// Creates a FIFO or device node (mode 0600 until [`settle`] sets the recorded one).

@@ -333,3 +333,32 @@ fn a_socket_is_skipped_and_reported() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(stderr(&out).contains("socket skipped"), "{}", stderr(&out));
 }
+
+/// `--overwrite` replaces files, links and nodes, never a directory: the message says so
+/// instead of suggesting the flag already given.
+#[test]
+fn a_directory_in_the_way_is_named_as_such() {
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("home");
+    let src = tree(t.path());
+    let vault = t.path().join("vault");
+    ok(envseal(&home)
+        .args(["encrypt", "-q", "-o"])
+        .arg(&vault)
+        .arg(&src));
+    let dest = t.path().join("out");
+    for p in ["disk/etc/fifo", "disk/etc/link", "disk/small"] {
+        fs::create_dir_all(dest.join(p)).unwrap();
+    }
+    let out = envseal(&home)
+        .args(["decrypt", "-q", "--overwrite"])
+        .arg(&vault)
+        .arg("-o")
+        .arg(&dest)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.matches("is a directory in the way").count(), 3, "{err}");
+    assert!(!err.contains("use --overwrite"), "{err}");
+}
