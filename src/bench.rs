@@ -396,6 +396,7 @@ impl EncryptRig {
             batch_max_bytes: format::BATCH_MAX_BYTES,
             pack_threshold: format::DEFAULT_PACK_THRESHOLD,
             sync: true,
+            xattrs: true,
         };
         Ok(EncryptRig {
             scratch,

@@ -18,10 +18,11 @@ use std::time::Instant;
 use globset::GlobSetBuilder;
 use rayon::prelude::*;
 
+use crate::crypto::NameKey;
 use crate::encrypt::Failure;
 use crate::error::{Error, IoContext, Result};
 use crate::keys::Kms;
-use crate::manifest::{parent, Entry, EntryKind};
+use crate::manifest::{parent, Entry, EntryKind, Xattrs};
 use crate::object::{open_record, ObjectError, RecordCtx};
 use crate::progress::Progress;
 use crate::vault::unlock;
@@ -37,6 +38,8 @@ pub struct DecryptOptions {
     /// One `syncfs` of DEST before success (the default); `false` = `--no-sync`.
     pub sync: bool,
     pub owners: Owners,
+    /// Restore extended attributes (`--no-xattrs`: not).
+    pub xattrs: bool,
 }
 
 /// What to do with recorded owners (as GNU tar's `--same-owner`, `--numeric-owner`,
@@ -229,6 +232,8 @@ pub fn decrypt(
         crate::manifest::check_tree(&mut entries)?;
     }
     let keys = &unlocked.keys;
+    // Extended attributes are sealed under batch 0's name key (docs/FORMAT.md §6.1).
+    let xkey = keys.first().filter(|_| opts.xattrs).map(|k| k.name_key());
     let r = &unlocked.reader;
     let (jobs, lowered) = crate::limits::clamp_jobs(opts.jobs);
     if let Some(n) = lowered {
@@ -426,7 +431,7 @@ pub fn decrypt(
             EntryKind::Fifo | EntryKind::CharDev(_) | EntryKind::BlockDev(_) => {
                 make_room(&p, opts.overwrite).and_then(|()| {
                     make_node(&p, &e.kind)
-                        .and_then(|()| settle(&p, e, opts.owners))
+                        .and_then(|()| settle(&p, e, opts.owners, xkey.as_ref()))
                         .map_err(|err| node_error(&p, &e.kind, err))
                 })
             }
@@ -489,7 +494,7 @@ pub fn decrypt(
             continue;
         }
         let p = join(dest, rel(e));
-        if let Err(err) = settle(&p, e, opts.owners) {
+        if let Err(err) = settle(&p, e, opts.owners, xkey.as_ref()) {
             fail(&mut report, e, format!("{}: {err}", p.display()), false);
         }
     }
@@ -514,13 +519,43 @@ pub fn decrypt(
 
 /// Owner, then mode (a chown clears setuid bits), then times, of a created node or directory
 /// (never through a link: directories were checked to be real, nodes were just made).
-fn settle(p: &Path, e: &Entry, owners: Owners) -> std::io::Result<()> {
+fn settle(p: &Path, e: &Entry, owners: Owners, xkey: Option<&NameKey>) -> std::io::Result<()> {
     let chowned = match owners.ids(e) {
         Some(ids) => lchown(p, ids).map(|()| true)?,
         None => false,
     };
     fs::set_permissions(p, fs::Permissions::from_mode(owners.mode(e, chowned)))?;
+    set_xattrs(e, xkey, |n, v| xattr::set(p, n, v))?;
     set_mtime(p, e, false)
+}
+
+/// Sets an entry's extended attributes (after owner and mode: a chown drops file
+/// capabilities, and an ACL sets mode bits); `xkey` is `None` with `--no-xattrs`.
+fn set_xattrs(
+    e: &Entry,
+    xkey: Option<&NameKey>,
+    set: impl Fn(&OsStr, &[u8]) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let Some(nk) = xkey else { return Ok(()) };
+    if e.xattrs == Xattrs::None {
+        return Ok(());
+    }
+    let list = e
+        .xattrs
+        .open(nk)
+        .map_err(|err| std::io::Error::other(err.to_string()))?;
+    for (n, v) in &list {
+        set(OsStr::from_bytes(n), v).map_err(|err| {
+            std::io::Error::new(
+                err.kind(),
+                format!(
+                    "extended attribute {}: {err} (restore without them with --no-xattrs)",
+                    String::from_utf8_lossy(n)
+                ),
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// Clears the way for a new name at `p`: nothing there, or (with `--overwrite`) a non-directory
@@ -740,6 +775,14 @@ fn restore_file(
         };
         out.set_permissions(fs::Permissions::from_mode(opts.owners.mode(e, chowned)))
             .map_err(|err| io(&target, err))?;
+        let xkey = match (&e.xattrs, opts.xattrs, keys.first()) {
+            (Xattrs::Sealed(_), true, Some(k)) => Some(k.name_key()),
+            _ => None,
+        };
+        set_xattrs(e, xkey.as_ref(), |n, v| {
+            xattr::FileExt::set_xattr(&out, n, v)
+        })
+        .map_err(|err| io(&target, err))?;
         let t = filetime::FileTime::from_unix_time(e.mtime, e.mtime_nsec);
         filetime::set_file_handle_times(&out, Some(t), Some(t)).map_err(|err| io(&target, err))?;
         check_time_kept(&out, e, &target)?;
@@ -841,6 +884,7 @@ mod tests {
             },
             owner: None,
             linked: false,
+            xattrs: Default::default(),
         }
     }
 

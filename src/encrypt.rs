@@ -67,6 +67,8 @@ pub struct EncryptOptions {
     /// (`--no-sync`) leaves writeback to the kernel: still safe against a crash of envseal,
     /// not against a crash of the operating system (docs/FORMAT.md §7).
     pub sync: bool,
+    /// Store extended attributes (`--no-xattrs`: not).
+    pub xattrs: bool,
 }
 
 /// The outcome of a run.
@@ -471,11 +473,12 @@ fn encrypt_run(
 
     let (wtx, wrx) = crossbeam_channel::bounded::<Msg>(4 * jobs + 16);
     let (etx, erx) = crossbeam_channel::bounded::<Found>(4096);
+    let xattrs = opts.xattrs;
     let outcome = std::thread::scope(|scope| {
         let walker = scope.spawn(|| {
             let mut files = 0u64;
             let mut bytes = 0u64;
-            let r = walk::walk_each(&sources, &exclude, |f| {
+            let r = walk::walk_each(&sources, &exclude, xattrs, |f| {
                 if let Found::Entry(e) = &f {
                     files += u64::from(matches!(e.kind, SourceKind::File { .. }));
                     bytes += file_size(e);

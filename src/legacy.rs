@@ -329,6 +329,7 @@ fn write_vault(
             mtime_nsec: md.mtime_nsec() as u32,
             owner: Some(crate::owner::owner_of(md.uid(), md.gid())),
             linked: false,
+            xattrs: crate::manifest::Xattrs::None,
             kind: EntryKind::File(FileEntry {
                 size: pt.len() as u64,
                 batch: 0,

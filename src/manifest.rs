@@ -24,6 +24,73 @@ use crate::kms::WrappedKey;
 const AAD_PATH: &[u8] = b"envseal path";
 const AAD_TARGET: &[u8] = b"envseal link target";
 const AAD_HARDLINK: &[u8] = b"envseal hard link";
+const AAD_XATTRS: &[u8] = b"envseal xattrs";
+/// Bounds on a sealed attribute list (Linux: names up to 255 bytes, values up to 64 KiB).
+const MAX_XATTRS_BYTES: usize = 1 << 20;
+const MAX_XATTR_NAME: usize = 255;
+
+/// An entry's extended attributes (docs/FORMAT.md §6.1): read in the clear, always stored
+/// sealed under the name key of batch 0 (names and values can hold secrets).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Xattrs {
+    #[default]
+    None,
+    Clear(Vec<(Vec<u8>, Vec<u8>)>),
+    Sealed(Vec<u8>),
+}
+
+impl Xattrs {
+    /// Clear attributes sealed; anything else unchanged.
+    pub fn sealed(&self, nk: &NameKey) -> Result<Xattrs> {
+        let Xattrs::Clear(list) = self else {
+            return Ok(self.clone());
+        };
+        if list.is_empty() {
+            return Ok(Xattrs::None);
+        }
+        let mut plain = Vec::new();
+        for (n, v) in list {
+            plain.extend_from_slice(&(n.len() as u32).to_be_bytes());
+            plain.extend_from_slice(n);
+            plain.extend_from_slice(&(v.len() as u32).to_be_bytes());
+            plain.extend_from_slice(v);
+        }
+        let s = nk
+            .seal(&plain, AAD_XATTRS)
+            .map_err(|e| Error::Runtime(e.to_string()))?;
+        Ok(Xattrs::Sealed(s))
+    }
+
+    /// The attributes, opened and checked (names not empty, at most 255 bytes, no NUL).
+    pub fn open(&self, nk: &NameKey) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let sealed = match self {
+            Xattrs::None => return Ok(Vec::new()),
+            Xattrs::Clear(l) => return Ok(l.clone()),
+            Xattrs::Sealed(s) => s,
+        };
+        let bad = |why: &str| Error::integrity("manifest", format!("extended attributes: {why}"));
+        let plain = nk
+            .open(sealed, AAD_XATTRS)
+            .map_err(|_| bad("do not decrypt"))?;
+        let mut list = Vec::new();
+        let mut rest = &plain[..];
+        let take = |rest: &mut &[u8]| -> Option<Vec<u8>> {
+            let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+            let v = rest.get(4..4 + len)?.to_vec();
+            *rest = &rest[4 + len..];
+            Some(v)
+        };
+        while !rest.is_empty() {
+            let n = take(&mut rest).ok_or_else(|| bad("truncated"))?;
+            let v = take(&mut rest).ok_or_else(|| bad("truncated"))?;
+            if n.is_empty() || n.len() > MAX_XATTR_NAME || n.contains(&0) {
+                return Err(bad("a bad name"));
+            }
+            list.push((n, v));
+        }
+        Ok(list)
+    }
+}
 
 /// One batch: a data key, its commitment and its wrappings.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -149,6 +216,7 @@ pub struct Entry {
     pub owner: Option<Owner>,
     /// A file with other hard links in the tree: later `HardLink` entries may name it.
     pub linked: bool,
+    pub xattrs: Xattrs,
 }
 
 impl Entry {
@@ -271,6 +339,8 @@ pub struct EntryLine {
     pub user: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub xattrs: Option<String>,
     /// Files: the source as it was read (device, inode, ctime), so that `encrypt --since`
     /// can tell an unchanged file without reading it (§6.1).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -423,6 +493,16 @@ impl Entry {
             nsec: self.mtime_nsec,
             ..Default::default()
         };
+        r.xattrs = match &self.xattrs {
+            Xattrs::None => None,
+            Xattrs::Clear(l) if l.is_empty() => None,
+            Xattrs::Clear(_) => {
+                return Err(Error::Runtime(
+                    "extended attributes must be sealed before they are written".into(),
+                ))
+            }
+            Xattrs::Sealed(s) => Some(B64.encode(s)),
+        };
         if let Some(o) = &self.owner {
             (r.uid, r.gid) = (Some(o.uid), Some(o.gid));
             (r.user, r.group) = (o.user.clone(), o.group.clone());
@@ -523,6 +603,14 @@ impl Entry {
             return Err("rdev on an entry that is not a device".into());
         }
         let plain = !file_fields.contains(&true) && !link_fields;
+        let xattrs = match &r.xattrs {
+            None => Xattrs::None,
+            Some(b) if b.len() <= 2 * MAX_XATTRS_BYTES => Xattrs::Sealed(
+                B64.decode(b)
+                    .map_err(|_| "xattrs: bad base64".to_string())?,
+            ),
+            Some(_) => return Err("xattrs over 1 MiB".into()),
+        };
         let kind = match r.kind.as_str() {
             "dir" if plain => EntryKind::Dir,
             "fifo" if plain => EntryKind::Fifo,
@@ -589,6 +677,7 @@ impl Entry {
                 kind,
                 owner,
                 linked: r.linked == Some(true),
+                xattrs,
             },
             r.src,
         ))
@@ -1458,6 +1547,7 @@ mod tests {
             kind: EntryKind::Dir,
             owner: None,
             linked,
+            xattrs: Default::default(),
         };
         let link = |p: &str, t: &str| Entry {
             kind: EntryKind::HardLink(Name::Clear(t.as_bytes().to_vec())),

@@ -286,6 +286,7 @@ mod tests {
             uid: md.uid(),
             gid: md.gid(),
             nlink: md.nlink(),
+            xattrs: Vec::new(),
         }
     }
 

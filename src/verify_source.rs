@@ -139,7 +139,7 @@ pub fn verify_source(
     let mut compared = 0u64;
     let mut extra_dir: Option<Vec<u8>> = None;
     let show = |p: &[u8]| String::from_utf8_lossy(p).into_owned();
-    walk::walk_each(&sources, &exclude, |found| {
+    walk::walk_each(&sources, &exclude, false, |found| {
         if cancel.load(Ordering::Relaxed) {
             return false;
         }

@@ -54,6 +54,8 @@ pub struct SourceEntry {
     pub gid: u32,
     /// Hard links to the inode (a regular file with more than one may recur in the tree).
     pub nlink: u64,
+    /// Extended attributes (names and values), when asked for.
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// A path the walk could not take, with why.
@@ -94,8 +96,19 @@ fn device_size(path: &Path) -> std::io::Result<u64> {
     fs::File::open(path)?.seek(SeekFrom::End(0))
 }
 
-fn entry(path: Vec<u8>, source: &Path, md: &Metadata, kind: SourceKind) -> SourceEntry {
+fn entry(
+    path: Vec<u8>,
+    source: &Path,
+    md: &Metadata,
+    kind: SourceKind,
+    xattrs: bool,
+) -> SourceEntry {
     SourceEntry {
+        xattrs: if xattrs {
+            read_xattrs(source)
+        } else {
+            Vec::new()
+        },
         path,
         source: source.to_path_buf(),
         kind,
@@ -110,6 +123,28 @@ fn entry(path: Vec<u8>, source: &Path, md: &Metadata, kind: SourceKind) -> Sourc
         gid: md.gid(),
         nlink: md.nlink(),
     }
+}
+
+/// A path's extended attributes, never following a link. Attributes that vanish between
+/// listing and reading are left out; a filesystem without them has none.
+fn read_xattrs(p: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let names = match xattr::list(p) {
+        Ok(n) => n,
+        Err(e) => {
+            if e.raw_os_error() != Some(libc::ENOTSUP) {
+                log::warn!("{}: extended attributes not read: {e}", p.display());
+            }
+            return Vec::new();
+        }
+    };
+    let mut out: Vec<(Vec<u8>, Vec<u8>)> = names
+        .filter_map(|n| {
+            let v = xattr::get(p, &n).ok()??;
+            Some((n.as_bytes().to_vec(), v))
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 /// Classifies one path from its (not followed) metadata. `top` allows block devices.
@@ -186,6 +221,7 @@ pub fn order_sources(sources: &[PathBuf]) -> Result<Vec<(Vec<u8>, PathBuf)>> {
 pub fn walk_each(
     sources: &[PathBuf],
     exclude: &GlobSet,
+    xattrs: bool,
     mut on: impl FnMut(Found) -> bool,
 ) -> Result<()> {
     for (base, src) in order_sources(sources)? {
@@ -203,7 +239,7 @@ pub fn walk_each(
             Err(why) => return Err(Error::Usage(format!("source {}: {why}", src.display()))),
         };
         let is_dir = kind == SourceKind::Dir;
-        if !on(Found::Entry(entry(base.clone(), src, &md, kind))) {
+        if !on(Found::Entry(entry(base.clone(), src, &md, kind, xattrs))) {
             return Ok(());
         }
         if !is_dir {
@@ -269,7 +305,7 @@ pub fn walk_each(
                         });
                         continue;
                     }
-                    if !on(Found::Entry(entry(vpath, de.path(), &md, kind))) {
+                    if !on(Found::Entry(entry(vpath, de.path(), &md, kind, xattrs))) {
                         return Ok(());
                     }
                 }

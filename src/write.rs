@@ -178,6 +178,8 @@ pub struct Writer<'a> {
     /// Paths of stored files with other hard links: what a hard-link entry may name (a link
     /// whose file failed would name nothing, and is reported instead).
     linkable: HashSet<Vec<u8>>,
+    /// Seals extended attributes (batch 0's name key, made on first use).
+    xattr_key: Option<NameKey>,
 }
 
 impl<'a> Writer<'a> {
@@ -221,6 +223,7 @@ impl<'a> Writer<'a> {
             vault_dir: None,
             sync: true,
             linkable: HashSet::new(),
+            xattr_key: None,
         }
     }
 
@@ -502,6 +505,18 @@ impl<'a> Writer<'a> {
     }
 
     fn queue_entry(&mut self, e: &Entry, src: Option<&SourceId>) -> Result<()> {
+        let sealed;
+        let e = match (&e.xattrs, self.keys.first()) {
+            (crate::manifest::Xattrs::Clear(l), Some(k)) if !l.is_empty() => {
+                let nk = self.xattr_key.get_or_insert_with(|| k.name_key());
+                sealed = Entry {
+                    xattrs: e.xattrs.sealed(nk)?,
+                    ..e.clone()
+                };
+                &sealed
+            }
+            _ => e,
+        };
         let line = e.to_line_src(self.name_key.as_ref(), src)?;
         self.queue_line(src, &line)
     }
@@ -892,6 +907,7 @@ pub fn entry_of(e: &SourceEntry, kind: EntryKind) -> Entry {
         mtime_nsec: e.mtime_nsec,
         linked: linked && matches!(kind, EntryKind::File(_)),
         owner: Some(crate::owner::owner_of(e.uid, e.gid)),
+        xattrs: crate::manifest::Xattrs::Clear(e.xattrs.clone()),
         kind,
     }
 }

@@ -100,6 +100,7 @@ fn an_in_place_rewrite_with_restored_mtime_is_never_stored_mixed() {
         also_keys: Vec::new(),
         since: None,
         sync: true,
+        xattrs: true,
     };
     let hook = RewriteDuringRead {
         path: big.clone(),
@@ -130,6 +131,7 @@ fn an_in_place_rewrite_with_restored_mtime_is_never_stored_mixed() {
             jobs: 1,
             sync: true,
             owners: Default::default(),
+            xattrs: true,
         };
         decrypt(&o, &kms, &NoProgress, &AtomicBool::new(false)).unwrap();
         fs::read(dest.join("data/big.img")).ok()
@@ -154,6 +156,7 @@ fn an_in_place_rewrite_with_restored_mtime_is_never_stored_mixed() {
         jobs: 1,
         sync: true,
         owners: Default::default(),
+        xattrs: true,
     };
     decrypt(&o, &kms, &NoProgress, &AtomicBool::new(false)).unwrap();
     assert!(fs::read(tmp.path().join("out2/data/big.img")).unwrap() == new);
@@ -191,6 +194,7 @@ fn small_files_record_the_state_they_were_read_in() {
         also_keys: Vec::new(),
         since: None,
         sync: true,
+        xattrs: true,
     };
     // A writer that keeps rewriting files in place and putting their mtime back.
     let stop = Arc::new(AtomicBool::new(false));
@@ -225,6 +229,7 @@ fn small_files_record_the_state_they_were_read_in() {
         jobs: 1,
         sync: true,
         owners: Default::default(),
+        xattrs: true,
     };
     decrypt(&o, &kms, &NoProgress, &AtomicBool::new(false)).unwrap();
     // Every stored file is one whole version the writer wrote (a pattern of one seed).

@@ -67,6 +67,7 @@ fn run(change_before_resume: bool) {
         also_keys: Vec::new(),
         since: None,
         sync: true,
+        xattrs: true,
     };
     let cancel = Arc::new(AtomicBool::new(false));
     let stop = StopAfter {
@@ -110,6 +111,7 @@ fn run(change_before_resume: bool) {
         jobs: 1,
         sync: true,
         owners: Default::default(),
+        xattrs: true,
     };
     let d = decrypt(&o, &kms, &NoProgress, &AtomicBool::new(false)).unwrap();
     assert!(d.failed.is_empty(), "{:?}", d.failed);

@@ -362,3 +362,90 @@ fn a_directory_in_the_way_is_named_as_such() {
     assert_eq!(err.matches("is a directory in the way").count(), 3, "{err}");
     assert!(!err.contains("use --overwrite"), "{err}");
 }
+
+/// Extended attributes round-trip (user.*, and as root a file capability), stored sealed: the
+/// manifest holds neither names nor values in the clear. `--no-xattrs` leaves them out.
+#[test]
+fn extended_attributes_round_trip_sealed() {
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("home");
+    let src = t.path().join("x");
+    fs::create_dir_all(src.join("d")).unwrap();
+    write(&src.join("f"), b"data");
+    write(&src.join("d/small"), b"s");
+    let set = |p: &Path, n: &str, v: &[u8]| match xattr::set(p, n, v) {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!(
+                "{}: {n}: {e}: extended attributes not supported here, skipped",
+                p.display()
+            );
+            false
+        }
+    };
+    if !set(&src.join("f"), "user.secret-name", b"secret-value-1234") {
+        return;
+    }
+    assert!(set(&src.join("d"), "user.on-a-dir", b"dir value"));
+    assert!(set(&src.join("d/small"), "user.empty", b""));
+    let cap = is_root()
+        && Command::new("setcap")
+            .args(["cap_net_raw+ep"])
+            .arg(src.join("f"))
+            .status()
+            .is_ok_and(|s| s.success());
+    if !cap {
+        eprintln!("setcap not available (or not root): file capabilities not checked");
+    }
+    let attrs = |p: &Path| -> Vec<(String, Vec<u8>)> {
+        let mut v: Vec<_> = xattr::list(p)
+            .unwrap()
+            .map(|n| {
+                let val = xattr::get(p, &n).unwrap().unwrap_or_default();
+                (n.to_string_lossy().into_owned(), val)
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let vault = t.path().join("vault");
+    ok(envseal(&home)
+        .args(["encrypt", "-q", "-o"])
+        .arg(&vault)
+        .arg(&src));
+    let manifest = fs::read_to_string(vault.join("manifest.jsonl")).unwrap();
+    assert!(
+        !manifest.contains("secret") && !manifest.contains("on-a-dir"),
+        "{manifest}"
+    );
+    ok(envseal(&home).args(["verify", "--deep", "-q"]).arg(&vault));
+    let dest = t.path().join("out");
+    ok(envseal(&home)
+        .args(["decrypt", "-q"])
+        .arg(&vault)
+        .arg("-o")
+        .arg(&dest));
+    for p in ["f", "d", "d/small"] {
+        assert_eq!(attrs(&src.join(p)), attrs(&dest.join("x").join(p)), "{p}");
+    }
+    if cap {
+        assert!(attrs(&dest.join("x/f"))
+            .iter()
+            .any(|(n, _)| n == "security.capability"));
+    }
+
+    let bare = t.path().join("bare");
+    ok(envseal(&home)
+        .args(["decrypt", "-q", "--no-xattrs"])
+        .arg(&vault)
+        .arg("-o")
+        .arg(&bare));
+    assert!(attrs(&bare.join("x/f")).is_empty());
+    let plain = t.path().join("plain-vault");
+    ok(envseal(&home)
+        .args(["encrypt", "-q", "--no-xattrs", "-o"])
+        .arg(&plain)
+        .arg(&src));
+    let manifest = fs::read_to_string(plain.join("manifest.jsonl")).unwrap();
+    assert!(!manifest.contains("\"xattrs\""), "{manifest}");
+}

@@ -58,6 +58,7 @@ fn run(jobs: usize, pack_threshold: u64, batch_max_files: u64) {
         batch_max_bytes: format::BATCH_MAX_BYTES,
         pack_threshold,
         sync: true,
+        xattrs: true,
     };
     let r = encrypt(&opts, &kms, &NoProgress, &AtomicBool::new(false)).unwrap();
     assert_eq!(r.files as usize, sizes.len());

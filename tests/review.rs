@@ -69,6 +69,7 @@ impl Fixture {
             batch_max_bytes: format::BATCH_MAX_BYTES,
             pack_threshold: format::DEFAULT_PACK_THRESHOLD,
             sync: true,
+            xattrs: true,
         }
     }
 
@@ -92,6 +93,7 @@ impl Fixture {
             jobs: 2,
             sync: true,
             owners: Default::default(),
+            xattrs: true,
         };
         let r = decrypt(&opts, kms, &NoProgress, &AtomicBool::new(false)).map(|r| {
             assert!(r.failed.is_empty(), "failed: {:?}", r.failed);

@@ -200,6 +200,7 @@ fn generate(out: &Path, plain: Option<&Path>, concealed: bool) {
         kind: EntryKind::Dir,
         owner: None,
         linked: false,
+        xattrs: Default::default(),
     }];
     for (k, (name, f)) in files.into_iter().enumerate() {
         entries.push(Entry {
@@ -210,6 +211,7 @@ fn generate(out: &Path, plain: Option<&Path>, concealed: bool) {
             kind: EntryKind::File(f),
             owner: None,
             linked: false,
+            xattrs: Default::default(),
         });
     }
     entries.push(Entry {
@@ -220,6 +222,7 @@ fn generate(out: &Path, plain: Option<&Path>, concealed: bool) {
         kind: EntryKind::Symlink(Name::Clear(b"one-byte".to_vec())),
         owner: None,
         linked: false,
+        xattrs: Default::default(),
     });
     let nk = batch_key(0).name_key();
     let mut lines = Vec::new();
@@ -350,6 +353,7 @@ fn outcomes(vault: &Path) -> (i32, i32, i32, Vec<String>) {
         jobs: 2,
         sync: true,
         owners: Default::default(),
+        xattrs: true,
     };
     let d = match decrypt(&opts, &kms(), &NoProgress, &AtomicBool::new(false)) {
         Ok(r) if r.integrity_failures > 0 => 3,
@@ -383,6 +387,7 @@ fn checked_in_vectors_decrypt_to_recorded_plaintexts() {
             jobs: 2,
             sync: true,
             owners: Default::default(),
+            xattrs: true,
         };
         let r = decrypt(&opts, &kms(), &NoProgress, &AtomicBool::new(false)).unwrap();
         assert!(r.failed.is_empty(), "{name}: {:?}", r.failed);

@@ -154,6 +154,10 @@ pub struct EncryptArgs {
     /// vault incomplete (`verify` finds it). Default: sync before journaling and before success.
     #[arg(long)]
     pub no_sync: bool,
+    /// Do not store extended attributes (xattrs, ACLs, file capabilities); by default every
+    /// attribute this user can read is stored, sealed.
+    #[arg(long)]
+    pub no_xattrs: bool,
     /// Resume an unfinished run in VAULT (running the same command again does this too).
     #[arg(long)]
     pub resume: bool,
@@ -197,6 +201,9 @@ pub struct DecryptArgs {
     /// faster, but a crash of the operating system can lose or truncate restored files.
     #[arg(long)]
     pub no_sync: bool,
+    /// Do not restore extended attributes (xattrs, ACLs, file capabilities).
+    #[arg(long)]
+    pub no_xattrs: bool,
     /// Use this KMS instead of the one the manifest names (for moved endpoints; ENVSEAL_KMS
     /// is not read here: the manifest knows where each key lives).
     #[arg(long, value_name = "URL")]

@@ -157,6 +157,7 @@ pub fn encrypt_cmd(a: EncryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
             None => format::DEFAULT_PACK_THRESHOLD,
         },
         sync: !a.no_sync,
+        xattrs: !a.no_xattrs,
     };
     let kms = Kms::new(kms_options()?, None);
     let bars = bars("encrypt", &a.out)?;
@@ -218,6 +219,7 @@ pub fn decrypt_cmd(a: DecryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
             (true, _) => Owners::Numeric,
             _ => Owners::Auto,
         },
+        xattrs: !a.no_xattrs,
     };
     let kms = reading_kms(a.kms)?.expecting(a.expect_key);
     let bars = bars("decrypt", &a.out)?;
