@@ -18,6 +18,7 @@ pub mod aead;
 pub mod bench;
 pub mod crypto;
 pub mod decrypt;
+pub mod device;
 pub mod encrypt;
 pub mod error;
 pub mod format;

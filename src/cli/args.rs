@@ -180,8 +180,19 @@ pub struct DecryptArgs {
     #[arg(value_name = "VAULT")]
     pub vault: PathBuf,
     /// Destination directory (created if absent).
-    #[arg(short, long, value_name = "DEST")]
-    pub output: PathBuf,
+    #[arg(
+        short,
+        long,
+        value_name = "DEST",
+        required_unless_present = "to_device"
+    )]
+    pub output: Option<PathBuf>,
+    /// Write the one file entry named by --only (a disk image) onto this block device or
+    /// existing file, in place, each segment authenticated before it is written; a mounted
+    /// device is refused. A failure midway leaves part of the image written (exit 3). E.g.
+    /// `envseal decrypt disk.vault --only sdb.img --to-device /dev/sdb`.
+    #[arg(long, value_name = "DEVICE", conflicts_with_all = ["output", "overwrite"])]
+    pub to_device: Option<PathBuf>,
     /// Restore only these paths or globs, as `envseal ls` shows them (a directory brings its
     /// contents; repeatable). '*' and '?' stop at '/' ('tree/*.txt' is not 'tree/sub/b.txt'),
     /// '**' crosses directories ('tree/**/*.txt').

@@ -206,10 +206,13 @@ pub fn encrypt_cmd(a: EncryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
 
 pub fn decrypt_cmd(a: DecryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
     check_vault(&a.vault)?;
-    check_output_dir("-o", &a.output)?;
+    let Some(output) = a.output else {
+        return to_device_cmd(a, cancel);
+    };
+    check_output_dir("-o", &output)?;
     let opts = DecryptOptions {
         vault: a.vault,
-        dest: a.output,
+        dest: output,
         only: a.only,
         overwrite: a.overwrite,
         jobs: jobs(a.jobs)?,
@@ -260,6 +263,43 @@ pub fn decrypt_cmd(a: DecryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
     } else {
         0
     })
+}
+
+/// `decrypt --only ENTRY --to-device TARGET` (src/device.rs).
+fn to_device_cmd(a: DecryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
+    let (Some(target), [entry]) = (a.to_device, a.only.as_slice()) else {
+        return Err(usage(
+            "--to-device needs exactly one --only naming the image to write",
+            "e.g. envseal decrypt disk.vault --only sdb.img --to-device /dev/sdb",
+        ));
+    };
+    let opts = envseal::device::DeviceOptions {
+        vault: a.vault,
+        entry: entry.clone(),
+        target,
+        jobs: jobs(a.jobs)?,
+    };
+    let kms = reading_kms(a.kms)?.expecting(a.expect_key);
+    let bars = bars("decrypt", &a.out)?;
+    let r =
+        envseal::device::restore_to_device(&opts, &kms, &bars, cancel).map_err(unwrap_advice)?;
+    let line = format!(
+        "wrote {} ({}) onto {} in {:.2} s (synced)",
+        entry,
+        human_bytes(r.bytes),
+        opts.target.display(),
+        r.seconds
+    );
+    summary(
+        a.out.quiet,
+        a.out.json,
+        line,
+        json!({
+            "command": "decrypt", "entry": entry, "to_device": opts.target,
+            "bytes": r.bytes, "target_size": r.target_size, "seconds": r.seconds,
+        }),
+    );
+    Ok(0)
 }
 
 pub fn verify_cmd(a: VerifyArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
