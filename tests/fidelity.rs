@@ -449,3 +449,45 @@ fn extended_attributes_round_trip_sealed() {
     let manifest = fs::read_to_string(plain.join("manifest.jsonl")).unwrap();
     assert!(!manifest.contains("\"xattrs\""), "{manifest}");
 }
+
+/// POSIX ACLs (access and default) come back as `getfacl` shows them.
+#[test]
+fn posix_acls_round_trip() {
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("home");
+    let src = t.path().join("acl");
+    fs::create_dir_all(src.join("d")).unwrap();
+    write(&src.join("f"), b"f");
+    let setfacl = |args: &[&str], p: &Path| {
+        Command::new("setfacl")
+            .args(args)
+            .arg(p)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !setfacl(&["-m", "u:1234:rw,g:5678:r"], &src.join("f")) {
+        eprintln!("setfacl not available or ACLs not supported here: skipped");
+        return;
+    }
+    assert!(setfacl(&["-d", "-m", "u:1234:rwx"], &src.join("d")));
+    let getfacl = |p: &Path| {
+        let o = ok(Command::new("getfacl").args(["-n", "--omit-header"]).arg(p));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let vault = t.path().join("vault");
+    ok(envseal(&home)
+        .args(["encrypt", "-q", "-o"])
+        .arg(&vault)
+        .arg(&src));
+    let dest = t.path().join("out");
+    ok(envseal(&home)
+        .args(["decrypt", "-q"])
+        .arg(&vault)
+        .arg("-o")
+        .arg(&dest));
+    for p in ["f", "d"] {
+        let (a, b) = (getfacl(&src.join(p)), getfacl(&dest.join("acl").join(p)));
+        assert!(a.contains("1234"), "{a}");
+        assert_eq!(a, b, "{p}");
+    }
+}
