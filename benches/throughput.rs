@@ -1,4 +1,4 @@
-//! Criterion benchmarks of the primitives and of a whole `encrypt` (PRODUCT.md §6). Sizes are
+//! Criterion benchmarks of the primitives and of a whole `encrypt` (docs/PERFORMANCE.md). Sizes are
 //! small so `cargo bench` finishes in about a minute; `envseal bench` measures at scale and
 //! reports the ratios that matter.
 

@@ -1,4 +1,4 @@
-//! Throughput of the primitives a run is made of, and of a whole `encrypt` (PRODUCT.md §6).
+//! Throughput of the primitives a run is made of, and of a whole `encrypt` (docs/PERFORMANCE.md).
 //!
 //! The machine is shared and noisy, so absolute figures mean little: what matters is how close a
 //! whole `encrypt` comes to the slowest primitive it must use (AES-GCM on all threads, BLAKE3,

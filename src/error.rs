@@ -99,7 +99,7 @@ impl Error {
         }
     }
 
-    /// The process exit code this error maps to (PRODUCT.md §5).
+    /// The process exit code this error maps to (README.md, "Exit codes").
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Usage(_) => 2,

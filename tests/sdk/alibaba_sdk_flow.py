@@ -31,7 +31,7 @@ def check(label, ok, detail=""):
 
 class OldSdk:
     """aliyunsdkcore's AcsClient; every KMS request class forces https, so each request is
-    pointed at the local endpoint over http (kms-wire.md §7.1)."""
+    pointed at the local endpoint over http (docs/KMS-WIRE.md §7)."""
 
     def __init__(self, endpoint, ak, secret):
         from aliyunsdkcore.client import AcsClient
