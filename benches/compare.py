@@ -72,11 +72,13 @@ def settings():
         "tiny_files": env_int("TINY_FILES", 2000 if small else 100000),
         "empty_files": env_int("EMPTY_FILES", 10000 if small else 1000000),
     }
-    cases = (os.environ.get("CASES") or "image tree tiny empty").split()
+    s["sparse_mib"] = env_int("SPARSE_MIB", 256 if small else 4096)
+    known = ("image", "tree", "tiny", "empty", "sparse")
+    cases = (os.environ.get("CASES") or " ".join(known)).split()
     for c in cases:
-        if c not in ("image", "tree", "tiny", "empty"):
-            raise BenchError(f"CASES: unknown case {c!r} (known: image tree tiny empty)")
-    s["cases"] = [c for c in ("image", "tree", "tiny", "empty") if c in cases]
+        if c not in known:
+            raise BenchError(f"CASES: unknown case {c!r} (known: {' '.join(known)})")
+    s["cases"] = [c for c in known if c in cases]
     if s["reps"] < 1:
         raise BenchError("REPS must be at least 1")
     if s["image_mib"] < 1 or s["tree_mib"] < 1:
@@ -191,6 +193,46 @@ def gen_image(path, size_mib):
     return {"files": 1, "dirs": 0, "symlinks": 0, "bytes": total, "zero_bytes": zero_bytes}
 
 
+def gen_sparse(root, size_mib):
+    """Two images of one size: `sparse.img`, a hole with 16 MiB of data in 16 runs of 1 MiB
+    spread over it (1/256 of the size at small sizes), and `dense.img`, all data (the image
+    corpus's seeded block, no zeros)."""
+    os.makedirs(root)
+    total = size_mib * MiB
+    run = max(4096, min(MiB, total // 256))
+    base = random.Random(SEED + 1).randbytes(16 * MiB)
+    with open(os.path.join(root, "sparse.img"), "wb") as f:
+        f.truncate(total)
+        for i in range(16):
+            f.seek(i * (total // 16) + (i % 3) * 7 * 4096)
+            write_pool(f, base, i * 4099, run)
+    with open(os.path.join(root, "dense.img"), "wb") as f:
+        blk = 0
+        while blk * 16 * MiB < total:
+            write_pool(f, base, (3 * blk + 1) + 4096, min(16 * MiB, total - blk * 16 * MiB))
+            blk += 1
+    return {"files": 2, "dirs": 1, "symlinks": 0, "bytes": 2 * total, "data_bytes": 16 * run}
+
+
+def data_map(path):
+    """A file's data ranges as SEEK_DATA/SEEK_HOLE report them."""
+    out = []
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size, at = os.fstat(fd).st_size, 0
+        while at < size:
+            try:
+                d = os.lseek(fd, at, os.SEEK_DATA)
+            except OSError:
+                break
+            h = os.lseek(fd, d, os.SEEK_HOLE)
+            out.append((d, h))
+            at = h
+    finally:
+        os.close(fd)
+    return out
+
+
 def gen_tree(root, size_mib):
     """A backup-like tree: log-normal file sizes (median 8 KiB, sigma 2.5, capped at 64 MiB),
     2% empty files, ~0.5% symlinks, directories nested up to 5 deep, ~12 files a directory."""
@@ -268,6 +310,8 @@ def corpus(wd, case, s):
         name, gen, arg = f"tree-{s['tree_mib']}MiB", gen_tree, s["tree_mib"]
     elif case == "tiny":
         name, gen, arg = f"tiny-{s['tiny_files']}", gen_tiny, s["tiny_files"]
+    elif case == "sparse":
+        name, gen, arg = f"sparse-{s['sparse_mib']}MiB", gen_sparse, s["sparse_mib"]
     else:
         name, gen, arg = f"empty-{s['empty_files']}", gen_empty, s["empty_files"]
     rel = os.path.join("corpus", name)
@@ -544,7 +588,33 @@ def groups_for(case, src, r, have_age):
         wd.remove("run/dec.ns")
         wd.remove("run/vault.ns")
 
-    if case == "image":
+    if case == "sparse":
+        sparse, dense = os.path.join(src, "sparse.img"), os.path.join(src, "dense.img")
+
+        def sparse_group():
+            r.timed("envseal encrypt sparse", [E, "encrypt", sparse, "-o", "run/vs", "-q"],
+                    out="run/vs")
+            r.timed("envseal decrypt sparse", [E, "decrypt", "run/vs", "-o", "run/ds", "-q"],
+                    out="run/ds")
+            if first_rep():
+                back = wd.abs("run/ds/sparse.img")
+                compare_outputs(wd.abs(sparse), back)
+                if data_map(back) != data_map(wd.abs(sparse)):
+                    raise BenchError("the restored sparse image has another SEEK_DATA map")
+            wd.remove("run/ds")
+            wd.remove("run/vs")
+
+        def dense_group():
+            r.timed("envseal encrypt dense", [E, "encrypt", dense, "-o", "run/vd", "-q"],
+                    out="run/vd", baseline=True)
+            wd.remove("run/vd")
+
+        def cp_group():
+            r.timed("cp sparse", ["cp", sparse, "run/cp.sparse"], out="run/cp.sparse")
+            wd.remove("run/cp.sparse")
+
+        G = [dense_group, sparse_group, cp_group]
+    elif case == "image":
         def cp_group():
             r.timed("cp", ["cp", src, "run/cp.out"], out="run/cp.out", baseline=True)
             wd.remove("run/cp.out")
@@ -676,9 +746,10 @@ def summarize(case, meta, recs):
         else:
             rec["median_ratio_durable"] = None
         rec["mib_per_s"] = meta["bytes"] / MiB / med if meta["bytes"] and med > 0 else None
-        rec["files_per_s"] = meta["files"] / med if case != "image" and med > 0 else None
+        images = case in ("image", "sparse")
+        rec["files_per_s"] = meta["files"] / med if not images and med > 0 else None
         rec["kib_per_file"] = (rec["out_kib"] / meta["files"]
-                               if rec["out_kib"] is not None and case != "image" and meta["files"]
+                               if rec["out_kib"] is not None and not images and meta["files"]
                                else None)
         out.append(rec)
     return out
@@ -706,9 +777,13 @@ def print_report(rep, f=sys.stdout):
         meta, base = c["corpus"], c["baseline"]
         p()
         desc = f"{meta['files']} files, {meta['dirs']} dirs" if c["case"] != "image" else "1 file"
+        if c["case"] == "sparse":
+            desc = (f"sparse.img and dense.img, {meta['bytes'] / 2 / MiB:.0f} MiB each; "
+                    f"sparse.img holds {meta['data_bytes'] / MiB:.0f} MiB of data")
         if meta.get("symlinks"):
             desc += f", {meta['symlinks']} symlinks"
-        desc += f", {meta['bytes'] / MiB:.1f} MiB"
+        if c["case"] != "sparse":
+            desc += f", {meta['bytes'] / MiB:.1f} MiB"
         if meta.get("zero_bytes"):
             desc += f" ({meta['zero_bytes'] / MiB:.0f} MiB of it zeros)"
         p(f"== {c['case']}: {c['path']}: {desc}; du -sk {meta['du_kib']} KiB ==")
@@ -718,7 +793,7 @@ def print_report(rep, f=sys.stdout):
             cols.append(("x +sync", 9, None))
         cols += [("peak RSS MiB", 13, None),
                 ("MiB/s", 9, None)]
-        trees = c["case"] != "image"
+        trees = c["case"] not in ("image", "sparse")
         if trees:
             cols.append(("files/s", 10, None))
         cols.append(("out KiB", 11, None))
@@ -861,7 +936,24 @@ def main(argv):
     else:
         print_report(report)
     log(f"results saved to {wd.abs(f'results-{stamp}.json')}")
-    return 0
+    return check_sparse(report)
+
+
+def check_sparse(report):
+    """The sparse case's promises (docs/PERFORMANCE.md): encrypting the sparse image takes
+    under a tenth of the time of the dense one, and its vault is under 2x its data. Exit 1
+    when broken."""
+    c = next((c for c in report["cases"] if c["case"] == "sparse"), None)
+    if c is None:
+        return 0
+    cmds = {r["label"]: r for r in c["commands"]}
+    ratio = cmds["envseal encrypt sparse"]["median_ratio"]
+    vault_kib = cmds["envseal encrypt sparse"]["out_kib"]
+    limit_kib = 2 * c["corpus"]["data_bytes"] // 1024
+    ok = ratio is not None and ratio < 0.1 and vault_kib < limit_kib
+    log(f"sparse: encrypt takes {ratio:.3f}x the dense image's time (must be < 0.1), vault "
+        f"{vault_kib} KiB (must be < {limit_kib}): {'ok' if ok else 'FAILED'}")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -13,12 +13,14 @@
 #   BENCH_DIR    work dir for corpora and outputs (default /tmp/envseal-bench); nothing outside
 #                it is written or deleted (its corpora are kept and reused; outputs are removed)
 #   REPS         repetitions (default 5)
-#   CASES        subset of "image tree tiny empty" (default: all four)
-#   SCALE        "full" (default) or "small": 64 MiB image, 32 MiB tree, 2000 tiny, 10000 empty
+#   CASES        subset of "image tree tiny empty sparse" (default: all five)
+#   SCALE        "full" (default) or "small": 64 MiB image, 32 MiB tree, 2000 tiny, 10000 empty,
+#                256 MiB sparse images
 #   IMAGE_GIB    image size in GiB (default 2; IMAGE_MIB also accepted)
 #   TREE_MIB     size of the backup-like tree (default 1024)
 #   TINY_FILES   files of 0-63 bytes (default 100000)
 #   EMPTY_FILES  empty files (default 1000000; envseal only: peak RSS of encrypt, verify, ls)
+#   SPARSE_MIB   size of each image of the sparse case (default 4096)
 #   BENCH_RSS    "python" forces the python3 wait4() launcher even when GNU time is installed
 #   --json       print the results as one JSON document on stdout instead of the tables
 #                (a JSON copy is always written to $BENCH_DIR/results-<time>.json)
@@ -31,6 +33,10 @@
 #          tens of MiB, capped at 64 MiB), 2% empty files, a few symlinks, nested directories
 #   tiny   files of 0-63 bytes in a few hundred directories
 #   empty  empty files, 1000 per directory
+#   sparse two images of SPARSE_MIB: sparse.img, a hole with 16 MiB of data in 16 runs, and
+#          dense.img, all data; the run FAILS (exit 1) unless encrypting sparse.img takes under
+#          a tenth of the time of dense.img and its vault is under 32 MiB (2x its data), and
+#          the first rep checks the restored sparse.img has the same SEEK_DATA map
 #
 # Method:
 #   - every corpus is read once, untimed, before the first timing (page cache warm; the
@@ -66,7 +72,7 @@ for tool in cp tar du sync; do
     fi
 done
 export BENCH_CMDLINE="${BENCH_CMDLINE:-$(
-    for v in ENVSEAL BENCH_DIR REPS CASES SCALE IMAGE_GIB IMAGE_MIB TREE_MIB TINY_FILES EMPTY_FILES; do
+    for v in ENVSEAL BENCH_DIR REPS CASES SCALE IMAGE_GIB IMAGE_MIB TREE_MIB TINY_FILES EMPTY_FILES SPARSE_MIB; do
         if [[ -n "${!v:-}" ]]; then printf '%s=%q ' "$v" "${!v}"; fi
     done
     printf '%q' "$0"

@@ -680,7 +680,7 @@ fn already_restored(
         return Ok(false);
     };
     if !md.is_file()
-        || md.len() != f.size
+        || md.len() != f.file_len()
         || md.mode() & 0o7777 != e.mode
         || (md.mtime(), md.mtime_nsec()) != (e.mtime, i64::from(e.mtime_nsec))
     {
@@ -756,7 +756,11 @@ fn restore_file(
         Err(err) => return Err(io(dir, err)),
     };
     let result = (|| {
-        // Every segment is written, so the file reaches its length without a truncate.
+        // Every stored byte is written, so a file without gaps reaches its length without a
+        // truncate; one with gaps gets its length (holes) and zero extents first (§6.4).
+        if let Some(sp) = &f.sparse {
+            crate::sparse::lay_out(&out, sp).map_err(|err| io(&target, err))?;
+        }
         open_record(
             ctx,
             f,

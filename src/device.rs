@@ -100,19 +100,24 @@ pub fn restore_to_device(
         )));
     };
     let (out, target_size) = open_target(&opts.target)?;
-    if target_size < f.size {
+    if target_size < f.file_len() {
         return Err(Error::Usage(format!(
             "--to-device {}: {} bytes, smaller than {} ({} bytes)",
             opts.target.display(),
             target_size,
             opts.entry,
-            f.size
+            f.file_len()
         )));
     }
     let r = &unlocked.reader;
     let ctx = RecordCtx::new(&opts.vault, &r.header, &r.batches, &r.objects, opts.jobs);
     progress.start(1, f.size);
     let key = &unlocked.keys[f.batch as usize];
+    // The target holds older bytes: the image's holes and zero extents are zeroed on it
+    // (before the data, so a failure midway leaves the same state as without gaps).
+    if let Some(sp) = &f.sparse {
+        crate::sparse::zero_gaps(&out, sp).at(&opts.target)?;
+    }
     match open_record(&ctx, f, key, Some(&out), progress, cancel) {
         Ok(()) => {}
         Err(ObjectError::Cancelled) => return Err(Error::Interrupted),
@@ -131,7 +136,7 @@ pub fn restore_to_device(
     progress.file_done();
     progress.finish();
     Ok(DeviceReport {
-        bytes: f.size,
+        bytes: f.file_len(),
         target_size,
         seconds: started.elapsed().as_secs_f64(),
     })

@@ -338,6 +338,7 @@ fn write_vault(
                 salt: h.salt,
                 ct,
                 pt: *pt_mac.as_bytes(),
+                sparse: None,
             }),
         });
         off += record.len() as u64;

@@ -37,6 +37,7 @@ pub mod rewrap;
 pub mod seal;
 pub mod since;
 pub mod source;
+pub mod sparse;
 pub mod vault;
 pub mod verify;
 pub mod verify_source;

@@ -164,6 +164,7 @@ impl Name {
 /// A regular file's record: where its sealed record lies and its digests.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileEntry {
+    /// The record's plaintext length: the file's length less its gaps (§6.4).
     pub size: u64,
     /// Index of the batch (data key).
     pub batch: u32,
@@ -173,9 +174,16 @@ pub struct FileEntry {
     pub salt: [u8; SALT_LEN],
     pub ct: [u8; DIGEST_LEN],
     pub pt: [u8; DIGEST_LEN],
+    /// Holes and zero extents, for a file that has them (§6.4).
+    pub sparse: Option<Box<crate::sparse::Sparse>>,
 }
 
 impl FileEntry {
+    /// The file's length (what `stat` says): its stored bytes plus its gaps.
+    pub fn file_len(&self) -> u64 {
+        self.sparse.as_ref().map_or(self.size, |s| s.file_len())
+    }
+
     /// The record's length, implied by the size and the segment size.
     pub fn record_len(&self, segment_size: u32) -> u64 {
         format::object_len(self.size, segment_size)
@@ -345,6 +353,11 @@ pub struct EntryLine {
     /// can tell an unchanged file without reading it (§6.1).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub src: Option<crate::journal::SourceId>,
+    /// Files: holes and zero extents, `[offset, length]` pairs (§6.4).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holes: Option<Vec<[u64; 2]>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zeros: Option<Vec<[u64; 2]>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -522,7 +535,12 @@ impl Entry {
             EntryKind::BlockDev(d) => (r.kind, r.rdev) = ("blockdev".into(), Some(*d)),
             EntryKind::File(f) => {
                 r.kind = "file".into();
-                r.size = Some(f.size);
+                r.size = Some(f.file_len());
+                if let Some(sp) = &f.sparse {
+                    let (holes, zeros) = sp.fields();
+                    r.holes = (!holes.is_empty()).then_some(holes);
+                    r.zeros = (!zeros.is_empty()).then_some(zeros);
+                }
                 r.batch = Some(f.batch);
                 r.obj = Some(f.obj);
                 r.off = Some(f.off);
@@ -549,8 +567,8 @@ impl Entry {
         h: &Header,
     ) -> std::result::Result<(Entry, Option<crate::journal::SourceId>), String> {
         let r: EntryLine = serde_json::from_slice(line).map_err(|e| e.to_string())?;
-        if r.src.is_some() && r.kind != "file" {
-            return Err(format!("src on a {}", r.kind));
+        if (r.src.is_some() || r.holes.is_some() || r.zeros.is_some()) && r.kind != "file" {
+            return Err(format!("src, holes or zeros on a {}", r.kind));
         }
         if r.kind_tag != "entry" {
             return Err("not an entry record".into());
@@ -647,14 +665,21 @@ impl Entry {
                             .and_then(format::from_hex)
                             .ok_or_else(|| format!("bad {f}"))
                     };
+                let len = r.size.unwrap_or_default();
+                let sparse = crate::sparse::Sparse::from_fields(
+                    len,
+                    r.holes.as_deref(),
+                    r.zeros.as_deref(),
+                )?;
                 let f = FileEntry {
-                    size: r.size.unwrap_or_default(),
+                    size: sparse.as_ref().map_or(len, |s| s.stored()),
                     batch: r.batch.unwrap_or_default(),
                     obj: r.obj.unwrap_or_default(),
                     off: r.off.unwrap_or_default(),
                     salt: hex32(&r.salt, "salt")?,
                     ct: hex32(&r.ct, "ct")?,
                     pt: hex32(&r.pt, "pt")?,
+                    sparse: sparse.map(Box::new),
                 };
                 // Sizes are hostile input to keyless readers: bound them before any size
                 // arithmetic (record lengths, totals).
@@ -1511,6 +1536,36 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(bad)
             );
+        }
+    }
+
+    /// Holes and zero extents: only on files, valid layouts only, written back as read, and
+    /// the record's length follows the stored bytes, not the file's length (§6.4).
+    #[test]
+    fn sparse_fields_are_strict_and_round_trip() {
+        let h = header();
+        let file = |extra: &str| {
+            format!(
+                r#"{{"type":"entry","path":"f","kind":"file","mode":420,"mtime":1,"nsec":0,"size":10000,"batch":0,"obj":0,"off":0,"salt":"{z}","ct":"{z}","pt":"{z}"{extra}}}"#,
+                z = "00".repeat(32)
+            )
+        };
+        let line = file(r#","holes":[[0,4096]],"zeros":[[8192,1000]]"#);
+        let e = Entry::from_line(line.as_bytes(), &h).unwrap();
+        let f = e.file().unwrap();
+        assert_eq!((f.file_len(), f.size), (10000, 10000 - 4096 - 1000));
+        assert_eq!(f.record_len(4096), format::object_len(4904, 4096));
+        assert_eq!(e.to_line(None).unwrap(), line.as_bytes());
+        for bad in [
+            file(r#","holes":[]"#),
+            file(r#","holes":[[0,0]]"#),
+            file(r#","holes":[[9000,1001]]"#),
+            file(r#","holes":[[0,10],[10,10]]"#),
+            file(r#","holes":[[0,10]],"zeros":[[5,10]]"#),
+            file(r#","holes":[[0,10,3]]"#),
+            r#"{"type":"entry","path":"a","kind":"dir","mode":493,"mtime":1,"nsec":0,"holes":[[0,1]]}"#.to_string(),
+        ] {
+            assert!(Entry::from_line(bad.as_bytes(), &h).is_err(), "{bad}");
         }
     }
 

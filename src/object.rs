@@ -240,7 +240,8 @@ pub fn open_object_file(vault: &Path, o: &ObjectRef) -> Result<File, ObjectError
 }
 
 /// Authenticates (and with `out`, decrypts) one file's record. Plaintext segment `i` is
-/// written to `out` at offset `i * segment_size`.
+/// written to `out` at offset `i * segment_size` of the stored bytes, that is around the
+/// file's gaps; the caller lays the gaps out (`sparse::lay_out`, `sparse::zero_gaps`).
 pub fn open_record(
     ctx: &RecordCtx,
     f: &FileEntry,
@@ -258,6 +259,8 @@ pub fn open_record(
 
     let n = format::segment_count(f.size, seg);
     let windows = Windows::new(f.size, seg, ctx.jobs);
+    // Stored bytes go to their offsets in the file, around its gaps (§6.4).
+    let runs = f.sparse.as_deref().map(crate::sparse::Runs::new);
     let mut buf = windows.buffer();
     let mut ct = CtDigest::new();
     let mut mac = TreeMac::new(fk.mac_key());
@@ -285,13 +288,20 @@ pub fn open_record(
             })?;
             let m = segment_mac(fk.mac_key(), seg, i, n, pt);
             if let Some(out) = out {
-                out.write_all_at(pt, i * u64::from(seg))
-                    .map_err(|e| ObjectError::Io(Error::io("output file", e)))?;
+                let at = i * u64::from(seg);
+                let write = |off: u64, r: std::ops::Range<usize>| {
+                    out.write_all_at(&pt[r], off)
+                        .map_err(|e| ObjectError::Io(Error::io("output file", e)))
+                };
+                match &runs {
+                    None => write(at, 0..pt.len())?,
+                    Some(runs) => runs.each(at, pt.len(), write)?,
+                }
             }
             Ok((leaf, m))
         })?;
         leaves.iter().for_each(|l| ct.push(l));
-        if let (Some(out), true) = (out, ctx.writeback) {
+        if let (Some(out), true, None) = (out, ctx.writeback, &runs) {
             crate::vault::start_writeback(out, w.first * u64::from(seg), w.plain as usize);
         }
         progress.bytes(w.plain);
@@ -351,9 +361,9 @@ fn record_keys(
     Ok((hb, fk))
 }
 
-/// Whether `existing` (a file already in DEST, of the entry's size) holds exactly the
-/// entry's plaintext: its keyed digest (`pt`, under the key of this file's record) over the
-/// whole file equals the entry's. Reads the record's header only, and the whole file.
+/// Whether `existing` (a file already in DEST) holds exactly the entry's plaintext: its
+/// length, zeros in the entry's gaps, and the keyed digest (`pt`, under the key of this file's
+/// record) of the rest. Reads the record's header only, and the file.
 pub fn plaintext_matches(
     ctx: &RecordCtx,
     f: &FileEntry,
@@ -362,27 +372,20 @@ pub fn plaintext_matches(
     cancel: &AtomicBool,
 ) -> Result<bool, ObjectError> {
     let (_, fk) = record_keys(ctx, f, key)?;
-    let mut h = blake3::Hasher::new_keyed(fk.mac_key());
-    let mut buf = vec![0u8; 1 << 20];
-    let mut at = 0u64;
-    loop {
-        if cancel.load(Ordering::Relaxed) {
-            return Err(ObjectError::Cancelled);
-        }
-        let n = existing
-            .read_at(&mut buf, at)
-            .map_err(|e| ObjectError::Io(Error::io("existing file", e)))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        at += n as u64;
-        if at > f.size {
-            return Ok(false);
-        }
+    let held = crate::sparse::keyed_digest(
+        existing,
+        f.file_len(),
+        f.sparse.as_deref(),
+        fk.mac_key(),
+        cancel,
+    );
+    match held {
+        // blake3::Hash compares in constant time.
+        Ok((crate::sparse::Held::Digest(d), _)) => Ok(d == blake3::Hash::from(f.pt)),
+        Ok(_) => Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Err(ObjectError::Cancelled),
+        Err(e) => Err(ObjectError::Io(Error::io("existing file", e))),
     }
-    // blake3::Hash compares in constant time.
-    Ok(at == f.size && h.finalize() == blake3::Hash::from(f.pt))
 }
 
 /// The ciphertext digest of a record read from `obj` (keyless verify).

@@ -175,6 +175,7 @@ pub struct SealedFile {
     pub salt: [u8; SALT_LEN],
     pub ct: [u8; 32],
     pub pt: [u8; 32],
+    pub sparse: Option<Box<crate::sparse::Sparse>>,
 }
 
 /// What a chunk job made of each item.
@@ -211,8 +212,9 @@ pub fn seal_chunk(
                     break;
                 }
                 match seal_small(ctx, &entry, &key, &mut buf[used..]) {
-                    Ok((len, src, salt, ct, pt, size, mtime)) => {
-                        progress.bytes(size);
+                    Ok((len, src, salt, ct, pt, size, mtime, sparse)) => {
+                        // Gaps count as done: they are the file's bytes too.
+                        progress.bytes(sparse.as_ref().map_or(size, |s| s.file_len()));
                         (entry.mtime, entry.mtime_nsec) = mtime;
                         out.push(ChunkOut::Sealed(Box::new(SealedFile {
                             entry,
@@ -223,6 +225,7 @@ pub fn seal_chunk(
                             salt,
                             ct,
                             pt,
+                            sparse,
                         })));
                         used += len;
                     }
@@ -245,6 +248,7 @@ type SealedSmall = (
     [u8; 32],
     u64,
     (i64, u32),
+    Option<Box<crate::sparse::Sparse>>,
 );
 
 /// Seals one small file's record at the start of `room`, retrying a file that changes while
@@ -294,6 +298,7 @@ fn seal_small(
                         *pt.as_bytes(),
                         size,
                         src.mtime(),
+                        src.sparse().map(|s| Box::new(s.clone())),
                     ));
                 }
                 Ok(false) => last_why = "changed while being read".into(),

@@ -17,6 +17,7 @@ use std::sync::Once;
 
 use memmap2::Mmap;
 
+use crate::sparse::{Runs, Sparse};
 use crate::walk::SourceEntry;
 
 /// Files smaller than this are read, not mapped: a map costs more than it saves.
@@ -136,6 +137,8 @@ pub struct Source {
     ctime: (i64, i64),
     map: Option<GuardedMap>,
     sigbus_at_open: u64,
+    /// Holes and zero extents found at open: neither read nor sealed (docs/FORMAT.md §6.4).
+    sparse: Option<(Box<Sparse>, Runs)>,
 }
 
 /// The error a reader reports when its input changed under it (a typed payload, so that
@@ -175,16 +178,25 @@ impl Source {
         if md.dev() != entry.dev || md.ino() != entry.ino {
             return Err(changed_error(&entry.source));
         }
-        let size = if device {
+        let (size, allocated) = if device {
             use std::io::{Seek, SeekFrom};
-            (&file).seek(SeekFrom::End(0))?
+            ((&file).seek(SeekFrom::End(0))?, None)
         } else {
             if !md.is_file() {
                 return Err(io::Error::other("no longer a regular file"));
             }
-            md.len()
+            (md.len(), Some(md.blocks().saturating_mul(512)))
         };
-        let map = if use_mmap && !device && size >= MMAP_MIN && size <= usize::MAX as u64 {
+        let sparse = crate::sparse::scan(&file, size, allocated)?.map(|s| {
+            let runs = Runs::new(&s);
+            (Box::new(s), runs)
+        });
+        let map = if use_mmap
+            && !device
+            && sparse.is_none()
+            && size >= MMAP_MIN
+            && size <= usize::MAX as u64
+        {
             // SAFETY: reads go through read_at, which detects concurrent changes.
             unsafe { GuardedMap::new(&file) }
         } else {
@@ -198,12 +210,19 @@ impl Source {
             ctime: (md.ctime(), md.ctime_nsec()),
             map,
             sigbus_at_open: SIGBUS_COUNT.load(Ordering::Acquire),
+            sparse,
         })
     }
 
-    /// The size at open time: the plaintext length that will be recorded.
+    /// The bytes to seal: the size at open time less holes and zero extents (the record's
+    /// plaintext length).
     pub fn size(&self) -> u64 {
-        self.size
+        self.sparse.as_ref().map_or(self.size, |(s, _)| s.stored())
+    }
+
+    /// The file's holes and zero extents, if it has any.
+    pub fn sparse(&self) -> Option<&Sparse> {
+        self.sparse.as_ref().map(|(s, _)| &**s)
     }
 
     /// The modification time at open: what the entry records, since the bytes sealed are
@@ -223,8 +242,19 @@ impl Source {
         self.map.is_some()
     }
 
-    /// Fills `buf` from `offset`. A short file is an error (it shrank), never a short read.
+    /// Fills `buf` from `offset` of the bytes to seal (the file's own offsets, less its
+    /// gaps). A short file is an error (it shrank), never a short read.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        match &self.sparse {
+            None => self.read_file_at(offset, buf),
+            Some((_, runs)) => {
+                let len = buf.len();
+                runs.each(offset, len, |at, r| self.read_file_at(at, &mut buf[r]))
+            }
+        }
+    }
+
+    fn read_file_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         if let Some(m) = &self.map {
             let start = offset as usize;
             let end = start

@@ -31,6 +31,7 @@ use crate::format::{ObjectHeader, HEADER_LEN};
 use crate::keys::Kms;
 use crate::manifest::{self, Entry, EntryKind, FileEntry};
 use crate::object::RecordCtx;
+use crate::sparse::Held;
 use crate::vault;
 use crate::walk::{self, Found, SourceEntry, SourceKind};
 
@@ -272,8 +273,11 @@ fn compare(e: &Entry, s: &SourceEntry, jobs: &mut Vec<HashJob>) -> Option<Diff> 
             None
         }
         (EntryKind::File(f), SourceKind::File { size, .. }) => {
-            if f.size != *size {
-                return diff(DiffKind::Changed, format!("{size} bytes, was {}", f.size));
+            if f.file_len() != *size {
+                return diff(
+                    DiffKind::Changed,
+                    format!("{size} bytes, was {}", f.file_len()),
+                );
             }
             jobs.push(HashJob {
                 path: path.clone(),
@@ -366,13 +370,24 @@ fn check_digest(
             "the record's header does not match its entry".into(),
         );
     }
-    let digest = match keyed_digest(&j.source, fk.mac_key()) {
-        Ok((d, n)) => {
+    let digest = match keyed_digest(&j.source, f, fk.mac_key()) {
+        Ok((held, n)) => {
             hashed.fetch_add(n, Ordering::Relaxed);
-            if n != f.size {
-                return diff(DiffKind::Changed, format!("{n} bytes read, was {}", f.size));
+            match held {
+                Held::Digest(d) => d,
+                Held::Length(n) => {
+                    return diff(
+                        DiffKind::Changed,
+                        format!("{n} bytes, was {}", f.file_len()),
+                    )
+                }
+                Held::GapNotZero(at) => {
+                    return diff(
+                        DiffKind::Changed,
+                        format!("data at byte {at}, where the vault has a hole or zeros"),
+                    )
+                }
             }
-            d
         }
         Err(e) => return diff(DiffKind::Unreadable, e.to_string()),
     };
@@ -395,24 +410,14 @@ fn check_digest(
     None
 }
 
-/// The keyed BLAKE3 of a file (not following a link planted in its place) and its length.
-fn keyed_digest(path: &Path, key: &[u8; 32]) -> std::io::Result<(blake3::Hash, u64)> {
-    use std::io::Read;
+/// The keyed digest of a file's stored bytes (not following a link planted in its place),
+/// and the bytes read.
+fn keyed_digest(path: &Path, f: &FileEntry, key: &[u8; 32]) -> std::io::Result<(Held, u64)> {
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f: File = std::fs::OpenOptions::new()
+    let file: File = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)?;
-    let mut h = blake3::Hasher::new_keyed(key);
-    let mut buf = vec![0u8; 1 << 20];
-    let mut n = 0u64;
-    loop {
-        let r = f.read(&mut buf)?;
-        if r == 0 {
-            break;
-        }
-        h.update(&buf[..r]);
-        n += r as u64;
-    }
-    Ok((h.finalize(), n))
+    let never = std::sync::atomic::AtomicBool::new(false);
+    crate::sparse::keyed_digest(&file, f.file_len(), f.sparse.as_deref(), key, &never)
 }

@@ -605,6 +605,7 @@ impl<'a> Writer<'a> {
                         salt: s.salt,
                         ct: s.ct,
                         pt: s.pt,
+                        sparse: s.sparse,
                     };
                     self.referenced[base.0 as usize] = true;
                     self.written.files += 1;
@@ -665,7 +666,10 @@ impl<'a> Writer<'a> {
                     salt,
                     ct: ct.finalize(),
                     pt: *pt.as_bytes(),
+                    sparse: file.src.sparse().map(|s| Box::new(s.clone())),
                 };
+                // Gaps count as done: they are the file's bytes too.
+                self.progress.bytes(f.file_len() - f.size);
                 let src = crate::seal::source_id(&entry, &file.src);
                 Ok((f, src, file.src.mtime()))
             }
@@ -795,6 +799,7 @@ impl<'a> Writer<'a> {
                         salt: h.salt,
                         ct: ct.finalize(),
                         pt: *pt.as_bytes(),
+                        sparse: file.src.sparse().map(|s| Box::new(s.clone())),
                     };
                     let src = crate::seal::source_id(entry, &file.src);
                     return Ok(Ok((f, src, file.src.mtime())));

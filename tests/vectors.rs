@@ -158,6 +158,7 @@ fn seal_cases(out: &Path, plain: Option<&Path>) -> Vec<(String, FileEntry)> {
                 salt: header.salt,
                 ct,
                 pt: *mac.as_bytes(),
+                sparse: None,
             },
         ));
         if let Some(plain) = plain {

@@ -41,6 +41,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Encrypt files, directories and disk images into a vault directory.
+    ///
+    /// Keeps modes, times, owners, hard links, extended attributes, FIFOs and device nodes;
+    /// holes of sparse files and zero runs of disk images are neither read nor stored.
     Encrypt(EncryptArgs),
     /// Decrypt a vault (or part of it) into a destination directory.
     Decrypt(DecryptArgs),

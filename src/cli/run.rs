@@ -254,6 +254,7 @@ pub fn decrypt_cmd(a: DecryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
             "seconds": r.seconds, "gb_per_s": rate(r.bytes, r.seconds),
             "failed": failures_json(&r.failed), "integrity_failures": r.integrity_failures,
             "synced": r.synced, "vault_bytes_read": r.vault_bytes_read,
+            "already_restored": r.already_restored,
         }),
     );
     Ok(if r.integrity_failures > 0 {
@@ -391,7 +392,7 @@ pub fn ls_cmd(a: LsArgs) -> anyhow::Result<i32> {
         let Some(e) = next else { break };
         let path = e.path.display();
         let (kind, size, target) = match &e.kind {
-            EntryKind::File(f) => ("file", f.size, None),
+            EntryKind::File(f) => ("file", f.file_len(), None),
             EntryKind::Dir => ("dir", 0, None),
             EntryKind::Symlink(t) => ("symlink", 0, Some(t.display())),
             EntryKind::HardLink(t) => ("hardlink", 0, Some(t.display())),
@@ -402,7 +403,8 @@ pub fn ls_cmd(a: LsArgs) -> anyhow::Result<i32> {
         let r = if a.json {
             let object = e.file().map(|f| {
                 let o = &reader.objects[f.obj as usize];
-                json!({"name": o.name(), "offset": f.off, "length": f.record_len(reader.header.segment_size)})
+                json!({"name": o.name(), "offset": f.off, "length": f.record_len(reader.header.segment_size),
+                       "stored": f.size})
             });
             writeln!(
                 out,

@@ -50,6 +50,13 @@ pub const DEFAULT_PACK_THRESHOLD: u64 = 1 << 20;
 /// A pack is closed once it holds at least this many bytes (an encoder's choice too).
 pub const PACK_TARGET: u64 = 32 << 20;
 
+/// Zero extents are found in aligned blocks of this size (an encoder's choice; readers
+/// accept any extents, docs/FORMAT.md §6.4).
+pub const ZERO_BLOCK: u64 = 1 << 20;
+/// Holes and zero extents per file, at most (a file with more keeps its largest; the rest
+/// are stored as data).
+pub const MAX_GAPS: usize = 16384;
+
 /// Limits for parsing untrusted manifests, key files and journals.
 pub const MAX_MANIFEST_LINE: usize = 1 << 20;
 /// A key file holds one batch record (at most a manifest line), pretty-printed.

@@ -8,6 +8,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -309,4 +310,35 @@ pub fn ok(cmd: &mut Command) -> std::process::Output {
 /// The exit code (panics if killed by a signal).
 pub fn code(o: &std::process::Output) -> i32 {
     o.status.code().expect("killed by a signal")
+}
+
+/// The data ranges `SEEK_DATA`/`SEEK_HOLE` report: the file's hole map.
+pub fn data_map(p: &Path) -> Vec<(u64, u64)> {
+    let f = File::open(p).unwrap();
+    let len = f.metadata().unwrap().len() as i64;
+    let mut out = Vec::new();
+    let mut at = 0i64;
+    while at < len {
+        // SAFETY: lseek on an open descriptor.
+        let d = unsafe { libc::lseek(f.as_raw_fd(), at, libc::SEEK_DATA) };
+        if d < 0 {
+            break;
+        }
+        // SAFETY: as above.
+        let h = unsafe { libc::lseek(f.as_raw_fd(), d, libc::SEEK_HOLE) };
+        out.push((d as u64, h as u64));
+        at = h;
+    }
+    out
+}
+
+/// `du -sk`: the KiB a path occupies on disk.
+pub fn du_kib(p: &Path) -> u64 {
+    let o = ok(Command::new("du").arg("-sk").arg(p));
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
 }

@@ -1,0 +1,549 @@
+//! Holes and zero extents (docs/FORMAT.md §6.4): what of a file is neither read, sealed nor
+//! stored, how it is found when encrypting and recreated when restoring.
+//!
+//! A file's *stored bytes* are its bytes outside its gaps, back to back: they are the record's
+//! plaintext (its length `L` in the header). A *hole* is a range the source filesystem reports
+//! as unallocated (`SEEK_DATA`/`SEEK_HOLE`); a *zero extent* is an allocated range of zeros
+//! (found in aligned [`ZERO_BLOCK`]s, as in disk images). Restore recreates holes by
+//! truncating the file to its length and allocates zero extents with `fallocate`: neither
+//! writes a byte of zeros.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+
+use crate::format::{MAX_GAPS, ZERO_BLOCK};
+
+/// One gap: `len` bytes at `off` that read as zeros.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gap {
+    pub off: u64,
+    pub len: u64,
+    /// Allocated zeros (a zero extent), not a hole.
+    pub zero: bool,
+}
+
+impl Gap {
+    fn end(&self) -> u64 {
+        self.off + self.len
+    }
+}
+
+/// A file's length and gaps, sorted by offset, none overlapping, none empty, and no two of a
+/// kind adjacent (one spelling per layout).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sparse {
+    len: u64,
+    gaps: Vec<Gap>,
+    /// Bytes stored: `len` less the gaps.
+    stored: u64,
+}
+
+/// A run of stored bytes: `len` bytes at `file` in the file, at `stored` in the record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Run {
+    stored: u64,
+    file: u64,
+    len: u64,
+}
+
+impl Sparse {
+    /// A layout from the manifest's fields (validated: the manifest is hostile input to
+    /// keyless readers) or from a scan. `None` for a file without gaps.
+    pub fn new(len: u64, mut gaps: Vec<Gap>) -> Result<Option<Sparse>, String> {
+        if gaps.is_empty() {
+            return Ok(None);
+        }
+        if gaps.len() > MAX_GAPS {
+            return Err(format!("more than {MAX_GAPS} holes and zero extents"));
+        }
+        gaps.sort_by_key(|g| g.off);
+        let mut at = 0u64;
+        let mut prev: Option<Gap> = None;
+        let mut gap_bytes = 0u64;
+        for g in &gaps {
+            let end = g.off.checked_add(g.len).ok_or("gap past 2^64")?;
+            if g.len == 0 || g.off < at || end > len {
+                return Err(
+                    "holes and zero extents must be non-empty, within the file and not overlap"
+                        .into(),
+                );
+            }
+            if prev.is_some_and(|p| p.end() == g.off && p.zero == g.zero) {
+                return Err("adjacent holes (or zero extents) must be written as one".into());
+            }
+            gap_bytes += g.len;
+            at = end;
+            prev = Some(*g);
+        }
+        Ok(Some(Sparse {
+            len,
+            stored: len - gap_bytes,
+            gaps,
+        }))
+    }
+
+    /// The file's length (what `stat` says).
+    pub fn file_len(&self) -> u64 {
+        self.len
+    }
+
+    /// The bytes stored (the record's plaintext length).
+    pub fn stored(&self) -> u64 {
+        self.stored
+    }
+
+    pub fn gaps(&self) -> &[Gap] {
+        &self.gaps
+    }
+
+    /// The manifest's `holes` and `zeros` fields: `[offset, length]` pairs.
+    pub fn fields(&self) -> (Vec<[u64; 2]>, Vec<[u64; 2]>) {
+        let pick = |zero: bool| {
+            self.gaps
+                .iter()
+                .filter(|g| g.zero == zero)
+                .map(|g| [g.off, g.len])
+                .collect()
+        };
+        (pick(false), pick(true))
+    }
+
+    /// From the manifest's fields (either may be absent).
+    pub fn from_fields(
+        len: u64,
+        holes: Option<&[[u64; 2]]>,
+        zeros: Option<&[[u64; 2]]>,
+    ) -> Result<Option<Sparse>, String> {
+        if holes.is_some_and(|h| h.is_empty()) || zeros.is_some_and(|z| z.is_empty()) {
+            return Err("holes and zeros, when present, are not empty".into());
+        }
+        let gap = |zero: bool| move |&[off, len]: &[u64; 2]| Gap { off, len, zero };
+        let gaps = holes
+            .unwrap_or_default()
+            .iter()
+            .map(gap(false))
+            .chain(zeros.unwrap_or_default().iter().map(gap(true)))
+            .collect();
+        Sparse::new(len, gaps)
+    }
+
+    fn runs(&self) -> Vec<Run> {
+        let mut runs = Vec::with_capacity(self.gaps.len() + 1);
+        let (mut file, mut stored) = (0u64, 0u64);
+        for g in &self.gaps {
+            if g.off > file {
+                runs.push(Run {
+                    stored,
+                    file,
+                    len: g.off - file,
+                });
+                stored += g.off - file;
+            }
+            file = g.end();
+        }
+        if self.len > file {
+            runs.push(Run {
+                stored,
+                file,
+                len: self.len - file,
+            });
+        }
+        runs
+    }
+}
+
+/// Translates offsets in the stored bytes to offsets in the file.
+#[derive(Debug)]
+pub struct Runs(Vec<Run>);
+
+impl Runs {
+    pub fn new(s: &Sparse) -> Runs {
+        Runs(s.runs())
+    }
+
+    /// Calls `f(file offset, range of the buffer)` for each piece of `len` stored bytes from
+    /// stored offset `at`.
+    pub fn each<E>(
+        &self,
+        at: u64,
+        len: usize,
+        mut f: impl FnMut(u64, std::ops::Range<usize>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut i = self.0.partition_point(|r| r.stored + r.len <= at);
+        let mut done = 0usize;
+        while done < len {
+            let Some(r) = self.0.get(i) else {
+                // Past the stored bytes: the callers' lengths come from the same layout, so
+                // this is unreachable; stop rather than loop.
+                return Ok(());
+            };
+            let pos = at + done as u64;
+            let skip = pos - r.stored;
+            let n = ((r.len - skip) as usize).min(len - done);
+            f(r.file + skip, done..done + n)?;
+            done += n;
+            i += 1;
+        }
+        Ok(())
+    }
+}
+
+/// Finds `file`'s gaps: holes where its allocated bytes (`allocated`, from `st_blocks`) fall
+/// short of its length, and all-zero aligned [`ZERO_BLOCK`]s within its data. `None` when it
+/// has neither (the common case costs no system call for files under `ZERO_BLOCK`).
+pub fn scan(file: &File, len: u64, allocated: Option<u64>) -> io::Result<Option<Sparse>> {
+    let data = match allocated {
+        Some(a) if a < len => data_ranges(file, len)?,
+        _ => vec![(0, len)],
+    };
+    let mut gaps = Vec::new();
+    let mut at = 0u64;
+    let mut probe = vec![0u8; 64 << 10];
+    for &(off, n) in &data {
+        if off > at {
+            gaps.push(Gap {
+                off: at,
+                len: off - at,
+                zero: false,
+            });
+        }
+        let end = off + n;
+        let mut b = off.next_multiple_of(ZERO_BLOCK);
+        while b + ZERO_BLOCK <= end {
+            if is_zero_block(file, b, &mut probe)? {
+                match gaps.last_mut() {
+                    Some(g) if g.zero && g.end() == b => g.len += ZERO_BLOCK,
+                    _ => gaps.push(Gap {
+                        off: b,
+                        len: ZERO_BLOCK,
+                        zero: true,
+                    }),
+                }
+            }
+            b += ZERO_BLOCK;
+        }
+        at = end;
+    }
+    if len > at {
+        gaps.push(Gap {
+            off: at,
+            len: len - at,
+            zero: false,
+        });
+    }
+    if gaps.len() > MAX_GAPS {
+        // Keep the largest; the rest are stored as data (they read as zeros all the same).
+        gaps.sort_by_key(|g| std::cmp::Reverse(g.len));
+        gaps.truncate(MAX_GAPS);
+        gaps.sort_by_key(|g| g.off);
+        // Dropping a zero extent between two holes leaves them adjacent: one spelling.
+        gaps.dedup_by(|next, prev| {
+            let joined = prev.zero == next.zero && prev.end() == next.off;
+            if joined {
+                prev.len += next.len;
+            }
+            joined
+        });
+    }
+    Sparse::new(len, gaps).map_err(io::Error::other)
+}
+
+/// The data ranges `SEEK_DATA`/`SEEK_HOLE` report, clipped to `len`; the whole file where the
+/// filesystem does not say.
+fn data_ranges(file: &File, len: u64) -> io::Result<Vec<(u64, u64)>> {
+    let fd = file.as_raw_fd();
+    let mut out = Vec::new();
+    let mut at = 0u64;
+    while at < len {
+        // SAFETY: lseek on an open descriptor; the position it moves is unused (reads are
+        // positional).
+        let d = unsafe { libc::lseek(fd, at as libc::off_t, libc::SEEK_DATA) };
+        if d < 0 {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                // No data from `at` on: the rest is a hole.
+                Some(libc::ENXIO) => Ok(out),
+                // No SEEK_DATA here: all data.
+                Some(libc::EINVAL | libc::EOPNOTSUPP) => Ok(vec![(0, len)]),
+                _ => Err(e),
+            };
+        }
+        let d = d as u64;
+        if d >= len {
+            break;
+        }
+        // SAFETY: as above.
+        let h = unsafe { libc::lseek(fd, d as libc::off_t, libc::SEEK_HOLE) };
+        let h = if h < 0 { len } else { (h as u64).min(len) };
+        if h <= d {
+            break;
+        }
+        out.push((d, h - d));
+        at = h;
+    }
+    Ok(out)
+}
+
+/// Whether the block at `off` holds only zeros; reads a little first, so that data (the
+/// common case) costs one small read per block.
+fn is_zero_block(file: &File, off: u64, buf: &mut [u8]) -> io::Result<bool> {
+    let mut at = 0u64;
+    let mut want = 4096usize;
+    while at < ZERO_BLOCK {
+        let n = want.min(buf.len()).min((ZERO_BLOCK - at) as usize);
+        file.read_exact_at(&mut buf[..n], off + at)?;
+        if !all_zero(&buf[..n]) {
+            return Ok(false);
+        }
+        at += n as u64;
+        want = buf.len();
+    }
+    Ok(true)
+}
+
+/// Whether `b` holds only zeros (in 4 KiB steps, each a vectorised OR).
+pub fn all_zero(b: &[u8]) -> bool {
+    b.chunks(4096)
+        .all(|c| c.iter().fold(0u8, |acc, &x| acc | x) == 0)
+}
+
+/// Gives a fresh (empty) restored file its length and its zero extents, leaving the holes
+/// unallocated; the stored bytes are written afterwards. Zero extents are allocated with
+/// `fallocate`; where the filesystem cannot, they are left as holes (they read the same).
+pub fn lay_out(out: &File, s: &Sparse) -> io::Result<()> {
+    out.set_len(s.len)?;
+    for g in s.gaps.iter().filter(|g| g.zero) {
+        // SAFETY: fallocate on an open descriptor, within the file's length.
+        let r = unsafe {
+            libc::fallocate(
+                out.as_raw_fd(),
+                0,
+                g.off as libc::off_t,
+                g.len as libc::off_t,
+            )
+        };
+        if r != 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Makes every gap read as zeros on a target that holds older bytes (a device, or an image
+/// written in place): `FALLOC_FL_ZERO_RANGE` where the target supports it, else zeros written.
+pub fn zero_gaps(out: &File, s: &Sparse) -> io::Result<()> {
+    let zeros = vec![0u8; 1 << 20];
+    for g in &s.gaps {
+        // SAFETY: fallocate on an open descriptor; KEEP_SIZE never changes the length.
+        let r = unsafe {
+            libc::fallocate(
+                out.as_raw_fd(),
+                libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+                g.off as libc::off_t,
+                g.len as libc::off_t,
+            )
+        };
+        if r == 0 {
+            continue;
+        }
+        let mut at = g.off;
+        while at < g.end() {
+            let n = (g.end() - at).min(zeros.len() as u64) as usize;
+            out.write_all_at(&zeros[..n], at)?;
+            at += n as u64;
+        }
+    }
+    Ok(())
+}
+
+/// What a file on disk holds, measured against an entry's layout.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Held {
+    /// The keyed BLAKE3 of its stored bytes (its gaps all read as zeros).
+    Digest(blake3::Hash),
+    /// Another length than the entry's.
+    Length(u64),
+    /// A byte other than zero where the entry has a hole or zero extent, at this offset.
+    GapNotZero(u64),
+}
+
+/// The keyed digest (`pt`, docs/FORMAT.md §4.4) of `file`'s bytes outside `sparse`'s gaps,
+/// after checking its length is `len` and its gaps read as zeros (only the parts of them the
+/// filesystem reports as data are read). Returns it and the bytes read.
+pub fn keyed_digest(
+    file: &File,
+    len: u64,
+    sparse: Option<&Sparse>,
+    key: &[u8; 32],
+    cancel: &std::sync::atomic::AtomicBool,
+) -> io::Result<(Held, u64)> {
+    use std::os::unix::fs::FileTypeExt;
+    use std::sync::atomic::Ordering;
+    let md = file.metadata()?;
+    let actual = if md.file_type().is_block_device() {
+        use std::io::{Seek, SeekFrom};
+        (&*file).seek(SeekFrom::End(0))?
+    } else if md.is_file() {
+        md.len()
+    } else {
+        return Err(io::Error::other("not a regular file or block device"));
+    };
+    if actual != len {
+        return Ok((Held::Length(actual), 0));
+    }
+    let whole = [Run {
+        stored: 0,
+        file: 0,
+        len,
+    }];
+    let owned;
+    let runs: &[Run] = match sparse {
+        Some(s) => {
+            owned = s.runs();
+            &owned
+        }
+        None => &whole,
+    };
+    let cancelled = || io::Error::new(io::ErrorKind::Interrupted, "interrupted");
+    let shrank = |e: io::Error| {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            None
+        } else {
+            Some(e)
+        }
+    };
+    let mut h = blake3::Hasher::new_keyed(key);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut read = 0u64;
+    for r in runs {
+        let mut at = 0u64;
+        while at < r.len {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(cancelled());
+            }
+            let n = (r.len - at).min(buf.len() as u64) as usize;
+            if let Err(e) = file.read_exact_at(&mut buf[..n], r.file + at) {
+                return match shrank(e) {
+                    None => Ok((Held::Length(r.file + at), read)),
+                    Some(e) => Err(e),
+                };
+            }
+            h.update(&buf[..n]);
+            at += n as u64;
+            read += n as u64;
+        }
+    }
+    for g in sparse.map(|s| s.gaps()).unwrap_or_default() {
+        let mut at = g.off;
+        while at < g.end() {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(cancelled());
+            }
+            // Only what the filesystem holds as data can be other than zero.
+            // SAFETY: lseek on an open descriptor; reads here are positional.
+            let d = unsafe { libc::lseek(file.as_raw_fd(), at as libc::off_t, libc::SEEK_DATA) };
+            let d = if d < 0 {
+                match io::Error::last_os_error().raw_os_error() {
+                    Some(libc::ENXIO) => break,
+                    _ => at,
+                }
+            } else {
+                d as u64
+            };
+            if d >= g.end() {
+                break;
+            }
+            let n = (g.end() - d).min(buf.len() as u64) as usize;
+            if let Err(e) = file.read_exact_at(&mut buf[..n], d) {
+                return match shrank(e) {
+                    None => Ok((Held::Length(d), read)),
+                    Some(e) => Err(e),
+                };
+            }
+            read += n as u64;
+            if let Some(i) = buf[..n].iter().position(|&b| b != 0) {
+                return Ok((Held::GapNotZero(d + i as u64), read));
+            }
+            at = d + n as u64;
+        }
+    }
+    Ok((Held::Digest(h.finalize()), read))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gap(off: u64, len: u64, zero: bool) -> Gap {
+        Gap { off, len, zero }
+    }
+
+    #[test]
+    fn layouts_are_validated() {
+        assert!(Sparse::new(10, vec![]).unwrap().is_none());
+        let s = Sparse::new(100, vec![gap(50, 10, true), gap(0, 10, false)])
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.stored(), 80);
+        assert_eq!(s.gaps()[0].off, 0, "sorted");
+        // Overlap, past the end, empty, adjacent of a kind.
+        assert!(Sparse::new(100, vec![gap(0, 10, false), gap(5, 10, true)]).is_err());
+        assert!(Sparse::new(100, vec![gap(95, 10, false)]).is_err());
+        assert!(Sparse::new(100, vec![gap(5, 0, false)]).is_err());
+        assert!(Sparse::new(100, vec![gap(0, 10, true), gap(10, 10, true)]).is_err());
+        // Adjacent of different kinds is fine.
+        assert!(Sparse::new(100, vec![gap(0, 10, true), gap(10, 10, false)]).is_ok());
+        assert!(Sparse::new(u64::MAX, vec![gap(u64::MAX - 1, 5, false)]).is_err());
+        assert!(Sparse::from_fields(10, Some(&[]), None).is_err());
+    }
+
+    #[test]
+    fn runs_translate_stored_offsets() {
+        // len 100: hole 10..20, zeros 50..60 → runs 0..10, 20..50, 60..100.
+        let s = Sparse::new(100, vec![gap(10, 10, false), gap(50, 10, true)])
+            .unwrap()
+            .unwrap();
+        let runs = Runs::new(&s);
+        let mut pieces = Vec::new();
+        runs.each::<()>(5, 40, |f, r| {
+            pieces.push((f, r));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(pieces, vec![(5, 0..5), (20, 5..35), (60, 35..40)]);
+        let total: usize = s.runs().iter().map(|r| r.len as usize).sum();
+        assert_eq!(total as u64, s.stored());
+    }
+
+    #[test]
+    fn scan_finds_holes_and_zero_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("img");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .read(true)
+            .write(true)
+            .truncate(true)
+            .open(&p)
+            .unwrap();
+        // 8 MiB: data at 0..1 MiB, written zeros at 1..3 MiB, a hole at 3..7 MiB, data after.
+        f.set_len(8 << 20).unwrap();
+        f.write_all_at(&vec![1u8; 1 << 20], 0).unwrap();
+        f.write_all_at(&vec![0u8; 2 << 20], 1 << 20).unwrap();
+        f.write_all_at(&vec![2u8; 1 << 20], 7 << 20).unwrap();
+        f.sync_all().unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let md = f.metadata().unwrap();
+        let s = scan(&f, md.len(), Some(md.blocks() * 512))
+            .unwrap()
+            .unwrap();
+        assert!(s.gaps().contains(&gap(1 << 20, 2 << 20, true)), "{s:?}");
+        // Where the filesystem reports holes, 3..7 MiB is one; else it is found as zeros.
+        assert_eq!(s.stored(), 2 << 20, "{s:?}");
+    }
+}
