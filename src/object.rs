@@ -75,6 +75,11 @@ impl Windows {
         }
     }
 
+    /// How many windows remain.
+    pub fn remaining(&self) -> u64 {
+        (self.n - self.first.min(self.n)).div_ceil(self.window)
+    }
+
     /// A buffer for the largest window: a small file gets a small buffer.
     pub fn buffer(&self) -> Vec<u8> {
         let body = format::object_len(self.size, self.seg) - HEADER_LEN as u64;
@@ -242,6 +247,11 @@ pub fn open_object_file(vault: &Path, o: &ObjectRef) -> Result<File, ObjectError
 /// Authenticates (and with `out`, decrypts) one file's record. Plaintext segment `i` is
 /// written to `out` at offset `i * segment_size` of the stored bytes, that is around the
 /// file's gaps; the caller lays the gaps out (`sparse::lay_out`, `sparse::zero_gaps`).
+///
+/// Segments are opened in parallel, window by window; the plaintext is written by one thread
+/// (concurrent writes to one file only contend for its inode lock), and for a file of several
+/// windows that thread is a writer of its own, so that writing one window overlaps reading
+/// and opening the next (docs/PERFORMANCE.md).
 pub fn open_record(
     ctx: &RecordCtx,
     f: &FileEntry,
@@ -250,17 +260,124 @@ pub fn open_record(
     progress: &dyn Progress,
     cancel: &AtomicBool,
 ) -> Result<(), ObjectError> {
+    let seg = ctx.header.segment_size;
+    let windows = Windows::new(f.size, seg, ctx.jobs);
+    // A restore relies on the tags and `pt`: once every tag verifies under the committed keys
+    // of a header the authenticated entry names (its salt), `ct` adds nothing, and costs a
+    // hash pass. `verify --deep` (no output) checks it too (§4.3).
+    let check = out.is_none();
+    let sink = out.map(|out| Sink {
+        out,
+        size: f.size,
+        seg,
+        // Stored bytes go to their offsets in the file, around its gaps (§6.4).
+        runs: f.sparse.as_deref().map(crate::sparse::Runs::new),
+        writeback: ctx.writeback && f.sparse.is_none(),
+    });
+    let sink = match sink {
+        Some(sink) if windows.remaining() > 1 => sink,
+        sink => {
+            return open_windows(ctx, f, key, windows, check, cancel, |w, buf| {
+                if let Some(sink) = &sink {
+                    sink.write(&w, buf)?;
+                }
+                progress.bytes(w.plain);
+                Ok(())
+            })
+        }
+    };
+    let (full_tx, full_rx) = crossbeam_channel::bounded::<(Window, Vec<u8>)>(1);
+    let (free_tx, free_rx) = crossbeam_channel::bounded::<Vec<u8>>(1);
+    let _ = free_tx.send(windows.buffer());
+    std::thread::scope(|s| {
+        let writer = s.spawn(move || -> Result<(), ObjectError> {
+            for (w, buf) in full_rx {
+                sink.write(&w, &buf)?;
+                progress.bytes(w.plain);
+                // The opener may have finished: then nobody needs the buffer back.
+                let _ = free_tx.send(buf);
+            }
+            Ok(())
+        });
+        let opened = open_windows(ctx, f, key, windows, check, cancel, |w, buf| {
+            // Hand the window to the writer and take its previous buffer (or the spare).
+            let spare = free_rx
+                .recv()
+                .map_err(|_| ObjectError::Io(Error::Runtime("the writer stopped".into())))?;
+            let full = std::mem::replace(buf, spare);
+            full_tx
+                .send((w, full))
+                .map_err(|_| ObjectError::Io(Error::Runtime("the writer stopped".into())))
+        });
+        drop(full_tx);
+        let written = writer.join().unwrap_or_else(|_| {
+            Err(ObjectError::Io(Error::Runtime(
+                "the writer panicked".into(),
+            )))
+        });
+        // The writer's own error (a full disk) explains the opener's "writer stopped".
+        match (opened, written) {
+            (Ok(()), w) => w,
+            (Err(_), Err(w)) => Err(w),
+            (Err(o), Ok(())) => Err(o),
+        }
+    })
+}
+
+/// Where a record's plaintext goes: the output file, at the stored bytes' offsets.
+struct Sink<'a> {
+    out: &'a File,
+    size: u64,
+    seg: u32,
+    runs: Option<crate::sparse::Runs>,
+    writeback: bool,
+}
+
+impl Sink<'_> {
+    /// Writes an opened window's plaintext (each slot's first bytes; the tags are skipped).
+    fn write(&self, w: &Window, buf: &[u8]) -> Result<(), ObjectError> {
+        let seg = u64::from(self.seg);
+        let mut pos = 0usize;
+        for i in w.first..w.first + w.count as u64 {
+            let len = format::segment_plain_len(self.size, self.seg, i);
+            let pt = &buf[pos..pos + len];
+            let write = |off: u64, r: std::ops::Range<usize>| {
+                self.out
+                    .write_all_at(&pt[r], off)
+                    .map_err(|e| ObjectError::Io(Error::io("output file", e)))
+            };
+            match &self.runs {
+                None => write(i * seg, 0..len)?,
+                Some(runs) => runs.each(i * seg, len, write)?,
+            }
+            pos += len + TAG_LEN;
+        }
+        if self.writeback {
+            crate::vault::start_writeback(self.out, w.first * seg, w.plain as usize);
+        }
+        Ok(())
+    }
+}
+
+/// Reads and opens a record window by window, checking every tag and at the end both
+/// digests; `done(window, buffer)` receives each window opened (plaintext in place of each
+/// slot's ciphertext) and may swap the buffer for another of the same size.
+fn open_windows(
+    ctx: &RecordCtx,
+    f: &FileEntry,
+    key: &BatchKey,
+    windows: Windows,
+    check_ct: bool,
+    cancel: &AtomicBool,
+    mut done: impl FnMut(Window, &mut Vec<u8>) -> Result<(), ObjectError>,
+) -> Result<(), ObjectError> {
     let integ = |why: String| ObjectError::Integrity(why);
     let (hb, fk) = record_keys(ctx, f, key)?;
     let name = ctx.objects[f.obj as usize].name();
     let obj = ctx.object(f.obj)?;
     let path = ctx.vault.join(&name);
     let seg = ctx.header.segment_size;
-
     let n = format::segment_count(f.size, seg);
-    let windows = Windows::new(f.size, seg, ctx.jobs);
-    // Stored bytes go to their offsets in the file, around its gaps (§6.4).
-    let runs = f.sparse.as_deref().map(crate::sparse::Runs::new);
     let mut buf = windows.buffer();
     let mut ct = CtDigest::new();
     let mut mac = TreeMac::new(fk.mac_key());
@@ -279,34 +396,19 @@ pub fn open_record(
             if cancel.load(Ordering::Relaxed) {
                 return Err(ObjectError::Cancelled);
             }
-            let leaf = ct_leaf(if i == 0 { &hb[..] } else { &[] }, chunk);
+            let leaf = check_ct.then(|| ct_leaf(if i == 0 { &hb[..] } else { &[] }, chunk));
             let pt = fk.open_segment(i, i == n - 1, chunk).map_err(|_| {
                 integ(format!(
                     "{name}@{}: segment {i} fails authentication",
                     f.off
                 ))
             })?;
-            let m = segment_mac(fk.mac_key(), seg, i, n, pt);
-            if let Some(out) = out {
-                let at = i * u64::from(seg);
-                let write = |off: u64, r: std::ops::Range<usize>| {
-                    out.write_all_at(&pt[r], off)
-                        .map_err(|e| ObjectError::Io(Error::io("output file", e)))
-                };
-                match &runs {
-                    None => write(at, 0..pt.len())?,
-                    Some(runs) => runs.each(at, pt.len(), write)?,
-                }
-            }
-            Ok((leaf, m))
+            Ok((leaf, segment_mac(fk.mac_key(), seg, i, n, pt)))
         })?;
-        leaves.iter().for_each(|l| ct.push(l));
-        if let (Some(out), true, None) = (out, ctx.writeback, &runs) {
-            crate::vault::start_writeback(out, w.first * u64::from(seg), w.plain as usize);
-        }
-        progress.bytes(w.plain);
+        leaves.iter().flatten().for_each(|l| ct.push(l));
+        done(w, &mut buf)?;
     }
-    if ct.finalize() != f.ct {
+    if check_ct && ct.finalize() != f.ct {
         return Err(integ(format!(
             "{name}@{}: ciphertext digest mismatch",
             f.off
