@@ -239,8 +239,7 @@ pub fn decrypt(
     if let Some(n) = lowered {
         progress.notice(&n);
     }
-    let mut ctx = RecordCtx::new(&opts.vault, &r.header, &r.batches, &r.objects, jobs);
-    ctx.writeback = opts.sync;
+    let ctx = RecordCtx::new(&opts.vault, &r.header, &r.batches, &r.objects, jobs);
     let chosen = select(&entries, &opts.only)?;
     fs::create_dir_all(&opts.dest).at(&opts.dest)?;
     let dest = &opts.dest;

@@ -183,8 +183,6 @@ pub struct RecordCtx<'a> {
     files: Vec<std::sync::OnceLock<File>>,
     /// Bytes of objects read so far (records only: `--only` reads no more than it needs).
     pub read: std::sync::atomic::AtomicU64,
-    /// Start writeback of restored windows as they are written (off with `--no-sync`).
-    pub writeback: bool,
 }
 
 impl<'a> RecordCtx<'a> {
@@ -203,7 +201,6 @@ impl<'a> RecordCtx<'a> {
             jobs,
             files: objects.iter().map(|_| std::sync::OnceLock::new()).collect(),
             read: std::sync::atomic::AtomicU64::new(0),
-            writeback: true,
         }
     }
 
@@ -272,7 +269,6 @@ pub fn open_record(
         seg,
         // Stored bytes go to their offsets in the file, around its gaps (§6.4).
         runs: f.sparse.as_deref().map(crate::sparse::Runs::new),
-        writeback: ctx.writeback && f.sparse.is_none(),
     });
     let sink = match sink {
         Some(sink) if windows.remaining() > 1 => sink,
@@ -330,7 +326,6 @@ struct Sink<'a> {
     size: u64,
     seg: u32,
     runs: Option<crate::sparse::Runs>,
-    writeback: bool,
 }
 
 impl Sink<'_> {
@@ -351,9 +346,6 @@ impl Sink<'_> {
                 Some(runs) => runs.each(i * seg, len, write)?,
             }
             pos += len + TAG_LEN;
-        }
-        if self.writeback {
-            crate::vault::start_writeback(self.out, w.first * seg, w.plain as usize);
         }
         Ok(())
     }

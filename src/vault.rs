@@ -3,7 +3,6 @@
 //! object files.
 
 use std::fs::{self, File};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use crate::crypto::BatchKey;
@@ -41,21 +40,6 @@ pub fn check_regular(f: &File, path: &Path) -> Result<()> {
         ));
     }
     Ok(())
-}
-
-/// Starts writing a range back to disk without waiting for it: a later `syncfs` then waits
-/// only for what was written last, and the disk works while the cores seal or open.
-pub fn start_writeback(f: &File, off: u64, len: usize) {
-    // SAFETY: sync_file_range on a valid open descriptor; it only schedules I/O. Failure is
-    // harmless (a later syncfs writes everything back anyway).
-    unsafe {
-        libc::sync_file_range(
-            f.as_raw_fd(),
-            off as libc::off64_t,
-            len as libc::off64_t,
-            libc::SYNC_FILE_RANGE_WRITE,
-        );
-    }
 }
 
 /// A vault opened with its keys: the manifest reader positioned at its first entry (with

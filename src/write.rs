@@ -408,9 +408,6 @@ impl<'a> Writer<'a> {
                     let first = window * st.start.file.window;
                     let at = format::segment_offset(seg, first);
                     st.out.write_all_at(&buf[..used], at).at(&st.path)?;
-                    if self.sync {
-                        crate::vault::start_writeback(&st.out, at, used);
-                    }
                     let plain = (first..first + leaves.len() as u64)
                         .map(|i| format::segment_plain_len(st.start.file.size, seg, i) as u64)
                         .sum();
@@ -542,15 +539,11 @@ impl<'a> Writer<'a> {
                 self.pack = Some(Pack { file, obj, len: 0 });
             }
             let vault = self.vault.clone();
-            let sync = self.sync;
             let p = self
                 .pack
                 .as_mut()
                 .ok_or_else(|| Error::Runtime("no pack".into()))?;
             p.file.write_all_at(records, p.len).at(&vault)?;
-            if sync {
-                crate::vault::start_writeback(&p.file, p.len, records.len());
-            }
             base = (p.obj, p.len);
             p.len += records.len() as u64;
         }

@@ -17,25 +17,16 @@ fn traced(home: &Path, trace: &Path, args: &[&str]) -> Option<(i32, String, usiz
         return None;
     }
     let mut c = Command::new("strace");
-    c.args([
-        "-f",
-        "-qq",
-        "-e",
-        "trace=syncfs,sync_file_range,fdatasync,fsync",
-        "-o",
-    ])
-    .arg(trace)
-    .arg(env!("CARGO_BIN_EXE_envseal"))
-    .args(args)
-    .env("ENVSEAL_HOME", home)
-    .env_remove("ENVSEAL_KMS")
-    .env_remove("ENVSEAL_PASSPHRASE");
+    c.args(["-f", "-qq", "-e", "trace=syncfs,fdatasync,fsync", "-o"])
+        .arg(trace)
+        .arg(env!("CARGO_BIN_EXE_envseal"))
+        .args(args)
+        .env("ENVSEAL_HOME", home)
+        .env_remove("ENVSEAL_KMS")
+        .env_remove("ENVSEAL_PASSPHRASE");
     let out = c.output().unwrap();
     let log = std::fs::read_to_string(trace).unwrap();
-    let data_syncs = log
-        .lines()
-        .filter(|l| l.contains("syncfs(") || l.contains("sync_file_range("))
-        .count();
+    let data_syncs = log.lines().filter(|l| l.contains("syncfs(")).count();
     assert!(out.status.code().is_some(), "{}", stderr(&out));
     Some((out.status.code().unwrap(), stdout(&out), data_syncs))
 }
@@ -69,7 +60,9 @@ fn default_runs_sync_and_no_sync_runs_do_not() {
         if no_sync {
             assert_eq!(syncs, 0, "encrypt --no-sync issued data syncs");
         } else {
-            assert!(syncs >= 2, "encrypt synced its data {syncs} times");
+            // At least the commit before the last journal lines (the manifest and journal
+            // are fsynced on their own, not counted here).
+            assert!(syncs >= 1, "encrypt synced its data {syncs} times");
         }
 
         let mut args = vec!["decrypt", "-q", "--json", v, "-o", d];
