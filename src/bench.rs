@@ -381,22 +381,10 @@ impl EncryptRig {
         let url = provider.url();
         let kms = Kms::new(kms_opts, None).with_provider(&url, Arc::new(provider));
         let opts = EncryptOptions {
-            sources: vec![src],
-            vault: PathBuf::new(),
             key: Some(key),
-            kms_url: url,
-            also_keys: Vec::new(),
-            since: None,
             segment_size: DEFAULT_SEGMENT_SIZE,
-            excludes: Vec::new(),
-            conceal_names: false,
-            resume: false,
             jobs,
-            batch_max_files: format::BATCH_MAX_FILES,
-            batch_max_bytes: format::BATCH_MAX_BYTES,
-            pack_threshold: format::DEFAULT_PACK_THRESHOLD,
-            sync: true,
-            xattrs: true,
+            ..EncryptOptions::new(vec![src], PathBuf::new(), url)
         };
         Ok(EncryptRig {
             scratch,

@@ -42,6 +42,23 @@ pub struct DecryptOptions {
     pub xattrs: bool,
 }
 
+impl DecryptOptions {
+    /// All of `vault` into `dest` with the CLI's defaults: no overwriting, one job per core,
+    /// owners as `tar -p`, a sync before success, extended attributes restored.
+    pub fn new(vault: PathBuf, dest: PathBuf) -> Self {
+        DecryptOptions {
+            vault,
+            dest,
+            only: Vec::new(),
+            overwrite: false,
+            jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            sync: true,
+            owners: Owners::Auto,
+            xattrs: true,
+        }
+    }
+}
+
 /// What to do with recorded owners (as GNU tar's `--same-owner`, `--numeric-owner`,
 /// `--no-same-owner`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -543,7 +560,13 @@ fn set_xattrs(
         .xattrs
         .open(nk)
         .map_err(|err| std::io::Error::other(err.to_string()))?;
+    // `trusted.*` and `security.*` (file capabilities, SELinux labels) are root's to set: an
+    // unprivileged restore leaves them out, as it leaves ownership, rather than fail.
+    let privileged = crate::owner::can_chown();
     for (n, v) in &list {
+        if !privileged && (n.starts_with(b"trusted.") || n.starts_with(b"security.")) {
+            continue;
+        }
         set(OsStr::from_bytes(n), v).map_err(|err| {
             std::io::Error::new(
                 err.kind(),

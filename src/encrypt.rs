@@ -71,6 +71,32 @@ pub struct EncryptOptions {
     pub xattrs: bool,
 }
 
+impl EncryptOptions {
+    /// `sources` into `vault` with the CLI's defaults: the default key of `kms_url`, default
+    /// segment size, batch limits and pack threshold, one job per core, syncs and extended
+    /// attributes on. Set fields with struct update syntax.
+    pub fn new(sources: Vec<PathBuf>, vault: PathBuf, kms_url: impl Into<String>) -> Self {
+        EncryptOptions {
+            sources,
+            vault,
+            key: None,
+            kms_url: kms_url.into(),
+            also_keys: Vec::new(),
+            since: None,
+            segment_size: format::DEFAULT_SEGMENT_SIZE,
+            excludes: Vec::new(),
+            conceal_names: false,
+            resume: false,
+            jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            batch_max_files: format::BATCH_MAX_FILES,
+            batch_max_bytes: format::BATCH_MAX_BYTES,
+            pack_threshold: format::DEFAULT_PACK_THRESHOLD,
+            sync: true,
+            xattrs: true,
+        }
+    }
+}
+
 /// The outcome of a run.
 #[derive(Clone, Debug, Default)]
 pub struct EncryptReport {

@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use envseal::decrypt::{decrypt, DecryptOptions};
 use envseal::encrypt::{encrypt, EncryptOptions};
-use envseal::format;
 use envseal::keys::Kms;
 use envseal::kms::local::LocalProvider;
 use envseal::kms::KmsOptions;
@@ -85,22 +84,9 @@ fn an_in_place_rewrite_with_restored_mtime_is_never_stored_mixed() {
     let kms = Kms::new(KmsOptions::default(), None).with_provider(&url, Arc::new(provider));
     let vault = tmp.path().join("vault");
     let opts = EncryptOptions {
-        sources: vec![src.clone()],
-        vault: vault.clone(),
-        key: None,
-        kms_url: url,
         segment_size: 1 << 16,
-        excludes: vec![],
-        conceal_names: false,
-        resume: false,
         jobs: 1,
-        batch_max_files: format::BATCH_MAX_FILES,
-        batch_max_bytes: format::BATCH_MAX_BYTES,
-        pack_threshold: format::DEFAULT_PACK_THRESHOLD,
-        also_keys: Vec::new(),
-        since: None,
-        sync: true,
-        xattrs: true,
+        ..EncryptOptions::new(vec![src.clone()], vault.clone(), url)
     };
     let hook = RewriteDuringRead {
         path: big.clone(),
@@ -124,14 +110,8 @@ fn an_in_place_rewrite_with_restored_mtime_is_never_stored_mixed() {
     );
     let restore = |dest: &Path| {
         let o = DecryptOptions {
-            vault: vault.clone(),
-            dest: dest.to_path_buf(),
-            only: vec![],
-            overwrite: false,
             jobs: 1,
-            sync: true,
-            owners: Default::default(),
-            xattrs: true,
+            ..DecryptOptions::new(vault.clone(), dest.to_path_buf())
         };
         decrypt(&o, &kms, &NoProgress, &AtomicBool::new(false)).unwrap();
         fs::read(dest.join("data/big.img")).ok()
@@ -149,14 +129,8 @@ fn an_in_place_rewrite_with_restored_mtime_is_never_stored_mixed() {
     let r = encrypt(&again, &kms, &NoProgress, &AtomicBool::new(false)).unwrap();
     assert!(r.failed.is_empty(), "{:?}", r.failed);
     let o = DecryptOptions {
-        vault: again.vault.clone(),
-        dest: tmp.path().join("out2"),
-        only: vec![],
-        overwrite: false,
         jobs: 1,
-        sync: true,
-        owners: Default::default(),
-        xattrs: true,
+        ..DecryptOptions::new(again.vault.clone(), tmp.path().join("out2"))
     };
     decrypt(&o, &kms, &NoProgress, &AtomicBool::new(false)).unwrap();
     assert!(fs::read(tmp.path().join("out2/data/big.img")).unwrap() == new);
@@ -179,22 +153,9 @@ fn small_files_record_the_state_they_were_read_in() {
     let kms = Kms::new(KmsOptions::default(), None).with_provider(&url, Arc::new(provider));
     let vault = tmp.path().join("vault");
     let opts = EncryptOptions {
-        sources: vec![src.clone()],
-        vault: vault.clone(),
-        key: None,
-        kms_url: url,
         segment_size: 4096,
-        excludes: vec![],
-        conceal_names: false,
-        resume: false,
         jobs: 2,
-        batch_max_files: format::BATCH_MAX_FILES,
-        batch_max_bytes: format::BATCH_MAX_BYTES,
-        pack_threshold: format::DEFAULT_PACK_THRESHOLD,
-        also_keys: Vec::new(),
-        since: None,
-        sync: true,
-        xattrs: true,
+        ..EncryptOptions::new(vec![src.clone()], vault.clone(), url)
     };
     // A writer that keeps rewriting files in place and putting their mtime back.
     let stop = Arc::new(AtomicBool::new(false));
@@ -222,14 +183,8 @@ fn small_files_record_the_state_they_were_read_in() {
     let r = r.unwrap();
     let dest = tmp.path().join("out");
     let o = DecryptOptions {
-        vault: vault.clone(),
-        dest: dest.clone(),
-        only: vec![],
-        overwrite: false,
         jobs: 1,
-        sync: true,
-        owners: Default::default(),
-        xattrs: true,
+        ..DecryptOptions::new(vault.clone(), dest.clone())
     };
     decrypt(&o, &kms, &NoProgress, &AtomicBool::new(false)).unwrap();
     // Every stored file is one whole version the writer wrote (a pattern of one seed).

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use envseal::decrypt::{decrypt, DecryptOptions};
 use envseal::encrypt::{encrypt, EncryptOptions};
 use envseal::error::Error;
-use envseal::format;
 use envseal::keys::Kms;
 use envseal::kms::local::LocalProvider;
 use envseal::kms::KmsOptions;
@@ -52,22 +51,9 @@ fn run(change_before_resume: bool) {
     let kms = Kms::new(KmsOptions::default(), None).with_provider(&url, Arc::new(provider));
     let vault = tmp.path().join("vault");
     let opts = EncryptOptions {
-        sources: vec![src.clone()],
-        vault: vault.clone(),
-        key: None,
-        kms_url: url,
         segment_size: 1 << 20,
-        excludes: vec![],
-        conceal_names: false,
-        resume: false,
         jobs: 1,
-        batch_max_files: format::BATCH_MAX_FILES,
-        batch_max_bytes: format::BATCH_MAX_BYTES,
-        pack_threshold: format::DEFAULT_PACK_THRESHOLD,
-        also_keys: Vec::new(),
-        since: None,
-        sync: true,
-        xattrs: true,
+        ..EncryptOptions::new(vec![src.clone()], vault.clone(), url)
     };
     let cancel = Arc::new(AtomicBool::new(false));
     let stop = StopAfter {
@@ -104,14 +90,8 @@ fn run(change_before_resume: bool) {
     }
     let dest = tmp.path().join("out");
     let o = DecryptOptions {
-        vault: vault.clone(),
-        dest: dest.clone(),
-        only: vec![],
-        overwrite: false,
         jobs: 1,
-        sync: true,
-        owners: Default::default(),
-        xattrs: true,
+        ..DecryptOptions::new(vault.clone(), dest.clone())
     };
     let d = decrypt(&o, &kms, &NoProgress, &AtomicBool::new(false)).unwrap();
     assert!(d.failed.is_empty(), "{:?}", d.failed);

@@ -75,6 +75,22 @@ fn stat_tree(root: &Path) -> BTreeMap<String, String> {
             String::new()
         };
         let mode = if ft.is_symlink() { 0 } else { md.mode() };
+        // Every extended attribute (user.*, ACLs, capabilities), as `getfattr -d -m -`.
+        let mut xattrs: Vec<(String, Vec<u8>)> = if ft.is_symlink() {
+            Vec::new()
+        } else {
+            xattr::list(&p)
+                .map(|names| {
+                    names
+                        .map(|n| {
+                            let v = xattr::get(&p, &n).ok().flatten().unwrap_or_default();
+                            (n.to_string_lossy().into_owned(), v)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        xattrs.sort();
         let mtime = if ft.is_dir() && rel.is_empty() {
             0 // the restore root's own time is not part of the vault
         } else {
@@ -83,7 +99,7 @@ fn stat_tree(root: &Path) -> BTreeMap<String, String> {
         out.insert(
             rel,
             format!(
-                "mode {mode:o} uid {} gid {} nlink {} rdev {:x} size {} mtime {mtime} links-with {group:?} {content}",
+                "mode {mode:o} uid {} gid {} nlink {} rdev {:x} size {} mtime {mtime} links-with {group:?} xattrs {xattrs:?} {content}",
                 md.uid(),
                 md.gid(),
                 if ft.is_dir() { 0 } else { md.nlink() },
@@ -131,6 +147,17 @@ fn tree(parent: &Path) -> std::path::PathBuf {
         write(&src.join("setuid"), b"#!/bin/sh\n");
         std::os::unix::fs::chown(src.join("setuid"), Some(1234), Some(5678)).unwrap();
         fs::set_permissions(src.join("setuid"), fs::Permissions::from_mode(0o4755)).unwrap();
+        // Extended attributes, an ACL and a capability where this system has them (the
+        // comparison covers whatever was set; the other tests say when each is skipped).
+        let _ = xattr::set(src.join("etc/passwd"), "user.origin", b"kept");
+        let _ = Command::new("setfacl")
+            .args(["-m", "u:1234:rw"])
+            .arg(src.join("small"))
+            .status();
+        let _ = Command::new("setcap")
+            .arg("cap_net_raw+ep")
+            .arg(src.join("etc/big"))
+            .status();
     }
     std::os::unix::fs::symlink("passwd", src.join("etc/link")).unwrap();
     for p in ["etc/passwd", "small", "etc/big", "etc/sub"] {

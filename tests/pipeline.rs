@@ -43,22 +43,11 @@ fn run(jobs: usize, pack_threshold: u64, batch_max_files: u64) {
     let kms = Kms::new(KmsOptions::default(), None).with_provider(&url, Arc::new(provider));
     let vault = tmp.path().join("vault");
     let opts = EncryptOptions {
-        sources: vec![src.clone()],
-        vault: vault.clone(),
-        key: None,
-        kms_url: url,
-        also_keys: Vec::new(),
-        since: None,
         segment_size: seg,
-        excludes: vec![],
-        conceal_names: false,
-        resume: false,
         jobs,
         batch_max_files,
-        batch_max_bytes: format::BATCH_MAX_BYTES,
         pack_threshold,
-        sync: true,
-        xattrs: true,
+        ..EncryptOptions::new(vec![src.clone()], vault.clone(), url)
     };
     let r = encrypt(&opts, &kms, &NoProgress, &AtomicBool::new(false)).unwrap();
     assert_eq!(r.files as usize, sizes.len());

@@ -54,22 +54,9 @@ impl Fixture {
 
     fn opts(&self, segment_size: u32) -> EncryptOptions {
         EncryptOptions {
-            sources: vec![self.src.clone()],
-            vault: self.vault.clone(),
-            key: None,
-            kms_url: self.url(),
-            also_keys: Vec::new(),
-            since: None,
             segment_size,
-            excludes: vec![],
-            conceal_names: false,
-            resume: false,
             jobs: 2,
-            batch_max_files: format::BATCH_MAX_FILES,
-            batch_max_bytes: format::BATCH_MAX_BYTES,
-            pack_threshold: format::DEFAULT_PACK_THRESHOLD,
-            sync: true,
-            xattrs: true,
+            ..EncryptOptions::new(vec![self.src.clone()], self.vault.clone(), self.url())
         }
     }
 
@@ -86,14 +73,8 @@ impl Fixture {
     fn decrypt_with(&self, kms: &Kms) -> (envseal::Result<u64>, PathBuf) {
         let dest = self.tmp.path().join("out");
         let opts = DecryptOptions {
-            vault: self.vault.clone(),
-            dest: dest.clone(),
-            only: vec![],
-            overwrite: false,
             jobs: 2,
-            sync: true,
-            owners: Default::default(),
-            xattrs: true,
+            ..DecryptOptions::new(self.vault.clone(), dest.clone())
         };
         let r = decrypt(&opts, kms, &NoProgress, &AtomicBool::new(false)).map(|r| {
             assert!(r.failed.is_empty(), "failed: {:?}", r.failed);

@@ -347,14 +347,8 @@ fn outcomes(vault: &Path) -> (i32, i32, i32, Vec<String>) {
     let tmp = tempfile::tempdir().unwrap();
     let dest = tmp.path().join("out");
     let opts = DecryptOptions {
-        vault: vault.to_path_buf(),
-        dest: dest.clone(),
-        only: vec![],
-        overwrite: false,
         jobs: 2,
-        sync: true,
-        owners: Default::default(),
-        xattrs: true,
+        ..DecryptOptions::new(vault.to_path_buf(), dest.clone())
     };
     let d = match decrypt(&opts, &kms(), &NoProgress, &AtomicBool::new(false)) {
         Ok(r) if r.integrity_failures > 0 => 3,
@@ -381,14 +375,8 @@ fn checked_in_vectors_decrypt_to_recorded_plaintexts() {
         let tmp = tempfile::tempdir().unwrap();
         let dest = tmp.path().join("out");
         let opts = DecryptOptions {
-            vault: vault.clone(),
-            dest: dest.clone(),
-            only: vec![],
-            overwrite: false,
             jobs: 2,
-            sync: true,
-            owners: Default::default(),
-            xattrs: true,
+            ..DecryptOptions::new(vault.clone(), dest.clone())
         };
         let r = decrypt(&opts, &kms(), &NoProgress, &AtomicBool::new(false)).unwrap();
         assert!(r.failed.is_empty(), "{name}: {:?}", r.failed);
