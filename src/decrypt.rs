@@ -367,12 +367,21 @@ pub fn decrypt(
         .num_threads(jobs)
         .build()
         .map_err(|e| Error::Runtime(format!("thread pool: {e}")))?;
+    let shared = Shared {
+        opts,
+        ctx: &ctx,
+        keys,
+        xkey: xkey.as_ref(),
+        tag: &tag,
+        progress,
+        cancel,
+    };
     let results: Vec<(usize, std::result::Result<Restored, ObjectError>)> = pool.install(|| {
         files
             .par_iter()
             .enumerate()
             .map(|(k, e)| {
-                let r = restore_file(opts, &ctx, keys, e, &tag, progress, cancel);
+                let r = restore_file(&shared, e);
                 progress.file_done();
                 (k, r)
             })
@@ -714,16 +723,31 @@ fn already_restored(
     crate::object::plaintext_matches(ctx, f, key, &file, cancel)
 }
 
+/// What the restores of a run's files share.
+#[derive(Clone, Copy)]
+struct Shared<'a> {
+    opts: &'a DecryptOptions,
+    ctx: &'a RecordCtx<'a>,
+    keys: &'a [crate::crypto::BatchKey],
+    /// Batch 0's name key, which seals extended attributes; `None` with `--no-xattrs`.
+    xkey: Option<&'a NameKey>,
+    /// This vault's temporary-name tag.
+    tag: &'a str,
+    progress: &'a dyn Progress,
+    cancel: &'a AtomicBool,
+}
+
 /// Decrypts one file into a temporary name and renames it into place.
-fn restore_file(
-    opts: &DecryptOptions,
-    ctx: &RecordCtx,
-    keys: &[crate::crypto::BatchKey],
-    e: &Entry,
-    tag: &str,
-    progress: &dyn Progress,
-    cancel: &AtomicBool,
-) -> std::result::Result<Restored, ObjectError> {
+fn restore_file(s: &Shared, e: &Entry) -> std::result::Result<Restored, ObjectError> {
+    let Shared {
+        opts,
+        ctx,
+        keys,
+        xkey,
+        tag,
+        progress,
+        cancel,
+    } = *s;
     let io = |p: &Path, err: std::io::Error| ObjectError::Io(Error::io(p, err));
     let f = e
         .file()
@@ -801,14 +825,8 @@ fn restore_file(
         };
         out.set_permissions(fs::Permissions::from_mode(opts.owners.mode(e, chowned)))
             .map_err(|err| io(&target, err))?;
-        let xkey = match (&e.xattrs, opts.xattrs, keys.first()) {
-            (Xattrs::Sealed(_), true, Some(k)) => Some(k.name_key()),
-            _ => None,
-        };
-        set_xattrs(e, xkey.as_ref(), |n, v| {
-            xattr::FileExt::set_xattr(&out, n, v)
-        })
-        .map_err(|err| io(&target, err))?;
+        set_xattrs(e, xkey, |n, v| xattr::FileExt::set_xattr(&out, n, v))
+            .map_err(|err| io(&target, err))?;
         let t = filetime::FileTime::from_unix_time(e.mtime, e.mtime_nsec);
         filetime::set_file_handle_times(&out, Some(t), Some(t)).map_err(|err| io(&target, err))?;
         check_time_kept(&out, e, &target)?;

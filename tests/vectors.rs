@@ -102,8 +102,53 @@ fn cases() -> Vec<(&'static str, usize)> {
         ("seg-exact", SEG as usize),
         ("seg-minus-1", SEG as usize - 1),
         ("seg-plus-1", SEG as usize + 1),
+        ("sparse", SEG as usize + 100),
         ("three-segs-plus-17", 3 * SEG as usize + 17),
     ]
+}
+
+/// The gaps of a case with holes and zero extents (§6.4): `sparse` stores `SEG + 100` bytes
+/// of a file of `3 × SEG + 100`, with a hole over its first segment's worth and a zero extent
+/// over its third.
+fn gaps(name: &str) -> Option<envseal::sparse::Sparse> {
+    use envseal::sparse::{Gap, Sparse};
+    let seg = u64::from(SEG);
+    (name == "sparse").then(|| {
+        Sparse::new(
+            3 * seg + 100,
+            vec![
+                Gap {
+                    off: 0,
+                    len: seg,
+                    zero: false,
+                },
+                Gap {
+                    off: 2 * seg,
+                    len: seg,
+                    zero: true,
+                },
+            ],
+        )
+        .unwrap()
+        .unwrap()
+    })
+}
+
+/// A case's whole file: its stored bytes at their offsets, zeros in its gaps.
+fn whole_file(name: &str, stored: &[u8]) -> Vec<u8> {
+    let Some(sp) = gaps(name) else {
+        return stored.to_vec();
+    };
+    let mut out = Vec::with_capacity(sp.file_len() as usize);
+    let mut next = stored.iter();
+    let mut at = 0u64;
+    for g in sp.gaps() {
+        out.extend(next.by_ref().take((g.off - at) as usize));
+        out.extend(std::iter::repeat_n(0u8, g.len as usize));
+        at = g.off + g.len;
+    }
+    out.extend(next);
+    out
 }
 
 fn plaintext(k: usize, len: usize) -> Vec<u8> {
@@ -158,12 +203,12 @@ fn seal_cases(out: &Path, plain: Option<&Path>) -> Vec<(String, FileEntry)> {
                 salt: header.salt,
                 ct,
                 pt: *mac.as_bytes(),
-                sparse: None,
+                sparse: gaps(name).map(Box::new),
             },
         ));
         if let Some(plain) = plain {
             std::fs::create_dir_all(plain).unwrap();
-            std::fs::write(plain.join(name), &pt).unwrap();
+            std::fs::write(plain.join(name), whole_file(name, &pt)).unwrap();
         }
     }
     let p = object_path(out, &PACK_ID);
@@ -385,7 +430,8 @@ fn checked_in_vectors_decrypt_to_recorded_plaintexts() {
         for (case, len) in cases() {
             let got = std::fs::read(dest.join("vectors").join(case)).unwrap();
             let want = std::fs::read(dir().join("plain").join(case)).unwrap();
-            assert_eq!(got.len(), len, "{name}/{case}");
+            let len = gaps(case).map_or(len as u64, |s| s.file_len());
+            assert_eq!(got.len() as u64, len, "{name}/{case}");
             assert!(
                 got == want,
                 "{name}/{case}: plaintext differs from the recorded one"
