@@ -376,17 +376,43 @@ pub fn decrypt(
         progress,
         cancel,
     };
-    let results: Vec<(usize, std::result::Result<Restored, ObjectError>)> = pool.install(|| {
-        files
-            .par_iter()
-            .enumerate()
-            .map(|(k, e)| {
-                let r = restore_file(&shared, e);
-                progress.file_done();
-                (k, r)
-            })
-            .collect()
-    });
+    let restore = || -> Vec<(usize, std::result::Result<Restored, ObjectError>)> {
+        pool.install(|| {
+            files
+                .par_iter()
+                .enumerate()
+                .map(|(k, e)| {
+                    let r = restore_file(&shared, e);
+                    progress.file_done();
+                    (k, r)
+                })
+                .collect()
+        })
+    };
+    let results = if opts.sync {
+        // Writeback in large groups while files are restored (a syncfs every SYNC_EVERY, as
+        // encrypt's group commits), so that the final syncfs waits for the last group only;
+        // per-window writeback was measured slower (docs/PERFORMANCE.md).
+        let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let Ok(d) = File::open(dest) else { return };
+                while done_rx.recv_timeout(SYNC_EVERY)
+                    == Err(crossbeam_channel::RecvTimeoutError::Timeout)
+                {
+                    use std::os::unix::io::AsRawFd;
+                    // SAFETY: syncfs on a valid open descriptor; a failure here is seen again
+                    // by the final syncfs, which is checked.
+                    unsafe { libc::syncfs(d.as_raw_fd()) };
+                }
+            });
+            let r = restore();
+            drop(done_tx);
+            r
+        })
+    } else {
+        restore()
+    };
     let mut restored: HashSet<&[u8]> = HashSet::new();
     for (k, r) in results {
         let e = files[k];
@@ -722,6 +748,9 @@ fn already_restored(
     };
     crate::object::plaintext_matches(ctx, f, key, &file, cancel)
 }
+
+/// How often a durable decrypt starts writing back what it restored (see `decrypt`).
+const SYNC_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// What the restores of a run's files share.
 #[derive(Clone, Copy)]
