@@ -804,7 +804,7 @@ impl<'a> Planner<'a> {
     {
         let unit = self.next_unit();
         let path = e.source.display().to_string();
-        let src = match Source::open(&e, device, false) {
+        let src = match Source::open(&e, device) {
             Ok(src) => src,
             Err(err) => {
                 let _ = tx.send(Msg::Failed {
@@ -913,7 +913,7 @@ impl<'a> Planner<'a> {
         };
         let key = Arc::clone(self.keys.get(c.batch as usize)?);
         let id = self.objects.get(c.obj as usize)?;
-        let src = Source::open(e, false, false).ok()?;
+        let src = Source::open(e, false).ok()?;
         if !same(&src) || c.segs % self.window != 0 {
             return None;
         }

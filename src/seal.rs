@@ -262,7 +262,7 @@ fn seal_small(
     let device = matches!(entry.kind, SourceKind::File { device: true, .. });
     let mut last_why = String::new();
     for _ in 0..ATTEMPTS {
-        let src = Source::open(entry, device, false).map_err(|e| e.to_string())?;
+        let src = Source::open(entry, device).map_err(|e| e.to_string())?;
         let size = src.size();
         let len = format::object_len(size, ctx.segment_size) as usize;
         if len > room.len() {

@@ -733,7 +733,7 @@ impl<'a> Writer<'a> {
             if self.stop.load(Ordering::Relaxed) {
                 return Ok(Err("interrupted".into()));
             }
-            let src = match crate::source::Source::open(entry, device, false) {
+            let src = match crate::source::Source::open(entry, device) {
                 Ok(s) => s,
                 Err(e) => return Ok(Err(e.to_string())),
             };
