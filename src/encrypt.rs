@@ -131,7 +131,10 @@ const CHUNK_ENTRIES: usize = 4096;
 struct Done {
     src: SourceId,
     line: Vec<u8>,
+    /// Bytes stored (the record's plaintext) ...
     size: u64,
+    /// ... and the file's length, compared with the source's (they differ by its gaps).
+    len: u64,
     mtime: (i64, u32),
     obj: u64,
     batch: u32,
@@ -352,6 +355,7 @@ fn encrypt_run(
                                     src,
                                     line: rec.clone(),
                                     size: f.size,
+                                    len: f.file_len(),
                                     mtime: (e.mtime, e.mtime_nsec),
                                     obj: f.obj,
                                     batch: f.batch,
@@ -421,6 +425,7 @@ fn encrypt_run(
                         src: *src,
                         line: entry.to_line_src(name_key.as_ref(), Some(src))?,
                         size: f.size,
+                        len: f.file_len(),
                         mtime: (entry.mtime, entry.mtime_nsec),
                         obj: f.obj,
                         batch: f.batch,
@@ -682,7 +687,7 @@ impl<'a> Planner<'a> {
             let unchanged = d.src.dev == e.dev
                 && d.src.ino == e.ino
                 && (d.src.ctime, d.src.ctime_nsec) == (e.ctime, e.ctime_nsec)
-                && d.size == size
+                && d.len == size
                 && d.mtime == (e.mtime, e.mtime_nsec);
             if unchanged {
                 self.progress.bytes(size);

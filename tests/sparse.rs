@@ -256,3 +256,38 @@ fn a_changed_hole_map_fails_authentication() {
     assert_eq!(code(&o), 3, "{}", stderr(&o));
     assert!(!t.path().join("out/img").exists());
 }
+
+/// An unchanged sparse file is taken from the earlier vault by `encrypt --since` (its length,
+/// not its stored bytes, is what the source is compared with), and restores whole.
+#[test]
+fn an_incremental_run_reuses_an_unchanged_sparse_file() {
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("home");
+    let src = t.path().join("src");
+    fs::create_dir(&src).unwrap();
+    sparse_file(&src.join("img"), 16 << 20, &[(0, 4096), (9 << 20, 4096)]);
+    fs::write(src.join("note"), b"v1").unwrap();
+    let v1 = t.path().join("v1");
+    ok(envseal(&home)
+        .args(["encrypt", "-q", "-o"])
+        .arg(&v1)
+        .arg(&src));
+    fs::write(src.join("note"), b"v2, longer").unwrap();
+    let v2 = t.path().join("v2");
+    let o = ok(envseal(&home)
+        .args(["encrypt", "-q", "--json", "--since"])
+        .arg(&v1)
+        .arg("-o")
+        .arg(&v2)
+        .arg(&src));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["reused_files"], 1, "{j}");
+    assert_eq!(j["encrypted_files"], 1, "{j}");
+    let dest = t.path().join("out");
+    ok(envseal(&home)
+        .args(["decrypt", "-q", "-o"])
+        .arg(&dest)
+        .arg(&v2));
+    assert!(fs::read(dest.join("src/img")).unwrap() == fs::read(src.join("img")).unwrap());
+    assert_eq!(data_map(&dest.join("src/img")), data_map(&src.join("img")));
+}
