@@ -200,7 +200,8 @@ pub fn scan(file: &File, len: u64, allocated: Option<u64>) -> io::Result<Option<
     };
     let mut gaps = Vec::new();
     let mut at = 0u64;
-    let mut probe = vec![0u8; 64 << 10];
+    // Allocated on the first probe: most files are too small to have a block to probe.
+    let mut probe = Vec::new();
     for &(off, n) in &data {
         if off > at {
             gaps.push(Gap {
@@ -288,7 +289,10 @@ fn data_ranges(file: &File, len: u64) -> io::Result<Vec<(u64, u64)>> {
 
 /// Whether the block at `off` holds only zeros; reads a little first, so that data (the
 /// common case) costs one small read per block.
-fn is_zero_block(file: &File, off: u64, buf: &mut [u8]) -> io::Result<bool> {
+fn is_zero_block(file: &File, off: u64, buf: &mut Vec<u8>) -> io::Result<bool> {
+    if buf.is_empty() {
+        buf.resize(64 << 10, 0);
+    }
     let mut at = 0u64;
     let mut want = 4096usize;
     while at < ZERO_BLOCK {
