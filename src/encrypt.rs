@@ -119,6 +119,9 @@ pub struct EncryptReport {
     /// Source bytes this run read and sealed (files and segments taken over from an
     /// interrupted run are not read again).
     pub bytes_read: u64,
+    /// Holes and zero extents of the files this run sealed: neither read nor stored
+    /// (docs/FORMAT.md §6.4).
+    pub gap_bytes: u64,
     pub skipped: Vec<Failure>,
     pub failed: Vec<Failure>,
     pub seconds: f64,
@@ -561,6 +564,7 @@ fn encrypt_run(
     report.generated_keys = planner.generated;
     (report.reused_files, report.reused_bytes) = planner.reused;
     report.bytes_read = written.read_bytes;
+    report.gap_bytes = written.gap_bytes;
     if planner.resumed_read > 0 {
         log::info!(
             "read back {} bytes of checkpointed objects",

@@ -113,6 +113,8 @@ pub struct Written {
     pub failed: Vec<Failure>,
     /// Source bytes sealed by this run (not those taken over from an interrupted one).
     pub read_bytes: u64,
+    /// Holes and zero extents of the files this run sealed: neither read nor stored.
+    pub gap_bytes: u64,
 }
 
 struct LargeState {
@@ -604,6 +606,7 @@ impl<'a> Writer<'a> {
                     self.written.files += 1;
                     self.written.bytes += s.size;
                     self.written.read_bytes += s.size;
+                    self.written.gap_bytes += f.file_len() - f.size;
                     let e = entry_of(&s.entry, EntryKind::File(f));
                     if e.linked {
                         self.linkable.insert(s.entry.path.clone());
@@ -695,6 +698,7 @@ impl<'a> Writer<'a> {
         self.referenced[f.obj as usize] = true;
         self.written.files += 1;
         self.written.bytes += f.size;
+        self.written.gap_bytes += f.file_len() - f.size;
         if !device {
             (entry.mtime, entry.mtime_nsec) = mtime;
         }

@@ -82,6 +82,8 @@ fn a_sparse_4gib_image_stores_its_data_only() {
         .arg(&img));
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(j["files"], 1, "{j}");
+    assert_eq!(j["bytes"], 16u64 << 20, "{j}");
+    assert_eq!(j["gap_bytes"], (4u64 << 30) - (16 << 20), "{j}");
     let kib = du_kib(&vault);
     assert!(kib < 32 * 1024, "vault of {kib} KiB");
     ok(envseal(&home).args(["verify", "-q"]).arg(&vault));

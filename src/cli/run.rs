@@ -166,12 +166,17 @@ pub fn encrypt_cmd(a: EncryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
         e => unwrap_advice(e),
     })?;
     let line = format!(
-        "encrypted {} files, {} dirs, {} symlinks{}, {} in {:.2} s ({:.2} GB/s) into {}{}; {} batch(es){}; {} skipped, {} failed",
+        "encrypted {} files, {} dirs, {} symlinks{}, {}{} in {:.2} s ({:.2} GB/s) into {}{}; {} batch(es){}; {} skipped, {} failed",
         r.files,
         r.dirs,
         r.symlinks,
         others(r.hardlinks, r.specials),
         human_bytes(r.bytes),
+        if r.gap_bytes > 0 {
+            format!(" (and {} of holes and zeros, not stored)", human_bytes(r.gap_bytes))
+        } else {
+            String::new()
+        },
         r.seconds,
         rate(r.bytes, r.seconds),
         opts.vault.display(),
@@ -196,7 +201,7 @@ pub fn encrypt_cmd(a: EncryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
             "batches": r.batches, "generated_keys": r.generated_keys,
             "resumed_files": r.resumed_files - r.reused_files, "synced": opts.sync,
             "reused_files": r.reused_files, "reused_bytes": r.reused_bytes,
-            "encrypted_files": r.files - r.resumed_files,
+            "encrypted_files": r.files - r.resumed_files, "gap_bytes": r.gap_bytes,
             "since": opts.since,
             "skipped": failures_json(&r.skipped), "failed": failures_json(&r.failed),
         }),
