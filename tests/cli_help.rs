@@ -334,8 +334,10 @@ fn doc_links_point_to_files_in_the_repository() {
             assert!(path.exists(), "{}: link to missing {target}", doc.display());
             checked += 1;
         }
+        // Spelled in parts, so that this test does not itself cite the directory.
+        let outside = ["..", "shared", ""].join("/");
         assert!(
-            !text.contains("../shared/"),
+            !text.contains(&outside),
             "{} cites a file outside the repository",
             doc.display()
         );
