@@ -61,12 +61,7 @@ fn open_target(p: &Path) -> Result<(File, u64)> {
                 Error::io(p, e)
             }
         })?;
-    let size = if ft.is_block_device() {
-        use std::io::{Seek, SeekFrom};
-        (&f).seek(SeekFrom::End(0)).at(p)?
-    } else {
-        md.len()
-    };
+    let size = crate::walk::byte_len(&f, &md).at(p)?;
     Ok((f, size))
 }
 

@@ -212,22 +212,22 @@ pub fn seal_chunk(
                     break;
                 }
                 match seal_small(ctx, &entry, &key, &mut buf[used..]) {
-                    Ok((len, src, salt, ct, pt, size, mtime, sparse)) => {
+                    Ok(r) => {
                         // Gaps count as done: they are the file's bytes too.
-                        progress.bytes(sparse.as_ref().map_or(size, |s| s.file_len()));
-                        (entry.mtime, entry.mtime_nsec) = mtime;
+                        progress.bytes(r.sparse.as_ref().map_or(r.size, |s| s.file_len()));
+                        (entry.mtime, entry.mtime_nsec) = r.mtime;
                         out.push(ChunkOut::Sealed(Box::new(SealedFile {
                             entry,
-                            src,
-                            size,
+                            src: r.src,
+                            size: r.size,
                             batch,
                             rec_off: used,
-                            salt,
-                            ct,
-                            pt,
-                            sparse,
+                            salt: r.salt,
+                            ct: r.ct,
+                            pt: r.pt,
+                            sparse: r.sparse,
                         })));
-                        used += len;
+                        used += r.len;
                     }
                     Err(why) => out.push(ChunkOut::Failed {
                         path: entry.source.display().to_string(),
@@ -240,16 +240,20 @@ pub fn seal_chunk(
     (out, used)
 }
 
-type SealedSmall = (
-    usize,
-    SourceId,
-    [u8; SALT_LEN],
-    [u8; 32],
-    [u8; 32],
-    u64,
-    (i64, u32),
-    Option<Box<crate::sparse::Sparse>>,
-);
+/// A small file's record, sealed at the start of a chunk buffer's free room.
+struct SmallRecord {
+    /// Bytes of the room it fills.
+    len: usize,
+    src: SourceId,
+    salt: [u8; SALT_LEN],
+    ct: [u8; 32],
+    pt: [u8; 32],
+    /// Plaintext bytes stored, and the file's gaps.
+    size: u64,
+    sparse: Option<Box<crate::sparse::Sparse>>,
+    /// The file's mtime as read.
+    mtime: (i64, u32),
+}
 
 /// Seals one small file's record at the start of `room`, retrying a file that changes while
 /// being read.
@@ -258,7 +262,7 @@ fn seal_small(
     entry: &SourceEntry,
     key: &BatchKey,
     room: &mut [u8],
-) -> Result<SealedSmall, String> {
+) -> Result<SmallRecord, String> {
     let device = matches!(entry.kind, SourceKind::File { device: true, .. });
     let mut last_why = String::new();
     for _ in 0..ATTEMPTS {
@@ -290,16 +294,16 @@ fn seal_small(
                     let mut mac = TreeMac::new(fk.mac_key());
                     macs.into_iter().for_each(|m| mac.add(m));
                     let pt = mac.finalize().ok_or("empty MAC tree")?;
-                    return Ok((
+                    return Ok(SmallRecord {
                         len,
-                        source_id(entry, &src),
-                        header.salt,
-                        ct.finalize(),
-                        *pt.as_bytes(),
+                        src: source_id(entry, &src),
+                        salt: header.salt,
+                        ct: ct.finalize(),
+                        pt: *pt.as_bytes(),
                         size,
-                        src.mtime(),
-                        src.sparse().map(|s| Box::new(s.clone())),
-                    ));
+                        sparse: src.sparse().map(|s| Box::new(s.clone())),
+                        mtime: src.mtime(),
+                    });
                 }
                 Ok(false) => last_why = "changed while being read".into(),
                 Err(e) => return Err(e.to_string()),

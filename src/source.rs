@@ -62,8 +62,7 @@ impl Source {
             return Err(changed_error(&entry.source));
         }
         let (size, allocated) = if device {
-            use std::io::{Seek, SeekFrom};
-            ((&file).seek(SeekFrom::End(0))?, None)
+            (crate::walk::byte_len(&file, &md)?, None)
         } else {
             if !md.is_file() {
                 return Err(io::Error::other("no longer a regular file"));

@@ -389,14 +389,10 @@ pub fn keyed_digest(
     use std::os::unix::fs::FileTypeExt;
     use std::sync::atomic::Ordering;
     let md = file.metadata()?;
-    let actual = if md.file_type().is_block_device() {
-        use std::io::{Seek, SeekFrom};
-        (&*file).seek(SeekFrom::End(0))?
-    } else if md.is_file() {
-        md.len()
-    } else {
+    if !md.is_file() && !md.file_type().is_block_device() {
         return Err(io::Error::other("not a regular file or block device"));
-    };
+    }
+    let actual = crate::walk::byte_len(file, &md)?;
     if actual != len {
         return Ok((Held::Length(actual), 0));
     }

@@ -92,8 +92,21 @@ pub fn excludes(globs: &[String]) -> Result<GlobSet> {
 
 /// Size of a block device: ask the device (seek to its end), not `stat`, which says 0.
 fn device_size(path: &Path) -> std::io::Result<u64> {
+    let f = fs::File::open(path)?;
+    byte_len(&f, &f.metadata()?)
+}
+
+/// The bytes an open file holds: its length, or for a block device (whose `stat` says 0) its
+/// end, as seeking finds it.
+pub fn byte_len(f: &fs::File, md: &Metadata) -> std::io::Result<u64> {
     use std::io::{Seek, SeekFrom};
-    fs::File::open(path)?.seek(SeekFrom::End(0))
+    use std::os::unix::fs::FileTypeExt;
+    if md.file_type().is_block_device() {
+        let mut f = f;
+        f.seek(SeekFrom::End(0))
+    } else {
+        Ok(md.len())
+    }
 }
 
 fn entry(
