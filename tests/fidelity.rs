@@ -11,7 +11,9 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 
-use common::tree::{code, data_map, du_kib, gen_file, hash_file, ok, set_mtime, write};
+use common::tree::{
+    code, data_map, decrypt_ok, du_kib, encrypt_ok, gen_file, hash_file, ok, set_mtime, write,
+};
 use common::{envseal, stderr};
 
 fn is_root() -> bool {
@@ -172,10 +174,7 @@ fn owners_links_fifos_and_devices_round_trip() {
     let home = t.path().join("home");
     let src = tree(t.path());
     let vault = t.path().join("vault");
-    let out = ok(envseal(&home)
-        .args(["encrypt", "-q", "--json", "-o"])
-        .arg(&vault)
-        .arg(&src));
+    let out = encrypt_ok(&home, &src, &vault, &["--json"]);
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(j["hardlinks"], 3, "{j}");
     assert_eq!(j["files"], if is_root() { 5 } else { 4 }, "{j}");
@@ -190,11 +189,7 @@ fn owners_links_fifos_and_devices_round_trip() {
     assert!(ls.contains("hardlink") && ls.contains("fifo"), "{ls}");
 
     let dest = t.path().join("out");
-    let out = ok(envseal(&home)
-        .args(["decrypt", "-q", "--json"])
-        .arg(&vault)
-        .arg("-o")
-        .arg(&dest));
+    let out = decrypt_ok(&home, &vault, &dest, &["--json"]);
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(j["hardlinks"], 3, "{j}");
     if is_root() {
@@ -217,17 +212,10 @@ fn no_owner_and_numeric_owner_as_root() {
     let home = t.path().join("home");
     let src = tree(t.path());
     let vault = t.path().join("vault");
-    ok(envseal(&home)
-        .args(["encrypt", "-q", "-o"])
-        .arg(&vault)
-        .arg(&src));
+    encrypt_ok(&home, &src, &vault, &[]);
 
     let dest = t.path().join("mine");
-    ok(envseal(&home)
-        .args(["decrypt", "-q", "--no-owner"])
-        .arg(&vault)
-        .arg("-o")
-        .arg(&dest));
+    decrypt_ok(&home, &vault, &dest, &["--no-owner"]);
     let md = fs::metadata(dest.join("disk/etc/passwd")).unwrap();
     assert_eq!((md.uid(), md.gid()), (0, 0));
     // Not given its owner: no setuid bit on a file of someone else's.
@@ -238,11 +226,7 @@ fn no_owner_and_numeric_owner_as_root() {
     // is restored to this machine's root. The recorded name comes from the source machine;
     // here uid 1234 has no name, so both ways give 1234.
     let dest = t.path().join("numeric");
-    ok(envseal(&home)
-        .args(["decrypt", "-q", "--numeric-owner"])
-        .arg(&vault)
-        .arg("-o")
-        .arg(&dest));
+    decrypt_ok(&home, &vault, &dest, &["--numeric-owner"]);
     let md = fs::metadata(dest.join("disk/etc/passwd")).unwrap();
     assert_eq!((md.uid(), md.gid()), (1234, 5678));
     let md = fs::metadata(dest.join("disk/setuid")).unwrap();
@@ -263,10 +247,7 @@ fn unprivileged_restore_keeps_contents_modes_times_and_drops_setuid() {
     fs::remove_file(src.join("etc/null")).unwrap();
     fs::remove_file(src.join("etc/loop9")).unwrap();
     let vault = t.path().join("vault");
-    ok(envseal(&home)
-        .args(["encrypt", "-q", "-o"])
-        .arg(&vault)
-        .arg(&src));
+    encrypt_ok(&home, &src, &vault, &[]);
     ok(Command::new("chown")
         .args(["-R", "65534:65534"])
         .arg(&home)
@@ -315,10 +296,7 @@ fn only_a_hard_link_restores_its_contents() {
     let home = t.path().join("home");
     let src = tree(t.path());
     let vault = t.path().join("vault");
-    ok(envseal(&home)
-        .args(["encrypt", "-q", "-o"])
-        .arg(&vault)
-        .arg(&src));
+    encrypt_ok(&home, &src, &vault, &[]);
     let dest = t.path().join("out");
     ok(envseal(&home)
         .args([
@@ -376,10 +354,7 @@ fn a_directory_in_the_way_is_named_as_such() {
     let home = t.path().join("home");
     let src = tree(t.path());
     let vault = t.path().join("vault");
-    ok(envseal(&home)
-        .args(["encrypt", "-q", "-o"])
-        .arg(&vault)
-        .arg(&src));
+    encrypt_ok(&home, &src, &vault, &[]);
     let dest = t.path().join("out");
     for p in ["disk/etc/fifo", "disk/etc/link", "disk/small"] {
         fs::create_dir_all(dest.join(p)).unwrap();
@@ -443,10 +418,7 @@ fn extended_attributes_round_trip_sealed() {
         v
     };
     let vault = t.path().join("vault");
-    ok(envseal(&home)
-        .args(["encrypt", "-q", "-o"])
-        .arg(&vault)
-        .arg(&src));
+    encrypt_ok(&home, &src, &vault, &[]);
     let manifest = fs::read_to_string(vault.join("manifest.jsonl")).unwrap();
     assert!(
         !manifest.contains("secret") && !manifest.contains("on-a-dir"),
@@ -454,11 +426,7 @@ fn extended_attributes_round_trip_sealed() {
     );
     ok(envseal(&home).args(["verify", "--deep", "-q"]).arg(&vault));
     let dest = t.path().join("out");
-    ok(envseal(&home)
-        .args(["decrypt", "-q"])
-        .arg(&vault)
-        .arg("-o")
-        .arg(&dest));
+    decrypt_ok(&home, &vault, &dest, &[]);
     for p in ["f", "d", "d/small"] {
         assert_eq!(attrs(&src.join(p)), attrs(&dest.join("x").join(p)), "{p}");
     }
@@ -469,17 +437,10 @@ fn extended_attributes_round_trip_sealed() {
     }
 
     let bare = t.path().join("bare");
-    ok(envseal(&home)
-        .args(["decrypt", "-q", "--no-xattrs"])
-        .arg(&vault)
-        .arg("-o")
-        .arg(&bare));
+    decrypt_ok(&home, &vault, &bare, &["--no-xattrs"]);
     assert!(attrs(&bare.join("x/f")).is_empty());
     let plain = t.path().join("plain-vault");
-    ok(envseal(&home)
-        .args(["encrypt", "-q", "--no-xattrs", "-o"])
-        .arg(&plain)
-        .arg(&src));
+    encrypt_ok(&home, &src, &plain, &["--no-xattrs"]);
     let manifest = fs::read_to_string(plain.join("manifest.jsonl")).unwrap();
     assert!(!manifest.contains("\"xattrs\""), "{manifest}");
 }
@@ -509,16 +470,9 @@ fn posix_acls_round_trip() {
         String::from_utf8_lossy(&o.stdout).into_owned()
     };
     let vault = t.path().join("vault");
-    ok(envseal(&home)
-        .args(["encrypt", "-q", "-o"])
-        .arg(&vault)
-        .arg(&src));
+    encrypt_ok(&home, &src, &vault, &[]);
     let dest = t.path().join("out");
-    ok(envseal(&home)
-        .args(["decrypt", "-q"])
-        .arg(&vault)
-        .arg("-o")
-        .arg(&dest));
+    decrypt_ok(&home, &vault, &dest, &[]);
     for p in ["f", "d"] {
         let (a, b) = (getfacl(&src.join(p)), getfacl(&dest.join("acl").join(p)));
         assert!(a.contains("1234"), "{a}");

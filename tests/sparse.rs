@@ -7,7 +7,7 @@ use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 
-use common::tree::{code, data_map, du_kib, manifest_records, ok};
+use common::tree::{code, data_map, decrypt_ok, du_kib, encrypt_ok, manifest_records, ok};
 use common::{envseal, stderr, stdout};
 
 /// Bytes of a deterministic pseudo-random stream (never a whole 4 KiB block of zeros).
@@ -76,10 +76,7 @@ fn a_sparse_4gib_image_stores_its_data_only() {
     data.push(((4u64 << 30) - (1 << 20), 1 << 20));
     sparse_file(&img, 4 << 30, &data);
     let vault = t.path().join("vault");
-    let o = ok(envseal(&home)
-        .args(["encrypt", "-q", "--json", "-o"])
-        .arg(&vault)
-        .arg(&img));
+    let o = encrypt_ok(&home, &img, &vault, &["--json"]);
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(j["files"], 1, "{j}");
     assert_eq!(j["bytes"], 16u64 << 20, "{j}");
@@ -99,10 +96,7 @@ fn a_sparse_4gib_image_stores_its_data_only() {
     assert_eq!(rec["holes"].as_array().unwrap().len(), 15, "{rec}");
 
     let dest = t.path().join("out");
-    ok(envseal(&home)
-        .args(["decrypt", "-q", "-o"])
-        .arg(&dest)
-        .arg(&vault));
+    decrypt_ok(&home, &vault, &dest, &[]);
     let back = dest.join("disk.img");
     assert_eq!(fs::metadata(&back).unwrap().len(), 4 << 30);
     assert_eq!(data_map(&back), data_map(&img));
@@ -155,10 +149,7 @@ fn zero_blocks_become_zero_extents() {
     // A small file of zeros stays a small file: zero extents are whole aligned MiBs.
     fs::write(src.join("small-zeros"), vec![0u8; 5000]).unwrap();
     let vault = t.path().join("vault");
-    ok(envseal(&home)
-        .args(["encrypt", "-q", "-o"])
-        .arg(&vault)
-        .arg(&src));
+    encrypt_ok(&home, &src, &vault, &[]);
     let rec = manifest_records(&vault)
         .into_iter()
         .find(|r| r["kind"] == "file" && r["size"] == bytes.len() as u64)
@@ -173,10 +164,7 @@ fn zero_blocks_become_zero_extents() {
     assert!(kib < 2 * 1024, "vault of {kib} KiB");
 
     let dest = t.path().join("out");
-    ok(envseal(&home)
-        .args(["decrypt", "-q", "-o"])
-        .arg(&dest)
-        .arg(&vault));
+    decrypt_ok(&home, &vault, &dest, &[]);
     assert!(fs::read(dest.join("src/zeros.img")).unwrap() == bytes);
     assert_eq!(du_kib(&dest.join("src/zeros.img")), du_kib(&img));
     assert_eq!(
@@ -205,10 +193,7 @@ fn to_device_zeroes_the_gaps() {
     f.write_all_at(&vec![0u8; 2 << 20], 2 << 20).unwrap(); // allocated zeros
     drop(f);
     let vault = t.path().join("vault");
-    ok(envseal(&home)
-        .args(["encrypt", "-q", "-o"])
-        .arg(&vault)
-        .arg(&img));
+    encrypt_ok(&home, &img, &vault, &[]);
     let target = t.path().join("disk");
     fs::write(&target, vec![0xFFu8; 7 << 20]).unwrap();
     ok(envseal(&home)
@@ -236,10 +221,7 @@ fn a_changed_hole_map_fails_authentication() {
         return;
     }
     let vault = t.path().join("vault");
-    ok(envseal(&home)
-        .args(["encrypt", "-q", "-o"])
-        .arg(&vault)
-        .arg(&img));
+    encrypt_ok(&home, &img, &vault, &[]);
     let m = vault.join("manifest.jsonl");
     let text = fs::read_to_string(&m).unwrap();
     assert!(text.contains("\"holes\":[[4096,6287360]"), "{text}");
@@ -270,10 +252,7 @@ fn an_incremental_run_reuses_an_unchanged_sparse_file() {
     sparse_file(&src.join("img"), 16 << 20, &[(0, 4096), (9 << 20, 4096)]);
     fs::write(src.join("note"), b"v1").unwrap();
     let v1 = t.path().join("v1");
-    ok(envseal(&home)
-        .args(["encrypt", "-q", "-o"])
-        .arg(&v1)
-        .arg(&src));
+    encrypt_ok(&home, &src, &v1, &[]);
     fs::write(src.join("note"), b"v2, longer").unwrap();
     let v2 = t.path().join("v2");
     let o = ok(envseal(&home)
@@ -286,10 +265,7 @@ fn an_incremental_run_reuses_an_unchanged_sparse_file() {
     assert_eq!(j["reused_files"], 1, "{j}");
     assert_eq!(j["encrypted_files"], 1, "{j}");
     let dest = t.path().join("out");
-    ok(envseal(&home)
-        .args(["decrypt", "-q", "-o"])
-        .arg(&dest)
-        .arg(&v2));
+    decrypt_ok(&home, &v2, &dest, &[]);
     assert!(fs::read(dest.join("src/img")).unwrap() == fs::read(src.join("img")).unwrap());
     assert_eq!(data_map(&dest.join("src/img")), data_map(&src.join("img")));
 }

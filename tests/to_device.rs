@@ -8,7 +8,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::tree::{code, flip_byte, gen_file, ok};
+use common::tree::{code, encrypt_ok, files_under, flip_byte, gen_file};
 use common::{envseal, stderr};
 
 /// A vault holding `img` (3 MiB in 64 KiB segments, so a large-file object of its own).
@@ -17,10 +17,7 @@ fn vault_of_image(t: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let img = t.join("img");
     gen_file(&img, 3 << 20, 11);
     let vault = t.join("vault");
-    ok(envseal(&home)
-        .args(["encrypt", "-q", "--segment-size", "64KiB", "-o"])
-        .arg(&vault)
-        .arg(&img));
+    encrypt_ok(&home, &img, &vault, &["--segment-size", "64KiB"]);
     (home, img, vault)
 }
 
@@ -72,9 +69,9 @@ fn a_tampered_segment_stops_with_exit_3_and_says_what_is_left() {
     let t = tempfile::tempdir().unwrap();
     let (home, _img, vault) = vault_of_image(t.path());
     // The image's object: the only object of the vault; flip a byte well inside it.
-    let objects: Vec<PathBuf> = walk(&vault.join("objects"));
+    let objects = files_under(&vault.join("objects"));
     assert_eq!(objects.len(), 1, "{objects:?}");
-    flip_byte(&objects[0], 2 << 20);
+    flip_byte(&vault.join("objects").join(&objects[0]), 2 << 20);
     let target = t.path().join("disk");
     fs::write(&target, vec![0u8; 3 << 20]).unwrap();
     let o = to_device(&home, &vault, &target);
@@ -84,19 +81,6 @@ fn a_tampered_segment_stops_with_exit_3_and_says_what_is_left() {
         "{}",
         stderr(&o)
     );
-}
-
-fn walk(d: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in fs::read_dir(d).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 /// As root with a loop device: the device gets the image's bytes; a device held open

@@ -342,3 +342,23 @@ pub fn du_kib(p: &Path) -> u64 {
         .parse()
         .unwrap()
 }
+
+/// `envseal encrypt -q [extra...] -o VAULT SRC`, which must succeed.
+pub fn encrypt_ok(home: &Path, src: &Path, vault: &Path, extra: &[&str]) -> std::process::Output {
+    ok(super::envseal(home)
+        .args(["encrypt", "-q"])
+        .args(extra)
+        .arg("-o")
+        .arg(vault)
+        .arg(src))
+}
+
+/// `envseal decrypt -q [extra...] VAULT -o DEST`, which must succeed.
+pub fn decrypt_ok(home: &Path, vault: &Path, dest: &Path, extra: &[&str]) -> std::process::Output {
+    ok(super::envseal(home)
+        .args(["decrypt", "-q"])
+        .args(extra)
+        .arg(vault)
+        .arg("-o")
+        .arg(dest))
+}
