@@ -35,7 +35,8 @@ pub struct DecryptOptions {
     pub only: Vec<String>,
     pub overwrite: bool,
     pub jobs: usize,
-    /// One `syncfs` of DEST before success (the default); `false` = `--no-sync`.
+    /// `syncfs` of DEST while restoring and once before success (the default); `false` =
+    /// `--no-sync`.
     pub sync: bool,
     pub owners: Owners,
     /// Restore extended attributes (`--no-xattrs`: not).
@@ -119,7 +120,7 @@ pub struct DecryptReport {
     pub already_restored: u64,
     /// How many of `failed` are integrity failures (exit 3).
     pub integrity_failures: u64,
-    /// The restored files were made durable (one `syncfs` of DEST) before this report.
+    /// The restored files were made durable (`syncfs` of DEST) before this report.
     pub synced: bool,
     /// Bytes read from the vault's objects (only the records of the files restored).
     pub vault_bytes_read: u64,

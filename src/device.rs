@@ -1,8 +1,8 @@
 //! `decrypt --only ENTRY --to-device TARGET`: writes one file entry (a disk image) back onto a
 //! block device or an existing file at least as large, in place.
 //!
-//! Segment by segment: each segment is authenticated before it is written, and the whole
-//! record's digests are checked at the end (docs/FORMAT.md §4.3). A failure midway (a tampered
+//! Segment by segment: each segment is authenticated before it is written, and the record's
+//! plaintext digest is checked at the end (docs/FORMAT.md §4.3). A failure midway (a tampered
 //! segment, exit 3) leaves TARGET with some segments of the image written and the rest as
 //! they were: the device holds no consistent image until the same command succeeds. Stage
 //! into a file first (`decrypt --only`) when that matters more than the extra copy.

@@ -351,9 +351,10 @@ impl Sink<'_> {
     }
 }
 
-/// Reads and opens a record window by window, checking every tag and at the end both
-/// digests; `done(window, buffer)` receives each window opened (plaintext in place of each
-/// slot's ciphertext) and may swap the buffer for another of the same size.
+/// Reads and opens a record window by window, checking every tag and at the end the
+/// plaintext digest (and, with `check_ct`, the ciphertext digest); `done(window, buffer)`
+/// receives each window opened (plaintext in place of each slot's ciphertext) and may swap
+/// the buffer for another of the same size.
 fn open_windows(
     ctx: &RecordCtx,
     f: &FileEntry,

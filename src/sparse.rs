@@ -254,30 +254,26 @@ pub fn scan(file: &File, len: u64, allocated: Option<u64>) -> io::Result<Option<
 /// The data ranges `SEEK_DATA`/`SEEK_HOLE` report, clipped to `len`; the whole file where the
 /// filesystem does not say.
 fn data_ranges(file: &File, len: u64) -> io::Result<Vec<(u64, u64)>> {
-    let fd = file.as_raw_fd();
     let mut out = Vec::new();
     let mut at = 0u64;
     while at < len {
-        // SAFETY: lseek on an open descriptor; the position it moves is unused (reads are
-        // positional).
-        let d = unsafe { libc::lseek(fd, at as libc::off_t, libc::SEEK_DATA) };
-        if d < 0 {
-            let e = io::Error::last_os_error();
-            return match e.raw_os_error() {
-                // No data from `at` on: the rest is a hole.
-                Some(libc::ENXIO) => Ok(out),
-                // No SEEK_DATA here: all data.
-                Some(libc::EINVAL | libc::EOPNOTSUPP) => Ok(vec![(0, len)]),
-                _ => Err(e),
-            };
-        }
-        let d = d as u64;
+        let d = match seek(file, at, libc::SEEK_DATA) {
+            Ok(Some(d)) => d,
+            // No data from `at` on: the rest is a hole.
+            Ok(None) => return Ok(out),
+            // No SEEK_DATA here: all data.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP)) => {
+                return Ok(vec![(0, len)])
+            }
+            Err(e) => return Err(e),
+        };
         if d >= len {
             break;
         }
-        // SAFETY: as above.
-        let h = unsafe { libc::lseek(fd, d as libc::off_t, libc::SEEK_HOLE) };
-        let h = if h < 0 { len } else { (h as u64).min(len) };
+        let h = seek(file, d, libc::SEEK_HOLE)
+            .ok()
+            .flatten()
+            .map_or(len, |h| h.min(len));
         if h <= d {
             break;
         }
@@ -285,6 +281,22 @@ fn data_ranges(file: &File, len: u64) -> io::Result<Vec<(u64, u64)>> {
         at = h;
     }
     Ok(out)
+}
+
+/// `lseek` with `SEEK_DATA` or `SEEK_HOLE` from `at`: the offset found, `None` past the last
+/// data (`ENXIO`).
+fn seek(file: &File, at: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
+    // SAFETY: lseek on an open descriptor; the position it moves is unused (envseal reads
+    // and writes positionally).
+    let r = unsafe { libc::lseek(file.as_raw_fd(), at as libc::off_t, whence) };
+    if r >= 0 {
+        return Ok(Some(r as u64));
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::ENXIO) => Ok(None),
+        _ => Err(e),
+    }
 }
 
 /// Whether the block at `off` holds only zeros; reads a little first, so that data (the
@@ -445,15 +457,10 @@ pub fn keyed_digest(
                 return Err(cancelled());
             }
             // Only what the filesystem holds as data can be other than zero.
-            // SAFETY: lseek on an open descriptor; reads here are positional.
-            let d = unsafe { libc::lseek(file.as_raw_fd(), at as libc::off_t, libc::SEEK_DATA) };
-            let d = if d < 0 {
-                match io::Error::last_os_error().raw_os_error() {
-                    Some(libc::ENXIO) => break,
-                    _ => at,
-                }
-            } else {
-                d as u64
+            let d = match seek(file, at, libc::SEEK_DATA) {
+                Ok(Some(d)) => d,
+                Ok(None) => break,
+                Err(_) => at,
             };
             if d >= g.end() {
                 break;
