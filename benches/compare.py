@@ -67,6 +67,7 @@ def settings():
     s = {
         "scale": scale,
         "reps": env_int("REPS", 5),
+        "warmup": env_int("WARMUP", 1),
         "image_mib": image_mib,
         "tree_mib": env_int("TREE_MIB", 32 if small else 1024),
         "tiny_files": env_int("TINY_FILES", 2000 if small else 100000),
@@ -81,6 +82,8 @@ def settings():
     s["cases"] = [c for c in known if c in cases]
     if s["reps"] < 1:
         raise BenchError("REPS must be at least 1")
+    if s["warmup"] < 0:
+        raise BenchError("WARMUP must be 0 or more")
     if s["image_mib"] < 1 or s["tree_mib"] < 1:
         raise BenchError("IMAGE_GIB/IMAGE_MIB and TREE_MIB must give at least 1 MiB")
     return s
@@ -542,6 +545,9 @@ class Runner:
         if isinstance(pipeline[0], str):
             pipeline = [pipeline]
         wall, rss = self.run(pipeline)
+        if self.rep < 0:
+            log(f"  warm-up {self.case:5} {label:28} {wall:9.3f} s (not recorded)")
+            return
         rec = self.results.setdefault(self.case, {}).setdefault(
             label, {"label": label, "cmd": self.display(pipeline), "times_s": [],
                     "rss_kib": [], "out_kib": None, "baseline": baseline,
@@ -719,6 +725,63 @@ def machine(root):
     }
 
 
+PAGE_REPORTING = "/sys/module/page_reporting/parameters"
+
+
+class PageReporting:
+    """Free page reporting (virtio-balloon) hands guest pages that stay free for a while back
+    to the hypervisor; the next touch of each costs a host fault (seen here: about 4 s of sys
+    time per GiB, so `cp` of 2 GiB took 0.8 s or 10 s depending on how long ago memory was
+    freed). Timings then depend on what the previous command freed, not on the tool. With
+    BENCH_HOLD_PAGES=1 (root), reporting is held back for the run (pages are reported only
+    after a minute free, and without a size trigger) and the settings restored at the end."""
+
+    def __init__(self):
+        self.saved = {}
+        self.active = os.path.isdir(PAGE_REPORTING) and os.path.isdir(
+            "/sys/bus/virtio/drivers/virtio_balloon")
+
+    def read(self, name):
+        try:
+            with open(os.path.join(PAGE_REPORTING, name)) as f:
+                return f.read().strip()
+        except OSError:
+            return None
+
+    def write(self, name, value):
+        with open(os.path.join(PAGE_REPORTING, name), "w") as f:
+            f.write(value)
+
+    def hold(self):
+        if not self.active:
+            return "not active"
+        if os.environ.get("BENCH_HOLD_PAGES") != "1":
+            log("warning: free page reporting is active on this VM: freed memory returns to the"
+                " host, and timings include the host's first-touch cost (BENCH_HOLD_PAGES=1, as"
+                " root, holds it back for the run)")
+            return "active (timings include host first-touch faults)"
+        for name, value in (("min_free_ms", "60000"), ("max_waiting_mib", "1000000")):
+            old = self.read(name)
+            if old is None:
+                raise BenchError(f"BENCH_HOLD_PAGES=1: cannot read {PAGE_REPORTING}/{name}")
+            try:
+                self.write(name, value)
+            except OSError as e:
+                self.release()
+                raise BenchError(f"BENCH_HOLD_PAGES=1: cannot set {PAGE_REPORTING}/{name}: {e}")
+            self.saved[name] = old
+        log("free page reporting held back for the run (min_free_ms=60000)")
+        return "held back for the run (min_free_ms=60000, no size trigger)"
+
+    def release(self):
+        for name, old in self.saved.items():
+            try:
+                self.write(name, old)
+            except OSError as e:
+                log(f"warning: could not restore {PAGE_REPORTING}/{name}={old}: {e}")
+        self.saved = {}
+
+
 def loadavg():
     try:
         return " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -771,8 +834,11 @@ def print_report(rep, f=sys.stdout):
     p(f"load average: {rep['load_start']} at start, {rep['load_end']} at end")
     p(f"envseal: {t['envseal']} ({t['envseal_path']})")
     p(f"peers: {t['cp']}; {t['tar']}; " + (f"age {t['age']}" if t["age"] else "age: not installed (skipped)"))
-    p("method: page cache warm, one interleaved run (tool order rotates per rep), sync before each"
-      " timing, outputs on the corpus file system")
+    p(f"method: page cache warm, {rep['settings'].get('warmup', 0)} untimed warm-up rep(s), one"
+      " interleaved run (tool order rotates per rep), sync before each timing, outputs on the"
+      " corpus file system")
+    if rep.get("page_reporting", "not active") != "not active":
+        p(f"free page reporting (virtio-balloon): {rep['page_reporting']}")
     p(f"peak RSS: ru_maxrss via {rep['rss_method']} (`true` measures {rep['rss_floor_kib'] / 1024:.1f} MiB)")
     for c in rep["cases"]:
         meta, base = c["corpus"], c["baseline"]
@@ -882,7 +948,9 @@ def main(argv):
         corpora[case] = (rel, meta)
 
     r = Runner(wd, envseal)
+    pages = PageReporting()
     try:
+        report["page_reporting"] = pages.hold()
         wd.remove("run")
         os.makedirs(wd.abs("run/home"))
         r.pick_launcher()
@@ -904,9 +972,12 @@ def main(argv):
             log(f"warm-up read of {corpora[case][0]}: {time.perf_counter() - t0:.1f} s")
         os.sync()
 
-        for rep in range(s["reps"]):
+        # Warm-up reps run every command untimed first: on a fresh VM the first touch of
+        # guest memory costs seconds per GiB (seen here: 3.8 s/GiB of sys time), so the first
+        # run of each command measures the hypervisor, not the tool.
+        for rep in range(-s["warmup"], s["reps"]):
             r.rep = rep
-            log(f"rep {rep + 1}/{s['reps']}")
+            log(f"rep {rep + 1}/{s['reps']}" if rep >= 0 else f"warm-up rep {rep + s['warmup'] + 1}")
             for case in s["cases"]:
                 r.case = case
                 groups = groups_for(case, corpora[case][0], r, have_age)
@@ -915,6 +986,7 @@ def main(argv):
                     g()
             r.case = None
     finally:
+        pages.release()
         try:
             wd.remove("run")
         except OSError as e:

@@ -13,6 +13,7 @@
 #   BENCH_DIR    work dir for corpora and outputs (default /tmp/envseal-bench); nothing outside
 #                it is written or deleted (its corpora are kept and reused; outputs are removed)
 #   REPS         repetitions (default 5)
+#   WARMUP       untimed reps of every command before the timed ones (default 1)
 #   CASES        subset of "image tree tiny empty sparse" (default: all five)
 #   SCALE        "full" (default) or "small": 64 MiB image, 32 MiB tree, 2000 tiny, 10000 empty,
 #                256 MiB sparse images
@@ -21,6 +22,9 @@
 #   TINY_FILES   files of 0-63 bytes (default 100000)
 #   EMPTY_FILES  empty files (default 1000000; envseal only: peak RSS of encrypt, verify, ls)
 #   SPARSE_MIB   size of each image of the sparse case (default 4096)
+#   BENCH_HOLD_PAGES  "1" (root, on a VM with virtio-balloon free page reporting): hold the
+#                reporting back for the run and restore it after, so that a command's time
+#                does not depend on how long ago the previous one freed memory
 #   BENCH_RSS    "python" forces the python3 wait4() launcher even when GNU time is installed
 #   --json       print the results as one JSON document on stdout instead of the tables
 #                (a JSON copy is always written to $BENCH_DIR/results-<time>.json)
@@ -40,7 +44,9 @@
 #
 # Method:
 #   - every corpus is read once, untimed, before the first timing (page cache warm; the
-#     numbers are CPU/page-cache bound, not disk bound);
+#     numbers are CPU/page-cache bound, not disk bound), and WARMUP reps run every command
+#     untimed first (on a fresh VM the first touch of guest memory costs seconds per GiB:
+#     the first run of a command would time the hypervisor, not the tool);
 #   - ONE interleaved run: for rep in 1..REPS, for each case, each tool runs once; the tools
 #     of a case run in a fixed order that rotates by one group per rep (so no tool always
 #     runs first); a tool's dependent steps (encrypt -> verify -> verify --deep -> decrypt,
@@ -72,7 +78,7 @@ for tool in cp tar du sync; do
     fi
 done
 export BENCH_CMDLINE="${BENCH_CMDLINE:-$(
-    for v in ENVSEAL BENCH_DIR REPS CASES SCALE IMAGE_GIB IMAGE_MIB TREE_MIB TINY_FILES EMPTY_FILES SPARSE_MIB; do
+    for v in ENVSEAL BENCH_DIR BENCH_HOLD_PAGES REPS WARMUP CASES SCALE IMAGE_GIB IMAGE_MIB TREE_MIB TINY_FILES EMPTY_FILES SPARSE_MIB; do
         if [[ -n "${!v:-}" ]]; then printf '%s=%q ' "$v" "${!v}"; fi
     done
     printf '%q' "$0"
