@@ -11,7 +11,9 @@
 //! record before any ciphertext of the batch; data written without per-file fsync; a group
 //! commit every [`COMMIT_EVERY`] (or [`COMMIT_LINES`] entries): `syncfs` of the vault, then
 //! the `object` and `done` lines and an `fdatasync` of the journal; at the end the manifest,
-//! then the journal removed.
+//! then the journal removed. The `syncfs` runs on a thread of its own ([`Syncer`]), one at a
+//! time, while the writer goes on writing: the lines of a group wait for the sync that began
+//! after their data was written, so the disk writes back one group while the next is sealed.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File, OpenOptions};
@@ -174,7 +176,9 @@ pub struct Writer<'a> {
     queued: usize,
     oldest: Option<Instant>,
     written: Written,
-    vault_dir: Option<File>,
+    /// Lines whose data an in-flight sync is making durable; journaled when it returns.
+    pending: Vec<u8>,
+    syncer: Option<Syncer>,
     /// Sync data before journaling it (see `EncryptOptions::sync`).
     pub sync: bool,
     /// Paths of stored files with other hard links: what a hard-link entry may name (a link
@@ -222,7 +226,8 @@ impl<'a> Writer<'a> {
             queued: 0,
             oldest: None,
             written: Written::default(),
-            vault_dir: None,
+            pending: Vec::new(),
+            syncer: None,
             sync: true,
             linkable: HashSet::new(),
             xattr_key: None,
@@ -272,10 +277,11 @@ impl<'a> Writer<'a> {
                 Err(RecvTimeoutError::Disconnected) => return Ok(()),
             }
             self.emit_ready()?;
+            self.settle(false)?;
             let due = self.oldest.is_some_and(|t| t.elapsed() >= COMMIT_EVERY)
                 || self.queued >= COMMIT_LINES;
-            if due {
-                self.commit()?;
+            if due && !self.syncer.as_ref().is_some_and(|s| s.in_flight) {
+                self.start_commit()?;
             }
         }
     }
@@ -283,6 +289,8 @@ impl<'a> Writer<'a> {
     fn handle(&mut self, m: Msg) -> Result<()> {
         match m {
             Msg::Batch { batch, key } => {
+                // The journal's lines stay in the order they were made.
+                self.settle(true)?;
                 manifest::write_key_file(&self.vault, &self.header.vault_id, &batch)?;
                 let index = self.batches.len() as u32;
                 self.journal.append_batch(index, &batch)?;
@@ -816,26 +824,51 @@ impl<'a> Writer<'a> {
         )))
     }
 
-    /// Makes written data durable, then records it (one `syncfs` per group, not one fsync
-    /// per file: a million small files must not mean a million fsyncs).
-    fn commit(&mut self) -> Result<()> {
+    /// Starts a group commit: the queued lines wait for a `syncfs` begun now, after their
+    /// data was written (one `syncfs` per group, not one fsync per file: a million small
+    /// files must not mean a million fsyncs). Without syncs they are journaled at once.
+    fn start_commit(&mut self) -> Result<()> {
+        self.settle(true)?;
         if self.queue.is_empty() {
             return Ok(());
         }
-        if self.sync && self.vault_dir.is_none() {
-            self.vault_dir = Some(File::open(&self.vault).at(&self.vault)?);
-        }
-        if let (true, Some(d)) = (self.sync, &self.vault_dir) {
-            // SAFETY: syncfs on a valid open descriptor.
-            if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
-                return Err(Error::io(&self.vault, std::io::Error::last_os_error()));
-            }
-        }
         let q = std::mem::take(&mut self.queue);
-        self.journal.write_synced(&q)?;
         self.queued = 0;
         self.oldest = None;
+        if !self.sync {
+            return self.journal.write_synced(&q);
+        }
+        if self.syncer.is_none() {
+            let dir = File::open(&self.vault).at(&self.vault)?;
+            self.syncer = Some(Syncer::start(dir).at(&self.vault)?);
+        }
+        self.pending = q;
+        if let Some(s) = &mut self.syncer {
+            s.request();
+        }
         Ok(())
+    }
+
+    /// Journals the pending lines once their sync has returned (with `wait`, waits for it).
+    fn settle(&mut self, wait: bool) -> Result<()> {
+        let Some(s) = &mut self.syncer else {
+            return Ok(());
+        };
+        match s.result(wait) {
+            None => Ok(()),
+            Some(Err(e)) => Err(Error::io(&self.vault, e)),
+            Some(Ok(())) => {
+                let q = std::mem::take(&mut self.pending);
+                self.journal.write_synced(&q)
+            }
+        }
+    }
+
+    /// Makes everything written durable and journaled, before returning.
+    fn commit(&mut self) -> Result<()> {
+        self.settle(true)?;
+        self.start_commit()?;
+        self.settle(true)
     }
 
     /// The manifest: header, batches, the objects some entry names (renumbered if others
@@ -925,4 +958,76 @@ pub(crate) fn sweep_objects(vault: &Path, listed: &[[u8; ID_LEN]]) -> Result<()>
         }
     }
     Ok(())
+}
+
+/// The thread that runs the group commits' `syncfs` of the vault, one at a time, so that the
+/// writer goes on writing while the disk writes back.
+struct Syncer {
+    request: Option<crossbeam_channel::Sender<()>>,
+    done: Receiver<std::io::Result<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    in_flight: bool,
+}
+
+impl Syncer {
+    fn start(dir: File) -> std::io::Result<Syncer> {
+        let (request, requests) = crossbeam_channel::bounded::<()>(1);
+        let (done_tx, done) = crossbeam_channel::bounded(1);
+        let thread = std::thread::Builder::new()
+            .name("envseal-sync".into())
+            .spawn(move || {
+                for () in requests {
+                    // SAFETY: syncfs on a valid open descriptor.
+                    let r = match unsafe { libc::syncfs(dir.as_raw_fd()) } {
+                        0 => Ok(()),
+                        _ => Err(std::io::Error::last_os_error()),
+                    };
+                    if done_tx.send(r).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(Syncer {
+            request: Some(request),
+            done,
+            thread: Some(thread),
+            in_flight: false,
+        })
+    }
+
+    fn request(&mut self) {
+        if let Some(r) = &self.request {
+            // The thread ends only when this sender is dropped.
+            self.in_flight = r.send(()).is_ok();
+        }
+    }
+
+    /// The in-flight sync's result: `None` if none is in flight, or (without `wait`) it
+    /// has not returned yet.
+    fn result(&mut self, wait: bool) -> Option<std::io::Result<()>> {
+        if !self.in_flight {
+            return None;
+        }
+        let stopped = || Err(std::io::Error::other("the sync thread stopped"));
+        let r = if wait {
+            self.done.recv().unwrap_or_else(|_| stopped())
+        } else {
+            match self.done.try_recv() {
+                Ok(r) => r,
+                Err(crossbeam_channel::TryRecvError::Empty) => return None,
+                Err(crossbeam_channel::TryRecvError::Disconnected) => stopped(),
+            }
+        };
+        self.in_flight = false;
+        Some(r)
+    }
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        self.request = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
