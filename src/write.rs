@@ -1031,3 +1031,30 @@ impl Drop for Syncer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn syncer_reports_one_result_per_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Syncer::start(File::open(dir.path()).unwrap()).unwrap();
+        assert!(s.result(true).is_none(), "no sync was requested");
+        s.request();
+        assert!(s.in_flight);
+        assert!(matches!(s.result(true), Some(Ok(()))));
+        assert!(!s.in_flight);
+        assert!(s.result(false).is_none(), "the result was taken");
+        // Polled without waiting, a requested sync reports once it has returned.
+        s.request();
+        let r = loop {
+            if let Some(r) = s.result(false) {
+                break r;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        assert!(r.is_ok());
+        drop(s); // joins the thread
+    }
+}
