@@ -41,6 +41,8 @@ use crate::walk::{SourceEntry, SourceKind};
 pub const COMMIT_EVERY: Duration = Duration::from_millis(500);
 /// Most entries one commit waits for.
 pub const COMMIT_LINES: usize = 8192;
+/// Most entries queued while a commit's sync is in flight (a few MiB of journal lines).
+const QUEUED_MAX: usize = 2 * COMMIT_LINES;
 /// Why a large file is reported when it kept changing while read.
 const CHANGED: &str = "changed while being read; run the same command again";
 /// Times a large file that changed while read is read again before it is reported.
@@ -280,7 +282,11 @@ impl<'a> Writer<'a> {
             self.settle(false)?;
             let due = self.oldest.is_some_and(|t| t.elapsed() >= COMMIT_EVERY)
                 || self.queued >= COMMIT_LINES;
-            if due && !self.syncer.as_ref().is_some_and(|s| s.in_flight) {
+            let busy = self.syncer.as_ref().is_some_and(|s| s.in_flight);
+            // A slow disk must not let the queued lines grow without bound: past
+            // QUEUED_MAX entries the writer waits for the sync in flight, as a writer that
+            // synced itself would.
+            if due && (!busy || self.queued >= QUEUED_MAX) {
                 self.start_commit()?;
             }
         }
