@@ -7,7 +7,6 @@
 
 use std::fs::{self, File};
 use std::io::Write;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -509,12 +508,7 @@ impl Scratch {
     }
 
     fn syncfs(&self) -> Result<()> {
-        let dir = File::open(&self.0).at(&self.0)?;
-        // SAFETY: syncfs on a valid open descriptor.
-        if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
-            return Err(Error::io(&self.0, std::io::Error::last_os_error()));
-        }
-        Ok(())
+        crate::durable::sync_path(&self.0)
     }
 }
 

@@ -401,10 +401,8 @@ pub fn decrypt(
                 while done_rx.recv_timeout(SYNC_EVERY)
                     == Err(crossbeam_channel::RecvTimeoutError::Timeout)
                 {
-                    use std::os::unix::io::AsRawFd;
-                    // SAFETY: syncfs on a valid open descriptor; a failure here is seen again
-                    // by the final syncfs, which is checked.
-                    unsafe { libc::syncfs(d.as_raw_fd()) };
+                    // A failure here is seen again by the final syncfs, which is checked.
+                    let _ = crate::durable::syncfs(&d);
                 }
             });
             let r = restore();
@@ -552,15 +550,7 @@ pub fn decrypt(
     }
     // Durable once, not once per file: one syncfs of the destination's filesystem.
     if opts.sync {
-        let synced = File::open(dest).and_then(|d| {
-            use std::os::unix::io::AsRawFd;
-            // SAFETY: syncfs on a valid open descriptor.
-            match unsafe { libc::syncfs(d.as_raw_fd()) } {
-                0 => Ok(()),
-                _ => Err(std::io::Error::last_os_error()),
-            }
-        });
-        synced.at(dest)?;
+        crate::durable::sync_path(dest)?;
         report.synced = true;
     }
     report.vault_bytes_read = ctx.read.load(std::sync::atomic::Ordering::Relaxed);

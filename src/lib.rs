@@ -19,6 +19,7 @@ pub mod bench;
 pub mod crypto;
 pub mod decrypt;
 pub mod device;
+pub mod durable;
 pub mod encrypt;
 pub mod error;
 pub mod format;

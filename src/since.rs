@@ -11,7 +11,6 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -78,11 +77,7 @@ impl Earlier {
             lines.extend(journal.object_line(i as u64, &o.id)?);
         }
         // The objects (copies) and their names are on disk before the journal names them.
-        let d = fs::File::open(vault).at(vault)?;
-        // SAFETY: syncfs on a valid open descriptor.
-        if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
-            return Err(Error::io(vault, std::io::Error::last_os_error()));
-        }
+        crate::durable::sync_path(vault)?;
         journal.write_synced(&lines)
     }
 }

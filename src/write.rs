@@ -11,14 +11,13 @@
 //! record before any ciphertext of the batch; data written without per-file fsync; a group
 //! commit every [`COMMIT_EVERY`] (or [`COMMIT_LINES`] entries): `syncfs` of the vault, then
 //! the `object` and `done` lines and an `fdatasync` of the journal; at the end the manifest,
-//! then the journal removed. The `syncfs` runs on a thread of its own ([`Syncer`]), one at a
-//! time, while the writer goes on writing: the lines of a group wait for the sync that began
+//! then the journal removed. The `syncfs` runs on a thread of its own (`durable::Syncer`),
+//! one at a time, while the writer goes on writing: the lines of a group wait for the sync that began
 //! after their data was written, so the disk writes back one group while the next is sealed.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -27,6 +26,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use crate::crypto::{BatchKey, CtDigest, NameKey, SegMac, TreeMac};
+use crate::durable::Syncer;
 use crate::error::{Error, IoContext, Result};
 use crate::format::{self, ID_LEN, SALT_LEN};
 use crate::journal::{Ckpt, Journal, SourceId};
@@ -282,7 +282,7 @@ impl<'a> Writer<'a> {
             self.settle(false)?;
             let due = self.oldest.is_some_and(|t| t.elapsed() >= COMMIT_EVERY)
                 || self.queued >= COMMIT_LINES;
-            let busy = self.syncer.as_ref().is_some_and(|s| s.in_flight);
+            let busy = self.syncer.as_ref().is_some_and(Syncer::in_flight);
             // A slow disk must not let the queued lines grow without bound: past
             // QUEUED_MAX entries the writer waits for the sync in flight, as a writer that
             // synced itself would.
@@ -849,10 +849,10 @@ impl<'a> Writer<'a> {
             self.syncer = Some(Syncer::start(dir).at(&self.vault)?);
         }
         self.pending = q;
-        if let Some(s) = &mut self.syncer {
-            s.request();
+        match &mut self.syncer {
+            Some(s) => s.request().at(&self.vault),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Journals the pending lines once their sync has returned (with `wait`, waits for it).
@@ -872,7 +872,6 @@ impl<'a> Writer<'a> {
 
     /// Makes everything written durable and journaled, before returning.
     fn commit(&mut self) -> Result<()> {
-        self.settle(true)?;
         self.start_commit()?;
         self.settle(true)
     }
@@ -964,103 +963,4 @@ pub(crate) fn sweep_objects(vault: &Path, listed: &[[u8; ID_LEN]]) -> Result<()>
         }
     }
     Ok(())
-}
-
-/// The thread that runs the group commits' `syncfs` of the vault, one at a time, so that the
-/// writer goes on writing while the disk writes back.
-struct Syncer {
-    request: Option<crossbeam_channel::Sender<()>>,
-    done: Receiver<std::io::Result<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    in_flight: bool,
-}
-
-impl Syncer {
-    fn start(dir: File) -> std::io::Result<Syncer> {
-        let (request, requests) = crossbeam_channel::bounded::<()>(1);
-        let (done_tx, done) = crossbeam_channel::bounded(1);
-        let thread = std::thread::Builder::new()
-            .name("envseal-sync".into())
-            .spawn(move || {
-                for () in requests {
-                    // SAFETY: syncfs on a valid open descriptor.
-                    let r = match unsafe { libc::syncfs(dir.as_raw_fd()) } {
-                        0 => Ok(()),
-                        _ => Err(std::io::Error::last_os_error()),
-                    };
-                    if done_tx.send(r).is_err() {
-                        return;
-                    }
-                }
-            })?;
-        Ok(Syncer {
-            request: Some(request),
-            done,
-            thread: Some(thread),
-            in_flight: false,
-        })
-    }
-
-    fn request(&mut self) {
-        if let Some(r) = &self.request {
-            // The thread ends only when this sender is dropped.
-            self.in_flight = r.send(()).is_ok();
-        }
-    }
-
-    /// The in-flight sync's result: `None` if none is in flight, or (without `wait`) it
-    /// has not returned yet.
-    fn result(&mut self, wait: bool) -> Option<std::io::Result<()>> {
-        if !self.in_flight {
-            return None;
-        }
-        let stopped = || Err(std::io::Error::other("the sync thread stopped"));
-        let r = if wait {
-            self.done.recv().unwrap_or_else(|_| stopped())
-        } else {
-            match self.done.try_recv() {
-                Ok(r) => r,
-                Err(crossbeam_channel::TryRecvError::Empty) => return None,
-                Err(crossbeam_channel::TryRecvError::Disconnected) => stopped(),
-            }
-        };
-        self.in_flight = false;
-        Some(r)
-    }
-}
-
-impl Drop for Syncer {
-    fn drop(&mut self) {
-        self.request = None;
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn syncer_reports_one_result_per_request() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = Syncer::start(File::open(dir.path()).unwrap()).unwrap();
-        assert!(s.result(true).is_none(), "no sync was requested");
-        s.request();
-        assert!(s.in_flight);
-        assert!(matches!(s.result(true), Some(Ok(()))));
-        assert!(!s.in_flight);
-        assert!(s.result(false).is_none(), "the result was taken");
-        // Polled without waiting, a requested sync reports once it has returned.
-        s.request();
-        let r = loop {
-            if let Some(r) = s.result(false) {
-                break r;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        };
-        assert!(r.is_ok());
-        drop(s); // joins the thread
-    }
 }
