@@ -726,6 +726,8 @@ def machine(root):
 
 
 PAGE_REPORTING = "/sys/module/page_reporting/parameters"
+# Pages are reported only after a minute free, and no amount of free memory triggers it sooner.
+PAGE_REPORTING_HOLD = (("min_free_ms", "60000"), ("max_waiting_mib", "1000000"))
 
 
 class PageReporting:
@@ -754,13 +756,15 @@ class PageReporting:
 
     def hold(self):
         if not self.active:
+            if os.environ.get("BENCH_HOLD_PAGES") == "1":
+                log("BENCH_HOLD_PAGES=1: no free page reporting on this machine, nothing to hold")
             return "not active"
         if os.environ.get("BENCH_HOLD_PAGES") != "1":
             log("warning: free page reporting is active on this VM: freed memory returns to the"
                 " host, and timings include the host's first-touch cost (BENCH_HOLD_PAGES=1, as"
                 " root, holds it back for the run)")
             return "active (timings include host first-touch faults)"
-        for name, value in (("min_free_ms", "60000"), ("max_waiting_mib", "1000000")):
+        for name, value in PAGE_REPORTING_HOLD:
             old = self.read(name)
             if old is None:
                 raise BenchError(f"BENCH_HOLD_PAGES=1: cannot read {PAGE_REPORTING}/{name}")
@@ -770,8 +774,9 @@ class PageReporting:
                 self.release()
                 raise BenchError(f"BENCH_HOLD_PAGES=1: cannot set {PAGE_REPORTING}/{name}: {e}")
             self.saved[name] = old
-        log("free page reporting held back for the run (min_free_ms=60000)")
-        return "held back for the run (min_free_ms=60000, no size trigger)"
+        held = ", ".join(f"{n}={v}" for n, v in PAGE_REPORTING_HOLD)
+        log(f"free page reporting held back for the run ({held})")
+        return f"held back for the run ({held})"
 
     def release(self):
         for name, old in self.saved.items():
