@@ -23,6 +23,7 @@ pub mod durable;
 pub mod encrypt;
 pub mod error;
 pub mod format;
+pub mod fs;
 pub mod journal;
 pub mod keys;
 pub mod keyspec;
