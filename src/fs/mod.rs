@@ -67,7 +67,8 @@ impl Dir {
         let rel = if rel.is_empty() { &b"."[..] } else { rel };
         check_rel(rel)?;
         if !NO_OPENAT2.load(Ordering::Relaxed) {
-            let how = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+            let how =
+                ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
             match openat2(&self.fd, OsStr::from_bytes(rel), flags, mode, how) {
                 Err(Errno::NOSYS | Errno::PERM) => NO_OPENAT2.store(true, Ordering::Relaxed),
                 // Retried by the kernel's own rule: a rename elsewhere on the filesystem
@@ -90,7 +91,17 @@ impl Dir {
                 return Ok(openat(base, OsStr::from_bytes(part), flags, mode)?);
             }
             let step = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-            at = Some(openat(base, OsStr::from_bytes(part), step, Mode::empty())?);
+            match openat(base, OsStr::from_bytes(part), step, Mode::empty()) {
+                Ok(fd) => at = Some(fd),
+                // A link on the way is ELOOP, as openat2 reports it.
+                Err(Errno::NOTDIR)
+                    if statat(base, OsStr::from_bytes(part), AtFlags::SYMLINK_NOFOLLOW)
+                        .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFLNK) =>
+                {
+                    return Err(io::Error::from(Errno::LOOP))
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         Err(io::Error::from(Errno::INVAL))
     }
@@ -117,7 +128,11 @@ impl Dir {
             return Ok(rustix::fs::fstat(&self.fd)?);
         }
         let (dir, name) = self.parent(rel)?;
-        Ok(statat(&dir.fd, OsStr::from_bytes(name), AtFlags::SYMLINK_NOFOLLOW)?)
+        Ok(statat(
+            &dir.fd,
+            OsStr::from_bytes(name),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )?)
     }
 }
 
@@ -167,7 +182,10 @@ mod tests {
                 }
             };
             assert!(open(b"d/f").is_ok());
-            assert_eq!(open(b"l/secret").unwrap_err().raw_os_error(), Some(libc::ELOOP));
+            assert_eq!(
+                open(b"l/secret").unwrap_err().raw_os_error(),
+                Some(libc::ELOOP)
+            );
             assert_eq!(open(b"d/lf").unwrap_err().raw_os_error(), Some(libc::ELOOP));
         }
         for bad in [&b"../x"[..], b"/etc", b"d//f", b"d/./f", b""] {
