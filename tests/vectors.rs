@@ -833,3 +833,69 @@ fn unsorted_or_repeated_xattr_names_are_refused_by_every_reader() {
     generate_multi(&tmp.path().join("v"), None, M_XATTRS);
     assert_eq!(outcomes_in(&tmp.path().join("v"), "multi").2, 0);
 }
+
+/// docs/FORMAT.md §11's recipe for a test vault of several batches and wrappings does what it
+/// says: five files, `--batch-max-files 2` and two `--key`s make three batches wrapped twice,
+/// `rewrap --add` a third time, and the vault verifies deep; `--batch-max-bytes` cuts batches
+/// by size.
+#[test]
+fn the_several_batch_recipe_of_format_md_works() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..5u8 {
+        std::fs::write(src.join(format!("f{i}")), vec![i; 3000]).unwrap();
+    }
+    // The real binary with a private key store (this file stands apart from the shared
+    // integration-test helpers).
+    let ok = |args: &[&str]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_envseal"))
+            .env("ENVSEAL_HOME", &home)
+            .env_remove("ENVSEAL_KMS")
+            .env_remove("ENVSEAL_PASSPHRASE")
+            .env_remove("RUST_LOG")
+            .args(args)
+            .output()
+            .unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        assert!(o.status.success(), "{args:?}: {}", text(&o.stderr));
+        text(&o.stdout)
+    };
+    for a in ["alias/a", "alias/b", "alias/c"] {
+        let meta: Value = serde_json::from_str(&ok(&["kms", "create-key"])).unwrap();
+        let id = meta["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
+        ok(&["kms", "create-alias", a, &id]);
+    }
+    let (src, v, v2) = (
+        src.to_str().unwrap(),
+        tmp.path().join("v"),
+        tmp.path().join("v2"),
+    );
+    let (v, v2) = (v.to_str().unwrap(), v2.to_str().unwrap());
+    ok(&[
+        "encrypt",
+        "-q",
+        src,
+        "-o",
+        v,
+        "--batch-max-files",
+        "2",
+        "--key",
+        "alias/a",
+        "--key",
+        "alias/b",
+    ]);
+    ok(&["rewrap", "-q", v, "--add", "--key", "alias/c"]);
+    ok(&["verify", "-q", "--deep", v]);
+    let count = |vault: &str, kind: &str| {
+        std::fs::read_to_string(Path::new(vault).join("manifest.jsonl"))
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with(&format!(r#"{{"type":"{kind}""#)))
+            .count()
+    };
+    assert_eq!((count(v, "batch"), count(v, "wrap")), (3, 9));
+    ok(&["encrypt", "-q", src, "-o", v2, "--batch-max-bytes", "4KiB"]);
+    assert_eq!(count(v2, "batch"), 5);
+}
