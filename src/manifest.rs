@@ -300,8 +300,9 @@ struct WrapLine {
     wrapped: WrappedKey,
 }
 
-/// A `wrap` record as read: its members spelled out (serde's `flatten` lets duplicate members
-/// through), and a context that refuses a member twice (§5: a duplicate is a mismatch).
+/// A `wrap` record as read: its members spelled out rather than flattened from
+/// [`WrappedKey`], whose context map would keep the last of two equal members; here a
+/// member twice is refused (§5: a duplicate is a mismatch).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct WrapLineIn {
@@ -350,11 +351,15 @@ impl<'de> Deserialize<'de> for StrictContext {
 
 impl WrapLineIn {
     fn wrapped(self) -> WrappedKey {
+        Self::wrapped_key(self.kms, self.key_id, self.blob, self.context)
+    }
+
+    fn wrapped_key(kms: String, key_id: String, blob: String, c: StrictContext) -> WrappedKey {
         WrappedKey {
-            kms: self.kms,
-            key_id: self.key_id,
-            blob: self.blob,
-            context: crate::kms::EncryptionContext(self.context.0),
+            kms,
+            key_id,
+            blob,
+            context: crate::kms::EncryptionContext(c.0),
         }
     }
 }
@@ -492,12 +497,7 @@ impl From<KeyFileIn> for KeyFile {
             wrapped: k
                 .wrapped
                 .into_iter()
-                .map(|w| WrappedKey {
-                    kms: w.kms,
-                    key_id: w.key_id,
-                    blob: w.blob,
-                    context: crate::kms::EncryptionContext(w.context.0),
-                })
+                .map(|w| WrapLineIn::wrapped_key(w.kms, w.key_id, w.blob, w.context))
                 .collect(),
         }
     }
