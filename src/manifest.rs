@@ -25,8 +25,8 @@ const AAD_PATH: &[u8] = b"envseal path";
 const AAD_TARGET: &[u8] = b"envseal link target";
 const AAD_HARDLINK: &[u8] = b"envseal hard link";
 const AAD_XATTRS: &[u8] = b"envseal xattrs";
-/// Bounds on a sealed attribute list (Linux: names up to 255 bytes, values up to 64 KiB).
-const MAX_XATTRS_BYTES: usize = 1 << 20;
+/// Attribute names are 1 to 255 bytes (Linux's limit); a list's size is bounded by its line's
+/// (docs/FORMAT.md §6.1, "Extended attributes").
 const MAX_XATTR_NAME: usize = 255;
 
 /// An entry's extended attributes (docs/FORMAT.md §6.1): read in the clear, always stored
@@ -61,7 +61,10 @@ impl Xattrs {
         Ok(Xattrs::Sealed(s))
     }
 
-    /// The attributes, opened and checked (names not empty, at most 255 bytes, no NUL).
+    /// The attributes, opened and checked (docs/FORMAT.md §6.1): at least one, names not
+    /// empty, at most 255 bytes, no NUL, in strictly increasing byte order. A list that
+    /// breaks these rules was authenticated by a key holder, yet two readers could apply it
+    /// differently (the first or the last of two equal names): it is refused (exit 3).
     pub fn open(&self, nk: &NameKey) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let sealed = match self {
             Xattrs::None => return Ok(Vec::new()),
@@ -72,7 +75,7 @@ impl Xattrs {
         let plain = nk
             .open(sealed, AAD_XATTRS)
             .map_err(|_| bad("do not decrypt"))?;
-        let mut list = Vec::new();
+        let mut list: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let mut rest = &plain[..];
         let take = |rest: &mut &[u8]| -> Option<Vec<u8>> {
             let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
@@ -86,7 +89,15 @@ impl Xattrs {
             if n.is_empty() || n.len() > MAX_XATTR_NAME || n.contains(&0) {
                 return Err(bad("a bad name"));
             }
+            if list.last().is_some_and(|(prev, _)| *prev >= n) {
+                return Err(bad(
+                    "names not in strictly increasing order (unsorted, or one twice)",
+                ));
+            }
             list.push((n, v));
+        }
+        if list.is_empty() {
+            return Err(bad("an empty list"));
         }
         Ok(list)
     }
@@ -279,14 +290,78 @@ struct BatchLine {
     key_commitment: String,
 }
 
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A `wrap` record as written.
+#[derive(Serialize)]
 struct WrapLine {
     #[serde(rename = "type")]
     kind: String,
     batch: u32,
     #[serde(flatten)]
     wrapped: WrappedKey,
+}
+
+/// A `wrap` record as read: its members spelled out rather than flattened from
+/// [`WrappedKey`], whose context map would keep the last of two equal members; here a
+/// member twice is refused (§5: a duplicate is a mismatch).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WrapLineIn {
+    #[serde(rename = "type")]
+    #[allow(dead_code)]
+    kind: String,
+    batch: u32,
+    kms: String,
+    key_id: String,
+    blob: String,
+    #[serde(default)]
+    context: StrictContext,
+}
+
+/// An encryption context whose members are all distinct.
+#[derive(Default)]
+struct StrictContext(std::collections::BTreeMap<String, String>);
+
+impl<'de> Deserialize<'de> for StrictContext {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = StrictContext;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object of strings")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> std::result::Result<StrictContext, A::Error> {
+                let mut out = std::collections::BTreeMap::new();
+                while let Some((k, v)) = m.next_entry::<String, String>()? {
+                    if out.contains_key(&k) {
+                        return Err(serde::de::Error::custom(format!(
+                            "context member {k:?} appears twice"
+                        )));
+                    }
+                    out.insert(k, v);
+                }
+                Ok(StrictContext(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl WrapLineIn {
+    fn wrapped(self) -> WrappedKey {
+        Self::wrapped_key(self.kms, self.key_id, self.blob, self.context)
+    }
+
+    fn wrapped_key(kms: String, key_id: String, blob: String, c: StrictContext) -> WrappedKey {
+        WrappedKey {
+            kms,
+            key_id,
+            blob,
+            context: crate::kms::EncryptionContext(c.0),
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -379,15 +454,53 @@ struct BatchMac {
 }
 
 /// The key file of one batch, written before any of its ciphertext exists: the copy of the
-/// wrappings that survives the loss of the manifest (§5).
+/// wrappings that survives the loss of the manifest (§5). Read as strictly as a `wrap` record.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
+#[serde(from = "KeyFileIn")]
 pub struct KeyFile {
     pub format: u16,
     pub vault_id: String,
     pub batch_id: String,
     pub key_commitment: String,
     pub wrapped: Vec<WrappedKey>,
+}
+
+/// A key file as read: no unknown or duplicate member, in the file or in a wrapping.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyFileIn {
+    format: u16,
+    vault_id: String,
+    batch_id: String,
+    key_commitment: String,
+    wrapped: Vec<WrapIn>,
+}
+
+/// One wrapping in a key file (§5).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WrapIn {
+    kms: String,
+    key_id: String,
+    blob: String,
+    #[serde(default)]
+    context: StrictContext,
+}
+
+impl From<KeyFileIn> for KeyFile {
+    fn from(k: KeyFileIn) -> KeyFile {
+        KeyFile {
+            format: k.format,
+            vault_id: k.vault_id,
+            batch_id: k.batch_id,
+            key_commitment: k.key_commitment,
+            wrapped: k
+                .wrapped
+                .into_iter()
+                .map(|w| WrapLineIn::wrapped_key(w.kms, w.key_id, w.blob, w.context))
+                .collect(),
+        }
+    }
 }
 
 impl KeyFile {
@@ -566,9 +679,25 @@ impl Entry {
         line: &[u8],
         h: &Header,
     ) -> std::result::Result<(Entry, Option<crate::journal::SourceId>), String> {
+        // A writer checks its lines here too: one its readers refuse must never be written.
+        if line.len() > format::MAX_MANIFEST_LINE {
+            return Err("the entry's line is longer than 1 MiB".into());
+        }
         let r: EntryLine = serde_json::from_slice(line).map_err(|e| e.to_string())?;
         if (r.src.is_some() || r.holes.is_some() || r.zeros.is_some()) && r.kind != "file" {
             return Err(format!("src, holes or zeros on a {}", r.kind));
+        }
+        if r.src.is_some_and(|s| s.ctime_nsec > 999_999_999) {
+            return Err("src ctime_nsec out of range".into());
+        }
+        // One spelling per gap list: each field's pairs in increasing order of offset.
+        for (field, pairs) in [("holes", &r.holes), ("zeros", &r.zeros)] {
+            if pairs
+                .as_deref()
+                .is_some_and(|p| p.windows(2).any(|w| w[0][0] >= w[1][0]))
+            {
+                return Err(format!("{field} not in increasing order of offset"));
+            }
         }
         if r.kind_tag != "entry" {
             return Err("not an entry record".into());
@@ -597,6 +726,10 @@ impl Entry {
         ];
         let link_fields = r.target.is_some() || r.target_b64.is_some() || r.enc_target.is_some();
         let owner = match (r.uid, r.gid) {
+            // (uid_t)-1 means "leave the owner" to chown(2): no file has it.
+            (Some(u32::MAX), _) | (_, Some(u32::MAX)) => {
+                return Err("uid or gid 4294967295 ((uid_t)-1, no owner)".into())
+            }
             (Some(uid), Some(gid)) => {
                 for n in [&r.user, &r.group].into_iter().flatten() {
                     if n.is_empty() || n.len() > 256 || n.contains(['\0', '/', ':', '\n']) {
@@ -621,13 +754,13 @@ impl Entry {
             return Err("rdev on an entry that is not a device".into());
         }
         let plain = !file_fields.contains(&true) && !link_fields;
+        // Bounded by the line's length (checked above); opened by readers holding the key.
         let xattrs = match &r.xattrs {
             None => Xattrs::None,
-            Some(b) if b.len() <= 2 * MAX_XATTRS_BYTES => Xattrs::Sealed(
+            Some(b) => Xattrs::Sealed(
                 B64.decode(b)
                     .map_err(|_| "xattrs: bad base64".to_string())?,
             ),
-            Some(_) => return Err("xattrs over 1 MiB".into()),
         };
         let kind = match r.kind.as_str() {
             "dir" if plain => EntryKind::Dir,
@@ -1138,8 +1271,24 @@ impl ManifestReader {
         format!("{} line {}", self.what, self.lines.number)
     }
 
+    /// The next line of the manifest: every line ends with its newline and holds at most
+    /// `MAX_MANIFEST_LINE` bytes before it; anything else is damage (docs/FORMAT.md §1.1).
+    fn next_line(&mut self) -> Result<Option<Vec<u8>>> {
+        let line = self.lines.next_line().map_err(|e| match e {
+            Error::Format { what, why } => Error::Integrity { what, why },
+            e => e,
+        })?;
+        if line.is_some() && !self.lines.terminated {
+            return Err(integrity(
+                &self.at(),
+                "the last line lacks its newline (truncated)",
+            ));
+        }
+        Ok(line)
+    }
+
     fn next_raw(&mut self) -> Result<Option<(Kind, Vec<u8>)>> {
-        let Some(line) = self.lines.next_line()? else {
+        let Some(line) = self.next_line()? else {
             return Ok(None);
         };
         let kind =
@@ -1152,7 +1301,7 @@ impl ManifestReader {
     }
 
     fn read_head(&mut self) -> Result<()> {
-        let first = self.lines.next_line()?;
+        let first = self.next_line()?;
         let Some(line) = first else {
             return Err(integrity(&self.what, "empty manifest"));
         };
@@ -1216,7 +1365,7 @@ impl ManifestReader {
                     self.batches.push(batch);
                 }
                 Kind::Wrap if self.objects.is_empty() => {
-                    let w: WrapLine = serde_json::from_slice(&line).map_err(parse_err)?;
+                    let w: WrapLineIn = serde_json::from_slice(&line).map_err(parse_err)?;
                     let n = self.batches.len();
                     let b = self
                         .batches
@@ -1226,7 +1375,7 @@ impl ManifestReader {
                     if b.wrapped.len() >= format::MAX_WRAPPED_KEYS {
                         return Err(integrity(&at, "more than 64 wrapped keys"));
                     }
-                    b.wrapped.push(w.wrapped);
+                    b.wrapped.push(w.wrapped());
                 }
                 Kind::Object if !self.batches.is_empty() => {
                     let o: ObjectLine = serde_json::from_slice(&line).map_err(parse_err)?;
@@ -1259,10 +1408,18 @@ impl ManifestReader {
         if ids.windows(2).any(|w| w[0] == w[1]) {
             return Err(integrity(&self.what, "an object is listed twice"));
         }
+        // Batch ids name key files and bind keys and headers: one record each, like objects.
+        let mut ids: Vec<&[u8; ID_LEN]> = self.batches.iter().map(|b| &b.batch_id).collect();
+        ids.sort_unstable();
+        if ids.windows(2).any(|w| w[0] == w[1]) {
+            return Err(integrity(&self.what, "a batch is listed twice"));
+        }
         Ok(())
     }
 
-    /// Reveal concealed names with this key from now on (and check their tree order).
+    /// Batch 0's name key (docs/FORMAT.md §6.1): from now on, concealed names are revealed
+    /// (and their tree order checked), and every entry's extended attributes are opened and
+    /// checked as the entry is read, in clear vaults too.
     pub fn set_name_key(&mut self, k: NameKey) {
         self.name_key = Some(k);
     }
@@ -1288,6 +1445,12 @@ impl ManifestReader {
                 let (mut e, src) =
                     Entry::from_line_src(&line, &self.header).map_err(|why| integrity(&at, why))?;
                 self.last_src = src;
+                if let (Some(nk), Xattrs::Sealed(_)) = (&self.name_key, &e.xattrs) {
+                    e.xattrs.open(nk).map_err(|err| match err {
+                        Error::Integrity { why, .. } => integrity(&at, why),
+                        err => err,
+                    })?;
+                }
                 if let Some(f) = e.file() {
                     let obj = self
                         .objects
@@ -1343,7 +1506,7 @@ impl ManifestReader {
                 {
                     return Err(integrity(&self.what, "one MAC per batch expected"));
                 }
-                if self.lines.next_line()?.is_some() {
+                if self.next_line()?.is_some() {
                     return Err(integrity(&self.what, "data after the end record"));
                 }
                 self.end = Some(end);
@@ -1390,6 +1553,8 @@ impl ManifestReader {
 pub struct Lines<R> {
     reader: R,
     pub number: u64,
+    /// Whether the line last returned ended with its newline (a torn last line does not).
+    pub terminated: bool,
     path: PathBuf,
     buf: Vec<u8>,
 }
@@ -1399,6 +1564,7 @@ impl<R: BufRead> Lines<R> {
         Lines {
             reader,
             number: 0,
+            terminated: true,
             path: path.to_path_buf(),
             buf: Vec::new(),
         }
@@ -1416,7 +1582,8 @@ impl<R: BufRead> Lines<R> {
             return Ok(None);
         }
         self.number += 1;
-        if self.buf.last() == Some(&b'\n') {
+        self.terminated = self.buf.last() == Some(&b'\n');
+        if self.terminated {
             self.buf.pop();
         } else if self.buf.len() > format::MAX_MANIFEST_LINE {
             return Err(Error::format(
@@ -1566,6 +1733,326 @@ mod tests {
             r#"{"type":"entry","path":"a","kind":"dir","mode":493,"mtime":1,"nsec":0,"holes":[[0,1]]}"#.to_string(),
         ] {
             assert!(Entry::from_line(bad.as_bytes(), &h).is_err(), "{bad}");
+        }
+    }
+
+    fn name_key() -> NameKey {
+        let dk = crate::kms::DataKey::from_bytes(&[7u8; 32]).unwrap();
+        BatchKey::new(dk, [1; 16], [2; 16]).name_key()
+    }
+
+    fn xattr_list(attrs: &[(&[u8], &[u8])]) -> Vec<u8> {
+        let mut plain = Vec::new();
+        for (n, v) in attrs {
+            plain.extend_from_slice(&(n.len() as u32).to_be_bytes());
+            plain.extend_from_slice(n);
+            plain.extend_from_slice(&(v.len() as u32).to_be_bytes());
+            plain.extend_from_slice(v);
+        }
+        plain
+    }
+
+    /// Item 8 of the hostile-vault review: an authenticated list with names out of order or
+    /// twice restored "the last one wins"; the format says sorted, so every reader refuses it
+    /// (an integrity error), and an empty or malformed list too (§6.1).
+    #[test]
+    fn xattr_lists_must_be_sorted_unique_and_well_formed() {
+        let nk = name_key();
+        let sealed = |plain: &[u8]| Xattrs::Sealed(nk.seal(plain, AAD_XATTRS).unwrap());
+        let good = [(&b"user.a"[..], &b"1"[..]), (b"user.b", b"")];
+        assert_eq!(
+            sealed(&xattr_list(&good)).open(&nk).unwrap(),
+            vec![
+                (b"user.a".to_vec(), b"1".to_vec()),
+                (b"user.b".to_vec(), vec![])
+            ]
+        );
+        // What a writer seals, a reader opens.
+        let clear = Xattrs::Clear(vec![(b"user.a".to_vec(), b"x".to_vec())]);
+        assert_eq!(clear.sealed(&nk).unwrap().open(&nk).unwrap().len(), 1);
+        let mut truncated = xattr_list(&good);
+        truncated.pop();
+        let long_name = vec![b'n'; 256];
+        for (what, plain) in [
+            (
+                "unsorted",
+                xattr_list(&[(b"user.b", b"1"), (b"user.a", b"2")]),
+            ),
+            ("twice", xattr_list(&[(b"user.a", b"1"), (b"user.a", b"2")])),
+            ("empty list", Vec::new()),
+            ("empty name", xattr_list(&[(b"", b"1")])),
+            ("NUL in a name", xattr_list(&[(b"user.\0a", b"1")])),
+            ("name over 255 bytes", xattr_list(&[(&long_name, b"1")])),
+            ("truncated", truncated),
+        ] {
+            match sealed(&plain).open(&nk) {
+                Err(Error::Integrity { .. }) => {}
+                other => panic!("{what}: {other:?}"),
+            }
+        }
+        // Sealed under another key, or as a path: refused too.
+        let other = Xattrs::Sealed(nk.seal(&xattr_list(&good), AAD_PATH).unwrap());
+        assert!(matches!(other.open(&nk), Err(Error::Integrity { .. })));
+    }
+
+    fn dir_line(fields: &str) -> String {
+        format!(r#"{{"type":"entry","path":"a","kind":"dir",{fields}}}"#)
+    }
+
+    /// JSON numbers have one spelling (§1.1): no fraction, exponent or `-0`, and values that
+    /// do not fit their field are refused, never truncated. Times before 1970 are negative
+    /// seconds with positive nanoseconds.
+    #[test]
+    fn numbers_have_one_spelling_and_a_range() {
+        let h = header();
+        let e = Entry::from_line(
+            dir_line(r#""mode":493,"mtime":-1,"nsec":250000000"#).as_bytes(),
+            &h,
+        )
+        .unwrap();
+        assert_eq!((e.mtime, e.mtime_nsec), (-1, 250_000_000));
+        let min = dir_line(r#""mode":0,"mtime":-9223372036854775808,"nsec":0"#);
+        assert_eq!(
+            Entry::from_line(min.as_bytes(), &h).unwrap().mtime,
+            i64::MIN
+        );
+        for bad in [
+            r#""mode":493.0,"mtime":1,"nsec":0"#,
+            r#""mode":4.93e2,"mtime":1,"nsec":0"#,
+            r#""mode":493,"mtime":1e3,"nsec":0"#,
+            r#""mode":493,"mtime":1E3,"nsec":0"#,
+            r#""mode":493,"mtime":-0,"nsec":0"#,
+            r#""mode":493,"mtime":1,"nsec":-0"#,
+            r#""mode":-0,"mtime":1,"nsec":0"#,
+            r#""mode":0493,"mtime":1,"nsec":0"#,
+            r#""mode":+493,"mtime":1,"nsec":0"#,
+            r#""mode":"493","mtime":1,"nsec":0"#,
+            r#""mode":493,"mtime":9223372036854775808,"nsec":0"#,
+            r#""mode":493,"mtime":-9223372036854775809,"nsec":0"#,
+            r#""mode":493,"mtime":1,"nsec":-1"#,
+            r#""mode":493,"mtime":1,"nsec":4294967296"#,
+            r#""mode":4096,"mtime":1,"nsec":0"#,
+            r#""mode":493,"mtime":1,"nsec":0,"uid":4294967295,"gid":0"#,
+            r#""mode":493,"mtime":1,"nsec":0,"uid":0,"gid":4294967295"#,
+            r#""mode":493,"mtime":1,"nsec":0,"uid":0,"gid":4294967296"#,
+        ] {
+            let line = dir_line(bad);
+            assert!(Entry::from_line(line.as_bytes(), &h).is_err(), "{line}");
+        }
+        // A lone surrogate is no string (§1.1).
+        let lone = r#"{"type":"entry","path":"\ud800","kind":"dir","mode":493,"mtime":1,"nsec":0}"#;
+        assert!(Entry::from_line(lone.as_bytes(), &h).is_err());
+        let ok = dir_line(r#""mode":493,"mtime":1,"nsec":0,"uid":4294967294,"gid":0"#);
+        assert!(Entry::from_line(ok.as_bytes(), &h).is_ok());
+    }
+
+    /// Base64 is RFC 4648's standard alphabet, padded and canonical, nothing else (§1.1).
+    #[test]
+    fn base64_has_one_spelling() {
+        let h = header();
+        let line = |b64: &str| {
+            format!(
+                r#"{{"type":"entry","path_b64":"{b64}","kind":"dir","mode":493,"mtime":1,"nsec":0}}"#
+            )
+        };
+        // b"\xff\xfe" (not UTF-8) is "//4=".
+        let e = Entry::from_line(line("//4=").as_bytes(), &h).unwrap();
+        assert_eq!(e.path, Name::Clear(vec![0xff, 0xfe]));
+        for bad in ["//4", "//5=", "__4=", "//4=\\n", " //4=", "//4=="] {
+            assert!(Entry::from_line(line(bad).as_bytes(), &h).is_err(), "{bad}");
+        }
+    }
+
+    /// Gaps: each field's pairs in increasing order (one spelling per layout); a hole may
+    /// touch a zero extent; the `src` times and the line's length are range-checked.
+    #[test]
+    fn gaps_src_and_line_length_are_strict() {
+        let h = header();
+        let file = |extra: &str| {
+            format!(
+                r#"{{"type":"entry","path":"f","kind":"file","mode":420,"mtime":1,"nsec":0,"size":100000,"batch":0,"obj":0,"off":0,"salt":"{z}","ct":"{z}","pt":"{z}"{extra}}}"#,
+                z = "00".repeat(32)
+            )
+        };
+        for ok in [
+            r#","holes":[[0,4096],[8192,10]]"#,
+            r#","holes":[[0,4096]],"zeros":[[4096,4096]]"#,
+            r#","src":{"dev":1,"ino":2,"ctime":-5,"ctime_nsec":999999999}"#,
+        ] {
+            assert!(Entry::from_line(file(ok).as_bytes(), &h).is_ok(), "{ok}");
+        }
+        for bad in [
+            r#","holes":[[8192,10],[0,4096]]"#,
+            r#","zeros":[[8192,10],[0,4096]]"#,
+            r#","holes":[[0,4096],[4096,10]]"#,
+            r#","holes":[[0,4096]],"zeros":[[4095,10]]"#,
+            r#","holes":[[18446744073709551615,2]]"#,
+            r#","src":{"dev":1,"ino":2,"ctime":1,"ctime_nsec":1000000000}"#,
+            r#","src":{"dev":1,"ino":2,"ctime":1,"ctime_nsec":0,"x":1}"#,
+        ] {
+            assert!(Entry::from_line(file(bad).as_bytes(), &h).is_err(), "{bad}");
+        }
+        // A line of exactly 1 MiB is read; one byte more is not (the newline is not counted).
+        let long = |n: usize| {
+            let base = dir_line(r#""mode":493,"mtime":1,"nsec":0"#);
+            // Whitespace before the closing brace is valid JSON and pads the line exactly.
+            let mut l = base[..base.len() - 1].to_string();
+            l.push_str(&" ".repeat(n - base.len()));
+            l.push('}');
+            l
+        };
+        assert!(Entry::from_line(long(format::MAX_MANIFEST_LINE).as_bytes(), &h).is_ok());
+        assert!(Entry::from_line(long(format::MAX_MANIFEST_LINE + 1).as_bytes(), &h).is_err());
+    }
+
+    /// Writes `lines` as a manifest (each with its newline unless `torn`) and reads it to its
+    /// end record, without keys: the structural checks every reader makes.
+    fn read_manifest(lines: &[String], torn: bool) -> Result<()> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut text = lines.join("\n");
+        if !torn {
+            text.push('\n');
+        }
+        std::fs::write(dir.path().join(layout::MANIFEST), text).unwrap();
+        let mut r = ManifestReader::open(dir.path())?;
+        while r.next_entry()?.is_some() {}
+        Ok(())
+    }
+
+    fn head_lines(batch_ids: &[u8], wrap: &str) -> Vec<String> {
+        let mut v = vec![format!(
+            r#"{{"type":"vault","format":2,"vault_id":"{}","created":"","generator":"","segment_size":4096,"conceal_names":false}}"#,
+            "01".repeat(16)
+        )];
+        for (i, b) in batch_ids.iter().enumerate() {
+            let id = format!("{b:02x}").repeat(16);
+            v.push(format!(
+                r#"{{"type":"batch","batch":{i},"id":"{id}","key_commitment":"{}"}}"#,
+                "00".repeat(32)
+            ));
+            v.push(wrap.replace("{i}", &i.to_string()).replace("{id}", &id));
+        }
+        v
+    }
+
+    const WRAP: &str = r#"{"type":"wrap","batch":{i},"kms":"local","key_id":"k","blob":"b","context":{"envseal:batch":"{id}","envseal:vault":"01010101010101010101010101010101"}}"#;
+
+    fn end_line(batches: usize, entries: usize) -> String {
+        let macs: Vec<String> = (0..batches)
+            .map(|i| format!(r#"{{"batch":{i},"mac":"{}"}}"#, "00".repeat(32)))
+            .collect();
+        format!(
+            r#"{{"type":"end","batches":{batches},"objects":0,"entries":{entries},"macs":[{}]}}"#,
+            macs.join(",")
+        )
+    }
+
+    /// The manifest's structure, as every reader checks it before any key: duplicate batch
+    /// ids, strict wrap records (no unknown or duplicate members, a context without a
+    /// duplicate member), every line ended by its newline and within 1 MiB (§1.1, §5, §6.1).
+    #[test]
+    fn manifest_structure_is_strict() {
+        let ok = |lines: Vec<String>| read_manifest(&lines, false);
+        let with = |ids: &[u8], wrap: &str, entries: &[&str]| {
+            let mut l = head_lines(ids, wrap);
+            l.extend(entries.iter().map(|e| e.to_string()));
+            l.push(end_line(ids.len(), entries.len()));
+            l
+        };
+        let a = dir_line(r#""mode":493,"mtime":1,"nsec":0"#);
+        ok(with(&[0xb0, 0xb1], WRAP, &[&a])).unwrap();
+        // The MAC is checked later with the keys; these fail before.
+        let integrity = |r: Result<()>, what: &str| match r {
+            Err(Error::Integrity { .. }) => {}
+            other => panic!("{what}: {other:?}"),
+        };
+        integrity(ok(with(&[0xb0, 0xb0], WRAP, &[&a])), "batch id twice");
+        for (what, wrap) in [
+            (
+                "unknown member",
+                WRAP.replace(r#""blob":"b","#, r#""blob":"b","x":1,"#),
+            ),
+            (
+                "member twice",
+                WRAP.replace(r#""blob":"b","#, r#""blob":"b","blob":"c","#),
+            ),
+            (
+                "context member twice",
+                WRAP.replace(
+                    r#""context":{"#,
+                    r#""context":{"envseal:batch":"ffffffffffffffffffffffffffffffff","#,
+                ),
+            ),
+            (
+                "a context value not a string",
+                WRAP.replace(
+                    r#""envseal:vault":"01010101010101010101010101010101""#,
+                    r#""envseal:vault":1"#,
+                ),
+            ),
+        ] {
+            integrity(ok(with(&[0xb0], &wrap, &[&a])), what);
+        }
+        // A last line without its newline is a truncated manifest.
+        integrity(read_manifest(&with(&[0xb0], WRAP, &[&a]), true), "torn");
+        // A line over 1 MiB (not counting its newline) is damage, exit 3; 1 MiB exactly is read.
+        let mut long = a[..a.len() - 1].to_string();
+        long.push_str(&" ".repeat(format::MAX_MANIFEST_LINE - a.len()));
+        long.push('}');
+        assert_eq!(long.len(), format::MAX_MANIFEST_LINE);
+        ok(with(&[0xb0], WRAP, &[&long])).unwrap();
+        let longer = long.replacen(' ', "  ", 1);
+        integrity(ok(with(&[0xb0], WRAP, &[&longer])), "over-long line");
+    }
+
+    /// Key files are read as strictly as `wrap` records: what they write, they read; an unknown
+    /// or repeated member, in the file or in a wrapping or its context, is refused.
+    #[test]
+    fn key_files_are_read_strictly() {
+        let ctx = crate::kms::EncryptionContext::for_batch(&"01".repeat(16), &"02".repeat(16));
+        let b = Batch {
+            batch_id: [2; 16],
+            key_commitment: [3; 32],
+            wrapped: vec![WrappedKey {
+                kms: "local".into(),
+                key_id: "k".into(),
+                blob: "b".into(),
+                context: ctx,
+            }],
+        };
+        let kf = KeyFile::new(&[1; 16], &b);
+        let text = serde_json::to_string_pretty(&kf).unwrap();
+        assert_eq!(serde_json::from_str::<KeyFile>(&text).unwrap(), kf);
+        for (what, from, to) in [
+            (
+                "unknown member",
+                r#""format": 2,"#,
+                r#""format": 2, "x": 1,"#,
+            ),
+            (
+                "member twice",
+                r#""format": 2,"#,
+                r#""format": 2, "format": 2,"#,
+            ),
+            (
+                "unknown wrapping member",
+                r#""blob": "b","#,
+                r#""blob": "b", "x": 1,"#,
+            ),
+            (
+                "wrapping member twice",
+                r#""blob": "b","#,
+                r#""blob": "b", "blob": "c","#,
+            ),
+            (
+                "context member twice",
+                r#""context": {"#,
+                r#""context": { "envseal:vault": "ff","#,
+            ),
+        ] {
+            let bad = text.replacen(from, to, 1);
+            assert_ne!(bad, text, "{what}");
+            assert!(serde_json::from_str::<KeyFile>(&bad).is_err(), "{what}");
         }
     }
 

@@ -59,10 +59,10 @@ pub fn unlock(vault: &Path, kms: &Kms) -> Result<Unlocked> {
     for b in &reader.batches {
         keys.push(kms.unwrap(&reader.header.vault_id, b)?);
     }
-    if reader.header.conceal_names {
-        if let Some(k) = keys.first() {
-            reader.set_name_key(k.name_key());
-        }
+    // Batch 0's name key reveals concealed names and, in every vault, opens each entry's
+    // extended attributes as it is read, so that every reader refuses a bad list alike.
+    if let Some(k) = keys.first() {
+        reader.set_name_key(k.name_key());
     }
     Ok(Unlocked { reader, keys })
 }

@@ -332,10 +332,207 @@ fn files(root: &Path) -> Vec<PathBuf> {
     out
 }
 
+// ---- multi/: three batches, several wrappings each (docs/FORMAT.md §5, §6.1, §11) ----------
+
+const M_VAULT_ID: [u8; 16] = [0xa1; 16];
+const M_BATCH_IDS: [[u8; 16]; 3] = [[0xd0; 16], [0xd1; 16], [0xd2; 16]];
+const M_PACK_ID: [u8; 16] = [0xe0; 16];
+const M_SINGLE_ID: [u8; 16] = [0xe1; 16];
+/// The attributes of `c-batch2-xattrs`, sealed with the nonce 12 × 0x33.
+const M_XATTRS: &[(&[u8], &[u8])] = &[(b"user.a", b"1"), (b"user.b", b"")];
+
+fn m_key_bytes(b: usize) -> [u8; 32] {
+    std::array::from_fn(|i| (0x80 + 32 * b + i) as u8)
+}
+
+fn m_key(b: usize) -> BatchKey {
+    BatchKey::new(
+        DataKey::from_bytes(&m_key_bytes(b)).unwrap(),
+        M_VAULT_ID,
+        M_BATCH_IDS[b],
+    )
+}
+
+/// Batch b's wrappings, in order: batch 0 first by a CMK the (vector) KMS refuses, so a reader
+/// must go on to the next wrapping; batches 1 and 2 by two and three CMKs.
+fn m_batch(b: usize) -> Batch {
+    let ctx = EncryptionContext::for_batch(
+        &format::to_hex(&M_VAULT_ID),
+        &format::to_hex(&M_BATCH_IDS[b]),
+    );
+    let wrap = |cmk: &str, blob: String| WrappedKey {
+        kms: KMS.into(),
+        key_id: format!("vector-cmk-{cmk}"),
+        blob,
+        context: ctx.clone(),
+    };
+    let key = hex::encode(m_key_bytes(b));
+    let wrapped = match b {
+        0 => vec![wrap("revoked", "revoked".into()), wrap("a", key)],
+        1 => vec![wrap("b", key.clone()), wrap("a", key)],
+        _ => vec![
+            wrap("a", key.clone()),
+            wrap("c", key.clone()),
+            wrap("b", key),
+        ],
+    };
+    Batch {
+        batch_id: M_BATCH_IDS[b],
+        key_commitment: m_key(b).commitment(),
+        wrapped,
+    }
+}
+
+/// (name, batch, plaintext length), in tree order; all but `d-linked` in the pack.
+const M_FILES: [(&str, usize, usize); 4] = [
+    ("a-batch0", 0, 100),
+    ("b-batch1", 1, 5000),
+    ("c-batch2-xattrs", 2, 3),
+    ("d-linked", 1, 4097),
+];
+
+fn m_plaintext(k: usize, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| ((11 * i + 29 * k + 3) % 256) as u8)
+        .collect()
+}
+
+/// The attribute list of §6.1 as bytes: `BE32(len) ‖ name ‖ BE32(len) ‖ value` each.
+fn xattr_list(attrs: &[(&[u8], &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (n, v) in attrs {
+        out.extend_from_slice(&(n.len() as u32).to_be_bytes());
+        out.extend_from_slice(n);
+        out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+        out.extend_from_slice(v);
+    }
+    out
+}
+
+/// Builds `multi/` into `out` (and its plaintexts into `plain`), with `xattrs` as the list of
+/// `c-batch2-xattrs` (tests seal bad lists too, under the real keys and MACs).
+fn generate_multi(out: &Path, plain: Option<&Path>, xattrs: &[(&[u8], &[u8])]) {
+    std::fs::create_dir_all(out).unwrap();
+    let mut pack = Vec::new();
+    let mut files = Vec::new();
+    for (k, (name, b, len)) in M_FILES.into_iter().enumerate() {
+        let pt = m_plaintext(k, len);
+        let mut header = ObjectHeader {
+            version: format::FORMAT_VERSION,
+            alg: format::ALG_AES256GCM_BLAKE3,
+            segment_size: SEG,
+            plain_len: len as u64,
+            vault_id: M_VAULT_ID,
+            batch_id: M_BATCH_IDS[b],
+            file_id: [0x10 + k as u8; 16],
+            salt: [0x50 + k as u8; 32],
+            commitment: [0; 32],
+        };
+        let (rec, ct, mac) = envseal::object::seal_object(&m_key(b), &mut header, &pt);
+        let (obj, off) = if name == "d-linked" {
+            let p = object_path(out, &M_SINGLE_ID);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, &rec).unwrap();
+            (1, 0)
+        } else {
+            pack.extend_from_slice(&rec);
+            (0, (pack.len() - rec.len()) as u64)
+        };
+        files.push(FileEntry {
+            size: len as u64,
+            batch: b as u32,
+            obj,
+            off,
+            salt: header.salt,
+            ct,
+            pt: *mac.as_bytes(),
+            sparse: None,
+        });
+        if let Some(plain) = plain {
+            std::fs::create_dir_all(plain).unwrap();
+            std::fs::write(plain.join(name), &pt).unwrap();
+        }
+    }
+    let p = object_path(out, &M_PACK_ID);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, &pack).unwrap();
+
+    let header = Header {
+        vault_id: M_VAULT_ID,
+        created: "2026-12-01T00:00:00Z".into(),
+        generator: "envseal vectors".into(),
+        segment_size: SEG,
+        conceal_names: false,
+    };
+    let mut m = ManifestWriter::create(out, &header).unwrap();
+    for b in 0..3 {
+        manifest::write_key_file(out, &M_VAULT_ID, &m_batch(b)).unwrap();
+        m.batch(&m_batch(b)).unwrap();
+    }
+    for id in [M_PACK_ID, M_SINGLE_ID] {
+        let len = std::fs::metadata(object_path(out, &id)).unwrap().len();
+        m.object(&ObjectRef { id, len }).unwrap();
+    }
+    let entry = |path: &str, mtime: i64, nsec: u32, kind: EntryKind| Entry {
+        path: Name::Clear(path.as_bytes().to_vec()),
+        mode: if matches!(kind, EntryKind::Dir) {
+            0o755
+        } else {
+            0o640
+        },
+        mtime,
+        mtime_nsec: nsec,
+        kind,
+        owner: None,
+        linked: false,
+        xattrs: Default::default(),
+    };
+    let mut entries = vec![entry("multi", 1_700_000_000, 0, EntryKind::Dir)];
+    for (k, f) in files.into_iter().enumerate() {
+        let name = M_FILES[k].0;
+        // a-batch0 has a time before 1970: 1969-12-31T23:59:59.25Z (§1.1).
+        let (mtime, nsec) = if k == 0 {
+            (-1, 250_000_000)
+        } else {
+            (1_700_000_000 + k as i64, 500)
+        };
+        let mut e = entry(&format!("multi/{name}"), mtime, nsec, EntryKind::File(f));
+        e.linked = name == "d-linked";
+        if name == "c-batch2-xattrs" {
+            // Batch 0's name key seals the attributes of a file of batch 2 (§6.1).
+            let sealed = m_key(0)
+                .name_key()
+                .seal_with_nonce(&xattr_list(xattrs), b"envseal xattrs", [0x33; 12])
+                .unwrap();
+            e.xattrs = envseal::manifest::Xattrs::Sealed(sealed);
+        }
+        entries.push(e);
+    }
+    let d = entries.last().unwrap().clone();
+    entries.push(Entry {
+        path: Name::Clear(b"multi/e-hardlink".to_vec()),
+        kind: EntryKind::HardLink(Name::Clear(b"multi/d-linked".to_vec())),
+        linked: false,
+        ..d
+    });
+    for e in &entries {
+        m.entry_line(&e.to_line(None).unwrap()).unwrap();
+    }
+    m.finish(&[&m_key(0), &m_key(1), &m_key(2)]).unwrap();
+}
+
 fn generate_all(root: &Path) {
     generate(&root.join("vault"), Some(&root.join("plain")), false);
     generate(&root.join("concealed"), None, true);
+    generate_multi(
+        &root.join("multi"),
+        Some(&root.join("multi-plain")),
+        M_XATTRS,
+    );
 }
+
+/// The directories `vectors_are_current` regenerates and compares.
+const GENERATED: [&str; 5] = ["vault", "plain", "concealed", "multi", "multi-plain"];
 
 #[test]
 fn vectors_are_current() {
@@ -344,7 +541,7 @@ fn vectors_are_current() {
     generate_all(&fresh);
     let checked_in = dir();
     if std::env::var_os("ENVSEAL_REGEN_VECTORS").is_some() {
-        for d in ["vault", "plain", "concealed"] {
+        for d in GENERATED {
             let _ = std::fs::remove_dir_all(checked_in.join(d));
         }
         generate_all(&checked_in);
@@ -352,11 +549,7 @@ fn vectors_are_current() {
     }
     let keep = |v: Vec<PathBuf>| -> Vec<PathBuf> {
         v.into_iter()
-            .filter(|p| {
-                ["vault", "plain", "concealed"]
-                    .iter()
-                    .any(|d| p.starts_with(d))
-            })
+            .filter(|p| GENERATED.iter().any(|d| p.starts_with(d)))
             .collect()
     };
     let a = keep(files(&fresh));
@@ -376,8 +569,13 @@ fn kms() -> Kms {
 }
 
 /// Exit codes of keyless verify, deep verify and decrypt on `vault`, through the library,
-/// and the files decrypt restored.
+/// and the files decrypt restored (in `vectors/`).
 fn outcomes(vault: &Path) -> (i32, i32, i32, Vec<String>) {
+    outcomes_in(vault, "vectors")
+}
+
+/// [`outcomes`], listing what decrypt restored in the top directory `top`.
+fn outcomes_in(vault: &Path, top: &str) -> (i32, i32, i32, Vec<String>) {
     let v = |deep| match verify(
         vault,
         &VerifyOptions { deep, jobs: 2 },
@@ -401,7 +599,7 @@ fn outcomes(vault: &Path) -> (i32, i32, i32, Vec<String>) {
         Ok(_) => 0,
         Err(e) => e.exit_code(),
     };
-    let restored = std::fs::read_dir(dest.join("vectors"))
+    let restored = std::fs::read_dir(dest.join(top))
         .map(|rd| {
             let mut v: Vec<String> = rd
                 .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -508,13 +706,19 @@ fn tamper_vectors_fail_at_their_stage() {
     assert!(cases.len() >= 8);
     for c in cases {
         let name = c["name"].as_str().unwrap();
+        // Cases name their vault: `vault/` unless they say `multi`.
+        let (from, top) = match c["vault"].as_str() {
+            None => ("vault", "vectors"),
+            Some("multi") => ("multi", "multi"),
+            Some(other) => panic!("{name}: unknown vault {other}"),
+        };
         let tmp = tempfile::tempdir().unwrap();
         let vault = tmp.path().join("vault");
-        copy_dir(&dir().join("vault"), &vault);
+        copy_dir(&dir().join(from), &vault);
         for e in c["edits"].as_array().unwrap() {
             apply(&vault, e);
         }
-        let (keyless, deep, dec, restored) = outcomes(&vault);
+        let (keyless, deep, dec, restored) = outcomes_in(&vault, top);
         let want = &c["expect"];
         assert_eq!(
             keyless as i64,
@@ -539,4 +743,159 @@ fn tamper_vectors_fail_at_their_stage() {
             .collect();
         assert_eq!(restored, want_restored, "{name}: restored files");
     }
+}
+
+/// `multi/`: every batch unwrapped (batch 0 only by its second wrapping, §5), every MAC
+/// checked, and the restore as recorded: contents, a time before 1970, the attributes of a
+/// file of batch 2 sealed under batch 0's name key, and a hard link sharing its file's inode.
+#[test]
+fn multi_batch_vector_decrypts_to_recorded_plaintexts() {
+    use std::os::unix::fs::MetadataExt;
+    let vault = dir().join("multi");
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("out");
+    let opts = DecryptOptions {
+        jobs: 2,
+        ..DecryptOptions::new(vault.clone(), dest.clone())
+    };
+    let r = decrypt(&opts, &kms(), &NoProgress, &AtomicBool::new(false)).unwrap();
+    assert!(r.failed.is_empty(), "{:?}", r.failed);
+    assert_eq!((r.files, r.hardlinks), (M_FILES.len() as u64, 1));
+    for (name, _, _) in M_FILES {
+        let got = std::fs::read(dest.join("multi").join(name)).unwrap();
+        let want = std::fs::read(dir().join("multi-plain").join(name)).unwrap();
+        assert!(
+            got == want,
+            "{name}: plaintext differs from the recorded one"
+        );
+    }
+    let md = std::fs::metadata(dest.join("multi/a-batch0")).unwrap();
+    assert_eq!((md.mtime(), md.mtime_nsec()), (-1, 250_000_000));
+    let c = dest.join("multi/c-batch2-xattrs");
+    for (n, v) in M_XATTRS {
+        let n = std::str::from_utf8(n).unwrap();
+        assert_eq!(xattr::get(&c, n).unwrap().as_deref(), Some(*v), "{n}");
+    }
+    let (d, e) = (
+        std::fs::metadata(dest.join("multi/d-linked")).unwrap(),
+        std::fs::metadata(dest.join("multi/e-hardlink")).unwrap(),
+    );
+    assert_eq!((d.ino(), d.nlink()), (e.ino(), 2));
+    assert_eq!(
+        outcomes_in(&vault, "multi"),
+        (
+            0,
+            0,
+            0,
+            vec![
+                "a-batch0".to_string(),
+                "b-batch1".into(),
+                "c-batch2-xattrs".into(),
+                "d-linked".into(),
+                "e-hardlink".into(),
+            ]
+        )
+    );
+}
+
+/// Item 8 of the hostile-vault review: an attribute list with names out of order or twice,
+/// sealed and MAC'd with the vault's own keys (a key holder's vault, valid in every other
+/// way), is refused by every reader that holds the key: `verify --deep` and `decrypt` exit 3
+/// and nothing is restored. Keyless verify cannot open the list. `--no-xattrs` does not
+/// change the verdict: the manifest is refused, not just the attributes.
+#[test]
+fn unsorted_or_repeated_xattr_names_are_refused_by_every_reader() {
+    for (what, list) in [
+        (
+            "unsorted",
+            &[(&b"user.b"[..], &b"1"[..]), (b"user.a", b"2")][..],
+        ),
+        (
+            "repeated",
+            &[(&b"user.a"[..], &b"1"[..]), (b"user.a", b"2")][..],
+        ),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let vault = tmp.path().join("v");
+        generate_multi(&vault, None, list);
+        assert_eq!(outcomes_in(&vault, "multi"), (0, 3, 3, vec![]), "{what}");
+        let dest = tmp.path().join("out");
+        let opts = DecryptOptions {
+            xattrs: false,
+            ..DecryptOptions::new(vault.clone(), dest.clone())
+        };
+        let err = decrypt(&opts, &kms(), &NoProgress, &AtomicBool::new(false)).unwrap_err();
+        assert_eq!(err.exit_code(), 3, "{what}: {err}");
+        assert!(!dest.join("multi").exists(), "{what}");
+    }
+    // The same vault with the sorted list restores (the test changes nothing else).
+    let tmp = tempfile::tempdir().unwrap();
+    generate_multi(&tmp.path().join("v"), None, M_XATTRS);
+    assert_eq!(outcomes_in(&tmp.path().join("v"), "multi").2, 0);
+}
+
+/// docs/FORMAT.md §11's recipe for a test vault of several batches and wrappings does what it
+/// says: five files, `--batch-max-files 2` and two `--key`s make three batches wrapped twice,
+/// `rewrap --add` a third time, and the vault verifies deep; `--batch-max-bytes` cuts batches
+/// by size.
+#[test]
+fn the_several_batch_recipe_of_format_md_works() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..5u8 {
+        std::fs::write(src.join(format!("f{i}")), vec![i; 3000]).unwrap();
+    }
+    // The real binary with a private key store (this file stands apart from the shared
+    // integration-test helpers).
+    let ok = |args: &[&str]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_envseal"))
+            .env("ENVSEAL_HOME", &home)
+            .env_remove("ENVSEAL_KMS")
+            .env_remove("ENVSEAL_PASSPHRASE")
+            .env_remove("RUST_LOG")
+            .args(args)
+            .output()
+            .unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        assert!(o.status.success(), "{args:?}: {}", text(&o.stderr));
+        text(&o.stdout)
+    };
+    for a in ["alias/a", "alias/b", "alias/c"] {
+        let meta: Value = serde_json::from_str(&ok(&["kms", "create-key"])).unwrap();
+        let id = meta["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
+        ok(&["kms", "create-alias", a, &id]);
+    }
+    let (src, v, v2) = (
+        src.to_str().unwrap(),
+        tmp.path().join("v"),
+        tmp.path().join("v2"),
+    );
+    let (v, v2) = (v.to_str().unwrap(), v2.to_str().unwrap());
+    ok(&[
+        "encrypt",
+        "-q",
+        src,
+        "-o",
+        v,
+        "--batch-max-files",
+        "2",
+        "--key",
+        "alias/a",
+        "--key",
+        "alias/b",
+    ]);
+    ok(&["rewrap", "-q", v, "--add", "--key", "alias/c"]);
+    ok(&["verify", "-q", "--deep", v]);
+    let count = |vault: &str, kind: &str| {
+        std::fs::read_to_string(Path::new(vault).join("manifest.jsonl"))
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with(&format!(r#"{{"type":"{kind}""#)))
+            .count()
+    };
+    assert_eq!((count(v, "batch"), count(v, "wrap")), (3, 9));
+    ok(&["encrypt", "-q", src, "-o", v2, "--batch-max-bytes", "4KiB"]);
+    assert_eq!(count(v2, "batch"), 5);
 }
