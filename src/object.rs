@@ -32,10 +32,18 @@ pub enum ObjectError {
     Cancelled,
 }
 
+/// Bytes of a window read and opened at once where one buffer is in use (`verify --deep`).
+const WINDOW_BYTES: usize = 32 << 20;
+
 /// Segments processed together: enough to keep every core busy, bounded in memory (~32 MiB).
 pub fn window_segments(count: u64, segment_size: u32, jobs: usize) -> usize {
+    segments_within(count, segment_size, jobs, WINDOW_BYTES)
+}
+
+/// Segments of at most `bytes` (but at least two per job, and at most `count`).
+fn segments_within(count: u64, segment_size: u32, jobs: usize, bytes: usize) -> usize {
     let slot = segment_size as usize + TAG_LEN;
-    ((32usize << 20) / slot)
+    (bytes / slot)
         .max(2 * jobs)
         .max(1)
         .min(usize::try_from(count).unwrap_or(usize::MAX))
@@ -65,12 +73,17 @@ pub struct Window {
 
 impl Windows {
     pub fn new(size: u64, seg: u32, jobs: usize) -> Windows {
+        Windows::within(size, seg, jobs, WINDOW_BYTES)
+    }
+
+    /// Windows of at most `bytes` each (see [`segments_within`]).
+    fn within(size: u64, seg: u32, jobs: usize, bytes: usize) -> Windows {
         let n = format::segment_count(size, seg);
         Windows {
             size,
             seg,
             n,
-            window: window_segments(n, seg, jobs) as u64,
+            window: segments_within(n, seg, jobs, bytes) as u64,
             first: 0,
         }
     }
@@ -260,7 +273,11 @@ pub fn open_record(
     cancel: &AtomicBool,
 ) -> Result<(), ObjectError> {
     let seg = ctx.header.segment_size;
-    let windows = Windows::new(f.size, seg, ctx.jobs);
+    // A restore keeps PIPELINE_BUFFERS windows in flight: smaller ones, the same memory.
+    let windows = match out {
+        Some(_) => Windows::within(f.size, seg, ctx.jobs, PIPELINE_WINDOW_BYTES),
+        None => Windows::new(f.size, seg, ctx.jobs),
+    };
     // A restore relies on the tags and `pt`: once every tag verifies under the committed keys
     // of a header the authenticated entry names (its salt), `ct` adds nothing, and costs a
     // hash pass. `verify --deep` (no output) checks it too (§4.3).
@@ -346,8 +363,12 @@ pub fn open_record(
 }
 
 /// Window buffers in flight in a pipelined restore: one being read, one being opened, one
-/// being written (3 x 32 MiB at most; docs/PERFORMANCE.md "Memory").
+/// being written.
 const PIPELINE_BUFFERS: usize = 3;
+
+/// A pipelined restore's window: its three buffers hold about what `verify --deep`'s one
+/// does (docs/PERFORMANCE.md "Decrypt").
+const PIPELINE_WINDOW_BYTES: usize = 12 << 20;
 
 /// Reads window `w` of `f`'s record (its segments and tags, after the header) into `buf`.
 fn read_window(
