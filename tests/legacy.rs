@@ -217,17 +217,13 @@ fn guide_files_import_to_a_directory() {
     assert!(!dest.join("b.bin").exists());
 }
 
-/// A guide file made here (as the guide's sample does it) with a data key the local key
-/// store generates under `cmk`: CiphertextBlob, EAX nonce, ciphertext, tag.
-fn local_guide_file(home: &Path, cmk: &str, plain: &[u8], out: &Path) {
+/// A guide file made here (as the guide's sample does it) with a data key the key store in
+/// `store` generates under `cmk`: CiphertextBlob, EAX nonce, ciphertext, tag.
+fn guide_file_from_store(store: &Path, cmk: &str, plain: &[u8], out: &Path) {
     use eax::aead::generic_array::GenericArray;
     use eax::aead::{AeadInPlace, KeyInit};
     use envseal::kms::{EncryptionContext, KeyProvider, KmsOptions};
-    let p = envseal::kms::local::LocalProvider::open(
-        Some(&home.join("keystore")),
-        &KmsOptions::default(),
-    )
-    .unwrap();
+    let p = envseal::kms::local::LocalProvider::open(Some(store), &KmsOptions::default()).unwrap();
     let k = p
         .generate_data_key(cmk, &EncryptionContext::default())
         .unwrap();
@@ -246,6 +242,48 @@ fn local_guide_file(home: &Path, cmk: &str, plain: &[u8], out: &Path) {
         b64.encode(tag)
     );
     fs::write(out, text).unwrap();
+}
+
+/// The same with the local key store of `home` (the CLI's `--kms local`).
+fn local_guide_file(home: &Path, cmk: &str, plain: &[u8], out: &Path) {
+    guide_file_from_store(&home.join("keystore"), cmk, plain, out);
+}
+
+/// The same through the Alibaba-compatible server: its `Decrypt` answer names the CMK
+/// (`KeyId`), which the vault is then sealed under, at that server.
+#[test]
+fn without_key_the_vault_is_sealed_under_the_cmk_an_aliyun_decrypt_names() {
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("home");
+    let server = KmsServer::start();
+    let url = server.url();
+    let k = key_id(&ok(cmd(&home).args(["kms", "create-key", "--kms", &url])));
+    let a = t.path().join("a.txt.cipher");
+    guide_file_from_store(&server.store, &k, b"alpha\n", &a);
+    let vault = t.path().join("vault");
+    ok(cmd(&home)
+        .args(["import-legacy", "-q", "--kms", &url, "-o"])
+        .arg(&vault)
+        .arg(&a));
+    let wraps: Vec<(String, String)> = manifest_records(&vault)
+        .iter()
+        .filter(|r| r["type"] == "wrap")
+        .map(|r| {
+            (
+                r["kms"].as_str().unwrap().to_string(),
+                r["key_id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(wraps.len(), 1, "{wraps:?}");
+    assert_eq!(wraps[0].1, k);
+    assert!(wraps[0].0.starts_with("aliyun:"), "{wraps:?}");
+    let out = t.path().join("out");
+    ok(cmd(&home)
+        .args(["decrypt", "-q", "--kms", &url, "-o"])
+        .arg(&out)
+        .arg(&vault));
+    assert_eq!(fs::read(out.join("a.txt")).unwrap(), b"alpha\n");
 }
 
 fn local_cmk(home: &Path) -> String {
