@@ -142,6 +142,12 @@ impl VaultLock {
         // tidying up the vault it had created) is not the vault any more: open again.
         for _ in 0..8 {
             if create {
+                if fs::metadata(vault).is_ok_and(|m| !m.is_dir()) {
+                    return Err(Error::Usage(format!(
+                        "{} exists and is not a directory; choose a new directory for the vault",
+                        vault.display()
+                    )));
+                }
                 fs::create_dir_all(vault).at(vault)?;
             }
             let fd = match open(
@@ -241,6 +247,12 @@ mod tests {
         drop(first);
         let again = VaultLock::acquire(&v, false).unwrap();
         drop(again);
+        let file = d.path().join("file");
+        fs::write(&file, b"x").unwrap();
+        assert!(matches!(
+            VaultLock::acquire(&file, true),
+            Err(Error::Usage(_))
+        ));
         assert!(matches!(
             VaultLock::acquire(&d.path().join("absent"), false),
             Err(Error::Format { .. })
