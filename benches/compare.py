@@ -74,7 +74,7 @@ def settings():
         "empty_files": env_int("EMPTY_FILES", 10000 if small else 1000000),
     }
     s["sparse_mib"] = env_int("SPARSE_MIB", 256 if small else 4096)
-    known = ("image", "tree", "tiny", "empty", "sparse")
+    known = ("image", "tree", "tiny", "empty", "sparse", "pairs")
     cases = (os.environ.get("CASES") or " ".join(known)).split()
     for c in cases:
         if c not in known:
@@ -308,7 +308,7 @@ def gen_empty(root, n):
 
 def corpus(wd, case, s):
     """Build (or reuse) a case's corpus; returns (relative path, metadata)."""
-    if case == "image":
+    if case in ("image", "pairs"):
         name, gen, arg = f"image-{s['image_mib']}MiB.img", gen_image, s["image_mib"]
     elif case == "tree":
         name, gen, arg = f"tree-{s['tree_mib']}MiB", gen_tree, s["tree_mib"]
@@ -638,6 +638,26 @@ def groups_for(case, src, r, have_age):
             wd.remove("run/img.age")
 
         G = [cp_group, envseal_group, envseal_nosync_group] + ([age_group] if have_age else [])
+    elif case == "pairs":
+        # Decrypt against encrypt and cp on the dense image, no sync on any side. Each command
+        # removes its own previous output just before it runs (untimed), so that no command
+        # gets the pages another one just freed (docs/PERFORMANCE.md "Decrypt").
+        def own(label, out, argv, baseline=False):
+            wd.remove(out)
+            r.timed(label, argv, out=out, baseline=baseline)
+
+        def cp_group():
+            own("cp", "run/pair.cp", ["cp", src, "run/pair.cp"], baseline=True)
+
+        def envseal_pair():
+            own("envseal encrypt --no-sync", "run/pair.vault",
+                [E, "encrypt", "--no-sync", src, "-o", "run/pair.vault", "-q"])
+            own("envseal decrypt --no-sync", "run/pair.dec",
+                [E, "decrypt", "--no-sync", "run/pair.vault", "-o", "run/pair.dec", "-q"])
+            if first_rep():
+                compare_outputs(wd.abs(src), wd.abs(os.path.join("run/pair.dec", name)))
+
+        G = [cp_group, envseal_pair]
     elif case in ("tree", "tiny"):
         parent = os.path.dirname(src)
 
@@ -815,12 +835,26 @@ def summarize(case, meta, recs):
         else:
             rec["median_ratio_durable"] = None
         rec["mib_per_s"] = meta["bytes"] / MiB / med if meta["bytes"] and med > 0 else None
-        images = case in ("image", "sparse")
+        images = case in ("image", "sparse", "pairs")
         rec["files_per_s"] = meta["files"] / med if not images and med > 0 else None
         rec["kib_per_file"] = (rec["out_kib"] / meta["files"]
                                if rec["out_kib"] is not None and not images and meta["files"]
                                else None)
         out.append(rec)
+    return out
+
+
+def pair_ratios(recs):
+    """The pairs case's figures: decrypt against encrypt and against cp, each the median of
+    the per-rep ratios (both commands of a ratio ran in the same rep)."""
+    t = lambda label: recs.get(label, {}).get("times_s", [])
+    dec = t("envseal decrypt --no-sync")
+    out = {}
+    for name, other in (("decrypt/encrypt", t("envseal encrypt --no-sync")), ("decrypt/cp", t("cp"))):
+        ratios = [a / b for a, b in zip(dec, other) if b > 0]
+        if ratios:
+            out[name] = {"median": statistics.median(ratios), "min": min(ratios),
+                         "max": max(ratios), "n": len(ratios), "ratios": ratios}
     return out
 
 
@@ -848,7 +882,8 @@ def print_report(rep, f=sys.stdout):
     for c in rep["cases"]:
         meta, base = c["corpus"], c["baseline"]
         p()
-        desc = f"{meta['files']} files, {meta['dirs']} dirs" if c["case"] != "image" else "1 file"
+        desc = (f"{meta['files']} files, {meta['dirs']} dirs"
+                if c["case"] not in ("image", "pairs") else "1 file")
         if c["case"] == "sparse":
             desc = (f"sparse.img and dense.img, {meta['bytes'] / MiB:.0f} MiB each; "
                     f"sparse.img holds {meta['data_bytes'] / MiB:.0f} MiB of data")
@@ -865,7 +900,7 @@ def print_report(rep, f=sys.stdout):
             cols.append(("x +sync", 9, None))
         cols += [("peak RSS MiB", 13, None),
                 ("MiB/s", 9, None)]
-        trees = c["case"] not in ("image", "sparse")
+        trees = c["case"] not in ("image", "sparse", "pairs")
         if trees:
             cols.append(("files/s", 10, None))
         cols.append(("out KiB", 11, None))
@@ -887,6 +922,10 @@ def print_report(rep, f=sys.stdout):
             if trees:
                 row += fmt(r["kib_per_file"], ".2f", 9)
             p(row)
+        if c.get("pairs"):
+            for k, v in c["pairs"].items():
+                p(f"{k}: median {v['median']:.2f} over {v['n']} pairs (range {v['min']:.2f}-"
+                  f"{v['max']:.2f}); target <= 1.0: {'met' if v['median'] <= 1.0 else 'NOT met'}")
         p("commands (cwd = BENCH_DIR):")
         for r in c["commands"]:
             p(f"  {r['label']:28} {r['cmd']}")
@@ -1005,7 +1044,8 @@ def main(argv):
         recs = r.results.get(case, {})
         base = next((x["label"] for x in recs.values() if x["baseline"]), None)
         report["cases"].append({"case": case, "path": rel, "corpus": meta, "baseline": base,
-                                "commands": summarize(case, meta, recs)})
+                                "commands": summarize(case, meta, recs),
+                                "pairs": pair_ratios(recs) if case == "pairs" else None})
     stamp = time.strftime("%Y%m%d-%H%M%S")
     with open(wd.abs(f"results-{stamp}.json"), "w") as f:
         json.dump(report, f, indent=1)

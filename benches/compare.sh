@@ -14,7 +14,7 @@
 #                it is written or deleted (its corpora are kept and reused; outputs are removed)
 #   REPS         repetitions (default 5)
 #   WARMUP       untimed reps of every command before the timed ones (default 1)
-#   CASES        subset of "image tree tiny empty sparse" (default: all five)
+#   CASES        subset of "image tree tiny empty sparse pairs" (default: all six)
 #   SCALE        "full" (default) or "small": 64 MiB image, 32 MiB tree, 2000 tiny, 10000 empty,
 #                256 MiB sparse images
 #   IMAGE_GIB    image size in GiB (default 2; IMAGE_MIB also accepted)
@@ -41,6 +41,9 @@
 #          dense.img, all data; the run FAILS (exit 1) unless encrypting sparse.img takes under
 #          a tenth of the time of dense.img and its vault is under 32 MiB (2x its data), and
 #          the first rep checks the restored sparse.img has the same SEEK_DATA map
+#   pairs  the image corpus again, for decrypt against encrypt: cp, encrypt --no-sync and
+#          decrypt --no-sync, each removing its own previous output just before it runs;
+#          reports decrypt/encrypt and decrypt/cp (median of the per-rep ratios, target <= 1.0)
 #
 # Method:
 #   - every corpus is read once, untimed, before the first timing (page cache warm; the

@@ -245,10 +245,12 @@ pub fn open_object_file(vault: &Path, o: &ObjectRef) -> Result<File, ObjectError
 /// written to `out` at offset `i * segment_size` of the stored bytes, that is around the
 /// file's gaps; the caller lays the gaps out (`sparse::lay_out`, `sparse::zero_gaps`).
 ///
-/// Segments are opened in parallel, window by window; the plaintext is written by one thread
-/// (concurrent writes to one file only contend for its inode lock), and for a file of several
-/// windows that thread is a writer of its own, so that writing one window overlaps reading
-/// and opening the next (docs/PERFORMANCE.md).
+/// Segments are opened in parallel, window by window. A record of several windows restored
+/// to a file runs as three stages, as encrypt does: a reader thread fills the next window
+/// while the current one is opened on all cores and a writer thread writes the one before
+/// (concurrent writes to one file only contend for its inode lock). The stages pass
+/// [`PIPELINE_BUFFERS`] buffers around and block on channels when they wait, never spin
+/// (docs/PERFORMANCE.md "Decrypt").
 pub fn open_record(
     ctx: &RecordCtx,
     f: &FileEntry,
@@ -270,40 +272,63 @@ pub fn open_record(
         // Stored bytes go to their offsets in the file, around its gaps (§6.4).
         runs: f.sparse.as_deref().map(crate::sparse::Runs::new),
     });
+    let keys = record_keys(ctx, f, key)?;
     let sink = match sink {
         Some(sink) if windows.remaining() > 1 => sink,
         sink => {
-            return open_windows(ctx, f, key, windows, check, cancel, |w, buf| {
+            // One window, or nothing to write: read, open and hand over in this thread.
+            let spare = std::cell::Cell::new(Some(windows.buffer()));
+            let mut windows = windows;
+            let next = || {
+                let w = windows.next()?;
+                let mut buf = spare.take().unwrap_or_else(|| vec![0; w.used]);
+                Some(read_window(ctx, f, &w, &mut buf).map(|()| (w, buf)))
+            };
+            return open_windows(ctx, f, &keys, check, cancel, next, |w, buf| {
                 if let Some(sink) = &sink {
-                    sink.write(&w, buf)?;
+                    sink.write(&w, &buf)?;
                 }
                 progress.bytes(w.plain);
+                spare.set(Some(buf));
                 Ok(())
-            })
+            });
         }
     };
+    let stopped = || ObjectError::Io(Error::Runtime("the writer stopped".into()));
+    let (free_tx, free_rx) = crossbeam_channel::bounded::<Vec<u8>>(PIPELINE_BUFFERS);
+    for _ in 0..PIPELINE_BUFFERS {
+        let _ = free_tx.send(windows.buffer());
+    }
+    let (filled_tx, filled_rx) = crossbeam_channel::bounded(1);
     let (full_tx, full_rx) = crossbeam_channel::bounded::<(Window, Vec<u8>)>(1);
-    let (free_tx, free_rx) = crossbeam_channel::bounded::<Vec<u8>>(1);
-    let _ = free_tx.send(windows.buffer());
     std::thread::scope(|s| {
+        s.spawn(move || {
+            for w in windows {
+                // A free buffer, or none when the other stages stopped.
+                let Ok(mut buf) = free_rx.recv() else { return };
+                let r = if cancel.load(Ordering::Relaxed) {
+                    Err(ObjectError::Cancelled)
+                } else {
+                    read_window(ctx, f, &w, &mut buf).map(|()| (w, buf))
+                };
+                let last = r.is_err();
+                if filled_tx.send(r).is_err() || last {
+                    return;
+                }
+            }
+        });
         let writer = s.spawn(move || -> Result<(), ObjectError> {
             for (w, buf) in full_rx {
                 sink.write(&w, &buf)?;
                 progress.bytes(w.plain);
-                // The opener may have finished: then nobody needs the buffer back.
+                // The reader may have finished: then nobody needs the buffer back.
                 let _ = free_tx.send(buf);
             }
             Ok(())
         });
-        let opened = open_windows(ctx, f, key, windows, check, cancel, |w, buf| {
-            // Hand the window to the writer and take its previous buffer (or the spare).
-            let spare = free_rx
-                .recv()
-                .map_err(|_| ObjectError::Io(Error::Runtime("the writer stopped".into())))?;
-            let full = std::mem::replace(buf, spare);
-            full_tx
-                .send((w, full))
-                .map_err(|_| ObjectError::Io(Error::Runtime("the writer stopped".into())))
+        let next = move || filled_rx.recv().ok();
+        let opened = open_windows(ctx, f, &keys, check, cancel, next, |w, buf| {
+            full_tx.send((w, buf)).map_err(|_| stopped())
         });
         drop(full_tx);
         let written = writer.join().unwrap_or_else(|_| {
@@ -318,6 +343,34 @@ pub fn open_record(
             (Err(o), Ok(())) => Err(o),
         }
     })
+}
+
+/// Window buffers in flight in a pipelined restore: one being read, one being opened, one
+/// being written (3 x 32 MiB at most; docs/PERFORMANCE.md "Memory").
+const PIPELINE_BUFFERS: usize = 3;
+
+/// Reads window `w` of `f`'s record (its segments and tags, after the header) into `buf`.
+fn read_window(
+    ctx: &RecordCtx,
+    f: &FileEntry,
+    w: &Window,
+    buf: &mut Vec<u8>,
+) -> Result<(), ObjectError> {
+    let seg = ctx.header.segment_size;
+    if buf.len() < w.used {
+        buf.resize(w.used, 0);
+    }
+    ctx.object(f.obj)?
+        .read_exact_at(
+            &mut buf[..w.used],
+            f.off + format::segment_offset(seg, w.first),
+        )
+        .map_err(|e| {
+            let name = ctx.objects[f.obj as usize].name();
+            ObjectError::Io(Error::io(ctx.vault.join(name), e))
+        })?;
+    ctx.read.fetch_add(w.used as u64, Ordering::Relaxed);
+    Ok(())
 }
 
 /// Where a record's plaintext goes: the output file, at the stored bytes' offsets.
@@ -351,39 +404,30 @@ impl Sink<'_> {
     }
 }
 
-/// Reads and opens a record window by window, checking every tag and at the end the
-/// plaintext digest (and, with `check_ct`, the ciphertext digest); `done(window, buffer)`
-/// receives each window opened (plaintext in place of each slot's ciphertext) and may swap
-/// the buffer for another of the same size.
+/// Opens a record's windows as `next` yields them read (in order), checking every tag and at
+/// the end the plaintext digest (and, with `check_ct`, the ciphertext digest); `done(window,
+/// buffer)` receives each window opened (plaintext in place of each slot's ciphertext).
 fn open_windows(
     ctx: &RecordCtx,
     f: &FileEntry,
-    key: &BatchKey,
-    windows: Windows,
+    (hb, fk): &([u8; HEADER_LEN], crate::crypto::FileKeys),
     check_ct: bool,
     cancel: &AtomicBool,
-    mut done: impl FnMut(Window, &mut Vec<u8>) -> Result<(), ObjectError>,
+    mut next: impl FnMut() -> Option<Result<(Window, Vec<u8>), ObjectError>>,
+    mut done: impl FnMut(Window, Vec<u8>) -> Result<(), ObjectError>,
 ) -> Result<(), ObjectError> {
     let integ = |why: String| ObjectError::Integrity(why);
-    let (hb, fk) = record_keys(ctx, f, key)?;
     let name = ctx.objects[f.obj as usize].name();
-    let obj = ctx.object(f.obj)?;
-    let path = ctx.vault.join(&name);
     let seg = ctx.header.segment_size;
     let n = format::segment_count(f.size, seg);
-    let mut buf = windows.buffer();
     let mut ct = CtDigest::new();
     let mut mac = TreeMac::new(fk.mac_key());
-    for w in windows {
+    let mut seen = 0u64;
+    while let Some(r) = next() {
+        let (w, mut buf) = r?;
         if cancel.load(Ordering::Relaxed) {
             return Err(ObjectError::Cancelled);
         }
-        obj.read_exact_at(
-            &mut buf[..w.used],
-            f.off + format::segment_offset(seg, w.first),
-        )
-        .map_err(|e| ObjectError::Io(Error::io(&path, e)))?;
-        ctx.read.fetch_add(w.used as u64, Ordering::Relaxed);
         let leaves = w.each_segment(&mut buf, &mut mac, |i, chunk| {
             // Checked per segment, not per window: a window is up to 32 MiB per file.
             if cancel.load(Ordering::Relaxed) {
@@ -399,7 +443,15 @@ fn open_windows(
             Ok((leaf, segment_mac(fk.mac_key(), seg, i, n, pt)))
         })?;
         leaves.iter().flatten().for_each(|l| ct.push(l));
-        done(w, &mut buf)?;
+        seen += w.count as u64;
+        done(w, buf)?;
+    }
+    if seen != n {
+        // The reader stopped without saying why: never a verdict on the record.
+        return Err(ObjectError::Io(Error::Runtime(format!(
+            "{name}@{}: the reader stopped after {seen} of {n} segments",
+            f.off
+        ))));
     }
     if check_ct && ct.finalize() != f.ct {
         return Err(integ(format!(

@@ -2,7 +2,7 @@
 //! decrypted (one KMS Decrypt per batch, counted); changed, bitrot, missing and extra paths
 //! reported by path, exit 0 only when they match.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::Path;

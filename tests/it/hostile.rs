@@ -4,7 +4,7 @@
 //! error with exit 1 or 3, in bounded time and memory, without a panic, and leaves no
 //! plaintext of the bad entry in DEST. Also `--expect-key`.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::os::unix::process::CommandExt;

@@ -1,7 +1,7 @@
 //! The Alibaba KMS wire end to end: `envseal kms serve` as a real process on 127.0.0.1, driven
 //! by the library's `AliyunClient`, by raw signed requests, and by the `envseal kms` CLI.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};

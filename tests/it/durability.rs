@@ -2,7 +2,7 @@
 //! it and decrypt syncs DEST once; `--no-sync` leaves both to the kernel. Counted with strace
 //! (the test says so and passes vacuously where strace is not installed).
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

@@ -3,7 +3,7 @@
 //! injected at system calls of the commit path (strace) leave a vault that the same command
 //! finishes, that passes `verify --deep` and that decrypts byte-identical.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 //! `envseal kms serve` (Alibaba API) and moto (AWS KMS), with KMS calls counted by the server,
 //! retries under throttling, unreachable endpoints and wrong secrets.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -1,7 +1,7 @@
 //! What a disk holds beyond contents: owners, hard links, FIFOs and device nodes, through the
 //! real binary. Owners and device nodes need root: those tests say so and return when not.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::ffi::CString;

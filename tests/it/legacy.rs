@@ -3,7 +3,7 @@
 //! aliyun-python-sdk-kms, `tests/sdk/kms_guide_envelope.py`) import byte-identical, into a
 //! vault of one batch or a directory; damaged files are named and skipped (exit 1).
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::{Path, PathBuf};

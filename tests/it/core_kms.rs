@@ -2,7 +2,7 @@
 //! `GenerateDataKey` per batch, one `Decrypt` per batch on the way back (counted in the key
 //! store's audit log).
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::{Path, PathBuf};

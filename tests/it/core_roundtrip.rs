@@ -2,7 +2,7 @@
 //! every segment-boundary size and one file of more than 300 MiB, single files, disk images and
 //! a loop block device. Contents, modes, mtimes (ns), symlinks and empty directories.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 //! the key store's audit log), no object is read or written, the old CMK can then be disabled,
 //! and a kill -9 at any moment leaves a vault that opens.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::fs;

@@ -1,6 +1,6 @@
 //! `envseal kms ...` against the embedded local key store, through the real binary.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

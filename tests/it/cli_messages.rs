@@ -2,7 +2,7 @@
 //! exit 2, each message names the argument or path, says what to do, and never repeats the
 //! OS error. Small data only: these run in well under a second each.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::Path;

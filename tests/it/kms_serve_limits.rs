@@ -1,7 +1,7 @@
 //! `kms serve` under a crowd of slow, unauthenticated connections: authenticated clients are
 //! still answered (connection cap, per-client limit, header and body read timeouts).
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::net::TcpStream;

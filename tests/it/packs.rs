@@ -2,7 +2,7 @@
 //! handful of objects and under 1 KiB of disk per file; `decrypt --only` reads only the
 //! records it restores; files at and around the threshold round-trip through the CLI.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;

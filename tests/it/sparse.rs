@@ -1,7 +1,7 @@
 //! Sparse files and disk images (docs/FORMAT.md §6.4): holes and zero extents are neither read,
 //! sealed nor stored, and come back as the same hole map, through the real binary.
 
-mod common;
+use crate::common;
 
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::{FileExt, MetadataExt};

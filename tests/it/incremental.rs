@@ -3,7 +3,7 @@
 //! others are reused without being read, and the new vault restores the current tree by
 //! itself (the earlier vault deleted first).
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::Path;

@@ -1,7 +1,7 @@
 //! `--help` of every command, shell completions, the man page, `NO_COLOR`, and the README's
 //! commands, checked against the built binary.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::Path;

@@ -2,7 +2,7 @@
 //! the files already restored; it stops promptly on SIGINT; a user's file that looks like a
 //! temporary file survives. Plus the process limits: `-j` is capped, core dumps are off.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -4,7 +4,7 @@
 //! absent, no temporary file, the rest restored); any change to the manifest fails
 //! `verify --deep` and `decrypt`; extra objects are reported.
 
-mod common;
+use crate::common;
 
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;

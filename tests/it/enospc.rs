@@ -2,7 +2,7 @@
 //! otherwise): encrypt stops with a clean message naming the command that resumes; after
 //! space is freed, the same command finishes and the vault is whole. Decrypt likewise.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

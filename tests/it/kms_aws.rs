@@ -1,7 +1,7 @@
 //! The `aws:` provider against moto (a local AWS KMS emulator from `.ci/pyenv`), and against
 //! small test-side servers that fail on purpose (throttling, 5xx, dropped connections).
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};

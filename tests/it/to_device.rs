@@ -1,7 +1,7 @@
 //! `decrypt --only IMAGE --to-device TARGET`: an image written back in place onto an existing
 //! file or (as root) a loop device; too small, in use, and tampered targets.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::os::unix::fs::OpenOptionsExt;

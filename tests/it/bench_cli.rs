@@ -1,6 +1,6 @@
 //! `envseal bench` through the real binary: small sizes, so it runs in a second or two.
 
-mod common;
+use crate::common;
 
 use common::{envseal, run, stderr, stdout};
 use serde_json::Value;

@@ -2,7 +2,7 @@
 //! (GenerateDataKey under the first, Encrypt under the others) and `rewrap --add`; a vault
 //! then opens with any one CMK alone, and `ls --keys` / `verify --json` say which.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

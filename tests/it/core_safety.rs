@@ -2,7 +2,7 @@
 //! finished vaults never overwritten, `--only`, `--conceal-names`, `--overwrite`, symlinks
 //! planted in DEST, `--json` and `-q`.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::fs;

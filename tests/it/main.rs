@@ -1,0 +1,34 @@
+//! The integration tests, one binary (one link instead of one per file): each module is one
+//! concern of the CLI or the library, run against the real binary and real servers.
+
+mod common;
+mod bench_cli;
+mod changing;
+mod checkpoint;
+mod cli_help;
+mod cli_messages;
+mod core_kms;
+mod core_roundtrip;
+mod core_safety;
+mod core_tamper;
+mod decrypt_resume;
+mod durability;
+mod enospc;
+mod fidelity;
+mod hostile;
+mod incremental;
+mod kms_aliyun;
+mod kms_aws;
+mod kms_e2e;
+mod kms_local;
+mod kms_serve_limits;
+mod legacy;
+mod packs;
+mod pipeline;
+mod review;
+mod rewrap;
+mod sparse;
+mod survive;
+mod to_device;
+mod verify_source;
+mod wrappings;
