@@ -196,6 +196,15 @@ fn checkpoint_kill_child() {
     panic!("not killed");
 }
 
+/// The test harness's name of test `f` of this module (`checkpoint::f` in the one test
+/// binary; the crate's own name is not part of it).
+fn test_name(f: &str) -> String {
+    match module_path!().split_once("::") {
+        Some((_, module)) => format!("{module}::{f}"),
+        None => f.to_string(),
+    }
+}
+
 fn local_kms(dir: &Path) -> (Kms, String) {
     let store = dir.join("keystore");
     let url = format!("local:{}", store.display());
@@ -218,12 +227,8 @@ fn a_kill_deep_into_a_large_file_costs_at_most_four_checkpoint_intervals() {
     let vault = tmp.path().join("vault");
     let after = 12 * TEST_CKPT;
     let st = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "checkpoint_kill_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(["--exact", &test_name("checkpoint_kill_child")])
+        .args(["--nocapture", "--test-threads=1"])
         .env("CKPT_KILL_VAULT", &vault)
         .env("CKPT_KILL_SRC", &src)
         .env("CKPT_KILL_AFTER", after.to_string())

@@ -1,12 +1,12 @@
 //! The integration tests, one binary (one link instead of one per file): each module is one
 //! concern of the CLI or the library, run against the real binary and real servers.
 
-mod common;
 mod bench_cli;
 mod changing;
 mod checkpoint;
 mod cli_help;
 mod cli_messages;
+mod common;
 mod core_kms;
 mod core_roundtrip;
 mod core_safety;
@@ -23,6 +23,7 @@ mod kms_e2e;
 mod kms_local;
 mod kms_serve_limits;
 mod legacy;
+mod lock;
 mod packs;
 mod pipeline;
 mod review;

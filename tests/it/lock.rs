@@ -3,7 +3,7 @@
 //! by name, while another run holds the vault; a killed holder (kill -9) releases it; two
 //! rewraps or two encrypts started together never damage the vault or report a lost manifest.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -57,15 +57,20 @@ fn lock_holder_child() {
     std::thread::sleep(std::time::Duration::from_secs(120));
 }
 
+/// The test harness's name of test `f` of this module (`lock::f` in the one test binary;
+/// the crate's own name is not part of it).
+fn test_name(f: &str) -> String {
+    match module_path!().split_once("::") {
+        Some((_, module)) => format!("{module}::{f}"),
+        None => f.to_string(),
+    }
+}
+
 /// A child process holding `vault`'s lock, once it says it does.
 fn holder(vault: &Path) -> Child {
     let mut c = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "lock_holder_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(["--exact", &test_name("lock_holder_child")])
+        .args(["--nocapture", "--test-threads=1"])
         .env("LOCK_HOLDER_VAULT", vault)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
