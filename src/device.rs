@@ -37,11 +37,15 @@ pub struct DeviceReport {
 }
 
 /// Opens TARGET for writing in place: a block device exclusively (Linux refuses `O_EXCL` on
-/// a mounted or otherwise claimed device), or an existing regular file; never created,
-/// truncated or followed through a link.
+/// a mounted or otherwise claimed device), or an existing regular file; never created or
+/// truncated. A symlink the user names (`/dev/mapper/*`, `/dev/disk/by-id/*`, `/dev/VG/LV`:
+/// the usual names of a device) is resolved first and the node it leads to is checked and
+/// opened without following a link. A target that shares its bytes with a mounted
+/// filesystem through a loop device is refused too ([`check_loop_users`]).
 fn open_target(p: &Path) -> Result<(File, u64)> {
     let usage = |why: String| Error::Usage(format!("--to-device {}: {why}", p.display()));
-    let md = std::fs::symlink_metadata(p).map_err(|e| usage(e.to_string()))?;
+    let real = std::fs::canonicalize(p).map_err(|e| usage(e.to_string()))?;
+    let md = std::fs::symlink_metadata(&real).map_err(|e| usage(e.to_string()))?;
     let ft = md.file_type();
     let flags = if ft.is_block_device() {
         libc::O_EXCL
@@ -53,16 +57,134 @@ fn open_target(p: &Path) -> Result<(File, u64)> {
     let f = OpenOptions::new()
         .write(true)
         .custom_flags(flags | libc::O_NOFOLLOW)
-        .open(p)
+        .open(&real)
         .map_err(|e| {
             if e.raw_os_error() == Some(libc::EBUSY) {
                 usage("the device is mounted or in use; unmount it first".into())
             } else {
-                Error::io(p, e)
+                Error::io(&real, e)
             }
         })?;
-    let size = crate::walk::byte_len(&f, &md).at(p)?;
+    // What was opened is what was checked (the name may have moved in between).
+    let opened = f.metadata().at(&real)?;
+    use std::os::unix::fs::MetadataExt;
+    if (opened.dev(), opened.ino(), opened.rdev()) != (md.dev(), md.ino(), md.rdev()) {
+        return Err(usage(
+            "changed while being opened; run the same command again".into(),
+        ));
+    }
+    check_loop_users(&opened).map_err(usage)?;
+    let size = crate::walk::byte_len(&f, &md).at(&real)?;
     Ok((f, size))
+}
+
+/// A loop device bound to a file (from `/sys/block/loopN`).
+struct LoopDev {
+    name: String,
+    /// Its device number (`major`, `minor`).
+    rdev: (u32, u32),
+    /// Its backing file's (device, inode), when that file can be found from here.
+    backing: Option<(u64, u64)>,
+}
+
+/// Every bound loop device.
+fn loop_devices() -> Vec<LoopDev> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(dir) = std::fs::read_dir("/sys/block") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for d in dir.flatten() {
+        let name = d.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("loop") {
+            continue;
+        }
+        let Ok(file) = std::fs::read_to_string(d.path().join("loop/backing_file")) else {
+            continue; // not bound
+        };
+        let Some(rdev) = std::fs::read_to_string(d.path().join("dev"))
+            .ok()
+            .and_then(|s| parse_dev(s.trim()))
+        else {
+            continue;
+        };
+        let backing = std::fs::metadata(file.trim_end_matches('\n'))
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        out.push(LoopDev {
+            name,
+            rdev,
+            backing,
+        });
+    }
+    out
+}
+
+/// `major:minor` as sysfs and mountinfo write it.
+fn parse_dev(s: &str) -> Option<(u32, u32)> {
+    let (a, b) = s.split_once(':')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+/// Why a loop device is in use: mounted (where), or held by another device (device mapper,
+/// md). `None` when neither.
+fn loop_in_use(l: &LoopDev, mounts: &str) -> Option<String> {
+    let at = mounts.lines().find_map(|line| {
+        let f: Vec<&str> = line.split(' ').collect();
+        (parse_dev(f.get(2)?)? == l.rdev).then(|| f.get(4).map(|m| m.to_string()))?
+    });
+    if let Some(at) = at {
+        return Some(format!("mounted at {at}"));
+    }
+    let holders = std::fs::read_dir(format!("/sys/block/{}/holders", l.name))
+        .map(|d| {
+            d.flatten()
+                .map(|h| h.file_name().to_string_lossy().into_owned())
+        })
+        .map(Iterator::collect::<Vec<_>>)
+        .unwrap_or_default();
+    (!holders.is_empty()).then(|| format!("held by {}", holders.join(", ")))
+}
+
+/// Refuses a target whose bytes a mounted filesystem uses through a loop device, which
+/// `O_EXCL` on the target alone does not see: the backing file of a mounted loop device,
+/// or another loop device on that same file. The file is named by (device, inode), so a
+/// loop device bound through another name of it is found too.
+fn check_loop_users(target: &std::fs::Metadata) -> std::result::Result<(), String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let loops = loop_devices();
+    let own = (
+        rustix::fs::major(target.rdev()),
+        rustix::fs::minor(target.rdev()),
+    );
+    let is_dev = target.file_type().is_block_device();
+    let file = if is_dev {
+        match loops.iter().find(|l| l.rdev == own) {
+            Some(l) => l.backing,
+            None => return Ok(()), // not a loop device: O_EXCL told
+        }
+    } else {
+        Some((target.dev(), target.ino()))
+    };
+    let Some(file) = file else { return Ok(()) };
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for l in loops
+        .iter()
+        .filter(|l| l.backing == Some(file) && !(is_dev && l.rdev == own))
+    {
+        if let Some(why) = loop_in_use(l, &mounts) {
+            let how = if is_dev {
+                "its backing file also backs"
+            } else {
+                "it is the backing file of"
+            };
+            return Err(format!(
+                "in use: {how} /dev/{}, which is {why}; unmount it (and detach /dev/{}) first",
+                l.name, l.name
+            ));
+        }
+    }
+    Ok(())
 }
 
 pub fn restore_to_device(

@@ -223,6 +223,12 @@ fn encrypt_run(
     // The vault directory: new, or an unfinished run of the same command.
     let vault = &opts.vault;
     let vault_existed = vault.exists();
+    // One writer at a time, from before anything of the vault is read (docs/LIFECYCLE.md).
+    let _lock = crate::vault::VaultLock::acquire(vault, true)?;
+    let _created = Created {
+        vault,
+        armed: !vault_existed,
+    };
     if let Some(mut report) = finished_run(vault, &params, kms)? {
         report.seconds = started.elapsed().as_secs_f64();
         return Ok(report);
@@ -1244,6 +1250,21 @@ fn tidy_resumed(
     used.sort_unstable();
     used.dedup();
     crate::write::sweep_objects(vault, &used)
+}
+
+/// The vault directory this run created to lock it: removed again (if still empty) when the
+/// run fails before it wrote anything, as if it had never been made.
+struct Created<'a> {
+    vault: &'a Path,
+    armed: bool,
+}
+
+impl Drop for Created<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = fs::remove_dir(self.vault);
+        }
+    }
 }
 
 /// Until its first batch record is in the journal, a run has written no key and no

@@ -56,6 +56,11 @@ pub enum Error {
     #[error("{}: no space left on device; free some space, then {then}", path.display())]
     NoSpace { path: PathBuf, then: String },
 
+    /// Another run is writing this vault (it holds the vault's lock, docs/LIFECYCLE.md
+    /// "One writer at a time"); nothing was read or changed (exit 1: wait, then run again).
+    #[error("another envseal run{} is using {}; wait for it to finish (or stop it), then run this command again", pid.map(|p| format!(" (pid {p})")).unwrap_or_default(), path.display())]
+    Locked { path: PathBuf, pid: Option<u32> },
+
     /// A run was stopped (Ctrl-C); the vault is resumable (exit 130).
     #[error("interrupted; run the same command again to resume")]
     Interrupted,

@@ -1,6 +1,7 @@
 //! What a killed run can leave in a vault besides its journal, and how a rerun tidies it:
 //! temporary files of atomic writes, key files of batches the journal never recorded (a kill
-//! between writing a key file and journaling it), and objects no committed entry names.
+//! between writing a key file and journaling it), objects no committed entry names, and what
+//! an `import-legacy -o` killed before its manifest leaves.
 //! Every removal here is of a name the vault format owns; nothing is followed through a link.
 
 use std::collections::HashSet;
@@ -81,4 +82,80 @@ pub fn clear_unstarted(vault: &Path) -> Result<()> {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&o, e)),
         _ => Ok(()),
     }
+}
+
+/// Whether a directory holds only what an `import-legacy -o` killed before its manifest
+/// leaves: at least one key file, temporary files, and `objects/` with object files in
+/// their fan-out directories; no journal (an `encrypt` run has one from its start) and no
+/// manifest. No manifest will ever name those objects, so the import may start over after
+/// [`clear_unfinished_import`].
+pub fn unfinished_import(vault: &Path) -> Result<bool> {
+    let mut keys = 0;
+    for d in fs::read_dir(vault).at(vault)? {
+        let d = d.at(vault)?;
+        let name = d.file_name();
+        let Some(name) = name.to_str() else {
+            return Ok(false);
+        };
+        let ft = d.file_type().at(d.path())?;
+        if name == layout::OBJECTS_DIR && ft.is_dir() {
+            if !only_object_files(&d.path())? {
+                return Ok(false);
+            }
+        } else if ft.is_file() && key_file_id(name).is_some() {
+            keys += 1;
+        } else if !(ft.is_file() && is_temp(name) && name != crate::journal::TMP) {
+            return Ok(false);
+        }
+    }
+    Ok(keys > 0)
+}
+
+/// Whether `objects` holds only fan-out directories of object files (`ab/ab…`, 32 hex
+/// digits), none of them a link.
+fn only_object_files(objects: &Path) -> Result<bool> {
+    let hex = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    };
+    for sub in fs::read_dir(objects).at(objects)? {
+        let sub = sub.at(objects)?;
+        let name = sub.file_name();
+        let Some(fan) = name.to_str() else {
+            return Ok(false);
+        };
+        if fan.len() != 2 || !hex(fan) || !sub.file_type().at(sub.path())?.is_dir() {
+            return Ok(false);
+        }
+        let dir = sub.path();
+        for obj in fs::read_dir(&dir).at(&dir)? {
+            let obj = obj.at(&dir)?;
+            let name = obj.file_name();
+            let ok = name
+                .to_str()
+                .is_some_and(|n| n.len() == 2 * ID_LEN && hex(n) && n.starts_with(fan))
+                && obj.file_type().at(obj.path())?.is_file();
+            if !ok {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// Removes what [`unfinished_import`] accepted: the objects, then the key files.
+pub fn clear_unfinished_import(vault: &Path) -> Result<()> {
+    let objects = vault.join(layout::OBJECTS_DIR);
+    if objects.is_dir() {
+        for sub in fs::read_dir(&objects).at(&objects)? {
+            let dir = sub.at(&objects)?.path();
+            for obj in fs::read_dir(&dir).at(&dir)? {
+                let p = obj.at(&dir)?.path();
+                fs::remove_file(&p).at(&p)?;
+            }
+            fs::remove_dir(&dir).at(&dir)?;
+        }
+        fs::remove_dir(&objects).at(&objects)?;
+    }
+    sweep_root(vault, &[])
 }

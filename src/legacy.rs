@@ -50,6 +50,9 @@ pub struct LegacyFile {
     nonce: [u8; NONCE_LEN],
     ciphertext: Vec<u8>,
     tag: [u8; TAG_LEN],
+    /// The CMK that wrapped its data key, once [`LegacyFile::open`] unwrapped it (when the
+    /// KMS's `Decrypt` answer names it).
+    pub cmk: Option<String>,
 }
 
 /// Parses one guide file; the error says what is wrong with it.
@@ -119,6 +122,7 @@ pub fn parse(path: &Path) -> std::result::Result<LegacyFile, String> {
         nonce,
         ciphertext,
         tag,
+        cmk: None,
     })
 }
 
@@ -137,9 +141,10 @@ impl LegacyFile {
             blob: self.blob.clone(),
             context: EncryptionContext::default(),
         };
-        let key = provider
-            .decrypt(&wrapped)
+        let (key, cmk) = provider
+            .decrypt_naming_key(&wrapped)
             .map_err(|e| format!("cannot unwrap its data key: {e}"))?;
+        self.cmk = cmk;
         let cipher = eax::Eax::<Aes256>::new(GenericArray::from_slice(key.expose()));
         let mut buf = Zeroizing::new(std::mem::take(&mut self.ciphertext));
         cipher
@@ -163,7 +168,8 @@ pub enum ImportTo {
     /// Plaintext files in this directory (created if absent; existing files are kept).
     Dir(PathBuf),
     /// A new vault of one batch, its data key generated under the first key and wrapped
-    /// under the others (as `encrypt --key ... --key ...`).
+    /// under the others (as `encrypt --key ... --key ...`). No keys: under the CMK that
+    /// wrapped the guide files' data keys, at their KMS (as its `Decrypt` names it).
     Vault { vault: PathBuf, keys: Vec<KeySpec> },
 }
 
@@ -245,11 +251,44 @@ pub fn import(opts: &ImportOptions, kms: &Kms, cancel: &AtomicBool) -> Result<Im
                 std::os::unix::ffi::OsStrExt::as_bytes(a.0.name.as_os_str())
                     .cmp(std::os::unix::ffi::OsStrExt::as_bytes(b.0.name.as_os_str()))
             });
-            write_vault(vault, keys, kms, &opened)?;
+            let keys = if keys.is_empty() {
+                vec![legacy_cmk(&opened, &opts.kms_url)?]
+            } else {
+                keys.clone()
+            };
+            write_vault(vault, &keys, kms, &opened)?;
             report.batches = 1;
         }
     }
     Ok(report)
+}
+
+/// The CMK a vault made without `--key` is sealed under: the one that wrapped every imported
+/// file's data key (their readers can read the vault, nobody else), else the default alias
+/// when the KMS did not name it. Files under different CMKs need an explicit `--key`: one
+/// CMK for all would let each CMK's users read the others' files.
+fn legacy_cmk(opened: &[(LegacyFile, Zeroizing<Vec<u8>>)], kms_url: &str) -> Result<KeySpec> {
+    let mut cmks: Vec<&str> = opened
+        .iter()
+        .filter_map(|(f, _)| f.cmk.as_deref())
+        .collect();
+    cmks.sort_unstable();
+    cmks.dedup();
+    let key = match cmks.as_slice() {
+        [] => crate::kms::DEFAULT_ALIAS.to_string(),
+        [one] => (*one).to_string(),
+        many => {
+            return Err(Error::Usage(format!(
+                "the files' data keys are wrapped by {} different CMKs ({}); give the vault's CMK with --key",
+                many.len(),
+                many.join(", ")
+            )))
+        }
+    };
+    Ok(KeySpec {
+        kms: kms_url.to_string(),
+        key,
+    })
 }
 
 /// Seals the plaintexts into a new vault: one batch (one `GenerateDataKey`, plus one
@@ -262,19 +301,24 @@ fn write_vault(
     kms: &Kms,
     files: &[(LegacyFile, Zeroizing<Vec<u8>>)],
 ) -> Result<()> {
-    match fs::read_dir(vault) {
-        Ok(mut d) => {
-            if d.next().is_some() {
-                return Err(Error::Usage(format!(
-                    "{} exists and is not empty; choose a new directory for the vault",
-                    vault.display()
-                )));
-            }
+    // One writer at a time (docs/LIFECYCLE.md); creates the directory if absent.
+    let _lock = crate::vault::VaultLock::acquire(vault, true)?;
+    if fs::read_dir(vault).at(vault)?.next().is_some() {
+        // An import killed before its manifest left only key files and objects that no
+        // manifest will ever name: start it again (docs/RESUME.md, `import-legacy`).
+        if vault.join(layout::MANIFEST).exists() {
+            return Err(Error::Usage(format!(
+                "{} is a finished vault; refusing to overwrite it (choose another -o)",
+                vault.display()
+            )));
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            fs::create_dir_all(vault).at(vault)?
+        if !crate::leftovers::unfinished_import(vault)? {
+            return Err(Error::Usage(format!(
+                "{} exists and is not empty; choose a new directory for the vault",
+                vault.display()
+            )));
         }
-        Err(e) => return Err(Error::io(vault, e)),
+        crate::leftovers::clear_unfinished_import(vault)?;
     }
     let vault_id: [u8; ID_LEN] = format::random().at(vault)?;
     let batch_id: [u8; ID_LEN] = format::random().at(vault)?;

@@ -14,7 +14,8 @@
 //! the key files follow, each replaced atomically. A kill before the rename leaves the old
 //! wrappings, after it the new ones; a kill among the key files leaves some key files behind
 //! the manifest (keyless `verify` reports them) until `rewrap` runs again, which rewrites
-//! every key file from the manifest.
+//! every key file from the manifest. The vault's lock ([`crate::vault::VaultLock`]) keeps
+//! a second writer out, so no other run shares `manifest.tmp` or the key files.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
@@ -51,6 +52,9 @@ pub struct RewrapReport {
     pub removed: u64,
     /// Key files rewritten (those already matching the manifest are left alone).
     pub key_files_written: u64,
+    /// The `--remove` CMKs that wrapped no batch: nothing was left to remove (a repeated
+    /// command, or one that never wrapped the vault; `wrapped_by` says what does).
+    pub nothing_to_remove: Vec<String>,
     /// The CMKs that open the vault now (`KMS#id`, each batch wrapped by all of them or by
     /// the ones listed for it).
     pub wrapped_by: Vec<String>,
@@ -69,6 +73,8 @@ pub fn rewrap(opts: &RewrapOptions, kms: &Kms) -> Result<RewrapReport> {
     if opts.add && opts.key.is_none() {
         return Err(Error::Usage("rewrap --add needs --key <CMK>".into()));
     }
+    // One writer at a time: two rewraps must not interleave their manifests and key files.
+    let _lock = crate::vault::VaultLock::acquire(vault, false)?;
     // A finished vault may keep its journal as a receipt (docs/FORMAT.md §7); any other
     // journal is an unfinished run.
     if !matches!(
@@ -90,6 +96,8 @@ pub fn rewrap(opts: &RewrapOptions, kms: &Kms) -> Result<RewrapReport> {
     let vault_id = reader.header.vault_id;
     let old: Vec<Batch> = reader.batches.clone();
     drop(reader);
+    // Temporary files of a killed rewrap (this run holds the lock: no other run's).
+    crate::leftovers::sweep_root(vault, &old)?;
 
     let mut report = RewrapReport {
         batches: old.len() as u64,
@@ -157,23 +165,16 @@ pub fn rewrap(opts: &RewrapOptions, kms: &Kms) -> Result<RewrapReport> {
         });
         keys.push(bk);
     }
-    if let Some(i) = matched_remove.iter().position(|m| !m) {
-        // Nothing of it in the manifest: fine only if a previous run removed it and stopped
-        // before all key files followed (this run rewrites them).
-        if key_files_match(vault, &vault_id, &old) {
-            let have: Vec<String> = old
-                .iter()
-                .flat_map(|b| b.wrapped.iter().map(keyspec::describe))
-                .collect::<std::collections::BTreeSet<_>>()
-                .into_iter()
-                .collect();
-            return Err(Error::Usage(format!(
-                "--remove {}: no batch is wrapped by that CMK (give its id as `envseal ls --json` shows it; the vault is wrapped by {})",
-                opts.remove[i],
-                have.join(", ")
-            )));
-        }
-    }
+    // A `--remove` CMK that wraps no batch: a previous run removed it (this command repeated,
+    // or killed after its commit point; the key files are rewritten below), or it never
+    // wrapped the vault. Either way nothing is left to remove: the report says so.
+    report.nothing_to_remove = opts
+        .remove
+        .iter()
+        .zip(&matched_remove)
+        .filter(|(_, m)| !**m)
+        .map(|(r, _)| r.clone())
+        .collect();
 
     if batches != old {
         replace_manifest(vault, &batches, &keys)?;
@@ -238,12 +239,6 @@ fn read_key_file(vault: &Path, b: &Batch) -> Option<KeyFile> {
         .read_to_end(&mut d)
         .ok()?;
     serde_json::from_slice(&d).ok()
-}
-
-fn key_files_match(vault: &Path, vault_id: &[u8; 16], batches: &[Batch]) -> bool {
-    batches
-        .iter()
-        .all(|b| read_key_file(vault, b) == Some(KeyFile::new(vault_id, b)))
 }
 
 /// Writes the manifest with the new wrap lines under a temporary name, every other line

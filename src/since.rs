@@ -71,21 +71,43 @@ impl Earlier {
                 journal.set_mac_key(k.journal_mac_key());
             }
         }
-        let mut lines = Vec::new();
-        for (i, o) in self.objects.iter().enumerate() {
-            link_object(&self.path, vault, o)?;
-            lines.extend(journal.object_line(i as u64, &o.id)?);
+        // What a failure (a full disk while copying) must not leave behind: no journal
+        // names these objects yet, and the run's own tidying (an unstarted run removes its
+        // key files and journal, then an empty `objects/`) must find the vault as it was,
+        // so that the same command starts over once space is freed.
+        let mut made: Vec<PathBuf> = Vec::new();
+        let linked = (|| -> Result<Vec<u8>> {
+            let mut lines = Vec::new();
+            for (i, o) in self.objects.iter().enumerate() {
+                link_object(&self.path, vault, o, &mut made)?;
+                lines.extend(journal.object_line(i as u64, &o.id)?);
+            }
+            // The objects (copies) and their names are on disk before the journal names them.
+            crate::durable::sync_path(vault)?;
+            Ok(lines)
+        })();
+        match linked {
+            Ok(lines) => journal.write_synced(&lines),
+            Err(e) => {
+                for p in made.iter().rev() {
+                    let _ = fs::remove_file(p).or_else(|_| fs::remove_dir(p));
+                }
+                Err(e)
+            }
         }
-        // The objects (copies) and their names are on disk before the journal names them.
-        crate::durable::sync_path(vault)?;
-        journal.write_synced(&lines)
     }
 }
 
 /// Hard-links an earlier object into the new vault (objects are never modified once
-/// written), or copies it when the vaults are on different filesystems; its length is
-/// checked first.
-fn link_object(from_vault: &Path, to_vault: &Path, o: &ObjectRef) -> Result<()> {
+/// written), or copies it when the vaults are on different filesystems, under a temporary
+/// name renamed into place once whole: a copy cut short (a full disk, a kill) never holds
+/// an object's name. Its length is checked first. What it creates is added to `made`.
+fn link_object(
+    from_vault: &Path,
+    to_vault: &Path,
+    o: &ObjectRef,
+    made: &mut Vec<PathBuf>,
+) -> Result<()> {
     crate::object::open_object_file(from_vault, o).map_err(|e| {
         Error::Runtime(format!(
             "the earlier vault {}: {e:?}; run `envseal verify` on it",
@@ -95,9 +117,19 @@ fn link_object(from_vault: &Path, to_vault: &Path, o: &ObjectRef) -> Result<()> 
     let from = from_vault.join(o.name());
     let to = to_vault.join(o.name());
     let dir = to.parent().unwrap_or(to_vault);
-    fs::create_dir_all(dir).at(dir)?;
-    if fs::hard_link(&from, &to).is_err() {
-        fs::copy(&from, &to).at(&to)?;
+    if !dir.exists() {
+        fs::create_dir_all(dir).at(dir)?;
+        made.push(dir.to_path_buf());
     }
+    if fs::hard_link(&from, &to).is_ok() {
+        made.push(to);
+        return Ok(());
+    }
+    let tmp = to.with_extension("tmp");
+    made.push(tmp.clone());
+    fs::copy(&from, &tmp).at(&tmp)?;
+    fs::rename(&tmp, &to).at(&to)?;
+    made.pop();
+    made.push(to);
     Ok(())
 }

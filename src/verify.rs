@@ -185,7 +185,12 @@ fn extras(vault: &Path, batches: &[Batch], objects: &[ObjectRef]) -> Vec<Problem
                 .is_some_and(|n| format_names.contains(&n) || keys.contains(n));
             (!known).then(|| {
                 let n = name.to_string_lossy().into_owned();
-                extra(n, "not part of the vault format".into())
+                let why = if n == "manifest.tmp" {
+                    "not part of the vault format (left by an interrupted rewrap: run the same rewrap again)"
+                } else {
+                    "not part of the vault format"
+                };
+                extra(n, why.into())
             })
         })),
         Err(e) => out.push(extra(
@@ -209,18 +214,25 @@ fn key_files(vault: &Path, vault_id: &[u8; 16], batches: &[Batch]) -> Vec<Proble
             .ok()
             .and_then(|f| f.take(format::MAX_KEY_FILE + 1).read_to_end(&mut d).ok())
             .is_some_and(|n| n as u64 <= format::MAX_KEY_FILE);
-        let ok = read
-            .then(|| serde_json::from_slice::<KeyFile>(&d).ok())
-            .flatten()
-            .is_some_and(|kf| kf == KeyFile::new(vault_id, b));
-        if !ok {
-            out.push(Problem {
-                path: name.clone(),
-                object: name,
-                kind: ProblemKind::KeyFile,
-                detail: "key file missing, unreadable or not matching the manifest".into(),
-            });
-        }
+        let want = KeyFile::new(vault_id, b);
+        let detail = match read.then(|| serde_json::from_slice::<KeyFile>(&d).ok()).flatten() {
+            Some(kf) if kf == want => continue,
+            // The same batch under other wrappings: a rewrap stopped between its manifest
+            // (the commit point) and this key file.
+            Some(kf)
+                if (&kf.vault_id, &kf.batch_id, &kf.key_commitment, kf.format)
+                    == (&want.vault_id, &want.batch_id, &want.key_commitment, want.format) =>
+            {
+                "key file wrapped differently from the manifest: a rewrap was interrupted; run the same rewrap again"
+            }
+            _ => "key file missing, unreadable or not matching the manifest",
+        };
+        out.push(Problem {
+            path: name.clone(),
+            object: name,
+            kind: ProblemKind::KeyFile,
+            detail: detail.into(),
+        });
     }
     out
 }

@@ -50,9 +50,25 @@ pub const RESEAL_ATTEMPTS: usize = 2;
 /// A large file's segment checkpoint is recorded at least every this many bytes sealed in
 /// order...
 pub const CHECKPOINT_BYTES: u64 = 64 << 20;
-/// ...and every this long, so a killed run loses at most about one interval per file in
-/// flight (the checkpoint is committed with the next group commit, after its data is synced).
-pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// ...and every this long. Checkpoints are committed with the next group commit, after
+/// their data is synced; that commit is due once the checkpoints queued advance their files
+/// by 2 × [`checkpoint_bytes`], and the writer waits for a sync in flight rather than let
+/// more than 3 × of them wait for commit: a kill -9 loses at most 4 × 64 MiB = 256 MiB of
+/// sealing, or about 1 s, per large file in flight (docs/RESUME.md).
+pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+
+/// [`CHECKPOINT_BYTES`], or for tests only (to kill a run past several checkpoints
+/// without hundreds of MiB of data) the value of `ENVSEAL_TEST_CHECKPOINT_BYTES`.
+pub fn checkpoint_bytes() -> u64 {
+    static BYTES: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *BYTES.get_or_init(|| {
+        std::env::var("ENVSEAL_TEST_CHECKPOINT_BYTES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&b| b > 0)
+            .unwrap_or(CHECKPOINT_BYTES)
+    })
+}
 
 /// What the planner and the jobs send the writer.
 pub enum Msg {
@@ -177,6 +193,10 @@ pub struct Writer<'a> {
     queue: Vec<u8>,
     queued: usize,
     oldest: Option<Instant>,
+    /// Bytes of large files the checkpoints in `queue` advance past the committed ones...
+    ckpt_queued: u64,
+    /// ...and those in `pending`.
+    ckpt_pending: u64,
     written: Written,
     /// Lines whose data an in-flight sync is making durable; journaled when it returns.
     pending: Vec<u8>,
@@ -227,6 +247,8 @@ impl<'a> Writer<'a> {
             queue: Vec::new(),
             queued: 0,
             oldest: None,
+            ckpt_queued: 0,
+            ckpt_pending: 0,
             written: Written::default(),
             pending: Vec::new(),
             syncer: None,
@@ -280,13 +302,18 @@ impl<'a> Writer<'a> {
             }
             self.emit_ready()?;
             self.settle(false)?;
+            let cb = checkpoint_bytes();
             let due = self.oldest.is_some_and(|t| t.elapsed() >= COMMIT_EVERY)
-                || self.queued >= COMMIT_LINES;
+                || self.queued >= COMMIT_LINES
+                || self.ckpt_queued >= 2 * cb;
             let busy = self.syncer.as_ref().is_some_and(Syncer::in_flight);
             // A slow disk must not let the queued lines grow without bound: past
             // QUEUED_MAX entries the writer waits for the sync in flight, as a writer that
-            // synced itself would.
-            if due && (!busy || self.queued >= QUEUED_MAX) {
+            // synced itself would; likewise past 3 checkpoint intervals not yet committed
+            // (what a kill would cost, see CHECKPOINT_EVERY).
+            let behind =
+                self.queued >= QUEUED_MAX || self.ckpt_queued + self.ckpt_pending >= 3 * cb;
+            if due && (!busy || behind) {
                 self.start_commit()?;
             }
         }
@@ -456,7 +483,7 @@ impl<'a> Writer<'a> {
         // commit that records it). Not for devices (no ctime to prove them unchanged).
         let window = st.start.file.window;
         let bytes = (st.next - st.ckpt.0) * window * u64::from(seg);
-        let due = bytes >= CHECKPOINT_BYTES || st.ckpt.1.elapsed() >= CHECKPOINT_EVERY;
+        let due = bytes >= checkpoint_bytes() || st.ckpt.1.elapsed() >= CHECKPOINT_EVERY;
         let ckpt = (st.failed.is_none()
             && !st.start.device
             && st.next > st.ckpt.0
@@ -477,6 +504,7 @@ impl<'a> Writer<'a> {
             });
         if let Some(c) = ckpt {
             let line = self.journal.ckpt_line(&c)?;
+            self.ckpt_queued += bytes;
             self.queue.extend(line);
             self.oldest.get_or_insert_with(Instant::now);
         }
@@ -841,9 +869,11 @@ impl<'a> Writer<'a> {
         let q = std::mem::take(&mut self.queue);
         self.queued = 0;
         self.oldest = None;
+        let ckpt = std::mem::take(&mut self.ckpt_queued);
         if !self.sync {
             return self.journal.write_synced(&q);
         }
+        self.ckpt_pending = ckpt;
         if self.syncer.is_none() {
             let dir = File::open(&self.vault).at(&self.vault)?;
             self.syncer = Some(Syncer::start(dir).at(&self.vault)?);
@@ -865,6 +895,7 @@ impl<'a> Writer<'a> {
             Some(Err(e)) => Err(Error::io(&self.vault, e)),
             Some(Ok(())) => {
                 let q = std::mem::take(&mut self.pending);
+                self.ckpt_pending = 0;
                 self.journal.write_synced(&q)
             }
         }

@@ -62,7 +62,7 @@ pub fn rewrap_cmd(a: RewrapArgs) -> anyhow::Result<i32> {
         remove: a.remove,
     };
     let r = rewrap(&opts, &kms)?;
-    let line = format!(
+    let mut line = format!(
         "rewrapped {} batch key(s) of {} in {:.2} s ({} by ReEncrypt, {} wrapping(s) removed, {} key file(s) written); opens with {}",
         r.batches,
         opts.vault.display(),
@@ -72,6 +72,9 @@ pub fn rewrap_cmd(a: RewrapArgs) -> anyhow::Result<i32> {
         r.key_files_written,
         r.wrapped_by.join(", ")
     );
+    for k in &r.nothing_to_remove {
+        line += &format!("; --remove {k}: nothing left to remove (no batch is wrapped by it)");
+    }
     summary(
         a.out.quiet,
         a.out.json,
@@ -80,6 +83,7 @@ pub fn rewrap_cmd(a: RewrapArgs) -> anyhow::Result<i32> {
             "command": "rewrap", "vault": opts.vault, "batches": r.batches,
             "re_encrypted": r.re_encrypted, "removed": r.removed,
             "key_files_written": r.key_files_written, "wrapped_by": r.wrapped_by,
+            "nothing_to_remove": r.nothing_to_remove,
             "seconds": r.seconds,
         }),
     );
@@ -227,7 +231,7 @@ pub struct ImportLegacyArgs {
     #[arg(long, env = "ENVSEAL_KMS", value_name = "URL")]
     pub kms: Option<String>,
     /// CMK(s) for the new vault, as for encrypt: [<KMS URL>#]<CMK>, repeatable (default:
-    /// alias/envseal/default on the --kms provider).
+    /// the CMK that wrapped the files' data keys, on the --kms provider).
     #[arg(long, value_name = "CMK")]
     pub key: Vec<String>,
     #[command(flatten)]
@@ -242,17 +246,12 @@ pub fn import_legacy_cmd(
     let kms_url = a.kms.clone().unwrap_or_else(|| "local".to_string());
     let to = match (&a.output, &a.to) {
         (Some(vault), None) => {
-            let mut keys = a
+            // No --key: the library seals under the CMK that wrapped the files.
+            let keys = a
                 .key
                 .iter()
                 .map(|k| KeySpec::parse(k, &kms_url))
                 .collect::<Result<Vec<_>, _>>()?;
-            if keys.is_empty() {
-                keys.push(KeySpec {
-                    kms: kms_url.clone(),
-                    key: envseal::kms::DEFAULT_ALIAS.to_string(),
-                });
-            }
             ImportTo::Vault {
                 vault: vault.clone(),
                 keys,

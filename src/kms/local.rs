@@ -154,6 +154,13 @@ impl KeyProvider for LocalProvider {
     }
 
     fn decrypt(&self, wrapped: &WrappedKey) -> Result<DataKey, KmsError> {
+        self.decrypt_naming_key(wrapped).map(|(k, _)| k)
+    }
+
+    fn decrypt_naming_key(
+        &self,
+        wrapped: &WrappedKey,
+    ) -> Result<(DataKey, Option<String>), KmsError> {
         let tag = |e: KmsError| e.with_endpoint(self.store.dir().display().to_string());
         let blob = keystore::decode_blob(&wrapped.blob).map_err(tag)?;
         let opened = self.store.decrypt(&blob, &wrapped.context)?;
@@ -172,7 +179,7 @@ impl KeyProvider for LocalProvider {
         if raw.len() != DATA_KEY_LEN {
             return Err(not_a_key());
         }
-        DataKey::from_bytes(&raw)
+        Ok((DataKey::from_bytes(&raw)?, Some(opened.key_id)))
     }
 
     fn encrypt(

@@ -113,6 +113,15 @@ pub trait KeyProvider: Send + Sync {
     /// `Decrypt`: unwrap a blob this provider (or a compatible one) produced.
     fn decrypt(&self, wrapped: &WrappedKey) -> Result<DataKey, KmsError>;
 
+    /// `Decrypt`, with the id of the CMK that wrapped the blob when the KMS's answer names it
+    /// (`KeyId`): `import-legacy` seals under that CMK when no `--key` is given.
+    fn decrypt_naming_key(
+        &self,
+        wrapped: &WrappedKey,
+    ) -> Result<(DataKey, Option<String>), KmsError> {
+        Ok((self.decrypt(wrapped)?, None))
+    }
+
     /// `Encrypt`: wrap an existing data key under `key` (`rewrap`, extra `--key`s).
     fn encrypt(
         &self,

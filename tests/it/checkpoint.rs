@@ -159,3 +159,112 @@ fn a_sparse_image_resumes_at_its_checkpoint() {
 fn a_large_file_changed_since_its_checkpoint_is_sealed_again_whole() {
     run(true, false);
 }
+
+/// The checkpoint interval of the kill test below (`ENVSEAL_TEST_CHECKPOINT_BYTES`, read by
+/// the library for tests only): 8 MiB, one window of 1 MiB segments, stands for 64 MiB.
+const TEST_CKPT: u64 = 8 << 20;
+
+/// Not a test by itself: run as a child (`CKPT_KILL_VAULT` set), it encrypts `CKPT_KILL_SRC`
+/// and kills itself (SIGKILL: nothing is committed on the way out) once `CKPT_KILL_AFTER`
+/// bytes were sealed.
+#[test]
+fn checkpoint_kill_child() {
+    let (Some(vault), Some(src), Some(after)) = (
+        std::env::var_os("CKPT_KILL_VAULT"),
+        std::env::var_os("CKPT_KILL_SRC"),
+        std::env::var("CKPT_KILL_AFTER").ok(),
+    ) else {
+        return;
+    };
+    struct KillAfter(AtomicU64, u64);
+    impl Progress for KillAfter {
+        fn bytes(&self, n: u64) {
+            if self.0.fetch_add(n, Ordering::SeqCst) + n >= self.1 {
+                // SAFETY: kill and getpid have no preconditions; SIGKILL ends the process.
+                unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+            }
+        }
+    }
+    let (kms, url) = local_kms(Path::new(&vault).parent().unwrap());
+    let opts = EncryptOptions {
+        segment_size: 1 << 20,
+        jobs: 1,
+        ..EncryptOptions::new(vec![src.into()], vault.into(), url)
+    };
+    let stop = KillAfter(AtomicU64::new(0), after.parse().unwrap());
+    let _ = encrypt(&opts, &kms, &stop, &AtomicBool::new(false));
+    panic!("not killed");
+}
+
+/// The test harness's name of test `f` of this module (`checkpoint::f` in the one test
+/// binary; the crate's own name is not part of it).
+fn test_name(f: &str) -> String {
+    match module_path!().split_once("::") {
+        Some((_, module)) => format!("{module}::{f}"),
+        None => f.to_string(),
+    }
+}
+
+fn local_kms(dir: &Path) -> (Kms, String) {
+    let store = dir.join("keystore");
+    let url = format!("local:{}", store.display());
+    let provider = LocalProvider::open(Some(&store), &KmsOptions::default()).unwrap();
+    let kms = Kms::new(KmsOptions::default(), None).with_provider(&url, Arc::new(provider));
+    (kms, url)
+}
+
+/// kill -9 deep into one large file (past 4 checkpoint intervals, which stand for 256 MiB):
+/// checkpoints are committed by bytes too, not only every 500 ms, so the rerun reads again
+/// at most 4 intervals and a window of what was sealed, however fast the engine went.
+#[test]
+fn a_kill_deep_into_a_large_file_costs_at_most_four_checkpoint_intervals() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("data");
+    fs::create_dir_all(&src).unwrap();
+    let size = 16 * TEST_CKPT;
+    let big = src.join("big.img");
+    write_big(&big, size as usize, 3);
+    let vault = tmp.path().join("vault");
+    let after = 12 * TEST_CKPT;
+    let st = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", &test_name("checkpoint_kill_child")])
+        .args(["--nocapture", "--test-threads=1"])
+        .env("CKPT_KILL_VAULT", &vault)
+        .env("CKPT_KILL_SRC", &src)
+        .env("CKPT_KILL_AFTER", after.to_string())
+        .env("ENVSEAL_TEST_CHECKPOINT_BYTES", TEST_CKPT.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(st.signal(), Some(libc::SIGKILL), "{st:?}");
+    let journal = fs::read_to_string(vault.join("journal.jsonl")).unwrap();
+    assert!(
+        journal.contains(r#""type":"ckpt""#),
+        "no checkpoint committed"
+    );
+
+    let (kms, url) = local_kms(tmp.path());
+    let opts = EncryptOptions {
+        segment_size: 1 << 20,
+        jobs: 1,
+        ..EncryptOptions::new(vec![src.clone()], vault.clone(), url)
+    };
+    let r = encrypt(&opts, &kms, &NoProgress, &AtomicBool::new(false)).unwrap();
+    assert!(r.failed.is_empty(), "{:?}", r.failed);
+    let lost = r.bytes_read - (size - after);
+    assert!(
+        r.bytes_read <= size - after + 4 * TEST_CKPT + (8 << 20),
+        "read {} of {size} bytes again: {lost} bytes sealed before the kill were lost",
+        r.bytes_read
+    );
+    let dest = tmp.path().join("out");
+    let o = DecryptOptions {
+        jobs: 1,
+        ..DecryptOptions::new(vault.clone(), dest.clone())
+    };
+    let d = decrypt(&o, &kms, &NoProgress, &AtomicBool::new(false)).unwrap();
+    assert!(d.failed.is_empty(), "{:?}", d.failed);
+    assert!(fs::read(dest.join("data/big.img")).unwrap() == fs::read(&big).unwrap());
+}

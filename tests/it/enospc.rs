@@ -114,3 +114,56 @@ fn a_full_disk_stops_cleanly_and_the_same_command_finishes() {
     ok(&mut cmd());
     assert_same_tree(&src, &dest.join("src"));
 }
+
+/// `encrypt --since` onto another filesystem copies the earlier vault's objects; a full
+/// disk midway leaves no partial copy in the way: after space is freed the same command
+/// finishes (it used to exit 2, "exists and is not empty"), and the vault is whole.
+#[test]
+fn a_full_disk_while_copying_the_earlier_objects_does_not_stop_the_rerun() {
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("home");
+    let src = t.path().join("src");
+    for i in 0..12u64 {
+        gen_file(&src.join(format!("f{i:02}")), 300_000, i);
+    }
+    gen_file(&src.join("big.img"), 3 << 20, 99);
+    let earlier = t.path().join("earlier");
+    ok(envseal(&home)
+        .args(["encrypt", "-q", "-o"])
+        .arg(&earlier)
+        .arg(&src));
+    gen_file(&src.join("new.bin"), 100_000, 7);
+    // The earlier objects hold about 6.6 MB: the disk fills within the big one's copy.
+    let Some(fs) = Tmpfs::mount(&t.path().join("mnt"), "5m") else {
+        eprintln!("NOTICE: cannot mount a tmpfs (not root?); skipping the ENOSPC test");
+        return;
+    };
+    let vault = fs.0.join("vault");
+    let cmd = || {
+        let mut c = envseal(&home);
+        c.args(["encrypt", "-q", "--json", "--since"])
+            .arg(&earlier)
+            .arg("-o")
+            .arg(&vault)
+            .arg(&src);
+        c
+    };
+    let o = cmd().output().unwrap();
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("no space left on device; free some space"),
+        "{}",
+        stderr(&o)
+    );
+    fs.resize("64m");
+    let o = ok(&mut cmd());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["reused_files"], 13, "{v}");
+    ok(envseal(&home).args(["verify", "-q", "--deep"]).arg(&vault));
+    let out = t.path().join("out");
+    ok(envseal(&home)
+        .args(["decrypt", "-q", "-o"])
+        .arg(&out)
+        .arg(&vault));
+    assert_same_tree(&src, &out.join("src"));
+}

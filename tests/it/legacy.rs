@@ -216,3 +216,188 @@ fn guide_files_import_to_a_directory() {
     );
     assert!(!dest.join("b.bin").exists());
 }
+
+/// A guide file made here (as the guide's sample does it) with a data key the key store in
+/// `store` generates under `cmk`: CiphertextBlob, EAX nonce, ciphertext, tag.
+fn guide_file_from_store(store: &Path, cmk: &str, plain: &[u8], out: &Path) {
+    use eax::aead::generic_array::GenericArray;
+    use eax::aead::{AeadInPlace, KeyInit};
+    use envseal::kms::{EncryptionContext, KeyProvider, KmsOptions};
+    let p = envseal::kms::local::LocalProvider::open(Some(store), &KmsOptions::default()).unwrap();
+    let k = p
+        .generate_data_key(cmk, &EncryptionContext::default())
+        .unwrap();
+    let cipher = eax::Eax::<aes::Aes256>::new(GenericArray::from_slice(k.plaintext.expose()));
+    let nonce = [5u8; 16];
+    let mut buf = plain.to_vec();
+    let tag = cipher
+        .encrypt_in_place_detached(GenericArray::from_slice(&nonce), b"", &mut buf)
+        .unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let text = format!(
+        "{}\n{}\n{}\n{}\n",
+        k.wrapped.blob,
+        b64.encode(nonce),
+        b64.encode(&buf),
+        b64.encode(tag)
+    );
+    fs::write(out, text).unwrap();
+}
+
+/// The same with the local key store of `home` (the CLI's `--kms local`).
+fn local_guide_file(home: &Path, cmk: &str, plain: &[u8], out: &Path) {
+    guide_file_from_store(&home.join("keystore"), cmk, plain, out);
+}
+
+/// The same through the Alibaba-compatible server: its `Decrypt` answer names the CMK
+/// (`KeyId`), which the vault is then sealed under, at that server.
+#[test]
+fn without_key_the_vault_is_sealed_under_the_cmk_an_aliyun_decrypt_names() {
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("home");
+    let server = KmsServer::start();
+    let url = server.url();
+    let k = key_id(&ok(cmd(&home).args(["kms", "create-key", "--kms", &url])));
+    let a = t.path().join("a.txt.cipher");
+    guide_file_from_store(&server.store, &k, b"alpha\n", &a);
+    let vault = t.path().join("vault");
+    ok(cmd(&home)
+        .args(["import-legacy", "-q", "--kms", &url, "-o"])
+        .arg(&vault)
+        .arg(&a));
+    let wraps: Vec<(String, String)> = manifest_records(&vault)
+        .iter()
+        .filter(|r| r["type"] == "wrap")
+        .map(|r| {
+            (
+                r["kms"].as_str().unwrap().to_string(),
+                r["key_id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(wraps.len(), 1, "{wraps:?}");
+    assert_eq!(wraps[0].1, k);
+    assert!(wraps[0].0.starts_with("aliyun:"), "{wraps:?}");
+    let out = t.path().join("out");
+    ok(cmd(&home)
+        .args(["decrypt", "-q", "--kms", &url, "-o"])
+        .arg(&out)
+        .arg(&vault));
+    assert_eq!(fs::read(out.join("a.txt")).unwrap(), b"alpha\n");
+}
+
+fn local_cmk(home: &Path) -> String {
+    key_id(&ok(envseal(home).args(["kms", "create-key"])))
+}
+
+/// Without `--key` the vault is sealed under the CMK that wrapped the guide files (the
+/// KMS's Decrypt names it), not under a default alias the legacy KMS may not have; files
+/// under several CMKs need `--key`.
+#[test]
+fn without_key_the_vault_is_sealed_under_the_guide_files_cmk() {
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("home");
+    let (k1, k2) = (local_cmk(&home), local_cmk(&home));
+    let a = t.path().join("a.txt.cipher");
+    let b = t.path().join("b.txt.cipher");
+    local_guide_file(&home, &k1, b"alpha\n", &a);
+    local_guide_file(&home, &k1, b"beta\n", &b);
+    let vault = t.path().join("vault");
+    ok(envseal(&home)
+        .args(["import-legacy", "-q", "-o"])
+        .arg(&vault)
+        .arg(&a)
+        .arg(&b));
+    let wraps: Vec<String> = manifest_records(&vault)
+        .iter()
+        .filter(|r| r["type"] == "wrap")
+        .map(|r| r["key_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(wraps, vec![k1.clone()]);
+    let out = t.path().join("out");
+    ok(envseal(&home)
+        .args(["decrypt", "-q", "-o"])
+        .arg(&out)
+        .arg(&vault));
+    assert_eq!(fs::read(out.join("b.txt")).unwrap(), b"beta\n");
+
+    let c = t.path().join("c.txt.cipher");
+    local_guide_file(&home, &k2, b"gamma\n", &c);
+    let o = envseal(&home)
+        .args(["import-legacy", "-q", "-o"])
+        .arg(t.path().join("mixed"))
+        .arg(&a)
+        .arg(&c)
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("2 different CMKs"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--key"), "{}", stderr(&o));
+    ok(envseal(&home)
+        .args(["import-legacy", "-q", "--key", &k2, "-o"])
+        .arg(t.path().join("mixed"))
+        .arg(&a)
+        .arg(&c));
+}
+
+/// An import killed before its manifest (key file and object written, a partial
+/// `manifest.tmp`) is finished by the same command; another writer holding the vault is
+/// named; a directory holding anything else is still refused.
+#[test]
+fn a_killed_import_is_finished_by_the_same_command() {
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("home");
+    let k = local_cmk(&home);
+    let a = t.path().join("a.txt.cipher");
+    local_guide_file(&home, &k, b"alpha\n", &a);
+    let vault = t.path().join("vault");
+    let import = |vault: &Path| {
+        let mut c = envseal(&home);
+        c.args(["import-legacy", "-q", "-o"]).arg(vault).arg(&a);
+        c
+    };
+    ok(&mut import(&vault));
+    // What a kill before the manifest's rename leaves.
+    let manifest = fs::read(vault.join("manifest.jsonl")).unwrap();
+    fs::remove_file(vault.join("manifest.jsonl")).unwrap();
+    fs::write(vault.join("manifest.tmp"), &manifest[..manifest.len() / 2]).unwrap();
+    ok(&mut import(&vault));
+    ok(envseal(&home).args(["verify", "-q", "--deep"]).arg(&vault));
+    let objects = common::tree::files_under(&vault.join("objects"));
+    assert_eq!(objects.len(), 1, "the old object is gone: {objects:?}");
+    let keys = fs::read_dir(&vault)
+        .unwrap()
+        .filter(|d| {
+            let n = d.as_ref().unwrap().file_name();
+            n.to_string_lossy().starts_with("keys-")
+        })
+        .count();
+    assert_eq!(keys, 1);
+
+    // Held by another writer: refused by name.
+    let other = t.path().join("other");
+    let lock = envseal::vault::VaultLock::acquire(&other, true).unwrap();
+    let o = import(&other).output().unwrap();
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!(
+            "another envseal run (pid {}) is using",
+            std::process::id()
+        )),
+        "{}",
+        stderr(&o)
+    );
+    drop(lock);
+
+    // Anything else in the directory: refused as before, nothing removed.
+    fs::remove_file(vault.join("manifest.jsonl")).unwrap();
+    fs::write(vault.join("notes.txt"), b"mine\n").unwrap();
+    let o = import(&vault).output().unwrap();
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("exists and is not empty"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(common::tree::files_under(&vault.join("objects")).len(), 1);
+}

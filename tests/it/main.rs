@@ -23,6 +23,7 @@ mod kms_e2e;
 mod kms_local;
 mod kms_serve_limits;
 mod legacy;
+mod lock;
 mod packs;
 mod pipeline;
 mod review;

@@ -138,14 +138,21 @@ fn rewrap_to_another_cmk_then_the_old_one_disabled() {
         wrapping_keys(&vault),
         (vec![a.clone(); batches], vec![a; batches])
     );
-    // A CMK the vault is not wrapped by is an error naming it.
-    let o = envseal(&home)
-        .args(["rewrap", "--remove", &b])
-        .arg(&vault)
-        .output()
-        .unwrap();
-    assert_eq!(code(&o), 2, "{}", stderr(&o));
-    assert!(stderr(&o).contains(&b), "{}", stderr(&o));
+    // The same --remove again (a repeated command, or one killed at its very end) finds
+    // nothing left to remove: exit 0, saying so, the vault unchanged.
+    let manifest = fs::read(vault.join("manifest.jsonl")).unwrap();
+    let o = ok(envseal(&home)
+        .args(["rewrap", "--json", "--remove", &b])
+        .arg(&vault));
+    assert!(
+        stderr(&o).contains(&format!("--remove {b}: nothing left to remove")),
+        "{}",
+        stderr(&o)
+    );
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["nothing_to_remove"], serde_json::json!([b]));
+    assert_eq!(v["removed"], 0);
+    assert_eq!(fs::read(vault.join("manifest.jsonl")).unwrap(), manifest);
     let o = ok(envseal(&home).args(["verify", "--json"]).arg(&vault));
     assert!(stdout(&o).contains("\"ok\":true"), "{}", stdout(&o));
     assert_eq!(objects_state(&vault), before);
@@ -314,4 +321,50 @@ fn rewrap_a_concealed_vault() {
         .arg(&dest)
         .arg(&vault));
     assert_same_tree(&src, &dest.join("src"));
+}
+
+/// A rewrap stopped after its commit point (the manifest renamed, a key file not yet
+/// rewritten): `verify --deep` fails saying to run the same rewrap again, which completes it.
+#[test]
+fn verify_after_an_interrupted_rewrap_says_to_run_it_again() {
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("home");
+    let (a, b) = (create_key(&home), create_key(&home));
+    let src = small_tree(t.path(), 6);
+    let vault = t.path().join("vault");
+    ok(envseal(&home)
+        .args(["encrypt", "-q", "--batch-max-files", "2", "--key", &a, "-o"])
+        .arg(&vault)
+        .arg(&src));
+    let key_files: Vec<PathBuf> = fs::read_dir(&vault)
+        .unwrap()
+        .map(|d| d.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("keys-")
+        })
+        .collect();
+    let old = fs::read(&key_files[0]).unwrap();
+    ok(envseal(&home)
+        .args(["rewrap", "-q", "--key", &b])
+        .arg(&vault));
+    // What a kill among the key files leaves: one still under the old wrapping.
+    fs::write(&key_files[0], &old).unwrap();
+    for deep in [true, false] {
+        let mut c = envseal(&home);
+        c.arg("verify");
+        if deep {
+            c.arg("--deep");
+        }
+        let o = c.arg(&vault).output().unwrap();
+        assert_ne!(code(&o), 0, "{}", stderr(&o));
+        let all = stdout(&o) + &stderr(&o);
+        assert!(all.contains("run the same rewrap again"), "{all}");
+    }
+    ok(envseal(&home)
+        .args(["rewrap", "-q", "--key", &b])
+        .arg(&vault));
+    ok(envseal(&home).args(["verify", "-q", "--deep"]).arg(&vault));
 }

@@ -385,6 +385,9 @@ struct SealedResponse {
 struct PlaintextResponse {
     #[serde(deserialize_with = "zeroizing_string")]
     plaintext: Zeroizing<String>,
+    /// The CMK that wrapped the blob (Decrypt names it).
+    #[serde(default)]
+    key_id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -427,13 +430,21 @@ impl KeyProvider for AliyunClient {
     }
 
     fn decrypt(&self, wrapped: &WrappedKey) -> Result<DataKey, KmsError> {
+        self.decrypt_naming_key(wrapped).map(|(k, _)| k)
+    }
+
+    fn decrypt_naming_key(
+        &self,
+        wrapped: &WrappedKey,
+    ) -> Result<(DataKey, Option<String>), KmsError> {
         let ctx = wrapped.context.to_json();
         let mut params = vec![("CiphertextBlob", wrapped.blob.as_str())];
         if !wrapped.context.is_empty() {
             params.push(("EncryptionContext", &ctx));
         }
         let r: PlaintextResponse = self.call("Decrypt", &params).map_err(ciphertext_error)?;
-        decode_data_key(&r.plaintext).map_err(|e| e.with_endpoint(&self.endpoint))
+        let key = decode_data_key(&r.plaintext).map_err(|e| e.with_endpoint(&self.endpoint))?;
+        Ok((key, r.key_id.filter(|k| !k.is_empty())))
     }
 
     fn encrypt(

@@ -444,6 +444,13 @@ impl KeyProvider for AwsClient {
     }
 
     fn decrypt(&self, wrapped: &WrappedKey) -> Result<DataKey, KmsError> {
+        self.decrypt_naming_key(wrapped).map(|(k, _)| k)
+    }
+
+    fn decrypt_naming_key(
+        &self,
+        wrapped: &WrappedKey,
+    ) -> Result<(DataKey, Option<String>), KmsError> {
         let req = DecryptRequest {
             // Blobs copied through text files may pick up a trailing newline.
             ciphertext_blob: wrapped.blob.trim(),
@@ -453,7 +460,8 @@ impl KeyProvider for AwsClient {
         let what = format!("Decrypt under {}", wrapped.key_id);
         let resp: DataKeyResponse = self.call("Decrypt", &what, &req)?;
         let plaintext = Zeroizing::new(resp.plaintext);
-        self.data_key(&what, &plaintext)
+        let key = self.data_key(&what, &plaintext)?;
+        Ok((key, Some(resp.key_id).filter(|k| !k.is_empty())))
     }
 
     fn encrypt(
