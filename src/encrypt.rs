@@ -247,7 +247,8 @@ fn encrypt_run(
     // The vault directory: new, or an unfinished run of the same command.
     let vault = &opts.vault;
     let vault_existed = vault.exists();
-    if let Some(mut report) = finished_run(vault, &params, kms, &sources, &exclude)? {
+    if let Some(mut report) = finished_run(vault, &params, kms, &sources, &exclude, progress)? {
+        progress.finish();
         report.seconds = started.elapsed().as_secs_f64();
         return Ok(report);
     }
@@ -1224,6 +1225,7 @@ fn finished_run(
     kms: &Kms,
     sources: &[PathBuf],
     exclude: &globset::GlobSet,
+    progress: &dyn Progress,
 ) -> Result<Option<EncryptReport>> {
     use crate::journal::Head;
     if !vault.join(layout::MANIFEST).exists() {
@@ -1293,7 +1295,7 @@ fn finished_run(
         crate::journal::write_receipt(vault, &vault_id, &mac)?;
     }
     r.resumed_files = r.files;
-    r.finished_before = Some(compare_sources(sources, exclude, recorded)?);
+    r.finished_before = Some(compare_sources(sources, exclude, recorded, progress)?);
     Ok(Some(r))
 }
 
@@ -1371,9 +1373,12 @@ fn compare_sources(
     sources: &[PathBuf],
     exclude: &globset::GlobSet,
     mut recorded: HashMap<Vec<u8>, Recorded>,
+    progress: &dyn Progress,
 ) -> Result<Staleness> {
     let mut s = Staleness::default();
+    let mut totals = Totals::default();
     walk::walk_each(sources, exclude, false, |f| {
+        totals.add(&f, progress);
         if let Found::Entry(e) = f {
             match recorded.remove(&e.path) {
                 None => s.appeared += 1,
