@@ -88,12 +88,35 @@ pub fn rewrap_cmd(a: RewrapArgs) -> anyhow::Result<i32> {
 
 /// The CMKs that wrap a vault's data keys, as JSON (`verify --json`'s `keys`); `null` when
 /// the manifest cannot be read (verify reports why).
-pub fn wrappers_json(vault: &std::path::Path) -> serde_json::Value {
+pub fn wrappers_json(vault: &std::path::Path, kms_flag: Option<&str>) -> serde_json::Value {
     match envseal::manifest::ManifestReader::open(vault) {
-        Ok(m) => serde_json::to_value(envseal::keyspec::wrappers(&m.batches))
-            .unwrap_or(serde_json::Value::Null),
+        Ok(m) => serde_json::Value::Array(
+            wrapper_values(&m.batches, kms_flag)
+                .into_iter()
+                .map(|(v, _)| v)
+                .collect(),
+        ),
         Err(_) => serde_json::Value::Null,
     }
+}
+
+/// Each CMK wrapping the batches, as JSON with its `aliases`, and the wrapper itself.
+fn wrapper_values(
+    batches: &[envseal::manifest::Batch],
+    kms_flag: Option<&str>,
+) -> Vec<(serde_json::Value, envseal::keyspec::Wrapper)> {
+    let mut aliases = Aliases::default();
+    envseal::keyspec::wrappers(batches)
+        .into_iter()
+        .map(|w| {
+            let names = aliases.of(&w.kms, &w.key_id, kms_flag);
+            let mut v = serde_json::to_value(&w).unwrap_or(serde_json::Value::Null);
+            if let serde_json::Value::Object(o) = &mut v {
+                o.insert("aliases".into(), json!(names));
+            }
+            (v, w)
+        })
+        .collect()
 }
 
 /// `ls --keys`: one line (or JSON object) per CMK wrapping the vault's data keys.
@@ -104,14 +127,14 @@ pub fn ls_keys(
 ) -> anyhow::Result<i32> {
     let m = envseal::manifest::ManifestReader::open(vault)?;
     let total = m.batches.len();
-    let mut aliases = Aliases::default();
-    for w in envseal::keyspec::wrappers(&m.batches) {
-        let names = aliases.of(&w.kms, &w.key_id, kms_flag);
+    for (v, w) in wrapper_values(&m.batches, kms_flag) {
+        let names: Vec<&str> = v["aliases"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.as_str())
+            .collect();
         if as_json {
-            let mut v = serde_json::to_value(&w)?;
-            if let serde_json::Value::Object(o) = &mut v {
-                o.insert("aliases".into(), json!(names));
-            }
             println!("{v}");
         } else {
             println!(

@@ -545,7 +545,7 @@ pub fn verify_cmd(a: VerifyArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
         deep: a.deep,
         jobs: jobs(a.jobs)?,
     };
-    let kms = reading_kms(a.kms)?.expecting(a.expect_key);
+    let kms = reading_kms(a.kms.clone())?.expecting(a.expect_key);
     let bars = bars("verify", &a.out)?;
     let r = verify(&a.vault, &opts, Some(&kms), &bars, cancel).map_err(unwrap_advice)?;
     for p in &r.problems {
@@ -576,7 +576,7 @@ pub fn verify_cmd(a: VerifyArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
         json!({
             "command": "verify", "deep": r.deep, "ok": r.problems.is_empty(),
             "files": r.files, "bytes": r.bytes, "seconds": r.seconds,
-            "keys": super::lifecycle::wrappers_json(&a.vault),
+            "keys": super::lifecycle::wrappers_json(&a.vault, a.kms.as_deref()),
             "problems": r.problems.iter().map(|p| json!({
                 "kind": p.kind.as_str(), "path": p.path, "object": p.object, "detail": p.detail
             })).collect::<Vec<_>>(),
