@@ -373,8 +373,24 @@ fn inherited_keys(
             key: w.key_id,
         })
         .collect();
+    // Only a URL of the same provider replaces it: a default ENVSEAL_KMS of another kind
+    // must not receive this key's id.
+    let kind = |u: &str| {
+        envseal::kms::ProviderUrl::parse(u)
+            .ok()
+            .map(|p| std::mem::discriminant(&p))
+    };
     if let (Some(first), Some(url)) = (keys.first_mut(), kms_flag) {
-        first.kms = url.to_string();
+        if kind(url) == kind(&first.kms) {
+            first.kms = url.to_string();
+        } else {
+            log::warn!(
+                "--kms {url} is not used: without --key the new batches are wrapped as {}'s are, under {}#{}; pass --key to choose another CMK",
+                earlier.display(),
+                first.kms,
+                first.key
+            );
+        }
     }
     if let Some(k) = keys.first() {
         log::info!(
