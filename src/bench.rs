@@ -374,7 +374,11 @@ impl EncryptRig {
         scratch.syncfs()?;
 
         let store = scratch.path().join("keystore");
-        let kms_opts = KmsOptions::default();
+        // A scratch store, removed with the rest: no advice to back it up.
+        let kms_opts = KmsOptions {
+            scratch_store: true,
+            ..KmsOptions::default()
+        };
         let provider = LocalProvider::open(Some(&store), &kms_opts)?;
         let key = provider.store().create_key("envseal bench")?.key_id;
         let url = provider.url();

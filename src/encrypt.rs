@@ -125,6 +125,30 @@ pub struct EncryptReport {
     pub skipped: Vec<Failure>,
     pub failed: Vec<Failure>,
     pub seconds: f64,
+    /// `Some` when the vault was already finished by an earlier run of the same command: this
+    /// run encrypted nothing, only compared the sources' metadata with the vault's entries
+    /// (the counts above describe the vault, not work done now).
+    pub finished_before: Option<Staleness>,
+}
+
+/// How the live sources differ from a finished vault, by metadata only (the rule of
+/// `--since`, [`crate::since`]: a file is unchanged when its type, size, mtime, device, inode
+/// and ctime match its entry; other entries by type, mode, owner and link target).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Staleness {
+    /// Entries whose metadata no longer matches.
+    pub changed: u64,
+    /// Paths in the sources the vault does not hold.
+    pub appeared: u64,
+    /// Entries of the vault gone from the sources.
+    pub vanished: u64,
+}
+
+impl Staleness {
+    /// The sources still match the vault.
+    pub fn up_to_date(&self) -> bool {
+        *self == Staleness::default()
+    }
 }
 
 /// Entries a chunk job takes at most, and plaintext bytes (its buffer bounds its records).
@@ -229,7 +253,8 @@ fn encrypt_run(
         vault,
         armed: !vault_existed,
     };
-    if let Some(mut report) = finished_run(vault, &params, kms)? {
+    if let Some(mut report) = finished_run(vault, &params, kms, &sources, &exclude, progress)? {
+        progress.finish();
         report.seconds = started.elapsed().as_secs_f64();
         return Ok(report);
     }
@@ -514,15 +539,34 @@ fn encrypt_run(
     let (wtx, wrx) = crossbeam_channel::bounded::<Msg>(4 * jobs + 16);
     let (etx, erx) = crossbeam_channel::bounded::<Found>(4096);
     let xattrs = opts.xattrs;
+    // The walk that feeds the planner goes at the pace of the work (its channel is bounded):
+    // a display that shows totals gets them from a metadata-only walk of its own.
+    let ahead = progress.wants_totals();
+    // Set when the work is over: the counting walk has nothing left to tell.
+    let over = AtomicBool::new(false);
     let outcome = std::thread::scope(|scope| {
+        if ahead {
+            scope.spawn(|| {
+                let mut totals = Totals::default();
+                let halted = || {
+                    [&stop, cancel, &over]
+                        .iter()
+                        .any(|f| f.load(Ordering::Relaxed))
+                };
+                let r = walk::walk_each(&sources, &exclude, false, |f| {
+                    totals.add(&f, progress);
+                    !halted()
+                });
+                if r.is_ok() && !halted() {
+                    progress.start(totals.files, totals.bytes);
+                }
+            });
+        }
         let walker = scope.spawn(|| {
-            let mut files = 0u64;
-            let mut bytes = 0u64;
+            let mut totals = Totals::default();
             let r = walk::walk_each(&sources, &exclude, xattrs, |f| {
-                if let Found::Entry(e) = &f {
-                    files += u64::from(matches!(e.kind, SourceKind::File { .. }));
-                    bytes += file_size(e);
-                    progress.walking(files, bytes);
+                if !ahead {
+                    totals.add(&f, progress);
                 }
                 etx.send(f).is_ok()
             });
@@ -531,7 +575,9 @@ fn encrypt_run(
                 // An incomplete walk must not end in a manifest that looks complete.
                 stop.store(true, Ordering::Relaxed);
             }
-            progress.start(files, bytes);
+            if !ahead {
+                progress.start(totals.files, totals.bytes);
+            }
             r
         });
         let writer_thread = scope.spawn(|| writer.run(wrx, cancel));
@@ -547,6 +593,7 @@ fn encrypt_run(
         let written = writer_thread
             .join()
             .unwrap_or_else(|_| Err(Error::Runtime("the writer panicked".into())));
+        over.store(true, Ordering::Relaxed);
         (planned, walked, written)
     });
     let (planned, walked, written) = outcome;
@@ -580,6 +627,28 @@ fn encrypt_run(
     report.batches = planner.keys.len() as u64;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// The progress totals of a walk: files and bytes, each inode once (later names of a
+/// multiply-linked file become hard-link entries, as the planner decides, and are not read).
+#[derive(Default)]
+struct Totals {
+    files: u64,
+    bytes: u64,
+    linked: std::collections::HashSet<(u64, u64)>,
+}
+
+impl Totals {
+    fn add(&mut self, f: &Found, progress: &dyn Progress) {
+        let Found::Entry(e) = f else { return };
+        if let SourceKind::File { size, device } = e.kind {
+            if e.nlink < 2 || device || self.linked.insert((e.dev, e.ino)) {
+                self.files += 1;
+                self.bytes = self.bytes.saturating_add(size);
+            }
+        }
+        progress.walking(self.files, self.bytes);
+    }
 }
 
 /// Turns the walk into units of work, in order.
@@ -1044,13 +1113,6 @@ fn resolved(p: &Path) -> PathBuf {
     }
 }
 
-fn file_size(e: &SourceEntry) -> u64 {
-    match e.kind {
-        SourceKind::File { size, .. } => size,
-        _ => 0,
-    }
-}
-
 /// A directory, not a symlink to one.
 fn is_real_dir(p: &Path) -> bool {
     fs::symlink_metadata(p).is_ok_and(|m| m.is_dir())
@@ -1160,7 +1222,17 @@ fn command_of(vault: &Path, p: &RunParams) -> String {
 /// Tidies what the kill left (objects and key files no manifest record names, the journal
 /// not yet turned into the receipt) and reports what the manifest holds. `None`: not this
 /// command's finished vault.
-fn finished_run(vault: &Path, params: &RunParams, kms: &Kms) -> Result<Option<EncryptReport>> {
+///
+/// Then compares the sources with the vault by metadata (nothing is read): the report's
+/// `finished_before` says whether they still match.
+fn finished_run(
+    vault: &Path,
+    params: &RunParams,
+    kms: &Kms,
+    sources: &[PathBuf],
+    exclude: &globset::GlobSet,
+    progress: &dyn Progress,
+) -> Result<Option<EncryptReport>> {
     use crate::journal::Head;
     if !vault.join(layout::MANIFEST).exists() {
         return Ok(None);
@@ -1200,7 +1272,16 @@ fn finished_run(vault: &Path, params: &RunParams, kms: &Kms) -> Result<Option<En
         batches: m.batches.len() as u64,
         ..Default::default()
     };
-    while let Some(e) = m.next_entry()? {
+    let name_key = m.header.conceal_names.then(|| key.name_key());
+    let mut recorded: HashMap<Vec<u8>, Recorded> = HashMap::new();
+    while let Some(mut e) = m.next_entry()? {
+        if let Some(nk) = &name_key {
+            e.reveal(nk)?;
+        }
+        let src = m.last_src();
+        if let Some(p) = e.path.clear() {
+            recorded.insert(p.to_vec(), Recorded::of(&e, src));
+        }
         match &e.kind {
             EntryKind::File(f) => {
                 r.files += 1;
@@ -1220,7 +1301,101 @@ fn finished_run(vault: &Path, params: &RunParams, kms: &Kms) -> Result<Option<En
         crate::journal::write_receipt(vault, &vault_id, &mac)?;
     }
     r.resumed_files = r.files;
+    r.finished_before = Some(compare_sources(sources, exclude, recorded, progress)?);
     Ok(Some(r))
+}
+
+/// What a finished vault recorded of an entry, as far as a metadata walk can compare it.
+enum Recorded {
+    /// A regular file (or image) with the source identity of its entry, if recorded.
+    File {
+        src: Option<SourceId>,
+        len: u64,
+        mtime: (i64, u32),
+    },
+    /// Another name of a file: its own metadata is that file's.
+    HardLink,
+    /// Anything else: its type (with a link's target or a device number) and its mode and
+    /// owner, which no ctime guards.
+    Other {
+        kind: EntryKind,
+        mode: u32,
+        owner: Option<(u32, u32)>,
+    },
+}
+
+impl Recorded {
+    fn of(e: &Entry, src: Option<SourceId>) -> Recorded {
+        match &e.kind {
+            EntryKind::File(f) => Recorded::File {
+                src,
+                len: f.file_len(),
+                mtime: (e.mtime, e.mtime_nsec),
+            },
+            EntryKind::HardLink(_) => Recorded::HardLink,
+            kind => Recorded::Other {
+                kind: kind.clone(),
+                mode: e.mode,
+                owner: e.owner.as_ref().map(|o| (o.uid, o.gid)),
+            },
+        }
+    }
+
+    /// Whether the walked entry `e` still matches this record.
+    fn matches(&self, e: &SourceEntry) -> bool {
+        match (self, &e.kind) {
+            (Recorded::File { src, len, mtime }, SourceKind::File { size, .. }) => {
+                src.is_some_and(|s| {
+                    s.dev == e.dev
+                        && s.ino == e.ino
+                        && (s.ctime, s.ctime_nsec) == (e.ctime, e.ctime_nsec)
+                }) && *len == *size
+                    && *mtime == (e.mtime, e.mtime_nsec)
+            }
+            (Recorded::HardLink, SourceKind::File { .. }) => e.nlink > 1,
+            (Recorded::Other { kind, mode, owner }, k) => {
+                let same_kind = match (kind, k) {
+                    (EntryKind::Dir, SourceKind::Dir) | (EntryKind::Fifo, SourceKind::Fifo) => true,
+                    (EntryKind::Symlink(t), SourceKind::Symlink { target }) => {
+                        t.clear() == Some(target.as_slice())
+                    }
+                    (EntryKind::CharDev(a), SourceKind::CharDev(b))
+                    | (EntryKind::BlockDev(a), SourceKind::BlockDev(b)) => a == b,
+                    _ => false,
+                };
+                // Symlinks' modes mean nothing on Linux; owners are compared where recorded.
+                same_kind
+                    && (matches!(kind, EntryKind::Symlink(_)) || *mode == e.mode)
+                    && owner.is_none_or(|o| o == (e.uid, e.gid))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Walks the sources (metadata only, no file is opened for reading) against a finished
+/// vault's entries.
+fn compare_sources(
+    sources: &[PathBuf],
+    exclude: &globset::GlobSet,
+    mut recorded: HashMap<Vec<u8>, Recorded>,
+    progress: &dyn Progress,
+) -> Result<Staleness> {
+    let mut s = Staleness::default();
+    let mut totals = Totals::default();
+    walk::walk_each(sources, exclude, false, |f| {
+        totals.add(&f, progress);
+        if let Found::Entry(e) = f {
+            match recorded.remove(&e.path) {
+                None => s.appeared += 1,
+                Some(r) if !r.matches(&e) => s.changed += 1,
+                Some(_) => {}
+            }
+        }
+        true
+    })?;
+    s.vanished = recorded.len() as u64;
+    Ok(s)
 }
 
 /// A resumed run first tidies what the killed one left: key files of batches it never

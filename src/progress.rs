@@ -5,7 +5,14 @@
 
 /// Receives progress events from a run.
 pub trait Progress: Sync {
-    /// Walking: `files` entries and `bytes` found so far.
+    /// Whether this display shows totals (a percentage, an ETA). Then `encrypt` counts its
+    /// sources in a metadata-only walk of their own, ahead of the work, so the totals are
+    /// known early (the walk that feeds the work is held back by it: its totals would come
+    /// at the end). `false` (the default) spares that walk.
+    fn wants_totals(&self) -> bool {
+        false
+    }
+    /// Walking: `files` files and `bytes` found so far (each inode once).
     fn walking(&self, _files: u64, _bytes: u64) {}
     /// The work is known: this many files and bytes will be processed.
     fn start(&self, _files: u64, _bytes: u64) {}

@@ -164,6 +164,10 @@ pub struct EncryptArgs {
     /// Resume an unfinished run in VAULT (running the same command again does this too).
     #[arg(long)]
     pub resume: bool,
+    /// Encrypt a source even if it is itself a vault (refused by default: usually the vault
+    /// and the source were swapped).
+    #[arg(long)]
+    pub force: bool,
     /// Files smaller than this are sealed into shared packs (default 1MiB; 0 = never pack).
     #[arg(long, value_name = "SIZE", hide = true)]
     pub pack_threshold: Option<String>,
@@ -226,6 +230,10 @@ pub struct DecryptArgs {
     /// KMS and CMK, so restore pipelines say which they trust.
     #[arg(long, value_name = "CMK")]
     pub expect_key: Vec<String>,
+    /// Not an option of decrypt (the vault names its keys): accepted only to point to
+    /// --expect-key instead of clap's generic advice.
+    #[arg(long, value_name = "CMK", hide = true)]
+    pub key: Vec<String>,
     /// Worker threads (default: number of cores).
     #[arg(short = 'j', long, value_name = "N")]
     pub jobs: Option<usize>,
@@ -271,11 +279,14 @@ pub struct LsArgs {
     /// One JSON object per entry on stdout.
     #[arg(long)]
     pub json: bool,
-    /// Use this KMS instead of the one the manifest names (concealed names need the key).
+    /// Use this KMS instead of the one the manifest names (concealed names need the key;
+    /// with --keys, the aliases of a remote KMS are looked up only there).
     #[arg(long, value_name = "URL")]
     pub kms: Option<String>,
     /// List the master keys (CMKs) that wrap the vault's data keys instead of its entries,
-    /// and whether each opens the vault alone (no key needed), e.g. `envseal ls --keys VAULT`.
+    /// with the aliases that point at them where the key store can tell (local stores; a
+    /// remote KMS given with --kms), and whether each opens the vault alone (no key needed),
+    /// e.g. `envseal ls --keys VAULT`.
     #[arg(long)]
     pub keys: bool,
 }

@@ -48,7 +48,10 @@ fn prompt_passphrase() -> Option<Zeroizing<String>> {
     if !std::io::stdin().is_terminal() {
         return None;
     }
-    match rpassword::prompt_password("envseal: key store passphrase: ") {
+    // The progress bar would redraw over the prompt: it is frozen until the answer.
+    match super::progress::suspended(|| {
+        rpassword::prompt_password("envseal: key store passphrase: ")
+    }) {
         Ok(p) => Some(Zeroizing::new(p)),
         Err(e) => {
             log::warn!("could not read the passphrase from the terminal: {e}");

@@ -92,26 +92,64 @@ pub fn rewrap_cmd(a: RewrapArgs) -> anyhow::Result<i32> {
 
 /// The CMKs that wrap a vault's data keys, as JSON (`verify --json`'s `keys`); `null` when
 /// the manifest cannot be read (verify reports why).
-pub fn wrappers_json(vault: &std::path::Path) -> serde_json::Value {
+pub fn wrappers_json(vault: &std::path::Path, kms_flag: Option<&str>) -> serde_json::Value {
     match envseal::manifest::ManifestReader::open(vault) {
-        Ok(m) => serde_json::to_value(envseal::keyspec::wrappers(&m.batches))
-            .unwrap_or(serde_json::Value::Null),
+        Ok(m) => serde_json::Value::Array(
+            wrapper_values(&m.batches, kms_flag)
+                .into_iter()
+                .map(|(v, _)| v)
+                .collect(),
+        ),
         Err(_) => serde_json::Value::Null,
     }
 }
 
+/// Each CMK wrapping the batches, as JSON with its `aliases`, and the wrapper itself.
+fn wrapper_values(
+    batches: &[envseal::manifest::Batch],
+    kms_flag: Option<&str>,
+) -> Vec<(serde_json::Value, envseal::keyspec::Wrapper)> {
+    let mut aliases = Aliases::default();
+    envseal::keyspec::wrappers(batches)
+        .into_iter()
+        .map(|w| {
+            let names = aliases.of(&w.kms, &w.key_id, kms_flag);
+            let mut v = serde_json::to_value(&w).unwrap_or(serde_json::Value::Null);
+            if let serde_json::Value::Object(o) = &mut v {
+                o.insert("aliases".into(), json!(names));
+            }
+            (v, w)
+        })
+        .collect()
+}
+
 /// `ls --keys`: one line (or JSON object) per CMK wrapping the vault's data keys.
-pub fn ls_keys(vault: &std::path::Path, as_json: bool) -> anyhow::Result<i32> {
+pub fn ls_keys(
+    vault: &std::path::Path,
+    as_json: bool,
+    kms_flag: Option<&str>,
+) -> anyhow::Result<i32> {
     let m = envseal::manifest::ManifestReader::open(vault)?;
     let total = m.batches.len();
-    for w in envseal::keyspec::wrappers(&m.batches) {
+    for (v, w) in wrapper_values(&m.batches, kms_flag) {
+        let names: Vec<&str> = v["aliases"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.as_str())
+            .collect();
         if as_json {
-            println!("{}", serde_json::to_string(&w)?);
+            println!("{v}");
         } else {
             println!(
-                "{}#{}  {}/{} batches{}",
+                "{}#{}{}  {}/{} batches{}",
                 sanitize(&w.kms),
                 sanitize(&w.key_id),
+                if names.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", sanitize(&names.join(", ")))
+                },
                 w.batches,
                 total,
                 if w.opens_alone {
@@ -123,6 +161,56 @@ pub fn ls_keys(vault: &std::path::Path, as_json: bool) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// The aliases pointing at the keys a vault names, by KMS, each KMS asked once. Local key
+/// stores are read where they exist (never created, never unsealed: aliases are not secret);
+/// a remote KMS only when `ls --kms` names it, since a vault's own URLs are not to be trusted
+/// with credentials. Whatever cannot be asked shows ids alone.
+#[derive(Default)]
+struct Aliases {
+    by_kms: std::collections::HashMap<String, Vec<envseal::kms::AliasEntry>>,
+}
+
+impl Aliases {
+    fn of(&mut self, vault_kms: &str, key_id: &str, kms_flag: Option<&str>) -> Vec<String> {
+        let url = kms_flag.unwrap_or(vault_kms).to_string();
+        let list = self
+            .by_kms
+            .entry(url.clone())
+            .or_insert_with(|| list_aliases(&url, kms_flag.is_some()).unwrap_or_default());
+        list.iter()
+            .filter(|a| a.key_id == key_id || key_id.ends_with(&format!("/{}", a.key_id)))
+            .map(|a| a.alias_name.clone())
+            .collect()
+    }
+}
+
+fn list_aliases(url: &str, asked: bool) -> Option<Vec<envseal::kms::AliasEntry>> {
+    use envseal::kms::{KmsOptions, ProviderUrl};
+    let opts = KmsOptions {
+        // Never prompt for a passphrase, never wait long: this is decoration.
+        passphrase_prompt: None,
+        timeout: std::time::Duration::from_secs(5),
+        ..KmsOptions::default()
+    };
+    match ProviderUrl::parse(url).ok()? {
+        ProviderUrl::Local(dir) => {
+            // Opening an absent store would create one.
+            if !envseal::kms::local::store_exists(dir.as_deref()).ok()? {
+                return None;
+            }
+        }
+        ProviderUrl::Aliyun { .. } if asked => {}
+        _ => return None,
+    }
+    match envseal::kms::admin_from_url(url, &opts).and_then(|a| a.list_aliases()) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            log::info!("aliases of {url} not listed: {e}");
+            None
+        }
+    }
 }
 
 /// `verify --source`: the vault against the live tree, without decrypting.

@@ -111,10 +111,27 @@ pub fn check_output_dir(flag: &str, path: &Path) -> anyhow::Result<()> {
     }
 }
 
-/// Checks a vault argument: it must exist and be a directory.
+/// Checks a vault argument: it must exist and be a directory that holds a vault (a finished
+/// one, or an unfinished run whose journal the reader explains).
 pub fn check_vault(path: &Path) -> anyhow::Result<()> {
+    use envseal::format::layout;
     match std::fs::metadata(path) {
-        Ok(md) if md.is_dir() => Ok(()),
+        Ok(md) if md.is_dir() => {
+            let has = |f: &str| std::fs::symlink_metadata(path.join(f)).is_ok();
+            if has(layout::MANIFEST) || has(layout::JOURNAL) {
+                return Ok(());
+            }
+            let shown = path.display().to_string();
+            let name = path
+                .file_name()
+                .map_or_else(|| "backup".into(), |n| n.to_string_lossy().into_owned());
+            Err(advise(
+                envseal::Error::format(&shown, "not an envseal vault (no manifest.jsonl)"),
+                format!(
+                    "give the directory that \"envseal encrypt SRC -o VAULT\" made (it holds manifest.jsonl); to store this directory in a new vault instead: envseal encrypt {shown} -o {name}.vault"
+                ),
+            ))
+        }
         Ok(_) => Err(usage(
             format!("{}: not a vault (a vault is a directory)", path.display()),
             "give the directory made by \"envseal encrypt ... -o VAULT\"",
@@ -124,6 +141,36 @@ pub fn check_vault(path: &Path) -> anyhow::Result<()> {
             "give the directory made by \"envseal encrypt ... -o VAULT\"",
         )),
         Err(_) => Ok(()),
+    }
+}
+
+/// `p` absolute, with symlinks and `..` resolved in the part of it that exists (an output
+/// directory may not exist yet), so that paths spelled differently compare equal.
+pub fn resolved(p: &Path) -> std::path::PathBuf {
+    let Ok(p) = std::path::absolute(p) else {
+        return p.to_path_buf();
+    };
+    let mut existing = p.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(mut real) = std::fs::canonicalize(existing) {
+            for part in rest.iter().rev() {
+                // `..` below a resolved directory: step up, as the kernel would.
+                if *part == std::ffi::OsStr::new("..") {
+                    real.pop();
+                } else if *part != std::ffi::OsStr::new(".") {
+                    real.push(part);
+                }
+            }
+            return real;
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name);
+                existing = parent;
+            }
+            _ => return p,
+        }
     }
 }
 

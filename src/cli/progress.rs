@@ -1,5 +1,10 @@
 //! Progress for the terminal: one indicatif bar when stderr is a terminal, plain lines every
 //! `--progress-interval` otherwise, nothing with `-q`.
+//!
+//! Encrypt shows done/found from its first file: while the walk goes on, the bytes done of
+//! those found so far and the rate; once the walk has ended, a percentage and an ETA. A
+//! passphrase prompt suspends the bar ([`suspended`]), so it stays on screen while the user
+//! types.
 
 use std::collections::HashSet;
 use std::io::IsTerminal;
@@ -8,13 +13,36 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use envseal::progress::Progress;
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::output::human_bytes;
 
-/// How often the walking spinner and the bar are redrawn: soon enough that even a walk of a
-/// few thousand files shows the spinner.
+/// How often the bar is redrawn: soon enough that even a walk of a few thousand files shows.
 const TICK: Duration = Duration::from_millis(100);
+
+/// The bar on the terminal now, if any: a prompt hides it while it waits (see [`suspended`]).
+static SHOWN: Mutex<Option<ProgressBar>> = Mutex::new(None);
+
+/// Runs `f` (a prompt on the terminal) with the progress bar cleared and frozen: nothing is
+/// drawn until `f` returns, so a prompt is never overwritten while the user reads or types.
+pub fn suspended<R>(f: impl FnOnce() -> R) -> R {
+    let bar = SHOWN.lock().ok().and_then(|b| b.clone());
+    match bar {
+        Some(b) => b.suspend(f),
+        None => f(),
+    }
+}
+
+/// A test-only knob: `ENVSEAL_TEST_SLOW_FILE_MS` makes each finished file wait this long in
+/// the display, so that a pty test sees a run of a few seconds on any machine. Never set by
+/// users; the library is not slowed.
+fn test_delay() -> Option<Duration> {
+    std::env::var("ENVSEAL_TEST_SLOW_FILE_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&ms| ms > 0 && ms <= 10_000)
+        .map(Duration::from_millis)
+}
 
 /// The binary's `Progress`, and which notices it showed.
 pub struct Bars {
@@ -22,6 +50,10 @@ pub struct Bars {
     /// `path: why` of each notice shown (`failed PATH: WHY`), so the end of a run lists only
     /// the failures that were not shown as they happened.
     shown: Mutex<HashSet<String>>,
+    /// Set by Ctrl-C: files in flight then report themselves interrupted, which is no failure
+    /// (the run stops and says how to resume), so their notices are not shown.
+    cancel: Option<&'static AtomicBool>,
+    delay: Option<Duration>,
 }
 
 enum Display {
@@ -31,16 +63,29 @@ enum Display {
 }
 
 /// Counters shared by both displays.
-#[derive(Default)]
 struct Counts {
+    started: Instant,
     files: AtomicU64,
     bytes: AtomicU64,
+    /// Found so far while walking; the final totals once `walked`.
     total_files: AtomicU64,
     total_bytes: AtomicU64,
+    walked: AtomicBool,
 }
 
 impl Counts {
-    /// `3/10 files` (or `3 files` while the total is unknown, as in `verify`).
+    fn new() -> Counts {
+        Counts {
+            started: Instant::now(),
+            files: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            total_files: AtomicU64::new(0),
+            total_bytes: AtomicU64::new(0),
+            walked: AtomicBool::new(false),
+        }
+    }
+
+    /// `3/10 files` (or `3 files` while nothing was found, as in `verify`).
     fn files_text(&self) -> String {
         let (done, total) = (
             self.files.load(Ordering::Relaxed),
@@ -52,6 +97,46 @@ impl Counts {
             format!("{done} files")
         }
     }
+
+    /// Bytes per second since the display started.
+    fn rate(&self) -> f64 {
+        let secs = self.started.elapsed().as_secs_f64();
+        if secs > 0.0 {
+            self.bytes.load(Ordering::Relaxed) as f64 / secs
+        } else {
+            0.0
+        }
+    }
+
+    /// The plain line: done/found, rate, and once the walk has ended a percentage and ETA.
+    fn line(&self, verb: &str) -> String {
+        let (done, total) = (
+            self.bytes.load(Ordering::Relaxed),
+            self.total_bytes.load(Ordering::Relaxed),
+        );
+        let rate = self.rate();
+        let mut s = format!(
+            "{verb} {}, {}/{}, {}/s",
+            self.files_text(),
+            human_bytes(done),
+            human_bytes(total),
+            human_bytes(rate as u64)
+        );
+        if !self.walked.load(Ordering::Relaxed) {
+            s += " (still walking: more to find)";
+        } else if total > 0 {
+            let pct = (done as f64 / total as f64 * 100.0).min(100.0);
+            s += &format!(", {pct:.0}%");
+            if rate > 0.0 {
+                let left = total.saturating_sub(done) as f64 / rate;
+                s += &format!(
+                    ", ETA {}",
+                    indicatif::HumanDuration(Duration::from_secs_f64(left))
+                );
+            }
+        }
+        s
+    }
 }
 
 pub struct Plain {
@@ -62,12 +147,24 @@ pub struct Plain {
 }
 
 pub struct Fancy {
-    verb: &'static str,
-    multi: MultiProgress,
-    walk: ProgressBar,
     bar: ProgressBar,
     counts: Counts,
-    started: AtomicBool,
+    /// The bar shows bytes (encrypt from its first file, the others once the work is known).
+    counting: AtomicBool,
+}
+
+/// The bar while encrypt's walk goes on: done of found so far, and the rate; no ETA, the
+/// total is still growing.
+const WALKING: &str =
+    "{prefix:>8} [{bar:30}] {bytes}/{total_bytes} found so far, {binary_bytes_per_sec}, {msg} (walking...)";
+/// The bar once the work is known.
+const KNOWN: &str =
+    "{prefix:>8} [{bar:30}] {percent:>3}% {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}, {msg}";
+
+fn style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ")
 }
 
 impl Bars {
@@ -76,7 +173,15 @@ impl Bars {
         Bars {
             display: Display::new(verb, quiet, interval),
             shown: Mutex::new(HashSet::new()),
+            cancel: None,
+            delay: test_delay(),
         }
+    }
+
+    /// Notices of failures are not shown once `cancel` is set (Ctrl-C): see `Bars::cancel`.
+    pub fn cancelled_by(mut self, cancel: &'static AtomicBool) -> Bars {
+        self.cancel = Some(cancel);
+        self
     }
 
     /// Whether a failure was shown as a notice while the run went on.
@@ -84,6 +189,20 @@ impl Bars {
         self.shown
             .lock()
             .is_ok_and(|s| s.contains(&format!("{}: {}", f.path, f.why)))
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancel.is_some_and(|c| c.load(Ordering::Relaxed))
+    }
+}
+
+impl Drop for Bars {
+    fn drop(&mut self) {
+        if let Display::Fancy(_) = &self.display {
+            if let Ok(mut s) = SHOWN.lock() {
+                *s = None;
+            }
+        }
     }
 }
 
@@ -95,43 +214,36 @@ impl Display {
         if !std::io::stderr().is_terminal() {
             return Display::Plain(Plain {
                 verb,
-                counts: Counts::default(),
+                counts: Counts::new(),
                 interval,
                 last: Mutex::new(Instant::now()),
             });
         }
-        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(10));
-        let walk = multi.add(ProgressBar::new_spinner());
-        walk.set_style(
-            ProgressStyle::with_template("{spinner} {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-        );
-        // encrypt walks its sources; decrypt and verify read the manifest first.
-        walk.set_message(if verb == "encrypt" {
-            format!("{verb}: walking...")
-        } else {
-            format!("{verb}: reading the manifest...")
-        });
-        // Drawn now, not at the first steady tick: a short walk would end before it.
-        walk.tick();
-        walk.enable_steady_tick(TICK);
-        // One bar for bytes and files, so a full byte bar never hides files still counting.
-        let bar = ProgressBar::hidden();
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{prefix:>8} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}, {msg}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
+        let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr_with_hz(10));
         bar.set_prefix(verb);
+        let counting = verb == "encrypt";
+        if counting {
+            // Encrypt walks its sources: the bar counts what it found from the first file.
+            bar.set_style(style(WALKING));
+            bar.set_message("0 files");
+        } else {
+            // Decrypt and verify read the manifest first.
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            bar.set_message(format!("{verb}: reading the manifest..."));
+        }
+        // Drawn now, not at the first steady tick: a short walk would end before it.
+        bar.tick();
+        bar.enable_steady_tick(TICK);
+        if let Ok(mut s) = SHOWN.lock() {
+            *s = Some(bar.clone());
+        }
         Display::Fancy(Fancy {
-            verb,
-            multi,
-            walk,
             bar,
-            counts: Counts::default(),
-            started: AtomicBool::new(false),
+            counts: Counts::new(),
+            counting: AtomicBool::new(counting),
         })
     }
 }
@@ -146,14 +258,7 @@ impl Plain {
             return;
         }
         *last = Instant::now();
-        let c = &self.counts;
-        eprintln!(
-            "envseal: {} {}, {}/{}",
-            self.verb,
-            c.files_text(),
-            human_bytes(c.bytes.load(Ordering::Relaxed)),
-            human_bytes(c.total_bytes.load(Ordering::Relaxed))
-        );
+        eprintln!("envseal: {}", self.counts.line(self.verb));
     }
 }
 
@@ -168,28 +273,25 @@ impl Fancy {
 }
 
 impl Progress for Bars {
+    fn wants_totals(&self) -> bool {
+        !matches!(self.display, Display::Quiet)
+    }
+
     fn walking(&self, files: u64, bytes: u64) {
         match &self.display {
             Display::Quiet => {}
             Display::Plain(p) => {
-                if let Ok(mut last) = p.last.lock() {
-                    if last.elapsed() >= p.interval {
-                        *last = Instant::now();
-                        eprintln!(
-                            "envseal: {} walking: {files} files, {} found",
-                            p.verb,
-                            human_bytes(bytes)
-                        );
-                    }
-                }
+                p.counts.total_files.store(files, Ordering::Relaxed);
+                p.counts.total_bytes.store(bytes, Ordering::Relaxed);
+                p.line(false);
             }
             Display::Fancy(f) => {
-                if files % 64 == 0 {
-                    f.walk.set_message(format!(
-                        "{}: walking: {files} files, {} found",
-                        f.verb,
-                        human_bytes(bytes)
-                    ));
+                f.counts.total_files.store(files, Ordering::Relaxed);
+                f.counts.total_bytes.store(bytes, Ordering::Relaxed);
+                // Every entry would contend on the bar's lock; the first ones show at once.
+                if files < 64 || files % 64 == 0 {
+                    f.bar.set_length(bytes);
+                    f.bar.set_message(f.counts.files_text());
                 }
             }
         }
@@ -201,19 +303,21 @@ impl Progress for Bars {
             Display::Plain(p) => {
                 p.counts.total_files.store(files, Ordering::Relaxed);
                 p.counts.total_bytes.store(bytes, Ordering::Relaxed);
-                // One line as the work starts, whatever the interval.
+                p.counts.walked.store(true, Ordering::Relaxed);
+                // One line as the work is known, whatever the interval.
                 p.line(true);
             }
             Display::Fancy(f) => {
                 f.counts.total_files.store(files, Ordering::Relaxed);
                 f.counts.total_bytes.store(bytes, Ordering::Relaxed);
-                f.walk.finish_and_clear();
-                if !f.started.swap(true, Ordering::Relaxed) {
-                    let bar = f.multi.add(f.bar.clone());
-                    bar.set_length(bytes);
-                    bar.set_message(f.counts.files_text());
-                    bar.enable_steady_tick(TICK);
+                f.counts.walked.store(true, Ordering::Relaxed);
+                if !f.counting.swap(true, Ordering::Relaxed) {
+                    // Bytes counted before the bar showed them (none: they come after start).
+                    f.bar.set_position(f.counts.bytes.load(Ordering::Relaxed));
                 }
+                f.bar.set_style(style(KNOWN));
+                f.bar.set_length(bytes);
+                f.bar.set_message(f.counts.files_text());
             }
         }
     }
@@ -227,12 +331,17 @@ impl Progress for Bars {
             }
             Display::Fancy(f) => {
                 f.counts.bytes.fetch_add(n, Ordering::Relaxed);
-                f.bar.inc(n);
+                if f.counting.load(Ordering::Relaxed) {
+                    f.bar.inc(n);
+                }
             }
         }
     }
 
     fn file_done(&self) {
+        if let Some(d) = self.delay {
+            std::thread::sleep(d);
+        }
         match &self.display {
             Display::Quiet => {}
             Display::Plain(p) => {
@@ -250,6 +359,9 @@ impl Progress for Bars {
         if matches!(self.display, Display::Quiet) {
             return;
         }
+        if self.cancelled() && msg.starts_with("failed ") {
+            return;
+        }
         if let (Some((_, what)), Ok(mut shown)) = (msg.split_once(' '), self.shown.lock()) {
             shown.insert(what.to_string());
         }
@@ -257,15 +369,12 @@ impl Progress for Bars {
         match &self.display {
             Display::Quiet => {}
             Display::Plain(_) => eprintln!("envseal: {msg}"),
-            Display::Fancy(f) => {
-                let _ = f.multi.println(format!("envseal: {msg}"));
-            }
+            Display::Fancy(f) => f.bar.println(format!("envseal: {msg}")),
         }
     }
 
     fn finish(&self) {
         if let Display::Fancy(f) = &self.display {
-            f.walk.finish_and_clear();
             f.bar.finish_and_clear();
         }
     }

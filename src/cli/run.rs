@@ -41,11 +41,39 @@ pub(super) fn reading_kms(override_url: Option<String>) -> anyhow::Result<Kms> {
 pub(super) fn unwrap_advice(e: Error) -> anyhow::Error {
     if let Error::Unwrap { last: Some(l), .. } = &e {
         let (key_id, url, k) = &**l;
+        // The vault names a key this KMS does not hold: it was made against another key
+        // store (or account), not a key to create now.
+        if k.code_kind() == envseal::kms::KmsCode::KeyNotFound {
+            let hint = missing_key_advice(key_id, url);
+            return advise(e, hint);
+        }
         if let Some(h) = advice(k, key_id, Where { url }) {
             return advise(e, h);
         }
     }
     e.into()
+}
+
+/// Where to look for the key a vault names but the KMS it was asked does not hold.
+fn missing_key_advice(key_id: &str, url: &str) -> String {
+    match envseal::kms::ProviderUrl::parse(url) {
+        Ok(envseal::kms::ProviderUrl::Local(_)) | Err(_) => {
+            let store = envseal::kms::local::default_dir()
+                .map(|d| d.display().to_string())
+                .unwrap_or_else(|_| "$ENVSEAL_HOME/keystore".into());
+            let asked = if url == "local" || url.is_empty() {
+                format!("the default local key store ({store})")
+            } else {
+                format!("the key store {url}")
+            };
+            format!(
+                "the vault's keys are wrapped under key {key_id} of a local key store, and {asked} does not hold it: the vault was made with another key store. Use that one: set ENVSEAL_HOME to the envseal home that made the vault (its key store is ENVSEAL_HOME/keystore), or pass --kms local:<DIR> naming the key store directory (\"envseal ls --keys VAULT\" shows what the vault names)"
+            )
+        }
+        Ok(_) => format!(
+            "the vault's keys are wrapped under key {key_id}, which the KMS at {url} does not hold (another account or region?): pass --kms <URL> naming the KMS that holds it, with that account's credentials (\"envseal ls --keys VAULT\" shows what the vault names)"
+        ),
+    }
 }
 
 pub(super) fn jobs(j: Option<usize>) -> anyhow::Result<usize> {
@@ -94,7 +122,7 @@ fn others(hardlinks: u64, specials: u64) -> String {
     s
 }
 
-pub fn encrypt_cmd(a: EncryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
+pub fn encrypt_cmd(a: EncryptArgs, cancel: &'static AtomicBool) -> anyhow::Result<i32> {
     let seg = match (&a.segment_size, &a.since) {
         (Some(s), _) => size_arg("--segment-size", s)?,
         // An incremental run keeps the earlier vault's segment size (its records are reused).
@@ -123,12 +151,16 @@ pub fn encrypt_cmd(a: EncryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
             }
         }
     }
+    check_not_vaults(&a.sources, a.force)?;
     let mut keys = a
         .key
         .iter()
         .map(|k| envseal::keyspec::KeySpec::parse(k, &default_kms))
-        .collect::<Result<Vec<_>, _>>()?
-        .into_iter();
+        .collect::<Result<Vec<_>, _>>()?;
+    if let (true, Some(earlier)) = (keys.is_empty(), &a.since) {
+        keys = inherited_keys(earlier, a.kms.kms.as_deref())?;
+    }
+    let mut keys = keys.into_iter();
     let first = keys.next();
     // What the first key's errors are explained against.
     let (key_asked, kms_url) = first.as_ref().map_or_else(
@@ -160,30 +192,39 @@ pub fn encrypt_cmd(a: EncryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
         xattrs: !a.no_xattrs,
     };
     let kms = Kms::new(kms_options()?, None);
-    let bars = bars("encrypt", &a.out)?;
+    let bars = bars("encrypt", &a.out)?.cancelled_by(cancel);
     let r = encrypt(&opts, &kms, &bars, cancel).map_err(|e| match e {
         Error::Kms(k) => explain(k, &key_asked, Where { url: &kms_url }),
         e => unwrap_advice(e),
     })?;
+    if let Some(st) = &r.finished_before {
+        return Ok(finished_before(&opts, &a.out, &r, st));
+    }
+    // What this run did, then what the vault holds: files resumed from an interrupted run or
+    // reused from the --since vault were not encrypted now.
+    let resumed = r.resumed_files - r.reused_files;
+    let sealed_now = r.files - r.resumed_files;
     let line = format!(
-        "encrypted {} files, {} dirs, {} symlinks{}, {}{} in {:.2} s ({:.2} GB/s) into {}{}; {} batch(es){}; {} skipped, {} failed",
-        r.files,
-        r.dirs,
-        r.symlinks,
-        others(r.hardlinks, r.specials),
-        human_bytes(r.bytes),
+        "encrypted {} files, {}{} in {:.2} s ({:.2} GB/s) into {}{}{}; it holds {} files, {} dirs, {} symlinks{}, {} in {} batch(es); {} skipped, {} failed",
+        sealed_now,
+        human_bytes(r.bytes_read),
         if r.gap_bytes > 0 {
             format!(" (and {} of holes and zeros, not stored)", human_bytes(r.gap_bytes))
         } else {
             String::new()
         },
         r.seconds,
-        rate(r.bytes, r.seconds),
+        rate(r.bytes_read, r.seconds),
         opts.vault.display(),
         if opts.sync { "" } else { " (not synced: --no-sync)" },
+        if opts.since.is_some() { format!(", {} unchanged files ({}) reused from the earlier vault", r.reused_files, human_bytes(r.reused_bytes)) } else { String::new() }
+            + &if resumed > 0 { format!(", {resumed} files taken from the interrupted run") } else { String::new() },
+        r.files,
+        r.dirs,
+        r.symlinks,
+        others(r.hardlinks, r.specials),
+        human_bytes(r.bytes),
         r.batches,
-        if r.reused_files > 0 || opts.since.is_some() { format!(", {} unchanged files ({} bytes) reused from the earlier vault", r.reused_files, r.reused_bytes) } else { String::new() }
-            + &if r.resumed_files > r.reused_files { format!(", {} files resumed from the journal", r.resumed_files - r.reused_files) } else { String::new() },
         r.skipped.len(),
         r.failed.len()
     );
@@ -194,6 +235,7 @@ pub fn encrypt_cmd(a: EncryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
         line,
         json!({
             "command": "encrypt",
+            "outcome": "encrypted", "stale": null, "bytes_read": r.bytes_read,
             "vault": opts.vault,
             "files": r.files, "dirs": r.dirs, "symlinks": r.symlinks, "bytes": r.bytes,
             "hardlinks": r.hardlinks, "specials": r.specials,
@@ -209,12 +251,214 @@ pub fn encrypt_cmd(a: EncryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
     Ok(if r.failed.is_empty() { 0 } else { 1 })
 }
 
-pub fn decrypt_cmd(a: DecryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
+/// A finished vault run again by the same command: nothing was encrypted; say whether the
+/// sources still match it (exit 0) or changed since (exit 1, with the command that makes a new
+/// vault from the old one: a finished vault is never rewritten).
+fn finished_before(
+    opts: &EncryptOptions,
+    out: &OutputArgs,
+    r: &envseal::encrypt::EncryptReport,
+    st: &envseal::encrypt::Staleness,
+) -> i32 {
+    let holds = format!(
+        "{} files, {} dirs, {} symlinks{}, {}",
+        r.files,
+        r.dirs,
+        r.symlinks,
+        others(r.hardlinks, r.specials),
+        human_bytes(r.bytes)
+    );
+    let vault = opts.vault.display();
+    let mut next = None;
+    let line = if st.up_to_date() {
+        format!("{vault} is already up to date with its sources ({holds}): nothing read, nothing written")
+    } else {
+        let cmd = incremental_command(opts);
+        let line = format!(
+            "{vault} was finished by an earlier run and the sources changed since: {} changed, {} appeared, {} vanished (compared by size, mtime, inode and ctime; nothing read, nothing written)",
+            st.changed, st.appeared, st.vanished
+        );
+        next = Some(cmd);
+        line
+    };
+    if !out.quiet {
+        eprintln!("envseal: {}", sanitize(&line));
+        if let Some(cmd) = &next {
+            eprintln!(
+                "envseal: hint: a finished vault is never rewritten; make a new one that reuses this one's unchanged files: {}",
+                sanitize(cmd)
+            );
+        }
+    }
+    if out.json {
+        let v = json!({
+            "command": "encrypt",
+            "outcome": if st.up_to_date() { "up_to_date" } else { "stale" },
+            "stale": if st.up_to_date() { serde_json::Value::Null } else {
+                json!({"changed": st.changed, "appeared": st.appeared, "vanished": st.vanished, "next_command": next})
+            },
+            "vault": opts.vault,
+            "files": r.files, "dirs": r.dirs, "symlinks": r.symlinks, "bytes": r.bytes,
+            "hardlinks": r.hardlinks, "specials": r.specials,
+            "seconds": r.seconds, "gb_per_s": 0.0, "bytes_read": 0,
+            "batches": r.batches, "generated_keys": 0, "resumed_files": 0, "synced": opts.sync,
+            "reused_files": 0, "reused_bytes": 0, "encrypted_files": 0, "gap_bytes": 0,
+            "since": opts.since, "skipped": [], "failed": [],
+        });
+        summary(true, true, String::new(), v);
+    }
+    if st.up_to_date() {
+        0
+    } else {
+        1
+    }
+}
+
+/// Quotes a word for a POSIX shell when it needs it.
+fn shell_word(s: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+,:=@%".contains(c);
+    if !s.is_empty() && s.chars().all(plain) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// `envseal encrypt SRC... -o NEW --since OLD` with this run's options: the way to back up a
+/// changed tree next to a finished vault.
+fn incremental_command(opts: &EncryptOptions) -> String {
+    let old = opts.vault.to_string_lossy();
+    let trimmed = old.trim_end_matches('/');
+    let new = match trimmed.strip_suffix(".vault") {
+        Some(stem) => format!("{stem}.new.vault"),
+        None => format!("{trimmed}.new"),
+    };
+    let mut c = String::from("envseal encrypt");
+    for s in &opts.sources {
+        c += &format!(" {}", shell_word(&s.to_string_lossy()));
+    }
+    c += &format!(" -o {} --since {}", shell_word(&new), shell_word(&old));
+    for e in &opts.excludes {
+        c += &format!(" --exclude {}", shell_word(e));
+    }
+    if opts.conceal_names {
+        c += " --conceal-names";
+    }
+    c
+}
+
+/// With `--since` and no `--key`: the CMKs that wrap the earlier vault's data keys, so the new
+/// vault opens with the same key(s) as the earlier one (its batches are carried over). Those
+/// that open the whole earlier vault come first; `--kms` (if given) replaces the first one's
+/// KMS (a key store that moved).
+fn inherited_keys(
+    earlier: &std::path::Path,
+    kms_flag: Option<&str>,
+) -> anyhow::Result<Vec<envseal::keyspec::KeySpec>> {
+    let m = ManifestReader::open(earlier).map_err(|e| {
+        advise(
+            e,
+            format!(
+                "--since takes the vault an earlier \"envseal encrypt\" made; {} is not one",
+                earlier.display()
+            ),
+        )
+    })?;
+    let mut ws = envseal::keyspec::wrappers(&m.batches);
+    ws.sort_by_key(|w| !w.opens_alone);
+    let mut keys: Vec<envseal::keyspec::KeySpec> = ws
+        .into_iter()
+        .map(|w| envseal::keyspec::KeySpec {
+            kms: w.kms,
+            key: w.key_id,
+        })
+        .collect();
+    // Only a URL of the same provider replaces it: a default ENVSEAL_KMS of another kind
+    // must not receive this key's id.
+    let kind = |u: &str| {
+        envseal::kms::ProviderUrl::parse(u)
+            .ok()
+            .map(|p| std::mem::discriminant(&p))
+    };
+    if let (Some(first), Some(url)) = (keys.first_mut(), kms_flag) {
+        if kind(url) == kind(&first.kms) {
+            first.kms = url.to_string();
+        } else {
+            log::warn!(
+                "--kms {url} is not used: without --key the new batches are wrapped as {}'s are, under {}#{}; pass --key to choose another CMK",
+                earlier.display(),
+                first.kms,
+                first.key
+            );
+        }
+    }
+    if let Some(k) = keys.first() {
+        log::info!(
+            "no --key: the new batches are wrapped as {}'s are, first under {}#{}",
+            earlier.display(),
+            k.kms,
+            k.key
+        );
+    }
+    Ok(keys)
+}
+
+/// A source that is itself a vault would be encrypted again as plain files (its ciphertext
+/// sealed twice): refused unless `--force`, since it is nearly always a swapped argument.
+fn check_not_vaults(sources: &[std::path::PathBuf], force: bool) -> anyhow::Result<()> {
+    if force {
+        return Ok(());
+    }
+    for src in sources {
+        let is_vault = [format::layout::MANIFEST, format::layout::JOURNAL]
+            .iter()
+            .any(|f| std::fs::symlink_metadata(src.join(f)).is_ok_and(|m| m.is_file()));
+        if is_vault {
+            return Err(usage(
+                format!(
+                    "{}: this source is an envseal vault (it has {} or {})",
+                    src.display(),
+                    format::layout::MANIFEST,
+                    format::layout::JOURNAL
+                ),
+                "the vault goes after -o and the sources come first (envseal encrypt SRC -o VAULT); to store a vault inside another anyway, add --force",
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub fn decrypt_cmd(mut a: DecryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
+    if !a.key.is_empty() {
+        return Err(usage(
+            "decrypt takes no --key: the vault names the keys that wrap its data keys",
+            "to accept only a given master key use --expect-key <CMK> (repeatable); to reach its KMS elsewhere use --kms <URL>",
+        ));
+    }
     check_vault(&a.vault)?;
+    // Paths in a vault are relative to its top (`/etc` was stored as `etc`): a leading '/'
+    // is what the user typed from the source's side, not an absolute path in the vault.
+    for o in &mut a.only {
+        let trimmed = o.trim_start_matches('/');
+        if trimmed.len() != o.len() && !trimmed.is_empty() {
+            log::info!("--only {o}: paths in a vault are relative to its top; matching {trimmed}");
+            *o = trimmed.to_string();
+        }
+    }
     let Some(output) = a.output else {
         return to_device_cmd(a, cancel);
     };
     check_output_dir("-o", &output)?;
+    if super::messages::resolved(&output).starts_with(super::messages::resolved(&a.vault)) {
+        return Err(usage(
+            format!(
+                "-o {}: inside the vault {}; restored files there would become part of it (verify would report them)",
+                output.display(),
+                a.vault.display()
+            ),
+            "choose a destination outside the vault",
+        ));
+    }
     let opts = DecryptOptions {
         vault: a.vault,
         dest: output,
@@ -317,7 +561,7 @@ pub fn verify_cmd(a: VerifyArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
         deep: a.deep,
         jobs: jobs(a.jobs)?,
     };
-    let kms = reading_kms(a.kms)?.expecting(a.expect_key);
+    let kms = reading_kms(a.kms.clone())?.expecting(a.expect_key);
     let bars = bars("verify", &a.out)?;
     let r = verify(&a.vault, &opts, Some(&kms), &bars, cancel).map_err(unwrap_advice)?;
     for p in &r.problems {
@@ -348,7 +592,7 @@ pub fn verify_cmd(a: VerifyArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
         json!({
             "command": "verify", "deep": r.deep, "ok": r.problems.is_empty(),
             "files": r.files, "bytes": r.bytes, "seconds": r.seconds,
-            "keys": super::lifecycle::wrappers_json(&a.vault),
+            "keys": super::lifecycle::wrappers_json(&a.vault, a.kms.as_deref()),
             "problems": r.problems.iter().map(|p| json!({
                 "kind": p.kind.as_str(), "path": p.path, "object": p.object, "detail": p.detail
             })).collect::<Vec<_>>(),
@@ -359,7 +603,7 @@ pub fn verify_cmd(a: VerifyArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
 
 pub fn ls_cmd(a: LsArgs) -> anyhow::Result<i32> {
     if a.keys {
-        return super::lifecycle::ls_keys(&a.vault, a.json);
+        return super::lifecycle::ls_keys(&a.vault, a.json, a.kms.as_deref());
     }
     // A stream: a million entries are listed without holding them. Concealed names need the
     // key; then the manifest is also authenticated, and a failure after the listing is an

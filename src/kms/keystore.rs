@@ -195,6 +195,16 @@ impl KeyStore {
     /// (KmsErrorKind::Passphrase if missing or wrong, with a message that says to set
     /// ENVSEAL_PASSPHRASE). An empty passphrase counts as none.
     pub fn open(dir: &Path, passphrase: Option<&str>) -> Result<KeyStore, KmsError> {
+        Self::open_with(dir, passphrase, true)
+    }
+
+    /// [`KeyStore::open`]; `announce`: warn when an unsealed store is created (where it is
+    /// and that it must be backed up). `false` for throwaway stores, such as `bench`'s.
+    pub fn open_with(
+        dir: &Path,
+        passphrase: Option<&str>,
+        announce: bool,
+    ) -> Result<KeyStore, KmsError> {
         let passphrase = passphrase.filter(|p| !p.is_empty());
         let mut store = KeyStore {
             dir: dir.to_path_buf(),
@@ -202,11 +212,13 @@ impl KeyStore {
             region: DEFAULT_REGION.to_string(),
             account: DEFAULT_ACCOUNT.to_string(),
         };
-        store.open_inner(passphrase).map_err(|e| store.tag(e))?;
+        store
+            .open_inner(passphrase, announce)
+            .map_err(|e| store.tag(e))?;
         Ok(store)
     }
 
-    fn open_inner(&mut self, passphrase: Option<&str>) -> Result<(), KmsError> {
+    fn open_inner(&mut self, passphrase: Option<&str>, announce: bool) -> Result<(), KmsError> {
         let keys = self.dir.join("keys");
         let existed = self.dir.exists();
         fs::DirBuilder::new()
@@ -260,6 +272,8 @@ impl KeyStore {
                 // to every future vault live, and that they lie unencrypted.
                 if file.seal.is_some() {
                     log::info!("created a sealed key store in {}", self.dir.display());
+                } else if !announce {
+                    log::debug!("created a scratch key store in {}", self.dir.display());
                 } else {
                     log::warn!(
                         "created an unsealed key store in {} (master keys unencrypted, files 0600); to seal a new store set ENVSEAL_PASSPHRASE before its first use; back this directory up: losing it loses every vault sealed with its keys",

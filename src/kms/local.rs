@@ -80,7 +80,11 @@ impl LocalProvider {
             None if KeyStore::is_sealed(&path)? => opts.passphrase_prompt.and_then(|ask| ask()),
             None => None,
         };
-        let store = KeyStore::open(&path, passphrase.as_ref().map(|p| p.as_str()))?;
+        let store = KeyStore::open_with(
+            &path,
+            passphrase.as_ref().map(|p| p.as_str()),
+            !opts.scratch_store,
+        )?;
         Ok(LocalProvider { store, url })
     }
 

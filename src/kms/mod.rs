@@ -335,6 +335,9 @@ pub struct KmsOptions {
     /// Asks the user for the passphrase of a sealed local key store when ENVSEAL_PASSPHRASE is
     /// not set (the CLI injects a terminal prompt; the library never touches the terminal).
     pub passphrase_prompt: Option<fn() -> Option<Zeroizing<String>>>,
+    /// A local key store created now is thrown away after use (`bench`): creating it is not
+    /// announced with the advice to back it up.
+    pub scratch_store: bool,
 }
 
 impl Default for KmsOptions {
@@ -343,6 +346,7 @@ impl Default for KmsOptions {
             retry: retry::RetryPolicy::default(),
             timeout: std::time::Duration::from_secs(30),
             passphrase_prompt: None,
+            scratch_store: false,
         }
     }
 }

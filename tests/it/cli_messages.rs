@@ -583,8 +583,8 @@ fn json_summary_fields_are_documented() {
     }
 }
 
-/// On a terminal: the spinner is drawn at once (even a tiny tree shows it), then one bar
-/// carries bytes and files. `script` gives the binary a pseudo-terminal.
+/// On a terminal: encrypt's bar (decrypt's spinner) is drawn at once, even for a tiny tree,
+/// and one bar carries bytes and files. `script` gives the binary a pseudo-terminal.
 #[test]
 fn a_terminal_gets_the_spinner_at_once_and_one_bar() {
     if !Path::new("/usr/bin/script").exists() {
@@ -596,7 +596,7 @@ fn a_terminal_gets_the_spinner_at_once_and_one_bar() {
     for (cmd, want) in [
         (
             format!("{bin} encrypt {} -o {}", f.p("s"), f.p("v")),
-            "encrypt: walking",
+            "found so far",
         ),
         (
             format!("{bin} decrypt {} -o {}", f.p("v"), f.p("out")),

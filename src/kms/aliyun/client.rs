@@ -219,6 +219,19 @@ impl AliyunClient {
         let message = field("Message", "message");
         let request_id = field("RequestId", "requestId");
         let mut err = match &code {
+            // The reply quotes the whole string-to-sign (~900 characters) in which the cause
+            // hides: say it plainly, keep the quote for -v.
+            Some(code) if code == "SignatureDoesNotMatch" => {
+                log::info!(
+                    "{action}: the KMS answered: {}",
+                    message.as_deref().unwrap_or_default()
+                );
+                KmsError::new(
+                    kind_for_code(code, status),
+                    format!("{action}: wrong AccessKey secret: the KMS could not verify the request's signature (-v shows its answer)"),
+                )
+                .with_code(code)
+            }
             Some(code) => KmsError::new(
                 kind_for_code(code, status),
                 format!("{action}: {}", message.unwrap_or_default()),
