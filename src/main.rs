@@ -33,6 +33,12 @@ impl log::Log for StderrLog {
 fn main() {
     // Before anything holds a key or a passphrase.
     envseal::limits::disable_core_dumps();
+    // `envseal kms list | head`: a reader that goes away ends us quietly, as it ends `cat`
+    // (Rust ignores SIGPIPE, and a print to the closed pipe would panic).
+    // SAFETY: setting a signal's disposition to the default before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     // NO_COLOR (no-color.org) wins over clap's own terminal detection and CLICOLOR_FORCE.
     let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let mut cmd = Cli::command();

@@ -635,3 +635,22 @@ fn an_overriding_kms_is_the_one_errors_name() {
     assert!(err.contains(&format!("({url})")), "{err}");
     assert!(!err.contains("(local)"), "the vault's own URL named: {err}");
 }
+
+/// `envseal kms create-key | head -c0`: a reader that went away ends the run quietly (as it
+/// ends `cat`), never with a panic about a broken pipe.
+#[test]
+fn a_closed_stdout_pipe_is_no_panic() {
+    use std::os::unix::process::ExitStatusExt;
+    let home = tempfile::tempdir().unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = envseal(home.path())
+        .args(["kms", "create-key"])
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{err}");
+}
