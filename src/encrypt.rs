@@ -29,7 +29,9 @@ use crate::format::{self, layout, ID_LEN};
 use crate::journal::{Journal, Record, RunParams, RunRecord, SourceId};
 use crate::keys::Kms;
 use crate::keyspec::KeySpec;
-use crate::manifest::{Batch, Entry, EntryKind, Header, ManifestReader, Name};
+use crate::manifest::{
+    check_path, Batch, Entry, EntryKind, Header, ManifestReader, Name, TreeOrder,
+};
 use crate::progress::Progress;
 use crate::seal::{self, BufPool, ChunkItem, LargeFile, SealCtx};
 use crate::source::Source;
@@ -534,6 +536,7 @@ fn encrypt_run(
         pool: &pool_bufs,
         skipped: Vec::new(),
         failed: Vec::new(),
+        order: TreeOrder::default(),
     };
 
     let (wtx, wrx) = crossbeam_channel::bounded::<Msg>(4 * jobs + 16);
@@ -684,6 +687,8 @@ struct Planner<'a> {
     pool: &'a BufPool,
     skipped: Vec<Failure>,
     failed: Vec<Failure>,
+    /// The walk's entries so far, as the reader checks their order.
+    order: TreeOrder,
 }
 
 impl<'a> Planner<'a> {
@@ -732,6 +737,21 @@ impl<'a> Planner<'a> {
     where
         'a: 's,
     {
+        // The reader's tree rules (docs/FORMAT.md §6.2: tree order, every parent a directory
+        // listed before, no path twice), by the reader's own code, before anything of the
+        // entry is committed: a walk gone wrong costs this entry, never the vault.
+        let legal = check_path(&e.path)
+            .and_then(|()| self.order.push(&e.path, matches!(e.kind, SourceKind::Dir)));
+        if let Err(why) = legal {
+            let f = Failure {
+                path: e.source.display(),
+                why: format!("not stored, the vault's reader would refuse it: {why}"),
+            };
+            self.progress
+                .notice(&format!("failed {}: {}", f.path, f.why));
+            self.failed.push(f);
+            return Ok(());
+        }
         let (size, device) = match e.kind {
             SourceKind::File { size, device } => (size, device),
             SourceKind::Dir => {
@@ -798,7 +818,7 @@ impl<'a> Planner<'a> {
         }
         if format::segment_count(size, self.opts.segment_size) > format::MAX_SEGMENTS {
             self.failed.push(Failure {
-                path: e.source.display().to_string(),
+                path: e.source.display(),
                 why: format!(
                     "too large for segment size {} (over 2^32 segments)",
                     self.opts.segment_size
@@ -887,7 +907,7 @@ impl<'a> Planner<'a> {
         'a: 's,
     {
         let unit = self.next_unit();
-        let path = e.source.display().to_string();
+        let path = e.source.display();
         let src = match Source::open(&e, device) {
             Ok(src) => src,
             Err(err) => {

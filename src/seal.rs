@@ -266,7 +266,15 @@ fn seal_small(
     let device = matches!(entry.kind, SourceKind::File { device: true, .. });
     let mut last_why = String::new();
     for _ in 0..ATTEMPTS {
-        let src = Source::open(entry, device).map_err(|e| e.to_string())?;
+        let src = match Source::open(entry, device) {
+            Ok(src) => src,
+            // Replaced (by a link, say) since the walk: retried, then reported as changed.
+            Err(e) if crate::source::is_changed(&e) => {
+                last_why = e.to_string();
+                continue;
+            }
+            Err(e) => return Err(e.to_string()),
+        };
         let size = src.size();
         let len = format::object_len(size, ctx.segment_size) as usize;
         if len > room.len() {

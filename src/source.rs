@@ -7,7 +7,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use crate::sparse::{Runs, Sparse};
@@ -48,24 +48,18 @@ pub fn is_changed(e: &io::Error) -> bool {
 }
 
 impl Source {
-    /// Opens a walked entry. Regular files are opened without following symlinks and must
-    /// still be the file the walk saw (same device and inode).
+    /// Opens a walked entry below its source's directory handle, crossing no symlink, and
+    /// checks it is still the file the walk saw (same device and inode): a file replaced, or
+    /// a directory on its way swapped for a link, is a [`Changed`] error
+    /// ([`crate::fs::walk::Place::open`]).
     pub fn open(entry: &SourceEntry, device: bool) -> io::Result<Source> {
-        let mut opts = std::fs::OpenOptions::new();
-        opts.read(true);
-        if !device {
-            opts.custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY);
-        }
-        let file = opts.open(&entry.source)?;
+        let file = entry.source.open(entry.dev, entry.ino, device, false)?;
         let md = file.metadata()?;
-        if md.dev() != entry.dev || md.ino() != entry.ino {
-            return Err(changed_error(&entry.source));
-        }
         let (size, allocated) = if device {
             (crate::walk::byte_len(&file, &md)?, None)
         } else {
             if !md.is_file() {
-                return Err(io::Error::other("no longer a regular file"));
+                return Err(changed_error(&entry.source.path()));
             }
             (md.len(), Some(md.blocks().saturating_mul(512)))
         };
@@ -75,7 +69,7 @@ impl Source {
         });
         Ok(Source {
             file,
-            path: entry.source.clone(),
+            path: entry.source.path(),
             size,
             mtime: (md.mtime(), md.mtime_nsec()),
             ctime: (md.ctime(), md.ctime_nsec()),
@@ -154,7 +148,7 @@ mod tests {
         let md = std::fs::metadata(path).unwrap();
         SourceEntry {
             path: b"f".to_vec(),
-            source: path.to_path_buf(),
+            source: crate::fs::walk::Place::top(path),
             kind: SourceKind::File {
                 size: md.len(),
                 device: false,
@@ -188,5 +182,24 @@ mod tests {
         let mut buf = vec![0u8; 1000];
         let e = src.read_at(0, &mut buf).unwrap_err();
         assert!(e.to_string().contains("changed while being read"), "{e}");
+    }
+
+    /// A file replaced by a symlink after the walk (ELOOP at open) is a change, reported as
+    /// one, never an I/O error and never read through the link.
+    #[test]
+    fn a_file_swapped_for_a_link_is_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, b"inside").unwrap();
+        std::fs::write(dir.path().join("outside"), b"outside").unwrap();
+        let e = entry(&p);
+        std::fs::remove_file(&p).unwrap();
+        std::os::unix::fs::symlink("outside", &p).unwrap();
+        let err = Source::open(&e, false).err().unwrap();
+        assert!(is_changed(&err), "{err}");
+        assert!(
+            err.to_string().contains("changed while being read"),
+            "{err}"
+        );
     }
 }

@@ -92,7 +92,9 @@ pub struct SourceReport {
 struct HashJob {
     path: String,
     file: FileEntry,
-    source: PathBuf,
+    /// Where the file is read, and the inode the walk saw there (device, inode).
+    source: crate::fs::walk::Place,
+    inode: (u64, u64),
     same_mtime: bool,
     same_mode: bool,
 }
@@ -283,6 +285,7 @@ fn compare(e: &Entry, s: &SourceEntry, jobs: &mut Vec<HashJob>) -> Option<Diff> 
                 path: path.clone(),
                 file: f.clone(),
                 source: s.source.clone(),
+                inode: (s.dev, s.ino),
                 same_mtime,
                 same_mode,
             });
@@ -370,7 +373,7 @@ fn check_digest(
             "the record's header does not match its entry".into(),
         );
     }
-    let digest = match keyed_digest(&j.source, f, fk.mac_key()) {
+    let digest = match keyed_digest(&j.source, j.inode, f, fk.mac_key()) {
         Ok((held, n)) => {
             hashed.fetch_add(n, Ordering::Relaxed);
             match held {
@@ -410,14 +413,15 @@ fn check_digest(
     None
 }
 
-/// The keyed digest of a file's stored bytes (not following a link planted in its place),
-/// and the bytes read.
-fn keyed_digest(path: &Path, f: &FileEntry, key: &[u8; 32]) -> std::io::Result<(Held, u64)> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let file: File = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)?;
+/// The keyed digest of a file's stored bytes (read below its source's handle, no symlink
+/// crossed, the inode the walk saw: [`crate::fs::walk::Place::open`]), and the bytes read.
+fn keyed_digest(
+    at: &crate::fs::walk::Place,
+    (dev, ino): (u64, u64),
+    f: &FileEntry,
+    key: &[u8; 32],
+) -> std::io::Result<(Held, u64)> {
+    let file: File = at.open(dev, ino, false, true)?;
     let never = std::sync::atomic::AtomicBool::new(false);
     crate::sparse::keyed_digest(&file, f.file_len(), f.sparse.as_deref(), key, &never)
 }

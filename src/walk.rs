@@ -7,14 +7,18 @@
 //! are recorded by id and, where this machine names them, by name.
 
 use std::ffi::OsStr;
-use std::fs::{self, Metadata};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::fs;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
+use rustix::fs::{FileType, Stat};
 
 use crate::error::{Error, Result};
+use crate::format;
+use crate::fs::walk::{Place, Step, Walk};
+use crate::fs::Dir;
 use crate::manifest::check_path;
 
 /// What a source entry is.
@@ -39,8 +43,8 @@ pub enum SourceKind {
 pub struct SourceEntry {
     /// The path inside the vault (`base/rel/...`, raw bytes, '/'-separated).
     pub path: Vec<u8>,
-    /// Where to read it.
-    pub source: PathBuf,
+    /// Where to read it (below its source's directory handle: [`Place::open`]).
+    pub source: Place,
     pub kind: SourceKind,
     pub mode: u32,
     pub mtime: i64,
@@ -98,7 +102,7 @@ fn device_size(path: &Path) -> std::io::Result<u64> {
 
 /// The bytes an open file holds: its length, or for a block device (whose `stat` says 0) its
 /// end, as seeking finds it.
-pub fn byte_len(f: &fs::File, md: &Metadata) -> std::io::Result<u64> {
+pub fn byte_len(f: &fs::File, md: &fs::Metadata) -> std::io::Result<u64> {
     use std::io::{Seek, SeekFrom};
     use std::os::unix::fs::FileTypeExt;
     if md.file_type().is_block_device() {
@@ -111,35 +115,33 @@ pub fn byte_len(f: &fs::File, md: &Metadata) -> std::io::Result<u64> {
 
 fn entry(
     path: Vec<u8>,
-    source: &Path,
-    md: &Metadata,
+    source: Place,
+    st: &Stat,
     kind: SourceKind,
-    xattrs: bool,
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
 ) -> SourceEntry {
     SourceEntry {
-        xattrs: if xattrs {
-            read_xattrs(source)
-        } else {
-            Vec::new()
-        },
+        xattrs,
         path,
-        source: source.to_path_buf(),
+        source,
         kind,
-        mode: md.mode() & 0o7777,
-        mtime: md.mtime(),
-        mtime_nsec: md.mtime_nsec().clamp(0, 999_999_999) as u32,
-        dev: md.dev(),
-        ino: md.ino(),
-        ctime: md.ctime(),
-        ctime_nsec: md.ctime_nsec().clamp(0, 999_999_999) as u32,
-        uid: md.uid(),
-        gid: md.gid(),
-        nlink: md.nlink(),
+        mode: st.st_mode & 0o7777,
+        mtime: st.st_mtime,
+        mtime_nsec: (st.st_mtime_nsec as i64).clamp(0, 999_999_999) as u32,
+        dev: st.st_dev,
+        ino: st.st_ino,
+        ctime: st.st_ctime,
+        ctime_nsec: (st.st_ctime_nsec as i64).clamp(0, 999_999_999) as u32,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        // Narrower than u64 on some targets.
+        #[allow(clippy::unnecessary_cast)]
+        nlink: st.st_nlink as u64,
     }
 }
 
-/// A path's extended attributes, never following a link. Attributes that vanish between
-/// listing and reading are left out; a filesystem without them has none.
+/// A named source's extended attributes, never following a link at its end. Attributes that
+/// vanish between listing and reading are left out; a filesystem without them has none.
 fn read_xattrs(p: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
     let names = match xattr::list(p) {
         Ok(n) => n,
@@ -157,45 +159,57 @@ fn read_xattrs(p: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
         })
         .collect();
     out.sort();
+    out.dedup_by(|a, b| a.0 == b.0);
     out
 }
 
-/// Classifies one path from its (not followed) metadata. `top` allows block devices.
+/// Classifies an entry from its (not followed) status: `target` is a symlink's, `size` tells
+/// a block device's size when it is to be read as an image (`None`: below the top, a device
+/// node). `Ok(None)` is a socket.
 fn classify(
-    path: &Path,
-    md: &Metadata,
-    top: bool,
+    st: &Stat,
+    target: Option<Vec<u8>>,
+    size: Option<&dyn Fn() -> std::io::Result<u64>>,
 ) -> std::result::Result<Option<SourceKind>, String> {
-    let ft = md.file_type();
-    if ft.is_symlink() {
-        let t = fs::read_link(path).map_err(|e| e.to_string())?;
-        return Ok(Some(SourceKind::Symlink {
-            target: t.as_os_str().as_bytes().to_vec(),
-        }));
-    }
-    if ft.is_dir() {
-        return Ok(Some(SourceKind::Dir));
-    }
-    if ft.is_file() {
-        return Ok(Some(SourceKind::File {
-            size: md.len(),
+    Ok(Some(match FileType::from_raw_mode(st.st_mode) {
+        FileType::Symlink => SourceKind::Symlink {
+            target: target.ok_or("a symlink whose target was not read")?,
+        },
+        FileType::Directory => SourceKind::Dir,
+        FileType::RegularFile => SourceKind::File {
+            size: st.st_size as u64,
             device: false,
-        }));
+        },
+        FileType::BlockDevice => match size {
+            Some(size) => SourceKind::File {
+                size: size().map_err(|e| e.to_string())?,
+                device: true,
+            },
+            None => SourceKind::BlockDev(st.st_rdev),
+        },
+        FileType::CharacterDevice => SourceKind::CharDev(st.st_rdev),
+        FileType::Fifo => SourceKind::Fifo,
+        _ => return Ok(None),
+    }))
+}
+
+/// A source named by the user: its status (not following a link at its end) and kind.
+fn top_kind(src: &Path) -> Result<(Stat, SourceKind)> {
+    let usage = |why: String| Error::Usage(format!("source {}: {why}", src.display()));
+    let st = rustix::fs::lstat(src).map_err(|e| usage(std::io::Error::from(e).to_string()))?;
+    let target = if FileType::from_raw_mode(st.st_mode) == FileType::Symlink {
+        let t = fs::read_link(src).map_err(|e| usage(e.to_string()))?;
+        Some(t.into_os_string().into_vec())
+    } else {
+        None
+    };
+    match classify(&st, target, Some(&|| device_size(src))) {
+        Ok(Some(k)) => Ok((st, k)),
+        Ok(None) => Err(usage(
+            "a socket; envseal stores files, directories, links, FIFOs and devices".into(),
+        )),
+        Err(why) => Err(usage(why)),
     }
-    if ft.is_block_device() && top {
-        let size = device_size(path).map_err(|e| e.to_string())?;
-        return Ok(Some(SourceKind::File { size, device: true }));
-    }
-    if ft.is_block_device() {
-        return Ok(Some(SourceKind::BlockDev(md.rdev())));
-    }
-    if ft.is_char_device() {
-        return Ok(Some(SourceKind::CharDev(md.rdev())));
-    }
-    if ft.is_fifo() {
-        return Ok(Some(SourceKind::Fifo));
-    }
-    Ok(None)
 }
 
 /// Checks the sources and orders them by the base name each is stored under (the tree order
@@ -203,18 +217,7 @@ fn classify(
 pub fn order_sources(sources: &[PathBuf]) -> Result<Vec<(Vec<u8>, PathBuf)>> {
     let mut tops: Vec<(Vec<u8>, PathBuf)> = Vec::new();
     for src in sources {
-        let md = fs::symlink_metadata(src)
-            .map_err(|e| Error::Usage(format!("source {}: {e}", src.display())))?;
-        match classify(src, &md, true) {
-            Ok(Some(_)) => {}
-            Ok(None) => {
-                return Err(Error::Usage(format!(
-                "source {}: a socket; envseal stores files, directories, links, FIFOs and devices",
-                src.display()
-            )))
-            }
-            Err(why) => return Err(Error::Usage(format!("source {}: {why}", src.display()))),
-        }
+        top_kind(src)?;
         let base = base_name(src)?;
         if tops.iter().any(|(b, _)| *b == base) {
             return Err(Error::Usage(format!(
@@ -231,6 +234,9 @@ pub fn order_sources(sources: &[PathBuf]) -> Result<Vec<(Vec<u8>, PathBuf)>> {
 /// Walks all sources in tree order (docs/FORMAT.md §6.2: each directory's entries sorted by
 /// name, depth first), handing each entry or skipped path to `on` as it is found; `on`
 /// returns `false` to stop. Problems below a source are reported as [`Found::Skipped`].
+///
+/// A source directory is walked by handles ([`crate::fs::walk`]): nothing below it is reached
+/// through a symlink, whatever changes while the walk goes on.
 pub fn walk_each(
     sources: &[PathBuf],
     exclude: &GlobSet,
@@ -239,108 +245,90 @@ pub fn walk_each(
 ) -> Result<()> {
     for (base, src) in order_sources(sources)? {
         let src = &src;
-        let md = fs::symlink_metadata(src)
-            .map_err(|e| Error::Usage(format!("source {}: {e}", src.display())))?;
-        let kind = match classify(src, &md, true) {
-            Ok(Some(k)) => k,
-            Ok(None) => {
-                return Err(Error::Usage(format!(
-                "source {}: a socket; envseal stores files, directories, links, FIFOs and devices",
-                src.display()
-            )))
+        let (st, kind) = top_kind(src)?;
+        if kind != SourceKind::Dir {
+            let x = if xattrs { read_xattrs(src) } else { Vec::new() };
+            let e = entry(base.clone(), Place::top(src), &st, kind, x);
+            if !on(Found::Entry(e)) {
+                return Ok(());
             }
-            Err(why) => return Err(Error::Usage(format!("source {}: {why}", src.display()))),
-        };
-        let is_dir = kind == SourceKind::Dir;
-        if !on(Found::Entry(entry(base.clone(), src, &md, kind, xattrs))) {
-            return Ok(());
-        }
-        if !is_dir {
             continue;
         }
-        let it = walkdir::WalkDir::new(src)
-            .follow_links(false)
-            .min_depth(1)
-            .sort_by_file_name()
-            .into_iter()
-            .filter_entry(|e| {
-                let rel = e.path().strip_prefix(src).unwrap_or(e.path());
-                !(exclude.is_match(rel) || exclude.is_match(e.file_name()))
-            });
-        let mut pending: Vec<Skipped> = Vec::new();
-        for item in it {
-            for s in pending.drain(..) {
-                if !on(Found::Skipped(s)) {
-                    return Ok(());
-                }
-            }
-            let de = match item {
-                Ok(de) => de,
-                Err(e) => {
-                    pending.push(Skipped {
-                        path: e
-                            .path()
-                            .map(Path::to_path_buf)
-                            .unwrap_or_else(|| src.clone()),
-                        why: e
-                            .io_error()
-                            .map(|io| io.to_string())
-                            .unwrap_or_else(|| e.to_string()),
-                        error: true,
-                    });
-                    continue;
-                }
-            };
-            let rel = de.path().strip_prefix(src).unwrap_or(de.path());
-            let mut vpath = base.clone();
-            for c in rel.components() {
-                vpath.push(b'/');
-                vpath.extend_from_slice(c.as_os_str().as_bytes());
-            }
-            let md = match de.metadata() {
-                Ok(md) => md,
-                Err(e) => {
-                    pending.push(Skipped {
-                        path: de.path().to_path_buf(),
-                        why: e.to_string(),
-                        error: true,
-                    });
-                    continue;
-                }
-            };
-            match classify(de.path(), &md, false) {
-                Ok(Some(kind)) => {
-                    if let Err(why) = check_path(&vpath) {
-                        pending.push(Skipped {
-                            path: de.path().to_path_buf(),
-                            why,
-                            error: true,
-                        });
-                        continue;
-                    }
-                    if !on(Found::Entry(entry(vpath, de.path(), &md, kind, xattrs))) {
-                        return Ok(());
-                    }
-                }
-                Ok(None) => pending.push(Skipped {
-                    path: de.path().to_path_buf(),
-                    why: "socket skipped (a socket cannot be stored)".into(),
-                    error: false,
-                }),
-                Err(why) => pending.push(Skipped {
-                    path: de.path().to_path_buf(),
-                    why,
-                    error: true,
-                }),
-            }
+        let root = Arc::new(open_top(src, &st)?);
+        let x = if xattrs { read_xattrs(src) } else { Vec::new() };
+        if !on(Found::Entry(entry(
+            base.clone(),
+            Place::top(src),
+            &st,
+            kind,
+            x,
+        ))) {
+            return Ok(());
         }
-        for s in pending {
-            if !on(Found::Skipped(s)) {
+        let skip = |rel: &[u8], name: &[u8]| {
+            exclude.is_match(Path::new(OsStr::from_bytes(rel)))
+                || exclude.is_match(Path::new(OsStr::from_bytes(name)))
+        };
+        // The vault's depth limit counts the source's own directory.
+        let walk = Walk::new(&root, xattrs, format::MAX_DEPTH, &skip)
+            .map_err(|e| Error::Usage(format!("source {}: {e}", src.display())))?;
+        for step in walk {
+            let found = match step {
+                Step::Node(n) => {
+                    let mut vpath = base.clone();
+                    vpath.push(b'/');
+                    vpath.extend_from_slice(&n.rel);
+                    let place = Place::below(&root, src, n.rel);
+                    match classify(&n.stat, n.target, None) {
+                        Ok(Some(kind)) => match check_path(&vpath) {
+                            Ok(()) => Found::Entry(entry(vpath, place, &n.stat, kind, n.xattrs)),
+                            Err(why) => skipped(&place, why, true),
+                        },
+                        Ok(None) => skipped(
+                            &place,
+                            "socket skipped (a socket cannot be stored)".into(),
+                            false,
+                        ),
+                        Err(why) => skipped(&place, why, true),
+                    }
+                }
+                Step::Problem { rel, why, error } => Found::Skipped(Skipped {
+                    path: Place::below(&root, src, rel).path(),
+                    why,
+                    error,
+                }),
+            };
+            if !on(found) {
                 return Ok(());
             }
         }
     }
     Ok(())
+}
+
+fn skipped(place: &Place, why: String, error: bool) -> Found {
+    Found::Skipped(Skipped {
+        path: place.path(),
+        why,
+        error,
+    })
+}
+
+/// Opens a source directory the user named (links on the way are theirs; a link at its end
+/// is stored as a link, never opened) and checks it is the directory `st` described.
+fn open_top(src: &Path, st: &Stat) -> Result<Dir> {
+    use rustix::fs::{Mode, OFlags};
+    let usage = |why: String| Error::Usage(format!("source {}: {why}", src.display()));
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = rustix::fs::openat(rustix::fs::CWD, src, flags, Mode::empty())
+        .map_err(|e| usage(std::io::Error::from(e).to_string()))?;
+    let now = rustix::fs::fstat(&fd).map_err(|e| usage(std::io::Error::from(e).to_string()))?;
+    if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) {
+        return Err(usage(
+            "replaced while being opened; run the same command again".into(),
+        ));
+    }
+    Ok(Dir::from_fd(fd))
 }
 
 /// The base name a source is stored under. `.` and `dir/..` are resolved to the directory's
@@ -361,4 +349,97 @@ fn base_name(src: &Path) -> Result<Vec<u8>> {
         }
     };
     Ok(name.as_bytes().to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn walked(sources: &[PathBuf], exclude: &[&str]) -> Vec<String> {
+        let ex: Vec<String> = exclude.iter().map(|s| s.to_string()).collect();
+        let ex = excludes(&ex).unwrap();
+        let mut out = Vec::new();
+        walk_each(sources, &ex, false, |f| {
+            out.push(match f {
+                Found::Entry(e) => String::from_utf8(e.path).unwrap(),
+                Found::Skipped(s) => format!("skipped {}", s.path.display()),
+            });
+            true
+        })
+        .unwrap();
+        out
+    }
+
+    /// Tree order over several sources (by base name, then each directory's entries by
+    /// name bytes, depth first); `--exclude` by path below the source or by name, an excluded
+    /// directory with all below it; sockets reported as skipped; a symlink is an entry.
+    #[test]
+    fn order_and_excludes() {
+        let t = tempfile::tempdir().unwrap();
+        let (one, two) = (t.path().join("one"), t.path().join("b-two"));
+        for d in ["one/sub", "one/sub/skip", "one/Up", "b-two"] {
+            fs::create_dir_all(t.path().join(d)).unwrap();
+        }
+        for f in [
+            "one/z",
+            "one/sub/a.tmp",
+            "one/sub/b",
+            "one/sub/skip/c",
+            "one/Up/x",
+            "b-two/f",
+        ] {
+            fs::write(t.path().join(f), b"x").unwrap();
+        }
+        std::os::unix::fs::symlink("sub", one.join("link")).unwrap();
+        let _sock = std::os::unix::net::UnixListener::bind(one.join("sock")).unwrap();
+        let got = walked(&[one.clone(), two.clone()], &["*.tmp", "sub/skip"]);
+        let sock = format!("skipped {}", one.join("sock").display());
+        assert_eq!(
+            got,
+            [
+                "b-two",
+                "b-two/f",
+                "one",
+                "one/Up",
+                "one/Up/x",
+                "one/link",
+                &sock,
+                "one/sub",
+                "one/sub/b",
+                "one/z"
+            ]
+        );
+        // The whole tree without excludes: the excluded parts come back.
+        let all = walked(&[one], &[]);
+        assert!(all.contains(&"one/sub/skip/c".to_string()), "{all:?}");
+        assert!(all.contains(&"one/sub/a.tmp".to_string()), "{all:?}");
+    }
+
+    /// A walked entry is read below its source's handle: moved away and replaced by a link
+    /// after the walk, it is a change, never the link's target.
+    #[test]
+    fn entries_open_below_the_source_handle() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("s");
+        fs::create_dir_all(src.join("d")).unwrap();
+        fs::write(src.join("d/f"), b"inside").unwrap();
+        let outside = t.path().join("o");
+        fs::create_dir_all(&outside).unwrap();
+        fs::write(outside.join("f"), b"outside").unwrap();
+        let mut entries = Vec::new();
+        walk_each(std::slice::from_ref(&src), &GlobSet::empty(), false, |f| {
+            if let Found::Entry(e) = f {
+                entries.push(e);
+            }
+            true
+        })
+        .unwrap();
+        let f = entries.iter().find(|e| e.path == b"s/d/f").unwrap();
+        assert!(f.source.open(f.dev, f.ino, false, false).is_ok());
+        fs::rename(src.join("d"), src.join("d.away")).unwrap();
+        std::os::unix::fs::symlink(&outside, src.join("d")).unwrap();
+        let e = f.source.open(f.dev, f.ino, false, false).unwrap_err();
+        assert!(crate::source::is_changed(&e), "{e}");
+        assert!(e.to_string().contains("changed while being read"), "{e}");
+    }
 }

@@ -545,7 +545,8 @@ impl<'a> Writer<'a> {
         self.written.failed.push(f);
     }
 
-    fn queue_entry(&mut self, e: &Entry, src: Option<&SourceId>) -> Result<()> {
+    /// Queues an entry's line; `false` when the reader would refuse it (then reported).
+    fn queue_entry(&mut self, e: &Entry, src: Option<&SourceId>) -> Result<bool> {
         let sealed;
         let e = match (&e.xattrs, self.keys.first()) {
             (crate::manifest::Xattrs::Clear(l), Some(k)) if !l.is_empty() => {
@@ -559,14 +560,55 @@ impl<'a> Writer<'a> {
             _ => e,
         };
         let line = e.to_line_src(self.name_key.as_ref(), src)?;
-        self.queue_line(src, &line)
+        self.queue_line(src, &line, Some(e.path.display()))
     }
 
-    fn queue_line(&mut self, src: Option<&SourceId>, line: &[u8]) -> Result<()> {
+    /// Queues a line for the journal and the manifest, once the reader's own checks pass on
+    /// it; `false` (the entry reported, not stored) when they do not.
+    fn queue_line(
+        &mut self,
+        src: Option<&SourceId>,
+        line: &[u8],
+        path: Option<String>,
+    ) -> Result<bool> {
         let l = self.journal.done_line(src, line)?;
+        if let Err(why) = self.readable(line, &l) {
+            let path = path.unwrap_or_else(|| "an entry of the interrupted run".into());
+            self.fail(Failure {
+                path,
+                why: format!("not stored, the vault's reader would refuse it: {why}"),
+            });
+            return Ok(false);
+        }
         self.queue.extend(l);
         self.queued += 1;
         self.oldest.get_or_insert_with(Instant::now);
+        Ok(true)
+    }
+
+    /// The checks a reader makes on an entry line (docs/FORMAT.md §6, §8), by the reader's
+    /// own code: its fields ([`Entry::from_line`]), its extended attributes, the batch and
+    /// object it names, and the length of the line as journaled and as listed. A run never
+    /// commits a line that would make its vault unreadable (the tree rules are checked by the
+    /// planner, in walk order).
+    fn readable(&mut self, line: &[u8], journaled: &[u8]) -> std::result::Result<(), String> {
+        let body = journaled.strip_suffix(b"\n").unwrap_or(journaled);
+        if body.len() > format::MAX_MANIFEST_LINE {
+            return Err(format!(
+                "its record is longer than {} bytes (extended attributes too large?)",
+                format::MAX_MANIFEST_LINE
+            ));
+        }
+        let e = Entry::from_line(line, &self.header)?;
+        if let (crate::manifest::Xattrs::Sealed(_), Some(k)) = (&e.xattrs, self.keys.first()) {
+            let nk = self.xattr_key.get_or_insert_with(|| k.name_key());
+            e.xattrs.open(nk).map_err(|e| e.to_string())?;
+        }
+        if let Some(f) = e.file() {
+            if f.batch as usize >= self.batches.len() || f.obj as usize >= self.objects.len() {
+                return Err("it names an unknown batch or object".into());
+            }
+        }
         Ok(())
     }
 
@@ -594,25 +636,27 @@ impl<'a> Writer<'a> {
         for it in items {
             match it {
                 ChunkOut::Entry(e) => {
+                    if let EntryKind::HardLink(t) = &e.kind {
+                        if !t.clear().is_some_and(|t| self.linkable.contains(t)) {
+                            self.fail(Failure {
+                                path: e.path.display(),
+                                why: format!(
+                                    "a hard link of {}, which could not be stored",
+                                    t.display()
+                                ),
+                            });
+                            continue;
+                        }
+                    }
+                    if !self.queue_entry(&e, None)? {
+                        continue;
+                    }
                     match &e.kind {
                         EntryKind::Dir => self.written.dirs += 1,
                         EntryKind::Symlink(_) => self.written.symlinks += 1,
-                        EntryKind::HardLink(t) => {
-                            if !t.clear().is_some_and(|t| self.linkable.contains(t)) {
-                                self.fail(Failure {
-                                    path: e.path.display(),
-                                    why: format!(
-                                        "a hard link of {}, which could not be stored",
-                                        t.display()
-                                    ),
-                                });
-                                continue;
-                            }
-                            self.written.hardlinks += 1
-                        }
+                        EntryKind::HardLink(_) => self.written.hardlinks += 1,
                         _ => self.written.specials += 1,
                     }
-                    self.queue_entry(&e, None)?;
                 }
                 ChunkOut::Reused(crate::seal::Reused {
                     line,
@@ -621,6 +665,9 @@ impl<'a> Writer<'a> {
                     obj,
                     linkable,
                 }) => {
+                    if !self.queue_line(Some(&src), &line, None)? {
+                        continue;
+                    }
                     if let Some(p) = linkable {
                         self.linkable.insert(p);
                     }
@@ -630,7 +677,6 @@ impl<'a> Writer<'a> {
                     self.written.files += 1;
                     self.written.bytes += size;
                     self.written.resumed_files += 1;
-                    self.queue_line(Some(&src), &line)?;
                     self.progress.file_done();
                 }
                 ChunkOut::Sealed(s) => {
@@ -644,16 +690,19 @@ impl<'a> Writer<'a> {
                         pt: s.pt,
                         sparse: s.sparse,
                     };
+                    let gaps = f.file_len() - f.size;
+                    let e = entry_of(&s.entry, EntryKind::File(f));
+                    if !self.queue_entry(&e, Some(&s.src))? {
+                        continue;
+                    }
                     self.referenced[base.0 as usize] = true;
                     self.written.files += 1;
                     self.written.bytes += s.size;
                     self.written.read_bytes += s.size;
-                    self.written.gap_bytes += f.file_len() - f.size;
-                    let e = entry_of(&s.entry, EntryKind::File(f));
+                    self.written.gap_bytes += gaps;
                     if e.linked {
                         self.linkable.insert(s.entry.path.clone());
                     }
-                    self.queue_entry(&e, Some(&s.src))?;
                     self.progress.file_done();
                 }
                 ChunkOut::Failed { path, why } => self.fail(Failure { path, why }),
@@ -731,24 +780,27 @@ impl<'a> Writer<'a> {
             Ok(s) => s,
             Err(why) => {
                 self.fail(Failure {
-                    path: entry.source.display().to_string(),
+                    path: entry.source.display(),
                     why,
                 });
                 return Ok(());
             }
         };
-        self.referenced[f.obj as usize] = true;
-        self.written.files += 1;
-        self.written.bytes += f.size;
-        self.written.gap_bytes += f.file_len() - f.size;
+        let (obj, size, gaps) = (f.obj, f.size, f.file_len() - f.size);
         if !device {
             (entry.mtime, entry.mtime_nsec) = mtime;
         }
         let e = entry_of(&entry, EntryKind::File(f));
+        if !self.queue_entry(&e, Some(&src))? {
+            return Ok(());
+        }
+        self.referenced[obj as usize] = true;
+        self.written.files += 1;
+        self.written.bytes += size;
+        self.written.gap_bytes += gaps;
         if e.linked {
             self.linkable.insert(entry.path.clone());
         }
-        self.queue_entry(&e, Some(&src))?;
         self.progress.file_done();
         Ok(())
     }

@@ -8,6 +8,8 @@
 //! with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` where the kernel has it (5.6+),
 //! else one component at a time with `O_NOFOLLOW`.
 
+pub mod walk;
+
 use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};

@@ -1,0 +1,533 @@
+//! Walking a source tree by directory handles (README "Hostile filesystems"): every directory
+//! is opened from its parent's handle with `O_NOFOLLOW | O_DIRECTORY` and must be the inode
+//! its `lstat` described, entries are listed from that handle, and nothing is ever resolved by
+//! a path below the source. A directory swapped for a symlink while the walk goes on is a link
+//! (stored as one) or a change (reported), never followed. One handle is open per level of
+//! depth.
+//!
+//! Files are read later, by the sealer, through a [`Place`]: the source's root handle and the
+//! path below it, opened with [`Dir::open_beneath`] and checked against the walk's device and
+//! inode.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use rustix::fs::{fstat, openat, readlinkat, statat, AtFlags, FileType, Mode, OFlags, Stat};
+use rustix::io::Errno;
+
+use super::Dir;
+
+/// Where a walked entry is read from: below a source directory's handle, or (for a source
+/// that is not a directory) the path the user named.
+#[derive(Clone, Debug)]
+pub struct Place {
+    root: Option<Arc<Dir>>,
+    top: PathBuf,
+    rel: Vec<u8>,
+}
+
+impl PartialEq for Place {
+    fn eq(&self, other: &Place) -> bool {
+        self.top == other.top && self.rel == other.rel
+    }
+}
+
+impl Eq for Place {}
+
+impl Place {
+    /// A source named by the user (its own path, links in it followed but the last).
+    pub fn top(path: &Path) -> Place {
+        Place {
+            root: None,
+            top: path.to_path_buf(),
+            rel: Vec::new(),
+        }
+    }
+
+    /// `rel` below the source directory `top`, opened as `root`.
+    pub fn below(root: &Arc<Dir>, top: &Path, rel: Vec<u8>) -> Place {
+        Place {
+            root: Some(Arc::clone(root)),
+            top: top.to_path_buf(),
+            rel,
+        }
+    }
+
+    /// The path, for messages (never opened).
+    pub fn path(&self) -> PathBuf {
+        if self.rel.is_empty() {
+            self.top.clone()
+        } else {
+            self.top.join(OsStr::from_bytes(&self.rel))
+        }
+    }
+
+    /// [`Place::path`] as `Path::display` shows it.
+    pub fn display(&self) -> String {
+        self.path().display().to_string()
+    }
+
+    /// Opens the entry for reading without crossing a symlink below the source (the last
+    /// component included, but for `follow`: a block device the user named by a link) and
+    /// checks that it is still the inode the walk saw. A link, a directory swapped for one on
+    /// the way, or another inode is a change ([`crate::source::changed_error`]).
+    pub fn open(&self, dev: u64, ino: u64, follow: bool, nonblock: bool) -> io::Result<File> {
+        let mut flags = OFlags::RDONLY | OFlags::NOCTTY | OFlags::CLOEXEC;
+        if nonblock {
+            flags |= OFlags::NONBLOCK;
+        }
+        let opened = match &self.root {
+            Some(root) => root.open_beneath(&self.rel, flags, Mode::empty()),
+            None => {
+                if !follow {
+                    flags |= OFlags::NOFOLLOW;
+                }
+                openat(rustix::fs::CWD, &self.top, flags, Mode::empty()).map_err(io::Error::from)
+            }
+        };
+        let fd = opened.map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP | libc::ENOTDIR) => crate::source::changed_error(&self.path()),
+            _ => e,
+        })?;
+        let st = fstat(&fd)?;
+        if st.st_dev != dev || st.st_ino != ino {
+            return Err(crate::source::changed_error(&self.path()));
+        }
+        Ok(File::from(fd))
+    }
+}
+
+/// One entry the walk met, described from its parent's handle.
+#[derive(Debug)]
+pub struct Node {
+    /// The path below the walked directory (`/`-separated bytes).
+    pub rel: Vec<u8>,
+    /// Its `lstat` (for a directory, the `fstat` of the handle the walk descends through).
+    pub stat: Stat,
+    /// A symlink's target.
+    pub target: Option<Vec<u8>>,
+    /// Its extended attributes, sorted by name, each name once (when asked for).
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// What the walk yields, in tree order (docs/FORMAT.md §6.2).
+#[derive(Debug)]
+pub enum Step {
+    Node(Node),
+    /// A path not walked, and why (`error`: not a deliberate skip).
+    Problem {
+        rel: Vec<u8>,
+        why: String,
+        error: bool,
+    },
+}
+
+/// The text a path that changed while it was walked is reported with.
+pub const CHANGED_WALKING: &str = "changed while being walked (replaced by another file or a link); not stored, run again to store it";
+
+struct Level {
+    fd: OwnedFd,
+    rel: Vec<u8>,
+    names: std::vec::IntoIter<Vec<u8>>,
+}
+
+/// A depth-first walk of a directory, each directory's entries sorted by name bytes.
+pub struct Walk<'a> {
+    levels: Vec<Level>,
+    pending: Option<Step>,
+    xattrs: bool,
+    skip: &'a dyn Fn(&[u8], &[u8]) -> bool,
+    max_depth: usize,
+}
+
+impl<'a> Walk<'a> {
+    /// Walks below `root` (the directory itself is not yielded). `skip(rel, name)` leaves an
+    /// entry out, a directory with everything below it; `xattrs` reads extended attributes;
+    /// directories deeper than `max_depth` levels (the root's own level is 1) are reported,
+    /// not entered.
+    pub fn new(
+        root: &Dir,
+        xattrs: bool,
+        max_depth: usize,
+        skip: &'a dyn Fn(&[u8], &[u8]) -> bool,
+    ) -> io::Result<Walk<'a>> {
+        let fd = root.open_beneath(b"", OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())?;
+        let mut w = Walk {
+            levels: Vec::new(),
+            pending: None,
+            xattrs,
+            skip,
+            max_depth,
+        };
+        if let Err(e) = w.enter(fd, Vec::new()) {
+            w.pending = Some(problem(Vec::new(), e.to_string()));
+        }
+        Ok(w)
+    }
+
+    /// Lists `fd` and makes it the deepest level. A listing error stops the listing where it
+    /// happened (the names read so far are walked).
+    fn enter(&mut self, fd: OwnedFd, rel: Vec<u8>) -> io::Result<()> {
+        let (names, err) = list(&fd);
+        self.levels.push(Level {
+            fd,
+            rel,
+            names: names.into_iter(),
+        });
+        err.map_or(Ok(()), Err)
+    }
+}
+
+/// What one entry of a listing made: the step to yield, a directory to enter after it, and a
+/// problem to yield after it.
+struct Met {
+    step: Step,
+    enter: Option<OwnedFd>,
+    then: Option<Step>,
+}
+
+fn problem(rel: Vec<u8>, why: String) -> Step {
+    Step::Problem {
+        rel,
+        why,
+        error: true,
+    }
+}
+
+/// Describes `name` in `parent` (whose level is `depth`, the root's being 1), opening it if
+/// it is a directory.
+fn meet(
+    parent: BorrowedFd<'_>,
+    rel: Vec<u8>,
+    name: &[u8],
+    depth: usize,
+    max_depth: usize,
+    xattrs: bool,
+) -> Met {
+    let done = |step| Met {
+        step,
+        enter: None,
+        then: None,
+    };
+    let name_os = OsStr::from_bytes(name);
+    let st = match statat(parent, name_os, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => st,
+        Err(e) => return done(problem(rel, io::Error::from(e).to_string())),
+    };
+    let xattrs_at = |rel: &[u8]| {
+        if xattrs {
+            xattrs_at(parent, name, rel)
+        } else {
+            Vec::new()
+        }
+    };
+    let ft = FileType::from_raw_mode(st.st_mode);
+    if ft == FileType::Symlink {
+        return done(match readlinkat(parent, name_os, Vec::new()) {
+            Ok(t) => Step::Node(Node {
+                xattrs: xattrs_at(&rel),
+                rel,
+                stat: st,
+                target: Some(t.into_bytes()),
+            }),
+            // Replaced by something else between the lstat and the readlink.
+            Err(Errno::INVAL) => problem(rel, CHANGED_WALKING.into()),
+            Err(e) => problem(rel, io::Error::from(e).to_string()),
+        });
+    }
+    if ft != FileType::Directory {
+        return done(Step::Node(Node {
+            xattrs: xattrs_at(&rel),
+            rel,
+            stat: st,
+            target: None,
+        }));
+    }
+    if depth >= max_depth {
+        let why = format!(
+            "nested deeper than {} directories (the most a vault holds); not stored",
+            max_depth
+        );
+        return done(problem(rel, why));
+    }
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = match openat(parent, name_os, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::LOOP | Errno::NOTDIR | Errno::NOENT) => {
+            return done(problem(rel, CHANGED_WALKING.into()))
+        }
+        Err(e) => {
+            // Unreadable (no permission): stored as a directory, its listing reported.
+            return Met {
+                then: Some(problem(rel.clone(), io::Error::from(e).to_string())),
+                step: Step::Node(Node {
+                    xattrs: xattrs_at(&rel),
+                    rel,
+                    stat: st,
+                    target: None,
+                }),
+                enter: None,
+            };
+        }
+    };
+    let now = match fstat(&fd) {
+        Ok(now) => now,
+        Err(e) => return done(problem(rel, io::Error::from(e).to_string())),
+    };
+    if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) {
+        return done(problem(rel, CHANGED_WALKING.into()));
+    }
+    let xattrs = if xattrs {
+        xattrs_fd(fd.as_fd(), &rel)
+    } else {
+        Vec::new()
+    };
+    Met {
+        step: Step::Node(Node {
+            rel,
+            stat: now,
+            target: None,
+            xattrs,
+        }),
+        enter: Some(fd),
+        then: None,
+    }
+}
+
+/// The attributes of `name` in `parent`, not following it: by the `/proc/self/fd` name of the
+/// parent's handle (the one way to reach a symlink's or a device's attributes without a
+/// path), else, for a regular file, by opening it.
+fn xattrs_at(parent: BorrowedFd<'_>, name: &[u8], rel: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    if proc_fd() {
+        let mut p = format!("/proc/self/fd/{}/", parent.as_raw_fd()).into_bytes();
+        p.extend_from_slice(name);
+        let p = Path::new(OsStr::from_bytes(&p));
+        let list = xattr::list(p).map(|names| {
+            names
+                .filter_map(|n| Some((n.as_bytes().to_vec(), xattr::get(p, &n).ok()??)))
+                .collect()
+        });
+        return finish_xattrs(list, rel);
+    }
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY;
+    match openat(
+        parent,
+        OsStr::from_bytes(name),
+        flags | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) if fstat(&fd).is_ok_and(|s| FileType::from_raw_mode(s.st_mode).is_file()) => {
+            xattrs_fd(fd.as_fd(), rel)
+        }
+        _ => {
+            log::warn!(
+                "{}: extended attributes not read (/proc is not mounted)",
+                String::from_utf8_lossy(rel)
+            );
+            Vec::new()
+        }
+    }
+}
+
+impl Iterator for Walk<'_> {
+    type Item = Step;
+
+    fn next(&mut self) -> Option<Step> {
+        if let Some(p) = self.pending.take() {
+            return Some(p);
+        }
+        loop {
+            let depth = self.levels.len();
+            let level = self.levels.last_mut()?;
+            let Some(name) = level.names.next() else {
+                self.levels.pop();
+                continue;
+            };
+            let mut rel = level.rel.clone();
+            if !rel.is_empty() {
+                rel.push(b'/');
+            }
+            rel.extend_from_slice(&name);
+            if (self.skip)(&rel, &name) {
+                continue;
+            }
+            let (max, xattrs) = (self.max_depth, self.xattrs);
+            let met = meet(level.fd.as_fd(), rel.clone(), &name, depth, max, xattrs);
+            if let Some(fd) = met.enter {
+                if let Err(e) = self.enter(fd, rel.clone()) {
+                    self.pending = Some(problem(rel, e.to_string()));
+                }
+            }
+            if met.then.is_some() {
+                self.pending = met.then;
+            }
+            return Some(met.step);
+        }
+    }
+}
+
+/// The names in a directory, sorted by their bytes, each once (a directory renamed in while
+/// it is listed may show a name twice), and the error that stopped the listing early, if one
+/// did.
+fn list(fd: &OwnedFd) -> (Vec<Vec<u8>>, Option<io::Error>) {
+    let mut names = Vec::new();
+    let mut err = None;
+    match rustix::fs::Dir::read_from(fd) {
+        Ok(mut d) => {
+            while let Some(e) = d.read() {
+                match e {
+                    Ok(e) => {
+                        let n = e.file_name().to_bytes();
+                        if n != b"." && n != b".." {
+                            names.push(n.to_vec());
+                        }
+                    }
+                    Err(e) => {
+                        err = Some(io::Error::from(e));
+                        break;
+                    }
+                }
+            }
+        }
+        Err(e) => err = Some(io::Error::from(e)),
+    }
+    names.sort_unstable();
+    names.dedup();
+    (names, err)
+}
+
+/// Whether `/proc/self/fd` can name open directories (checked once).
+fn proc_fd() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| Path::new("/proc/self/fd").is_dir())
+}
+
+/// The attributes of an open file or directory.
+fn xattrs_fd(fd: BorrowedFd<'_>, rel: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let list = read_sized(|b| rustix::fs::flistxattr(fd, b)).map(|raw| {
+        raw.split(|&b| b == 0)
+            .filter(|n| !n.is_empty())
+            .filter_map(|n| {
+                let v = read_sized(|b| rustix::fs::fgetxattr(fd, OsStr::from_bytes(n), b)).ok()?;
+                Some((n.to_vec(), v))
+            })
+            .collect()
+    });
+    finish_xattrs(list, rel)
+}
+
+/// Calls a size-then-fill `*xattr` call with a buffer large enough (retried if the value grew
+/// in between). An attribute that vanished is an error the caller leaves out.
+fn read_sized(call: impl Fn(&mut [u8]) -> rustix::io::Result<usize>) -> io::Result<Vec<u8>> {
+    loop {
+        let n = call(&mut [])?;
+        let mut buf = vec![0u8; n];
+        match call(&mut buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            Err(Errno::RANGE) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// A listing, sorted by name with each name once (docs/FORMAT.md §6.1); a filesystem without
+/// attributes has none.
+fn finish_xattrs(list: io::Result<Vec<(Vec<u8>, Vec<u8>)>>, rel: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    match list {
+        Ok(mut l) => {
+            l.sort_by(|a, b| a.0.cmp(&b.0));
+            l.dedup_by(|a, b| a.0 == b.0);
+            l
+        }
+        Err(e) => {
+            if !matches!(e.raw_os_error(), Some(libc::ENOTSUP | libc::ENOENT)) {
+                log::warn!(
+                    "{}: extended attributes not read: {e}",
+                    String::from_utf8_lossy(rel)
+                );
+            }
+            Vec::new()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn walk_all(root: &Path, skip: &dyn Fn(&[u8], &[u8]) -> bool) -> Vec<String> {
+        let d = Dir::open(root).unwrap();
+        Walk::new(&d, false, 1024, skip)
+            .unwrap()
+            .map(|s| match s {
+                Step::Node(n) => String::from_utf8(n.rel).unwrap(),
+                Step::Problem { rel, why, .. } => {
+                    format!("!{}: {why}", String::from_utf8(rel).unwrap())
+                }
+            })
+            .collect()
+    }
+
+    /// Each directory's entries by name bytes, depth first; a skipped directory is not
+    /// entered; a symlink to a directory is an entry, never entered.
+    #[test]
+    fn tree_order_and_skips() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        for d in ["b", "a", "a/x", "a-", "c", "c/deep", "c/deep/er"] {
+            std::fs::create_dir(r.join(d)).unwrap();
+        }
+        for f in ["a/x/f", "a/B", "a-/f", "c/deep/er/f", "c/skipme", "Z"] {
+            std::fs::write(r.join(f), b"x").unwrap();
+        }
+        std::os::unix::fs::symlink("/etc", r.join("b/etc")).unwrap();
+        let skip = |rel: &[u8], name: &[u8]| rel == b"c/deep" || name == b"skipme";
+        assert_eq!(
+            walk_all(r, &skip),
+            ["Z", "a", "a/B", "a/x", "a/x/f", "a-", "a-/f", "b", "b/etc", "c"]
+        );
+        let got = walk_all(r, &|_: &[u8], _: &[u8]| false);
+        assert!(got.contains(&"c/deep/er/f".to_string()), "{got:?}");
+        assert!(!got.iter().any(|p| p.starts_with("b/etc/")), "{got:?}");
+    }
+
+    /// Directories past the depth limit are reported, not entered.
+    #[test]
+    fn depth_is_bounded() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("a/b/c")).unwrap();
+        let d = Dir::open(t.path()).unwrap();
+        let skip = |_: &[u8], _: &[u8]| false;
+        let got: Vec<Step> = Walk::new(&d, false, 2, &skip).unwrap().collect();
+        assert!(matches!(&got[0], Step::Node(n) if n.rel == b"a"));
+        assert!(matches!(&got[1], Step::Problem { rel, error: true, .. } if rel == b"a/b"));
+        assert_eq!(got.len(), 2);
+    }
+
+    /// A file replaced by a link after the walk is a change when opened, never followed.
+    #[test]
+    fn place_refuses_a_link_planted_after_the_walk() {
+        let t = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), b"s").unwrap();
+        std::fs::create_dir(t.path().join("d")).unwrap();
+        std::fs::write(t.path().join("d/f"), b"f").unwrap();
+        let root = Arc::new(Dir::open(t.path()).unwrap());
+        let st = root.stat(b"d/f").unwrap();
+        let place = Place::below(&root, t.path(), b"d/f".to_vec());
+        assert!(place.open(st.st_dev, st.st_ino, false, false).is_ok());
+        std::fs::rename(t.path().join("d"), t.path().join("d.old")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), t.path().join("d")).unwrap();
+        std::fs::rename(outside.path().join("secret"), outside.path().join("f")).unwrap();
+        let e = place.open(st.st_dev, st.st_ino, false, false).unwrap_err();
+        assert!(crate::source::is_changed(&e), "{e}");
+    }
+}
