@@ -409,25 +409,33 @@ fn proc_fd() -> bool {
 
 /// The attributes of an open file or directory.
 fn xattrs_fd(fd: BorrowedFd<'_>, rel: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let list = read_sized(|b| rustix::fs::flistxattr(fd, b)).map(|raw| {
+    use rustix::fs::{fgetxattr, fgetxattr_query, flistxattr, flistxattr_query};
+    let list = read_sized(|| flistxattr_query(fd), |b| flistxattr(fd, b)).map(|raw| {
         raw.split(|&b| b == 0)
             .filter(|n| !n.is_empty())
             .filter_map(|n| {
-                let v = read_sized(|b| rustix::fs::fgetxattr(fd, OsStr::from_bytes(n), b)).ok()?;
-                Some((n.to_vec(), v))
+                let name = OsStr::from_bytes(n);
+                let v = read_sized(|| fgetxattr_query(fd, name), |b| fgetxattr(fd, name, b));
+                Some((n.to_vec(), v.ok()?))
             })
             .collect()
     });
     finish_xattrs(list, rel)
 }
 
-/// Calls a size-then-fill `*xattr` call with a buffer large enough (retried if the value grew
-/// in between). An attribute that vanished is an error the caller leaves out.
-fn read_sized(call: impl Fn(&mut [u8]) -> rustix::io::Result<usize>) -> io::Result<Vec<u8>> {
+/// Reads a size-then-fill `*xattr` value with a buffer large enough (asked again if the value
+/// grew in between). An attribute that vanished is an error the caller leaves out.
+fn read_sized(
+    query: impl Fn() -> rustix::io::Result<usize>,
+    fill: impl Fn(&mut [u8]) -> rustix::io::Result<usize>,
+) -> io::Result<Vec<u8>> {
     loop {
-        let n = call(&mut [])?;
+        let n = query()?;
+        if n == 0 {
+            return Ok(Vec::new());
+        }
         let mut buf = vec![0u8; n];
-        match call(&mut buf) {
+        match fill(&mut buf) {
             Ok(n) => {
                 buf.truncate(n);
                 return Ok(buf);
@@ -497,6 +505,43 @@ mod tests {
         let got = walk_all(r, &|_: &[u8], _: &[u8]| false);
         assert!(got.contains(&"c/deep/er/f".to_string()), "{got:?}");
         assert!(!got.iter().any(|p| p.starts_with("b/etc/")), "{got:?}");
+    }
+
+    /// Attributes of directories (read by their handle), files and symlinks (by the parent's
+    /// handle), sorted by name.
+    #[test]
+    fn xattrs_by_handle() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        std::fs::create_dir(r.join("d")).unwrap();
+        std::fs::write(r.join("d/f"), b"x").unwrap();
+        std::os::unix::fs::symlink("f", r.join("d/l")).unwrap();
+        if xattr::set(r.join("d"), "user.b", b"2").is_err() {
+            eprintln!("no user xattrs here; skipped");
+            return;
+        }
+        xattr::set(r.join("d"), "user.a", b"1").unwrap();
+        xattr::set(r.join("d/f"), "user.f", b"file").unwrap();
+        // trusted.* is allowed on a symlink, for root.
+        let on_link = xattr::set(r.join("d/l"), "trusted.l", b"link").is_ok();
+        let d = Dir::open(r).unwrap();
+        let skip = |_: &[u8], _: &[u8]| false;
+        let got: Vec<_> = Walk::new(&d, true, 8, &skip)
+            .unwrap()
+            .map(|s| match s {
+                Step::Node(n) => (n.rel, n.xattrs),
+                Step::Problem { why, .. } => panic!("{why}"),
+            })
+            .collect();
+        let x = |n: &str, v: &str| (n.as_bytes().to_vec(), v.as_bytes().to_vec());
+        assert_eq!(
+            got[0],
+            (b"d".to_vec(), vec![x("user.a", "1"), x("user.b", "2")])
+        );
+        assert_eq!(got[1], (b"d/f".to_vec(), vec![x("user.f", "file")]));
+        if on_link {
+            assert_eq!(got[2], (b"d/l".to_vec(), vec![x("trusted.l", "link")]));
+        }
     }
 
     /// Directories past the depth limit are reported, not entered.
