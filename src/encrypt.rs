@@ -740,9 +740,7 @@ impl<'a> Planner<'a> {
         // The reader's tree rules (docs/FORMAT.md §6.2: tree order, every parent a directory
         // listed before, no path twice), by the reader's own code, before anything of the
         // entry is committed: a walk gone wrong costs this entry, never the vault.
-        let legal = check_path(&e.path)
-            .and_then(|()| self.order.push(&e.path, matches!(e.kind, SourceKind::Dir)));
-        if let Err(why) = legal {
+        if let Err(why) = admit(&mut self.order, &e) {
             let f = Failure {
                 path: e.source.display(),
                 why: format!("not stored, the vault's reader would refuse it: {why}"),
@@ -1133,6 +1131,13 @@ fn resolved(p: &Path) -> PathBuf {
     }
 }
 
+/// The reader's rules for a walked entry in walk order: its path ([`check_path`]) and its
+/// place in the tree ([`TreeOrder`]).
+fn admit(order: &mut TreeOrder, e: &SourceEntry) -> std::result::Result<(), String> {
+    check_path(&e.path)?;
+    order.push(&e.path, matches!(e.kind, SourceKind::Dir))
+}
+
 /// A directory, not a symlink to one.
 fn is_real_dir(p: &Path) -> bool {
     fs::symlink_metadata(p).is_ok_and(|m| m.is_dir())
@@ -1495,4 +1500,47 @@ pub fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .format(&f)
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the planner admits is what the reader accepts: tree order, parents before
+    /// children, no path twice, no unsafe path.
+    #[test]
+    fn admits_what_the_reader_accepts() {
+        let t = tempfile::tempdir().unwrap();
+        let mut top = None;
+        let none = globset::GlobSet::empty();
+        walk::walk_each(&[t.path().to_path_buf()], &none, false, |f| {
+            if let Found::Entry(x) = f {
+                top = Some(x);
+            }
+            false
+        })
+        .unwrap();
+        let top = top.unwrap();
+        let mut order = TreeOrder::default();
+        let mut admit_one = |path: &str, dir: bool| {
+            let e = SourceEntry {
+                path: path.as_bytes().to_vec(),
+                kind: if dir {
+                    SourceKind::Dir
+                } else {
+                    SourceKind::Fifo
+                },
+                ..top.clone()
+            };
+            admit(&mut order, &e)
+        };
+        assert!(admit_one("s", true).is_ok());
+        assert!(admit_one("s/a", true).is_ok());
+        assert!(admit_one("s/a/x", false).is_ok());
+        assert!(admit_one("s/b", false).is_ok());
+        assert!(admit_one("s/b", false).is_err(), "twice");
+        assert!(admit_one("s/a/y", false).is_err(), "out of order");
+        assert!(admit_one("s/c/../d", false).is_err(), "unsafe path");
+        assert!(admit_one("t/x", false).is_err(), "no parent");
+    }
 }

@@ -586,30 +586,14 @@ impl<'a> Writer<'a> {
         Ok(true)
     }
 
-    /// The checks a reader makes on an entry line (docs/FORMAT.md §6, §8), by the reader's
-    /// own code: its fields ([`Entry::from_line`]), its extended attributes, the batch and
-    /// object it names, and the length of the line as journaled and as listed. A run never
-    /// commits a line that would make its vault unreadable (the tree rules are checked by the
-    /// planner, in walk order).
+    /// [`readable`] with this run's header, batches, objects and name key.
     fn readable(&mut self, line: &[u8], journaled: &[u8]) -> std::result::Result<(), String> {
-        let body = journaled.strip_suffix(b"\n").unwrap_or(journaled);
-        if body.len() > format::MAX_MANIFEST_LINE {
-            return Err(format!(
-                "its record is longer than {} bytes (extended attributes too large?)",
-                format::MAX_MANIFEST_LINE
-            ));
-        }
-        let e = Entry::from_line(line, &self.header)?;
-        if let (crate::manifest::Xattrs::Sealed(_), Some(k)) = (&e.xattrs, self.keys.first()) {
-            let nk = self.xattr_key.get_or_insert_with(|| k.name_key());
-            e.xattrs.open(nk).map_err(|e| e.to_string())?;
-        }
-        if let Some(f) = e.file() {
-            if f.batch as usize >= self.batches.len() || f.obj as usize >= self.objects.len() {
-                return Err("it names an unknown batch or object".into());
-            }
-        }
-        Ok(())
+        let nk = match self.keys.first() {
+            Some(k) => Some(&*self.xattr_key.get_or_insert_with(|| k.name_key())),
+            None => None,
+        };
+        let known = (self.batches.len(), self.objects.len());
+        readable(line, journaled, &self.header, known, nk)
     }
 
     fn emit_chunk(&mut self, records: &[u8], items: Vec<ChunkOut>) -> Result<()> {
@@ -1018,6 +1002,37 @@ impl<'a> Writer<'a> {
     }
 }
 
+/// The checks a reader makes on an entry line (docs/FORMAT.md §6, §8), by the reader's own
+/// code: the line's fields ([`Entry::from_line`]), its extended attributes (opened with `nk`,
+/// batch 0's name key), the batch and object it names (`known`: how many there are), and its
+/// length as journaled and as listed. A run never commits a line that would make its vault
+/// unreadable (the tree rules are checked by the planner, in walk order).
+fn readable(
+    line: &[u8],
+    journaled: &[u8],
+    header: &Header,
+    known: (usize, usize),
+    nk: Option<&NameKey>,
+) -> std::result::Result<(), String> {
+    let body = journaled.strip_suffix(b"\n").unwrap_or(journaled);
+    if body.len() > format::MAX_MANIFEST_LINE {
+        return Err(format!(
+            "its record is longer than {} bytes (extended attributes too large?)",
+            format::MAX_MANIFEST_LINE
+        ));
+    }
+    let e = Entry::from_line(line, header)?;
+    if let (crate::manifest::Xattrs::Sealed(_), Some(nk)) = (&e.xattrs, nk) {
+        e.xattrs.open(nk).map_err(|e| e.to_string())?;
+    }
+    if let Some(f) = e.file() {
+        if f.batch as usize >= known.0 || f.obj as usize >= known.1 {
+            return Err("it names an unknown batch or object".into());
+        }
+    }
+    Ok(())
+}
+
 /// The vault entry of a walked source entry.
 pub fn entry_of(e: &SourceEntry, kind: EntryKind) -> Entry {
     // A file is `linked` when other names of its inode may follow (a block device read as an
@@ -1046,4 +1061,67 @@ pub(crate) fn sweep_objects(vault: &Path, listed: &[[u8; ID_LEN]]) -> Result<()>
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kms::DataKey;
+    use crate::manifest::{Name, Xattrs};
+
+    /// Lines the reader would refuse are caught before they are committed: over-long ones
+    /// (too many extended attributes), ones naming an unknown object, and bad fields.
+    #[test]
+    fn lines_a_reader_refuses_are_caught() {
+        let header = Header {
+            vault_id: [1; 16],
+            created: String::new(),
+            generator: String::new(),
+            segment_size: 4096,
+            conceal_names: false,
+        };
+        let key = BatchKey::new(DataKey::from_bytes(&[7u8; 32]).unwrap(), [1; 16], [2; 16]);
+        let nk = key.name_key();
+        let entry = |xattrs: Vec<(Vec<u8>, Vec<u8>)>, kind: EntryKind| Entry {
+            path: Name::Clear(b"top/d".to_vec()),
+            mode: 0o755,
+            mtime: 1,
+            mtime_nsec: 2,
+            kind,
+            owner: None,
+            linked: false,
+            xattrs: Xattrs::Clear(xattrs).sealed(&nk).unwrap(),
+        };
+        let check = |e: &Entry| {
+            let line = e.to_line(None).unwrap();
+            let mut journaled = line.clone();
+            journaled.extend_from_slice(&[b' '; 200]);
+            readable(&line, &journaled, &header, (1, 1), Some(&nk))
+        };
+        let small = vec![(b"user.a".to_vec(), vec![1u8; 100])];
+        assert_eq!(check(&entry(small, EntryKind::Dir)), Ok(()));
+        let big: Vec<(Vec<u8>, Vec<u8>)> = (0..20u8)
+            .map(|i| (format!("user.{i:02}").into_bytes(), vec![i; 60_000]))
+            .collect();
+        let e = check(&entry(big, EntryKind::Dir)).unwrap_err();
+        assert!(e.contains("longer than"), "{e}");
+        let file = |obj| {
+            EntryKind::File(crate::manifest::FileEntry {
+                size: 5,
+                batch: 0,
+                obj,
+                off: 0,
+                salt: [0; 32],
+                ct: [0; 32],
+                pt: [0; 32],
+                sparse: None,
+            })
+        };
+        assert_eq!(check(&entry(Vec::new(), file(0))), Ok(()));
+        let e = check(&entry(Vec::new(), file(1))).unwrap_err();
+        assert!(e.contains("unknown batch or object"), "{e}");
+        let mut bad = entry(Vec::new(), EntryKind::Dir);
+        bad.path = Name::Clear(b"top/../etc".to_vec());
+        assert!(check(&bad).is_err());
+    }
 }
