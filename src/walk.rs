@@ -255,6 +255,7 @@ pub fn walk_each(
             continue;
         }
         let root = Arc::new(open_top(src, &st)?);
+        let top: Arc<Path> = Arc::from(src.as_path());
         let x = if xattrs { read_xattrs(src) } else { Vec::new() };
         if !on(Found::Entry(entry(
             base.clone(),
@@ -278,7 +279,7 @@ pub fn walk_each(
                     let mut vpath = base.clone();
                     vpath.push(b'/');
                     vpath.extend_from_slice(&n.rel);
-                    let place = Place::below(&root, src, n.rel);
+                    let place = Place::below(&root, &top, n.rel);
                     match classify(&n.stat, n.target, None) {
                         Ok(Some(kind)) => match check_path(&vpath) {
                             Ok(()) => Found::Entry(entry(vpath, place, &n.stat, kind, n.xattrs)),
@@ -293,7 +294,7 @@ pub fn walk_each(
                     }
                 }
                 Step::Problem { rel, why, error } => Found::Skipped(Skipped {
-                    path: Place::below(&root, src, rel).path(),
+                    path: Place::below(&root, &top, rel).path(),
                     why,
                     error,
                 }),

@@ -27,7 +27,8 @@ use super::Dir;
 #[derive(Clone, Debug)]
 pub struct Place {
     root: Option<Arc<Dir>>,
-    top: PathBuf,
+    /// Shared by every entry of a source.
+    top: Arc<Path>,
     rel: Vec<u8>,
 }
 
@@ -44,16 +45,16 @@ impl Place {
     pub fn top(path: &Path) -> Place {
         Place {
             root: None,
-            top: path.to_path_buf(),
+            top: Arc::from(path),
             rel: Vec::new(),
         }
     }
 
     /// `rel` below the source directory `top`, opened as `root`.
-    pub fn below(root: &Arc<Dir>, top: &Path, rel: Vec<u8>) -> Place {
+    pub fn below(root: &Arc<Dir>, top: &Arc<Path>, rel: Vec<u8>) -> Place {
         Place {
             root: Some(Arc::clone(root)),
-            top: top.to_path_buf(),
+            top: Arc::clone(top),
             rel,
         }
     }
@@ -61,7 +62,7 @@ impl Place {
     /// The path, for messages (never opened).
     pub fn path(&self) -> PathBuf {
         if self.rel.is_empty() {
-            self.top.clone()
+            self.top.to_path_buf()
         } else {
             self.top.join(OsStr::from_bytes(&self.rel))
         }
@@ -87,7 +88,7 @@ impl Place {
                 if !follow {
                     flags |= OFlags::NOFOLLOW;
                 }
-                openat(rustix::fs::CWD, &self.top, flags, Mode::empty()).map_err(io::Error::from)
+                openat(rustix::fs::CWD, &*self.top, flags, Mode::empty()).map_err(io::Error::from)
             }
         };
         let fd = opened.map_err(|e| match e.raw_os_error() {
@@ -567,7 +568,7 @@ mod tests {
         std::fs::write(t.path().join("d/f"), b"f").unwrap();
         let root = Arc::new(Dir::open(t.path()).unwrap());
         let st = root.stat(b"d/f").unwrap();
-        let place = Place::below(&root, t.path(), b"d/f".to_vec());
+        let place = Place::below(&root, &Arc::from(t.path()), b"d/f".to_vec());
         assert!(place.open(st.st_dev, st.st_ino, false, false).is_ok());
         std::fs::rename(t.path().join("d"), t.path().join("d.old")).unwrap();
         std::os::unix::fs::symlink(outside.path(), t.path().join("d")).unwrap();
