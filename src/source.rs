@@ -24,6 +24,36 @@ pub struct Source {
     sparse: Option<(Box<Sparse>, Runs)>,
 }
 
+/// How old a file's last change must be before it is read. A write moves ctime when it
+/// starts, then copies its bytes: a read during that copy is torn, and the ctime check after
+/// reading cannot see it (no later change moved ctime). A file changed less than this ago is
+/// read once the change is this old, so a torn read needs a writer stalled mid-write for
+/// longer (docs/RESUME.md, "Files that change while read").
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Waits until `md`'s change is [`SETTLE`] old; a file changed again meanwhile is
+/// [`changed_error`] (retried by the caller).
+fn settle(file: &std::fs::File, md: &std::fs::Metadata, path: &Path) -> io::Result<()> {
+    let changed = std::time::UNIX_EPOCH
+        + std::time::Duration::new(
+            u64::try_from(md.ctime()).unwrap_or(0),
+            u32::try_from(md.ctime_nsec()).unwrap_or(0),
+        );
+    let age = std::time::SystemTime::now()
+        .duration_since(changed)
+        .unwrap_or(std::time::Duration::ZERO);
+    if age >= SETTLE {
+        return Ok(());
+    }
+    // At most SETTLE, even when the clock stepped back.
+    std::thread::sleep(SETTLE - age);
+    let now = file.metadata()?;
+    if (now.ctime(), now.ctime_nsec(), now.len()) != (md.ctime(), md.ctime_nsec(), md.len()) {
+        return Err(changed_error(path));
+    }
+    Ok(())
+}
+
 /// The error a reader reports when its input changed under it (a typed payload, so that
 /// callers retry by kind: [`is_changed`]).
 pub fn changed_error(path: &Path) -> io::Error {
@@ -55,6 +85,9 @@ impl Source {
     pub fn open(entry: &SourceEntry, device: bool) -> io::Result<Source> {
         let file = entry.source.open(entry.dev, entry.ino, device, false)?;
         let md = file.metadata()?;
+        if !device {
+            settle(&file, &md, &entry.source.path())?;
+        }
         let (size, allocated) = if device {
             (crate::walk::byte_len(&file, &md)?, None)
         } else {
