@@ -438,6 +438,11 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
         assert_eq!(std::fs::read(t.path().join("a")).unwrap(), b"abc");
         assert!(root.open_regular(b"a").unwrap().is_some());
+        // The named fallback: a new name only, renamed over the target.
+        assert!(root.create_new(b"a").is_err());
+        root.create_new(b"t").unwrap().write_all(b"def").unwrap();
+        root.rename_in(b"t", b"a").unwrap();
+        assert_eq!(std::fs::read(t.path().join("a")).unwrap(), b"def");
         root.make_node(b"p", NodeKind::Fifo).unwrap();
         assert!(root.open_regular(b"p").unwrap().is_none());
         assert_eq!(

@@ -200,7 +200,7 @@ fn a_running_encrypt_cannot_dump_core() {
     assert!(!st.core_dumped(), "a core was dumped");
 }
 
-/// Directory modes and times are set last, after their contents, by name: an unprivileged
+/// Directory modes and times are set last, after their contents, on handles: an unprivileged
 /// restore of 0311 and 000 directories succeeds, keeps their mtimes, and a rerun (the
 /// directories already at their final modes) succeeds too. Needs root to switch to `nobody`
 /// (skipped with a notice otherwise).
@@ -436,4 +436,30 @@ fn kill_injected_at_each_restore_syscall_every_rerun_finishes() {
     }
     eprintln!("{injected} injected kills");
     assert!(injected >= 65, "only {injected} injections killed a run");
+}
+
+/// Ctrl-C says once that the run was interrupted and how to resume; files merely
+/// interrupted are not reported as failed.
+#[test]
+fn ctrl_c_reports_no_file_as_failed() {
+    let fx = fixture();
+    let dest = fx.t.path().join("out");
+    let mut child = envseal(&fx.home)
+        .args(["decrypt", "-j", "2", "-o"])
+        .arg(&dest)
+        .arg(&fx.vault)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_files(&mut child, &dest, 200);
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let o = child.wait_with_output().unwrap();
+    let e = stderr(&o);
+    assert_eq!(code(&o), 130, "{e}");
+    assert!(e.contains("run the same command again"), "{e}");
+    assert!(!e.to_lowercase().contains("failed"), "{e}");
+    ok(&mut fx.decrypt(&dest));
+    assert_same_tree(&fx.src, &dest.join("src"));
 }
