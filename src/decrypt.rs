@@ -1,18 +1,22 @@
 //! `decrypt`: vault -> destination directory, whole or in part (`--only`).
 //!
-//! Never writes outside DEST: vault paths are validated (relative, no `..`), every directory
-//! is created by us or checked to be a real directory (not a symlink) before anything is
-//! written below it, and symlinks from the vault are created last. Each file is decrypted
-//! into a temporary name beside its target and renamed only after every check passed; the
-//! temporary files a killed decrypt left are removed by the next decrypt into the same place.
+//! Never writes outside DEST: vault paths are validated (relative, no `..`); DEST is opened
+//! once and every directory, file, link and node below it is created, checked and given its
+//! owner, mode, times and attributes relative to directory handles, never through a symlink
+//! (`crate::fs`, README "Hostile filesystems"). Symlinks from the vault are created last.
+//! Each file is decrypted into a file without a name (or a temporary name) in its directory
+//! and named only after every check passed; the temporary files a killed decrypt left are
+//! removed by the next decrypt into the same place, and a rerun takes up what is already in
+//! place, hard links included (docs/RESUME.md).
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
+use std::io;
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use globset::GlobSetBuilder;
@@ -21,6 +25,8 @@ use rayon::prelude::*;
 use crate::crypto::NameKey;
 use crate::encrypt::Failure;
 use crate::error::{Error, IoContext, Result};
+use crate::fs::restore::{self, Ident, Node, NodeKind};
+use crate::fs::Dir;
 use crate::keys::Kms;
 use crate::manifest::{parent, Entry, EntryKind, Xattrs};
 use crate::object::{open_record, ObjectError, RecordCtx};
@@ -98,11 +104,6 @@ impl Owners {
             e.mode & !0o6000
         }
     }
-}
-
-/// `lchown` (never follows a link).
-fn lchown(p: &Path, (uid, gid): (u32, u32)) -> std::io::Result<()> {
-    std::os::unix::fs::lchown(p, Some(uid), Some(gid))
 }
 
 #[derive(Clone, Debug, Default)]
@@ -208,26 +209,79 @@ fn join(dest: &Path, p: &[u8]) -> PathBuf {
     dest.join(OsStr::from_bytes(p))
 }
 
-/// Sets a path's access and modification times to the entry's mtime by name
-/// (`utimensat`): opening it would fail for a directory (EISDIR) or one whose mode was
-/// already set to 0311 or 000; owning it is enough.
-fn set_mtime(path: &Path, e: &Entry, symlink: bool) -> std::io::Result<()> {
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
-    let t = libc::timespec {
-        tv_sec: e.mtime as libc::time_t,
-        tv_nsec: e.mtime_nsec as libc::c_long,
-    };
-    let flags = if symlink {
-        libc::AT_SYMLINK_NOFOLLOW
-    } else {
-        0
-    };
-    // SAFETY: a valid NUL-terminated path and two timespecs, for the duration of the call.
-    if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), [t, t].as_ptr(), flags) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
+/// DEST as a restore reaches it: one handle, opened once, that every path is resolved from
+/// without crossing a symlink (`Dir::dir`), and the identity of every directory the restore
+/// made or found, checked each time one is opened again: a directory swapped for a symlink
+/// is never entered, one swapped for another directory is refused.
+struct Dest {
+    path: PathBuf,
+    root: Dir,
+    dirs: HashMap<Vec<u8>, Ident>,
+}
+
+/// A directory handle that is either DEST's own or one opened below it.
+enum At<'a> {
+    Root(&'a Dir),
+    Sub(Dir),
+}
+
+impl std::ops::Deref for At<'_> {
+    type Target = Dir;
+    fn deref(&self) -> &Dir {
+        match self {
+            At::Root(d) => d,
+            At::Sub(d) => d,
+        }
     }
+}
+
+impl Dest {
+    /// The path of `rel` below DEST, for messages only.
+    fn show(&self, rel: &[u8]) -> PathBuf {
+        join(&self.path, rel)
+    }
+
+    /// The directory `rel` (DEST itself when empty).
+    fn dir(&self, rel: &[u8]) -> io::Result<At<'_>> {
+        if rel.is_empty() {
+            return Ok(At::Root(&self.root));
+        }
+        let d = self.root.dir(rel).map_err(|err| match err.raw_os_error() {
+            Some(libc::ELOOP) => io::Error::other(
+                "a symlink is in the way (a directory replaced by a link?); not followed",
+            ),
+            _ => err,
+        })?;
+        match self.dirs.get(rel) {
+            Some(&id) if d.ident()? != id => Err(io::Error::other(
+                "the directory was replaced during the restore; not written into",
+            )),
+            _ => Ok(At::Sub(d)),
+        }
+    }
+
+    /// The directory holding `rel`, and `rel`'s last component.
+    fn parent<'a>(&self, rel: &'a [u8]) -> io::Result<(At<'_>, &'a [u8])> {
+        match rel.iter().rposition(|&b| b == b'/') {
+            Some(i) => Ok((self.dir(&rel[..i])?, &rel[i + 1..])),
+            None => Ok((At::Root(&self.root), rel)),
+        }
+    }
+}
+
+/// What a full DEST stops a restore with: one error saying how to go on (a rerun keeps
+/// every file already restored, docs/RESUME.md).
+fn no_space(dest: &Path) -> Error {
+    Error::NoSpace {
+        path: dest.to_path_buf(),
+        then:
+            "run the same command again: it keeps the files already restored and restores the rest"
+                .into(),
+    }
+}
+
+fn is_no_space(err: &io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
 }
 
 pub fn decrypt(
@@ -259,8 +313,20 @@ pub fn decrypt(
     }
     let ctx = RecordCtx::new(&opts.vault, &r.header, &r.batches, &r.objects, jobs);
     let chosen = select(&entries, &opts.only)?;
-    fs::create_dir_all(&opts.dest).at(&opts.dest)?;
-    let dest = &opts.dest;
+    fs::create_dir_all(&opts.dest).map_err(|err| {
+        if is_no_space(&err) {
+            no_space(&opts.dest)
+        } else {
+            Error::io(&opts.dest, err)
+        }
+    })?;
+    // DEST itself is the user's choice (a link there is followed); nothing below it is
+    // reached but through this handle.
+    let mut dest = Dest {
+        path: opts.dest.clone(),
+        root: Dir::open(&opts.dest).at(&opts.dest)?,
+        dirs: HashMap::new(),
+    };
     let mut report = DecryptReport::default();
     let mut bad_dirs: HashSet<&[u8]> = HashSet::new();
     let fail = |report: &mut DecryptReport, e: &Entry, why: String, integrity: bool| {
@@ -273,47 +339,41 @@ pub fn decrypt(
         }
     };
 
-    // Directories first, parents before children (sorted order), each checked to be real.
+    // Directories first, parents before children (tree order), each made from its parent's
+    // handle or found to be a real directory (never a symlink) before anything goes below it.
     for &i in &chosen {
         let e = &entries[i];
         if !matches!(e.kind, EntryKind::Dir) {
             continue;
         }
-        // Below a refused directory (a planted symlink), `create_dir` would follow the link:
-        // refuse the whole subtree, so that no directory is created or chmod-ed through it.
+        // Below a refused directory, refuse the whole subtree.
         if under(&bad_dirs, rel(e)) {
             bad_dirs.insert(rel(e));
             continue;
         }
-        let p = join(dest, rel(e));
-        match fs::create_dir(&p) {
-            Ok(()) => {}
-            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
-                let is_real_dir = fs::symlink_metadata(&p)
-                    .map(|m| m.is_dir())
-                    .unwrap_or(false);
-                if !is_real_dir {
-                    bad_dirs.insert(rel(e));
-                    fail(&mut report, e, format!("{} exists and is not a directory (a symlink or file); refusing to write through it", p.display()), false);
-                    continue;
-                }
-                // Restored before (an interrupted decrypt) with its final mode, say 0311 or
-                // 000: writable again until its mode is set last, after its contents.
-                if let Ok(md) = fs::symlink_metadata(&p) {
-                    let mode = md.permissions().mode() & 0o7777;
-                    if mode & 0o700 != 0o700 {
-                        let _ = fs::set_permissions(&p, fs::Permissions::from_mode(mode | 0o700));
-                    }
-                }
+        let p = dest.show(rel(e));
+        // One restored before (an interrupted decrypt) with its final mode, say 0311 or 000,
+        // is writable again until its mode is set last, after its contents.
+        let made = dest
+            .parent(rel(e))
+            .and_then(|(at, name)| at.make_dir(name)?.0.ident());
+        match made {
+            Ok(id) => {
+                dest.dirs.insert(rel(e).to_vec(), id);
+                report.dirs += 1;
             }
+            Err(err) if is_no_space(&err) => return Err(no_space(&opts.dest)),
             Err(err) => {
                 bad_dirs.insert(rel(e));
-                fail(&mut report, e, format!("{}: {err}", p.display()), false);
-                continue;
+                let why = match err.raw_os_error() {
+                    Some(libc::ELOOP | libc::ENOTDIR) => format!("{} exists and is not a directory (a symlink or file); refusing to write through it", p.display()),
+                    _ => format!("{}: {err}", p.display()),
+                };
+                fail(&mut report, e, why, false);
             }
         }
-        report.dirs += 1;
     }
+    let dest = dest;
     let under_bad = |p: &[u8]| under(&bad_dirs, p);
 
     // A hard link chosen without its file (`--only`) stands in for the file: the first such
@@ -361,21 +421,24 @@ pub fn decrypt(
         .collect();
     let tag = tmp_tag(&r.header.vault_id);
     for d in targets {
-        remove_stale_tmp(&join(dest, d), &tag);
+        remove_stale_tmp(&dest, d, &tag);
     }
     progress.start(files.len() as u64, total);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(jobs)
         .build()
         .map_err(|e| Error::Runtime(format!("thread pool: {e}")))?;
+    let full = AtomicBool::new(false);
     let shared = Shared {
         opts,
+        dest: &dest,
         ctx: &ctx,
         keys,
         xkey: xkey.as_ref(),
         tag: &tag,
         progress,
         cancel,
+        full: &full,
     };
     let restore = || -> Vec<(usize, std::result::Result<Restored, ObjectError>)> {
         pool.install(|| {
@@ -397,7 +460,10 @@ pub fn decrypt(
         let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
         std::thread::scope(|s| {
             s.spawn(|| {
-                let Ok(d) = File::open(dest) else { return };
+                let Ok(d) = dest.root.as_fd().try_clone_to_owned() else {
+                    return;
+                };
+                let d = File::from(d);
                 while done_rx.recv_timeout(SYNC_EVERY)
                     == Err(crossbeam_channel::RecvTimeoutError::Timeout)
                 {
@@ -412,6 +478,14 @@ pub fn decrypt(
     } else {
         restore()
     };
+    // A stopped run says so once: files merely interrupted, or not started because the disk
+    // filled, are not failures (the same command restores them).
+    if cancel.load(Ordering::Relaxed) {
+        return Err(Error::Interrupted);
+    }
+    if full.load(Ordering::Relaxed) {
+        return Err(no_space(&opts.dest));
+    }
     let mut restored: HashSet<&[u8]> = HashSet::new();
     for (k, r) in results {
         let e = files[k];
@@ -419,29 +493,28 @@ pub fn decrypt(
             Ok(Restored::Written(bytes)) => {
                 report.files += 1;
                 report.bytes += bytes;
-                if e.linked {
-                    restored.insert(rel(e));
-                }
             }
             Ok(Restored::Present(bytes)) => {
                 report.files += 1;
                 report.bytes += bytes;
                 report.already_restored += 1;
             }
+            Ok(Restored::Skipped) => continue,
             Err(ObjectError::Cancelled) => return Err(Error::Interrupted),
             Err(ObjectError::Integrity(why) | ObjectError::Missing(why)) => {
                 progress.notice(&format!("FAILED {}: {why}", e.path.display()));
-                fail(&mut report, e, why, true)
-            }
-            Err(ObjectError::Io(err)) if err.is_no_space() => {
-                let why = "no space left on device; free some space, then run the same command again (files already restored are kept)";
-                progress.notice(&format!("failed {}: {why}", e.path.display()));
-                fail(&mut report, e, why.to_string(), false)
+                fail(&mut report, e, why, true);
+                continue;
             }
             Err(ObjectError::Io(err)) => {
                 progress.notice(&format!("failed {}: {err}", e.path.display()));
-                fail(&mut report, e, err.to_string(), false)
+                fail(&mut report, e, err.to_string(), false);
+                continue;
             }
+        }
+        // Written now or by an interrupted run: its hard links may be made to it.
+        if e.linked {
+            restored.insert(rel(e));
         }
     }
 
@@ -452,7 +525,6 @@ pub fn decrypt(
         if under_bad(rel(e)) {
             continue;
         }
-        let p = join(dest, rel(e));
         let made = match &e.kind {
             EntryKind::HardLink(t) => {
                 let t = t.clear().unwrap_or_default();
@@ -473,119 +545,267 @@ pub fn decrypt(
                     fail(&mut report, e, why, false);
                     continue;
                 }
-                make_room(&p, opts.overwrite).and_then(|()| {
-                    fs::hard_link(join(dest, from), &p)
-                        .map_err(|err| format!("{}: {err}", p.display()))
-                })
+                hard_link(&dest, from, rel(e), opts.overwrite)
             }
             EntryKind::Fifo | EntryKind::CharDev(_) | EntryKind::BlockDev(_) => {
-                make_room(&p, opts.overwrite).and_then(|()| {
-                    make_node(&p, &e.kind)
-                        .and_then(|()| settle(&p, e, opts.owners, xkey.as_ref()))
-                        .map_err(|err| node_error(&p, &e.kind, err))
-                })
+                special(&dest, e, opts, xkey.as_ref(), progress)
             }
             _ => continue,
         };
-        match (made, &e.kind) {
-            (Ok(()), EntryKind::HardLink(_)) => report.hardlinks += 1,
-            (Ok(()), _) => report.specials += 1,
-            (Err(why), _) => fail(&mut report, e, why, false),
+        match made {
+            Ok(present) => {
+                match &e.kind {
+                    EntryKind::HardLink(_) => report.hardlinks += 1,
+                    _ => report.specials += 1,
+                }
+                report.already_restored += u64::from(present);
+            }
+            Err(Refused::NoSpace) => return Err(no_space(&opts.dest)),
+            Err(Refused::Why(why)) => fail(&mut report, e, why, false),
         }
     }
 
     // Symlinks after files, so no file is ever written through a restored link.
     for &i in &chosen {
         let e = &entries[i];
-        let EntryKind::Symlink(target) = &e.kind else {
-            continue;
-        };
-        if under_bad(rel(e)) {
+        if !matches!(e.kind, EntryKind::Symlink(_)) || under_bad(rel(e)) {
             continue;
         }
-        let p = join(dest, rel(e));
-        if let Ok(md) = fs::symlink_metadata(&p) {
-            let t = OsStr::from_bytes(target.clear().unwrap_or_default());
-            if md.is_symlink() && fs::read_link(&p).is_ok_and(|l| l.as_os_str() == t) {
-                // Restored by an interrupted decrypt: the same link.
-                if set_mtime(&p, e, true).is_ok() {
-                    report.symlinks += 1;
-                    report.already_restored += 1;
-                    continue;
-                }
+        match symlink(&dest, e, opts, xkey.as_ref(), progress) {
+            Ok(present) => {
+                report.symlinks += 1;
+                report.already_restored += u64::from(present);
             }
-            if let Some(why) = in_the_way(&p, &md, opts.overwrite) {
-                fail(&mut report, e, why, false);
-                continue;
-            }
-            if let Err(err) = fs::remove_file(&p) {
-                fail(&mut report, e, format!("{}: {err}", p.display()), false);
-                continue;
-            }
-        }
-        let t = OsStr::from_bytes(target.clear().unwrap_or_default());
-        let owned = |p: &Path| match opts.owners.ids(e) {
-            Some(ids) => lchown(p, ids),
-            None => Ok(()),
-        };
-        let made = std::os::unix::fs::symlink(t, &p)
-            .and_then(|_| owned(&p))
-            .and_then(|_| set_mtime(&p, e, true));
-        match made {
-            Ok(()) => report.symlinks += 1,
-            Err(err) => fail(&mut report, e, format!("{}: {err}", p.display()), false),
+            Err(Refused::NoSpace) => return Err(no_space(&opts.dest)),
+            Err(Refused::Why(why)) => fail(&mut report, e, why, false),
         }
     }
 
-    // Directory modes and times last, deepest first (writing inside a directory changes them).
+    // Directory modes and times last, deepest first (writing inside a directory changes
+    // them), each on a handle of the directory the restore made or found.
     for &i in chosen.iter().rev() {
         let e = &entries[i];
         if !matches!(e.kind, EntryKind::Dir) || bad_dirs.contains(&rel(e)) {
             continue;
         }
-        let p = join(dest, rel(e));
-        if let Err(err) = settle(&p, e, opts.owners, xkey.as_ref()) {
-            fail(&mut report, e, format!("{}: {err}", p.display()), false);
+        let settled = dest.dir(rel(e)).and_then(|d| {
+            let chowned = match opts.owners.ids(e) {
+                Some(ids) => restore::set_owner(&*d, ids).map(|()| true)?,
+                None => false,
+            };
+            restore::set_mode(&*d, opts.owners.mode(e, chowned))?;
+            set_xattrs(e, xkey.as_ref(), true, |n, v| restore::set_xattr(&*d, n, v))?;
+            restore::set_times(&*d, e.mtime, e.mtime_nsec)
+        });
+        match settled {
+            Ok(()) => {}
+            Err(err) if is_no_space(&err) => return Err(no_space(&opts.dest)),
+            Err(err) => {
+                let why = format!("{}: {err}", dest.show(rel(e)).display());
+                fail(&mut report, e, why, false);
+            }
         }
     }
     // Durable once, not once per file: one syncfs of the destination's filesystem.
     if opts.sync {
-        crate::durable::sync_path(dest)?;
+        let d = dest.root.as_fd().try_clone_to_owned().at(&opts.dest)?;
+        crate::durable::syncfs(&File::from(d)).map_err(|err| {
+            if is_no_space(&err) {
+                no_space(&opts.dest)
+            } else {
+                Error::io(&opts.dest, err)
+            }
+        })?;
         report.synced = true;
     }
-    report.vault_bytes_read = ctx.read.load(std::sync::atomic::Ordering::Relaxed);
+    report.vault_bytes_read = ctx.read.load(Ordering::Relaxed);
     progress.finish();
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }
 
-/// Owner, then mode (a chown clears setuid bits), then times, of a created node or directory
-/// (never through a link: directories were checked to be real, nodes were just made).
-fn settle(p: &Path, e: &Entry, owners: Owners, xkey: Option<&NameKey>) -> std::io::Result<()> {
+/// Why a link or node was not made.
+enum Refused {
+    /// DEST is full: the run stops.
+    NoSpace,
+    Why(String),
+}
+
+impl Refused {
+    fn io(p: &Path, err: io::Error) -> Refused {
+        if is_no_space(&err) {
+            Refused::NoSpace
+        } else {
+            Refused::Why(format!("{}: {err}", p.display()))
+        }
+    }
+}
+
+/// Links `to` to the restored file `from`; `true` when it already was (a rerun after a
+/// decrypt that stopped between the two, docs/RESUME.md).
+fn hard_link(
+    dest: &Dest,
+    from: &[u8],
+    to: &[u8],
+    overwrite: bool,
+) -> std::result::Result<bool, Refused> {
+    let p = dest.show(to);
+    let io = |err| Refused::io(&p, err);
+    let (fdir, fname) = dest.parent(from).map_err(io)?;
+    let (tdir, tname) = dest.parent(to).map_err(io)?;
+    let file = fdir.stat_at(fname).map_err(io)?;
+    if let Ok(there) = tdir.stat_at(tname) {
+        if restore::ident(&there) == restore::ident(&file) {
+            return Ok(true);
+        }
+        make_room(&tdir, tname, &there, &p, overwrite)?;
+    }
+    fdir.hard_link(fname, &tdir, tname).map_err(io)?;
+    Ok(false)
+}
+
+/// Restores a FIFO or device node; `true` when one of its kind was already there (made by
+/// an interrupted decrypt): its owner, mode, attributes and times are set again.
+fn special(
+    dest: &Dest,
+    e: &Entry,
+    opts: &DecryptOptions,
+    xkey: Option<&NameKey>,
+    progress: &dyn Progress,
+) -> std::result::Result<bool, Refused> {
+    let p = dest.show(rel(e));
+    let io = |err| Refused::io(&p, err);
+    let kind = match e.kind {
+        EntryKind::CharDev(d) => NodeKind::CharDev(d),
+        EntryKind::BlockDev(d) => NodeKind::BlockDev(d),
+        _ => NodeKind::Fifo,
+    };
+    let (dir, name) = dest.parent(rel(e)).map_err(io)?;
+    let mut present = false;
+    if let Ok(there) = dir.stat_at(name) {
+        present = node_kind(&there) == Some(kind);
+        if !present {
+            make_room(&dir, name, &there, &p, opts.overwrite)?;
+        }
+    }
+    if !present {
+        dir.make_node(name, kind).map_err(|err| {
+            if err.raw_os_error() == Some(libc::EPERM) && kind != NodeKind::Fifo {
+                Refused::Why(format!(
+                    "{}: creating a device node needs root (run decrypt as root, or leave it out with --only)",
+                    p.display()
+                ))
+            } else {
+                io(err)
+            }
+        })?;
+    }
+    let node = dir.node(name).map_err(io)?;
+    if node_kind(node.stat()) != Some(kind) {
+        return Err(Refused::Why(format!(
+            "{} was replaced during the restore; not restored",
+            p.display()
+        )));
+    }
+    settle_node(&node, e, opts.owners, xkey, &p, progress).map_err(io)?;
+    Ok(present)
+}
+
+/// The node kind `st` describes, if it is a FIFO or device.
+#[allow(clippy::unnecessary_cast)] // st_mode and st_rdev differ in type between targets
+fn node_kind(st: &rustix::fs::Stat) -> Option<NodeKind> {
+    use rustix::fs::FileType;
+    match FileType::from_raw_mode(st.st_mode as _) {
+        FileType::Fifo => Some(NodeKind::Fifo),
+        FileType::CharacterDevice => Some(NodeKind::CharDev(st.st_rdev as u64)),
+        FileType::BlockDevice => Some(NodeKind::BlockDev(st.st_rdev as u64)),
+        _ => None,
+    }
+}
+
+/// Restores a symlink; `true` when the same link was already there (an interrupted
+/// decrypt): its owner, attributes and times are set again.
+fn symlink(
+    dest: &Dest,
+    e: &Entry,
+    opts: &DecryptOptions,
+    xkey: Option<&NameKey>,
+    progress: &dyn Progress,
+) -> std::result::Result<bool, Refused> {
+    let EntryKind::Symlink(target) = &e.kind else {
+        return Err(Refused::Why("not a symlink".into()));
+    };
+    let target = target.clear().unwrap_or_default();
+    let p = dest.show(rel(e));
+    let io = |err| Refused::io(&p, err);
+    let (dir, name) = dest.parent(rel(e)).map_err(io)?;
+    let mut present = false;
+    if let Ok(there) = dir.stat_at(name) {
+        present = dir.read_link(name).is_ok_and(|t| t == target);
+        if !present {
+            make_room(&dir, name, &there, &p, opts.overwrite)?;
+        }
+    }
+    if !present {
+        dir.symlink(target, name).map_err(io)?;
+    }
+    let node = dir.node(name).map_err(io)?;
+    if !node.is_symlink() {
+        return Err(Refused::Why(format!(
+            "{} was replaced during the restore; not restored",
+            p.display()
+        )));
+    }
+    settle_node(&node, e, opts.owners, xkey, &p, progress).map_err(io)?;
+    Ok(present)
+}
+
+/// Owner, then mode (a chown clears setuid bits), attributes, then times, of a symlink,
+/// FIFO or device node, on its own handle.
+fn settle_node(
+    n: &Node,
+    e: &Entry,
+    owners: Owners,
+    xkey: Option<&NameKey>,
+    p: &Path,
+    progress: &dyn Progress,
+) -> io::Result<()> {
     let chowned = match owners.ids(e) {
-        Some(ids) => lchown(p, ids).map(|()| true)?,
+        Some(ids) => n.set_owner(ids).map(|()| true)?,
         None => false,
     };
-    fs::set_permissions(p, fs::Permissions::from_mode(owners.mode(e, chowned)))?;
-    set_xattrs(e, xkey, |n, v| xattr::set(p, n, v))?;
-    set_mtime(p, e, false)
+    if !n.is_symlink() {
+        n.set_mode(owners.mode(e, chowned))?;
+    }
+    let skipped = set_xattrs(e, xkey, false, |name, v| n.set_xattr(name, v))?;
+    for name in skipped {
+        progress.notice(&format!(
+            "{}: extended attribute {} not restored (Linux allows user.* attributes only on files and directories)",
+            p.display(),
+            String::from_utf8_lossy(&name)
+        ));
+    }
+    n.set_times(e.mtime, e.mtime_nsec)
 }
 
 /// Sets an entry's extended attributes (after owner and mode: a chown drops file
-/// capabilities, and an ACL sets mode bits); `xkey` is `None` with `--no-xattrs`.
+/// capabilities, and an ACL sets mode bits); `xkey` is `None` with `--no-xattrs`. Returns
+/// the `user.*` names left out on a symlink or node (`user_ok` false), which Linux refuses.
 fn set_xattrs(
     e: &Entry,
     xkey: Option<&NameKey>,
-    set: impl Fn(&OsStr, &[u8]) -> std::io::Result<()>,
-) -> std::io::Result<()> {
-    let Some(nk) = xkey else { return Ok(()) };
+    user_ok: bool,
+    set: impl Fn(&OsStr, &[u8]) -> io::Result<()>,
+) -> io::Result<Vec<Vec<u8>>> {
+    let mut skipped = Vec::new();
+    let Some(nk) = xkey else { return Ok(skipped) };
     if e.xattrs == Xattrs::None {
-        return Ok(());
+        return Ok(skipped);
     }
     let list = e
         .xattrs
         .open(nk)
-        .map_err(|err| std::io::Error::other(err.to_string()))?;
+        .map_err(|err| io::Error::other(err.to_string()))?;
     // `trusted.*` and `security.*` (file capabilities, SELinux labels) are root's to set: an
     // unprivileged restore leaves them out, as it leaves ownership, rather than fail.
     let privileged = crate::owner::can_chown();
@@ -593,8 +813,12 @@ fn set_xattrs(
         if !privileged && (n.starts_with(b"trusted.") || n.starts_with(b"security.")) {
             continue;
         }
+        if !user_ok && n.starts_with(b"user.") {
+            skipped.push(n.clone());
+            continue;
+        }
         set(OsStr::from_bytes(n), v).map_err(|err| {
-            std::io::Error::new(
+            io::Error::new(
                 err.kind(),
                 format!(
                     "extended attribute {}: {err} (restore without them with --no-xattrs)",
@@ -603,25 +827,28 @@ fn set_xattrs(
             )
         })?;
     }
-    Ok(())
+    Ok(skipped)
 }
 
-/// Clears the way for a new name at `p`: nothing there, or (with `--overwrite`) a non-directory
-/// removed first.
-fn make_room(p: &Path, overwrite: bool) -> std::result::Result<(), String> {
-    let Ok(md) = fs::symlink_metadata(p) else {
-        return Ok(());
-    };
-    if let Some(why) = in_the_way(p, &md, overwrite) {
-        return Err(why);
+/// Clears the way for a new name `name` in `dir` where `there` describes what holds it:
+/// (with `--overwrite`) a non-directory is removed; otherwise the restore stops there.
+fn make_room(
+    dir: &Dir,
+    name: &[u8],
+    there: &rustix::fs::Stat,
+    p: &Path,
+    overwrite: bool,
+) -> std::result::Result<(), Refused> {
+    if let Some(why) = in_the_way(p, there, overwrite) {
+        return Err(Refused::Why(why));
     }
-    fs::remove_file(p).map_err(|err| format!("{}: {err}", p.display()))
+    dir.remove(name).map_err(|err| Refused::io(p, err))
 }
 
 /// Why an existing `p` stops a restore there: a directory never goes (`--overwrite` replaces
 /// files, links and nodes only), anything else without `--overwrite`.
-fn in_the_way(p: &Path, md: &fs::Metadata, overwrite: bool) -> Option<String> {
-    if md.is_dir() {
+fn in_the_way(p: &Path, there: &rustix::fs::Stat, overwrite: bool) -> Option<String> {
+    if is_dir(there) {
         return Some(format!(
             "{} is a directory in the way; move it away and run the same command again",
             p.display()
@@ -630,29 +857,9 @@ fn in_the_way(p: &Path, md: &fs::Metadata, overwrite: bool) -> Option<String> {
     (!overwrite).then(|| format!("{} exists (use --overwrite to replace it)", p.display()))
 }
 
-/// Creates a FIFO or device node (mode 0600 until [`settle`] sets the recorded one).
-fn make_node(p: &Path, kind: &EntryKind) -> std::io::Result<()> {
-    let (fmt, rdev) = match kind {
-        EntryKind::CharDev(d) => (libc::S_IFCHR, *d),
-        EntryKind::BlockDev(d) => (libc::S_IFBLK, *d),
-        _ => (libc::S_IFIFO, 0),
-    };
-    let c = std::ffi::CString::new(p.as_os_str().as_bytes())?;
-    // SAFETY: a valid NUL-terminated path; mknod creates a new node and never follows a link.
-    match unsafe { libc::mknod(c.as_ptr(), fmt | 0o600, rdev as libc::dev_t) } {
-        0 => Ok(()),
-        _ => Err(std::io::Error::last_os_error()),
-    }
-}
-
-fn node_error(p: &Path, kind: &EntryKind, err: std::io::Error) -> String {
-    if err.raw_os_error() == Some(libc::EPERM) && !matches!(kind, EntryKind::Fifo) {
-        return format!(
-            "{}: creating a device node needs root (run decrypt as root, or leave it out with --only)",
-            p.display()
-        );
-    }
-    format!("{}: {err}", p.display())
+#[allow(clippy::unnecessary_cast)] // st_mode differs in type between targets
+fn is_dir(st: &rustix::fs::Stat) -> bool {
+    rustix::fs::FileType::from_raw_mode(st.st_mode as _) == rustix::fs::FileType::Directory
 }
 
 const TMP_PREFIX: &str = ".envseal-";
@@ -673,35 +880,32 @@ fn tmp_name(tag: &str, random: &[u8; 8]) -> String {
 }
 
 /// Whether `name` is exactly of the form [`tmp_name`] makes for this vault.
-fn is_tmp_name(name: &OsStr, tag: &str) -> bool {
+fn is_tmp_name(name: &[u8], tag: &str) -> bool {
     let hexdigits = |h: &[u8]| h.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-    name.as_bytes()
-        .strip_prefix(TMP_PREFIX.as_bytes())
+    name.strip_prefix(TMP_PREFIX.as_bytes())
         .and_then(|r| r.strip_suffix(TMP_SUFFIX.as_bytes()))
         .and_then(|r| r.strip_prefix(tag.as_bytes()))
         .and_then(|r| r.strip_prefix(b"-"))
         .is_some_and(|h| h.len() == 16 && hexdigits(h))
 }
 
-/// Removes the temporary files a killed decrypt of this vault left in `dir` (plaintext,
-/// perhaps partial or unauthenticated): regular files whose names are exactly of our
-/// pattern with this vault's tag, nothing else. A decrypt running into the same directory at
-/// the same time would lose its file (and report that file failed); restoring one place
+/// Removes the temporary files a killed decrypt of this vault left in the directory `rel`
+/// (plaintext, perhaps partial or unauthenticated): regular files whose names are exactly of
+/// our pattern with this vault's tag, nothing else. A decrypt running into the same directory
+/// at the same time would lose its file (and report that file failed); restoring one place
 /// twice at once is not supported anyway.
-fn remove_stale_tmp(dir: &Path, tag: &str) {
-    let Ok(entries) = fs::read_dir(dir) else {
+fn remove_stale_tmp(dest: &Dest, rel: &[u8], tag: &str) {
+    let Ok(dir) = dest.dir(rel) else {
         return; // Nothing to clean; writing there will report the error.
     };
-    for d in entries.flatten() {
-        if is_tmp_name(&d.file_name(), tag) && d.file_type().is_ok_and(|t| t.is_file()) {
-            match fs::remove_file(d.path()) {
-                Ok(()) => log::info!(
-                    "removed {}, left by an interrupted decrypt",
-                    d.path().display()
-                ),
-                Err(e) => log::warn!("{}: {e}", d.path().display()),
+    match dir.remove_files(|n| is_tmp_name(n, tag)) {
+        Ok(names) => {
+            for n in names {
+                let p = dest.show(rel).join(OsStr::from_bytes(&n));
+                log::info!("removed {}, left by an interrupted decrypt", p.display());
             }
         }
+        Err(err) => log::warn!("{}: {err}", dest.show(rel).display()),
     }
 }
 
@@ -710,34 +914,33 @@ enum Restored {
     Written(u64),
     /// Already in place from an interrupted decrypt (docs/RESUME.md): left as it is.
     Present(u64),
+    /// Not started: the run is stopping (DEST is full).
+    Skipped,
 }
 
-/// Whether `target` is this entry's file as a decrypt restores it: a regular file (not a
-/// link) with the entry's size, mode and mtime (to the nanosecond), whose content has the
-/// entry's keyed plaintext digest.
+/// Whether `name` in `dir` (described by `there`) is this entry's file as a decrypt restores
+/// it: a regular file (not a link) with the entry's size, mode and mtime (to the
+/// nanosecond), whose content has the entry's keyed plaintext digest.
+#[allow(clippy::unnecessary_cast)] // Stat's field types differ between targets
 fn already_restored(
-    ctx: &RecordCtx,
+    s: &Shared,
     f: &crate::manifest::FileEntry,
-    key: &crate::crypto::BatchKey,
     e: &Entry,
-    target: &Path,
-    cancel: &AtomicBool,
+    dir: &Dir,
+    name: &[u8],
+    there: &rustix::fs::Stat,
 ) -> std::result::Result<bool, ObjectError> {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(md) = fs::symlink_metadata(target) else {
-        return Ok(false);
-    };
-    if !md.is_file()
-        || md.len() != f.file_len()
-        || md.mode() & 0o7777 != e.mode
-        || (md.mtime(), md.mtime_nsec()) != (e.mtime, i64::from(e.mtime_nsec))
+    if rustix::fs::FileType::from_raw_mode(there.st_mode as _) != rustix::fs::FileType::RegularFile
+        || there.st_size as u64 != f.file_len()
+        || there.st_mode as u32 & 0o7777 != e.mode
+        || (there.st_mtime as i64, there.st_mtime_nsec as u64) != (e.mtime, u64::from(e.mtime_nsec))
     {
         return Ok(false);
     }
-    let Ok(file) = crate::vault::open_regular(target) else {
+    let Ok(Some(file)) = dir.open_regular(name) else {
         return Ok(false);
     };
-    crate::object::plaintext_matches(ctx, f, key, &file, cancel)
+    crate::object::plaintext_matches(s.ctx, f, &s.keys[f.batch as usize], &file, s.cancel)
 }
 
 /// How often a durable decrypt starts writing back what it restored (see `decrypt`).
@@ -747,6 +950,7 @@ const SYNC_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 #[derive(Clone, Copy)]
 struct Shared<'a> {
     opts: &'a DecryptOptions,
+    dest: &'a Dest,
     ctx: &'a RecordCtx<'a>,
     keys: &'a [crate::crypto::BatchKey],
     /// Batch 0's name key, which seals extended attributes; `None` with `--no-xattrs`.
@@ -755,31 +959,51 @@ struct Shared<'a> {
     tag: &'a str,
     progress: &'a dyn Progress,
     cancel: &'a AtomicBool,
+    /// Raised by the first file that finds DEST full: the files not yet started are skipped.
+    full: &'a AtomicBool,
 }
 
-/// Decrypts one file into a temporary name and renames it into place.
+/// Restores one file, unless the run is stopping.
 fn restore_file(s: &Shared, e: &Entry) -> std::result::Result<Restored, ObjectError> {
+    if s.cancel.load(Ordering::Relaxed) {
+        return Err(ObjectError::Cancelled);
+    }
+    if s.full.load(Ordering::Relaxed) {
+        return Ok(Restored::Skipped);
+    }
+    let r = restore_one(s, e);
+    if matches!(&r, Err(ObjectError::Io(err)) if err.is_no_space()) {
+        s.full.store(true, Ordering::Relaxed);
+    }
+    r
+}
+
+/// Decrypts one file into a file without a name (or a temporary name) in its directory and
+/// gives it its name only after every check passed.
+fn restore_one(s: &Shared, e: &Entry) -> std::result::Result<Restored, ObjectError> {
     let Shared {
         opts,
+        dest,
         ctx,
         keys,
         xkey,
         tag,
         progress,
         cancel,
+        ..
     } = *s;
-    let io = |p: &Path, err: std::io::Error| ObjectError::Io(Error::io(p, err));
     let f = e
         .file()
         .ok_or_else(|| ObjectError::Integrity("not a file".into()))?;
-    let target = join(&opts.dest, rel(e));
-    if let Ok(md) = fs::symlink_metadata(&target) {
-        let key = &keys[f.batch as usize];
-        if already_restored(ctx, f, key, e, &target, cancel)? {
+    let target = dest.show(rel(e));
+    let io = |err: io::Error| ObjectError::Io(Error::io(&target, err));
+    let (dir, name) = dest.parent(rel(e)).map_err(io)?;
+    if let Ok(there) = dir.stat_at(name) {
+        if already_restored(s, f, e, &dir, name, &there)? {
             progress.bytes(f.size);
             return Ok(Restored::Present(f.size));
         }
-        if md.is_dir() {
+        if is_dir(&there) {
             return Err(ObjectError::Io(Error::Runtime(format!(
                 "{} is a directory in the way of a file; move it away and run the same command again",
                 target.display()
@@ -792,40 +1016,22 @@ fn restore_file(s: &Shared, e: &Entry) -> std::result::Result<Restored, ObjectEr
             ))));
         }
     }
-    let dir = target.parent().unwrap_or(&opts.dest);
     // An unnamed file in the target's directory (O_TMPFILE): plaintext is never visible under
     // any name before it is authenticated, and a killed decrypt leaves nothing behind. Where
     // the filesystem has no O_TMPFILE, a named temporary file instead.
-    let (out, tmp) = match OpenOptions::new()
-        .write(true)
-        .mode(0o600)
-        .custom_flags(libc::O_TMPFILE)
-        .open(dir)
-    {
-        Ok(f) => (f, None),
-        Err(err)
-            if matches!(
-                err.raw_os_error(),
-                Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)
-            ) =>
-        {
-            let suffix: [u8; 8] = crate::format::random().map_err(|err| io(dir, err))?;
-            let tmp = dir.join(tmp_name(tag, &suffix));
-            let f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(|err| io(&tmp, err))?;
-            (f, Some(tmp))
+    let (out, tmp) = match dir.tmpfile().map_err(io)? {
+        Some(out) => (out, None),
+        None => {
+            let suffix: [u8; 8] = crate::format::random().map_err(io)?;
+            let tmp = tmp_name(tag, &suffix);
+            (dir.create_new(tmp.as_bytes()).map_err(io)?, Some(tmp))
         }
-        Err(err) => return Err(io(dir, err)),
     };
     let result = (|| {
         // Every stored byte is written, so a file without gaps reaches its length without a
         // truncate; one with gaps gets its length (holes) and zero extents first (§6.4).
         if let Some(sp) = &f.sparse {
-            crate::sparse::lay_out(&out, sp).map_err(|err| io(&target, err))?;
+            crate::sparse::lay_out(&out, sp).map_err(io)?;
         }
         open_record(
             ctx,
@@ -836,29 +1042,24 @@ fn restore_file(s: &Shared, e: &Entry) -> std::result::Result<Restored, ObjectEr
             cancel,
         )?;
         let chowned = match opts.owners.ids(e) {
-            Some((uid, gid)) => {
-                std::os::unix::fs::fchown(&out, Some(uid), Some(gid))
-                    .map_err(|err| io(&target, err))?;
+            Some(ids) => {
+                restore::set_owner(&out, ids).map_err(io)?;
                 true
             }
             None => false,
         };
-        out.set_permissions(fs::Permissions::from_mode(opts.owners.mode(e, chowned)))
-            .map_err(|err| io(&target, err))?;
-        set_xattrs(e, xkey, |n, v| xattr::FileExt::set_xattr(&out, n, v))
-            .map_err(|err| io(&target, err))?;
-        let t = filetime::FileTime::from_unix_time(e.mtime, e.mtime_nsec);
-        filetime::set_file_handle_times(&out, Some(t), Some(t)).map_err(|err| io(&target, err))?;
+        restore::set_mode(&out, opts.owners.mode(e, chowned)).map_err(io)?;
+        set_xattrs(e, xkey, true, |n, v| restore::set_xattr(&out, n, v)).map_err(io)?;
+        restore::set_times(&out, e.mtime, e.mtime_nsec).map_err(io)?;
         check_time_kept(&out, e, &target)?;
         match &tmp {
-            Some(tmp) => fs::rename(tmp, &target).map_err(|err| io(&target, err)),
-            None => link_into_place(&out, dir, &target, opts.overwrite, tag)
-                .map_err(|err| io(&target, err)),
+            Some(tmp) => dir.rename_in(tmp.as_bytes(), name).map_err(io),
+            None => link_into_place(&out, &dir, name, opts.overwrite, tag).map_err(io),
         }
     })();
     if let (Err(_), Some(tmp)) = (&result, &tmp) {
         // The temporary file holds unauthenticated or partial plaintext: never leave it.
-        let _ = fs::remove_file(tmp);
+        let _ = dir.remove(tmp.as_bytes());
     }
     result.map(|_| Restored::Written(f.size))
 }
@@ -882,47 +1083,26 @@ fn check_time_kept(out: &File, e: &Entry, target: &Path) -> std::result::Result<
     Ok(())
 }
 
-/// Gives an unnamed (O_TMPFILE) file its name. `linkat` never replaces an existing name
-/// (nor follows a symlink there); with `--overwrite` the file is linked under a temporary
-/// name and renamed over the target.
+/// Gives an unnamed (O_TMPFILE) file its name in `dir`. `linkat` never replaces an existing
+/// name (nor follows a symlink there); with `--overwrite` the file is linked under a
+/// temporary name and renamed over the target.
 fn link_into_place(
     out: &File,
-    dir: &Path,
-    target: &Path,
+    dir: &Dir,
+    name: &[u8],
     overwrite: bool,
     tag: &str,
-) -> std::io::Result<()> {
-    use std::ffi::CString;
-    use std::os::unix::io::AsRawFd;
-    let from = CString::new(format!("/proc/self/fd/{}", out.as_raw_fd()))?;
-    let link = |to: &Path| -> std::io::Result<()> {
-        let to = CString::new(to.as_os_str().as_bytes())?;
-        // SAFETY: both paths are valid NUL-terminated strings for the duration of the call.
-        let r = unsafe {
-            libc::linkat(
-                libc::AT_FDCWD,
-                from.as_ptr(),
-                libc::AT_FDCWD,
-                to.as_ptr(),
-                libc::AT_SYMLINK_FOLLOW,
-            )
-        };
-        if r == 0 {
-            Ok(())
-        } else {
-            Err(std::io::Error::last_os_error())
-        }
-    };
-    match link(target) {
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && overwrite => {
+) -> io::Result<()> {
+    match dir.link_unnamed(out, name) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && overwrite => {
             let suffix: [u8; 8] = crate::format::random()?;
-            let tmp = dir.join(tmp_name(tag, &suffix));
-            link(&tmp)?;
-            fs::rename(&tmp, target).inspect_err(|_| {
-                let _ = fs::remove_file(&tmp);
+            let tmp = tmp_name(tag, &suffix);
+            dir.link_unnamed(out, tmp.as_bytes())?;
+            dir.rename_in(tmp.as_bytes(), name).inspect_err(|_| {
+                let _ = dir.remove(tmp.as_bytes());
             })
         }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(std::io::Error::new(
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(io::Error::new(
             e.kind(),
             "exists (use --overwrite to replace it)",
         )),
@@ -966,16 +1146,45 @@ mod tests {
     fn tmp_names_are_recognised() {
         let tag = tmp_tag(&[0x5a; 16]);
         for r in [[0u8; 8], [0xab; 8], [0x9f; 8]] {
-            assert!(is_tmp_name(OsStr::new(&tmp_name(&tag, &r)), &tag));
+            assert!(is_tmp_name(tmp_name(&tag, &r).as_bytes(), &tag));
             // Another vault's, and a user's file of the old pattern, are not ours.
             assert!(!is_tmp_name(
-                OsStr::new(&tmp_name(&tmp_tag(&[1; 16]), &r)),
+                tmp_name(&tmp_tag(&[1; 16]), &r).as_bytes(),
                 &tag
             ));
             let old = format!(".envseal-{}.tmp", hex::encode(r));
-            assert!(!is_tmp_name(OsStr::new(&old), &tag));
+            assert!(!is_tmp_name(old.as_bytes(), &tag));
         }
-        assert!(!is_tmp_name(OsStr::new(".envseal-00.tmp"), &tag));
+        assert!(!is_tmp_name(b".envseal-00.tmp", &tag));
+    }
+
+    /// `user.*` attributes of a symlink or node (which Linux refuses there) are left out and
+    /// named, never dropped silently; the others are set.
+    #[test]
+    fn user_xattrs_of_links_and_nodes_are_named_not_dropped() {
+        let key = crate::kms::DataKey::from_bytes(&[7u8; 32]).unwrap();
+        let nk = crate::crypto::BatchKey::new(key, [1; 16], [2; 16]).name_key();
+        let mut e = entry("l", false);
+        e.xattrs = Xattrs::Clear(vec![
+            (b"trusted.a".to_vec(), b"1".to_vec()),
+            (b"user.b".to_vec(), b"2".to_vec()),
+        ]);
+        let set = std::cell::RefCell::new(Vec::new());
+        let record = |n: &OsStr, _: &[u8]| {
+            set.borrow_mut().push(n.as_bytes().to_vec());
+            Ok(())
+        };
+        let skipped = set_xattrs(&e, Some(&nk), false, record).unwrap();
+        assert_eq!(skipped, [b"user.b".to_vec()]);
+        let trusted: Vec<Vec<u8>> = match crate::owner::can_chown() {
+            true => vec![b"trusted.a".to_vec()],
+            false => vec![],
+        };
+        assert_eq!(*set.borrow(), trusted);
+        set.borrow_mut().clear();
+        assert!(set_xattrs(&e, Some(&nk), true, record).unwrap().is_empty());
+        assert_eq!(set.borrow().last(), Some(&b"user.b".to_vec()));
+        assert!(set_xattrs(&e, None, false, record).unwrap().is_empty());
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` where the kernel has it (5.6+),
 //! else one component at a time with `O_NOFOLLOW`.
 
+pub mod restore;
 pub mod walk;
 
 use std::ffi::OsStr;

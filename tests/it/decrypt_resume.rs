@@ -200,7 +200,7 @@ fn a_running_encrypt_cannot_dump_core() {
     assert!(!st.core_dumped(), "a core was dumped");
 }
 
-/// Directory modes and times are set last, after their contents, by name: an unprivileged
+/// Directory modes and times are set last, after their contents, on handles: an unprivileged
 /// restore of 0311 and 000 directories succeeds, keeps their mtimes, and a rerun (the
 /// directories already at their final modes) succeeds too. Needs root to switch to `nobody`
 /// (skipped with a notice otherwise).
@@ -266,4 +266,200 @@ fn unprivileged_restore_of_0311_and_000_directories() {
         fs::read(dest.join("src/z/g")).unwrap(),
         fs::read(src.join("z/g")).unwrap()
     );
+}
+
+/// A small tree with hard links (across directories and within one), a symlink, and modes
+/// and mtimes on its directories.
+fn linked_tree(root: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let src = root.join("src");
+    for i in 0..6u64 {
+        gen_file(&src.join(format!("a/f{i}")), 3000 + i * 4099, i);
+    }
+    gen_file(&src.join("a/h"), 70_000, 40);
+    fs::create_dir_all(src.join("b/c")).unwrap();
+    fs::hard_link(src.join("a/h"), src.join("b/c/h-link")).unwrap();
+    fs::hard_link(src.join("a/h"), src.join("a/h-twin")).unwrap();
+    gen_file(&src.join("b/g"), 5000, 41);
+    fs::hard_link(src.join("b/g"), src.join("g-link")).unwrap();
+    std::os::unix::fs::symlink("../a/f1", src.join("b/l")).unwrap();
+    for (d, mode) in [("b/c", 0o750), ("b", 0o755), ("a", 0o700)] {
+        fs::set_permissions(src.join(d), fs::Permissions::from_mode(mode)).unwrap();
+        common::tree::set_mtime(&src.join(d), 1_200_000_000 + mode as i64, 9);
+    }
+    src
+}
+
+/// The restored hard links are links again (one inode per linked group).
+fn assert_linked(out: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let ino = |p: &str| fs::symlink_metadata(out.join(p)).unwrap().ino();
+    assert_eq!(ino("a/h"), ino("b/c/h-link"), "a/h and b/c/h-link");
+    assert_eq!(ino("a/h"), ino("a/h-twin"), "a/h and a/h-twin");
+    assert_eq!(ino("b/g"), ino("g-link"), "b/g and g-link");
+}
+
+/// A decrypt that stopped between a file and its hard links: the same command links them to
+/// the file already restored, exits 0, and the tree is whole; on a complete restore it
+/// exits 0 too (every link already in place).
+#[test]
+fn hard_links_finish_on_rerun() {
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("home");
+    let src = linked_tree(t.path());
+    let vault = t.path().join("vault");
+    ok(envseal(&home)
+        .args(["encrypt", "-q", "-o"])
+        .arg(&vault)
+        .arg(&src));
+    let dest = t.path().join("out");
+    let decrypt = || {
+        let mut c = envseal(&home);
+        c.args(["decrypt", "-q", "-o"]).arg(&dest).arg(&vault);
+        c
+    };
+    ok(&mut decrypt());
+    // Complete: the same command finds everything in place.
+    ok(&mut decrypt());
+    assert_same_tree(&src, &dest.join("src"));
+    assert_linked(&dest.join("src"));
+    // Stopped before the links were made.
+    for l in ["b/c/h-link", "a/h-twin", "g-link"] {
+        fs::remove_file(dest.join("src").join(l)).unwrap();
+    }
+    let o = decrypt().output().unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_same_tree(&src, &dest.join("src"));
+    assert_linked(&dest.join("src"));
+    // A name in a link's place that is another file is still refused (not taken for it).
+    let l = dest.join("src/g-link");
+    fs::remove_file(&l).unwrap();
+    fs::copy(dest.join("src/b/g"), &l).unwrap();
+    let o = decrypt().output().unwrap();
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert!(stderr(&o).contains("g-link"), "{}", stderr(&o));
+}
+
+/// SIGKILL injected (strace) at the Nth call of each system call a restore makes (creating,
+/// linking, naming, setting modes, owners, times and attributes, syncing), on any thread: the
+/// same command then exits 0 and the tree is identical, hard links included.
+#[test]
+fn kill_injected_at_each_restore_syscall_every_rerun_finishes() {
+    if Command::new("strace").arg("-V").output().is_err() {
+        eprintln!("NOTICE: strace is not installed; skipping the fault-injection test");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("home");
+    let src = linked_tree(t.path());
+    let vault = t.path().join("vault");
+    ok(envseal(&home)
+        .args(["encrypt", "-q", "-o"])
+        .arg(&vault)
+        .arg(&src));
+    // strace counts calls per thread: with `-j 1` the files are restored on one worker
+    // (8 files: 8 each of linkat, fchmod, fchown, utimensat; ~22 openat2), the directories,
+    // links and symlink on the main thread, after them. Into an empty DEST:
+    let fresh: &[(&str, &[u32])] = &[
+        ("mkdir", &[1, 2]),
+        ("mkdirat", &[1, 2, 3, 4]),
+        ("openat", &[2, 5, 8, 11, 14, 17, 20]),
+        ("openat2", &[1, 4, 7, 10, 13, 16, 19, 22]),
+        ("newfstatat", &[1, 3, 5, 7, 9, 11, 14]),
+        ("pwrite64", &[1, 4, 8]),
+        ("fchown", &[1, 4, 8]),
+        ("fchmod", &[1, 3, 5, 8]),
+        ("utimensat", &[1, 3, 5, 8]),
+        ("linkat", &[1, 2, 3, 4, 5, 6, 7, 8]),
+        ("symlinkat", &[1]),
+        ("fchownat", &[1]),
+        ("syncfs", &[1]),
+    ];
+    // Into a DEST whose files are restored but whose hard links and symlink are not (a
+    // decrypt stopped between them): the worker then makes no linkat, so these reach the
+    // main thread's links, symlink, and directory modes and times.
+    let links: &[(&str, &[u32])] = &[
+        ("linkat", &[1, 2, 3]),
+        ("symlinkat", &[1]),
+        ("fchownat", &[1]),
+        ("utimensat", &[1, 2, 3, 4, 5]),
+        ("fchmod", &[1, 2, 3, 4]),
+        ("fchown", &[1, 3]),
+    ];
+    let decrypt = |dest: &Path| {
+        let o = envseal(&home)
+            .args(["decrypt", "-q", "-o"])
+            .arg(dest)
+            .arg(&vault)
+            .output()
+            .unwrap();
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+    };
+    let mut injected = 0;
+    for (phase, plan) in [("fresh", fresh), ("links", links)] {
+        for (sc, ns) in plan {
+            for n in *ns {
+                let dest = t.path().join(format!("out-{phase}-{sc}-{n}"));
+                if phase == "links" {
+                    decrypt(&dest);
+                    for l in ["src/b/c/h-link", "src/a/h-twin", "src/g-link", "src/b/l"] {
+                        fs::remove_file(dest.join(l)).unwrap();
+                    }
+                }
+                let o = Command::new("strace")
+                    .args(["-f", "-qq", "-o", "/dev/null", "-e"])
+                    .arg(format!("inject={sc}:signal=KILL:when={n}"))
+                    .arg(env!("CARGO_BIN_EXE_envseal"))
+                    .args(["decrypt", "-q", "-j", "1", "-o"])
+                    .arg(&dest)
+                    .arg(&vault)
+                    .env("ENVSEAL_HOME", &home)
+                    .env_remove("ENVSEAL_KMS")
+                    .env_remove("ENVSEAL_PASSPHRASE")
+                    .output()
+                    .unwrap();
+                let killed = !o.status.success();
+                injected += usize::from(killed);
+                let case = format!("{phase}: SIGKILL at {sc} #{n} (killed: {killed})");
+                let o = envseal(&home)
+                    .args(["decrypt", "-q", "-o"])
+                    .arg(&dest)
+                    .arg(&vault)
+                    .output()
+                    .unwrap();
+                assert_eq!(code(&o), 0, "{case}: rerun: {}", stderr(&o));
+                assert_same_tree(&src, &dest.join("src"));
+                assert_linked(&dest.join("src"));
+                fs::remove_dir_all(&dest).unwrap();
+            }
+        }
+    }
+    eprintln!("{injected} injected kills");
+    assert!(injected >= 65, "only {injected} injections killed a run");
+}
+
+/// Ctrl-C says once that the run was interrupted and how to resume; files merely
+/// interrupted are not reported as failed.
+#[test]
+fn ctrl_c_reports_no_file_as_failed() {
+    let fx = fixture();
+    let dest = fx.t.path().join("out");
+    let mut child = envseal(&fx.home)
+        .args(["decrypt", "-j", "2", "-o"])
+        .arg(&dest)
+        .arg(&fx.vault)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_files(&mut child, &dest, 200);
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let o = child.wait_with_output().unwrap();
+    let e = stderr(&o);
+    assert_eq!(code(&o), 130, "{e}");
+    assert!(e.contains("run the same command again"), "{e}");
+    assert!(!e.to_lowercase().contains("failed"), "{e}");
+    ok(&mut fx.decrypt(&dest));
+    assert_same_tree(&fx.src, &dest.join("src"));
 }

@@ -28,6 +28,7 @@ mod lock;
 mod packs;
 mod pipeline;
 mod progress_totals;
+mod races_dest;
 mod races_src;
 mod review;
 mod rewrap;
