@@ -449,7 +449,7 @@ pub fn decrypt_cmd(mut a: DecryptArgs, cancel: &AtomicBool) -> anyhow::Result<i3
         return to_device_cmd(a, cancel);
     };
     check_output_dir("-o", &output)?;
-    if super::messages::resolved(&output).starts_with(super::messages::resolved(&a.vault)) {
+    if envseal::encrypt::resolved(&output).starts_with(envseal::encrypt::resolved(&a.vault)) {
         return Err(usage(
             format!(
                 "-o {}: inside the vault {}; restored files there would become part of it (verify would report them)",
