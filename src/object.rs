@@ -274,9 +274,10 @@ pub fn open_record(
 ) -> Result<(), ObjectError> {
     let seg = ctx.header.segment_size;
     // A restore keeps PIPELINE_BUFFERS windows in flight: smaller ones, the same memory.
-    let windows = match out {
-        Some(_) => Windows::within(f.size, seg, ctx.jobs, PIPELINE_WINDOW_BYTES),
-        None => Windows::new(f.size, seg, ctx.jobs),
+    let pipelined = out.is_some() && f.size >= PIPELINE_MIN_BYTES;
+    let windows = match pipelined {
+        true => Windows::within(f.size, seg, ctx.jobs, PIPELINE_WINDOW_BYTES),
+        false => Windows::new(f.size, seg, ctx.jobs),
     };
     // A restore relies on the tags and `pt`: once every tag verifies under the committed keys
     // of a header the authenticated entry names (its salt), `ct` adds nothing, and costs a
@@ -291,7 +292,7 @@ pub fn open_record(
     });
     let keys = record_keys(ctx, f, key)?;
     let sink = match sink {
-        Some(sink) if windows.remaining() > 1 => sink,
+        Some(sink) if pipelined => sink,
         sink => {
             // One window, or nothing to write: read, open and hand over in this thread.
             let spare = std::cell::Cell::new(Some(windows.buffer()));
@@ -369,6 +370,12 @@ const PIPELINE_BUFFERS: usize = 3;
 /// A pipelined restore's window: its three buffers hold about what `verify --deep`'s one
 /// does (docs/PERFORMANCE.md "Decrypt").
 const PIPELINE_WINDOW_BYTES: usize = 12 << 20;
+
+/// Files from this size on restore as three stages. A smaller one is read, opened and written
+/// in one thread: files restored side by side already overlap each other's stages, and two
+/// more threads per mid-sized file cost a tree of them about a tenth (paired runs,
+/// docs/PERFORMANCE.md "Decrypt").
+const PIPELINE_MIN_BYTES: u64 = 64 << 20;
 
 /// Reads window `w` of `f`'s record (its segments and tags, after the header) into `buf`.
 fn read_window(

@@ -486,3 +486,35 @@ fn extra_object_is_reported_by_verify() {
     // The intact vault still verifies clean (so the report above is about the stray file).
     ok(envseal(&b.home).arg("verify").arg(&b.vault));
 }
+
+/// A file large enough for the three-stage restore (reader, openers, writer: 64 MiB and
+/// more) with one flipped byte in a late window: decrypt exits 3 and leaves no file, and the
+/// intact vault restores byte for byte.
+#[test]
+fn a_late_segment_of_a_pipelined_restore_fails_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let src = dir.path().join("src");
+    let big = src.join("big.img");
+    gen_file(&big, (72 << 20) + 123, 7);
+    let vault = dir.path().join("vault");
+    common::tree::encrypt_ok(&home, &src, &vault, &[]);
+    let out = dir.path().join("out");
+    common::tree::decrypt_ok(&home, &vault, &out, &["--no-sync"]);
+    assert!(fs::read(&big).unwrap() == fs::read(out.join("src/big.img")).unwrap());
+
+    let (obj, _) = common::tree::objects_by_path(&vault)["src/big.img"].clone();
+    flip_byte(&vault.join(&obj), 70 << 20);
+    let bad = dir.path().join("bad");
+    let o = envseal(&home)
+        .args(["decrypt", "-q", "--no-sync"])
+        .arg(&vault)
+        .arg("-o")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    assert!(stderr(&o).contains("fails authentication"), "{}", stderr(&o));
+    assert!(!bad.join("src/big.img").exists());
+    assert!(temp_files(&bad).is_empty());
+}
