@@ -217,20 +217,12 @@ struct Dest {
     path: PathBuf,
     root: Dir,
     dirs: HashMap<Vec<u8>, Ident>,
-    /// Handles of directories opened (and their identity checked) recently, so that the
-    /// files of one directory share one `openat2` and `fstat` instead of one each: at most
-    /// [`OPEN_DIRS`]. A handle stays on the directory the restore made or checked, wherever
-    /// it is moved later, as the handle of a file in flight does.
-    open: std::sync::Mutex<HashMap<Vec<u8>, std::sync::Arc<Dir>>>,
 }
-
-/// Directory handles a restore keeps open (see `Dest::open`).
-const OPEN_DIRS: usize = 64;
 
 /// A directory handle that is either DEST's own or one opened below it.
 enum At<'a> {
     Root(&'a Dir),
-    Sub(std::sync::Arc<Dir>),
+    Sub(Dir),
 }
 
 impl std::ops::Deref for At<'_> {
@@ -254,15 +246,6 @@ impl Dest {
         if rel.is_empty() {
             return Ok(At::Root(&self.root));
         }
-        let cached = self
-            .open
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(rel)
-            .cloned();
-        if let Some(d) = cached {
-            return Ok(At::Sub(d));
-        }
         let d = self.root.dir(rel).map_err(|err| match err.raw_os_error() {
             Some(libc::ELOOP) => io::Error::other(
                 "a symlink is in the way (a directory replaced by a link?); not followed",
@@ -273,17 +256,7 @@ impl Dest {
             Some(&id) if d.ident()? != id => Err(io::Error::other(
                 "the directory was replaced during the restore; not written into",
             )),
-            None => Ok(At::Sub(std::sync::Arc::new(d))),
-            // Only a handle whose identity was checked is kept.
-            Some(_) => {
-                let d = std::sync::Arc::new(d);
-                let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-                if open.len() >= OPEN_DIRS {
-                    open.clear();
-                }
-                open.insert(rel.to_vec(), std::sync::Arc::clone(&d));
-                Ok(At::Sub(d))
-            }
+            _ => Ok(At::Sub(d)),
         }
     }
 
@@ -353,7 +326,6 @@ pub fn decrypt(
         path: opts.dest.clone(),
         root: Dir::open(&opts.dest).at(&opts.dest)?,
         dirs: HashMap::new(),
-        open: Default::default(),
     };
     let mut report = DecryptReport::default();
     let mut bad_dirs: HashSet<&[u8]> = HashSet::new();
