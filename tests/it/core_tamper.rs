@@ -514,7 +514,11 @@ fn a_late_segment_of_a_pipelined_restore_fails_alone() {
         .output()
         .unwrap();
     assert_eq!(code(&o), 3, "{}", stderr(&o));
-    assert!(stderr(&o).contains("fails authentication"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("fails authentication"),
+        "{}",
+        stderr(&o)
+    );
     assert!(!bad.join("src/big.img").exists());
     assert!(temp_files(&bad).is_empty());
 }
