@@ -586,6 +586,17 @@ def groups_for(case, src, r, have_age):
             wd.remove("run/dec")
         wd.remove("run/vault")
 
+    def base_group():
+        # ENVSEAL_BASE: an earlier build beside this one in the same run (before/after).
+        B = os.environ["ENVSEAL_BASE"]
+        r.timed("base encrypt --no-sync", [B, "encrypt", "--no-sync", src, "-o", "run/vault.b", "-q"])
+        r.timed("base decrypt --no-sync",
+                [B, "decrypt", "--no-sync", "run/vault.b", "-o", "run/dec.b", "-q"])
+        wd.remove("run/dec.b")
+        wd.remove("run/vault.b")
+
+    with_base = [base_group] if os.environ.get("ENVSEAL_BASE") else []
+
     def envseal_nosync_group():
         # Like for like with plain cp: the same runs without the syncs (--no-sync).
         r.timed("envseal encrypt --no-sync",
@@ -637,7 +648,8 @@ def groups_for(case, src, r, have_age):
             wd.remove("run/age.out")
             wd.remove("run/img.age")
 
-        G = [cp_group, envseal_group, envseal_nosync_group] + ([age_group] if have_age else [])
+        G = [cp_group, envseal_group, envseal_nosync_group] + with_base + (
+            [age_group] if have_age else [])
     elif case == "pairs":
         # Decrypt against encrypt and cp on the dense image, no sync on any side. Each command
         # removes its own previous output just before it runs (untimed), so that no command
@@ -688,7 +700,7 @@ def groups_for(case, src, r, have_age):
             wd.remove("run/age.x")
             wd.remove("run/c.tar.age")
 
-        G = [cp_group, envseal_group, envseal_nosync_group, tar_group] + (
+        G = [cp_group, envseal_group, envseal_nosync_group, tar_group] + with_base + (
             [age_group] if have_age else [])
     else:
         G = [envseal_group]

@@ -25,6 +25,8 @@
 #   BENCH_HOLD_PAGES  "1" (root, on a VM with virtio-balloon free page reporting): hold the
 #                reporting back for the run and restore it after, so that a command's time
 #                does not depend on how long ago the previous one freed memory
+#   ENVSEAL_BASE an earlier envseal binary: its encrypt/decrypt --no-sync run beside this one's
+#                in the image, tree and tiny cases (rows "base ..."), before/after in one run
 #   BENCH_RSS    "python" forces the python3 wait4() launcher even when GNU time is installed
 #   --json       print the results as one JSON document on stdout instead of the tables
 #                (a JSON copy is always written to $BENCH_DIR/results-<time>.json)
@@ -81,7 +83,7 @@ for tool in cp tar du sync; do
     fi
 done
 export BENCH_CMDLINE="${BENCH_CMDLINE:-$(
-    for v in ENVSEAL BENCH_DIR BENCH_HOLD_PAGES REPS WARMUP CASES SCALE IMAGE_GIB IMAGE_MIB TREE_MIB TINY_FILES EMPTY_FILES SPARSE_MIB; do
+    for v in ENVSEAL ENVSEAL_BASE BENCH_DIR BENCH_HOLD_PAGES REPS WARMUP CASES SCALE IMAGE_GIB IMAGE_MIB TREE_MIB TINY_FILES EMPTY_FILES SPARSE_MIB; do
         if [[ -n "${!v:-}" ]]; then printf '%s=%q ' "$v" "${!v}"; fi
     done
     printf '%q' "$0"
