@@ -10,11 +10,11 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use common::tree::{assert_same_tree, chmod, code, gen_file, hash_file, ok, set_mtime};
-use common::{envseal, stderr};
+use common::{envseal, stderr, Tmpfs};
 
 /// Everything about every path below `root` (itself included) that a write, chmod, chown,
 /// utimes or xattr change would alter: mode, owner, size, inode, mtime, ctime and contents.
@@ -214,37 +214,6 @@ fn xattrs_of_a_symlink_round_trip_on_the_link_itself() {
         Some(&b"on the file"[..])
     );
     assert_same_tree(&src, &dest.join("src"));
-}
-
-/// A tmpfs mounted for the test, unmounted on drop.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path, size: &str) -> Option<Tmpfs> {
-        fs::create_dir_all(at).unwrap();
-        let st = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .stderr(Stdio::null())
-            .status()
-            .ok()?;
-        st.success().then(|| Tmpfs(at.to_path_buf()))
-    }
-
-    fn resize(&self, size: &str) {
-        let st = Command::new("mount")
-            .args(["-o", &format!("remount,size={size}")])
-            .arg(&self.0)
-            .status()
-            .unwrap();
-        assert!(st.success());
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
 }
 
 /// Decrypt onto a full disk stops at the first ENOSPC with one message naming what to do,
