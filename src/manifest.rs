@@ -86,21 +86,29 @@ impl Xattrs {
         while !rest.is_empty() {
             let n = take(&mut rest).ok_or_else(|| bad("truncated"))?;
             let v = take(&mut rest).ok_or_else(|| bad("truncated"))?;
-            if n.is_empty() || n.len() > MAX_XATTR_NAME || n.contains(&0) {
-                return Err(bad("a bad name"));
-            }
-            if list.last().is_some_and(|(prev, _)| *prev >= n) {
-                return Err(bad(
-                    "names not in strictly increasing order (unsorted, or one twice)",
-                ));
-            }
             list.push((n, v));
         }
-        if list.is_empty() {
-            return Err(bad("an empty list"));
-        }
+        check_xattr_list(&list).map_err(bad)?;
         Ok(list)
     }
+}
+
+/// The rules of an attribute list (docs/FORMAT.md §6.1): at least one, names not empty, at
+/// most 255 bytes, no NUL, in strictly increasing byte order. Readers apply them to what they
+/// open; a writer to what it is about to seal.
+pub fn check_xattr_list(list: &[(Vec<u8>, Vec<u8>)]) -> std::result::Result<(), &'static str> {
+    if list.is_empty() {
+        return Err("an empty list");
+    }
+    for (i, (n, _)) in list.iter().enumerate() {
+        if n.is_empty() || n.len() > MAX_XATTR_NAME || n.contains(&0) {
+            return Err("a bad name");
+        }
+        if i > 0 && list[i - 1].0 >= *n {
+            return Err("names not in strictly increasing order (unsorted, or one twice)");
+        }
+    }
+    Ok(())
 }
 
 /// One batch: a data key, its commitment and its wrappings.

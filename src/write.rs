@@ -550,6 +550,16 @@ impl<'a> Writer<'a> {
         let sealed;
         let e = match (&e.xattrs, self.keys.first()) {
             (crate::manifest::Xattrs::Clear(l), Some(k)) if !l.is_empty() => {
+                // Checked before sealing, so that the line's check need not open them again.
+                if let Err(why) = crate::manifest::check_xattr_list(l) {
+                    self.fail(Failure {
+                        path: e.path.display(),
+                        why: format!(
+                            "not stored, the vault's reader would refuse it: extended attributes: {why}"
+                        ),
+                    });
+                    return Ok(false);
+                }
                 let nk = self.xattr_key.get_or_insert_with(|| k.name_key());
                 sealed = Entry {
                     xattrs: e.xattrs.sealed(nk)?,
@@ -572,7 +582,10 @@ impl<'a> Writer<'a> {
         path: Option<String>,
     ) -> Result<bool> {
         let l = self.journal.done_line(src, line)?;
-        if let Err(why) = self.readable(line, &l) {
+        // A new entry's attributes were checked before they were sealed (`queue_entry`);
+        // a line taken over from an interrupted run has only its sealed form.
+        let open_xattrs = path.is_none();
+        if let Err(why) = self.readable(line, &l, open_xattrs) {
             let path = path.unwrap_or_else(|| "an entry of the interrupted run".into());
             self.fail(Failure {
                 path,
@@ -587,10 +600,15 @@ impl<'a> Writer<'a> {
     }
 
     /// [`readable`] with this run's header, batches, objects and name key.
-    fn readable(&mut self, line: &[u8], journaled: &[u8]) -> std::result::Result<(), String> {
+    fn readable(
+        &mut self,
+        line: &[u8],
+        journaled: &[u8],
+        open_xattrs: bool,
+    ) -> std::result::Result<(), String> {
         let nk = match self.keys.first() {
-            Some(k) => Some(&*self.xattr_key.get_or_insert_with(|| k.name_key())),
-            None => None,
+            Some(k) if open_xattrs => Some(&*self.xattr_key.get_or_insert_with(|| k.name_key())),
+            _ => None,
         };
         let known = (self.batches.len(), self.objects.len());
         readable(line, journaled, &self.header, known, nk)
@@ -1003,8 +1021,8 @@ impl<'a> Writer<'a> {
 }
 
 /// The checks a reader makes on an entry line (docs/FORMAT.md §6, §8), by the reader's own
-/// code: the line's fields ([`Entry::from_line`]), its extended attributes (opened with `nk`,
-/// batch 0's name key), the batch and object it names (`known`: how many there are), and its
+/// code: the line's fields ([`Entry::from_line`]), its sealed extended attributes (opened with
+/// `nk`, batch 0's name key, when given: a new entry's are checked before sealing), the batch and object it names (`known`: how many there are), and its
 /// length as journaled and as listed. A run never commits a line that would make its vault
 /// unreadable (the tree rules are checked by the planner, in walk order).
 fn readable(
