@@ -61,6 +61,15 @@ pub enum Error {
     #[error("another envseal run{} is using {}; wait for it to finish (or stop it), then run this command again", pid.map(|p| format!(" (pid {p})")).unwrap_or_default(), path.display())]
     Locked { path: PathBuf, pid: Option<u32> },
 
+    /// A storage service refused a request or could not be reached (exit 1). `kind` is
+    /// what callers decide by (retries, hints); `url` names the vault or object.
+    #[error("{url}: {detail}")]
+    Store {
+        url: String,
+        kind: StoreErrorKind,
+        detail: String,
+    },
+
     /// A run was stopped (Ctrl-C); the vault is resumable (exit 130).
     #[error("interrupted; run the same command again to resume")]
     Interrupted,
@@ -112,6 +121,34 @@ impl Error {
             Error::Interrupted => 130,
             _ => 1,
         }
+    }
+}
+
+/// Why a storage service request failed, for decisions (never the message text).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreErrorKind {
+    /// The credentials were refused (a wrong secret, an unknown key id, no permission).
+    Denied,
+    /// The bucket does not exist.
+    NoBucket,
+    /// The service could not be reached (DNS, connection refused, TLS, timeouts) after
+    /// the retries.
+    Unreachable,
+    /// A temporary failure that outlasted the retries (5xx, `SlowDown`, resets).
+    Transient,
+    /// The service answered something this client cannot use (a malformed reply).
+    Protocol,
+    /// Any other refusal of the service (with its code in the detail).
+    Refused,
+}
+
+impl StoreErrorKind {
+    /// Whether a request failing this way is worth sending again.
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            StoreErrorKind::Unreachable | StoreErrorKind::Transient
+        )
     }
 }
 

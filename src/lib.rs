@@ -40,6 +40,7 @@ pub mod seal;
 pub mod since;
 pub mod source;
 pub mod sparse;
+pub mod store;
 pub mod vault;
 pub mod verify;
 pub mod verify_source;
