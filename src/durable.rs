@@ -5,10 +5,12 @@
 use std::fs::File;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
+use std::sync::Arc;
 
 use crossbeam_channel::Receiver;
 
 use crate::error::{Error, IoContext, Result};
+use crate::store::Store;
 
 /// Writes back everything dirty on the filesystem that holds `dir`.
 pub fn syncfs(dir: &File) -> std::io::Result<()> {
@@ -25,28 +27,32 @@ pub fn sync_path(path: &Path) -> Result<()> {
     syncfs(&d).map_err(|e| Error::io(path, e))
 }
 
-fn stopped() -> std::io::Error {
-    std::io::Error::other("the sync thread stopped")
+fn stopped(url: &str) -> Error {
+    Error::io(url, std::io::Error::other("the sync thread stopped"))
 }
 
-/// The thread that runs the group commits' `syncfs` of the vault, one at a time, so that the
-/// writer goes on writing while the disk writes back.
+/// The thread that runs the group commits' barrier of the vault's store (a `syncfs` of a
+/// local vault; the uploads in flight of object storage), one at a time, so that the writer
+/// goes on writing while the data is made durable.
 pub struct Syncer {
     request: Option<crossbeam_channel::Sender<()>>,
-    done: Receiver<std::io::Result<()>>,
+    done: Receiver<Result<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
     in_flight: bool,
+    /// The vault, as errors name it.
+    url: String,
 }
 
 impl Syncer {
-    pub fn start(dir: File) -> std::io::Result<Syncer> {
+    pub fn start(store: Arc<dyn Store>) -> std::io::Result<Syncer> {
+        let url = store.url();
         let (request, requests) = crossbeam_channel::bounded::<()>(1);
         let (done_tx, done) = crossbeam_channel::bounded(1);
         let thread = std::thread::Builder::new()
             .name("envseal-sync".into())
             .spawn(move || {
                 for () in requests {
-                    if done_tx.send(syncfs(&dir)).is_err() {
+                    if done_tx.send(store.barrier()).is_err() {
                         return;
                     }
                 }
@@ -56,6 +62,7 @@ impl Syncer {
             done,
             thread: Some(thread),
             in_flight: false,
+            url,
         })
     }
 
@@ -65,30 +72,30 @@ impl Syncer {
     }
 
     /// Starts a sync (none may be in flight).
-    pub fn request(&mut self) -> std::io::Result<()> {
+    pub fn request(&mut self) -> Result<()> {
         // The thread ends only when this sender is dropped, or if it panicked.
         match &self.request {
             Some(r) if r.send(()).is_ok() => {
                 self.in_flight = true;
                 Ok(())
             }
-            _ => Err(stopped()),
+            _ => Err(stopped(&self.url)),
         }
     }
 
     /// The in-flight sync's result: `None` if none is in flight, or (without `wait`) it
     /// has not returned yet.
-    pub fn result(&mut self, wait: bool) -> Option<std::io::Result<()>> {
+    pub fn result(&mut self, wait: bool) -> Option<Result<()>> {
         if !self.in_flight {
             return None;
         }
         let r = if wait {
-            self.done.recv().unwrap_or_else(|_| Err(stopped()))
+            self.done.recv().unwrap_or_else(|_| Err(stopped(&self.url)))
         } else {
             match self.done.try_recv() {
                 Ok(r) => r,
                 Err(crossbeam_channel::TryRecvError::Empty) => return None,
-                Err(crossbeam_channel::TryRecvError::Disconnected) => Err(stopped()),
+                Err(crossbeam_channel::TryRecvError::Disconnected) => Err(stopped(&self.url)),
             }
         };
         self.in_flight = false;
@@ -112,7 +119,8 @@ mod tests {
     #[test]
     fn syncer_reports_one_result_per_request() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = Syncer::start(File::open(dir.path()).unwrap()).unwrap();
+        let store = Arc::new(crate::store::local::LocalStore::new(dir.path()));
+        let mut s = Syncer::start(store).unwrap();
         assert!(s.result(true).is_none(), "no sync was requested");
         s.request().unwrap();
         assert!(s.in_flight);
