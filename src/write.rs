@@ -11,7 +11,7 @@
 //! record before any ciphertext of the batch; data written without per-file fsync; a group
 //! commit every [`COMMIT_EVERY`] (or [`COMMIT_LINES`] entries): `syncfs` of the vault, then
 //! the `object` and `done` lines and an `fdatasync` of the journal; at the end the manifest,
-//! then the journal removed. The `syncfs` runs on a thread of its own (`durable::Syncer`),
+//! then the journal removed. The `syncfs` runs on a thread of its own (`store::syncer::Syncer`),
 //! one at a time, while the writer goes on writing: the lines of a group wait for the sync that began
 //! after their data was written, so the disk writes back one group while the next is sealed.
 
@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use crate::crypto::{BatchKey, CtDigest, NameKey, SegMac, TreeMac};
-use crate::durable::Syncer;
+use crate::store::syncer::Syncer;
 use crate::error::{Error, IoContext, Result};
 use crate::format::{self, ID_LEN, SALT_LEN};
 use crate::journal::{Ckpt, Journal, SourceId};

@@ -13,6 +13,7 @@
 //! [`open`] is the one place a location maps to an implementation.
 
 pub mod local;
+pub mod syncer;
 
 use std::fmt;
 use std::io::{self, Read};
