@@ -1015,8 +1015,15 @@ impl<'a> Planner<'a> {
         if !same(&src) || c.segs % self.window != 0 {
             return None;
         }
-        let obj = self.store.open(&crate::manifest::object_name(id)).ok()??;
-        let r = seal::resume_large(self.ctx, &key, &*obj, c.size, c.segs)?;
+        // The object read back where it can be (a local vault); else the source's prefix
+        // sealed again under the checkpoint's header (object storage).
+        let r = match (self.store.open(&crate::manifest::object_name(id)), &c.head) {
+            (Ok(Some(obj)), _) => seal::resume_large(self.ctx, &key, &*obj, c.size, c.segs)?,
+            (_, Some(head)) => {
+                seal::resume_from_source(self.ctx, &key, head, &src, c.size, c.segs)?
+            }
+            _ => return None,
+        };
         self.resumed_read += r.read;
         // Skip the prefix in the progress totals: it is done.
         self.progress

@@ -90,6 +90,10 @@ pub struct Ckpt {
     pub batch: u32,
     pub obj: u64,
     pub segs: u64,
+    /// The record's header (at offset 0 of the object): what a resume derives the file's
+    /// keys from when the object cannot be read back before it is finished (object
+    /// storage keeps an unfinished upload unreadable).
+    pub head: Option<[u8; format::HEADER_LEN]>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -116,6 +120,8 @@ struct MacLine<'a> {
     batch: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     segs: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    head: Option<String>,
 }
 
 /// `{"mac":"` + 64 hex digits + `",`: the fixed start of every authenticated line.
@@ -323,6 +329,10 @@ impl Journal {
                     Some(batch),
                     Some(segs),
                 ) if l.id.is_none() && l.rec.is_none() && nsec <= 999_999_999 => {
+                    let head = match &l.head {
+                        Some(h) => Some(format::from_hex::<{ format::HEADER_LEN }>(h)?),
+                        None => None,
+                    };
                     Some(Record::Ckpt(Ckpt {
                         src,
                         size,
@@ -331,6 +341,7 @@ impl Journal {
                         batch,
                         obj,
                         segs,
+                        head,
                     }))
                 }
                 _ => None,
@@ -341,6 +352,7 @@ impl Journal {
             || l.nsec.is_some()
             || l.batch.is_some()
             || l.segs.is_some()
+            || l.head.is_some()
         {
             return None;
         }
@@ -387,8 +399,12 @@ impl Journal {
     /// The authenticated line of a segment checkpoint.
     pub fn ckpt_line(&self, c: &Ckpt) -> Result<Vec<u8>> {
         let src = serde_json::to_string(&c.src).map_err(|e| Error::Runtime(e.to_string()))?;
+        let head = match &c.head {
+            Some(h) => format!(r#","head":"{}""#, format::to_hex(h)),
+            None => String::new(),
+        };
         let rest = format!(
-            r#""type":"ckpt","obj":{},"src":{src},"size":{},"mtime":{},"nsec":{},"batch":{},"segs":{}}}"#,
+            r#""type":"ckpt","obj":{},"src":{src},"size":{},"mtime":{},"nsec":{},"batch":{},"segs":{}{head}}}"#,
             c.obj, c.size, c.mtime, c.mtime_nsec, c.batch, c.segs
         );
         Ok(mac_line(self.key()?, rest.as_bytes()))
@@ -655,6 +671,49 @@ mod tests {
             resume_command("/v", &p),
             "envseal encrypt /t -o /v --key alias/envseal/default --key 'aliyun:http://h:1#alias/b' --segment-size 4KiB --since '/old vault'"
         );
+    }
+
+    /// A checkpoint keeps the record's header (what a resume on object storage derives the
+    /// keys from); one without `head` (older runs) still reads.
+    #[test]
+    fn checkpoints_keep_their_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::local::LocalStore::new(dir.path());
+        let mut c = Ckpt {
+            src: SourceId {
+                dev: 1,
+                ino: 2,
+                ctime: 3,
+                ctime_nsec: 4,
+            },
+            size: 1 << 30,
+            mtime: 5,
+            mtime_nsec: 6,
+            batch: 0,
+            obj: 0,
+            segs: 64,
+            head: Some([9u8; format::HEADER_LEN]),
+        };
+        {
+            let mut j = Journal::create(&store, &run()).unwrap();
+            j.set_mac_key(Zeroizing::new([7u8; 32]));
+            let mut l = j.ckpt_line(&c).unwrap();
+            c.head = None;
+            l.extend(j.ckpt_line(&c).unwrap());
+            j.write_synced(&l).unwrap();
+        }
+        let (mut j, loaded) = Journal::open(&store).unwrap();
+        j.set_mac_key(Zeroizing::new([7u8; 32]));
+        let heads: Vec<_> = j
+            .authenticated(&loaded)
+            .unwrap()
+            .into_iter()
+            .filter_map(|r| match r {
+                Record::Ckpt(c) => Some(c.head),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(heads, vec![Some([9u8; format::HEADER_LEN]), None]);
     }
 
     /// Done records survive a reopen, and a torn last line is cut off (also one torn just

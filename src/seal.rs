@@ -387,6 +387,68 @@ pub struct Resumed {
     pub read: u64,
 }
 
+/// The header of a checkpointed record and its file keys, if it is this file's (vault,
+/// batch, length, segment size) and the key commitment holds.
+fn checkpointed_keys(
+    ctx: &SealCtx,
+    key: &BatchKey,
+    hb: &[u8; HEADER_LEN],
+    size: u64,
+) -> Option<(ObjectHeader, FileKeys)> {
+    let h = ObjectHeader::decode(hb).ok()?;
+    if h.vault_id != ctx.vault_id
+        || &h.batch_id != key.batch_id()
+        || h.plain_len != size
+        || h.segment_size != ctx.segment_size
+    {
+        return None;
+    }
+    let keys = key.file_keys(&h);
+    keys.check_commitment(&h.commitment).then_some((h, keys))
+}
+
+/// Rebuilds a checkpointed file's state without its object, which object storage keeps
+/// unreadable until its upload is finished: the first `segs` segments of the source are
+/// sealed again under the keys of the checkpoint's header `hb` (sealing is deterministic:
+/// the same bytes, leaves and MACs as the parts already stored), read once and written
+/// nowhere. `None` when anything differs or fails: the file starts over.
+pub fn resume_from_source(
+    ctx: &SealCtx,
+    key: &BatchKey,
+    hb: &[u8; HEADER_LEN],
+    src: &Source,
+    size: u64,
+    segs: u64,
+) -> Option<Resumed> {
+    let seg = ctx.segment_size;
+    if segs == 0 || segs >= format::segment_count(size, seg) {
+        return None;
+    }
+    let (h, keys) = checkpointed_keys(ctx, key, hb, size)?;
+    let mut ct = CtDigest::new();
+    let mut mac = TreeMac::new(keys.mac_key());
+    let (window, _) = window_geometry(seg, 0);
+    let slot = seg as usize + TAG_LEN;
+    let mut buf = vec![0u8; window as usize * slot];
+    let mut first = 0;
+    while first < segs {
+        let count = window.min(segs - first);
+        let (leaves, macs) =
+            seal_segments(src, &keys, hb, size, seg, first, count, &mut buf).ok()?;
+        leaves.iter().for_each(|l| ct.push(l));
+        macs.into_iter().for_each(|m| mac.add(m));
+        first += count;
+    }
+    Some(Resumed {
+        keys,
+        header: *hb,
+        salt: h.salt,
+        ct,
+        mac,
+        read: segs * u64::from(seg),
+    })
+}
+
 /// Rebuilds a checkpointed file's state from the first `segs` segments of `obj` (its record
 /// at offset 0), after checking the header is this file's (vault, batch, length, segment
 /// size, key commitment). `None` when anything differs or fails: the file starts over.
@@ -404,18 +466,7 @@ pub fn resume_large(
     }
     let mut hb = [0u8; HEADER_LEN];
     obj.read_exact_at(&mut hb, 0).ok()?;
-    let h = ObjectHeader::decode(&hb).ok()?;
-    if h.vault_id != ctx.vault_id
-        || &h.batch_id != key.batch_id()
-        || h.plain_len != size
-        || h.segment_size != seg
-    {
-        return None;
-    }
-    let keys = key.file_keys(&h);
-    if !keys.check_commitment(&h.commitment) {
-        return None;
-    }
+    let (h, keys) = checkpointed_keys(ctx, key, &hb, size)?;
     let mut ct = CtDigest::new();
     let mut mac = TreeMac::new(keys.mac_key());
     let slot = seg as usize + TAG_LEN;

@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use crate::crypto::{BatchKey, CtDigest, NameKey, SegMac, TreeMac};
-use crate::store::syncer::Syncer;
 use crate::error::{Error, IoContext, Result};
 use crate::format::{self, ID_LEN, SALT_LEN};
 use crate::journal::{Ckpt, Journal, SourceId};
@@ -32,6 +31,7 @@ use crate::manifest::{
 };
 use crate::progress::Progress;
 use crate::seal::{BufPool, ChunkOut, FileError, LargeFile, SealedWindow};
+use crate::store::syncer::Syncer;
 use crate::store::{ObjectWriter, Shape, Store};
 use crate::walk::{SourceEntry, SourceKind};
 
@@ -512,6 +512,7 @@ impl<'a> Writer<'a> {
                     batch: st.start.batch,
                     obj: st.obj,
                     segs: upto * window,
+                    head: Some(st.start.file.header),
                 }
             });
         if let Some(c) = ckpt {
