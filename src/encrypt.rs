@@ -29,9 +29,7 @@ use crate::format::{self, layout, ID_LEN};
 use crate::journal::{Journal, Record, RunParams, RunRecord, SourceId};
 use crate::keys::Kms;
 use crate::keyspec::KeySpec;
-use crate::manifest::{
-    check_path, Batch, Entry, EntryKind, Header, ManifestReader, Name, TreeOrder,
-};
+use crate::manifest::{check_path, Batch, Entry, EntryKind, Header, Name, TreeOrder};
 use crate::progress::Progress;
 use crate::seal::{self, BufPool, ChunkItem, LargeFile, SealCtx};
 use crate::source::Source;
@@ -1199,7 +1197,7 @@ fn finished_run(
         None | Some(Head::Unreadable) => return Ok(None),
         Some(h) => h,
     };
-    let mut m = ManifestReader::open(vault)?;
+    let mut m = crate::vault::read_manifest(vault, layout::MANIFEST)?;
     let vault_id = format::to_hex(&m.header.vault_id);
     let same_id = match &head {
         Head::Run(r) => r.vault_id == vault_id && r.params == *params,
@@ -1371,7 +1369,7 @@ fn tidy_resumed(
     crate::leftovers::sweep_root(vault, batches)?;
     for b in batches {
         if vault.len(&b.keys_file())?.is_none() {
-            crate::manifest::write_key_file(vault, vault_id, b)?;
+            crate::vault::write_key_file(vault, vault_id, b)?;
         }
     }
     let mut used: Vec<[u8; ID_LEN]> = done

@@ -31,7 +31,7 @@ use crate::format::{self, layout, ObjectHeader, ID_LEN};
 use crate::keys::Kms;
 use crate::keyspec::KeySpec;
 use crate::kms::{EncryptionContext, WrappedKey};
-use crate::manifest::{self, Entry, EntryKind, FileEntry, Header, ManifestWriter, Name, ObjectRef};
+use crate::manifest::{self, Entry, EntryKind, FileEntry, Header, Name, ObjectRef};
 use crate::store::{Shape, Store};
 
 /// EAX nonce and tag length in the guide's files (pycryptodome's defaults).
@@ -328,7 +328,7 @@ fn write_vault(
     let vault_id: [u8; ID_LEN] = format::random().at(&shown)?;
     let batch_id: [u8; ID_LEN] = format::random().at(&shown)?;
     let (batch, bk) = kms.generate_all(keys, &vault_id, batch_id)?;
-    manifest::write_key_file(vault, &vault_id, &batch)?;
+    crate::vault::write_key_file(vault, &vault_id, &batch)?;
     let header = Header {
         vault_id,
         created: crate::encrypt::now_rfc3339(),
@@ -392,7 +392,7 @@ fn write_vault(
     }
     out.finish()?;
     vault.barrier()?;
-    let mut m = ManifestWriter::create(vault, &header)?;
+    let mut m = crate::vault::manifest_writer(vault, layout::MANIFEST, &header)?;
     m.batch(&batch)?;
     m.object(&ObjectRef {
         id: obj_id,
@@ -401,7 +401,7 @@ fn write_vault(
     for e in &entries {
         m.entry_line(&e.to_line(None)?)?;
     }
-    m.finish(&[&bk], false)
+    crate::vault::publish_manifest(m, &[&bk], false, vault)
 }
 
 /// Writes a new file (never replacing one) with the mode and mtime of the guide file it

@@ -17,7 +17,6 @@ use crate::crypto::{BatchKey, NameKey};
 use crate::error::{Error, IoContext, Result};
 use crate::format::{self, layout, DIGEST_LEN, ID_LEN, SALT_LEN};
 use crate::kms::WrappedKey;
-use crate::store::{NewFile, Store};
 
 /// Associated data for sealed names, so a sealed path cannot stand in for a link target.
 const AAD_PATH: &[u8] = b"envseal path";
@@ -1036,10 +1035,11 @@ fn body_mac(key: &BatchKey, body: &blake3::Hash, counts: [u64; 3]) -> blake3::Ha
     h.finalize()
 }
 
-/// Writes a manifest as a stream, published under its name only by
-/// [`ManifestWriter::finish`] (after the end record): a reader never sees a partial one.
-pub struct ManifestWriter {
-    out: BufWriter<Box<dyn NewFile>>,
+/// Writes a manifest as a stream into `W`; [`ManifestWriter::finish`] adds the end record
+/// and hands `W` back (the vault publishes it under its name only then: a reader never
+/// sees a partial one).
+pub struct ManifestWriter<W: Write> {
+    out: BufWriter<W>,
     what: String,
     body: blake3::Hasher,
     batches: u64,
@@ -1047,19 +1047,12 @@ pub struct ManifestWriter {
     entries: u64,
 }
 
-impl ManifestWriter {
-    /// A new `manifest.jsonl` of `store`.
-    pub fn create(store: &dyn Store, h: &Header) -> Result<ManifestWriter> {
-        Self::create_named(store, layout::MANIFEST, h)
-    }
-
-    /// A new manifest under `name` (`rewrap` writes its replacement under another name,
-    /// reads it back, then puts it in place).
-    pub fn create_named(store: &dyn Store, name: &str, h: &Header) -> Result<ManifestWriter> {
-        let file = store.create_file(name)?;
+impl<W: Write> ManifestWriter<W> {
+    /// A manifest of a vault with header `h` written into `out`, named `what` in errors.
+    pub fn new(out: W, what: String, h: &Header) -> Result<ManifestWriter<W>> {
         let mut w = ManifestWriter {
-            out: BufWriter::with_capacity(1 << 20, file),
-            what: store.describe(name),
+            out: BufWriter::with_capacity(1 << 20, out),
+            what,
             body: blake3::Hasher::new(),
             batches: 0,
             objects: 0,
@@ -1126,10 +1119,9 @@ impl ManifestWriter {
         self.line(l, true)
     }
 
-    /// Adds the end record with one MAC per batch (`keys[i]` is batch i's key), then makes the
-    /// manifest durable under its name; `replace` = over one that is there (a rewrap), else
-    /// a manifest already there is an error (a finished vault is never overwritten).
-    pub fn finish(mut self, keys: &[&BatchKey], replace: bool) -> Result<()> {
+    /// Adds the end record with one MAC per batch (`keys[i]` is batch i's key) and returns
+    /// the output, flushed.
+    pub fn finish(mut self, keys: &[&BatchKey]) -> Result<W> {
         let body = self.body.finalize();
         let counts = [self.batches, self.objects, self.entries];
         let macs = keys
@@ -1148,17 +1140,9 @@ impl ManifestWriter {
             macs,
         })?;
         self.line(&end, false)?;
-        let file = self
-            .out
+        self.out
             .into_inner()
-            .map_err(|e| Error::io(&self.what, e.into_error()))?;
-        if !file.commit(replace)? {
-            return Err(Error::Runtime(format!(
-                "{}: another run finished this vault first; nothing was overwritten",
-                self.what
-            )));
-        }
-        Ok(())
+            .map_err(|e| Error::io(&self.what, e.into_error()))
     }
 }
 
@@ -1206,9 +1190,6 @@ fn kind_of(line: &[u8]) -> Option<Kind> {
         .map(|(_, k)| *k)
 }
 
-/// Why a store without a manifest is not a vault.
-pub const NOT_A_VAULT: &str = "not an envseal vault (no manifest.jsonl)";
-
 /// Reads a manifest as a stream: the header, batches and objects on open; entries one by one
 /// from [`ManifestReader::next_entry`], validated as they come; the end record last. Nothing
 /// read is authenticated until [`ManifestReader::authenticate`] succeeds after the last entry.
@@ -1232,21 +1213,6 @@ pub struct ManifestReader {
 }
 
 impl ManifestReader {
-    /// Opens the `manifest.jsonl` of `store`; an absent one is [`Error::Format`] "not an
-    /// envseal vault" (`vault::open_manifest` says more: an unfinished run, no directory).
-    pub fn open(store: &dyn Store) -> Result<ManifestReader> {
-        Self::open_named(store, layout::MANIFEST)
-    }
-
-    /// Opens the manifest `name` of `store`: `rewrap` reads back the manifest it wrote
-    /// under another name before putting it in place.
-    pub fn open_named(store: &dyn Store, name: &str) -> Result<ManifestReader> {
-        let Some(file) = store.reader(name)? else {
-            return Err(Error::format(store.url(), NOT_A_VAULT));
-        };
-        Self::from_reader(file, store.describe(name))
-    }
-
     /// Reads a manifest from `file`, named `what` in messages.
     pub fn from_reader(file: Box<dyn Read + Send>, what: String) -> Result<ManifestReader> {
         let mut r = ManifestReader {
@@ -1610,11 +1576,6 @@ pub fn key_file_bytes(vault_id: &[u8; ID_LEN], batch: &Batch) -> Result<Vec<u8>>
     Ok(body)
 }
 
-/// Writes a batch's key file atomically, replacing an older one (a rewrap's).
-pub fn write_key_file(store: &dyn Store, vault_id: &[u8; ID_LEN], batch: &Batch) -> Result<()> {
-    store.replace(&batch.keys_file(), &key_file_bytes(vault_id, batch)?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1883,16 +1844,14 @@ mod tests {
         assert!(Entry::from_line(long(format::MAX_MANIFEST_LINE + 1).as_bytes(), &h).is_err());
     }
 
-    /// Writes `lines` as a manifest (each with its newline unless `torn`) and reads it to its
+    /// Reads `lines` as a manifest (each with its newline unless `torn`) to its
     /// end record, without keys: the structural checks every reader makes.
     fn read_manifest(lines: &[String], torn: bool) -> Result<()> {
-        let dir = tempfile::tempdir().unwrap();
         let mut text = lines.join("\n");
         if !torn {
             text.push('\n');
         }
-        std::fs::write(dir.path().join(layout::MANIFEST), text).unwrap();
-        let mut r = ManifestReader::open(&crate::store::local::LocalStore::new(dir.path()))?;
+        let mut r = ManifestReader::from_reader(Box::new(std::io::Cursor::new(text)), "m".into())?;
         while r.next_entry()?.is_some() {}
         Ok(())
     }

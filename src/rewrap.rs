@@ -26,7 +26,7 @@ use crate::format::layout;
 use crate::keys::Kms;
 use crate::keyspec::{self, KeySpec};
 use crate::kms::{KmsErrorKind, WrappedKey};
-use crate::manifest::{self, Batch, KeyFile, Lines, ManifestReader};
+use crate::manifest::{self, Batch, KeyFile, Lines};
 use crate::store::Store;
 
 /// What to change.
@@ -182,7 +182,7 @@ pub fn rewrap(opts: &RewrapOptions, kms: &Kms) -> Result<RewrapReport> {
     for b in &batches {
         let kf = KeyFile::new(&vault_id, b);
         if read_key_file(vault, b).as_ref() != Some(&kf) {
-            manifest::write_key_file(vault, &vault_id, b)?;
+            crate::vault::write_key_file(vault, &vault_id, b)?;
             report.key_files_written += 1;
         }
     }
@@ -278,7 +278,7 @@ fn replace_manifest(vault: &dyn Store, batches: &[Batch], keys: &[BatchKey]) -> 
     // Read back: the same batches with the new wrappings, and a body every key authenticates
     // (which also proves the body was copied unchanged).
     let check = (|| -> Result<()> {
-        let mut r = ManifestReader::open_named(vault, staged)?;
+        let mut r = crate::vault::read_manifest(vault, staged)?;
         if r.batches != batches {
             return Err(Error::Runtime(format!(
                 "{shown}: the rewritten manifest does not hold the intended wrappings"

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::format::ID_LEN;
 use crate::journal::{Journal, SourceId};
 use crate::keys::Kms;
-use crate::manifest::{self, Batch, Entry, ObjectRef};
+use crate::manifest::{Batch, Entry, ObjectRef};
 use crate::store::Store;
 use crate::vault;
 
@@ -64,7 +64,7 @@ impl Earlier {
     /// batch records, objects linked (or copied), synced, then listed in the journal.
     pub fn inherit(&self, vault: &dyn Store, journal: &mut Journal) -> Result<()> {
         for (i, (b, k)) in self.batches.iter().zip(&self.keys).enumerate() {
-            manifest::write_key_file(vault, &self.vault_id, b)?;
+            vault::write_key_file(vault, &self.vault_id, b)?;
             journal.append_batch(i as u32, b)?;
             if i == 0 {
                 journal.set_mac_key(k.journal_mac_key());

@@ -4,10 +4,54 @@
 
 use crate::crypto::BatchKey;
 use crate::error::{Error, Result};
-use crate::format::layout;
+use crate::format::{layout, ID_LEN};
 use crate::keys::Kms;
-use crate::manifest::{ManifestReader, NOT_A_VAULT};
-use crate::store::Store;
+use crate::manifest::{key_file_bytes, Batch, Header, ManifestReader, ManifestWriter};
+use crate::store::{NewFile, Store};
+
+/// Why a store without a manifest is not a vault.
+pub const NOT_A_VAULT: &str = "not an envseal vault (no manifest.jsonl)";
+
+/// A new manifest of `store` under `name` (`manifest.jsonl`; a rewrap's staged one), not
+/// visible under its name before [`publish_manifest`].
+pub fn manifest_writer(
+    store: &dyn Store,
+    name: &str,
+    h: &Header,
+) -> Result<ManifestWriter<Box<dyn NewFile>>> {
+    ManifestWriter::new(store.create_file(name)?, store.describe(name), h)
+}
+
+/// Ends a manifest (its end record, one MAC per batch: `keys[i]` is batch i's key) and
+/// makes it durable under its name; `replace` = over one that is there (a rewrap's staged
+/// one), else one already there is an error (a finished vault is never overwritten).
+pub fn publish_manifest(
+    m: ManifestWriter<Box<dyn NewFile>>,
+    keys: &[&BatchKey],
+    replace: bool,
+    store: &dyn Store,
+) -> Result<()> {
+    if !m.finish(keys)?.commit(replace)? {
+        return Err(Error::Runtime(format!(
+            "{}: another run finished this vault first; nothing was overwritten",
+            store.url()
+        )));
+    }
+    Ok(())
+}
+
+/// Reads the manifest `name` of `store` (no hints: [`open_manifest`] gives them).
+pub fn read_manifest(store: &dyn Store, name: &str) -> Result<ManifestReader> {
+    match store.reader(name)? {
+        Some(r) => ManifestReader::from_reader(r, store.describe(name)),
+        None => Err(Error::format(store.url(), NOT_A_VAULT)),
+    }
+}
+
+/// Writes a batch's key file atomically, replacing an older one (a rewrap's).
+pub fn write_key_file(store: &dyn Store, vault_id: &[u8; ID_LEN], batch: &Batch) -> Result<()> {
+    store.replace(&batch.keys_file(), &key_file_bytes(vault_id, batch)?)
+}
 
 /// Opens the vault's manifest; without one, says why: an unfinished run (and the command
 /// that finishes it), no vault at all, or a lost manifest.

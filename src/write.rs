@@ -26,9 +26,7 @@ use crate::crypto::{BatchKey, CtDigest, NameKey, SegMac, TreeMac};
 use crate::error::{Error, IoContext, Result};
 use crate::format::{self, ID_LEN, SALT_LEN};
 use crate::journal::{Ckpt, Journal, SourceId};
-use crate::manifest::{
-    self, Batch, Entry, EntryKind, FileEntry, Header, ManifestWriter, Name, ObjectRef,
-};
+use crate::manifest::{self, Batch, Entry, EntryKind, FileEntry, Header, Name, ObjectRef};
 use crate::progress::Progress;
 use crate::seal::{BufPool, ChunkOut, FileError, LargeFile, SealedWindow};
 use crate::store::syncer::Syncer;
@@ -321,7 +319,7 @@ impl<'a> Writer<'a> {
             Msg::Batch { batch, key } => {
                 // The journal's lines stay in the order they were made.
                 self.settle(true)?;
-                manifest::write_key_file(&*self.store, &self.header.vault_id, &batch)?;
+                crate::vault::write_key_file(&*self.store, &self.header.vault_id, &batch)?;
                 let index = self.batches.len() as u32;
                 self.journal.append_batch(index, &batch)?;
                 if self.keys.is_empty() {
@@ -400,25 +398,20 @@ impl<'a> Writer<'a> {
                 let kept =
                     format::segment_offset(self.header.segment_size, next * start.file.window);
                 let name = manifest::object_name(id);
-                let out = self
-                    .store
-                    .resume_object(&name, shape, kept)?
-                    .ok_or_else(|| {
-                        Error::Runtime(format!(
-                            "{}: the checkpointed part of the object is gone",
-                            self.store.describe(&name)
-                        ))
-                    })?;
-                Some((obj, out, next))
+                Some((obj, next, self.store.resume_object(&name, shape, kept)?))
             }
             None => None,
         };
+        // A checkpoint whose object lost its prefix (an upload the service dropped): the
+        // file is read again from the start, as one that changed (`reseal_large`).
+        // Its windows before the checkpoint never come: they are counted as done.
+        let lost = matches!(resumed, Some((_, _, None)));
         let (obj, out, next) = match resumed {
-            Some(r) => r,
-            None => {
+            Some((obj, next, Some(out))) => (obj, out, next),
+            other => {
                 let (obj, mut out) = self.new_object(shape)?;
                 out.write_at(0, &start.file.header)?;
-                (obj, out, 0)
+                (obj, out, other.map_or(0, |(_, next, _)| next))
             }
         };
         let windows = start.file.windows(self.header.segment_size);
@@ -431,10 +424,10 @@ impl<'a> Writer<'a> {
             next,
             waiting: BTreeMap::new(),
             ct,
-            failed: None,
+            failed: lost.then(|| CHANGED.to_string()),
             ckpt: (next, Instant::now()),
             interrupted: false,
-            changed: false,
+            changed: lost,
         })
     }
 
@@ -1000,7 +993,7 @@ impl<'a> Writer<'a> {
         self.close_pack()?;
         self.commit()?;
         let store = Arc::clone(&self.store);
-        let mut m = ManifestWriter::create(&*store, &self.header)?;
+        let mut m = crate::vault::manifest_writer(&*store, format::layout::MANIFEST, &self.header)?;
         for b in &self.batches {
             m.batch(b)?;
         }
@@ -1047,7 +1040,7 @@ impl<'a> Writer<'a> {
             m.entry_line(l)?;
         }
         let keys: Vec<&BatchKey> = self.keys.iter().map(|k| k.as_ref()).collect();
-        m.finish(&keys, false)?;
+        crate::vault::publish_manifest(m, &keys, false, &*store)?;
         sweep_objects(&*store, &kept)?;
         crate::leftovers::sweep_root(&*store, &self.batches)?;
         self.journal.finish(&*store)?;

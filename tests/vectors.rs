@@ -28,7 +28,7 @@ use envseal::kms::{
     WrappedKey,
 };
 use envseal::manifest::{
-    self, Batch, Entry, EntryKind, EntryLine, FileEntry, Header, ManifestWriter, Name, ObjectRef,
+    self, Batch, Entry, EntryKind, EntryLine, FileEntry, Header, Name, ObjectRef,
 };
 use envseal::progress::NoProgress;
 use envseal::verify::{verify, VerifyOptions};
@@ -230,9 +230,10 @@ fn generate(out: &Path, plain: Option<&Path>, concealed: bool) {
         segment_size: SEG,
         conceal_names: concealed,
     };
-    let mut m = ManifestWriter::create(&LocalStore::new(out), &header).unwrap();
+    let store = LocalStore::new(out);
+    let mut m = envseal::vault::manifest_writer(&store, "manifest.jsonl", &header).unwrap();
     for b in 0..2 {
-        manifest::write_key_file(&LocalStore::new(out), &VAULT_ID, &batch(b)).unwrap();
+        envseal::vault::write_key_file(&store, &VAULT_ID, &batch(b)).unwrap();
         m.batch(&batch(b)).unwrap();
     }
     for id in [PACK_ID, SINGLE_ID] {
@@ -312,7 +313,7 @@ fn generate(out: &Path, plain: Option<&Path>, concealed: bool) {
     for l in &lines {
         m.entry_line(l).unwrap();
     }
-    m.finish(&[&batch_key(0), &batch_key(1)], false).unwrap();
+    envseal::vault::publish_manifest(m, &[&batch_key(0), &batch_key(1)], false, &store).unwrap();
 }
 
 /// Every file below `dir`, relative, sorted.
@@ -465,9 +466,10 @@ fn generate_multi(out: &Path, plain: Option<&Path>, xattrs: &[(&[u8], &[u8])]) {
         segment_size: SEG,
         conceal_names: false,
     };
-    let mut m = ManifestWriter::create(&LocalStore::new(out), &header).unwrap();
+    let store = LocalStore::new(out);
+    let mut m = envseal::vault::manifest_writer(&store, "manifest.jsonl", &header).unwrap();
     for b in 0..3 {
-        manifest::write_key_file(&LocalStore::new(out), &M_VAULT_ID, &m_batch(b)).unwrap();
+        envseal::vault::write_key_file(&store, &M_VAULT_ID, &m_batch(b)).unwrap();
         m.batch(&m_batch(b)).unwrap();
     }
     for id in [M_PACK_ID, M_SINGLE_ID] {
@@ -519,7 +521,7 @@ fn generate_multi(out: &Path, plain: Option<&Path>, xattrs: &[(&[u8], &[u8])]) {
     for e in &entries {
         m.entry_line(&e.to_line(None).unwrap()).unwrap();
     }
-    m.finish(&[&m_key(0), &m_key(1), &m_key(2)], false).unwrap();
+    envseal::vault::publish_manifest(m, &[&m_key(0), &m_key(1), &m_key(2)], false, &store).unwrap();
 }
 
 fn generate_all(root: &Path) {

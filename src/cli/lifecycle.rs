@@ -94,7 +94,8 @@ pub fn rewrap_cmd(a: RewrapArgs) -> anyhow::Result<i32> {
 /// The CMKs that wrap a vault's data keys, as JSON (`verify --json`'s `keys`); `null` when
 /// the manifest cannot be read (verify reports why).
 pub fn wrappers_json(vault: &Location, kms_flag: Option<&str>) -> serde_json::Value {
-    let m = envseal::store::open(vault).and_then(|s| envseal::manifest::ManifestReader::open(&*s));
+    let m = envseal::store::open(vault)
+        .and_then(|s| envseal::vault::read_manifest(&*s, envseal::format::layout::MANIFEST));
     match m {
         Ok(m) => serde_json::Value::Array(
             wrapper_values(&m.batches, kms_flag)

@@ -7,7 +7,7 @@ use envseal::decrypt::{decrypt, DecryptOptions, Owners};
 use envseal::encrypt::{encrypt, EncryptOptions};
 use envseal::format;
 use envseal::keys::Kms;
-use envseal::manifest::{EntryKind, ManifestReader};
+use envseal::manifest::EntryKind;
 use envseal::verify::{verify, VerifyOptions};
 use envseal::Error;
 use serde_json::json;
@@ -362,7 +362,7 @@ fn inherited_keys(
     kms_flag: Option<&str>,
 ) -> anyhow::Result<Vec<envseal::keyspec::KeySpec>> {
     let m = envseal::store::open(earlier)
-        .and_then(|s| ManifestReader::open(&*s))
+        .and_then(|s| envseal::vault::read_manifest(&*s, envseal::format::layout::MANIFEST))
         .map_err(|e| {
             advise(
                 e,

@@ -19,7 +19,6 @@ use common::{envseal, stderr};
 use envseal::keys::Kms;
 use envseal::kms::local::LocalProvider;
 use envseal::kms::KmsOptions;
-use envseal::manifest::ManifestWriter;
 
 struct Fx {
     t: tempfile::TempDir,
@@ -132,7 +131,9 @@ impl Fx {
             .filter(|l| l.starts_with(r#"{"type":"entry""#))
             .map(String::from)
             .collect();
-        let mut m = ManifestWriter::create(&LocalStore::new(vault), &u.reader.header).unwrap();
+        let store = LocalStore::new(vault);
+        let mut m =
+            envseal::vault::manifest_writer(&store, "manifest.jsonl", &u.reader.header).unwrap();
         for b in &u.reader.batches {
             m.batch(b).unwrap();
         }
@@ -143,7 +144,7 @@ impl Fx {
             m.entry_line(l.as_bytes()).unwrap();
         }
         let keys: Vec<&envseal::crypto::BatchKey> = u.keys.iter().collect();
-        m.finish(&keys, true).unwrap();
+        envseal::vault::publish_manifest(m, &keys, true, &store).unwrap();
     }
 }
 

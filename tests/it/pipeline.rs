@@ -12,7 +12,6 @@ use envseal::format::{self, ObjectHeader, HEADER_LEN};
 use envseal::keys::Kms;
 use envseal::kms::local::LocalProvider;
 use envseal::kms::KmsOptions;
-use envseal::manifest::ManifestReader;
 use envseal::progress::NoProgress;
 
 fn run(jobs: usize, pack_threshold: u64, batch_max_files: u64) {
@@ -56,7 +55,7 @@ fn run(jobs: usize, pack_threshold: u64, batch_max_files: u64) {
         r.batches,
         sizes.len().div_ceil(batch_max_files as usize) as u64
     );
-    let mut m = ManifestReader::open(&LocalStore::new(&vault)).unwrap();
+    let mut m = envseal::vault::read_manifest(&LocalStore::new(&vault), "manifest.jsonl").unwrap();
     let keys: Vec<_> = m
         .batches
         .iter()

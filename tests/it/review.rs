@@ -289,7 +289,7 @@ fn concealed_entries_are_not_in_clear_path_order() {
     opts.conceal_names = true;
     let kms = fx.kms();
     encrypt(&opts, &kms, &NoProgress, &AtomicBool::new(false)).unwrap();
-    let m = envseal::manifest::ManifestReader::open(&LocalStore::new(&fx.vault)).unwrap();
+    let m = envseal::vault::read_manifest(&LocalStore::new(&fx.vault), "manifest.jsonl").unwrap();
     let nk = kms
         .unwrap(&m.header.vault_id, &m.batches[0])
         .unwrap()
@@ -367,7 +367,7 @@ fn a_run_killed_after_its_manifest_finishes_on_rerun() {
         since: None,
     };
     let vault_id = format::to_hex(
-        &envseal::manifest::ManifestReader::open(&LocalStore::new(&fx.vault))
+        &envseal::vault::read_manifest(&LocalStore::new(&fx.vault), "manifest.jsonl")
             .unwrap()
             .header
             .vault_id,
@@ -415,7 +415,7 @@ fn a_run_killed_after_its_manifest_finishes_on_rerun() {
 
 /// Reads a whole manifest (keyless), as every reader does.
 fn read_all(vault: &std::path::Path) -> envseal::Result<Vec<envseal::manifest::Entry>> {
-    let mut r = envseal::manifest::ManifestReader::open(&LocalStore::new(vault))?;
+    let mut r = envseal::vault::read_manifest(&LocalStore::new(vault), "manifest.jsonl")?;
     let mut out = Vec::new();
     while let Some(e) = r.next_entry()? {
         out.push(e);
@@ -720,7 +720,7 @@ fn verify_problems(fx: &Fixture, deep: bool) -> Vec<envseal::verify::Problem> {
 
 /// The object (`objects/<xx>/<id>`) holding a file's record.
 fn object_of(fx: &Fixture, name: &str) -> String {
-    let m = envseal::manifest::ManifestReader::open(&LocalStore::new(&fx.vault)).unwrap();
+    let m = envseal::vault::read_manifest(&LocalStore::new(&fx.vault), "manifest.jsonl").unwrap();
     let f = read_all(&fx.vault)
         .unwrap()
         .into_iter()
@@ -847,7 +847,7 @@ fn decrypt_removes_stale_temporary_files_it_made() {
     let dir = fx.tmp.path().join("out/data");
     fs::create_dir_all(&dir).unwrap();
     // Temporary names carry the vault's tag (the first 8 bytes of its id).
-    let vault_id = envseal::manifest::ManifestReader::open(&LocalStore::new(&fx.vault))
+    let vault_id = envseal::vault::read_manifest(&LocalStore::new(&fx.vault), "manifest.jsonl")
         .unwrap()
         .header
         .vault_id;
