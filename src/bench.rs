@@ -16,12 +16,12 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::crypto::{BatchKey, FileKeys};
-use crate::encrypt::{encrypt, EncryptOptions};
 use crate::error::{Error, IoContext, Result};
 use crate::format::{self, ObjectHeader, DEFAULT_SEGMENT_SIZE, ID_LEN, TAG_LEN};
-use crate::keys::Kms;
+use crate::kms::keys::Kms;
 use crate::kms::local::LocalProvider;
 use crate::kms::{DataKey, KeyProvider, KmsOptions};
+use crate::pipeline::encrypt::{encrypt, EncryptOptions};
 use crate::progress::NoProgress;
 
 /// Segment size of the primitive measurements: `encrypt`'s default.
@@ -81,7 +81,7 @@ pub struct BenchReport {
     pub size: u64,
     pub jobs: usize,
     pub runs: usize,
-    /// The AES-256-GCM implementation compiled in ([`crate::aead::BACKEND`]).
+    /// The AES-256-GCM implementation compiled in ([`crate::crypto::aead::BACKEND`]).
     pub aead_backend: &'static str,
     pub figures: Figures,
     /// min(seal_parallel, blake3_parallel, page_cache_write): what `encrypt` should approach.
@@ -130,7 +130,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         size,
         jobs,
         runs,
-        aead_backend: crate::aead::BACKEND,
+        aead_backend: crate::crypto::aead::BACKEND,
         limit,
         ratio: figures.encrypt_tree / limit,
         tree_limit,
@@ -512,7 +512,7 @@ impl Scratch {
     }
 
     fn syncfs(&self) -> Result<()> {
-        crate::durable::sync_path(&self.0)
+        crate::fs::durable::sync_path(&self.0)
     }
 }
 

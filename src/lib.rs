@@ -14,37 +14,15 @@
 //! objects. The byte formats are specified in `docs/FORMAT.md`; their constants live in
 //! [`format`](mod@format).
 
-pub mod aead;
 pub mod bench;
 pub mod crypto;
-pub mod decrypt;
-pub mod device;
-pub mod durable;
-pub mod encrypt;
 pub mod error;
 pub mod format;
 pub mod fs;
-pub mod journal;
-pub mod keys;
-pub mod keyspec;
 pub mod kms;
-pub mod leftovers;
-pub mod legacy;
 pub mod limits;
-pub mod manifest;
-pub mod object;
-pub mod owner;
+pub mod pipeline;
 pub mod progress;
-pub mod rewrap;
-pub mod seal;
-pub mod since;
-pub mod source;
-pub mod sparse;
 pub mod store;
-pub mod vault;
-pub mod verify;
-pub mod verify_source;
-pub mod walk;
-pub mod write;
 
 pub use error::{Error, Result};

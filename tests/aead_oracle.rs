@@ -3,7 +3,7 @@
 //! `tests/vectors.rs` with `--features rustcrypto`, so both backends are held to the same bytes.
 
 use aes_gcm::aead::{AeadInPlace, KeyInit};
-use envseal::aead::{Aes256Gcm, Unauthentic};
+use envseal::crypto::aead::{Aes256Gcm, Unauthentic};
 use zeroize::Zeroizing;
 
 fn unhex(s: &str) -> Vec<u8> {

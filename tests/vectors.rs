@@ -20,18 +20,18 @@ use std::sync::Arc;
 
 use base64::Engine;
 use envseal::crypto::BatchKey;
-use envseal::decrypt::{decrypt, DecryptOptions};
+use envseal::format::manifest::{
+    self, Batch, Entry, EntryKind, EntryLine, FileEntry, Header, Name, ObjectRef,
+};
 use envseal::format::{self, ObjectHeader};
-use envseal::keys::Kms;
+use envseal::kms::keys::Kms;
 use envseal::kms::{
     DataKey, EncryptionContext, GeneratedKey, KeyProvider, KmsError, KmsErrorKind, KmsOptions,
     WrappedKey,
 };
-use envseal::manifest::{
-    self, Batch, Entry, EntryKind, EntryLine, FileEntry, Header, Name, ObjectRef,
-};
+use envseal::pipeline::decrypt::{decrypt, DecryptOptions};
+use envseal::pipeline::verify::{verify, VerifyOptions};
 use envseal::progress::NoProgress;
-use envseal::verify::{verify, VerifyOptions};
 use serde_json::Value;
 
 const KMS: &str = "vector";
@@ -111,8 +111,8 @@ fn cases() -> Vec<(&'static str, usize)> {
 /// The gaps of a case with holes and zero extents (§6.4): `sparse` stores `SEG + 100` bytes
 /// of a file of `3 × SEG + 100`, with a hole over its first segment's worth and a zero extent
 /// over its third.
-fn gaps(name: &str) -> Option<envseal::sparse::Sparse> {
-    use envseal::sparse::{Gap, Sparse};
+fn gaps(name: &str) -> Option<envseal::fs::sparse::Sparse> {
+    use envseal::fs::sparse::{Gap, Sparse};
     let seg = u64::from(SEG);
     (name == "sparse").then(|| {
         Sparse::new(
@@ -184,7 +184,8 @@ fn seal_cases(out: &Path, plain: Option<&Path>) -> Vec<(String, FileEntry)> {
             salt: [k as u8 + 0x40; 32],
             commitment: [0; 32],
         };
-        let (rec, ct, mac) = envseal::object::seal_object(&batch_key(b), &mut header, &pt);
+        let (rec, ct, mac) =
+            envseal::pipeline::object::seal_object(&batch_key(b), &mut header, &pt);
         let (obj, off) = if k + 1 < n {
             pack.extend_from_slice(&rec);
             (0, (pack.len() - rec.len()) as u64)
@@ -231,9 +232,10 @@ fn generate(out: &Path, plain: Option<&Path>, concealed: bool) {
         conceal_names: concealed,
     };
     let store = LocalStore::new(out);
-    let mut m = envseal::vault::manifest_writer(&store, "manifest.jsonl", &header).unwrap();
+    let mut m =
+        envseal::pipeline::vault::manifest_writer(&store, "manifest.jsonl", &header).unwrap();
     for b in 0..2 {
-        envseal::vault::write_key_file(&store, &VAULT_ID, &batch(b)).unwrap();
+        envseal::pipeline::vault::write_key_file(&store, &VAULT_ID, &batch(b)).unwrap();
         m.batch(&batch(b)).unwrap();
     }
     for id in [PACK_ID, SINGLE_ID] {
@@ -313,7 +315,8 @@ fn generate(out: &Path, plain: Option<&Path>, concealed: bool) {
     for l in &lines {
         m.entry_line(l).unwrap();
     }
-    envseal::vault::publish_manifest(m, &[&batch_key(0), &batch_key(1)], false, &store).unwrap();
+    envseal::pipeline::vault::publish_manifest(m, &[&batch_key(0), &batch_key(1)], false, &store)
+        .unwrap();
 }
 
 /// Every file below `dir`, relative, sorted.
@@ -430,7 +433,7 @@ fn generate_multi(out: &Path, plain: Option<&Path>, xattrs: &[(&[u8], &[u8])]) {
             salt: [0x50 + k as u8; 32],
             commitment: [0; 32],
         };
-        let (rec, ct, mac) = envseal::object::seal_object(&m_key(b), &mut header, &pt);
+        let (rec, ct, mac) = envseal::pipeline::object::seal_object(&m_key(b), &mut header, &pt);
         let (obj, off) = if name == "d-linked" {
             let p = object_path(out, &M_SINGLE_ID);
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -467,9 +470,10 @@ fn generate_multi(out: &Path, plain: Option<&Path>, xattrs: &[(&[u8], &[u8])]) {
         conceal_names: false,
     };
     let store = LocalStore::new(out);
-    let mut m = envseal::vault::manifest_writer(&store, "manifest.jsonl", &header).unwrap();
+    let mut m =
+        envseal::pipeline::vault::manifest_writer(&store, "manifest.jsonl", &header).unwrap();
     for b in 0..3 {
-        envseal::vault::write_key_file(&store, &M_VAULT_ID, &m_batch(b)).unwrap();
+        envseal::pipeline::vault::write_key_file(&store, &M_VAULT_ID, &m_batch(b)).unwrap();
         m.batch(&m_batch(b)).unwrap();
     }
     for id in [M_PACK_ID, M_SINGLE_ID] {
@@ -507,7 +511,7 @@ fn generate_multi(out: &Path, plain: Option<&Path>, xattrs: &[(&[u8], &[u8])]) {
                 .name_key()
                 .seal_with_nonce(&xattr_list(xattrs), b"envseal xattrs", [0x33; 12])
                 .unwrap();
-            e.xattrs = envseal::manifest::Xattrs::Sealed(sealed);
+            e.xattrs = envseal::format::manifest::Xattrs::Sealed(sealed);
         }
         entries.push(e);
     }
@@ -521,7 +525,13 @@ fn generate_multi(out: &Path, plain: Option<&Path>, xattrs: &[(&[u8], &[u8])]) {
     for e in &entries {
         m.entry_line(&e.to_line(None).unwrap()).unwrap();
     }
-    envseal::vault::publish_manifest(m, &[&m_key(0), &m_key(1), &m_key(2)], false, &store).unwrap();
+    envseal::pipeline::vault::publish_manifest(
+        m,
+        &[&m_key(0), &m_key(1), &m_key(2)],
+        false,
+        &store,
+    )
+    .unwrap();
 }
 
 fn generate_all(root: &Path) {

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use envseal::journal::Journal;
+use envseal::pipeline::journal::Journal;
 use libfuzzer_sys::fuzz_target;
 
 fn dir() -> &'static PathBuf {
@@ -23,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let store = envseal::store::local::LocalStore::new(d);
-    let _ = envseal::journal::head(&store);
+    let _ = envseal::pipeline::journal::head(&store);
     if let Ok((mut j, loaded)) = Journal::open(&store) {
         j.set_mac_key(zeroize::Zeroizing::new([7u8; 32]));
         let _ = j.authenticated(&loaded);

@@ -2,7 +2,7 @@
 //! (ids, commitment and wrappings checked), without a panic.
 #![no_main]
 
-use envseal::manifest::KeyFile;
+use envseal::format::manifest::KeyFile;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -3,7 +3,7 @@
 //! Each line is also given to `Entry::from_line` directly (the per-entry validation).
 #![no_main]
 
-use envseal::manifest::{Entry, Header, ManifestReader};
+use envseal::format::manifest::{Entry, Header, ManifestReader};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -4,8 +4,8 @@ use envseal::store::Location;
 use std::path::PathBuf;
 
 use clap::Args;
-use envseal::keyspec::KeySpec;
-use envseal::rewrap::{rewrap, RewrapOptions};
+use envseal::kms::keyspec::KeySpec;
+use envseal::pipeline::rewrap::{rewrap, RewrapOptions};
 use serde_json::json;
 
 use super::args::OutputArgs;
@@ -94,8 +94,9 @@ pub fn rewrap_cmd(a: RewrapArgs) -> anyhow::Result<i32> {
 /// The CMKs that wrap a vault's data keys, as JSON (`verify --json`'s `keys`); `null` when
 /// the manifest cannot be read (verify reports why).
 pub fn wrappers_json(vault: &Location, kms_flag: Option<&str>) -> serde_json::Value {
-    let m = envseal::store::open(vault)
-        .and_then(|s| envseal::vault::read_manifest(&*s, envseal::format::layout::MANIFEST));
+    let m = envseal::store::open(vault).and_then(|s| {
+        envseal::pipeline::vault::read_manifest(&*s, envseal::format::layout::MANIFEST)
+    });
     match m {
         Ok(m) => serde_json::Value::Array(
             wrapper_values(&m.batches, kms_flag)
@@ -109,11 +110,11 @@ pub fn wrappers_json(vault: &Location, kms_flag: Option<&str>) -> serde_json::Va
 
 /// Each CMK wrapping the batches, as JSON with its `aliases`, and the wrapper itself.
 fn wrapper_values(
-    batches: &[envseal::manifest::Batch],
+    batches: &[envseal::format::manifest::Batch],
     kms_flag: Option<&str>,
-) -> Vec<(serde_json::Value, envseal::keyspec::Wrapper)> {
+) -> Vec<(serde_json::Value, envseal::kms::keyspec::Wrapper)> {
     let mut aliases = Aliases::default();
-    envseal::keyspec::wrappers(batches)
+    envseal::kms::keyspec::wrappers(batches)
         .into_iter()
         .map(|w| {
             let names = aliases.of(&w.kms, &w.key_id, kms_flag);
@@ -128,7 +129,7 @@ fn wrapper_values(
 
 /// `ls --keys`: one line (or JSON object) per CMK wrapping the vault's data keys.
 pub fn ls_keys(vault: &Location, as_json: bool, kms_flag: Option<&str>) -> anyhow::Result<i32> {
-    let m = envseal::vault::open_manifest(&*envseal::store::open(vault)?)?;
+    let m = envseal::pipeline::vault::open_manifest(&*envseal::store::open(vault)?)?;
     let total = m.batches.len();
     for (v, w) in wrapper_values(&m.batches, kms_flag) {
         let names: Vec<&str> = v["aliases"]
@@ -217,7 +218,7 @@ pub fn verify_source_cmd(
     a: super::args::VerifyArgs,
     cancel: &std::sync::atomic::AtomicBool,
 ) -> anyhow::Result<i32> {
-    use envseal::verify_source::{verify_source, DiffKind, SourceOptions};
+    use envseal::pipeline::verify_source::{verify_source, DiffKind, SourceOptions};
     let opts = SourceOptions {
         sources: a.source.clone(),
         excludes: a.exclude.clone(),
@@ -330,7 +331,7 @@ pub fn import_legacy_cmd(
     a: ImportLegacyArgs,
     cancel: &std::sync::atomic::AtomicBool,
 ) -> anyhow::Result<i32> {
-    use envseal::legacy::{import, ImportOptions, ImportTo};
+    use envseal::pipeline::legacy::{import, ImportOptions, ImportTo};
     let kms_url = a.kms.clone().unwrap_or_else(|| "local".to_string());
     let to = match (&a.output, &a.to) {
         (Some(vault), None) => {
@@ -357,7 +358,7 @@ pub fn import_legacy_cmd(
         kms_url: kms_url.clone(),
         to,
     };
-    let kms = envseal::keys::Kms::new(super::kms_cmd::kms_options()?, None);
+    let kms = envseal::kms::keys::Kms::new(super::kms_cmd::kms_options()?, None);
     let r = import(&opts, &kms, cancel)?;
     super::output::print_all_failures(&r.bad);
     let target = match (&a.output, &a.to) {

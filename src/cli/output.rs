@@ -57,7 +57,7 @@ pub fn human_bytes(n: u64) -> String {
     format!("{v:.2} {}", UNITS[unit])
 }
 
-pub fn failures_json(list: &[envseal::encrypt::Failure]) -> Value {
+pub fn failures_json(list: &[envseal::pipeline::encrypt::Failure]) -> Value {
     Value::Array(
         list.iter()
             .map(|f| json!({"path": f.path, "error": f.why}))
@@ -67,12 +67,14 @@ pub fn failures_json(list: &[envseal::encrypt::Failure]) -> Value {
 
 /// Lists the files that failed, after the run, except those the progress display already
 /// showed as they failed (so `-q` lists them all: failures are never silent).
-pub fn print_failures(list: &[envseal::encrypt::Failure], bars: &super::progress::Bars) {
+pub fn print_failures(list: &[envseal::pipeline::encrypt::Failure], bars: &super::progress::Bars) {
     print_all_failures(list.iter().filter(|f| !bars.showed(f)));
 }
 
 /// Lists failures where no progress display showed them.
-pub fn print_all_failures<'a>(list: impl IntoIterator<Item = &'a envseal::encrypt::Failure>) {
+pub fn print_all_failures<'a>(
+    list: impl IntoIterator<Item = &'a envseal::pipeline::encrypt::Failure>,
+) {
     for f in list {
         eprintln!(
             "envseal: failed: {}: {}",

@@ -185,7 +185,7 @@ impl Bars {
     }
 
     /// Whether a failure was shown as a notice while the run went on.
-    pub fn showed(&self, f: &envseal::encrypt::Failure) -> bool {
+    pub fn showed(&self, f: &envseal::pipeline::encrypt::Failure) -> bool {
         self.shown
             .lock()
             .is_ok_and(|s| s.contains(&format!("{}: {}", f.path, f.why)))

@@ -3,12 +3,12 @@
 
 use std::sync::atomic::AtomicBool;
 
-use envseal::decrypt::{decrypt, DecryptOptions, Owners};
-use envseal::encrypt::{encrypt, EncryptOptions};
 use envseal::format;
-use envseal::keys::Kms;
-use envseal::manifest::EntryKind;
-use envseal::verify::{verify, VerifyOptions};
+use envseal::format::manifest::EntryKind;
+use envseal::kms::keys::Kms;
+use envseal::pipeline::decrypt::{decrypt, DecryptOptions, Owners};
+use envseal::pipeline::encrypt::{encrypt, EncryptOptions};
+use envseal::pipeline::verify::{verify, VerifyOptions};
 use envseal::Error;
 use serde_json::json;
 
@@ -127,7 +127,7 @@ pub fn encrypt_cmd(a: EncryptArgs, cancel: &'static AtomicBool) -> anyhow::Resul
         (Some(s), _) => size_arg("--segment-size", s)?,
         // An incremental run keeps the earlier vault's segment size (its records are reused).
         (None, Some(earlier)) => u64::from(
-            envseal::vault::open_manifest(&*envseal::store::open(earlier)?)?
+            envseal::pipeline::vault::open_manifest(&*envseal::store::open(earlier)?)?
                 .header
                 .segment_size,
         ),
@@ -161,7 +161,7 @@ pub fn encrypt_cmd(a: EncryptArgs, cancel: &'static AtomicBool) -> anyhow::Resul
     let mut keys = a
         .key
         .iter()
-        .map(|k| envseal::keyspec::KeySpec::parse(k, &default_kms))
+        .map(|k| envseal::kms::keyspec::KeySpec::parse(k, &default_kms))
         .collect::<Result<Vec<_>, _>>()?;
     if let (true, Some(earlier)) = (keys.is_empty(), &a.since) {
         keys = inherited_keys(earlier, a.kms.kms.as_deref())?;
@@ -263,8 +263,8 @@ pub fn encrypt_cmd(a: EncryptArgs, cancel: &'static AtomicBool) -> anyhow::Resul
 fn finished_before(
     opts: &EncryptOptions,
     out: &OutputArgs,
-    r: &envseal::encrypt::EncryptReport,
-    st: &envseal::encrypt::Staleness,
+    r: &envseal::pipeline::encrypt::EncryptReport,
+    st: &envseal::pipeline::encrypt::Staleness,
 ) -> i32 {
     let holds = format!(
         "{} files, {} dirs, {} symlinks{}, {}",
@@ -360,9 +360,9 @@ fn incremental_command(opts: &EncryptOptions) -> String {
 fn inherited_keys(
     earlier: &envseal::store::Location,
     kms_flag: Option<&str>,
-) -> anyhow::Result<Vec<envseal::keyspec::KeySpec>> {
+) -> anyhow::Result<Vec<envseal::kms::keyspec::KeySpec>> {
     let m = envseal::store::open(earlier)
-        .and_then(|s| envseal::vault::read_manifest(&*s, envseal::format::layout::MANIFEST))
+        .and_then(|s| envseal::pipeline::vault::read_manifest(&*s, envseal::format::layout::MANIFEST))
         .map_err(|e| {
             advise(
                 e,
@@ -371,11 +371,11 @@ fn inherited_keys(
                 ),
             )
         })?;
-    let mut ws = envseal::keyspec::wrappers(&m.batches);
+    let mut ws = envseal::kms::keyspec::wrappers(&m.batches);
     ws.sort_by_key(|w| !w.opens_alone);
-    let mut keys: Vec<envseal::keyspec::KeySpec> = ws
+    let mut keys: Vec<envseal::kms::keyspec::KeySpec> = ws
         .into_iter()
-        .map(|w| envseal::keyspec::KeySpec {
+        .map(|w| envseal::kms::keyspec::KeySpec {
             kms: w.kms,
             key: w.key_id,
         })
@@ -534,7 +534,7 @@ fn to_device_cmd(a: DecryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
             "e.g. envseal decrypt disk.vault --only sdb.img --to-device /dev/sdb",
         ));
     };
-    let opts = envseal::device::DeviceOptions {
+    let opts = envseal::pipeline::device::DeviceOptions {
         vault: a.vault,
         entry: entry.clone(),
         target,
@@ -542,8 +542,8 @@ fn to_device_cmd(a: DecryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
     };
     let kms = reading_kms(a.kms)?.expecting(a.expect_key);
     let bars = bars("decrypt", &a.out)?;
-    let r =
-        envseal::device::restore_to_device(&opts, &kms, &bars, cancel).map_err(unwrap_advice)?;
+    let r = envseal::pipeline::device::restore_to_device(&opts, &kms, &bars, cancel)
+        .map_err(unwrap_advice)?;
     let line = format!(
         "wrote {} ({}) onto {} in {:.2} s (synced)",
         entry,
@@ -622,12 +622,13 @@ pub fn ls_cmd(a: LsArgs) -> anyhow::Result<i32> {
     // error (exit 3) like any other.
     check_vault(&a.vault)?;
     let store = envseal::store::open(&a.vault)?;
-    let manifest = envseal::vault::open_manifest(&*store)?;
+    let manifest = envseal::pipeline::vault::open_manifest(&*store)?;
     let concealed = manifest.header.conceal_names;
     let mut unlocked = None;
     let mut reader = if concealed {
-        let u = envseal::vault::unlock(&*store, &reading_kms(a.kms)?).map_err(unwrap_advice)?;
-        let envseal::vault::Unlocked { reader, keys } = u;
+        let u = envseal::pipeline::vault::unlock(&*store, &reading_kms(a.kms)?)
+            .map_err(unwrap_advice)?;
+        let envseal::pipeline::vault::Unlocked { reader, keys } = u;
         unlocked = Some(keys);
         reader
     } else {
@@ -643,7 +644,7 @@ pub fn ls_cmd(a: LsArgs) -> anyhow::Result<i32> {
         while let Some(e) = reader.next_entry()? {
             sorted.push(e);
         }
-        envseal::manifest::check_tree(&mut sorted)?;
+        envseal::format::manifest::check_tree(&mut sorted)?;
         sorted.reverse();
     }
     loop {

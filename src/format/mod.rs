@@ -2,6 +2,7 @@
 //! normative text; every number here appears there.
 
 pub mod header;
+pub mod manifest;
 
 pub use header::ObjectHeader;
 

@@ -8,7 +8,11 @@
 //! with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` where the kernel has it (5.6+),
 //! else one component at a time with `O_NOFOLLOW`.
 
+pub mod durable;
+pub mod owner;
 pub mod restore;
+pub mod source;
+pub mod sparse;
 pub mod walk;
 
 use std::ffi::OsStr;

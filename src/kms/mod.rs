@@ -11,6 +11,8 @@
 
 pub mod aliyun;
 pub mod aws;
+pub mod keys;
+pub mod keyspec;
 pub mod keystore;
 pub mod local;
 pub mod retry;

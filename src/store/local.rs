@@ -358,7 +358,7 @@ impl Store for LocalStore {
     }
 
     fn barrier(&self) -> Result<()> {
-        crate::durable::sync_path(&self.root)
+        crate::fs::durable::sync_path(&self.root)
     }
 
     fn link_from(&self, from: &dyn Store, name: Name) -> Result<bool> {

@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use envseal::decrypt::{decrypt, DecryptOptions};
-use envseal::encrypt::{encrypt, EncryptOptions};
-use envseal::keys::Kms;
+use envseal::kms::keys::Kms;
 use envseal::kms::local::LocalProvider;
 use envseal::kms::KmsOptions;
+use envseal::pipeline::decrypt::{decrypt, DecryptOptions};
+use envseal::pipeline::encrypt::{encrypt, EncryptOptions};
 use envseal::progress::{NoProgress, Progress};
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {

@@ -9,14 +9,14 @@ use envseal::store::local::LocalStore;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use envseal::decrypt::{decrypt, DecryptOptions};
-use envseal::encrypt::{encrypt, EncryptOptions};
 use envseal::error::Error;
-use envseal::keys::Kms;
+use envseal::kms::keys::Kms;
 use envseal::kms::local::LocalProvider;
 use envseal::kms::KmsOptions;
+use envseal::pipeline::decrypt::{decrypt, DecryptOptions};
+use envseal::pipeline::encrypt::{encrypt, EncryptOptions};
+use envseal::pipeline::write::CHECKPOINT_BYTES;
 use envseal::progress::{NoProgress, Progress};
-use envseal::write::CHECKPOINT_BYTES;
 
 /// Stops the run (as Ctrl-C does) once `after` bytes were sealed.
 struct StopAfter {
@@ -118,9 +118,9 @@ fn run(change_before_resume: bool, sparse: bool) {
         assert!(m.contains(r#""zeros":[[41943040,8388608]]"#), "{m}");
         assert!(m.contains(r#""holes":[["#), "{m}");
     }
-    let v = envseal::verify::verify(
+    let v = envseal::pipeline::verify::verify(
         &LocalStore::new(&vault),
-        &envseal::verify::VerifyOptions {
+        &envseal::pipeline::verify::VerifyOptions {
             deep: true,
             jobs: 1,
         },

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::tree::{copy_vault, gen_file, ok};
 use common::{envseal, stderr};
-use envseal::keys::Kms;
+use envseal::kms::keys::Kms;
 use envseal::kms::local::LocalProvider;
 use envseal::kms::KmsOptions;
 
@@ -124,7 +124,7 @@ impl Fx {
     /// again with the vault's own batch keys: a vault only a key holder could make.
     fn remac(&self, vault: &Path, edit: impl Fn(Vec<String>) -> Vec<String>) {
         let kms = self.kms();
-        let u = envseal::vault::unlock(&LocalStore::new(vault), &kms).unwrap();
+        let u = envseal::pipeline::vault::unlock(&LocalStore::new(vault), &kms).unwrap();
         let text = fs::read_to_string(vault.join("manifest.jsonl")).unwrap();
         let entries: Vec<String> = text
             .lines()
@@ -133,7 +133,8 @@ impl Fx {
             .collect();
         let store = LocalStore::new(vault);
         let mut m =
-            envseal::vault::manifest_writer(&store, "manifest.jsonl", &u.reader.header).unwrap();
+            envseal::pipeline::vault::manifest_writer(&store, "manifest.jsonl", &u.reader.header)
+                .unwrap();
         for b in &u.reader.batches {
             m.batch(b).unwrap();
         }
@@ -144,7 +145,7 @@ impl Fx {
             m.entry_line(l.as_bytes()).unwrap();
         }
         let keys: Vec<&envseal::crypto::BatchKey> = u.keys.iter().collect();
-        envseal::vault::publish_manifest(m, &keys, true, &store).unwrap();
+        envseal::pipeline::vault::publish_manifest(m, &keys, true, &store).unwrap();
     }
 }
 

@@ -7,11 +7,11 @@ use envseal::store::local::LocalStore;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use envseal::encrypt::{encrypt, EncryptOptions};
 use envseal::format::{self, ObjectHeader, HEADER_LEN};
-use envseal::keys::Kms;
+use envseal::kms::keys::Kms;
 use envseal::kms::local::LocalProvider;
 use envseal::kms::KmsOptions;
+use envseal::pipeline::encrypt::{encrypt, EncryptOptions};
 use envseal::progress::NoProgress;
 
 fn run(jobs: usize, pack_threshold: u64, batch_max_files: u64) {
@@ -55,7 +55,8 @@ fn run(jobs: usize, pack_threshold: u64, batch_max_files: u64) {
         r.batches,
         sizes.len().div_ceil(batch_max_files as usize) as u64
     );
-    let mut m = envseal::vault::read_manifest(&LocalStore::new(&vault), "manifest.jsonl").unwrap();
+    let mut m = envseal::pipeline::vault::read_manifest(&LocalStore::new(&vault), "manifest.jsonl")
+        .unwrap();
     let keys: Vec<_> = m
         .batches
         .iter()
@@ -82,7 +83,7 @@ fn run(jobs: usize, pack_threshold: u64, batch_max_files: u64) {
             batches_in.entry(f.obj).or_default().insert(f.batch);
         }
         let key = &keys[f.batch as usize];
-        let (reference, ct, mac) = envseal::object::seal_object(key, &mut header, &plain);
+        let (reference, ct, mac) = envseal::pipeline::object::seal_object(key, &mut header, &plain);
         assert!(
             rec == reference,
             "{name}: pipeline and reference records differ"

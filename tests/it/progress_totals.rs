@@ -10,10 +10,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use envseal::encrypt::{encrypt, EncryptOptions};
-use envseal::keys::Kms;
+use envseal::kms::keys::Kms;
 use envseal::kms::local::LocalProvider;
 use envseal::kms::KmsOptions;
+use envseal::pipeline::encrypt::{encrypt, EncryptOptions};
 use envseal::progress::Progress;
 
 use common::tree::gen_file;
@@ -40,7 +40,11 @@ impl Progress for Recorder {
     }
 }
 
-fn run(src: &Path, dir: &Path, slow: Duration) -> (Recorder, envseal::encrypt::EncryptReport) {
+fn run(
+    src: &Path,
+    dir: &Path,
+    slow: Duration,
+) -> (Recorder, envseal::pipeline::encrypt::EncryptReport) {
     let store = dir.join("keystore");
     let url = format!("local:{}", store.display());
     let provider = LocalProvider::open(Some(&store), &KmsOptions::default()).unwrap();

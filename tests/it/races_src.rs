@@ -15,10 +15,10 @@ use std::sync::Arc;
 use common::tree::{code, ok};
 use common::{envseal, run, stderr};
 
-use envseal::encrypt::{encrypt, EncryptOptions};
-use envseal::keys::Kms;
+use envseal::kms::keys::Kms;
 use envseal::kms::local::LocalProvider;
 use envseal::kms::KmsOptions;
+use envseal::pipeline::encrypt::{encrypt, EncryptOptions};
 use envseal::progress::Progress;
 
 /// Bytes no file inside SRC holds: finding them in a restore means a file outside was read.

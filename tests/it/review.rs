@@ -6,15 +6,15 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use envseal::decrypt::{decrypt, DecryptOptions};
-use envseal::encrypt::{encrypt, EncryptOptions};
 use envseal::error::Error;
 use envseal::format::{self, layout};
-use envseal::keys::Kms;
+use envseal::kms::keys::Kms;
 use envseal::kms::local::LocalProvider;
 use envseal::kms::{
     DataKey, EncryptionContext, GeneratedKey, KeyProvider, KmsError, KmsOptions, WrappedKey,
 };
+use envseal::pipeline::decrypt::{decrypt, DecryptOptions};
+use envseal::pipeline::encrypt::{encrypt, EncryptOptions};
 use envseal::progress::NoProgress;
 
 /// A source tree, a local key store and a vault path, all in one temporary directory.
@@ -162,7 +162,7 @@ fn the_manifest_used_is_the_manifest_authenticated() {
 #[test]
 fn a_run_killed_before_its_first_batch_resumes() {
     use base64::Engine;
-    use envseal::journal::{Journal, RunParams, RunRecord};
+    use envseal::pipeline::journal::{Journal, RunParams, RunRecord};
     let fx = Fixture::new(&[("a.txt", b"hello"), ("b.txt", b"world")]);
     let opts = fx.opts(4096);
     fs::create_dir_all(&fx.vault).unwrap();
@@ -196,7 +196,7 @@ fn a_run_killed_before_its_first_batch_resumes() {
 /// not overflow (a panic in debug builds, wrapped arithmetic in release builds).
 #[test]
 fn hostile_sizes_in_the_manifest_do_not_overflow() {
-    use envseal::verify::{verify, ProblemKind, VerifyOptions};
+    use envseal::pipeline::verify::{verify, ProblemKind, VerifyOptions};
     // 64 MiB segments: 2^58 bytes is the largest size with at most 2^32 segments.
     let files: Vec<(String, Vec<u8>)> = (0..65).map(|i| (format!("f{i:02}"), vec![1])).collect();
     let refs: Vec<(&str, &[u8])> = files
@@ -257,7 +257,7 @@ fn a_file_with_a_long_name_is_restored() {
 /// `verify` must notice when its wrapped key differs from the manifest's, not only its ids.
 #[test]
 fn a_key_file_with_another_wrapped_key_is_reported() {
-    use envseal::verify::ProblemKind;
+    use envseal::pipeline::verify::ProblemKind;
     let fx = Fixture::new(&[("a.txt", b"hello")]);
     fx.encrypt(4096);
     let kf = key_file(&fx);
@@ -289,7 +289,8 @@ fn concealed_entries_are_not_in_clear_path_order() {
     opts.conceal_names = true;
     let kms = fx.kms();
     encrypt(&opts, &kms, &NoProgress, &AtomicBool::new(false)).unwrap();
-    let m = envseal::vault::read_manifest(&LocalStore::new(&fx.vault), "manifest.jsonl").unwrap();
+    let m = envseal::pipeline::vault::read_manifest(&LocalStore::new(&fx.vault), "manifest.jsonl")
+        .unwrap();
     let nk = kms
         .unwrap(&m.header.vault_id, &m.batches[0])
         .unwrap()
@@ -349,7 +350,7 @@ fn unwrapping_never_creates_a_local_key_store() {
 #[test]
 fn a_run_killed_after_its_manifest_finishes_on_rerun() {
     use base64::Engine;
-    use envseal::journal::{Journal, RunParams, RunRecord};
+    use envseal::pipeline::journal::{Journal, RunParams, RunRecord};
     let fx = Fixture::new(&[("a.txt", b"hello")]);
     let opts = fx.opts(4096);
     fx.encrypt(4096);
@@ -367,7 +368,7 @@ fn a_run_killed_after_its_manifest_finishes_on_rerun() {
         since: None,
     };
     let vault_id = format::to_hex(
-        &envseal::vault::read_manifest(&LocalStore::new(&fx.vault), "manifest.jsonl")
+        &envseal::pipeline::vault::read_manifest(&LocalStore::new(&fx.vault), "manifest.jsonl")
             .unwrap()
             .header
             .vault_id,
@@ -414,8 +415,8 @@ fn a_run_killed_after_its_manifest_finishes_on_rerun() {
 }
 
 /// Reads a whole manifest (keyless), as every reader does.
-fn read_all(vault: &std::path::Path) -> envseal::Result<Vec<envseal::manifest::Entry>> {
-    let mut r = envseal::vault::read_manifest(&LocalStore::new(vault), "manifest.jsonl")?;
+fn read_all(vault: &std::path::Path) -> envseal::Result<Vec<envseal::format::manifest::Entry>> {
+    let mut r = envseal::pipeline::vault::read_manifest(&LocalStore::new(vault), "manifest.jsonl")?;
     let mut out = Vec::new();
     while let Some(e) = r.next_entry()? {
         out.push(e);
@@ -485,7 +486,7 @@ fn the_reader_enforces_the_entry_rules() {
 /// before allocating (docs/FORMAT.md §8). A key file padded past it is reported, not loaded.
 #[test]
 fn an_oversized_key_file_is_refused() {
-    use envseal::verify::ProblemKind;
+    use envseal::pipeline::verify::ProblemKind;
     let fx = Fixture::new(&[("a.txt", b"hello")]);
     fx.encrypt(4096);
     let kf = key_file(&fx);
@@ -532,7 +533,7 @@ fn a_vault_inside_a_source_is_refused_through_symlinks_and_dotdot() {
 #[test]
 fn a_resumed_run_refuses_batches_of_another_kms() {
     use base64::Engine;
-    use envseal::journal::{Journal, RunParams, RunRecord};
+    use envseal::pipeline::journal::{Journal, RunParams, RunRecord};
     let fx = Fixture::new(&[("a.txt", b"hello")]);
     let opts = fx.opts(4096);
     fs::create_dir_all(&fx.vault).unwrap();
@@ -579,7 +580,7 @@ fn a_resumed_run_refuses_batches_of_another_kms() {
 #[test]
 fn the_object_sweep_does_not_follow_symlinks() {
     use base64::Engine;
-    use envseal::journal::{Journal, RunParams, RunRecord};
+    use envseal::pipeline::journal::{Journal, RunParams, RunRecord};
     let fx = Fixture::new(&[("a.txt", b"hello")]);
     let opts = fx.opts(4096);
     fs::create_dir_all(fx.vault.join("objects")).unwrap();
@@ -703,8 +704,8 @@ fn key_file(fx: &Fixture) -> std::path::PathBuf {
         .unwrap()
 }
 
-fn verify_problems(fx: &Fixture, deep: bool) -> Vec<envseal::verify::Problem> {
-    use envseal::verify::{verify, VerifyOptions};
+fn verify_problems(fx: &Fixture, deep: bool) -> Vec<envseal::pipeline::verify::Problem> {
+    use envseal::pipeline::verify::{verify, VerifyOptions};
     let kms = fx.kms();
     let opts = VerifyOptions { deep, jobs: 2 };
     verify(
@@ -720,7 +721,8 @@ fn verify_problems(fx: &Fixture, deep: bool) -> Vec<envseal::verify::Problem> {
 
 /// The object (`objects/<xx>/<id>`) holding a file's record.
 fn object_of(fx: &Fixture, name: &str) -> String {
-    let m = envseal::vault::read_manifest(&LocalStore::new(&fx.vault), "manifest.jsonl").unwrap();
+    let m = envseal::pipeline::vault::read_manifest(&LocalStore::new(&fx.vault), "manifest.jsonl")
+        .unwrap();
     let f = read_all(&fx.vault)
         .unwrap()
         .into_iter()
@@ -734,8 +736,8 @@ fn object_of(fx: &Fixture, name: &str) -> String {
 /// message: `open_record` says `Missing`, and deep verify reports `missing` vs `corrupt`.
 #[test]
 fn a_missing_object_is_a_typed_error() {
-    use envseal::object::{open_record, ObjectError, RecordCtx};
-    use envseal::verify::ProblemKind;
+    use envseal::pipeline::object::{open_record, ObjectError, RecordCtx};
+    use envseal::pipeline::verify::ProblemKind;
     let fx = Fixture::new(&[("gone.txt", b"gone"), ("cut.txt", b"truncated")]);
     // Not packed: each file in an object of its own.
     let mut opts = fx.opts(4096);
@@ -750,7 +752,7 @@ fn a_missing_object_is_a_typed_error() {
         .unwrap();
     f.set_len(10).unwrap();
 
-    let mut u = envseal::vault::unlock(&LocalStore::new(&fx.vault), &fx.kms()).unwrap();
+    let mut u = envseal::pipeline::vault::unlock(&LocalStore::new(&fx.vault), &fx.kms()).unwrap();
     let mut files = Vec::new();
     while let Some(e) = u.reader.next_entry().unwrap() {
         files.extend(e.file().cloned());
@@ -794,7 +796,7 @@ fn a_missing_object_is_a_typed_error() {
 /// and files in `objects/` (never their targets), and an `objects/` it cannot list.
 #[test]
 fn verify_reports_strays_and_does_not_follow_links() {
-    use envseal::verify::ProblemKind;
+    use envseal::pipeline::verify::ProblemKind;
     let fx = Fixture::new(&[("a.txt", b"hello")]);
     fx.encrypt(4096);
     let victim = fx.tmp.path().join("victim");
@@ -847,10 +849,11 @@ fn decrypt_removes_stale_temporary_files_it_made() {
     let dir = fx.tmp.path().join("out/data");
     fs::create_dir_all(&dir).unwrap();
     // Temporary names carry the vault's tag (the first 8 bytes of its id).
-    let vault_id = envseal::vault::read_manifest(&LocalStore::new(&fx.vault), "manifest.jsonl")
-        .unwrap()
-        .header
-        .vault_id;
+    let vault_id =
+        envseal::pipeline::vault::read_manifest(&LocalStore::new(&fx.vault), "manifest.jsonl")
+            .unwrap()
+            .header
+            .vault_id;
     let stale = format!(
         ".envseal-{}-0123456789abcdef.tmp",
         format::to_hex(&vault_id[..8])

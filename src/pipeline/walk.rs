@@ -17,9 +17,9 @@ use rustix::fs::{FileType, Stat};
 
 use crate::error::{Error, Result};
 use crate::format;
+use crate::format::manifest::check_path;
 use crate::fs::walk::{Place, Step, Walk};
 use crate::fs::Dir;
-use crate::manifest::check_path;
 
 /// What a source entry is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -440,7 +440,7 @@ mod tests {
         fs::rename(src.join("d"), src.join("d.away")).unwrap();
         std::os::unix::fs::symlink(&outside, src.join("d")).unwrap();
         let e = f.source.open(f.dev, f.ino, false, false).unwrap_err();
-        assert!(crate::source::is_changed(&e), "{e}");
+        assert!(crate::fs::source::is_changed(&e), "{e}");
         assert!(e.to_string().contains("changed while being read"), "{e}");
     }
 }

@@ -16,10 +16,10 @@ use serde_json::value::RawValue;
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
+pub use crate::format::manifest::SourceId;
+use crate::format::manifest::{Batch, Lines};
 use crate::format::{self, layout, ID_LEN};
 use crate::kms::WrappedKey;
-pub use crate::manifest::SourceId;
-use crate::manifest::{Batch, Lines};
 use crate::store::{Log, Store};
 
 /// The arguments that define a run; a resume must present the same ones.
@@ -225,7 +225,7 @@ impl Journal {
                     return Err(Error::integrity(&what, "journal batches out of order"));
                 }
                 let at = format!("{what} batch {}", b.batch);
-                let key_file = crate::manifest::KeyFile {
+                let key_file = crate::format::manifest::KeyFile {
                     format: format::FORMAT_VERSION,
                     vault_id: String::new(),
                     batch_id: b.id,

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::ffi::{CStr, CString};
 use std::sync::{LazyLock, Mutex};
 
-use crate::manifest::Owner;
+use crate::format::manifest::Owner;
 
 #[derive(Default)]
 struct Cache {

@@ -16,13 +16,13 @@ use std::time::Instant;
 
 use crate::crypto::BatchKey;
 use crate::error::{Error, Result};
+use crate::format::manifest::{Batch, FileEntry, KeyFile, ObjectRef};
 use crate::format::{self, layout};
-use crate::keys::Kms;
-use crate::manifest::{Batch, FileEntry, KeyFile, ObjectRef};
-use crate::object::{hash_record, open_record, ObjectError, RecordCtx};
+use crate::kms::keys::Kms;
+use crate::pipeline::object::{hash_record, open_record, ObjectError, RecordCtx};
+use crate::pipeline::vault;
 use crate::progress::Progress;
 use crate::store::Store;
-use crate::vault;
 
 /// One problem found, by vault path (or object name for extra objects).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -257,7 +257,7 @@ pub fn verify(
     let mut files = 0u64;
     let mut bytes = 0u64;
     // Concealed names, revealed: their tree rules are checked once all are known.
-    let mut revealed: Vec<crate::manifest::Entry> = Vec::new();
+    let mut revealed: Vec<crate::format::manifest::Entry> = Vec::new();
     let read = pool.in_place_scope(|s| -> Result<()> {
         let mut job: Vec<Item> = Vec::new();
         let mut job_bytes = 0u64;
@@ -281,8 +281,8 @@ pub fn verify(
             if header.conceal_names && keys.is_some() {
                 // Only what the tree rules read: the path, whether it is a directory, a
                 // hard link's target and whether a file may be one.
-                use crate::manifest::EntryKind;
-                revealed.push(crate::manifest::Entry {
+                use crate::format::manifest::EntryKind;
+                revealed.push(crate::format::manifest::Entry {
                     kind: match &e.kind {
                         EntryKind::Dir => EntryKind::Dir,
                         EntryKind::HardLink(t) => EntryKind::HardLink(t.clone()),
@@ -320,7 +320,7 @@ pub fn verify(
             reader.authenticate(i, k)?;
         }
         if header.conceal_names {
-            crate::manifest::check_tree(&mut revealed)?;
+            crate::format::manifest::check_tree(&mut revealed)?;
         }
     }
     let mut problems = problems.into_inner().unwrap_or_default();

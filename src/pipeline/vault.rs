@@ -4,9 +4,9 @@
 
 use crate::crypto::BatchKey;
 use crate::error::{Error, Result};
+use crate::format::manifest::{key_file_bytes, Batch, Header, ManifestReader, ManifestWriter};
 use crate::format::{layout, ID_LEN};
-use crate::keys::Kms;
-use crate::manifest::{key_file_bytes, Batch, Header, ManifestReader, ManifestWriter};
+use crate::kms::keys::Kms;
 use crate::store::{NewFile, Store};
 
 /// Why a store without a manifest is not a vault.
@@ -60,7 +60,7 @@ pub fn open_manifest(store: &dyn Store) -> Result<ManifestReader> {
         return ManifestReader::from_reader(r, store.describe(layout::MANIFEST));
     }
     let hint = if store.len(layout::JOURNAL).ok().flatten().is_some() {
-        crate::journal::resume_hint(store)
+        crate::pipeline::journal::resume_hint(store)
     } else if !store.root_exists()? {
         "no such directory".into()
     } else {

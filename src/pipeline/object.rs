@@ -15,8 +15,8 @@ use rayon::prelude::*;
 
 use crate::crypto::{ct_leaf, record_ct, segment_mac, BatchKey, CtDigest, SegMac, TreeMac};
 use crate::error::Error;
+use crate::format::manifest::{Batch, FileEntry, Header, ObjectRef};
 use crate::format::{self, ObjectHeader, HEADER_LEN, TAG_LEN};
-use crate::manifest::{Batch, FileEntry, Header, ObjectRef};
 use crate::progress::Progress;
 use crate::store::{ReadAt, Store};
 
@@ -284,7 +284,7 @@ pub fn open_record(
         size: f.size,
         seg,
         // Stored bytes go to their offsets in the file, around its gaps (§6.4).
-        runs: f.sparse.as_deref().map(crate::sparse::Runs::new),
+        runs: f.sparse.as_deref().map(crate::fs::sparse::Runs::new),
     });
     let keys = record_keys(ctx, f, key)?;
     let sink = match sink {
@@ -402,7 +402,7 @@ struct Sink<'a> {
     out: &'a File,
     size: u64,
     seg: u32,
-    runs: Option<crate::sparse::Runs>,
+    runs: Option<crate::fs::sparse::Runs>,
 }
 
 impl Sink<'_> {
@@ -543,7 +543,7 @@ pub fn plaintext_matches(
     cancel: &AtomicBool,
 ) -> Result<bool, ObjectError> {
     let (_, fk) = record_keys(ctx, f, key)?;
-    let held = crate::sparse::keyed_digest(
+    let held = crate::fs::sparse::keyed_digest(
         existing,
         f.file_len(),
         f.sparse.as_deref(),
@@ -552,7 +552,7 @@ pub fn plaintext_matches(
     );
     match held {
         // blake3::Hash compares in constant time.
-        Ok((crate::sparse::Held::Digest(d), _)) => Ok(d == blake3::Hash::from(f.pt)),
+        Ok((crate::fs::sparse::Held::Digest(d), _)) => Ok(d == blake3::Hash::from(f.pt)),
         Ok(_) => Ok(false),
         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Err(ObjectError::Cancelled),
         Err(e) => Err(ObjectError::Io(Error::io("existing file", e))),

@@ -7,8 +7,8 @@
 use std::collections::HashSet;
 
 use crate::error::Result;
+use crate::format::manifest::Batch;
 use crate::format::{layout, ID_LEN};
-use crate::manifest::Batch;
 use crate::store::{Listed, Store};
 
 /// Temporary names of a local vault's atomic writes (`<name>.tmp`, then put in place).

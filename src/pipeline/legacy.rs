@@ -25,13 +25,13 @@ use eax::aead::generic_array::GenericArray;
 use eax::aead::{AeadInPlace, KeyInit};
 use zeroize::Zeroizing;
 
-use crate::encrypt::Failure;
 use crate::error::{Error, IoContext, Result};
+use crate::format::manifest::{self, Entry, EntryKind, FileEntry, Header, Name, ObjectRef};
 use crate::format::{self, layout, ObjectHeader, ID_LEN};
-use crate::keys::Kms;
-use crate::keyspec::KeySpec;
+use crate::kms::keys::Kms;
+use crate::kms::keyspec::KeySpec;
 use crate::kms::{EncryptionContext, WrappedKey};
-use crate::manifest::{self, Entry, EntryKind, FileEntry, Header, Name, ObjectRef};
+use crate::pipeline::encrypt::Failure;
 use crate::store::{Shape, Store};
 
 /// EAX nonce and tag length in the guide's files (pycryptodome's defaults).
@@ -318,20 +318,20 @@ fn write_vault(
                 "{shown} is a finished vault; refusing to overwrite it (choose another -o)"
             )));
         }
-        if !crate::leftovers::unfinished_import(vault)? {
+        if !crate::pipeline::leftovers::unfinished_import(vault)? {
             return Err(Error::Usage(format!(
                 "{shown} exists and is not empty; choose a new directory for the vault"
             )));
         }
-        crate::leftovers::clear_unfinished_import(vault)?;
+        crate::pipeline::leftovers::clear_unfinished_import(vault)?;
     }
     let vault_id: [u8; ID_LEN] = format::random().at(&shown)?;
     let batch_id: [u8; ID_LEN] = format::random().at(&shown)?;
     let (batch, bk) = kms.generate_all(keys, &vault_id, batch_id)?;
-    crate::vault::write_key_file(vault, &vault_id, &batch)?;
+    crate::pipeline::vault::write_key_file(vault, &vault_id, &batch)?;
     let header = Header {
         vault_id,
-        created: crate::encrypt::now_rfc3339(),
+        created: crate::pipeline::encrypt::now_rfc3339(),
         generator: format!("envseal {} import-legacy", env!("CARGO_PKG_VERSION")),
         segment_size: format::DEFAULT_SEGMENT_SIZE,
         conceal_names: false,
@@ -365,7 +365,7 @@ fn write_vault(
             salt: format::random().at(&shown)?,
             commitment: [0; 32],
         };
-        let (record, ct, pt_mac) = crate::object::seal_object(&bk, &mut h, pt);
+        let (record, ct, pt_mac) = crate::pipeline::object::seal_object(&bk, &mut h, pt);
         out.write_at(off, &record)?;
         let md = fs::metadata(&lf.path).at(&lf.path)?;
         use std::os::unix::fs::MetadataExt;
@@ -374,9 +374,9 @@ fn write_vault(
             mode: md.mode() & 0o7777,
             mtime: md.mtime(),
             mtime_nsec: md.mtime_nsec() as u32,
-            owner: Some(crate::owner::owner_of(md.uid(), md.gid())),
+            owner: Some(crate::fs::owner::owner_of(md.uid(), md.gid())),
             linked: false,
-            xattrs: crate::manifest::Xattrs::None,
+            xattrs: crate::format::manifest::Xattrs::None,
             kind: EntryKind::File(FileEntry {
                 size: pt.len() as u64,
                 batch: 0,
@@ -392,7 +392,7 @@ fn write_vault(
     }
     out.finish()?;
     vault.barrier()?;
-    let mut m = crate::vault::manifest_writer(vault, layout::MANIFEST, &header)?;
+    let mut m = crate::pipeline::vault::manifest_writer(vault, layout::MANIFEST, &header)?;
     m.batch(&batch)?;
     m.object(&ObjectRef {
         id: obj_id,
@@ -401,7 +401,7 @@ fn write_vault(
     for e in &entries {
         m.entry_line(&e.to_line(None)?)?;
     }
-    crate::vault::publish_manifest(m, &[&bk], false, vault)
+    crate::pipeline::vault::publish_manifest(m, &[&bk], false, vault)
 }
 
 /// Writes a new file (never replacing one) with the mode and mtime of the guide file it

@@ -14,12 +14,12 @@ use std::sync::Arc;
 
 use crate::crypto::BatchKey;
 use crate::error::{Error, Result};
+use crate::format::manifest::{Batch, Entry, ObjectRef};
 use crate::format::ID_LEN;
-use crate::journal::{Journal, SourceId};
-use crate::keys::Kms;
-use crate::manifest::{Batch, Entry, ObjectRef};
+use crate::kms::keys::Kms;
+use crate::pipeline::journal::{Journal, SourceId};
+use crate::pipeline::vault;
 use crate::store::Store;
-use crate::vault;
 
 /// What an incremental run takes from the earlier vault.
 pub struct Earlier {
@@ -105,7 +105,7 @@ impl Earlier {
     /// this process; a copy cut short never holds the object's name. Its length is checked
     /// first.
     fn link_object(&self, to: &dyn Store, o: &ObjectRef) -> Result<()> {
-        crate::object::open_object_file(&*self.store, o).map_err(|e| {
+        crate::pipeline::object::open_object_file(&*self.store, o).map_err(|e| {
             Error::Runtime(format!(
                 "the earlier vault {}: {e:?}; run `envseal verify` on it",
                 self.store.url()

@@ -4,9 +4,11 @@
 //! context strings ([`crate::format::kdf`]); variable inputs (ids, salt, sizes) are key material.
 //! Plaintext key types are zeroized on drop and have no `Debug` or `Clone`.
 
+pub mod aead;
+
 use std::sync::LazyLock;
 
-use crate::aead::Aes256Gcm;
+use crate::crypto::aead::Aes256Gcm;
 use blake3::hazmat::{self, ChainingValue, HasherExt, Mode};
 use zeroize::Zeroizing;
 

@@ -26,13 +26,13 @@ use rayon::prelude::*;
 
 use crate::crypto::BatchKey;
 use crate::error::{Error, Result};
+use crate::format::manifest::{self, Entry, EntryKind, FileEntry};
 use crate::format::{ObjectHeader, HEADER_LEN};
-use crate::keys::Kms;
-use crate::manifest::{self, Entry, EntryKind, FileEntry};
-use crate::object::RecordCtx;
-use crate::sparse::Held;
-use crate::vault;
-use crate::walk::{self, Found, SourceEntry, SourceKind};
+use crate::fs::sparse::Held;
+use crate::kms::keys::Kms;
+use crate::pipeline::object::RecordCtx;
+use crate::pipeline::vault;
+use crate::pipeline::walk::{self, Found, SourceEntry, SourceKind};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum DiffKind {
@@ -422,5 +422,5 @@ fn keyed_digest(
 ) -> std::io::Result<(Held, u64)> {
     let file: File = at.open(dev, ino, false, true)?;
     let never = std::sync::atomic::AtomicBool::new(false);
-    crate::sparse::keyed_digest(&file, f.file_len(), f.sparse.as_deref(), key, &never)
+    crate::fs::sparse::keyed_digest(&file, f.file_len(), f.sparse.as_deref(), key, &never)
 }

@@ -14,7 +14,7 @@
 //! the key files follow, each replaced atomically. A kill before the rename leaves the old
 //! wrappings, after it the new ones; a kill among the key files leaves some key files behind
 //! the manifest (keyless `verify` reports them) until `rewrap` runs again, which rewrites
-//! every key file from the manifest. The vault's lock ([`crate::vault::VaultLock`]) keeps
+//! every key file from the manifest. The vault's lock ([`crate::pipeline::vault::VaultLock`]) keeps
 //! a second writer out, so no other run shares `manifest.new` or the key files.
 
 use std::io::{BufReader, BufWriter, Write};
@@ -23,10 +23,10 @@ use std::time::Instant;
 use crate::crypto::BatchKey;
 use crate::error::{Error, IoContext, Result};
 use crate::format::layout;
-use crate::keys::Kms;
-use crate::keyspec::{self, KeySpec};
+use crate::format::manifest::{self, Batch, KeyFile, Lines};
+use crate::kms::keys::Kms;
+use crate::kms::keyspec::{self, KeySpec};
 use crate::kms::{KmsErrorKind, WrappedKey};
-use crate::manifest::{self, Batch, KeyFile, Lines};
 use crate::store::Store;
 
 /// What to change.
@@ -78,8 +78,8 @@ pub fn rewrap(opts: &RewrapOptions, kms: &Kms) -> Result<RewrapReport> {
     // A finished vault may keep its journal as a receipt (docs/FORMAT.md §7); any other
     // journal is an unfinished run.
     if !matches!(
-        crate::journal::head(vault)?,
-        None | Some(crate::journal::Head::Finished(_))
+        crate::pipeline::journal::head(vault)?,
+        None | Some(crate::pipeline::journal::Head::Finished(_))
     ) {
         return Err(Error::Usage(format!(
             "{} holds an unfinished encrypt run; finish it (run the encrypt command again) before rewrapping",
@@ -92,12 +92,12 @@ pub fn rewrap(opts: &RewrapOptions, kms: &Kms) -> Result<RewrapReport> {
         .map(|r| Ok((KeySpec::parse(r, "local")?, r.contains('#'))))
         .collect::<Result<_>>()?;
 
-    let reader = crate::vault::open_manifest(vault)?;
+    let reader = crate::pipeline::vault::open_manifest(vault)?;
     let vault_id = reader.header.vault_id;
     let old: Vec<Batch> = reader.batches.clone();
     drop(reader);
     // Temporary files of a killed rewrap (this run holds the lock: no other run's).
-    crate::leftovers::sweep_root(vault, &old)?;
+    crate::pipeline::leftovers::sweep_root(vault, &old)?;
 
     let mut report = RewrapReport {
         batches: old.len() as u64,
@@ -182,7 +182,7 @@ pub fn rewrap(opts: &RewrapOptions, kms: &Kms) -> Result<RewrapReport> {
     for b in &batches {
         let kf = KeyFile::new(&vault_id, b);
         if read_key_file(vault, b).as_ref() != Some(&kf) {
-            crate::vault::write_key_file(vault, &vault_id, b)?;
+            crate::pipeline::vault::write_key_file(vault, &vault_id, b)?;
             report.key_files_written += 1;
         }
     }
@@ -278,7 +278,7 @@ fn replace_manifest(vault: &dyn Store, batches: &[Batch], keys: &[BatchKey]) -> 
     // Read back: the same batches with the new wrappings, and a body every key authenticates
     // (which also proves the body was copied unchanged).
     let check = (|| -> Result<()> {
-        let mut r = crate::vault::read_manifest(vault, staged)?;
+        let mut r = crate::pipeline::vault::read_manifest(vault, staged)?;
         if r.batches != batches {
             return Err(Error::Runtime(format!(
                 "{shown}: the rewritten manifest does not hold the intended wrappings"

@@ -14,11 +14,11 @@ use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use crate::error::{Error, IoContext, Result};
-use crate::keys::Kms;
-use crate::manifest::EntryKind;
-use crate::object::{open_record, ObjectError, RecordCtx};
+use crate::format::manifest::EntryKind;
+use crate::kms::keys::Kms;
+use crate::pipeline::object::{open_record, ObjectError, RecordCtx};
+use crate::pipeline::vault::unlock;
 use crate::progress::Progress;
-use crate::vault::unlock;
 
 pub struct DeviceOptions {
     pub vault: crate::store::Location,
@@ -74,7 +74,7 @@ fn open_target(p: &Path) -> Result<(File, u64)> {
         ));
     }
     check_loop_users(&opened).map_err(usage)?;
-    let size = crate::walk::byte_len(&f, &md).at(&real)?;
+    let size = crate::pipeline::walk::byte_len(&f, &md).at(&real)?;
     Ok((f, size))
 }
 
@@ -233,7 +233,7 @@ pub fn restore_to_device(
     // The target holds older bytes: the image's holes and zero extents are zeroed on it
     // (before the data, so a failure midway leaves the same state as without gaps).
     if let Some(sp) = &f.sparse {
-        crate::sparse::zero_gaps(&out, sp).at(&opts.target)?;
+        crate::fs::sparse::zero_gaps(&out, sp).at(&opts.target)?;
     }
     match open_record(&ctx, f, key, Some(&out), progress, cancel) {
         Ok(()) => {}

@@ -59,7 +59,7 @@ pub struct Wrapper {
 
 /// The CMKs that wrap a vault's batch keys, in the order first seen (`ls --keys`,
 /// `verify --json`).
-pub fn wrappers(batches: &[crate::manifest::Batch]) -> Vec<Wrapper> {
+pub fn wrappers(batches: &[crate::format::manifest::Batch]) -> Vec<Wrapper> {
     let mut out: Vec<Wrapper> = Vec::new();
     for b in batches {
         let mut seen: Vec<(&str, &str)> = Vec::new();

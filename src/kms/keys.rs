@@ -9,10 +9,10 @@ use std::sync::{Arc, Mutex};
 
 use crate::crypto::BatchKey;
 use crate::error::{Error, Result};
+use crate::format::manifest::Batch;
 use crate::format::{self, ID_LEN};
-use crate::keyspec::KeySpec;
+use crate::kms::keyspec::KeySpec;
 use crate::kms::{self, EncryptionContext, KeyProvider, KmsOptions, WrappedKey};
-use crate::manifest::Batch;
 
 /// Builds providers by URL once per run, and talks to them.
 pub struct Kms {

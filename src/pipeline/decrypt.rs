@@ -23,15 +23,15 @@ use globset::GlobSetBuilder;
 use rayon::prelude::*;
 
 use crate::crypto::NameKey;
-use crate::encrypt::Failure;
 use crate::error::{Error, IoContext, Result};
+use crate::format::manifest::{parent, Entry, EntryKind, Xattrs};
 use crate::fs::restore::{self, Ident, Node, NodeKind};
 use crate::fs::Dir;
-use crate::keys::Kms;
-use crate::manifest::{parent, Entry, EntryKind, Xattrs};
-use crate::object::{open_record, ObjectError, RecordCtx};
+use crate::kms::keys::Kms;
+use crate::pipeline::encrypt::Failure;
+use crate::pipeline::object::{open_record, ObjectError, RecordCtx};
+use crate::pipeline::vault::unlock;
 use crate::progress::Progress;
-use crate::vault::unlock;
 
 #[derive(Clone, Debug)]
 pub struct DecryptOptions {
@@ -86,9 +86,9 @@ impl Owners {
         let o = e.owner.as_ref()?;
         match self {
             Owners::Ignore => None,
-            _ if !crate::owner::can_chown() => None,
-            Owners::Numeric => Some(crate::owner::local_ids(o, true)),
-            Owners::Auto => Some(crate::owner::local_ids(o, false)),
+            _ if !crate::fs::owner::can_chown() => None,
+            Owners::Numeric => Some(crate::fs::owner::local_ids(o, true)),
+            Owners::Auto => Some(crate::fs::owner::local_ids(o, false)),
         }
     }
 
@@ -144,7 +144,7 @@ fn select(entries: &[Entry], only: &[String]) -> Result<Vec<usize>> {
         let trimmed = o.trim_end_matches('/');
         if o.contains(['*', '?', '[', '{']) {
             gs.add(
-                crate::walk::glob(trimmed)
+                crate::pipeline::walk::glob(trimmed)
                     .map_err(|e| Error::Usage(format!("--only {o:?}: {e}")))?,
             );
         } else {
@@ -302,7 +302,7 @@ pub fn decrypt(
     }
     unlocked.authenticate()?;
     if unlocked.reader.header.conceal_names {
-        crate::manifest::check_tree(&mut entries)?;
+        crate::format::manifest::check_tree(&mut entries)?;
     }
     let keys = &unlocked.keys;
     // Extended attributes are sealed under batch 0's name key (docs/FORMAT.md §6.1).
@@ -469,7 +469,7 @@ pub fn decrypt(
                     == Err(crossbeam_channel::RecvTimeoutError::Timeout)
                 {
                     // A failure here is seen again by the final syncfs, which is checked.
-                    let _ = crate::durable::syncfs(&d);
+                    let _ = crate::fs::durable::syncfs(&d);
                 }
             });
             let r = restore();
@@ -610,7 +610,7 @@ pub fn decrypt(
     // Durable once, not once per file: one syncfs of the destination's filesystem.
     if opts.sync {
         let d = dest.root.as_fd().try_clone_to_owned().at(&opts.dest)?;
-        crate::durable::syncfs(&File::from(d)).map_err(|err| {
+        crate::fs::durable::syncfs(&File::from(d)).map_err(|err| {
             if is_no_space(&err) {
                 no_space(&opts.dest)
             } else {
@@ -809,7 +809,7 @@ fn set_xattrs(
         .map_err(|err| io::Error::other(err.to_string()))?;
     // `trusted.*` and `security.*` (file capabilities, SELinux labels) are root's to set: an
     // unprivileged restore leaves them out, as it leaves ownership, rather than fail.
-    let privileged = crate::owner::can_chown();
+    let privileged = crate::fs::owner::can_chown();
     for (n, v) in &list {
         if !privileged && (n.starts_with(b"trusted.") || n.starts_with(b"security.")) {
             continue;
@@ -925,7 +925,7 @@ enum Restored {
 #[allow(clippy::unnecessary_cast)] // Stat's field types differ between targets
 fn already_restored(
     s: &Shared,
-    f: &crate::manifest::FileEntry,
+    f: &crate::format::manifest::FileEntry,
     e: &Entry,
     dir: &Dir,
     name: &[u8],
@@ -941,7 +941,7 @@ fn already_restored(
     let Ok(Some(file)) = dir.open_regular(name) else {
         return Ok(false);
     };
-    crate::object::plaintext_matches(s.ctx, f, &s.keys[f.batch as usize], &file, s.cancel)
+    crate::pipeline::object::plaintext_matches(s.ctx, f, &s.keys[f.batch as usize], &file, s.cancel)
 }
 
 /// How often a durable decrypt starts writing back what it restored (see `decrypt`).
@@ -1032,7 +1032,7 @@ fn restore_one(s: &Shared, e: &Entry) -> std::result::Result<Restored, ObjectErr
         // Every stored byte is written, so a file without gaps reaches its length without a
         // truncate; one with gaps gets its length (holes) and zero extents first (§6.4).
         if let Some(sp) = &f.sparse {
-            crate::sparse::lay_out(&out, sp).map_err(io)?;
+            crate::fs::sparse::lay_out(&out, sp).map_err(io)?;
         }
         open_record(
             ctx,
@@ -1114,7 +1114,7 @@ fn link_into_place(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::Name;
+    use crate::format::manifest::Name;
 
     fn entry(p: &str, dir: bool) -> Entry {
         Entry {
@@ -1177,7 +1177,7 @@ mod tests {
         };
         let skipped = set_xattrs(&e, Some(&nk), false, record).unwrap();
         assert_eq!(skipped, [b"user.b".to_vec()]);
-        let trusted: Vec<Vec<u8>> = match crate::owner::can_chown() {
+        let trusted: Vec<Vec<u8>> = match crate::fs::owner::can_chown() {
             true => vec![b"trusted.a".to_vec()],
             false => vec![],
         };

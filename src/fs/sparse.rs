@@ -404,7 +404,7 @@ pub fn keyed_digest(
     if !md.is_file() && !md.file_type().is_block_device() {
         return Err(io::Error::other("not a regular file or block device"));
     }
-    let actual = crate::walk::byte_len(file, &md)?;
+    let actual = crate::pipeline::walk::byte_len(file, &md)?;
     if actual != len {
         return Ok((Held::Length(actual), 0));
     }

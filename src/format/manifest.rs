@@ -203,7 +203,7 @@ pub struct FileEntry {
     pub ct: [u8; DIGEST_LEN],
     pub pt: [u8; DIGEST_LEN],
     /// Holes and zero extents, for a file that has them (§6.4).
-    pub sparse: Option<Box<crate::sparse::Sparse>>,
+    pub sparse: Option<Box<crate::fs::sparse::Sparse>>,
 }
 
 impl FileEntry {
@@ -816,7 +816,7 @@ impl Entry {
                             .ok_or_else(|| format!("bad {f}"))
                     };
                 let len = r.size.unwrap_or_default();
-                let sparse = crate::sparse::Sparse::from_fields(
+                let sparse = crate::fs::sparse::Sparse::from_fields(
                     len,
                     r.holes.as_deref(),
                     r.zeros.as_deref(),

@@ -24,14 +24,14 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use crate::crypto::{BatchKey, CtDigest, NameKey, SegMac, TreeMac};
 use crate::error::{Error, IoContext, Result};
+use crate::format::manifest::{self, Batch, Entry, EntryKind, FileEntry, Header, Name, ObjectRef};
 use crate::format::{self, ID_LEN, SALT_LEN};
-use crate::journal::{Ckpt, Journal, SourceId};
-use crate::manifest::{self, Batch, Entry, EntryKind, FileEntry, Header, Name, ObjectRef};
+use crate::pipeline::journal::{Ckpt, Journal, SourceId};
+use crate::pipeline::seal::{BufPool, ChunkOut, FileError, LargeFile, SealedWindow};
+use crate::pipeline::walk::{SourceEntry, SourceKind};
 use crate::progress::Progress;
-use crate::seal::{BufPool, ChunkOut, FileError, LargeFile, SealedWindow};
 use crate::store::syncer::Syncer;
 use crate::store::{ObjectWriter, Shape, Store};
-use crate::walk::{SourceEntry, SourceKind};
 
 /// Longest a finished file waits for its commit.
 pub const COMMIT_EVERY: Duration = Duration::from_millis(500);
@@ -319,7 +319,11 @@ impl<'a> Writer<'a> {
             Msg::Batch { batch, key } => {
                 // The journal's lines stay in the order they were made.
                 self.settle(true)?;
-                crate::vault::write_key_file(&*self.store, &self.header.vault_id, &batch)?;
+                crate::pipeline::vault::write_key_file(
+                    &*self.store,
+                    &self.header.vault_id,
+                    &batch,
+                )?;
                 let index = self.batches.len() as u32;
                 self.journal.append_batch(index, &batch)?;
                 if self.keys.is_empty() {
@@ -498,7 +502,7 @@ impl<'a> Writer<'a> {
                 st.ckpt = (upto, Instant::now());
                 let (mtime, mtime_nsec) = st.start.file.src.mtime();
                 Ckpt {
-                    src: crate::seal::source_id(&st.start.entry, &st.start.file.src),
+                    src: crate::pipeline::seal::source_id(&st.start.entry, &st.start.file.src),
                     size: st.start.file.size,
                     mtime,
                     mtime_nsec,
@@ -555,9 +559,9 @@ impl<'a> Writer<'a> {
     fn queue_entry(&mut self, e: &Entry, src: Option<&SourceId>) -> Result<bool> {
         let sealed;
         let e = match (&e.xattrs, self.keys.first()) {
-            (crate::manifest::Xattrs::Clear(l), Some(k)) if !l.is_empty() => {
+            (crate::format::manifest::Xattrs::Clear(l), Some(k)) if !l.is_empty() => {
                 // Checked before sealing, so that the line's check need not open them again.
-                if let Err(why) = crate::manifest::check_xattr_list(l) {
+                if let Err(why) = crate::format::manifest::check_xattr_list(l) {
                     self.fail(Failure {
                         path: e.path.display(),
                         why: format!(
@@ -671,7 +675,7 @@ impl<'a> Writer<'a> {
                         _ => self.written.specials += 1,
                     }
                 }
-                ChunkOut::Reused(crate::seal::Reused {
+                ChunkOut::Reused(crate::pipeline::seal::Reused {
                     line,
                     src,
                     size,
@@ -770,7 +774,7 @@ impl<'a> Writer<'a> {
                 out.finish()?;
                 // Gaps count as done: they are the file's bytes too.
                 self.progress.bytes(f.file_len() - f.size);
-                let src = crate::seal::source_id(&entry, &file.src);
+                let src = crate::pipeline::seal::source_id(&entry, &file.src);
                 Ok((f, src, file.src.mtime()))
             }
             Some(why) => {
@@ -836,21 +840,22 @@ impl<'a> Writer<'a> {
                 .get(batch as usize)
                 .ok_or_else(|| Error::Runtime("a file of an unknown batch".into()))?,
         );
-        let ctx = crate::seal::SealCtx {
+        let ctx = crate::pipeline::seal::SealCtx {
             vault_id: self.header.vault_id,
             segment_size: seg,
         };
-        let (window, _) = crate::seal::window_geometry(seg, 0);
+        let (window, _) = crate::pipeline::seal::window_geometry(seg, 0);
         for _ in 0..RESEAL_ATTEMPTS {
             if self.stop.load(Ordering::Relaxed) {
                 return Ok(Err("interrupted".into()));
             }
-            let src = match crate::source::Source::open(entry, device) {
+            let src = match crate::fs::source::Source::open(entry, device) {
                 Ok(s) => s,
                 Err(e) => return Ok(Err(e.to_string())),
             };
             let size = src.size();
-            let (h, keys) = crate::seal::new_file(&ctx, &key, size).at(self.store.url())?;
+            let (h, keys) =
+                crate::pipeline::seal::new_file(&ctx, &key, size).at(self.store.url())?;
             let file = LargeFile {
                 src,
                 header: h.encode(),
@@ -907,7 +912,7 @@ impl<'a> Writer<'a> {
                         pt: *pt.as_bytes(),
                         sparse: file.src.sparse().map(|s| Box::new(s.clone())),
                     };
-                    let src = crate::seal::source_id(entry, &file.src);
+                    let src = crate::pipeline::seal::source_id(entry, &file.src);
                     return Ok(Ok((f, src, file.src.mtime())));
                 }
                 Err(why) => {
@@ -993,7 +998,11 @@ impl<'a> Writer<'a> {
         self.close_pack()?;
         self.commit()?;
         let store = Arc::clone(&self.store);
-        let mut m = crate::vault::manifest_writer(&*store, format::layout::MANIFEST, &self.header)?;
+        let mut m = crate::pipeline::vault::manifest_writer(
+            &*store,
+            format::layout::MANIFEST,
+            &self.header,
+        )?;
         for b in &self.batches {
             m.batch(b)?;
         }
@@ -1040,9 +1049,9 @@ impl<'a> Writer<'a> {
             m.entry_line(l)?;
         }
         let keys: Vec<&BatchKey> = self.keys.iter().map(|k| k.as_ref()).collect();
-        crate::vault::publish_manifest(m, &keys, false, &*store)?;
+        crate::pipeline::vault::publish_manifest(m, &keys, false, &*store)?;
         sweep_objects(&*store, &kept)?;
-        crate::leftovers::sweep_root(&*store, &self.batches)?;
+        crate::pipeline::leftovers::sweep_root(&*store, &self.batches)?;
         self.journal.finish(&*store)?;
         Ok(self.written)
     }
@@ -1068,7 +1077,7 @@ fn readable(
         ));
     }
     let e = Entry::from_line(line, header)?;
-    if let (crate::manifest::Xattrs::Sealed(_), Some(nk)) = (&e.xattrs, nk) {
+    if let (crate::format::manifest::Xattrs::Sealed(_), Some(nk)) = (&e.xattrs, nk) {
         e.xattrs.open(nk).map_err(|e| e.to_string())?;
     }
     if let Some(f) = e.file() {
@@ -1090,8 +1099,8 @@ pub fn entry_of(e: &SourceEntry, kind: EntryKind) -> Entry {
         mtime: e.mtime,
         mtime_nsec: e.mtime_nsec,
         linked: linked && matches!(kind, EntryKind::File(_)),
-        owner: Some(crate::owner::owner_of(e.uid, e.gid)),
-        xattrs: crate::manifest::Xattrs::Clear(e.xattrs.clone()),
+        owner: Some(crate::fs::owner::owner_of(e.uid, e.gid)),
+        xattrs: crate::format::manifest::Xattrs::Clear(e.xattrs.clone()),
         kind,
     }
 }
@@ -1111,8 +1120,8 @@ pub(crate) fn sweep_objects(store: &dyn Store, listed: &[[u8; ID_LEN]]) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::manifest::{Name, Xattrs};
     use crate::kms::DataKey;
-    use crate::manifest::{Name, Xattrs};
 
     /// Lines the reader would refuse are caught before they are committed: over-long ones
     /// (too many extended attributes), ones naming an unknown object, and bad fields.
@@ -1151,7 +1160,7 @@ mod tests {
         let e = check(&entry(big, EntryKind::Dir)).unwrap_err();
         assert!(e.contains("longer than"), "{e}");
         let file = |obj| {
-            EntryKind::File(crate::manifest::FileEntry {
+            EntryKind::File(crate::format::manifest::FileEntry {
                 size: 5,
                 batch: 0,
                 obj,

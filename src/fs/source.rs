@@ -10,8 +10,8 @@ use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use crate::sparse::{Runs, Sparse};
-use crate::walk::SourceEntry;
+use crate::fs::sparse::{Runs, Sparse};
+use crate::pipeline::walk::SourceEntry;
 
 /// An open input.
 pub struct Source {
@@ -89,14 +89,14 @@ impl Source {
             settle(&file, &md, &entry.source.path())?;
         }
         let (size, allocated) = if device {
-            (crate::walk::byte_len(&file, &md)?, None)
+            (crate::pipeline::walk::byte_len(&file, &md)?, None)
         } else {
             if !md.is_file() {
                 return Err(changed_error(&entry.source.path()));
             }
             (md.len(), Some(md.blocks().saturating_mul(512)))
         };
-        let sparse = crate::sparse::scan(&file, size, allocated)?.map(|s| {
+        let sparse = crate::fs::sparse::scan(&file, size, allocated)?.map(|s| {
             let runs = Runs::new(&s);
             (Box::new(s), runs)
         });
@@ -174,7 +174,7 @@ impl Source {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::walk::SourceKind;
+    use crate::pipeline::walk::SourceKind;
     use std::os::unix::fs::MetadataExt;
 
     fn entry(path: &Path) -> SourceEntry {

@@ -7,7 +7,7 @@
 //! ```
 //!
 //! The planner numbers units of work in walk order; the jobs seal them on all cores; the
-//! writer ([`crate::write`]) writes them back in that order. Memory is bounded by the buffer
+//! writer ([`crate::pipeline::write`]) writes them back in that order. Memory is bounded by the buffer
 //! pool (a job holds one buffer until the writer wrote it) and the walk channel: no stage
 //! holds the tree, the work list or the manifest.
 
@@ -25,19 +25,19 @@ use crossbeam_channel::Sender;
 
 use crate::crypto::{BatchKey, TreeMac};
 use crate::error::{Error, IoContext, Result};
+use crate::format::manifest::{check_path, Batch, Entry, EntryKind, Header, Name, TreeOrder};
 use crate::format::{self, layout, ID_LEN};
-use crate::journal::{Journal, Record, RunParams, RunRecord, SourceId};
-use crate::keys::Kms;
-use crate::keyspec::KeySpec;
-use crate::manifest::{check_path, Batch, Entry, EntryKind, Header, Name, TreeOrder};
+use crate::fs::source::Source;
+use crate::kms::keys::Kms;
+use crate::kms::keyspec::KeySpec;
+use crate::pipeline::journal::{Journal, Record, RunParams, RunRecord, SourceId};
+use crate::pipeline::seal::{self, BufPool, ChunkItem, LargeFile, SealCtx};
+use crate::pipeline::walk::{self, Found, SourceEntry, SourceKind};
+use crate::pipeline::write::{entry_of, LargeStart, Msg, Writer};
 use crate::progress::Progress;
-use crate::seal::{self, BufPool, ChunkItem, LargeFile, SealCtx};
-use crate::source::Source;
 use crate::store::{Location, Store};
-use crate::walk::{self, Found, SourceEntry, SourceKind};
-use crate::write::{entry_of, LargeStart, Msg, Writer};
 
-pub use crate::write::Failure;
+pub use crate::pipeline::write::Failure;
 
 /// What to encrypt and how.
 #[derive(Clone, Debug)]
@@ -52,7 +52,7 @@ pub struct EncryptOptions {
     /// `Encrypt` each: any one of them opens the vault alone.
     pub also_keys: Vec<KeySpec>,
     /// An incremental run: unchanged files are taken from this earlier vault without being
-    /// read or sealed again (see [`crate::since`]).
+    /// read or sealed again (see [`crate::pipeline::since`]).
     pub since: Option<Location>,
     pub segment_size: u32,
     pub excludes: Vec<String>,
@@ -137,7 +137,7 @@ pub struct EncryptReport {
 }
 
 /// How the live sources differ from a finished vault, by metadata only (the rule of
-/// `--since`, [`crate::since`]: a file is unchanged when its type, size, mtime, device, inode
+/// `--since`, [`crate::pipeline::since`]: a file is unchanged when its type, size, mtime, device, inode
 /// and ctime match its entry; other entries by type, mode, owner and link target).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Staleness {
@@ -190,11 +190,12 @@ pub fn encrypt(
             Error::Io { path, .. } | Error::NoSpace { path, .. } => path.clone(),
             _ => PathBuf::from(opts.vault.to_string()),
         };
-        let head = crate::store::open(&opts.vault).and_then(|s| crate::journal::head(&*s));
+        let head =
+            crate::store::open(&opts.vault).and_then(|s| crate::pipeline::journal::head(&*s));
         let then = match head {
-            Ok(Some(crate::journal::Head::Run(r))) => format!(
+            Ok(Some(crate::pipeline::journal::Head::Run(r))) => format!(
                 "run `{}` again: it resumes where this run stopped",
-                crate::journal::resume_command(&opts.vault.to_string(), &r.params)
+                crate::pipeline::journal::resume_command(&opts.vault.to_string(), &r.params)
             ),
             _ => "run the same command again".into(),
         };
@@ -271,7 +272,7 @@ fn encrypt_run(
                     "--since {p}: that is the vault being written; name the earlier vault"
                 )));
             }
-            let e = crate::since::Earlier::load(crate::store::open(p)?, kms)?;
+            let e = crate::pipeline::since::Earlier::load(crate::store::open(p)?, kms)?;
             if e.segment_size != opts.segment_size {
                 return Err(Error::Usage(format!(
                     "--since {}: its segment size is {}, this run's {}; use --segment-size {}",
@@ -310,7 +311,7 @@ fn encrypt_run(
     let mut objects: Vec<[u8; ID_LEN]> = Vec::new();
     let mut done: HashMap<Vec<u8>, Done> = HashMap::new();
     // The last segment checkpoint of each large file in flight, by (device, inode).
-    let mut ckpts: HashMap<(u64, u64), crate::journal::Ckpt> = HashMap::new();
+    let mut ckpts: HashMap<(u64, u64), crate::pipeline::journal::Ckpt> = HashMap::new();
     let mut load: (u64, u64) = (0, 0);
     if let Some(loaded) = &loaded {
         // Batch records are not authenticated, but the run record matched this command line:
@@ -667,7 +668,7 @@ struct Planner<'a> {
     /// The first path of each multiply-linked file (by device and inode): later paths of the
     /// same inode become hard-link entries naming it.
     links: HashMap<(u64, u64), Vec<u8>>,
-    ckpts: HashMap<(u64, u64), crate::journal::Ckpt>,
+    ckpts: HashMap<(u64, u64), crate::pipeline::journal::Ckpt>,
     /// Object ids an interrupted run listed (checkpointed objects are among them).
     objects: Vec<[u8; ID_LEN]>,
     /// Object bytes read back to take up checkpointed files.
@@ -1001,7 +1002,11 @@ impl<'a> Planner<'a> {
     /// A large file's state at its segment checkpoint, if the source is provably the one
     /// checkpointed (device, inode, size, mtime, ctime) and the object's prefix opens under
     /// its keys; `None` otherwise (the file is sealed again with a fresh salt).
-    fn resume_at(&mut self, e: &SourceEntry, c: &crate::journal::Ckpt) -> Option<LargeStart> {
+    fn resume_at(
+        &mut self,
+        e: &SourceEntry,
+        c: &crate::pipeline::journal::Ckpt,
+    ) -> Option<LargeStart> {
         let same = |s: &Source| {
             s.size() == c.size
                 && s.mtime() == (c.mtime, c.mtime_nsec)
@@ -1015,7 +1020,10 @@ impl<'a> Planner<'a> {
         }
         // The object read back where it can be (a local vault); else the source's prefix
         // sealed again under the checkpoint's header (object storage).
-        let r = match (self.store.open(&crate::manifest::object_name(id)), &c.head) {
+        let r = match (
+            self.store.open(&crate::format::manifest::object_name(id)),
+            &c.head,
+        ) {
             (Ok(Some(obj)), _) => seal::resume_large(self.ctx, &key, &*obj, c.size, c.segs)?,
             (_, Some(head)) => {
                 seal::resume_from_source(self.ctx, &key, head, &src, c.size, c.segs)?
@@ -1125,19 +1133,20 @@ fn open_vault(
     params: &RunParams,
     must_resume: bool,
     vault_id: Option<[u8; ID_LEN]>,
-) -> Result<(Journal, RunRecord, Option<crate::journal::Loaded>)> {
+) -> Result<(Journal, RunRecord, Option<crate::pipeline::journal::Loaded>)> {
     let shown = vault.url();
     if vault.len(layout::MANIFEST)?.is_some() {
         return Err(Error::Usage(format!(
             "{shown} is a finished vault; refusing to overwrite it (choose another -o, or delete it first)"
         )));
     }
-    if vault.len(layout::JOURNAL)?.is_some() && !crate::leftovers::only_unstarted(vault)? {
+    if vault.len(layout::JOURNAL)?.is_some() && !crate::pipeline::leftovers::only_unstarted(vault)?
+    {
         let (journal, loaded) = Journal::open(vault)?;
         if loaded.run.params != *params {
             return Err(Error::Usage(format!(
                 "{shown} holds an unfinished run with other arguments, started by: {}; run that command again to finish it, or choose another -o",
-                crate::journal::resume_command(&shown, &loaded.run.params)
+                crate::pipeline::journal::resume_command(&shown, &loaded.run.params)
             )));
         }
         let run = loaded.run.clone();
@@ -1149,13 +1158,13 @@ fn open_vault(
         )));
     }
     if !vault.list("")?.is_empty() {
-        if !crate::leftovers::only_unstarted(vault)? {
+        if !crate::pipeline::leftovers::only_unstarted(vault)? {
             return Err(Error::Usage(format!(
                 "{shown} exists and is not empty; choose a new directory for the vault"
             )));
         }
         // A run killed before its first batch record: it wrote no ciphertext.
-        crate::leftovers::clear_unstarted(vault)?;
+        crate::pipeline::leftovers::clear_unstarted(vault)?;
     }
     vault.create_root()?;
     let run = RunRecord {
@@ -1189,15 +1198,15 @@ fn finished_run(
     exclude: &globset::GlobSet,
     progress: &dyn Progress,
 ) -> Result<Option<EncryptReport>> {
-    use crate::journal::Head;
+    use crate::pipeline::journal::Head;
     if vault.len(layout::MANIFEST)?.is_none() {
         return Ok(None);
     }
-    let head = match crate::journal::head(vault)? {
+    let head = match crate::pipeline::journal::head(vault)? {
         None | Some(Head::Unreadable) => return Ok(None),
         Some(h) => h,
     };
-    let mut m = crate::vault::read_manifest(vault, layout::MANIFEST)?;
+    let mut m = crate::pipeline::vault::read_manifest(vault, layout::MANIFEST)?;
     let vault_id = format::to_hex(&m.header.vault_id);
     let same_id = match &head {
         Head::Run(r) => r.vault_id == vault_id && r.params == *params,
@@ -1216,7 +1225,7 @@ fn finished_run(
         (Err(_), Head::Finished(_)) => return Ok(None),
         (Err(e), _) => return Err(e),
     };
-    let mac = crate::journal::params_mac(&key.journal_mac_key(), params)?;
+    let mac = crate::pipeline::journal::params_mac(&key.journal_mac_key(), params)?;
     if let Head::Finished(r) = &head {
         let want = format::from_hex::<32>(&r.params_mac).map(blake3::Hash::from);
         let got = format::from_hex::<32>(&mac).map(blake3::Hash::from);
@@ -1251,10 +1260,10 @@ fn finished_run(
     }
     m.authenticate(0, &key)?;
     let listed: Vec<[u8; ID_LEN]> = m.objects.iter().map(|o| o.id).collect();
-    crate::write::sweep_objects(vault, &listed)?;
-    crate::leftovers::sweep_root(vault, &m.batches)?;
+    crate::pipeline::write::sweep_objects(vault, &listed)?;
+    crate::pipeline::leftovers::sweep_root(vault, &m.batches)?;
     if let Head::Run(_) = head {
-        crate::journal::write_receipt(vault, &vault_id, &mac)?;
+        crate::pipeline::journal::write_receipt(vault, &vault_id, &mac)?;
     }
     r.resumed_files = r.files;
     r.finished_before = Some(compare_sources(sources, exclude, recorded, progress)?);
@@ -1366,10 +1375,10 @@ fn tidy_resumed(
     done: &HashMap<Vec<u8>, Done>,
     checkpointed: &[u64],
 ) -> Result<()> {
-    crate::leftovers::sweep_root(vault, batches)?;
+    crate::pipeline::leftovers::sweep_root(vault, batches)?;
     for b in batches {
         if vault.len(&b.keys_file())?.is_none() {
-            crate::vault::write_key_file(vault, vault_id, b)?;
+            crate::pipeline::vault::write_key_file(vault, vault_id, b)?;
         }
     }
     let mut used: Vec<[u8; ID_LEN]> = done
@@ -1380,7 +1389,7 @@ fn tidy_resumed(
         .collect();
     used.sort_unstable();
     used.dedup();
-    crate::write::sweep_objects(vault, &used)
+    crate::pipeline::write::sweep_objects(vault, &used)
 }
 
 /// The vault directory this run created to lock it: removed again (if still empty) when the
@@ -1416,7 +1425,7 @@ impl Drop for Unstarted<'_> {
         }
         // Key files first and the journal last: a kill in between leaves a journal, whose
         // rerun sweeps the rest.
-        let _ = crate::leftovers::sweep_root(self.vault, &[]);
+        let _ = crate::pipeline::leftovers::sweep_root(self.vault, &[]);
         let _ = self.vault.remove(layout::JOURNAL);
         self.vault.remove_empty(!self.vault_existed);
     }
