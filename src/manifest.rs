@@ -686,7 +686,7 @@ impl Entry {
     }
 
     /// Parses and validates one entry line against the vault header: its spelling
-    /// ([`Entry::parse_line`]), then its values ([`Entry::check`]). Batch and object indices
+    /// (`parse_line`), then its values ([`Entry::check`]). Batch and object indices
     /// are checked by the reader, which knows the counts.
     pub fn from_line(line: &[u8], h: &Header) -> std::result::Result<Entry, String> {
         Self::from_line_src(line, h).map(|(e, _)| e)
