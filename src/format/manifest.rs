@@ -684,9 +684,9 @@ impl Entry {
         serde_json::to_vec(&r).map_err(|e| Error::Runtime(e.to_string()))
     }
 
-    /// Parses and validates one entry line against the vault header (paths checked for
-    /// safety, numbers for range, fields for presence by kind). Batch and object indices are
-    /// checked by the reader, which knows the counts.
+    /// Parses and validates one entry line against the vault header: its spelling
+    /// (`parse_line`), then its values ([`Entry::check`]). Batch and object indices
+    /// are checked by the reader, which knows the counts.
     pub fn from_line(line: &[u8], h: &Header) -> std::result::Result<Entry, String> {
         Self::from_line_src(line, h).map(|(e, _)| e)
     }
@@ -696,16 +696,28 @@ impl Entry {
         line: &[u8],
         h: &Header,
     ) -> std::result::Result<(Entry, Option<SourceId>), String> {
-        // A writer checks its lines here too: one its readers refuse must never be written.
+        let (e, src) = Self::parse_line(line, h)?;
+        e.check(h, src.as_ref())?;
+        Ok((e, src))
+    }
+
+    /// The rules of an entry line's spelling (§6.1): at most 1 MiB, strict JSON, the members
+    /// its kind has and no others, one spelling per value (base64 only for names that are not
+    /// UTF-8, `linked` only `true`, gap lists not empty and in order of offset), names sealed
+    /// exactly in a vault that conceals them, valid base64 and hex. What the members say is
+    /// left to [`Entry::check`]; an entry the writer built and [`Entry::to_line_src`] wrote
+    /// meets these rules by construction.
+    fn parse_line(
+        line: &[u8],
+        h: &Header,
+    ) -> std::result::Result<(Entry, Option<SourceId>), String> {
+        // A writer checks its own lines' length too: one its readers refuse is never written.
         if line.len() > format::MAX_MANIFEST_LINE {
             return Err("the entry's line is longer than 1 MiB".into());
         }
         let r: EntryLine = serde_json::from_slice(line).map_err(|e| e.to_string())?;
         if (r.src.is_some() || r.holes.is_some() || r.zeros.is_some()) && r.kind != "file" {
             return Err(format!("src, holes or zeros on a {}", r.kind));
-        }
-        if r.src.is_some_and(|s| s.ctime_nsec > 999_999_999) {
-            return Err("src ctime_nsec out of range".into());
         }
         // One spelling per gap list: each field's pairs in increasing order of offset.
         for (field, pairs) in [("holes", &r.holes), ("zeros", &r.zeros)] {
@@ -723,15 +735,6 @@ impl Entry {
         if matches!(path, Name::Sealed(_)) != h.conceal_names {
             return Err("names sealed in a clear vault, or clear in a concealed one".into());
         }
-        if let Name::Clear(p) = &path {
-            check_path(p)?;
-        }
-        if r.mode & !0o7777 != 0 {
-            return Err("mode holds more than permission bits".into());
-        }
-        if r.nsec > 999_999_999 {
-            return Err("nsec out of range".into());
-        }
         let file_fields = [
             r.size.is_some(),
             r.batch.is_some(),
@@ -743,27 +746,16 @@ impl Entry {
         ];
         let link_fields = r.target.is_some() || r.target_b64.is_some() || r.enc_target.is_some();
         let owner = match (r.uid, r.gid) {
-            // (uid_t)-1 means "leave the owner" to chown(2): no file has it.
-            (Some(u32::MAX), _) | (_, Some(u32::MAX)) => {
-                return Err("uid or gid 4294967295 ((uid_t)-1, no owner)".into())
-            }
-            (Some(uid), Some(gid)) => {
-                for n in [&r.user, &r.group].into_iter().flatten() {
-                    if n.is_empty() || n.len() > 256 || n.contains(['\0', '/', ':', '\n']) {
-                        return Err(format!("bad owner name {n:?}"));
-                    }
-                }
-                Some(Owner {
-                    uid,
-                    gid,
-                    user: r.user.clone(),
-                    group: r.group.clone(),
-                })
-            }
+            (Some(uid), Some(gid)) => Some(Owner {
+                uid,
+                gid,
+                user: r.user.clone(),
+                group: r.group.clone(),
+            }),
             (None, None) if r.user.is_none() && r.group.is_none() => None,
             _ => return Err("uid and gid go together, and names only with them".into()),
         };
-        // Only a file may be `linked`, and only `true` is written (one spelling per record).
+        // Only `true` is written (one spelling per record); only a file may be linked.
         if r.linked == Some(false) || (r.linked.is_some() && r.kind != "file") {
             return Err("linked is only `true`, on a file".into());
         }
@@ -779,35 +771,22 @@ impl Entry {
                     .map_err(|_| "xattrs: bad base64".to_string())?,
             ),
         };
+        let target = |h: &Header| -> std::result::Result<Name, String> {
+            let t = parse_name(&r.target, &r.target_b64, &r.enc_target, "target")?;
+            if matches!(t, Name::Sealed(_)) != h.conceal_names {
+                return Err(
+                    "a link target sealed in a clear vault, or clear in a concealed one".into(),
+                );
+            }
+            Ok(t)
+        };
         let kind = match r.kind.as_str() {
             "dir" if plain => EntryKind::Dir,
             "fifo" if plain => EntryKind::Fifo,
             "chardev" if plain && r.rdev.is_some() => EntryKind::CharDev(r.rdev.unwrap_or(0)),
             "blockdev" if plain && r.rdev.is_some() => EntryKind::BlockDev(r.rdev.unwrap_or(0)),
-            "hardlink" if !file_fields.contains(&true) => {
-                let t = parse_name(&r.target, &r.target_b64, &r.enc_target, "target")?;
-                if matches!(t, Name::Sealed(_)) != h.conceal_names {
-                    return Err(
-                        "a link target sealed in a clear vault, or clear in a concealed one".into(),
-                    );
-                }
-                if let Name::Clear(t) = &t {
-                    check_path(t)?;
-                }
-                EntryKind::HardLink(t)
-            }
-            "symlink" if !file_fields.contains(&true) => {
-                let t = parse_name(&r.target, &r.target_b64, &r.enc_target, "target")?;
-                if matches!(t, Name::Sealed(_)) != h.conceal_names {
-                    return Err(
-                        "a link target sealed in a clear vault, or clear in a concealed one".into(),
-                    );
-                }
-                if let Name::Clear(t) = &t {
-                    check_target(t)?;
-                }
-                EntryKind::Symlink(t)
-            }
+            "hardlink" if !file_fields.contains(&true) => EntryKind::HardLink(target(h)?),
+            "symlink" if !file_fields.contains(&true) => EntryKind::Symlink(target(h)?),
             "file" if !file_fields.contains(&false) && !link_fields => {
                 let hex32 =
                     |v: &Option<String>, f: &str| -> std::result::Result<[u8; 32], String> {
@@ -821,7 +800,7 @@ impl Entry {
                     r.holes.as_deref(),
                     r.zeros.as_deref(),
                 )?;
-                let f = FileEntry {
+                EntryKind::File(FileEntry {
                     size: sparse.as_ref().map_or(len, |s| s.stored()),
                     batch: r.batch.unwrap_or_default(),
                     obj: r.obj.unwrap_or_default(),
@@ -830,13 +809,7 @@ impl Entry {
                     ct: hex32(&r.ct, "ct")?,
                     pt: hex32(&r.pt, "pt")?,
                     sparse: sparse.map(Box::new),
-                };
-                // Sizes are hostile input to keyless readers: bound them before any size
-                // arithmetic (record lengths, totals).
-                if format::segment_count(f.size, h.segment_size) > format::MAX_SEGMENTS {
-                    return Err("file size over 2^32 segments".into());
-                }
-                EntryKind::File(f)
+                })
             }
             "dir" | "symlink" | "file" | "hardlink" | "fifo" | "chardev" | "blockdev" => {
                 return Err(format!("fields missing or out of place for a {}", r.kind))
@@ -856,6 +829,72 @@ impl Entry {
             },
             r.src,
         ))
+    }
+
+    /// The rules an entry's values obey (§6.1), whoever holds it: safe paths and link targets,
+    /// permission bits only, nanoseconds and numbers in range, owners that name someone, `linked`
+    /// and `src` on files only, sizes bounded, attribute lists by [`check_xattr_list`]. A reader
+    /// applies them to every line it parses ([`Entry::from_line`]); a writer to each entry it
+    /// builds, its names and attributes still clear, so that it need not parse its own line
+    /// again: one set of rules, two entry points. Sealed names and attributes are checked by
+    /// the same rules when opened ([`Entry::reveal`], [`Xattrs::open`]); holes and zero extents
+    /// by [`crate::fs::sparse::Sparse::new`], the only way to make them. `src` is the source
+    /// identity a file's line carries.
+    pub fn check(&self, h: &Header, src: Option<&SourceId>) -> std::result::Result<(), String> {
+        // A name still sealed is checked when revealed; sealed in a clear vault, never.
+        let name = |n: &Name, rule: fn(&[u8]) -> std::result::Result<(), String>| match n {
+            Name::Clear(b) => rule(b),
+            Name::Sealed(_) if h.conceal_names => Ok(()),
+            Name::Sealed(_) => Err("names sealed in a clear vault".to_string()),
+        };
+        name(&self.path, check_path)?;
+        if self.mode & !0o7777 != 0 {
+            return Err("mode holds more than permission bits".into());
+        }
+        if self.mtime_nsec > 999_999_999 {
+            return Err("nsec out of range".into());
+        }
+        if let Some(o) = &self.owner {
+            // (uid_t)-1 means "leave the owner" to chown(2): no file has it.
+            if o.uid == u32::MAX || o.gid == u32::MAX {
+                return Err("uid or gid 4294967295 ((uid_t)-1, no owner)".into());
+            }
+            for n in [&o.user, &o.group].into_iter().flatten() {
+                if n.is_empty() || n.len() > 256 || n.contains(['\0', '/', ':', '\n']) {
+                    return Err(format!("bad owner name {n:?}"));
+                }
+            }
+        }
+        let file = self.file();
+        if self.linked && file.is_none() {
+            return Err("linked is only `true`, on a file".into());
+        }
+        if let Some(s) = src {
+            if file.is_none() {
+                return Err("src on an entry that is not a file".into());
+            }
+            if s.ctime_nsec > 999_999_999 {
+                return Err("src ctime_nsec out of range".into());
+            }
+        }
+        match &self.kind {
+            EntryKind::HardLink(t) => name(t, check_path)?,
+            EntryKind::Symlink(t) => name(t, check_target)?,
+            // Sizes are hostile input to keyless readers: bounded before any size arithmetic
+            // (record lengths, totals).
+            EntryKind::File(f)
+                if format::segment_count(f.size, h.segment_size) > format::MAX_SEGMENTS =>
+            {
+                return Err("file size over 2^32 segments".into())
+            }
+            _ => {}
+        }
+        if let Xattrs::Clear(l) = &self.xattrs {
+            if !l.is_empty() {
+                check_xattr_list(l).map_err(|why| format!("extended attributes: {why}"))?;
+            }
+        }
+        Ok(())
     }
 
     /// Decrypts this entry's sealed path and link target (no-op for clear names).
@@ -1642,6 +1681,184 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(bad)
             );
+        }
+    }
+
+    /// One set of rules, two entry points: every bad entry value below is refused by the
+    /// writer's [`Entry::check`] AND its line is refused by the reader (parsed, then its names
+    /// revealed and its attributes opened, as `ManifestReader` and `decrypt` do), rule by rule;
+    /// the good entries pass both.
+    #[test]
+    fn the_writer_checks_every_rule_the_reader_applies() {
+        let nk = name_key();
+        let clear = header();
+        let concealed = Header {
+            conceal_names: true,
+            ..header()
+        };
+        let reader_refuses = |e: &Entry, src: Option<&SourceId>, h: &Header| {
+            let sealed = Entry {
+                xattrs: e.xattrs.sealed(&nk).unwrap(),
+                ..e.clone()
+            };
+            let line = sealed
+                .to_line_src(h.conceal_names.then_some(&nk), src)
+                .unwrap();
+            match Entry::from_line_src(&line, h) {
+                Err(_) => true,
+                Ok((mut e, _)) => e.reveal(&nk).is_err() || e.xattrs.open(&nk).is_err(),
+            }
+        };
+        let file = |size: u64| {
+            EntryKind::File(FileEntry {
+                size,
+                batch: 0,
+                obj: 0,
+                off: 0,
+                salt: [1; 32],
+                ct: [2; 32],
+                pt: [3; 32],
+                sparse: None,
+            })
+        };
+        let good = Entry {
+            path: Name::Clear(b"top/f".to_vec()),
+            mode: 0o644,
+            mtime: -5,
+            mtime_nsec: 999_999_999,
+            kind: file(10),
+            owner: Some(Owner {
+                uid: 1000,
+                gid: 100,
+                user: Some("ann".into()),
+                group: Some("users".into()),
+            }),
+            linked: true,
+            xattrs: Xattrs::Clear(vec![(b"user.a".to_vec(), b"1".to_vec())]),
+        };
+        let src = SourceId {
+            dev: 1,
+            ino: 2,
+            ctime: 3,
+            ctime_nsec: 999_999_999,
+        };
+        let with = |f: &dyn Fn(&mut Entry)| {
+            let mut e = good.clone();
+            f(&mut e);
+            e
+        };
+        let symlink = |t: &[u8]| {
+            with(&|e| {
+                e.kind = EntryKind::Symlink(Name::Clear(t.to_vec()));
+                e.linked = false;
+            })
+        };
+        let hardlink = |t: &[u8]| {
+            with(&|e| {
+                e.kind = EntryKind::HardLink(Name::Clear(t.to_vec()));
+                e.linked = false;
+            })
+        };
+        let path = |p: &[u8]| with(&|e| e.path = Name::Clear(p.to_vec()));
+        let owner = |uid: u32, gid: u32, user: &str, group: &str| {
+            with(&|e| {
+                e.owner = Some(Owner {
+                    uid,
+                    gid,
+                    user: Some(user.into()),
+                    group: Some(group.into()),
+                })
+            })
+        };
+        let xattrs = |l: &[(&[u8], &[u8])]| {
+            let l: Vec<_> = l.iter().map(|(n, v)| (n.to_vec(), v.to_vec())).collect();
+            with(&|e| e.xattrs = Xattrs::Clear(l.clone()))
+        };
+        let long = vec![b'a'; format::MAX_PATH_BYTES + 1];
+        let bad_src = SourceId {
+            ctime_nsec: 1_000_000_000,
+            ..src
+        };
+        let big = format::MAX_SEGMENTS * 4096 + 1;
+        for h in [&clear, &concealed] {
+            for (e, s) in [
+                (good.clone(), Some(&src)),
+                (symlink(b"/anywhere/../at/all"), None),
+                (hardlink(b"top/g"), None),
+                (with(&|e| e.kind = EntryKind::Dir), None),
+            ] {
+                let e = Entry {
+                    linked: e.file().is_some(),
+                    ..e
+                };
+                assert_eq!(e.check(h, s), Ok(()), "{e:?}");
+                assert!(!reader_refuses(&e, s, h), "{e:?}");
+            }
+            let table: Vec<(&str, Entry, Option<&SourceId>)> = vec![
+                ("a .. component", path(b"top/../etc"), None),
+                ("a . component", path(b"top/./f"), None),
+                ("an absolute path", path(b"/etc/passwd"), None),
+                ("an empty component", path(b"top//f"), None),
+                ("a trailing slash", path(b"top/"), None),
+                ("an empty path", path(b""), None),
+                ("a NUL in the path", path(b"top/f\0"), None),
+                ("an over-long path", path(&long), None),
+                ("file type bits", with(&|e| e.mode = 0o100644), None),
+                ("nsec", with(&|e| e.mtime_nsec = 1_000_000_000), None),
+                ("uid (uid_t)-1", owner(u32::MAX, 1, "a", "b"), None),
+                ("gid (uid_t)-1", owner(1, u32::MAX, "a", "b"), None),
+                ("an empty user", owner(1, 1, "", "b"), None),
+                ("a / in a user", owner(1, 1, "a/b", "b"), None),
+                ("a : in a group", owner(1, 1, "a", "b:c"), None),
+                ("a newline in a group", owner(1, 1, "a", "b\n"), None),
+                ("a NUL in a user", owner(1, 1, "a\0", "b"), None),
+                ("a 257-byte user", owner(1, 1, &"u".repeat(257), "b"), None),
+                ("src ctime_nsec", good.clone(), Some(&bad_src)),
+                ("over 2^32 segments", with(&|e| e.kind = file(big)), None),
+                ("an empty link target", symlink(b""), None),
+                ("a NUL in a link target", symlink(b"a\0b"), None),
+                ("an over-long link target", symlink(&long), None),
+                ("a hard link to ..", hardlink(b"top/../x"), None),
+                ("an absolute hard link", hardlink(b"/etc/shadow"), None),
+                (
+                    "unsorted attributes",
+                    xattrs(&[(b"user.b", b""), (b"user.a", b"")]),
+                    None,
+                ),
+                (
+                    "an attribute twice",
+                    xattrs(&[(b"user.a", b"1"), (b"user.a", b"2")]),
+                    None,
+                ),
+                ("an empty attribute name", xattrs(&[(b"", b"1")]), None),
+                (
+                    "a NUL in an attribute name",
+                    xattrs(&[(b"user.\0", b"1")]),
+                    None,
+                ),
+                (
+                    "a 256-byte attribute name",
+                    xattrs(&[(&[b'n'; 256], b"1")]),
+                    None,
+                ),
+            ];
+            for (what, e, s) in &table {
+                let why = h.conceal_names;
+                assert!(
+                    e.check(h, *s).is_err(),
+                    "check passes {what} (concealed: {why})"
+                );
+                assert!(
+                    reader_refuses(e, *s, h),
+                    "the reader reads {what} (concealed: {why})"
+                );
+            }
+            // `linked` on anything but a file: refused, though a line cannot even say it
+            // (`to_line` writes the member on files only; the reader refuses it elsewhere).
+            let dir = with(&|e| e.kind = EntryKind::Dir);
+            assert!(dir.check(h, None).is_err());
+            let line = br#"{"type":"entry","path":"a","kind":"dir","mode":493,"mtime":1,"nsec":0,"linked":true}"#;
+            assert!(Entry::from_line(line, &clear).is_err());
         }
     }
 

@@ -78,7 +78,7 @@ pub fn is_changed(e: &io::Error) -> bool {
 }
 
 impl Source {
-    /// Opens a walked entry below its source's directory handle, crossing no symlink, and
+    /// Opens a walked entry from a directory handle of its walk, crossing no symlink, and
     /// checks it is still the file the walk saw (same device and inode): a file replaced, or
     /// a directory on its way swapped for a link, is a [`Changed`] error
     /// ([`crate::fs::walk::Place::open`]).

@@ -5,9 +5,17 @@
 //! (stored as one) or a change (reported), never followed. One handle is open per level of
 //! depth.
 //!
-//! Files are read later, by the sealer, through a [`Place`]: the source's root handle and the
-//! path below it, opened with [`Dir::open_beneath`] and checked against the walk's device and
-//! inode.
+//! Files are read later, by the sealer, through a [`Place`]: by name from the handle of the
+//! directory the walk listed them in (one `openat(O_NOFOLLOW)`, no path resolved), else by
+//! their path below the source's root handle ([`Dir::open_beneath`]); either way checked
+//! against the walk's device and inode.
+//!
+//! The handles a [`Place`] shares outlive the walk's own only while its files are in flight
+//! (queued, sealed, waiting for the writer), and the walk hands out no more once
+//! [`MAX_PARKED`] of them are open past it: files listed then are opened by path. So a walk
+//! holds at most its depth in handles of its own plus [`MAX_PARKED`] plus its depth again
+//! (levels that close while already shared), however many files are in flight: far under
+//! `RLIMIT_NOFILE`'s usual 1024.
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -15,6 +23,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use rustix::fs::{fstat, openat, readlinkat, statat, AtFlags, FileType, Mode, OFlags, Stat};
@@ -22,11 +31,42 @@ use rustix::io::Errno;
 
 use super::Dir;
 
+/// Handles of directories the walk has left that its [`Place`]s may keep open (see the module
+/// documentation): past this, files are opened by their path below the root.
+pub const MAX_PARKED: usize = 256;
+
+/// A directory handle of the walk, shared by the [`Place`]s of the files listed in it;
+/// counted while open, so that the walk can bound how many stay open.
+#[derive(Debug)]
+pub struct Listed {
+    dir: Dir,
+    open: Arc<AtomicUsize>,
+}
+
+impl Listed {
+    fn new(fd: OwnedFd, open: &Arc<AtomicUsize>) -> Listed {
+        open.fetch_add(1, Ordering::Relaxed);
+        Listed {
+            dir: Dir::from_fd(fd),
+            open: Arc::clone(open),
+        }
+    }
+}
+
+impl Drop for Listed {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Where a walked entry is read from: below a source directory's handle, or (for a source
 /// that is not a directory) the path the user named.
 #[derive(Clone, Debug)]
 pub struct Place {
     root: Option<Arc<Dir>>,
+    /// The directory the walk listed the entry in (its inode checked by the walk), when the
+    /// walk shared it: the entry is opened by its name there.
+    parent: Option<Arc<Listed>>,
     /// Shared by every entry of a source.
     top: Arc<Path>,
     rel: Vec<u8>,
@@ -45,6 +85,7 @@ impl Place {
     pub fn top(path: &Path) -> Place {
         Place {
             root: None,
+            parent: None,
             top: Arc::from(path),
             rel: Vec::new(),
         }
@@ -52,8 +93,20 @@ impl Place {
 
     /// `rel` below the source directory `top`, opened as `root`.
     pub fn below(root: &Arc<Dir>, top: &Arc<Path>, rel: Vec<u8>) -> Place {
+        Place::listed(root, None, top, rel)
+    }
+
+    /// [`Place::below`], listed in `parent` (the handle of `rel`'s directory the walk
+    /// shared, if it did).
+    pub fn listed(
+        root: &Arc<Dir>,
+        parent: Option<Arc<Listed>>,
+        top: &Arc<Path>,
+        rel: Vec<u8>,
+    ) -> Place {
         Place {
             root: Some(Arc::clone(root)),
+            parent,
             top: Arc::clone(top),
             rel,
         }
@@ -82,9 +135,21 @@ impl Place {
         if nonblock {
             flags |= OFlags::NONBLOCK;
         }
-        let opened = match &self.root {
-            Some(root) => root.open_beneath(&self.rel, flags, Mode::empty()),
-            None => {
+        let opened = match (&self.parent, &self.root) {
+            // By name from the directory's handle: the walk opened it from its own parent's
+            // with O_NOFOLLOW and checked its inode, so no path is resolved and no link
+            // crossed. (Moved elsewhere since, it still only yields the inode checked below.)
+            (Some(parent), _) => {
+                let name = self.rel.rsplit(|&b| b == b'/').next().unwrap_or_default();
+                if name.is_empty() || name == b"." || name == b".." {
+                    return Err(io::Error::from(Errno::INVAL));
+                }
+                let flags = flags | OFlags::NOFOLLOW;
+                openat(&parent.dir, OsStr::from_bytes(name), flags, Mode::empty())
+                    .map_err(io::Error::from)
+            }
+            (None, Some(root)) => root.open_beneath(&self.rel, flags, Mode::empty()),
+            (None, None) => {
                 if !follow {
                     flags |= OFlags::NOFOLLOW;
                 }
@@ -114,6 +179,9 @@ pub struct Node {
     pub target: Option<Vec<u8>>,
     /// Its extended attributes, sorted by name, each name once (when asked for).
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// A regular file's directory, as the walk listed it (unless [`MAX_PARKED`] were open):
+    /// for [`Place::listed`].
+    pub parent: Option<Arc<Listed>>,
 }
 
 /// What the walk yields, in tree order (docs/FORMAT.md §6.2).
@@ -132,7 +200,7 @@ pub enum Step {
 pub const CHANGED_WALKING: &str = "changed while being walked (replaced by another file or a link); not stored, run again to store it";
 
 struct Level {
-    fd: OwnedFd,
+    fd: Arc<Listed>,
     rel: Vec<u8>,
     names: std::vec::IntoIter<Vec<u8>>,
 }
@@ -144,6 +212,8 @@ pub struct Walk<'a> {
     xattrs: bool,
     skip: &'a dyn Fn(&[u8], &[u8]) -> bool,
     max_depth: usize,
+    /// The walk's directory handles open: its levels', and those its nodes still share.
+    open: Arc<AtomicUsize>,
 }
 
 impl<'a> Walk<'a> {
@@ -164,6 +234,7 @@ impl<'a> Walk<'a> {
             xattrs,
             skip,
             max_depth,
+            open: Arc::new(AtomicUsize::new(0)),
         };
         if let Err(e) = w.enter(fd, Vec::new()) {
             w.pending = Some(problem(Vec::new(), e.to_string()));
@@ -176,7 +247,7 @@ impl<'a> Walk<'a> {
     fn enter(&mut self, fd: OwnedFd, rel: Vec<u8>) -> io::Result<()> {
         let (names, err) = list(&fd);
         self.levels.push(Level {
-            fd,
+            fd: Arc::new(Listed::new(fd, &self.open)),
             rel,
             names: names.into_iter(),
         });
@@ -235,6 +306,7 @@ fn meet(
                 rel,
                 stat: st,
                 target: Some(t.into_bytes()),
+                parent: None,
             }),
             // Replaced by something else between the lstat and the readlink.
             Err(Errno::INVAL) => problem(rel, CHANGED_WALKING.into()),
@@ -247,6 +319,7 @@ fn meet(
             rel,
             stat: st,
             target: None,
+            parent: None,
         }));
     }
     if depth >= max_depth {
@@ -271,6 +344,7 @@ fn meet(
                     rel,
                     stat: st,
                     target: None,
+                    parent: None,
                 }),
                 enter: None,
             };
@@ -294,6 +368,7 @@ fn meet(
             stat: now,
             target: None,
             xattrs,
+            parent: None,
         }),
         enter: Some(fd),
         then: None,
@@ -358,7 +433,15 @@ impl Iterator for Walk<'_> {
                 continue;
             }
             let (max, xattrs) = (self.max_depth, self.xattrs);
-            let met = meet(level.fd.as_fd(), rel.clone(), &name, depth, max, xattrs);
+            let mut met = meet(level.fd.dir.as_fd(), rel.clone(), &name, depth, max, xattrs);
+            if let Step::Node(n) = &mut met.step {
+                // Shared with a regular file (the only kind read through its place), while
+                // few enough handles are open past the walk's levels.
+                let parked = self.open.load(Ordering::Relaxed).saturating_sub(depth);
+                if FileType::from_raw_mode(n.stat.st_mode).is_file() && parked < MAX_PARKED {
+                    n.parent = Some(Arc::clone(&level.fd));
+                }
+            }
             if let Some(fd) = met.enter {
                 if let Err(e) = self.enter(fd, rel.clone()) {
                     self.pending = Some(problem(rel, e.to_string()));
@@ -556,6 +639,103 @@ mod tests {
         assert!(matches!(&got[0], Step::Node(n) if n.rel == b"a"));
         assert!(matches!(&got[1], Step::Problem { rel, error: true, .. } if rel == b"a/b"));
         assert_eq!(got.len(), 2);
+    }
+
+    /// A file is opened by name from the handle of the directory the walk listed it in: a
+    /// link or another file put in its place after the walk is a change, never followed or
+    /// read; the directory swapped for a link to elsewhere does not lead the open there.
+    #[test]
+    fn a_listed_place_opens_by_name_in_its_directory() {
+        let t = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("f"), b"outside").unwrap();
+        std::fs::write(outside.path().join("g"), b"outside").unwrap();
+        std::fs::create_dir(t.path().join("d")).unwrap();
+        for f in ["f", "g", "h"] {
+            std::fs::write(t.path().join("d").join(f), b"inside").unwrap();
+        }
+        let root = Arc::new(Dir::open(t.path()).unwrap());
+        let top: Arc<Path> = Arc::from(t.path());
+        let skip = |_: &[u8], _: &[u8]| false;
+        let places: Vec<(Place, Stat)> = Walk::new(&root, false, 8, &skip)
+            .unwrap()
+            .filter_map(|s| match s {
+                Step::Node(n) if n.rel != b"d" => {
+                    assert!(n.parent.is_some(), "a file shares its directory's handle");
+                    let st = n.stat;
+                    Some((Place::listed(&root, n.parent, &top, n.rel), st))
+                }
+                Step::Node(n) => {
+                    assert!(n.parent.is_none(), "a directory does not");
+                    None
+                }
+                Step::Problem { why, .. } => panic!("{why}"),
+            })
+            .collect();
+        let [(f, fst), (g, gst), (h, hst)] = &places[..] else {
+            panic!("{places:?}")
+        };
+        let read = |p: &Place, st: &Stat| {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut p.open(st.st_dev, st.st_ino, false, false)?, &mut s)
+                .map(|_| s)
+        };
+        assert_eq!(read(f, fst).unwrap(), "inside");
+        // d/f becomes a link to the outside file, d/g another file.
+        let d = t.path().join("d");
+        std::fs::remove_file(d.join("f")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("f"), d.join("f")).unwrap();
+        // (Made before the old one goes, so that it cannot take its inode number.)
+        std::fs::write(d.join("g.new"), b"new").unwrap();
+        std::fs::rename(d.join("g.new"), d.join("g")).unwrap();
+        for (p, st) in [(f, fst), (g, gst)] {
+            let e = read(p, st).unwrap_err();
+            assert!(crate::fs::source::is_changed(&e), "{}: {e}", p.display());
+        }
+        // The directory swapped for a link to the outside: the handle still names the walked
+        // directory, whose file is the inode the walk saw.
+        std::fs::rename(&d, t.path().join("d.old")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), &d).unwrap();
+        std::fs::write(outside.path().join("h"), b"outside").unwrap();
+        assert_eq!(read(h, hst).unwrap(), "inside");
+    }
+
+    /// However many files are held (in flight), the walk keeps at most [`MAX_PARKED`] handles
+    /// open past its own levels (one more per level that closes while shared): files listed
+    /// past that are opened by path, and still open.
+    #[test]
+    fn shared_handles_are_bounded() {
+        let t = tempfile::tempdir().unwrap();
+        let n = MAX_PARKED + 50;
+        for i in 0..n {
+            let d = t.path().join(format!("a/d{i:04}"));
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("f"), b"x").unwrap();
+        }
+        let root = Arc::new(Dir::open(t.path()).unwrap());
+        let top: Arc<Path> = Arc::from(t.path());
+        let skip = |_: &[u8], _: &[u8]| false;
+        let mut w = Walk::new(&root, false, 8, &skip).unwrap();
+        let open = Arc::clone(&w.open);
+        let mut held = Vec::new();
+        for s in w.by_ref() {
+            let Step::Node(n) = s else {
+                panic!("a problem in the walk")
+            };
+            if FileType::from_raw_mode(n.stat.st_mode).is_file() {
+                held.push((n.parent.is_some(), n.stat, n.rel, n.parent));
+            }
+            // Depth 3 (root, a, a/dNNNN): at most two levels close while shared at once.
+            assert!(open.load(Ordering::Relaxed) <= MAX_PARKED + 3 + 2);
+        }
+        assert_eq!(held.len(), n);
+        let shared = held.iter().filter(|h| h.0).count();
+        assert!((MAX_PARKED..n).contains(&shared), "{shared}");
+        for (_, st, rel, parent) in held {
+            let p = Place::listed(&root, parent, &top, rel);
+            p.open(st.st_dev, st.st_ino, false, false).unwrap();
+        }
+        assert_eq!(open.load(Ordering::Relaxed), 0);
     }
 
     /// A file replaced by a link after the walk is a change when opened, never followed.

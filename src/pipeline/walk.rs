@@ -279,7 +279,7 @@ pub fn walk_each(
                     let mut vpath = base.clone();
                     vpath.push(b'/');
                     vpath.extend_from_slice(&n.rel);
-                    let place = Place::below(&root, &top, n.rel);
+                    let place = Place::listed(&root, n.parent, &top, n.rel);
                     match classify(&n.stat, n.target, None) {
                         Ok(Some(kind)) => match check_path(&vpath) {
                             Ok(()) => Found::Entry(entry(vpath, place, &n.stat, kind, n.xattrs)),
@@ -416,8 +416,10 @@ mod tests {
         assert!(all.contains(&"one/sub/a.tmp".to_string()), "{all:?}");
     }
 
-    /// A walked entry is read below its source's handle: moved away and replaced by a link
-    /// after the walk, it is a change, never the link's target.
+    /// A walked entry is read from a handle of its walk, never through a path: its directory
+    /// moved away and replaced by a link after the walk, it is still the inode the walk saw
+    /// (read by the handle of the directory it was listed in), never the link's target; the
+    /// file itself replaced by a link is a change.
     #[test]
     fn entries_open_below_the_source_handle() {
         let t = tempfile::tempdir().unwrap();
@@ -439,6 +441,12 @@ mod tests {
         assert!(f.source.open(f.dev, f.ino, false, false).is_ok());
         fs::rename(src.join("d"), src.join("d.away")).unwrap();
         std::os::unix::fs::symlink(&outside, src.join("d")).unwrap();
+        let mut read = String::new();
+        let mut file = f.source.open(f.dev, f.ino, false, false).unwrap();
+        std::io::Read::read_to_string(&mut file, &mut read).unwrap();
+        assert_eq!(read, "inside");
+        fs::remove_file(src.join("d.away/f")).unwrap();
+        std::os::unix::fs::symlink(outside.join("f"), src.join("d.away/f")).unwrap();
         let e = f.source.open(f.dev, f.ino, false, false).unwrap_err();
         assert!(crate::fs::source::is_changed(&e), "{e}");
         assert!(e.to_string().contains("changed while being read"), "{e}");

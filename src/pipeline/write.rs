@@ -555,73 +555,55 @@ impl<'a> Writer<'a> {
         self.written.failed.push(f);
     }
 
-    /// Queues an entry's line; `false` when the reader would refuse it (then reported).
+    /// Queues the line of an entry this run built; `false` when the reader would refuse it
+    /// (then reported, not stored).
     fn queue_entry(&mut self, e: &Entry, src: Option<&SourceId>) -> Result<bool> {
-        let sealed;
-        let e = match (&e.xattrs, self.keys.first()) {
+        let xattr_key = match (&e.xattrs, self.keys.first()) {
             (crate::format::manifest::Xattrs::Clear(l), Some(k)) if !l.is_empty() => {
-                // Checked before sealing, so that the line's check need not open them again.
-                if let Err(why) = crate::format::manifest::check_xattr_list(l) {
-                    self.fail(Failure {
-                        path: e.path.display(),
-                        why: format!(
-                            "not stored, the vault's reader would refuse it: extended attributes: {why}"
-                        ),
-                    });
-                    return Ok(false);
-                }
-                let nk = self.xattr_key.get_or_insert_with(|| k.name_key());
-                sealed = Entry {
-                    xattrs: e.xattrs.sealed(nk)?,
-                    ..e.clone()
-                };
-                &sealed
+                Some(&*self.xattr_key.get_or_insert_with(|| k.name_key()))
             }
-            _ => e,
+            _ => None,
         };
-        let line = e.to_line_src(self.name_key.as_ref(), src)?;
-        self.queue_line(src, &line, Some(e.path.display()))
+        let known = (self.batches.len(), self.objects.len());
+        let journal = &self.journal;
+        let keys = (self.name_key.as_ref(), xattr_key);
+        match built_line(e, src, &self.header, known, keys, |l| {
+            journal.done_line(src, l)
+        })? {
+            Ok(l) => self.queue_journaled(l),
+            Err(why) => self.refuse(e.path.display(), &why),
+        }
     }
 
-    /// Queues a line for the journal and the manifest, once the reader's own checks pass on
-    /// it; `false` (the entry reported, not stored) when they do not.
-    fn queue_line(
-        &mut self,
-        src: Option<&SourceId>,
-        line: &[u8],
-        path: Option<String>,
-    ) -> Result<bool> {
-        let l = self.journal.done_line(src, line)?;
-        // A new entry's attributes were checked before they were sealed (`queue_entry`);
-        // a line taken over from an interrupted run has only its sealed form.
-        let open_xattrs = path.is_none();
-        if let Err(why) = self.readable(line, &l, open_xattrs) {
-            let path = path.unwrap_or_else(|| "an entry of the interrupted run".into());
-            self.fail(Failure {
-                path,
-                why: format!("not stored, the vault's reader would refuse it: {why}"),
-            });
-            return Ok(false);
+    /// Queues a line taken over from an interrupted run, once the reader's own checks pass on
+    /// it (it is parsed: it was not built here); `false` when they do not.
+    fn queue_taken_over(&mut self, src: &SourceId, line: &[u8]) -> Result<bool> {
+        let l = self.journal.done_line(Some(src), line)?;
+        let nk = match self.keys.first() {
+            Some(k) => Some(&*self.xattr_key.get_or_insert_with(|| k.name_key())),
+            None => None,
+        };
+        let known = (self.batches.len(), self.objects.len());
+        match readable_line(line, &self.header, known, nk).and_then(|()| fits(&l)) {
+            Ok(()) => self.queue_journaled(l),
+            Err(why) => self.refuse("an entry of the interrupted run".into(), &why),
         }
+    }
+
+    fn queue_journaled(&mut self, l: Vec<u8>) -> Result<bool> {
         self.queue.extend(l);
         self.queued += 1;
         self.oldest.get_or_insert_with(Instant::now);
         Ok(true)
     }
 
-    /// [`readable`] with this run's header, batches, objects and name key.
-    fn readable(
-        &mut self,
-        line: &[u8],
-        journaled: &[u8],
-        open_xattrs: bool,
-    ) -> std::result::Result<(), String> {
-        let nk = match self.keys.first() {
-            Some(k) if open_xattrs => Some(&*self.xattr_key.get_or_insert_with(|| k.name_key())),
-            _ => None,
-        };
-        let known = (self.batches.len(), self.objects.len());
-        readable(line, journaled, &self.header, known, nk)
+    /// Reports an entry not stored because the vault's reader would refuse it.
+    fn refuse(&mut self, path: String, why: &str) -> Result<bool> {
+        self.fail(Failure {
+            path,
+            why: format!("not stored, the vault's reader would refuse it: {why}"),
+        });
+        Ok(false)
     }
 
     fn emit_chunk(&mut self, records: &[u8], items: Vec<ChunkOut>) -> Result<()> {
@@ -682,7 +664,7 @@ impl<'a> Writer<'a> {
                     obj,
                     linkable,
                 }) => {
-                    if !self.queue_line(Some(&src), &line, None)? {
+                    if !self.queue_taken_over(&src, &line)? {
                         continue;
                     }
                     if let Some(p) = linkable {
@@ -1057,33 +1039,82 @@ impl<'a> Writer<'a> {
     }
 }
 
-/// The checks a reader makes on an entry line (docs/FORMAT.md §6, §8), by the reader's own
-/// code: the line's fields ([`Entry::from_line`]), its sealed extended attributes (opened with
-/// `nk`, batch 0's name key, when given: a new entry's are checked before sealing), the batch and object it names (`known`: how many there are), and its
-/// length as journaled and as listed. A run never commits a line that would make its vault
-/// unreadable (the tree rules are checked by the planner, in walk order).
-fn readable(
+/// The journal line of an entry this run built, or why a reader would refuse it (docs/FORMAT.md
+/// §6, §8). The reader's rules are applied to the entry itself, by the reader's own code
+/// ([`Entry::check`], its attributes still clear, before they are sealed), with the batch and
+/// object it names (`known`: how many there are); the length to the line as `journal` makes it.
+/// The line is not parsed again. `keys`: the name key that seals names (exactly in a vault that
+/// conceals them) and batch 0's name key that seals attributes. A run never commits a line that
+/// would make its vault unreadable (the tree rules are checked by the planner, in walk order).
+fn built_line(
+    e: &Entry,
+    src: Option<&SourceId>,
+    header: &Header,
+    known: (usize, usize),
+    keys: (Option<&NameKey>, Option<&NameKey>),
+    journal: impl FnOnce(&[u8]) -> Result<Vec<u8>>,
+) -> Result<std::result::Result<Vec<u8>, String>> {
+    if let Err(why) = e.check(header, src).and_then(|()| names_known(e, known)) {
+        return Ok(Err(why));
+    }
+    let (names, xattrs) = keys;
+    if header.conceal_names != names.is_some() {
+        return Ok(Err(
+            "names sealed in a clear vault, or clear in a concealed one".into(),
+        ));
+    }
+    let sealed;
+    let e = match (&e.xattrs, xattrs) {
+        (crate::format::manifest::Xattrs::Clear(l), Some(k)) if !l.is_empty() => {
+            sealed = Entry {
+                xattrs: e.xattrs.sealed(k)?,
+                ..e.clone()
+            };
+            &sealed
+        }
+        _ => e,
+    };
+    let line = e.to_line_src(names, src)?;
+    let journaled = journal(&line)?;
+    Ok(fits(&journaled).map(|()| journaled))
+}
+
+/// The checks a reader makes on an entry line this run did not build (one taken over from an
+/// interrupted run): its fields and values ([`Entry::from_line`]), its sealed extended
+/// attributes (opened with `nk`, batch 0's name key, when given) and the batch and object it
+/// names.
+fn readable_line(
     line: &[u8],
-    journaled: &[u8],
     header: &Header,
     known: (usize, usize),
     nk: Option<&NameKey>,
 ) -> std::result::Result<(), String> {
+    let e = Entry::from_line(line, header)?;
+    if let (crate::format::manifest::Xattrs::Sealed(_), Some(nk)) = (&e.xattrs, nk) {
+        e.xattrs.open(nk).map_err(|e| e.to_string())?;
+    }
+    names_known(&e, known)
+}
+
+/// A file's batch and object are among the `known` (batches, objects).
+fn names_known(e: &Entry, known: (usize, usize)) -> std::result::Result<(), String> {
+    match e.file() {
+        Some(f) if f.batch as usize >= known.0 || f.obj as usize >= known.1 => {
+            Err("it names an unknown batch or object".into())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The 1 MiB line limit (docs/FORMAT.md §6.1), on the line as journaled: longer than the
+/// manifest's, so a line that fits here fits there.
+fn fits(journaled: &[u8]) -> std::result::Result<(), String> {
     let body = journaled.strip_suffix(b"\n").unwrap_or(journaled);
     if body.len() > format::MAX_MANIFEST_LINE {
         return Err(format!(
             "its record is longer than {} bytes (extended attributes too large?)",
             format::MAX_MANIFEST_LINE
         ));
-    }
-    let e = Entry::from_line(line, header)?;
-    if let (crate::format::manifest::Xattrs::Sealed(_), Some(nk)) = (&e.xattrs, nk) {
-        e.xattrs.open(nk).map_err(|e| e.to_string())?;
-    }
-    if let Some(f) = e.file() {
-        if f.batch as usize >= known.0 || f.obj as usize >= known.1 {
-            return Err("it names an unknown batch or object".into());
-        }
     }
     Ok(())
 }
@@ -1123,8 +1154,10 @@ mod tests {
     use crate::format::manifest::{Name, Xattrs};
     use crate::kms::DataKey;
 
-    /// Lines the reader would refuse are caught before they are committed: over-long ones
-    /// (too many extended attributes), ones naming an unknown object, and bad fields.
+    /// Lines the reader would refuse are caught before they are committed, both for an entry
+    /// this run built (checked as a value, never parsed) and for a line taken over from an
+    /// interrupted run (parsed): over-long ones (too many extended attributes), ones naming an
+    /// unknown object, bad attribute lists, and bad fields.
     #[test]
     fn lines_a_reader_refuses_are_caught() {
         let header = Header {
@@ -1144,13 +1177,28 @@ mod tests {
             kind,
             owner: None,
             linked: false,
-            xattrs: Xattrs::Clear(xattrs).sealed(&nk).unwrap(),
+            xattrs: Xattrs::Clear(xattrs),
+        };
+        // The journal line: longer than the entry's line, as the journal's is.
+        let journal = |line: &[u8]| {
+            let mut journaled = line.to_vec();
+            journaled.extend_from_slice(&[b' '; 200]);
+            Ok(journaled)
         };
         let check = |e: &Entry| {
-            let line = e.to_line(None).unwrap();
-            let mut journaled = line.clone();
-            journaled.extend_from_slice(&[b' '; 200]);
-            readable(&line, &journaled, &header, (1, 1), Some(&nk))
+            let built = built_line(e, None, &header, (1, 1), (None, Some(&nk)), journal)
+                .unwrap()
+                .map(|_| ());
+            // The same entry as a line an interrupted run left: its attributes sealed.
+            let sealed = Entry {
+                xattrs: e.xattrs.sealed(&nk).unwrap(),
+                ..e.clone()
+            };
+            let line = sealed.to_line(None).unwrap();
+            let taken = readable_line(&line, &header, (1, 1), Some(&nk))
+                .and_then(|()| fits(&journal(&line).unwrap()));
+            assert_eq!(built.is_ok(), taken.is_ok(), "{built:?} / {taken:?}");
+            built
         };
         let small = vec![(b"user.a".to_vec(), vec![1u8; 100])];
         assert_eq!(check(&entry(small, EntryKind::Dir)), Ok(()));
@@ -1159,6 +1207,9 @@ mod tests {
             .collect();
         let e = check(&entry(big, EntryKind::Dir)).unwrap_err();
         assert!(e.contains("longer than"), "{e}");
+        let unsorted = vec![(b"user.b".to_vec(), vec![]), (b"user.a".to_vec(), vec![])];
+        let e = check(&entry(unsorted, EntryKind::Dir)).unwrap_err();
+        assert!(e.contains("extended attributes"), "{e}");
         let file = |obj| {
             EntryKind::File(crate::format::manifest::FileEntry {
                 size: 5,
@@ -1177,5 +1228,18 @@ mod tests {
         let mut bad = entry(Vec::new(), EntryKind::Dir);
         bad.path = Name::Clear(b"top/../etc".to_vec());
         assert!(check(&bad).is_err());
+        bad.path = Name::Clear(b"top/d".to_vec());
+        bad.mode = 0o40755;
+        assert!(check(&bad).is_err());
+        // Names must be sealed exactly in a vault that conceals them.
+        let concealed = Header {
+            conceal_names: true,
+            ..header.clone()
+        };
+        let dir = entry(Vec::new(), EntryKind::Dir);
+        let r = built_line(&dir, None, &concealed, (1, 1), (None, None), journal).unwrap();
+        assert!(r.is_err(), "{r:?}");
+        let r = built_line(&dir, None, &concealed, (1, 1), (Some(&nk), None), journal).unwrap();
+        assert!(r.is_ok(), "{r:?}");
     }
 }
