@@ -203,7 +203,7 @@ pub struct FileEntry {
     pub ct: [u8; DIGEST_LEN],
     pub pt: [u8; DIGEST_LEN],
     /// Holes and zero extents, for a file that has them (§6.4).
-    pub sparse: Option<Box<crate::fs::sparse::Sparse>>,
+    pub sparse: Option<Box<crate::format::sparse::Sparse>>,
 }
 
 impl FileEntry {
@@ -795,7 +795,7 @@ impl Entry {
                             .ok_or_else(|| format!("bad {f}"))
                     };
                 let len = r.size.unwrap_or_default();
-                let sparse = crate::fs::sparse::Sparse::from_fields(
+                let sparse = crate::format::sparse::Sparse::from_fields(
                     len,
                     r.holes.as_deref(),
                     r.zeros.as_deref(),
@@ -838,7 +838,7 @@ impl Entry {
     /// builds, its names and attributes still clear, so that it need not parse its own line
     /// again: one set of rules, two entry points. Sealed names and attributes are checked by
     /// the same rules when opened ([`Entry::reveal`], [`Xattrs::open`]); holes and zero extents
-    /// by [`crate::fs::sparse::Sparse::new`], the only way to make them. `src` is the source
+    /// by [`crate::format::sparse::Sparse::new`], the only way to make them. `src` is the source
     /// identity a file's line carries.
     pub fn check(&self, h: &Header, src: Option<&SourceId>) -> std::result::Result<(), String> {
         // A name still sealed is checked when revealed; sealed in a clear vault, never.

@@ -3,6 +3,7 @@
 
 pub mod header;
 pub mod manifest;
+pub mod sparse;
 
 pub use header::ObjectHeader;
 

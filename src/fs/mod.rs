@@ -13,6 +13,7 @@ pub mod owner;
 pub mod restore;
 pub mod source;
 pub mod sparse;
+pub mod tree;
 pub mod walk;
 
 use std::ffi::OsStr;
@@ -192,6 +193,42 @@ pub fn resolved(p: &std::path::Path) -> std::path::PathBuf {
             }
             _ => return p,
         }
+    }
+}
+
+/// The error a reader reports when its input changed under it (a typed payload, so that
+/// callers retry by kind: [`is_changed`]).
+pub fn changed_error(path: &std::path::Path) -> std::io::Error {
+    std::io::Error::other(Changed(path.to_path_buf()))
+}
+
+/// The payload of [`changed_error`].
+#[derive(Debug)]
+pub struct Changed(pub std::path::PathBuf);
+
+impl std::fmt::Display for Changed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} changed while being read", self.0.display())
+    }
+}
+
+impl std::error::Error for Changed {}
+
+/// Whether an error says the source changed while being read.
+pub fn is_changed(e: &std::io::Error) -> bool {
+    e.get_ref().is_some_and(|r| r.is::<Changed>())
+}
+
+/// The bytes an open file holds: its length, or for a block device (whose `stat` says 0) its
+/// end, as seeking finds it.
+pub fn byte_len(f: &std::fs::File, md: &std::fs::Metadata) -> std::io::Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    use std::os::unix::fs::FileTypeExt;
+    if md.file_type().is_block_device() {
+        let mut f = f;
+        f.seek(SeekFrom::End(0))
+    } else {
+        Ok(md.len())
     }
 }
 

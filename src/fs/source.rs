@@ -10,8 +10,9 @@ use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use crate::fs::changed_error;
 use crate::fs::sparse::{Runs, Sparse};
-use crate::pipeline::walk::SourceEntry;
+use crate::fs::tree::SourceEntry;
 
 /// An open input.
 pub struct Source {
@@ -54,29 +55,6 @@ fn settle(file: &std::fs::File, md: &std::fs::Metadata, path: &Path) -> io::Resu
     Ok(())
 }
 
-/// The error a reader reports when its input changed under it (a typed payload, so that
-/// callers retry by kind: [`is_changed`]).
-pub fn changed_error(path: &Path) -> io::Error {
-    io::Error::other(Changed(path.to_path_buf()))
-}
-
-/// The payload of [`changed_error`].
-#[derive(Debug)]
-pub struct Changed(pub PathBuf);
-
-impl std::fmt::Display for Changed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} changed while being read", self.0.display())
-    }
-}
-
-impl std::error::Error for Changed {}
-
-/// Whether an error says the source changed while being read.
-pub fn is_changed(e: &io::Error) -> bool {
-    e.get_ref().is_some_and(|r| r.is::<Changed>())
-}
-
 impl Source {
     /// Opens a walked entry from a directory handle of its walk, crossing no symlink, and
     /// checks it is still the file the walk saw (same device and inode): a file replaced, or
@@ -89,7 +67,7 @@ impl Source {
             settle(&file, &md, &entry.source.path())?;
         }
         let (size, allocated) = if device {
-            (crate::pipeline::walk::byte_len(&file, &md)?, None)
+            (crate::fs::byte_len(&file, &md)?, None)
         } else {
             if !md.is_file() {
                 return Err(changed_error(&entry.source.path()));
@@ -174,7 +152,7 @@ impl Source {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::walk::SourceKind;
+    use crate::fs::tree::SourceKind;
     use std::os::unix::fs::MetadataExt;
 
     fn entry(path: &Path) -> SourceEntry {
@@ -229,7 +207,7 @@ mod tests {
         std::fs::remove_file(&p).unwrap();
         std::os::unix::fs::symlink("outside", &p).unwrap();
         let err = Source::open(&e, false).err().unwrap();
-        assert!(is_changed(&err), "{err}");
+        assert!(crate::fs::is_changed(&err), "{err}");
         assert!(
             err.to_string().contains("changed while being read"),
             "{err}"

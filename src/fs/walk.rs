@@ -129,7 +129,7 @@ impl Place {
     /// Opens the entry for reading without crossing a symlink below the source (the last
     /// component included, but for `follow`: a block device the user named by a link) and
     /// checks that it is still the inode the walk saw. A link, a directory swapped for one on
-    /// the way, or another inode is a change ([`crate::fs::source::changed_error`]).
+    /// the way, or another inode is a change ([`crate::fs::changed_error`]).
     pub fn open(&self, dev: u64, ino: u64, follow: bool, nonblock: bool) -> io::Result<File> {
         let mut flags = OFlags::RDONLY | OFlags::NOCTTY | OFlags::CLOEXEC;
         if nonblock {
@@ -157,12 +157,12 @@ impl Place {
             }
         };
         let fd = opened.map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP | libc::ENOTDIR) => crate::fs::source::changed_error(&self.path()),
+            Some(libc::ELOOP | libc::ENOTDIR) => crate::fs::changed_error(&self.path()),
             _ => e,
         })?;
         let st = fstat(&fd)?;
         if st.st_dev != dev || st.st_ino != ino {
-            return Err(crate::fs::source::changed_error(&self.path()));
+            return Err(crate::fs::changed_error(&self.path()));
         }
         Ok(File::from(fd))
     }
@@ -690,7 +690,7 @@ mod tests {
         std::fs::rename(d.join("g.new"), d.join("g")).unwrap();
         for (p, st) in [(f, fst), (g, gst)] {
             let e = read(p, st).unwrap_err();
-            assert!(crate::fs::source::is_changed(&e), "{}: {e}", p.display());
+            assert!(crate::fs::is_changed(&e), "{}: {e}", p.display());
         }
         // The directory swapped for a link to the outside: the handle still names the walked
         // directory, whose file is the inode the walk saw.
@@ -754,6 +754,6 @@ mod tests {
         std::os::unix::fs::symlink(outside.path(), t.path().join("d")).unwrap();
         std::fs::rename(outside.path().join("secret"), outside.path().join("f")).unwrap();
         let e = place.open(st.st_dev, st.st_ino, false, false).unwrap_err();
-        assert!(crate::fs::source::is_changed(&e), "{e}");
+        assert!(crate::fs::is_changed(&e), "{e}");
     }
 }

@@ -144,7 +144,7 @@ fn select(entries: &[Entry], only: &[String]) -> Result<Vec<usize>> {
         let trimmed = o.trim_end_matches('/');
         if o.contains(['*', '?', '[', '{']) {
             gs.add(
-                crate::pipeline::walk::glob(trimmed)
+                crate::fs::tree::glob(trimmed)
                     .map_err(|e| Error::Usage(format!("--only {o:?}: {e}")))?,
             );
         } else {

@@ -74,7 +74,7 @@ fn open_target(p: &Path) -> Result<(File, u64)> {
         ));
     }
     check_loop_users(&opened).map_err(usage)?;
-    let size = crate::pipeline::walk::byte_len(&f, &md).at(&real)?;
+    let size = crate::fs::byte_len(&f, &md).at(&real)?;
     Ok((f, size))
 }
 

@@ -28,11 +28,11 @@ use crate::error::{Error, IoContext, Result};
 use crate::format::manifest::{check_path, Batch, Entry, EntryKind, Header, Name, TreeOrder};
 use crate::format::{self, layout, ID_LEN};
 use crate::fs::source::Source;
+use crate::fs::tree::{self, Found, SourceEntry, SourceKind};
 use crate::kms::keys::Kms;
 use crate::kms::keyspec::KeySpec;
 use crate::pipeline::journal::{Journal, Record, RunParams, RunRecord, SourceId};
 use crate::pipeline::seal::{self, BufPool, ChunkItem, LargeFile, SealCtx};
-use crate::pipeline::walk::{self, Found, SourceEntry, SourceKind};
 use crate::pipeline::write::{entry_of, LargeStart, Msg, Writer};
 use crate::progress::Progress;
 use crate::store::{Location, Store};
@@ -246,9 +246,9 @@ fn encrypt_run(
             .map(|l| l.absolute().map(|a| B64.encode(a.to_string().as_bytes())))
             .transpose()?,
     };
-    let exclude = walk::excludes(&opts.excludes)?;
+    let exclude = tree::excludes(&opts.excludes)?;
     check_vault_outside(opts, &sources)?;
-    walk::order_sources(&sources)?;
+    tree::order_sources(&sources)?;
 
     // The vault: new, or an unfinished run of the same command.
     let store = crate::store::open(&opts.vault)?;
@@ -550,7 +550,7 @@ fn encrypt_run(
                         .iter()
                         .any(|f| f.load(Ordering::Relaxed))
                 };
-                let r = walk::walk_each(&sources, &exclude, false, |f| {
+                let r = tree::walk_each(&sources, &exclude, false, |f| {
                     totals.add(&f, progress);
                     !halted()
                 });
@@ -561,7 +561,7 @@ fn encrypt_run(
         }
         let walker = scope.spawn(|| {
             let mut totals = Totals::default();
-            let r = walk::walk_each(&sources, &exclude, xattrs, |f| {
+            let r = tree::walk_each(&sources, &exclude, xattrs, |f| {
                 if !ahead {
                     totals.add(&f, progress);
                 }
@@ -1348,7 +1348,7 @@ fn compare_sources(
 ) -> Result<Staleness> {
     let mut s = Staleness::default();
     let mut totals = Totals::default();
-    walk::walk_each(sources, exclude, false, |f| {
+    tree::walk_each(sources, exclude, false, |f| {
         totals.add(&f, progress);
         if let Found::Entry(e) = f {
             match recorded.remove(&e.path) {
@@ -1450,7 +1450,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let mut top = None;
         let none = globset::GlobSet::empty();
-        walk::walk_each(&[t.path().to_path_buf()], &none, false, |f| {
+        tree::walk_each(&[t.path().to_path_buf()], &none, false, |f| {
             if let Found::Entry(x) = f {
                 top = Some(x);
             }

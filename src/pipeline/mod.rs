@@ -16,5 +16,5 @@ pub mod since;
 pub mod vault;
 pub mod verify;
 pub mod verify_source;
-pub mod walk;
+
 pub mod write;

@@ -284,7 +284,7 @@ pub fn open_record(
         size: f.size,
         seg,
         // Stored bytes go to their offsets in the file, around its gaps (§6.4).
-        runs: f.sparse.as_deref().map(crate::fs::sparse::Runs::new),
+        runs: f.sparse.as_deref().map(crate::format::sparse::Runs::new),
     });
     let keys = record_keys(ctx, f, key)?;
     let sink = match sink {
@@ -402,7 +402,7 @@ struct Sink<'a> {
     out: &'a File,
     size: u64,
     seg: u32,
-    runs: Option<crate::fs::sparse::Runs>,
+    runs: Option<crate::format::sparse::Runs>,
 }
 
 impl Sink<'_> {

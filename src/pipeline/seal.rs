@@ -16,8 +16,8 @@ use crate::crypto::{ct_leaf, segment_mac, BatchKey, CtDigest, FileKeys, SegMac, 
 use crate::format::manifest::Entry;
 use crate::format::{self, ObjectHeader, HEADER_LEN, ID_LEN, SALT_LEN, TAG_LEN};
 use crate::fs::source::Source;
+use crate::fs::tree::{SourceEntry, SourceKind};
 use crate::pipeline::journal::SourceId;
-use crate::pipeline::walk::{SourceEntry, SourceKind};
 
 /// Buffers recycled between the jobs and the writer (no page faults for fresh allocations
 /// on every window: a fresh 8 MiB buffer costs more to fault in than to fill).
@@ -125,7 +125,7 @@ pub fn seal_segments(
         let slot = &mut out[pos..pos + len + TAG_LEN];
         src.read_at(i * u64::from(seg), &mut slot[..len])
             .map_err(|e| {
-                if crate::fs::source::is_changed(&e) {
+                if crate::fs::is_changed(&e) {
                     FileError::Changed(e.to_string())
                 } else {
                     FileError::Source(e.to_string())
@@ -175,7 +175,7 @@ pub struct SealedFile {
     pub salt: [u8; SALT_LEN],
     pub ct: [u8; 32],
     pub pt: [u8; 32],
-    pub sparse: Option<Box<crate::fs::sparse::Sparse>>,
+    pub sparse: Option<Box<crate::format::sparse::Sparse>>,
 }
 
 /// What a chunk job made of each item.
@@ -250,7 +250,7 @@ struct SmallRecord {
     pt: [u8; 32],
     /// Plaintext bytes stored, and the file's gaps.
     size: u64,
-    sparse: Option<Box<crate::fs::sparse::Sparse>>,
+    sparse: Option<Box<crate::format::sparse::Sparse>>,
     /// The file's mtime as read.
     mtime: (i64, u32),
 }
@@ -269,7 +269,7 @@ fn seal_small(
         let src = match Source::open(entry, device) {
             Ok(src) => src,
             // Replaced (by a link, say) since the walk: retried, then reported as changed.
-            Err(e) if crate::fs::source::is_changed(&e) => {
+            Err(e) if crate::fs::is_changed(&e) => {
                 last_why = e.to_string();
                 continue;
             }

@@ -29,10 +29,10 @@ use crate::error::{Error, Result};
 use crate::format::manifest::{self, Entry, EntryKind, FileEntry};
 use crate::format::{ObjectHeader, HEADER_LEN};
 use crate::fs::sparse::Held;
+use crate::fs::tree::{self, Found, SourceEntry, SourceKind};
 use crate::kms::keys::Kms;
 use crate::pipeline::object::RecordCtx;
 use crate::pipeline::vault;
-use crate::pipeline::walk::{self, Found, SourceEntry, SourceKind};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum DiffKind {
@@ -111,11 +111,11 @@ pub fn verify_source(
         .iter()
         .map(|s| std::path::absolute(s).map_err(|e| Error::io(s, e)))
         .collect::<Result<_>>()?;
-    let tops: Vec<Vec<u8>> = walk::order_sources(&sources)?
+    let tops: Vec<Vec<u8>> = tree::order_sources(&sources)?
         .into_iter()
         .map(|(base, _)| base)
         .collect();
-    let exclude = walk::excludes(&opts.excludes)?;
+    let exclude = tree::excludes(&opts.excludes)?;
 
     // The vault's entries under the compared tops, authenticated.
     let mut u = vault::unlock(store, kms)?;
@@ -141,7 +141,7 @@ pub fn verify_source(
     let mut compared = 0u64;
     let mut extra_dir: Option<Vec<u8>> = None;
     let show = |p: &[u8]| String::from_utf8_lossy(p).into_owned();
-    walk::walk_each(&sources, &exclude, false, |found| {
+    tree::walk_each(&sources, &exclude, false, |found| {
         if cancel.load(Ordering::Relaxed) {
             return false;
         }

@@ -18,6 +18,7 @@ use rustix::fs::{FileType, Stat};
 use crate::error::{Error, Result};
 use crate::format;
 use crate::format::manifest::check_path;
+use crate::fs::byte_len;
 use crate::fs::walk::{Place, Step, Walk};
 use crate::fs::Dir;
 
@@ -98,19 +99,6 @@ pub fn excludes(globs: &[String]) -> Result<GlobSet> {
 fn device_size(path: &Path) -> std::io::Result<u64> {
     let f = fs::File::open(path)?;
     byte_len(&f, &f.metadata()?)
-}
-
-/// The bytes an open file holds: its length, or for a block device (whose `stat` says 0) its
-/// end, as seeking finds it.
-pub fn byte_len(f: &fs::File, md: &fs::Metadata) -> std::io::Result<u64> {
-    use std::io::{Seek, SeekFrom};
-    use std::os::unix::fs::FileTypeExt;
-    if md.file_type().is_block_device() {
-        let mut f = f;
-        f.seek(SeekFrom::End(0))
-    } else {
-        Ok(md.len())
-    }
 }
 
 fn entry(
@@ -448,7 +436,7 @@ mod tests {
         fs::remove_file(src.join("d.away/f")).unwrap();
         std::os::unix::fs::symlink(outside.join("f"), src.join("d.away/f")).unwrap();
         let e = f.source.open(f.dev, f.ino, false, false).unwrap_err();
-        assert!(crate::fs::source::is_changed(&e), "{e}");
+        assert!(crate::fs::is_changed(&e), "{e}");
         assert!(e.to_string().contains("changed while being read"), "{e}");
     }
 }
