@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{CommandFactory, FromArgMatches};
 
-use cli::args::{Cli, Command, KmsCommand};
+use cli::args::{Cli, Command};
 
 /// Set by Ctrl-C / SIGTERM; runs stop between segments and leave a resumable vault.
 static CANCEL: AtomicBool = AtomicBool::new(false);
@@ -85,7 +85,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Ls(a) => cli::run::ls_cmd(a),
         Command::Rewrap(a) => cli::lifecycle::rewrap_cmd(a),
         Command::ImportLegacy(a) => cli::lifecycle::import_legacy_cmd(a, &CANCEL),
-        Command::Kms(KmsCommand::Serve(args)) => cli::serve_cmd::run(args),
+        #[cfg(feature = "server")]
+        Command::Kms(cli::args::KmsCommand::Serve(args)) => cli::serve_cmd::run(args),
         Command::Kms(cmd) => cli::kms_cmd::run(cmd),
         Command::Bench(args) => cli::bench_cmd::run(args),
         Command::Completions(args) => cli::docs_cmd::completions(args),

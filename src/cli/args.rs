@@ -58,6 +58,7 @@ pub enum Command {
     ImportLegacy(super::lifecycle::ImportLegacyArgs),
     /// Manage master keys (CMKs) and run an Alibaba-compatible KMS server.
     #[command(subcommand)]
+    #[cfg_attr(not(feature = "server"), command(about = "Manage master keys (CMKs)."))]
     Kms(KmsCommand),
     /// Measure this machine's throughput for the primitives envseal uses.
     Bench(BenchArgs),
@@ -355,9 +356,11 @@ pub enum KmsCommand {
         kms: AdminKmsArgs,
     },
     /// Serve the Alibaba Cloud KMS API (2016-01-20) over HTTP(S) from a key store directory.
+    #[cfg(feature = "server")]
     Serve(ServeArgs),
 }
 
+#[cfg(feature = "server")]
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Address to listen on, e.g. 127.0.0.1:8443 (port 0 picks a free port).

@@ -9,5 +9,6 @@ pub mod messages;
 pub mod output;
 pub mod progress;
 pub mod run;
+#[cfg(feature = "server")]
 pub mod serve_cmd;
 pub mod size;

@@ -14,6 +14,7 @@ pub mod aws;
 pub mod keystore;
 pub mod local;
 pub mod retry;
+#[cfg(feature = "server")]
 pub mod server;
 
 use std::collections::BTreeMap;

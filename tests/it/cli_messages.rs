@@ -9,6 +9,7 @@ use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
+#[cfg(feature = "server")]
 use common::servers::{KmsServer, ALI_ID, ALI_SECRET};
 use common::tree::{flip_byte, gen_file, objects_by_path, write};
 use common::{envseal, stderr, stdout};
@@ -245,6 +246,7 @@ fn a_disabled_key_hints_enable_key() {
 }
 
 #[test]
+#[cfg(feature = "server")]
 fn aliyun_without_key_hints_key_or_create_alias() {
     let server = KmsServer::start();
     let f = Fx::new();
