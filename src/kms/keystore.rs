@@ -1140,30 +1140,20 @@ fn no_random(e: getrandom::Error) -> KmsError {
     )
 }
 
-/// A random (version 4) UUID, lowercase.
+/// A random (version 4) UUID, lowercase `8-4-4-4-12` hex.
 fn new_uuid() -> Result<String, KmsError> {
     let mut b = [0u8; 16];
     getrandom::getrandom(&mut b).map_err(no_random)?;
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h = hex::encode(b);
-    Ok(format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    ))
+    Ok(uuid::Builder::from_random_bytes(b)
+        .into_uuid()
+        .hyphenated()
+        .to_string())
 }
 
-/// Lowercase `8-4-4-4-12` hex, the only key and version id shape this store makes.
+/// Lowercase `8-4-4-4-12` hex, the only key and version id shape this store makes (ids name
+/// files, so nothing else may pass: no other UUID spelling, no path).
 fn is_uuid(s: &str) -> bool {
-    s.len() == UUID_LEN
-        && s.bytes().enumerate().all(|(i, c)| match i {
-            8 | 13 | 18 | 23 => c == b'-',
-            _ => c.is_ascii_digit() || (b'a'..=b'f').contains(&c),
-        })
+    s.len() == UUID_LEN && uuid::Uuid::try_parse(s).is_ok_and(|u| u.hyphenated().to_string() == s)
 }
 
 /// Alibaba's alias rules: `alias/` then 1..=255 of `[A-Za-z0-9_/-]`, not `alias/acs/...`.
@@ -1766,5 +1756,12 @@ mod tests {
         assert!(!is_uuid("D6BEE1CB-1234-4ABC-8DEF-0123456789AB"));
         assert!(!is_uuid("d6bee1cb-1234-4abc-8def-0123456789a/"));
         assert!(!is_uuid("../../../../../../../../etc/passwd.."));
+        assert!(!is_uuid("d6bee1cb12344abc8def0123456789ab"));
+        assert!(!is_uuid("{d6bee1cb-1234-4abc-8def-0123456789ab}"));
+        assert!(!is_uuid("d6bee1cb-1234-4abc-8def+0123456789ab"));
+        let made = new_uuid().unwrap();
+        assert!(is_uuid(&made), "{made}");
+        assert_eq!(&made[14..15], "4", "{made}");
+        assert_ne!(made, new_uuid().unwrap());
     }
 }
