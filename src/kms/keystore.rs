@@ -51,11 +51,11 @@ use std::path::{Path, PathBuf};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use ring::aead;
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
 
 use super::{AliasEntry, EncryptionContext, KeyMetadata, KmsError, KmsErrorKind};
+use crate::aead::Aes256Gcm;
 
 /// Largest plaintext `Encrypt` accepts (Alibaba: 6 KiB).
 pub const MAX_PLAINTEXT_LEN: usize = 6144;
@@ -1074,21 +1074,17 @@ fn derive_kek(
     Ok(kek)
 }
 
-/// `nonce ‖ ciphertext ‖ tag` under `key` with a random nonce.
+/// `nonce ‖ ciphertext ‖ tag` under `key` with a random nonce (AES-256-GCM of src/aead.rs, the
+/// one backend the build chose).
 fn aead_seal(key: &[u8; 32], aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, KmsError> {
     let mut nonce = [0u8; NONCE_LEN];
     getrandom::getrandom(&mut nonce).map_err(no_random)?;
-    let key = aead_key(key)?;
-    // Room for the tag up front, so no reallocation leaves a plaintext copy behind.
-    let mut body = Zeroizing::new(Vec::with_capacity(plaintext.len() + TAG_LEN));
-    body.extend_from_slice(plaintext);
-    key.seal_in_place_append_tag(
-        aead::Nonce::assume_unique_for_key(nonce),
-        aead::Aad::from(aad),
-        &mut *body,
-    )
-    .map_err(|_| KmsError::new(KmsErrorKind::Io, "AES-GCM seal failed"))?;
-    Ok([&nonce[..], &body[..]].concat())
+    let cipher = Aes256Gcm::new(&Zeroizing::new(*key));
+    let mut body = Zeroizing::new(plaintext.to_vec());
+    let tag = cipher
+        .seal_in_place(&nonce, aad, &mut body[..])
+        .map_err(|_| KmsError::new(KmsErrorKind::Io, "AES-GCM seal failed"))?;
+    Ok([&nonce[..], &body[..], &tag[..]].concat())
 }
 
 /// Opens `nonce ‖ ciphertext ‖ tag`; `None` when it does not authenticate.
@@ -1097,21 +1093,12 @@ fn aead_open(key: &[u8; 32], aad: &[u8], sealed: &[u8]) -> Option<Zeroizing<Vec<
         return None;
     }
     let (nonce, body) = sealed.split_at(NONCE_LEN);
-    let nonce = aead::Nonce::try_assume_unique_for_key(nonce).ok()?;
-    let key = aead_key(key).ok()?;
+    let nonce: [u8; NONCE_LEN] = nonce.try_into().ok()?;
+    let cipher = Aes256Gcm::new(&Zeroizing::new(*key));
     let mut buf = Zeroizing::new(body.to_vec());
-    let len = key
-        .open_in_place(nonce, aead::Aad::from(aad), &mut buf[..])
-        .ok()?
-        .len();
+    let len = cipher.open_in_place(&nonce, aad, &mut buf[..]).ok()?.len();
     buf.truncate(len);
     Some(buf)
-}
-
-fn aead_key(key: &[u8; 32]) -> Result<aead::LessSafeKey, KmsError> {
-    aead::UnboundKey::new(&aead::AES_256_GCM, key)
-        .map(aead::LessSafeKey::new)
-        .map_err(|_| KmsError::new(KmsErrorKind::Io, "AES-256-GCM key setup failed"))
 }
 
 fn blob_aad(version_id: &str, context: &EncryptionContext) -> Vec<u8> {
@@ -1687,10 +1674,12 @@ mod tests {
         check::<KeyStore>();
     }
 
-    /// Pins the documented blob layout by opening and making blobs with ring directly, from the
-    /// key material as it lies in an unsealed key file.
+    /// Pins the documented blob layout by opening and making blobs with RustCrypto's `aes-gcm`
+    /// directly (not through src/aead.rs), from the key material as it lies in an unsealed key
+    /// file.
     #[test]
     fn blob_layout_matches_the_documentation() {
+        use aes_gcm::aead::{Aead, KeyInit, Payload};
         let (_t, s) = store();
         let id = s.create_key("").unwrap().key_id;
         let file: serde_json::Value =
@@ -1699,8 +1688,7 @@ mod tests {
         let material = B64
             .decode(file["versions"][0]["material"].as_str().unwrap())
             .unwrap();
-        let key =
-            aead::LessSafeKey::new(aead::UnboundKey::new(&aead::AES_256_GCM, &material).unwrap());
+        let key = aes_gcm::Aes256Gcm::new_from_slice(&material).unwrap();
         let c = ctx("v");
         let aad = [
             b"envseal-kms-blob-v1".as_slice(),
@@ -1712,22 +1700,28 @@ mod tests {
         // Store -> by hand.
         let blob = s.encrypt(&id, b"pinned", &c).unwrap().blob;
         assert_eq!(&blob[..36], version.as_bytes());
-        let nonce = aead::Nonce::try_assume_unique_for_key(&blob[36..48]).unwrap();
-        let mut body = blob[48..].to_vec();
         let plain = key
-            .open_in_place(nonce, aead::Aad::from(&aad), &mut body)
+            .decrypt(
+                aes_gcm::Nonce::from_slice(&blob[36..48]),
+                Payload {
+                    msg: &blob[48..],
+                    aad: &aad,
+                },
+            )
             .unwrap();
         assert_eq!(plain, b"pinned");
 
         // By hand -> store.
         let nonce = [9u8; 12];
-        let mut body = b"made by hand".to_vec();
-        key.seal_in_place_append_tag(
-            aead::Nonce::assume_unique_for_key(nonce),
-            aead::Aad::from(&aad),
-            &mut body,
-        )
-        .unwrap();
+        let body = key
+            .encrypt(
+                aes_gcm::Nonce::from_slice(&nonce),
+                Payload {
+                    msg: b"made by hand",
+                    aad: &aad,
+                },
+            )
+            .unwrap();
         let blob = [version.as_bytes(), &nonce, &body].concat();
         assert_eq!(
             &s.decrypt(&blob, &c).unwrap().plaintext[..],
