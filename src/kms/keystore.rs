@@ -46,11 +46,11 @@ use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
+use rustix::fs::FlockOperation;
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
 
@@ -895,20 +895,16 @@ impl KeyStore {
             .open(&path)
             .map_err(|e| io_error(&path, e))?;
         let op = if exclusive {
-            libc::LOCK_EX
+            FlockOperation::LockExclusive
         } else {
-            libc::LOCK_SH
+            FlockOperation::LockShared
         };
+        // Each call opens its own descriptor, so threads of one process exclude each other too.
         loop {
-            // SAFETY: `file` owns a valid descriptor for the whole call; flock touches no memory.
-            // Each call opens its own descriptor, so threads of one process exclude each other too.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
-            if rc == 0 {
-                return Ok(Lock { _file: file });
-            }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(io_error(&path, err));
+            match rustix::fs::flock(&file, op) {
+                Ok(()) => return Ok(Lock { _file: file }),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(io_error(&path, e.into())),
             }
         }
     }
