@@ -45,9 +45,17 @@ fn main() {
     if no_color {
         cmd = cmd.color(clap::ColorChoice::Never);
     }
-    let cli = match Cli::from_arg_matches(&cmd.get_matches()) {
+    let cli = match cmd
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m))
+    {
         Ok(cli) => cli,
-        Err(e) => e.exit(),
+        // A value refused by our own parsers (src/cli/values.rs) reads as our other usage
+        // errors do; everything else (help, version, unknown flags) is clap's to print.
+        Err(e) => match cli::values::BadValue::in_clap_error(&e) {
+            Some(bad) => std::process::exit(report(&bad.clone().into_error())),
+            None => e.exit(),
+        },
     };
     let level = match cli.verbose {
         0 => log::LevelFilter::Warn,
@@ -65,16 +73,19 @@ fn main() {
     });
     let code = match run(cli) {
         Ok(code) => code,
-        Err(e) => {
-            let (line, hint, code) = cli::messages::report(&e);
-            eprintln!("envseal: error: {}", cli::output::sanitize(&line));
-            if let Some(h) = hint {
-                eprintln!("envseal: hint: {}", cli::output::sanitize(&h));
-            }
-            code
-        }
+        Err(e) => report(&e),
     };
     std::process::exit(code);
+}
+
+/// Prints an error and its hint on stderr; returns the exit code.
+fn report(e: &anyhow::Error) -> i32 {
+    let (line, hint, code) = cli::messages::report(e);
+    eprintln!("envseal: error: {}", cli::output::sanitize(&line));
+    if let Some(h) = hint {
+        eprintln!("envseal: hint: {}", cli::output::sanitize(&h));
+    }
+    code
 }
 
 fn run(cli: Cli) -> anyhow::Result<i32> {

@@ -12,3 +12,4 @@ pub mod run;
 #[cfg(feature = "server")]
 pub mod serve_cmd;
 pub mod size;
+pub mod values;

@@ -461,6 +461,39 @@ fn sizes_take_decimal_and_binary_units_distinctly() {
     assert_eq!(code(&o), 0, "{}", stderr(&o));
 }
 
+/// `-j` and `--segment-size` are refused as the command line is read, in envseal's words
+/// (naming the flag and the range), before any path is looked at.
+#[test]
+fn bad_jobs_and_segment_sizes_are_usage_errors_of_every_command() {
+    let f = Fx::new();
+    let missing = f.p("no-such-source");
+    for args in [
+        vec!["encrypt", missing.as_str(), "-o", "v", "-j", "0"],
+        vec!["decrypt", missing.as_str(), "-o", "d", "--jobs", "0"],
+        vec!["verify", missing.as_str(), "-j", "zero"],
+        vec!["bench", "-j", "1.5"],
+    ] {
+        let o = f.run(&args);
+        let value = args.last().unwrap();
+        assert_error(
+            &o,
+            2,
+            &[
+                &format!("-j {value}: "),
+                "a whole number, at least one thread",
+            ],
+        );
+        assert!(!stderr(&o).contains("no-such-source"), "{}", stderr(&o));
+    }
+    let o = f.run(&["encrypt", &missing, "-o", "v", "--segment-size", "128MiB"]);
+    assert_error(
+        &o,
+        2,
+        &["--segment-size 128MiB: must be a power of two from 4KiB to 64MiB"],
+    );
+    assert!(!stderr(&o).contains("no-such-source"), "{}", stderr(&o));
+}
+
 #[test]
 fn a_failed_file_is_listed_once() {
     let f = Fx::new();
