@@ -60,7 +60,7 @@ pub enum Command {
     ImportLegacy(super::lifecycle::ImportLegacyArgs),
     /// Manage master keys (CMKs) and run an Alibaba-compatible KMS server.
     #[command(subcommand)]
-    #[cfg_attr(not(feature = "server"), command(about = "Manage master keys (CMKs)."))]
+    #[cfg_attr(not(feature = "server"), command(about = "Manage master keys (CMKs)"))]
     Kms(KmsCommand),
     /// Measure this machine's throughput for the primitives envseal uses.
     Bench(BenchArgs),
