@@ -28,15 +28,13 @@ pub fn clamp_jobs(requested: usize) -> (usize, Option<String>) {
 /// and its core size limit set to 0. Called first thing by the binary; failures are ignored
 /// (nothing to do about them, and the run is no less correct).
 pub fn disable_core_dumps() {
-    let zero = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    use rustix::process::{set_dumpable_behavior, setrlimit, DumpableBehavior, Resource, Rlimit};
+    let zero = Rlimit {
+        current: Some(0),
+        maximum: Some(0),
     };
-    // SAFETY: plain syscalls with valid arguments.
-    unsafe {
-        libc::setrlimit(libc::RLIMIT_CORE, &zero);
-        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
-    }
+    let _ = setrlimit(Resource::Core, zero);
+    let _ = set_dumpable_behavior(DumpableBehavior::NotDumpable);
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{CommandFactory, FromArgMatches};
 
-use cli::args::{Cli, Command, KmsCommand};
+use cli::args::{Cli, Command};
 
 /// Set by Ctrl-C / SIGTERM; runs stop between segments and leave a resumable vault.
 static CANCEL: AtomicBool = AtomicBool::new(false);
@@ -45,9 +45,17 @@ fn main() {
     if no_color {
         cmd = cmd.color(clap::ColorChoice::Never);
     }
-    let cli = match Cli::from_arg_matches(&cmd.get_matches()) {
+    let cli = match cmd
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m))
+    {
         Ok(cli) => cli,
-        Err(e) => e.exit(),
+        // A value refused by our own parsers (src/cli/values.rs) reads as our other usage
+        // errors do; everything else (help, version, unknown flags) is clap's to print.
+        Err(e) => match cli::values::BadValue::in_clap_error(&e) {
+            Some(bad) => std::process::exit(report(&bad.clone().into_error())),
+            None => e.exit(),
+        },
     };
     let level = match cli.verbose {
         0 => log::LevelFilter::Warn,
@@ -65,16 +73,19 @@ fn main() {
     });
     let code = match run(cli) {
         Ok(code) => code,
-        Err(e) => {
-            let (line, hint, code) = cli::messages::report(&e);
-            eprintln!("envseal: error: {}", cli::output::sanitize(&line));
-            if let Some(h) = hint {
-                eprintln!("envseal: hint: {}", cli::output::sanitize(&h));
-            }
-            code
-        }
+        Err(e) => report(&e),
     };
     std::process::exit(code);
+}
+
+/// Prints an error and its hint on stderr; returns the exit code.
+fn report(e: &anyhow::Error) -> i32 {
+    let (line, hint, code) = cli::messages::report(e);
+    eprintln!("envseal: error: {}", cli::output::sanitize(&line));
+    if let Some(h) = hint {
+        eprintln!("envseal: hint: {}", cli::output::sanitize(&h));
+    }
+    code
 }
 
 fn run(cli: Cli) -> anyhow::Result<i32> {
@@ -85,7 +96,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Ls(a) => cli::run::ls_cmd(a),
         Command::Rewrap(a) => cli::lifecycle::rewrap_cmd(a),
         Command::ImportLegacy(a) => cli::lifecycle::import_legacy_cmd(a, &CANCEL),
-        Command::Kms(KmsCommand::Serve(args)) => cli::serve_cmd::run(args),
+        #[cfg(feature = "server")]
+        Command::Kms(cli::args::KmsCommand::Serve(args)) => cli::serve_cmd::run(args),
         Command::Kms(cmd) => cli::kms_cmd::run(cmd),
         Command::Bench(args) => cli::bench_cmd::run(args),
         Command::Completions(args) => cli::docs_cmd::completions(args),

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use envseal::store::Location;
 
+use super::values::{Jobs, SegmentSize};
+
 /// Shown after the top-level help and in the man page.
 const AFTER_HELP: &str = "\
 Exit codes: 0 success; 1 runtime error (I/O, KMS, some files failed); 2 wrong arguments; \
@@ -58,6 +60,7 @@ pub enum Command {
     ImportLegacy(super::lifecycle::ImportLegacyArgs),
     /// Manage master keys (CMKs) and run an Alibaba-compatible KMS server.
     #[command(subcommand)]
+    #[cfg_attr(not(feature = "server"), command(about = "Manage master keys (CMKs)"))]
     Kms(KmsCommand),
     /// Measure this machine's throughput for the primitives envseal uses.
     Bench(BenchArgs),
@@ -134,11 +137,11 @@ pub struct EncryptArgs {
     pub kms: KmsArgs,
     /// Worker threads (default: number of cores).
     #[arg(short = 'j', long, value_name = "N")]
-    pub jobs: Option<usize>,
+    pub jobs: Option<Jobs>,
     /// Segment size: a power of two from 4KiB to 64MiB (e.g. 64KiB, 1MiB; KiB and MiB are
     /// powers of 1024, KB and MB powers of 1000; default 1MiB, or that of the --since vault).
     #[arg(long, value_name = "SIZE")]
-    pub segment_size: Option<String>,
+    pub segment_size: Option<SegmentSize>,
     /// Incremental: files whose type, size, mtime, inode and ctime match this earlier vault's
     /// entries are taken from it without being read or encrypted again; the new vault holds
     /// the whole current tree and does not need the earlier one afterwards, e.g.
@@ -237,7 +240,7 @@ pub struct DecryptArgs {
     pub key: Vec<String>,
     /// Worker threads (default: number of cores).
     #[arg(short = 'j', long, value_name = "N")]
-    pub jobs: Option<usize>,
+    pub jobs: Option<Jobs>,
     #[command(flatten)]
     pub out: OutputArgs,
 }
@@ -267,7 +270,7 @@ pub struct VerifyArgs {
     pub expect_key: Vec<String>,
     /// Worker threads (default: number of cores).
     #[arg(short = 'j', long, value_name = "N")]
-    pub jobs: Option<usize>,
+    pub jobs: Option<Jobs>,
     #[command(flatten)]
     pub out: OutputArgs,
 }
@@ -355,9 +358,11 @@ pub enum KmsCommand {
         kms: AdminKmsArgs,
     },
     /// Serve the Alibaba Cloud KMS API (2016-01-20) over HTTP(S) from a key store directory.
+    #[cfg(feature = "server")]
     Serve(ServeArgs),
 }
 
+#[cfg(feature = "server")]
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Address to listen on, e.g. 127.0.0.1:8443 (port 0 picks a free port).
@@ -384,7 +389,7 @@ pub struct BenchArgs {
     pub size: String,
     /// Threads for the all-core figures (default: number of cores).
     #[arg(short = 'j', long, value_name = "N")]
-    pub jobs: Option<usize>,
+    pub jobs: Option<Jobs>,
     /// Print the figures as JSON on stdout instead of a table.
     #[arg(long)]
     pub json: bool,

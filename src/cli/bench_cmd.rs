@@ -6,6 +6,7 @@ use envseal::Error;
 
 use super::args::BenchArgs;
 use super::size::parse_size;
+use super::values::Jobs;
 
 /// Runs per figure; the fastest is kept.
 const RUNS: usize = 3;
@@ -15,11 +16,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
     if size < bench::SEGMENT as u64 {
         return Err(Error::Usage(format!("--size {}: must be at least 1MiB", args.size)).into());
     }
-    let jobs = match args.jobs {
-        Some(0) => return Err(Error::Usage("-j 0: need at least one thread".into()).into()),
-        Some(n) => n,
-        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-    };
+    let jobs = Jobs::or_cores(args.jobs);
     let opts = BenchOptions {
         size,
         jobs,

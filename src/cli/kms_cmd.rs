@@ -73,6 +73,7 @@ pub fn parse_url(url: &str) -> anyhow::Result<ProviderUrl> {
 
 pub fn run(cmd: KmsCommand) -> anyhow::Result<i32> {
     let opts = kms_options()?;
+    #[cfg(feature = "server")]
     let cmd = match cmd {
         KmsCommand::Serve(args) => return super::serve_cmd::run(args),
         cmd => cmd,
@@ -85,6 +86,7 @@ pub fn run(cmd: KmsCommand) -> anyhow::Result<i32> {
         | KmsCommand::DisableKey { kms, .. }
         | KmsCommand::EnableKey { kms, .. }
         | KmsCommand::ScheduleKeyDeletion { kms, .. } => kms_url(kms),
+        #[cfg(feature = "server")]
         KmsCommand::Serve(_) => String::new(),
     };
     if let (ProviderUrl::Aws { .. }, Some(instead)) = (parse_url(&url)?, aws_instead(&cmd)) {
@@ -146,6 +148,7 @@ pub fn run(cmd: KmsCommand) -> anyhow::Result<i32> {
                 .schedule_key_deletion(&key_id, pending_days)
                 .map_err(|e| explain(e, &key_id, at))?;
         }
+        #[cfg(feature = "server")]
         KmsCommand::Serve(_) => {}
     }
     Ok(0)
@@ -171,6 +174,7 @@ fn aws_instead(cmd: &KmsCommand) -> Option<String> {
         } => format!(
             "aws kms schedule-key-deletion --key-id {key_id} --pending-window-in-days {pending_days}"
         ),
+        #[cfg(feature = "server")]
         KmsCommand::Serve(_) => return None,
     })
 }

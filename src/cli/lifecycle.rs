@@ -222,7 +222,7 @@ pub fn verify_source_cmd(
     let opts = SourceOptions {
         sources: a.source.clone(),
         excludes: a.exclude.clone(),
-        jobs: super::run::jobs(a.jobs)?,
+        jobs: super::values::Jobs::or_cores(a.jobs),
     };
     let kms = reading_kms(a.kms.clone())?;
     let r = verify_source(&*envseal::store::open(&a.vault)?, &opts, &kms, cancel)?;

@@ -9,5 +9,7 @@ pub mod messages;
 pub mod output;
 pub mod progress;
 pub mod run;
+#[cfg(feature = "server")]
 pub mod serve_cmd;
 pub mod size;
+pub mod values;

@@ -18,6 +18,7 @@ use super::kms_cmd::{advice, explain, parse_url, Where};
 use super::messages::{advise, check_output_dir, check_vault, usage};
 use super::output::{failures_json, human_bytes, print_failures, rate, sanitize, summary};
 use super::progress::Bars;
+use super::values::Jobs;
 
 /// A KMS handle for reading vaults: `--kms` overrides the vault's URLs; `ENVSEAL_KMS` and the
 /// comma-separated `ENVSEAL_KMS_TRUST` name remote endpoints the user trusts.
@@ -76,14 +77,6 @@ fn missing_key_advice(key_id: &str, url: &str) -> String {
     }
 }
 
-pub(super) fn jobs(j: Option<usize>) -> anyhow::Result<usize> {
-    match j {
-        Some(0) => Err(Error::Usage("-j must be at least 1".into()).into()),
-        Some(n) => Ok(n),
-        None => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
-    }
-}
-
 /// The progress display `out` asks for.
 fn bars(verb: &'static str, out: &OutputArgs) -> anyhow::Result<Bars> {
     let s = out.progress_interval.trim();
@@ -123,25 +116,17 @@ fn others(hardlinks: u64, specials: u64) -> String {
 }
 
 pub fn encrypt_cmd(a: EncryptArgs, cancel: &'static AtomicBool) -> anyhow::Result<i32> {
-    let seg = match (&a.segment_size, &a.since) {
-        (Some(s), _) => size_arg("--segment-size", s)?,
-        // An incremental run keeps the earlier vault's segment size (its records are reused).
-        (None, Some(earlier)) => u64::from(
+    let seg = match (a.segment_size, &a.since) {
+        (Some(s), _) => s.get(),
+        // An incremental run keeps the earlier vault's segment size (its records are reused;
+        // the manifest reader has checked it).
+        (None, Some(earlier)) => {
             envseal::pipeline::vault::open_manifest(&*envseal::store::open(earlier)?)?
                 .header
-                .segment_size,
-        ),
-        (None, None) => u64::from(format::DEFAULT_SEGMENT_SIZE),
+                .segment_size
+        }
+        (None, None) => format::DEFAULT_SEGMENT_SIZE,
     };
-    if !format::valid_segment_size(seg) {
-        return Err(usage(
-            format!(
-                "--segment-size {}: must be a power of two from 4KiB to 64MiB",
-                a.segment_size.as_deref().unwrap_or_default()
-            ),
-            "use binary units, e.g. 64KiB or 1MiB (1MB is 1000000 bytes, not a power of two)",
-        ));
-    }
     let default_kms = a.kms.kms.clone().unwrap_or_else(|| "local".to_string());
     parse_url(&default_kms)?;
     if let Some(dir) = a.output.local_dir() {
@@ -180,11 +165,11 @@ pub fn encrypt_cmd(a: EncryptArgs, cancel: &'static AtomicBool) -> anyhow::Resul
         key: first.map(|k| k.key),
         also_keys: keys.collect(),
         since: a.since,
-        segment_size: seg as u32,
+        segment_size: seg,
         excludes: a.exclude,
         conceal_names: a.conceal_names,
         resume: a.resume,
-        jobs: jobs(a.jobs)?,
+        jobs: Jobs::or_cores(a.jobs),
         batch_max_files: a.batch_max_files.unwrap_or(format::BATCH_MAX_FILES).max(1),
         batch_max_bytes: match &a.batch_max_bytes {
             Some(s) => size_arg("--batch-max-bytes", s)?.max(1),
@@ -475,7 +460,7 @@ pub fn decrypt_cmd(mut a: DecryptArgs, cancel: &AtomicBool) -> anyhow::Result<i3
         dest: output,
         only: a.only,
         overwrite: a.overwrite,
-        jobs: jobs(a.jobs)?,
+        jobs: Jobs::or_cores(a.jobs),
         sync: !a.no_sync,
         owners: match (a.numeric_owner, a.no_owner) {
             (_, true) => Owners::Ignore,
@@ -538,7 +523,7 @@ fn to_device_cmd(a: DecryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
         vault: a.vault,
         entry: entry.clone(),
         target,
-        jobs: jobs(a.jobs)?,
+        jobs: Jobs::or_cores(a.jobs),
     };
     let kms = reading_kms(a.kms)?.expecting(a.expect_key);
     let bars = bars("decrypt", &a.out)?;
@@ -570,7 +555,7 @@ pub fn verify_cmd(a: VerifyArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
     check_vault(&a.vault)?;
     let opts = VerifyOptions {
         deep: a.deep,
-        jobs: jobs(a.jobs)?,
+        jobs: Jobs::or_cores(a.jobs),
     };
     let kms = reading_kms(a.kms.clone())?.expecting(a.expect_key);
     let bars = bars("verify", &a.out)?;

@@ -1,4 +1,6 @@
-//! AES-256-GCM, from one of two backends chosen at build time.
+//! AES-256-GCM, from one of two backends chosen at build time. Every AES-256-GCM of envseal goes
+//! through here: vault segments and concealed names, and the local key store's key material and
+//! blobs.
 //!
 //! `ring` is the default: measured fastest here (docs/PERFORMANCE.md, "AEAD"). The pure-Rust
 //! RustCrypto `aes-gcm` crate is built instead with `--features rustcrypto`, for platforms

@@ -3,18 +3,13 @@
 //! fsync per file).
 
 use std::fs::File;
-use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
 use crate::error::{Error, IoContext, Result};
 
 /// Writes back everything dirty on the filesystem that holds `dir`.
 pub fn syncfs(dir: &File) -> std::io::Result<()> {
-    // SAFETY: syncfs on a valid open descriptor.
-    match unsafe { libc::syncfs(dir.as_raw_fd()) } {
-        0 => Ok(()),
-        _ => Err(std::io::Error::last_os_error()),
-    }
+    rustix::fs::syncfs(dir).map_err(std::io::Error::from)
 }
 
 /// [`syncfs`] of the filesystem that holds `path`, errors naming it.

@@ -2,11 +2,13 @@
 //!
 //! As GNU tar: a restore run as root gives entries their recorded owners, by name where this
 //! machine knows the name (`--numeric-owner`: by id), else by id; any other user keeps
-//! ownership of what it creates. Lookups go through the C library (NSS), once per id or name.
+//! ownership of what it creates. Lookups go through the C library (NSS, by `nix`'s safe
+//! wrappers of `getpwuid_r` and co.), once per id or name.
 
 use std::collections::HashMap;
-use std::ffi::{CStr, CString};
 use std::sync::{LazyLock, Mutex};
+
+use nix::unistd::{Gid, Group, Uid, User};
 
 use crate::format::manifest::Owner;
 
@@ -58,90 +60,33 @@ pub fn local_ids(o: &Owner, numeric: bool) -> (u32, u32) {
 
 /// Whether this process may give files away (root, as `tar -p` assumes).
 pub fn can_chown() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    rustix::process::geteuid().is_root()
 }
 
-/// Runs a `get*_r` lookup with a growing buffer; `None` when there is no such entry.
-fn lookup<T>(
-    mut call: impl FnMut(&mut [libc::c_char], &mut *mut T) -> libc::c_int,
-    mut name_of: impl FnMut(&T) -> Option<String>,
-) -> Option<String> {
-    let mut buf = vec![0 as libc::c_char; 1024];
-    loop {
-        let mut out: *mut T = std::ptr::null_mut();
-        let r = call(&mut buf, &mut out);
-        if r == libc::ERANGE && buf.len() < 1 << 20 {
-            buf.resize(buf.len() * 4, 0);
-            continue;
-        }
-        if r != 0 || out.is_null() {
-            return None;
-        }
-        // SAFETY: on success `out` points at the record the call filled in, backed by `buf`.
-        return name_of(unsafe { &*out });
-    }
-}
-
-fn c_name(p: *const libc::c_char) -> Option<String> {
-    if p.is_null() {
-        return None;
-    }
-    // SAFETY: NSS records hold NUL-terminated names.
-    let s = unsafe { CStr::from_ptr(p) };
-    s.to_str().ok().filter(|n| !n.is_empty()).map(str::to_owned)
+/// A user or group name as recorded: NSS lookup failures and empty names are `None`, and so
+/// is a name that is not UTF-8 (nix reads names lossily; a replacement character means the
+/// bytes were not UTF-8, and such a name would not map back by name on restore).
+fn recorded(name: String) -> Option<String> {
+    Some(name).filter(|n| !n.is_empty() && !n.contains(char::REPLACEMENT_CHARACTER))
 }
 
 fn user_name(uid: u32) -> Option<String> {
-    // SAFETY: zeroed passwd is a valid out-parameter; buf and out are valid for the call.
-    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
-    let pwp: *mut libc::passwd = &mut pw;
-    lookup(
-        |buf, out| unsafe { libc::getpwuid_r(uid, pwp, buf.as_mut_ptr(), buf.len(), out) },
-        |p: &libc::passwd| c_name(p.pw_name),
-    )
+    let u = User::from_uid(Uid::from_raw(uid)).ok()??;
+    recorded(u.name)
 }
 
 fn group_name(gid: u32) -> Option<String> {
-    // SAFETY: as in user_name.
-    let mut gr: libc::group = unsafe { std::mem::zeroed() };
-    let grp: *mut libc::group = &mut gr;
-    lookup(
-        |buf, out| unsafe { libc::getgrgid_r(gid, grp, buf.as_mut_ptr(), buf.len(), out) },
-        |g: &libc::group| c_name(g.gr_name),
-    )
+    let g = Group::from_gid(Gid::from_raw(gid)).ok()??;
+    recorded(g.name)
 }
 
 fn user_id(name: &str) -> Option<u32> {
-    let n = CString::new(name).ok()?;
-    // SAFETY: as in user_name.
-    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
-    let pwp: *mut libc::passwd = &mut pw;
-    let mut uid = None;
-    lookup(
-        |buf, out| unsafe { libc::getpwnam_r(n.as_ptr(), pwp, buf.as_mut_ptr(), buf.len(), out) },
-        |p: &libc::passwd| {
-            uid = Some(p.pw_uid);
-            None
-        },
-    );
-    uid
+    // A name holding NUL is no entry (nix answers `None`).
+    Some(User::from_name(name).ok()??.uid.as_raw())
 }
 
 fn group_id(name: &str) -> Option<u32> {
-    let n = CString::new(name).ok()?;
-    // SAFETY: as in user_name.
-    let mut gr: libc::group = unsafe { std::mem::zeroed() };
-    let grp: *mut libc::group = &mut gr;
-    let mut gid = None;
-    lookup(
-        |buf, out| unsafe { libc::getgrnam_r(n.as_ptr(), grp, buf.as_mut_ptr(), buf.len(), out) },
-        |g: &libc::group| {
-            gid = Some(g.gr_gid);
-            None
-        },
-    );
-    gid
+    Some(Group::from_name(name).ok()??.gid.as_raw())
 }
 
 #[cfg(test)]
@@ -170,5 +115,18 @@ mod tests {
         };
         assert_eq!(local_ids(&renamed, false), (0, 0));
         assert_eq!(local_ids(&renamed, true), (4321, 8765));
+    }
+
+    #[test]
+    fn lookups_answer_none_for_what_is_not_there() {
+        assert_eq!(group_name(0).as_deref(), Some("root"));
+        assert_eq!((user_id("root"), group_id("root")), (Some(0), Some(0)));
+        assert_eq!(user_name(4_000_000_001), None);
+        assert_eq!(group_name(4_000_000_001), None);
+        assert_eq!(user_id("ro\0ot"), None);
+        assert_eq!(group_id("no-such-group-envseal"), None);
+        assert_eq!(recorded(String::new()), None);
+        assert_eq!(recorded("b\u{FFFD}b".into()), None);
+        assert_eq!(recorded("bob".into()).as_deref(), Some("bob"));
     }
 }

@@ -11,7 +11,9 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::os::unix::io::AsRawFd;
+
+use rustix::fs::{FallocateFlags, SeekFrom};
+use rustix::io::Errno;
 
 use crate::format::sparse::Run;
 pub use crate::format::sparse::{Gap, Runs, Sparse};
@@ -84,7 +86,7 @@ fn data_ranges(file: &File, len: u64) -> io::Result<Vec<(u64, u64)>> {
     let mut out = Vec::new();
     let mut at = 0u64;
     while at < len {
-        let d = match seek(file, at, libc::SEEK_DATA) {
+        let d = match seek(file, SeekFrom::Data(at)) {
             Ok(Some(d)) => d,
             // No data from `at` on: the rest is a hole.
             Ok(None) => return Ok(out),
@@ -97,7 +99,7 @@ fn data_ranges(file: &File, len: u64) -> io::Result<Vec<(u64, u64)>> {
         if d >= len {
             break;
         }
-        let h = seek(file, d, libc::SEEK_HOLE)
+        let h = seek(file, SeekFrom::Hole(d))
             .ok()
             .flatten()
             .map_or(len, |h| h.min(len));
@@ -110,19 +112,13 @@ fn data_ranges(file: &File, len: u64) -> io::Result<Vec<(u64, u64)>> {
     Ok(out)
 }
 
-/// `lseek` with `SEEK_DATA` or `SEEK_HOLE` from `at`: the offset found, `None` past the last
-/// data (`ENXIO`).
-fn seek(file: &File, at: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
-    // SAFETY: lseek on an open descriptor; the position it moves is unused (envseal reads
-    // and writes positionally).
-    let r = unsafe { libc::lseek(file.as_raw_fd(), at as libc::off_t, whence) };
-    if r >= 0 {
-        return Ok(Some(r as u64));
-    }
-    let e = io::Error::last_os_error();
-    match e.raw_os_error() {
-        Some(libc::ENXIO) => Ok(None),
-        _ => Err(e),
+/// `lseek` with `SEEK_DATA` or `SEEK_HOLE`: the offset found, `None` past the last data
+/// (`ENXIO`). The file position it moves is unused (envseal reads and writes positionally).
+fn seek(file: &File, to: SeekFrom) -> io::Result<Option<u64>> {
+    match rustix::fs::seek(file, to) {
+        Ok(at) => Ok(Some(at)),
+        Err(Errno::NXIO) => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -158,20 +154,9 @@ pub fn all_zero(b: &[u8]) -> bool {
 pub fn lay_out(out: &File, s: &Sparse) -> io::Result<()> {
     out.set_len(s.file_len())?;
     for g in s.gaps().iter().filter(|g| g.zero) {
-        // SAFETY: fallocate on an open descriptor, within the file's length.
-        let r = unsafe {
-            libc::fallocate(
-                out.as_raw_fd(),
-                0,
-                g.off as libc::off_t,
-                g.len as libc::off_t,
-            )
-        };
-        if r != 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
-                return Err(e);
-            }
+        match rustix::fs::fallocate(out, FallocateFlags::empty(), g.off, g.len) {
+            Ok(()) | Err(Errno::OPNOTSUPP) => {}
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(())
@@ -182,16 +167,9 @@ pub fn lay_out(out: &File, s: &Sparse) -> io::Result<()> {
 pub fn zero_gaps(out: &File, s: &Sparse) -> io::Result<()> {
     let zeros = vec![0u8; 1 << 20];
     for g in s.gaps() {
-        // SAFETY: fallocate on an open descriptor; KEEP_SIZE never changes the length.
-        let r = unsafe {
-            libc::fallocate(
-                out.as_raw_fd(),
-                libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
-                g.off as libc::off_t,
-                g.len as libc::off_t,
-            )
-        };
-        if r == 0 {
+        // KEEP_SIZE never changes the length.
+        let zero_range = FallocateFlags::ZERO_RANGE | FallocateFlags::KEEP_SIZE;
+        if rustix::fs::fallocate(out, zero_range, g.off, g.len).is_ok() {
             continue;
         }
         let mut at = g.off;
@@ -284,7 +262,7 @@ pub fn keyed_digest(
                 return Err(cancelled());
             }
             // Only what the filesystem holds as data can be other than zero.
-            let d = match seek(file, at, libc::SEEK_DATA) {
+            let d = match seek(file, SeekFrom::Data(at)) {
                 Ok(Some(d)) => d,
                 Ok(None) => break,
                 Err(_) => at,

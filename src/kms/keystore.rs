@@ -46,16 +46,16 @@ use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use ring::aead;
+use rustix::fs::FlockOperation;
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
 
 use super::{AliasEntry, EncryptionContext, KeyMetadata, KmsError, KmsErrorKind};
+use crate::crypto::aead::Aes256Gcm;
 
 /// Largest plaintext `Encrypt` accepts (Alibaba: 6 KiB).
 pub const MAX_PLAINTEXT_LEN: usize = 6144;
@@ -895,20 +895,16 @@ impl KeyStore {
             .open(&path)
             .map_err(|e| io_error(&path, e))?;
         let op = if exclusive {
-            libc::LOCK_EX
+            FlockOperation::LockExclusive
         } else {
-            libc::LOCK_SH
+            FlockOperation::LockShared
         };
+        // Each call opens its own descriptor, so threads of one process exclude each other too.
         loop {
-            // SAFETY: `file` owns a valid descriptor for the whole call; flock touches no memory.
-            // Each call opens its own descriptor, so threads of one process exclude each other too.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
-            if rc == 0 {
-                return Ok(Lock { _file: file });
-            }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(io_error(&path, err));
+            match rustix::fs::flock(&file, op) {
+                Ok(()) => return Ok(Lock { _file: file }),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(io_error(&path, e.into())),
             }
         }
     }
@@ -1074,21 +1070,17 @@ fn derive_kek(
     Ok(kek)
 }
 
-/// `nonce ‖ ciphertext ‖ tag` under `key` with a random nonce.
+/// `nonce ‖ ciphertext ‖ tag` under `key` with a random nonce (AES-256-GCM of src/aead.rs, the
+/// one backend the build chose).
 fn aead_seal(key: &[u8; 32], aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, KmsError> {
     let mut nonce = [0u8; NONCE_LEN];
     getrandom::getrandom(&mut nonce).map_err(no_random)?;
-    let key = aead_key(key)?;
-    // Room for the tag up front, so no reallocation leaves a plaintext copy behind.
-    let mut body = Zeroizing::new(Vec::with_capacity(plaintext.len() + TAG_LEN));
-    body.extend_from_slice(plaintext);
-    key.seal_in_place_append_tag(
-        aead::Nonce::assume_unique_for_key(nonce),
-        aead::Aad::from(aad),
-        &mut *body,
-    )
-    .map_err(|_| KmsError::new(KmsErrorKind::Io, "AES-GCM seal failed"))?;
-    Ok([&nonce[..], &body[..]].concat())
+    let cipher = Aes256Gcm::new(&Zeroizing::new(*key));
+    let mut body = Zeroizing::new(plaintext.to_vec());
+    let tag = cipher
+        .seal_in_place(&nonce, aad, &mut body[..])
+        .map_err(|_| KmsError::new(KmsErrorKind::Io, "AES-GCM seal failed"))?;
+    Ok([&nonce[..], &body[..], &tag[..]].concat())
 }
 
 /// Opens `nonce ‖ ciphertext ‖ tag`; `None` when it does not authenticate.
@@ -1097,21 +1089,12 @@ fn aead_open(key: &[u8; 32], aad: &[u8], sealed: &[u8]) -> Option<Zeroizing<Vec<
         return None;
     }
     let (nonce, body) = sealed.split_at(NONCE_LEN);
-    let nonce = aead::Nonce::try_assume_unique_for_key(nonce).ok()?;
-    let key = aead_key(key).ok()?;
+    let nonce: [u8; NONCE_LEN] = nonce.try_into().ok()?;
+    let cipher = Aes256Gcm::new(&Zeroizing::new(*key));
     let mut buf = Zeroizing::new(body.to_vec());
-    let len = key
-        .open_in_place(nonce, aead::Aad::from(aad), &mut buf[..])
-        .ok()?
-        .len();
+    let len = cipher.open_in_place(&nonce, aad, &mut buf[..]).ok()?.len();
     buf.truncate(len);
     Some(buf)
-}
-
-fn aead_key(key: &[u8; 32]) -> Result<aead::LessSafeKey, KmsError> {
-    aead::UnboundKey::new(&aead::AES_256_GCM, key)
-        .map(aead::LessSafeKey::new)
-        .map_err(|_| KmsError::new(KmsErrorKind::Io, "AES-256-GCM key setup failed"))
 }
 
 fn blob_aad(version_id: &str, context: &EncryptionContext) -> Vec<u8> {
@@ -1140,30 +1123,20 @@ fn no_random(e: getrandom::Error) -> KmsError {
     )
 }
 
-/// A random (version 4) UUID, lowercase.
+/// A random (version 4) UUID, lowercase `8-4-4-4-12` hex.
 fn new_uuid() -> Result<String, KmsError> {
     let mut b = [0u8; 16];
     getrandom::getrandom(&mut b).map_err(no_random)?;
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h = hex::encode(b);
-    Ok(format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    ))
+    Ok(uuid::Builder::from_random_bytes(b)
+        .into_uuid()
+        .hyphenated()
+        .to_string())
 }
 
-/// Lowercase `8-4-4-4-12` hex, the only key and version id shape this store makes.
+/// Lowercase `8-4-4-4-12` hex, the only key and version id shape this store makes (ids name
+/// files, so nothing else may pass: no other UUID spelling, no path).
 fn is_uuid(s: &str) -> bool {
-    s.len() == UUID_LEN
-        && s.bytes().enumerate().all(|(i, c)| match i {
-            8 | 13 | 18 | 23 => c == b'-',
-            _ => c.is_ascii_digit() || (b'a'..=b'f').contains(&c),
-        })
+    s.len() == UUID_LEN && uuid::Uuid::try_parse(s).is_ok_and(|u| u.hyphenated().to_string() == s)
 }
 
 /// Alibaba's alias rules: `alias/` then 1..=255 of `[A-Za-z0-9_/-]`, not `alias/acs/...`.
@@ -1697,10 +1670,12 @@ mod tests {
         check::<KeyStore>();
     }
 
-    /// Pins the documented blob layout by opening and making blobs with ring directly, from the
-    /// key material as it lies in an unsealed key file.
+    /// Pins the documented blob layout by opening and making blobs with RustCrypto's `aes-gcm`
+    /// directly (not through src/aead.rs), from the key material as it lies in an unsealed key
+    /// file.
     #[test]
     fn blob_layout_matches_the_documentation() {
+        use aes_gcm::aead::{Aead, KeyInit, Payload};
         let (_t, s) = store();
         let id = s.create_key("").unwrap().key_id;
         let file: serde_json::Value =
@@ -1709,8 +1684,7 @@ mod tests {
         let material = B64
             .decode(file["versions"][0]["material"].as_str().unwrap())
             .unwrap();
-        let key =
-            aead::LessSafeKey::new(aead::UnboundKey::new(&aead::AES_256_GCM, &material).unwrap());
+        let key = aes_gcm::Aes256Gcm::new_from_slice(&material).unwrap();
         let c = ctx("v");
         let aad = [
             b"envseal-kms-blob-v1".as_slice(),
@@ -1722,22 +1696,28 @@ mod tests {
         // Store -> by hand.
         let blob = s.encrypt(&id, b"pinned", &c).unwrap().blob;
         assert_eq!(&blob[..36], version.as_bytes());
-        let nonce = aead::Nonce::try_assume_unique_for_key(&blob[36..48]).unwrap();
-        let mut body = blob[48..].to_vec();
         let plain = key
-            .open_in_place(nonce, aead::Aad::from(&aad), &mut body)
+            .decrypt(
+                aes_gcm::Nonce::from_slice(&blob[36..48]),
+                Payload {
+                    msg: &blob[48..],
+                    aad: &aad,
+                },
+            )
             .unwrap();
         assert_eq!(plain, b"pinned");
 
         // By hand -> store.
         let nonce = [9u8; 12];
-        let mut body = b"made by hand".to_vec();
-        key.seal_in_place_append_tag(
-            aead::Nonce::assume_unique_for_key(nonce),
-            aead::Aad::from(&aad),
-            &mut body,
-        )
-        .unwrap();
+        let body = key
+            .encrypt(
+                aes_gcm::Nonce::from_slice(&nonce),
+                Payload {
+                    msg: b"made by hand",
+                    aad: &aad,
+                },
+            )
+            .unwrap();
         let blob = [version.as_bytes(), &nonce, &body].concat();
         assert_eq!(
             &s.decrypt(&blob, &c).unwrap().plaintext[..],
@@ -1766,5 +1746,12 @@ mod tests {
         assert!(!is_uuid("D6BEE1CB-1234-4ABC-8DEF-0123456789AB"));
         assert!(!is_uuid("d6bee1cb-1234-4abc-8def-0123456789a/"));
         assert!(!is_uuid("../../../../../../../../etc/passwd.."));
+        assert!(!is_uuid("d6bee1cb12344abc8def0123456789ab"));
+        assert!(!is_uuid("{d6bee1cb-1234-4abc-8def-0123456789ab}"));
+        assert!(!is_uuid("d6bee1cb-1234-4abc-8def+0123456789ab"));
+        let made = new_uuid().unwrap();
+        assert!(is_uuid(&made), "{made}");
+        assert_eq!(&made[14..15], "4", "{made}");
+        assert_ne!(made, new_uuid().unwrap());
     }
 }

@@ -16,6 +16,7 @@ pub mod keyspec;
 pub mod keystore;
 pub mod local;
 pub mod retry;
+#[cfg(feature = "server")]
 pub mod server;
 
 use std::collections::BTreeMap;

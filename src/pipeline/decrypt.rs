@@ -95,8 +95,10 @@ impl Owners {
     /// The mode to set once ownership is settled: setuid and setgid only on an entry that
     /// got its recorded owner (or whose recorded owner is the running user).
     fn mode(self, e: &Entry, chowned: bool) -> u32 {
-        // SAFETY: geteuid and getegid have no preconditions.
-        let me = unsafe { (libc::geteuid(), libc::getegid()) };
+        let me = (
+            rustix::process::geteuid().as_raw(),
+            rustix::process::getegid().as_raw(),
+        );
         let ours = e.owner.as_ref().is_some_and(|o| (o.uid, o.gid) == me);
         if chowned || ours || e.owner.is_none() {
             e.mode

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
+#[cfg(feature = "server")]
 use common::servers::{KmsServer, ALI_ID, ALI_SECRET};
 use common::tree::{flip_byte, gen_file, objects_by_path, write};
 use common::{envseal, stderr, stdout};
@@ -245,6 +246,7 @@ fn a_disabled_key_hints_enable_key() {
 }
 
 #[test]
+#[cfg(feature = "server")]
 fn aliyun_without_key_hints_key_or_create_alias() {
     let server = KmsServer::start();
     let f = Fx::new();
@@ -457,6 +459,39 @@ fn sizes_take_decimal_and_binary_units_distinctly() {
         "64KiB",
     ]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
+}
+
+/// `-j` and `--segment-size` are refused as the command line is read, in envseal's words
+/// (naming the flag and the range), before any path is looked at.
+#[test]
+fn bad_jobs_and_segment_sizes_are_usage_errors_of_every_command() {
+    let f = Fx::new();
+    let missing = f.p("no-such-source");
+    for args in [
+        vec!["encrypt", missing.as_str(), "-o", "v", "-j", "0"],
+        vec!["decrypt", missing.as_str(), "-o", "d", "--jobs", "0"],
+        vec!["verify", missing.as_str(), "-j", "zero"],
+        vec!["bench", "-j", "1.5"],
+    ] {
+        let o = f.run(&args);
+        let value = args.last().unwrap();
+        assert_error(
+            &o,
+            2,
+            &[
+                &format!("-j {value}: "),
+                "a whole number, at least one thread",
+            ],
+        );
+        assert!(!stderr(&o).contains("no-such-source"), "{}", stderr(&o));
+    }
+    let o = f.run(&["encrypt", &missing, "-o", "v", "--segment-size", "128MiB"]);
+    assert_error(
+        &o,
+        2,
+        &["--segment-size 128MiB: must be a power of two from 4KiB to 64MiB"],
+    );
+    assert!(!stderr(&o).contains("no-such-source"), "{}", stderr(&o));
 }
 
 #[test]

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+#[cfg(feature = "server")]
 use common::servers::{KmsServer, ALI_ID};
 use common::tree::{gen_file, write};
 use common::{envseal, stderr, stdout};
@@ -216,6 +217,7 @@ fn a_vault_of_another_key_store_says_where_to_look() {
 
 /// A wrong Alibaba AccessKey secret: said plainly, the server's string-to-sign only with -v.
 #[test]
+#[cfg(feature = "server")]
 fn a_wrong_aliyun_secret_is_named() {
     let server = KmsServer::start();
     let f = Fx::new();

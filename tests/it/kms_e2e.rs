@@ -7,9 +7,9 @@ use crate::common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::servers::{
-    json_reply, FaultProxy, KmsServer, Moto, ALI_ID, ALI_SECRET, AWS_ID, AWS_SECRET,
-};
+#[cfg(feature = "server")]
+use common::servers::{json_reply, FaultProxy, KmsServer};
+use common::servers::{Moto, ALI_ID, ALI_SECRET, AWS_ID, AWS_SECRET};
 use common::tree::{gen_file, snapshot};
 
 fn ali(home: &Path) -> Command {
@@ -66,6 +66,7 @@ fn vault_text(vault: &Path) -> String {
 }
 
 #[test]
+#[cfg(feature = "server")]
 fn aliyun_round_trip_without_kms_flag_one_call_per_batch() {
     let server = KmsServer::start();
     let t = tempfile::tempdir().unwrap();
@@ -168,6 +169,7 @@ fn aliyun_round_trip_without_kms_flag_one_call_per_batch() {
 }
 
 #[test]
+#[cfg(feature = "server")]
 fn aliyun_throttling_is_retried_and_shown_with_verbose() {
     let server = KmsServer::start();
     let t = tempfile::tempdir().unwrap();
@@ -231,6 +233,7 @@ fn unreachable_kms_fails_clearly_and_leaves_no_vault() {
 }
 
 #[test]
+#[cfg(feature = "server")]
 fn wrong_secret_reports_the_kms_code() {
     let server = KmsServer::start();
     let t = tempfile::tempdir().unwrap();
@@ -310,6 +313,7 @@ fn aws_round_trip_without_kms_flag() {
 }
 
 #[test]
+#[cfg(feature = "server")]
 fn kms_serve_seals_its_store_with_a_passphrase() {
     let open = KmsServer::start();
     assert!(

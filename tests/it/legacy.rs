@@ -6,14 +6,21 @@
 use crate::common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+#[cfg(feature = "server")]
+use std::path::PathBuf;
+#[cfg(feature = "server")]
 use std::process::Command;
 
 use base64::Engine;
+#[cfg(feature = "server")]
 use common::servers::{KmsServer, ALI_ID, ALI_SECRET};
-use common::tree::{code, gen_file, manifest_records, ok, write};
+use common::tree::{code, manifest_records, ok};
+#[cfg(feature = "server")]
+use common::tree::{gen_file, write};
 use common::{envseal, stderr, stdout};
 
+#[cfg(feature = "server")]
 fn cmd(home: &Path) -> Command {
     let mut c = envseal(home);
     c.env("ALIBABA_CLOUD_ACCESS_KEY_ID", ALI_ID)
@@ -28,6 +35,7 @@ fn key_id(o: &std::process::Output) -> String {
 }
 
 /// Rewrites line `line` (0-based) of a guide file through `f` on its decoded bytes.
+#[cfg(feature = "server")]
 fn edit_line(path: &Path, line: usize, f: impl FnOnce(&mut Vec<u8>)) {
     let b64 = base64::engine::general_purpose::STANDARD;
     let text = fs::read_to_string(path).unwrap();
@@ -39,6 +47,7 @@ fn edit_line(path: &Path, line: usize, f: impl FnOnce(&mut Vec<u8>)) {
 }
 
 #[test]
+#[cfg(feature = "server")]
 fn guide_files_import_byte_identical_and_bad_ones_are_named() {
     let Some(pyenv) = common::pyenv() else { return };
     let t = tempfile::tempdir().unwrap();
@@ -169,6 +178,7 @@ fn guide_files_import_byte_identical_and_bad_ones_are_named() {
 
 /// `--to DEST` writes the plaintext files; a damaged one is refused by name and not written.
 #[test]
+#[cfg(feature = "server")]
 fn guide_files_import_to_a_directory() {
     let Some(pyenv) = common::pyenv() else { return };
     let t = tempfile::tempdir().unwrap();
@@ -252,6 +262,7 @@ fn local_guide_file(home: &Path, cmk: &str, plain: &[u8], out: &Path) {
 /// The same through the Alibaba-compatible server: its `Decrypt` answer names the CMK
 /// (`KeyId`), which the vault is then sealed under, at that server.
 #[test]
+#[cfg(feature = "server")]
 fn without_key_the_vault_is_sealed_under_the_cmk_an_aliyun_decrypt_names() {
     let t = tempfile::tempdir().unwrap();
     let home = t.path().join("home");

@@ -18,10 +18,13 @@ mod everyday;
 mod fidelity;
 mod hostile;
 mod incremental;
+// `kms_aliyun`, `kms_serve_limits` and `wrappings` drive `envseal kms serve` in every test.
+#[cfg(feature = "server")]
 mod kms_aliyun;
 mod kms_aws;
 mod kms_e2e;
 mod kms_local;
+#[cfg(feature = "server")]
 mod kms_serve_limits;
 mod legacy;
 mod lock;
@@ -37,4 +40,5 @@ mod survive;
 mod terminal;
 mod to_device;
 mod verify_source;
+#[cfg(feature = "server")]
 mod wrappings;

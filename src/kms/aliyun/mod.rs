@@ -32,24 +32,17 @@ pub fn parse_timestamp(s: &str) -> Option<time::OffsetDateTime> {
         .map(|t| t.assume_utc())
 }
 
-/// A random (version 4) UUID, used for nonces and request ids.
+/// A random (version 4) UUID, lowercase `8-4-4-4-12` hex, used for nonces and request ids.
 pub fn new_uuid() -> String {
     let mut b = [0u8; 16];
     // A failing OS RNG is not recoverable; a zero nonce would only be refused as a replay.
     if getrandom::getrandom(&mut b).is_err() {
         log::warn!("the OS random generator failed; nonce is not random");
     }
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h = hex::encode(b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    uuid::Builder::from_random_bytes(b)
+        .into_uuid()
+        .hyphenated()
+        .to_string()
 }
 
 /// Classifies an Alibaba error `Code` (and HTTP status) for messages and retries.
@@ -97,6 +90,9 @@ mod tests {
         let a = new_uuid();
         assert_eq!(a.len(), 36);
         assert_eq!(&a[14..15], "4");
+        assert!(matches!(&a[19..20], "8" | "9" | "a" | "b"), "{a}");
+        assert_eq!(a, a.to_ascii_lowercase());
+        assert_eq!(a.matches('-').count(), 4);
         assert_ne!(a, new_uuid());
     }
 

@@ -22,16 +22,10 @@ pub const MAX_CONNECTIONS: usize = 256;
 /// The connection cap for this process: [`MAX_CONNECTIONS`], or half its file descriptor
 /// limit if that is lower (the key store, TLS files and the runtime need the rest).
 pub fn max_connections() -> usize {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into a valid rlimit.
-    let nofile = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
-        usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX)
-    } else {
-        1024
-    };
+    // `None` is no limit.
+    let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
     (nofile / 2).clamp(8, MAX_CONNECTIONS)
 }
 /// Unauthenticated connections one client address may hold at once.

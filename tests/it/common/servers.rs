@@ -1,12 +1,17 @@
 //! Local KMS servers for end-to-end tests: `envseal kms serve`, moto (AWS), and a fault proxy.
 //! Every server listens on 127.0.0.1 only and is killed and reaped on drop.
 
-use std::io::{BufRead, BufReader, Read, Write};
+#[cfg(feature = "server")]
+use std::io::{BufRead, BufReader};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+#[cfg(feature = "server")]
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+#[cfg(feature = "server")]
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use envseal::kms::aws::AwsClient;
@@ -20,6 +25,7 @@ pub const AWS_SECRET: &str = "aws-e2e-secret-do-not-print-987654";
 pub const AWS_REGION: &str = "us-east-1";
 
 /// A running `envseal kms serve` with a key store of its own.
+#[cfg(feature = "server")]
 pub struct KmsServer {
     pub child: Child,
     pub port: u16,
@@ -28,6 +34,7 @@ pub struct KmsServer {
     stderr: Arc<Mutex<String>>,
 }
 
+#[cfg(feature = "server")]
 impl KmsServer {
     /// Starts a server with the test credentials in its environment.
     pub fn start() -> KmsServer {
@@ -119,6 +126,7 @@ impl KmsServer {
     }
 }
 
+#[cfg(feature = "server")]
 impl Drop for KmsServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
