@@ -166,6 +166,7 @@ pub trait Store: Send + Sync {
     fn create_log(&self, name: Name, first: &[u8]) -> Result<Option<Box<dyn Log>>>;
 
     /// Opens the log `name` to append to, with its contents; `None` when absent.
+    #[allow(clippy::type_complexity)]
     fn open_log(&self, name: Name) -> Result<Option<(Box<dyn Log>, Vec<u8>)>>;
 
     // ---- one writer at a time ----
