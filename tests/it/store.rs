@@ -1,0 +1,440 @@
+//! The store conformance suite: one set of checks written over `&dyn Store`, run against a
+//! local directory and against S3 on a real SeaweedFS; then the S3 store's errors.
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use envseal::error::StoreErrorKind;
+use envseal::store::local::LocalStore;
+use envseal::store::{Shape, Store};
+use envseal::Error;
+
+use crate::common::s3::{SeaweedFs, BUCKET};
+
+const MIB: u64 = 1 << 20;
+
+/// Deterministic bytes (a different stream per seed).
+fn bytes(len: u64, seed: u8) -> Vec<u8> {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ u64::from(seed);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// The pieces of `shape` as (offset, len).
+fn pieces(shape: Shape) -> Vec<(u64, u64)> {
+    let len = shape.len.unwrap();
+    let mut out = Vec::new();
+    if shape.head > 0 {
+        out.push((0, shape.head));
+    }
+    let mut at = shape.head;
+    while at < len {
+        let n = shape.piece.min(len - at);
+        out.push((at, n));
+        at += n;
+    }
+    out
+}
+
+fn read_all(s: &dyn Store, name: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    s.reader(name)
+        .unwrap()
+        .unwrap_or_else(|| panic!("{name} absent"))
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
+
+/// Bytes a server received and sent so far (S3: its counters); `None` for local.
+type Traffic<'a> = Option<&'a dyn Fn() -> (u64, u64)>;
+
+/// Every check of the suite. `other` is a second vault of the same kind (for link_from).
+fn conformance(s: &dyn Store, other: &dyn Store, traffic: Traffic) {
+    s.create_root().unwrap();
+    assert!(s.root_exists().unwrap());
+
+    // ---- small files ----
+    assert!(s.put_new("keys-a.json", b"first").unwrap());
+    assert!(
+        !s.put_new("keys-a.json", b"second").unwrap(),
+        "put_new overwrote"
+    );
+    assert_eq!(s.get("keys-a.json", 100).unwrap().unwrap(), b"first");
+    s.replace("keys-a.json", b"replaced").unwrap();
+    assert_eq!(s.get("keys-a.json", 100).unwrap().unwrap(), b"replaced");
+    assert_eq!(s.len("keys-a.json").unwrap(), Some(8));
+    assert_eq!(s.len("absent").unwrap(), None);
+    assert!(s.get("absent", 10).unwrap().is_none());
+    assert!(s.reader("absent").unwrap().is_none());
+    assert!(s.open("absent").unwrap().is_none());
+    match s.get("keys-a.json", 4) {
+        Err(Error::Integrity { what, .. }) => assert!(what.contains("keys-a.json"), "{what}"),
+        other => panic!("get past max: {other:?}"),
+    }
+    assert!(s.describe("keys-a.json").contains("keys-a.json"));
+
+    // ---- objects in pieces, out of order ----
+    let big = Shape {
+        len: Some(20 * MIB + 12345),
+        head: 100,
+        piece: MIB,
+    };
+    let data = bytes(big.len.unwrap(), 1);
+    let mut w = s.create_object("objects/ab/big", big).unwrap();
+    let mut ps = pieces(big);
+    ps.reverse();
+    ps.swap(3, 10);
+    for (o, n) in &ps {
+        w.write_at(*o, &data[*o as usize..(*o + *n) as usize])
+            .unwrap();
+    }
+    w.finish().unwrap();
+    s.barrier().unwrap();
+    assert_eq!(s.len("objects/ab/big").unwrap(), big.len);
+    assert_eq!(read_all(s, "objects/ab/big"), data);
+
+    // A small object, and one of open length written in order.
+    let small = Shape {
+        len: Some(3000),
+        head: 10,
+        piece: 1000,
+    };
+    let sdata = bytes(3000, 2);
+    let mut w = s.create_object("objects/cd/small", small).unwrap();
+    for (o, n) in pieces(small).into_iter().rev() {
+        w.write_at(o, &sdata[o as usize..(o + n) as usize]).unwrap();
+    }
+    w.finish().unwrap();
+    let open = Shape {
+        len: None,
+        head: 0,
+        piece: 4096,
+    };
+    let pack = bytes(10_000, 3);
+    let mut w = s.create_object("objects/ef/pack", open).unwrap();
+    for c in pack.chunks(4096).scan(0u64, |at, c| {
+        let o = *at;
+        *at += c.len() as u64;
+        Some((o, c))
+    }) {
+        w.write_at(c.0, c.1).unwrap();
+    }
+    w.finish().unwrap();
+    s.barrier().unwrap();
+    assert_eq!(s.get("objects/cd/small", 1 << 20).unwrap().unwrap(), sdata);
+    assert_eq!(s.get("objects/ef/pack", 1 << 20).unwrap().unwrap(), pack);
+
+    // ---- a ranged read: one range, not the object ----
+    let r = s.open("objects/ab/big").unwrap().unwrap();
+    assert_eq!(r.len(), big.len.unwrap());
+    let before = traffic.map(|t| t());
+    let mut buf = vec![0u8; 1000];
+    r.read_exact_at(&mut buf, 15 * MIB + 7).unwrap();
+    assert_eq!(
+        buf,
+        data[(15 * MIB + 7) as usize..(15 * MIB + 1007) as usize]
+    );
+    if let (Some(t), Some((_, sent0))) = (traffic, before) {
+        let sent = t().1 - sent0;
+        assert!(sent < 64 << 10, "a 1000-byte ranged read sent {sent} bytes");
+    }
+    let mut past = vec![0u8; 10];
+    let e = r
+        .read_exact_at(&mut past, big.len.unwrap() - 5)
+        .unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
+
+    // ---- list ----
+    let mut l = s.list("objects/").unwrap();
+    l.sort_by(|a, b| a.name.cmp(&b.name));
+    let got: Vec<(String, u64)> = l.into_iter().map(|x| (x.name, x.len)).collect();
+    assert_eq!(
+        got,
+        [
+            ("objects/ab/big".to_string(), big.len.unwrap()),
+            ("objects/cd/small".to_string(), 3000),
+            ("objects/ef/pack".to_string(), 10_000),
+        ]
+    );
+    let all = s.list("").unwrap();
+    assert!(all.iter().any(|x| x.name == "keys-a.json" && x.len == 8));
+
+    // ---- resume: a writer dropped without finish, its durable parts kept ----
+    let shape = Shape {
+        len: Some(24 * MIB),
+        head: 0,
+        piece: MIB,
+    };
+    let rdata = bytes(24 * MIB, 4);
+    let mut w = s.create_object("objects/12/resumed", shape).unwrap();
+    for i in 0..16u64 {
+        let o = i * MIB;
+        w.write_at(o, &rdata[o as usize..(o + MIB) as usize])
+            .unwrap();
+    }
+    // Three pieces of the third part, which a store of whole parts cannot keep.
+    for i in 16..19u64 {
+        let o = i * MIB;
+        w.write_at(o, &rdata[o as usize..(o + MIB) as usize])
+            .unwrap();
+    }
+    let kept = w.durable_len();
+    assert!(kept >= 16 * MIB, "durable_len {kept} after 16 whole pieces");
+    s.barrier().unwrap();
+    drop(w);
+    let received0 = traffic.map(|t| t().0);
+    let mut w = s
+        .resume_object("objects/12/resumed", shape, kept)
+        .unwrap()
+        .expect("the interrupted object is taken up");
+    for i in (kept / MIB)..24 {
+        let o = i * MIB;
+        w.write_at(o, &rdata[o as usize..(o + MIB) as usize])
+            .unwrap();
+    }
+    w.finish().unwrap();
+    s.barrier().unwrap();
+    if let (Some(t), Some(r0)) = (traffic, received0) {
+        let received = t().0 - r0;
+        let rest = 24 * MIB - kept;
+        assert!(
+            received >= rest && received < rest + MIB,
+            "resuming at {kept} of {} received {received} bytes: kept parts sent again?",
+            24 * MIB
+        );
+    }
+    assert_eq!(read_all(s, "objects/12/resumed"), rdata);
+    assert!(s
+        .resume_object("objects/12/never", shape, 8 * MIB)
+        .unwrap()
+        .is_none());
+
+    // ---- a streamed file, created only if absent unless replacing ----
+    let m1 = bytes(20 * MIB + 3, 5);
+    let mut f = s.create_file("manifest.jsonl").unwrap();
+    for c in m1.chunks(100_000) {
+        f.write_all(c).unwrap();
+    }
+    assert!(
+        s.len("manifest.jsonl").unwrap().is_none(),
+        "visible before commit"
+    );
+    assert!(f.commit(false).unwrap());
+    let mut f = s.create_file("manifest.jsonl").unwrap();
+    f.write_all(b"another run's manifest").unwrap();
+    assert!(
+        !f.commit(false).unwrap(),
+        "a finished manifest was overwritten"
+    );
+    let mut f = s.create_file("manifest.jsonl").unwrap();
+    f.write_all(&bytes(9 * MIB, 6)).unwrap();
+    assert!(
+        !f.commit(false).unwrap(),
+        "a finished manifest was overwritten (multipart)"
+    );
+    assert_eq!(read_all(s, "manifest.jsonl"), m1);
+    let mut f = s.create_file("manifest.jsonl").unwrap();
+    f.write_all(b"rewritten").unwrap();
+    assert!(f.commit(true).unwrap());
+    assert_eq!(read_all(s, "manifest.jsonl"), b"rewritten");
+
+    // ---- the log ----
+    let mut log = s.create_log("journal.jsonl", b"start\n").unwrap().unwrap();
+    assert!(s.create_log("journal.jsonl", b"again\n").unwrap().is_none());
+    log.append(b"one\n").unwrap();
+    log.append(b"two\n").unwrap();
+    assert_eq!(log.position(), 14);
+    drop(log);
+    let (mut log, body) = s.open_log("journal.jsonl").unwrap().unwrap();
+    assert_eq!(body, b"start\none\ntwo\n");
+    assert_eq!(log.position(), 14);
+    log.append(b"torn").unwrap();
+    log.truncate(12).unwrap();
+    assert_eq!(log.position(), 12);
+    let mut rest = Vec::new();
+    log.read_from(6).unwrap().read_to_end(&mut rest).unwrap();
+    assert_eq!(rest, b"one\ntw");
+    log.truncate(10).unwrap();
+    log.append(b"three\n").unwrap();
+    drop(log);
+    let (log, body) = s.open_log("journal.jsonl").unwrap().unwrap();
+    assert_eq!(body, b"start\none\nthree\n");
+    let mut rest = Vec::new();
+    log.read_from(10).unwrap().read_to_end(&mut rest).unwrap();
+    assert_eq!(rest, b"three\n");
+    drop(log);
+    let listed: Vec<_> = s
+        .list("")
+        .unwrap()
+        .into_iter()
+        .filter(|x| x.name.starts_with("journal"))
+        .collect();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(
+        (listed[0].name.as_str(), listed[0].len),
+        ("journal.jsonl", 16)
+    );
+    // The journal replaced by its receipt.
+    s.replace("journal.jsonl", b"receipt\n").unwrap();
+    assert_eq!(s.get("journal.jsonl", 100).unwrap().unwrap(), b"receipt\n");
+    let (_, body) = s.open_log("journal.jsonl").unwrap().unwrap();
+    assert_eq!(body, b"receipt\n");
+    assert!(s.create_log("journal.jsonl", b"x").unwrap().is_none());
+    s.remove("journal.jsonl").unwrap();
+    assert!(s.open_log("journal.jsonl").unwrap().is_none());
+    assert!(s.create_log("journal.jsonl", b"new\n").unwrap().is_some());
+    s.remove("journal.jsonl").unwrap();
+    s.remove("journal.jsonl").unwrap(); // absent is fine
+
+    // ---- the writers' lock ----
+    let held = s.lock(false).unwrap();
+    match s.lock(false) {
+        Err(e @ Error::Locked { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains(&s.url()), "{msg}");
+        }
+        other => panic!("a second lock: {:?}", other.map(|_| ())),
+    }
+    drop(held);
+    drop(s.lock(false).unwrap());
+
+    // ---- link_from: without reading the bytes through this process ----
+    other.create_root().unwrap();
+    assert!(other.put_new("objects/ff/src", &sdata).unwrap());
+    let received0 = traffic.map(|t| t().0);
+    assert!(s.link_from(other, "objects/ff/src").unwrap());
+    if let (Some(t), Some(r0)) = (traffic, received0) {
+        assert!(t().0 - r0 < 1000, "link_from sent the bytes");
+    }
+    assert_eq!(s.get("objects/ff/src", 1 << 20).unwrap().unwrap(), sdata);
+
+    s.remove("objects/ab/big").unwrap();
+    assert_eq!(s.len("objects/ab/big").unwrap(), None);
+}
+
+#[test]
+fn local_directory_conforms() {
+    let d = tempfile::tempdir().unwrap();
+    let s = LocalStore::new(&d.path().join("vault"));
+    let other = LocalStore::new(&d.path().join("other"));
+    conformance(&s, &other, None);
+}
+
+#[test]
+fn s3_on_seaweedfs_conforms() {
+    let Some(server) = SeaweedFs::start() else {
+        return;
+    };
+    let s = server.store("backups/host1");
+    let other = server.store("backups/host0");
+    assert_eq!(s.url(), format!("s3://{BUCKET}/backups/host1"));
+    // Whether the server honours If-None-Match decides only how put_new is made safe.
+    let honoured = s.honours_conditional_put().unwrap();
+    eprintln!("SeaweedFS honours If-None-Match on PUT: {honoured}");
+    let traffic = || server.traffic();
+    conformance(&s, &other, Some(&traffic));
+}
+
+#[test]
+fn s3_errors_name_the_url_and_what_to_do() {
+    let Some(server) = SeaweedFs::start() else {
+        return;
+    };
+    let url = format!("s3://{BUCKET}/v");
+
+    let mut vars = server.vars();
+    vars.insert("AWS_SECRET_ACCESS_KEY".into(), "wrong-secret".into());
+    let s = SeaweedFs::store_with(&url, &vars).unwrap();
+    match s.create_root() {
+        Err(Error::Store {
+            kind,
+            url: u,
+            detail,
+        }) => {
+            assert_eq!(kind, StoreErrorKind::Denied, "{detail}");
+            assert!(u.contains(&url), "{u}");
+            assert!(detail.contains("AWS_SECRET_ACCESS_KEY"), "{detail}");
+        }
+        other => panic!("wrong secret: {other:?}"),
+    }
+    assert!(matches!(
+        s.put_new("x", b"x"),
+        Err(Error::Store {
+            kind: StoreErrorKind::Denied,
+            ..
+        })
+    ));
+
+    let s = SeaweedFs::store_with("s3://no-such-bucket/v", &server.vars()).unwrap();
+    match s.create_root() {
+        Err(e @ Error::Store { .. }) => {
+            let msg = e.to_string();
+            assert!(
+                matches!(
+                    &e,
+                    Error::Store {
+                        kind: StoreErrorKind::NoBucket,
+                        ..
+                    }
+                ),
+                "{msg}"
+            );
+            assert!(
+                msg.contains("s3://no-such-bucket/v") && msg.contains("create it"),
+                "{msg}"
+            );
+        }
+        other => panic!("missing bucket: {other:?}"),
+    }
+    assert!(matches!(
+        s.lock(true),
+        Err(Error::Store {
+            kind: StoreErrorKind::NoBucket,
+            ..
+        })
+    ));
+    // No bucket, no vault.
+    assert!(!s.root_exists().unwrap());
+
+    // Nothing listens there: refused at once, retried a bounded number of times.
+    let mut vars = server.vars();
+    let dead = crate::common::free_port();
+    vars.insert(
+        "AWS_ENDPOINT_URL_S3".into(),
+        format!("http://127.0.0.1:{dead}"),
+    );
+    let s = SeaweedFs::store_with(&url, &vars).unwrap();
+    let t = Instant::now();
+    match s.put_new("x", b"x") {
+        Err(e @ Error::Store { .. }) => {
+            let msg = e.to_string();
+            assert!(
+                matches!(
+                    &e,
+                    Error::Store {
+                        kind: StoreErrorKind::Unreachable,
+                        ..
+                    }
+                ),
+                "{msg}"
+            );
+            assert!(
+                msg.contains(&url) && msg.contains(&format!("127.0.0.1:{dead}")),
+                "{msg}"
+            );
+        }
+        other => panic!("unreachable: {other:?}"),
+    }
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "retries took {:?}",
+        t.elapsed()
+    );
+}
