@@ -340,6 +340,72 @@ fn s3_on_seaweedfs_conforms() {
     eprintln!("SeaweedFS honours If-None-Match on PUT: {honoured}");
     let traffic = || server.traffic();
     conformance(&s, &other, Some(&traffic));
+
+    // A lock whose holder died (its lease expired) is taken over; a live one is refused
+    // by name, without a pid when the holder is on another host.
+    let lease = |expires: u64| {
+        format!(r#"{{"host":"elsewhere","pid":4242,"token":"t","expires":{expires}}}"#)
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    s.replace("lock.json", lease(now - 10).as_bytes()).unwrap();
+    let held = s.lock(false).expect("an expired lease is taken over");
+    drop(held);
+    assert_eq!(
+        s.len("lock.json").unwrap(),
+        None,
+        "the lock is removed on drop"
+    );
+    s.replace("lock.json", lease(now + 3600).as_bytes())
+        .unwrap();
+    match s.lock(false) {
+        Err(Error::Locked { path, pid }) => {
+            assert_eq!(path.to_str(), Some(s.url().as_str()));
+            assert_eq!(pid, None);
+        }
+        other => panic!("a live lease: {:?}", other.map(|_| ())),
+    }
+    s.remove("lock.json").unwrap();
+
+    // A writer whose parts do not cover what the caller kept starts over.
+    let shape = Shape {
+        len: Some(24 * MIB),
+        head: 0,
+        piece: MIB,
+    };
+    let mut w = s.create_object("objects/34/partial", shape).unwrap();
+    let d = bytes(8 * MIB, 7);
+    for i in 0..8u64 {
+        let o = (i * MIB) as usize;
+        w.write_at(i * MIB, &d[o..o + MIB as usize]).unwrap();
+    }
+    s.barrier().unwrap();
+    drop(w);
+    assert!(s
+        .resume_object("objects/34/partial", shape, 16 * MIB)
+        .unwrap()
+        .is_none());
+
+    // On a server that ignores If-None-Match, nothing is overwritten either (a HEAD first).
+    let f = server.store("fallback").assume_no_conditional_puts();
+    assert!(!f.honours_conditional_put().unwrap());
+    assert!(f.put_new("keys-b.json", b"one").unwrap());
+    assert!(!f.put_new("keys-b.json", b"two").unwrap());
+    assert_eq!(f.get("keys-b.json", 10).unwrap().unwrap(), b"one");
+    let mut m = f.create_file("manifest.jsonl").unwrap();
+    m.write_all(b"m1").unwrap();
+    assert!(m.commit(false).unwrap());
+    let mut m = f.create_file("manifest.jsonl").unwrap();
+    m.write_all(&bytes(9 * MIB, 8)).unwrap();
+    assert!(!m.commit(false).unwrap());
+    assert_eq!(f.get("manifest.jsonl", 10).unwrap().unwrap(), b"m1");
+    assert!(f.create_log("journal.jsonl", b"a\n").unwrap().is_some());
+    assert!(f.create_log("journal.jsonl", b"b\n").unwrap().is_none());
+    let held = f.lock(false).unwrap();
+    assert!(matches!(f.lock(false), Err(Error::Locked { .. })));
+    drop(held);
 }
 
 #[test]

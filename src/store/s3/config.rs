@@ -429,6 +429,24 @@ mod tests {
         }
     }
 
+    #[test]
+    fn locations_name_storage_urls() {
+        use crate::store::Location;
+        use std::ffi::OsStr;
+        let l = Location::parse(OsStr::new("s3://vaults/a/b")).unwrap();
+        assert!(matches!(&l, Location::S3(u) if u.prefix == "a/b/"));
+        assert_eq!(l.to_string(), "s3://vaults/a/b");
+        assert!(l.local_dir().is_none());
+        assert!(matches!(
+            Location::parse(OsStr::new("oss://x")),
+            Err(Error::Usage(_))
+        ));
+        assert!(matches!(
+            Location::parse(OsStr::new("vault-dir")),
+            Ok(Location::Local(_))
+        ));
+    }
+
     fn cfg(u: &str, vars: &[(&str, &str)]) -> Result<S3Config> {
         let map: HashMap<String, String> = vars
             .iter()

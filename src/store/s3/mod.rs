@@ -74,6 +74,14 @@ impl S3Store {
         self
     }
 
+    /// Behaves as on a server that ignores `If-None-Match` (a HEAD before each PUT that
+    /// must not overwrite): for the tests of that fallback.
+    #[doc(hidden)]
+    pub fn assume_no_conditional_puts(self) -> S3Store {
+        let _ = self.inner.conditional.set(false);
+        self
+    }
+
     /// Whether the server refuses a conditional PUT over an existing object (probed once
     /// with a scratch object; see docs/STORAGE.md, "Never overwriting").
     pub fn honours_conditional_put(&self) -> Result<bool> {
