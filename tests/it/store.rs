@@ -369,6 +369,19 @@ fn s3_on_seaweedfs_conforms() {
     }
     s.remove("lock.json").unwrap();
 
+    // A held lease is renewed: still refused after it would have expired.
+    let short = server
+        .store("backups/host1")
+        .with_lease(Duration::from_secs(2), Duration::from_millis(500));
+    let held = short.lock(false).unwrap();
+    std::thread::sleep(Duration::from_millis(3500));
+    assert!(
+        matches!(s.lock(false), Err(Error::Locked { .. })),
+        "the lease lapsed while held"
+    );
+    drop(held);
+    drop(s.lock(false).unwrap());
+
     // A writer whose parts do not cover what the caller kept starts over.
     let shape = Shape {
         len: Some(24 * MIB),

@@ -23,7 +23,7 @@ pub const LOCK_NAME: &str = "lock.json";
 /// How long a lease lasts without renewal: a killed holder blocks others this long.
 pub const LEASE: Duration = Duration::from_secs(120);
 /// How often the holder renews it.
-const RENEW_EVERY: Duration = Duration::from_secs(30);
+pub const RENEW_EVERY: Duration = Duration::from_secs(30);
 
 #[derive(Serialize, Deserialize)]
 struct Lease {
@@ -60,7 +60,7 @@ impl S3Lock {
         let mut r = [0u8; 16];
         getrandom::getrandom(&mut r).map_err(|e| Error::Runtime(format!("random: {e}")))?;
         let token = hex::encode(r);
-        let body = lease_body(&token)?;
+        let body = lease_body(&token, inner.lease.0)?;
         let key = inner.cfg().key(LOCK_NAME);
         let url = inner.describe(LOCK_NAME);
         let mut etag = None;
@@ -152,19 +152,19 @@ impl S3Lock {
     }
 }
 
-fn lease_body(token: &str) -> Result<Bytes> {
+fn lease_body(token: &str, lease: Duration) -> Result<Bytes> {
     let lease = Lease {
         host: hostname(),
         pid: std::process::id(),
         token: token.to_string(),
-        expires: now() + LEASE.as_secs(),
+        expires: now() + lease.as_secs(),
     };
     serde_json::to_vec(&lease)
         .map(Bytes::from)
         .map_err(|e| Error::Runtime(format!("lock: {e}")))
 }
 
-/// Renews the lease every [`RENEW_EVERY`] until told to stop.
+/// Renews the lease every `inner.lease.1` until told to stop.
 fn renew(inner: &Inner, etag: &Mutex<String>, stop: &(Mutex<bool>, Condvar), token: &str) {
     let key = inner.cfg().key(LOCK_NAME);
     loop {
@@ -172,13 +172,13 @@ fn renew(inner: &Inner, etag: &Mutex<String>, stop: &(Mutex<bool>, Condvar), tok
             let (m, cv) = stop;
             let stopped = guard(m);
             let (stopped, _) = cv
-                .wait_timeout_while(stopped, RENEW_EVERY, |s| !*s)
+                .wait_timeout_while(stopped, inner.lease.1, |s| !*s)
                 .unwrap_or_else(|p| p.into_inner());
             if *stopped {
                 return;
             }
         }
-        let Ok(body) = lease_body(token) else {
+        let Ok(body) = lease_body(token, inner.lease.0) else {
             continue;
         };
         let tag = guard(etag).clone();

@@ -15,6 +15,7 @@ mod xml;
 use std::collections::BTreeMap;
 use std::io::{self, Read};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use bytes::Bytes;
 use reqwest::Method;
@@ -48,6 +49,8 @@ pub struct Inner {
     pool: Pool,
     /// Whether the server honours `If-None-Match: *` on PUT (probed once).
     conditional: OnceLock<bool>,
+    /// How long the lock's lease lasts, and how often it is renewed.
+    lease: (Duration, Duration),
 }
 
 impl S3Store {
@@ -62,6 +65,7 @@ impl S3Store {
                 client: Client::new(cfg)?,
                 pool: Pool::new(),
                 conditional: OnceLock::new(),
+                lease: (lock::LEASE, lock::RENEW_EVERY),
             }),
         })
     }
@@ -70,6 +74,15 @@ impl S3Store {
     pub fn with_retry(mut self, retry: RetryPolicy) -> S3Store {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.client.retry = retry;
+        }
+        self
+    }
+
+    /// Shortens the lock's lease and its renewal period (tests of the renewal).
+    #[doc(hidden)]
+    pub fn with_lease(mut self, lease: Duration, renew_every: Duration) -> S3Store {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.lease = (lease, renew_every);
         }
         self
     }

@@ -1,7 +1,7 @@
 //! Writing objects: part geometry, the upload pool, multipart writers, buffered single
 //! PUTs, and the streamed manifest (docs/STORAGE.md, "Objects").
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
@@ -254,6 +254,8 @@ impl Upload {
 struct Filling {
     data: Vec<u8>,
     filled: u64,
+    /// Offsets written, so that a piece written twice is counted once.
+    pieces: HashSet<u64>,
 }
 
 /// An object written as a multipart upload of whole pieces, parts uploaded in parallel.
@@ -325,10 +327,13 @@ impl ObjectWriter for MultipartWriter {
         let f = self.filling.entry(n).or_insert_with(|| Filling {
             data: vec![0; (pend - start) as usize],
             filled: 0,
+            pieces: HashSet::new(),
         });
         let at = (offset - start) as usize;
         f.data[at..at + data.len()].copy_from_slice(data);
-        f.filled += data.len() as u64;
+        if f.pieces.insert(offset) {
+            f.filled += data.len() as u64;
+        }
         if f.filled >= pend - start {
             if let Some(f) = self.filling.remove(&n) {
                 self.submitted[n as usize] = true;
