@@ -44,7 +44,7 @@ impl std::fmt::Debug for S3Store {
 }
 
 /// What the store, its writers and the pool's jobs share.
-pub struct Inner {
+pub(crate) struct Inner {
     client: Client,
     pool: Pool,
     /// Whether the server honours `If-None-Match: *` on PUT (probed once).
