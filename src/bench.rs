@@ -424,7 +424,7 @@ impl EncryptRig {
         self.runs += 1;
         let vault = self.scratch.path().join(format!("vault-{}", self.runs));
         let opts = EncryptOptions {
-            vault: vault.clone(),
+            vault: vault.clone().into(),
             ..self.opts.clone()
         };
         let start = Instant::now();

@@ -35,7 +35,7 @@ use crate::vault::unlock;
 
 #[derive(Clone, Debug)]
 pub struct DecryptOptions {
-    pub vault: PathBuf,
+    pub vault: crate::store::Location,
     pub dest: PathBuf,
     /// Paths or globs; empty = everything.
     pub only: Vec<String>,
@@ -52,9 +52,9 @@ pub struct DecryptOptions {
 impl DecryptOptions {
     /// All of `vault` into `dest` with the CLI's defaults: no overwriting, one job per core,
     /// owners as `tar -p`, a sync before success, extended attributes restored.
-    pub fn new(vault: PathBuf, dest: PathBuf) -> Self {
+    pub fn new(vault: impl Into<crate::store::Location>, dest: PathBuf) -> Self {
         DecryptOptions {
-            vault,
+            vault: vault.into(),
             dest,
             only: Vec::new(),
             overwrite: false,
@@ -291,7 +291,8 @@ pub fn decrypt(
     cancel: &AtomicBool,
 ) -> Result<DecryptReport> {
     let started = Instant::now();
-    let mut unlocked = unlock(&opts.vault, kms)?;
+    let store = crate::store::open(&opts.vault)?;
+    let mut unlocked = unlock(&*store, kms)?;
     // The entries are checked as they are read (tree order: every parent is a directory
     // listed before its children, no path twice); nothing is written before the whole
     // manifest is authenticated.
@@ -311,7 +312,7 @@ pub fn decrypt(
     if let Some(n) = lowered {
         progress.notice(&n);
     }
-    let ctx = RecordCtx::new(&opts.vault, &r.header, &r.batches, &r.objects, jobs);
+    let ctx = RecordCtx::new(&*store, &r.header, &r.batches, &r.objects, jobs);
     let chosen = select(&entries, &opts.only)?;
     fs::create_dir_all(&opts.dest).map_err(|err| {
         if is_no_space(&err) {

@@ -21,7 +21,7 @@ use crate::progress::Progress;
 use crate::vault::unlock;
 
 pub struct DeviceOptions {
-    pub vault: PathBuf,
+    pub vault: crate::store::Location,
     /// The vault path of the file entry to write (as `envseal ls` prints it).
     pub entry: String,
     pub target: PathBuf,
@@ -194,7 +194,8 @@ pub fn restore_to_device(
     cancel: &AtomicBool,
 ) -> Result<DeviceReport> {
     let started = Instant::now();
-    let mut unlocked = unlock(&opts.vault, kms)?;
+    let store = crate::store::open(&opts.vault)?;
+    let mut unlocked = unlock(&*store, kms)?;
     // The whole manifest is authenticated before anything is written.
     let mut found = None;
     while let Some(e) = unlocked.reader.next_entry()? {
@@ -206,8 +207,7 @@ pub fn restore_to_device(
     let e = found.ok_or_else(|| {
         Error::Usage(format!(
             "--only {}: no such entry in {} (envseal ls lists them)",
-            opts.entry,
-            opts.vault.display()
+            opts.entry, opts.vault
         ))
     })?;
     let EntryKind::File(f) = &e.kind else {
@@ -227,7 +227,7 @@ pub fn restore_to_device(
         )));
     }
     let r = &unlocked.reader;
-    let ctx = RecordCtx::new(&opts.vault, &r.header, &r.batches, &r.objects, opts.jobs);
+    let ctx = RecordCtx::new(&*store, &r.header, &r.batches, &r.objects, opts.jobs);
     progress.start(1, f.size);
     let key = &unlocked.keys[f.batch as usize];
     // The target holds older bytes: the image's holes and zero extents are zeroed on it

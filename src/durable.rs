@@ -1,12 +1,10 @@
-//! Durability: `syncfs` of a directory's filesystem, the one call by which encrypt's group
-//! commits, decrypt and `--since` make what they wrote durable (one sync per group, never one
-//! fsync per file), and a thread that runs it while the caller goes on writing.
+//! Durability: `syncfs` of a directory's filesystem, the one call by which a local vault's
+//! group commits and decrypt make what they wrote durable (one sync per group, never one
+//! fsync per file).
 
 use std::fs::File;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
-
-use crossbeam_channel::Receiver;
 
 use crate::error::{Error, IoContext, Result};
 
@@ -23,111 +21,4 @@ pub fn syncfs(dir: &File) -> std::io::Result<()> {
 pub fn sync_path(path: &Path) -> Result<()> {
     let d = File::open(path).at(path)?;
     syncfs(&d).map_err(|e| Error::io(path, e))
-}
-
-fn stopped() -> std::io::Error {
-    std::io::Error::other("the sync thread stopped")
-}
-
-/// The thread that runs the group commits' `syncfs` of the vault, one at a time, so that the
-/// writer goes on writing while the disk writes back.
-pub struct Syncer {
-    request: Option<crossbeam_channel::Sender<()>>,
-    done: Receiver<std::io::Result<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    in_flight: bool,
-}
-
-impl Syncer {
-    pub fn start(dir: File) -> std::io::Result<Syncer> {
-        let (request, requests) = crossbeam_channel::bounded::<()>(1);
-        let (done_tx, done) = crossbeam_channel::bounded(1);
-        let thread = std::thread::Builder::new()
-            .name("envseal-sync".into())
-            .spawn(move || {
-                for () in requests {
-                    if done_tx.send(syncfs(&dir)).is_err() {
-                        return;
-                    }
-                }
-            })?;
-        Ok(Syncer {
-            request: Some(request),
-            done,
-            thread: Some(thread),
-            in_flight: false,
-        })
-    }
-
-    /// Whether a requested sync has not been reported yet.
-    pub fn in_flight(&self) -> bool {
-        self.in_flight
-    }
-
-    /// Starts a sync (none may be in flight).
-    pub fn request(&mut self) -> std::io::Result<()> {
-        // The thread ends only when this sender is dropped, or if it panicked.
-        match &self.request {
-            Some(r) if r.send(()).is_ok() => {
-                self.in_flight = true;
-                Ok(())
-            }
-            _ => Err(stopped()),
-        }
-    }
-
-    /// The in-flight sync's result: `None` if none is in flight, or (without `wait`) it
-    /// has not returned yet.
-    pub fn result(&mut self, wait: bool) -> Option<std::io::Result<()>> {
-        if !self.in_flight {
-            return None;
-        }
-        let r = if wait {
-            self.done.recv().unwrap_or_else(|_| Err(stopped()))
-        } else {
-            match self.done.try_recv() {
-                Ok(r) => r,
-                Err(crossbeam_channel::TryRecvError::Empty) => return None,
-                Err(crossbeam_channel::TryRecvError::Disconnected) => Err(stopped()),
-            }
-        };
-        self.in_flight = false;
-        Some(r)
-    }
-}
-
-impl Drop for Syncer {
-    fn drop(&mut self) {
-        self.request = None;
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn syncer_reports_one_result_per_request() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = Syncer::start(File::open(dir.path()).unwrap()).unwrap();
-        assert!(s.result(true).is_none(), "no sync was requested");
-        s.request().unwrap();
-        assert!(s.in_flight);
-        assert!(matches!(s.result(true), Some(Ok(()))));
-        assert!(!s.in_flight);
-        assert!(s.result(false).is_none(), "the result was taken");
-        // Polled without waiting, a requested sync reports once it has returned.
-        s.request().unwrap();
-        let r = loop {
-            if let Some(r) = s.result(false) {
-                break r;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        };
-        assert!(r.is_ok());
-        drop(s); // joins the thread
-    }
 }

@@ -12,9 +12,9 @@
 //! holds the tree, the work list or the manifest.
 
 use std::collections::HashMap;
-use std::fs;
+
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -35,6 +35,7 @@ use crate::manifest::{
 use crate::progress::Progress;
 use crate::seal::{self, BufPool, ChunkItem, LargeFile, SealCtx};
 use crate::source::Source;
+use crate::store::{Location, Store};
 use crate::walk::{self, Found, SourceEntry, SourceKind};
 use crate::write::{entry_of, LargeStart, Msg, Writer};
 
@@ -44,7 +45,7 @@ pub use crate::write::Failure;
 #[derive(Clone, Debug)]
 pub struct EncryptOptions {
     pub sources: Vec<PathBuf>,
-    pub vault: PathBuf,
+    pub vault: Location,
     /// CMK id, ARN or alias; `None` = the default alias.
     pub key: Option<String>,
     /// Provider URL for new batches.
@@ -54,7 +55,7 @@ pub struct EncryptOptions {
     pub also_keys: Vec<KeySpec>,
     /// An incremental run: unchanged files are taken from this earlier vault without being
     /// read or sealed again (see [`crate::since`]).
-    pub since: Option<PathBuf>,
+    pub since: Option<Location>,
     pub segment_size: u32,
     pub excludes: Vec<String>,
     pub conceal_names: bool,
@@ -77,10 +78,14 @@ impl EncryptOptions {
     /// `sources` into `vault` with the CLI's defaults: the default key of `kms_url`, default
     /// segment size, batch limits and pack threshold, one job per core, syncs and extended
     /// attributes on. Set fields with struct update syntax.
-    pub fn new(sources: Vec<PathBuf>, vault: PathBuf, kms_url: impl Into<String>) -> Self {
+    pub fn new(
+        sources: Vec<PathBuf>,
+        vault: impl Into<Location>,
+        kms_url: impl Into<String>,
+    ) -> Self {
         EncryptOptions {
             sources,
-            vault,
+            vault: vault.into(),
             key: None,
             kms_url: kms_url.into(),
             also_keys: Vec::new(),
@@ -185,12 +190,13 @@ pub fn encrypt(
         }
         let path = match &e {
             Error::Io { path, .. } | Error::NoSpace { path, .. } => path.clone(),
-            _ => opts.vault.clone(),
+            _ => PathBuf::from(opts.vault.to_string()),
         };
-        let then = match crate::journal::head(&opts.vault) {
+        let head = crate::store::open(&opts.vault).and_then(|s| crate::journal::head(&*s));
+        let then = match head {
             Ok(Some(crate::journal::Head::Run(r))) => format!(
                 "run `{}` again: it resumes where this run stopped",
-                crate::journal::resume_command(&opts.vault, &r.params)
+                crate::journal::resume_command(&opts.vault.to_string(), &r.params)
             ),
             _ => "run the same command again".into(),
         };
@@ -238,19 +244,19 @@ fn encrypt_run(
         since: opts
             .since
             .as_ref()
-            .map(|p| std::path::absolute(p).map(|a| B64.encode(a.as_os_str().as_bytes())))
-            .transpose()
-            .map_err(|e| Error::io(opts.since.as_deref().unwrap_or(Path::new("")), e))?,
+            .map(|l| l.absolute().map(|a| B64.encode(a.to_string().as_bytes())))
+            .transpose()?,
     };
     let exclude = walk::excludes(&opts.excludes)?;
     check_vault_outside(opts, &sources)?;
     walk::order_sources(&sources)?;
 
-    // The vault directory: new, or an unfinished run of the same command.
-    let vault = &opts.vault;
-    let vault_existed = vault.exists();
+    // The vault: new, or an unfinished run of the same command.
+    let store = crate::store::open(&opts.vault)?;
+    let vault: &dyn Store = &*store;
+    let vault_existed = vault.root_exists()?;
     // One writer at a time, from before anything of the vault is read (docs/LIFECYCLE.md).
-    let _lock = crate::vault::VaultLock::acquire(vault, true)?;
+    let _lock = vault.lock(true)?;
     let _created = Created {
         vault,
         armed: !vault_existed,
@@ -262,20 +268,16 @@ fn encrypt_run(
     }
     let earlier = match &opts.since {
         Some(p) => {
-            if resolved(p) == resolved(vault) {
+            if p.same_place(&opts.vault) {
                 return Err(Error::Usage(format!(
-                    "--since {}: that is the vault being written; name the earlier vault",
-                    p.display()
+                    "--since {p}: that is the vault being written; name the earlier vault"
                 )));
             }
-            let e = crate::since::Earlier::load(p, kms)?;
+            let e = crate::since::Earlier::load(crate::store::open(p)?, kms)?;
             if e.segment_size != opts.segment_size {
                 return Err(Error::Usage(format!(
                     "--since {}: its segment size is {}, this run's {}; use --segment-size {}",
-                    p.display(),
-                    e.segment_size,
-                    opts.segment_size,
-                    e.segment_size
+                    p, e.segment_size, opts.segment_size, e.segment_size
                 )));
             }
             Some(e)
@@ -294,15 +296,7 @@ fn encrypt_run(
         armed: loaded.as_ref().is_none_or(|l| l.batches.is_empty()),
     };
     let vault_id: [u8; ID_LEN] = format::from_hex(&run.vault_id)
-        .ok_or_else(|| Error::format(vault.display().to_string(), "bad vault id in journal"))?;
-    let objects_dir = vault.join(layout::OBJECTS_DIR);
-    fs::create_dir_all(&objects_dir).at(&objects_dir)?;
-    if !is_real_dir(&objects_dir) {
-        return Err(Error::Runtime(format!(
-            "{} is not a directory (a symlink?); refusing to write or sweep objects through it",
-            objects_dir.display()
-        )));
-    }
+        .ok_or_else(|| Error::format(vault.url(), "bad vault id in journal"))?;
     let header = Header {
         vault_id,
         created: run.created.clone(),
@@ -495,7 +489,7 @@ fn encrypt_run(
     let resumed_batches = batches.len();
     let object_ids = objects.clone();
     let mut writer = Writer::new(
-        vault.to_path_buf(),
+        Arc::clone(&store),
         header,
         journal,
         batches,
@@ -512,6 +506,7 @@ fn encrypt_run(
     let mut report = EncryptReport::default();
     let mut planner = Planner {
         opts,
+        store: vault,
         kms,
         key: &key,
         vault_id,
@@ -657,6 +652,7 @@ impl Totals {
 /// Turns the walk into units of work, in order.
 struct Planner<'a> {
     opts: &'a EncryptOptions,
+    store: &'a dyn Store,
     kms: &'a Kms,
     key: &'a str,
     vault_id: [u8; ID_LEN],
@@ -918,7 +914,7 @@ impl<'a> Planner<'a> {
             }
         };
         let size = src.size();
-        let (h, fk) = seal::new_file(self.ctx, &key, size).at(&self.opts.vault)?;
+        let (h, fk) = seal::new_file(self.ctx, &key, size).at(self.opts.vault.to_string())?;
         let mac = TreeMac::new(fk.mac_key());
         let file = Arc::new(LargeFile {
             src,
@@ -1019,9 +1015,8 @@ impl<'a> Planner<'a> {
         if !same(&src) || c.segs % self.window != 0 {
             return None;
         }
-        let path = self.opts.vault.join(crate::manifest::object_name(id));
-        let obj = crate::vault::open_regular(&path).ok()?;
-        let r = seal::resume_large(self.ctx, &key, &obj, c.size, c.segs)?;
+        let obj = self.store.open(&crate::manifest::object_name(id)).ok()??;
+        let r = seal::resume_large(self.ctx, &key, &*obj, c.size, c.segs)?;
         self.resumed_read += r.read;
         // Skip the prefix in the progress totals: it is done.
         self.progress
@@ -1069,7 +1064,7 @@ impl<'a> Planner<'a> {
                 format::MAX_BATCHES
             )));
         }
-        let batch_id: [u8; ID_LEN] = format::random().at(&self.opts.vault)?;
+        let batch_id: [u8; ID_LEN] = format::random().at(self.opts.vault.to_string())?;
         let mut specs = vec![KeySpec {
             kms: self.opts.kms_url.clone(),
             key: self.key.to_string(),
@@ -1087,55 +1082,28 @@ impl<'a> Planner<'a> {
 
 /// Refuses a vault inside one of the sources (it would encrypt itself).
 fn check_vault_outside(opts: &EncryptOptions, sources: &[PathBuf]) -> Result<()> {
-    let vault_real = resolved(&opts.vault);
+    let Some(vault) = opts.vault.local_dir() else {
+        return Ok(());
+    };
+    let vault_real = crate::fs::resolved(vault);
     for s in sources {
         // A source that is a symlink is stored as a link, not followed: resolve its parent.
         let s_real = match (s.parent(), s.file_name()) {
-            (Some(parent), Some(name)) => resolved(parent).join(name),
-            _ => resolved(s),
+            (Some(parent), Some(name)) => crate::fs::resolved(parent).join(name),
+            _ => crate::fs::resolved(s),
         };
-        if opts.vault.starts_with(s)
-            || std::path::absolute(&opts.vault).is_ok_and(|v| v.starts_with(s))
+        if vault.starts_with(s)
+            || std::path::absolute(vault).is_ok_and(|v| v.starts_with(s))
             || vault_real.starts_with(&s_real)
         {
             return Err(Error::Usage(format!(
                 "the vault {} is inside the source {}; choose a vault outside the sources",
-                opts.vault.display(),
+                vault.display(),
                 s.display()
             )));
         }
     }
     Ok(())
-}
-
-/// `p` absolute, with symlinks and `..` resolved in the part of it that exists (an output
-/// directory may not exist yet), so that paths spelled differently compare equal.
-pub fn resolved(p: &Path) -> PathBuf {
-    let Ok(p) = std::path::absolute(p) else {
-        return p.to_path_buf();
-    };
-    let mut existing = p.as_path();
-    let mut rest = Vec::new();
-    loop {
-        if let Ok(mut real) = std::fs::canonicalize(existing) {
-            for part in rest.iter().rev() {
-                // `..` below a resolved directory: step up, as the kernel would.
-                if *part == std::ffi::OsStr::new("..") {
-                    real.pop();
-                } else if *part != std::ffi::OsStr::new(".") {
-                    real.push(part);
-                }
-            }
-            return real;
-        }
-        match (existing.parent(), existing.file_name()) {
-            (Some(parent), Some(name)) => {
-                rest.push(name);
-                existing = parent;
-            }
-            _ => return p,
-        }
-    }
 }
 
 /// The reader's rules for a walked entry in walk order: its path ([`check_path`]) and its
@@ -1145,31 +1113,26 @@ fn admit(order: &mut TreeOrder, e: &SourceEntry) -> std::result::Result<(), Stri
     order.push(&e.path, matches!(e.kind, SourceKind::Dir))
 }
 
-/// A directory, not a symlink to one.
-fn is_real_dir(p: &Path) -> bool {
-    fs::symlink_metadata(p).is_ok_and(|m| m.is_dir())
-}
-
 /// Creates the vault and its journal, or opens the journal of an unfinished run of the same
 /// command. Refuses finished vaults and foreign non-empty directories.
 fn open_vault(
-    vault: &Path,
+    vault: &dyn Store,
     params: &RunParams,
     must_resume: bool,
     vault_id: Option<[u8; ID_LEN]>,
 ) -> Result<(Journal, RunRecord, Option<crate::journal::Loaded>)> {
-    let shown = vault.display();
-    if vault.join(layout::MANIFEST).exists() {
+    let shown = vault.url();
+    if vault.len(layout::MANIFEST)?.is_some() {
         return Err(Error::Usage(format!(
             "{shown} is a finished vault; refusing to overwrite it (choose another -o, or delete it first)"
         )));
     }
-    if vault.join(layout::JOURNAL).exists() && !crate::leftovers::only_unstarted(vault)? {
+    if vault.len(layout::JOURNAL)?.is_some() && !crate::leftovers::only_unstarted(vault)? {
         let (journal, loaded) = Journal::open(vault)?;
         if loaded.run.params != *params {
             return Err(Error::Usage(format!(
                 "{shown} holds an unfinished run with other arguments, started by: {}; run that command again to finish it, or choose another -o",
-                command_of(vault, &loaded.run.params)
+                crate::journal::resume_command(&shown, &loaded.run.params)
             )));
         }
         let run = loaded.run.clone();
@@ -1180,72 +1143,28 @@ fn open_vault(
             "--resume: {shown} has no unfinished run to resume"
         )));
     }
-    match fs::read_dir(vault) {
-        Ok(mut d) => {
-            if d.next().is_some() {
-                if !crate::leftovers::only_unstarted(vault)? {
-                    return Err(Error::Usage(format!(
-                        "{shown} exists and is not empty; choose a new directory for the vault"
-                    )));
-                }
-                // A run killed before its first batch record: it wrote no ciphertext.
-                crate::leftovers::clear_unstarted(vault)?;
-            }
+    if !vault.list("")?.is_empty() {
+        if !crate::leftovers::only_unstarted(vault)? {
+            return Err(Error::Usage(format!(
+                "{shown} exists and is not empty; choose a new directory for the vault"
+            )));
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            fs::create_dir_all(vault).at(vault)?;
-        }
-        Err(e) => return Err(Error::io(vault, e)),
+        // A run killed before its first batch record: it wrote no ciphertext.
+        crate::leftovers::clear_unstarted(vault)?;
     }
+    vault.create_root()?;
     let run = RunRecord {
         kind: "run".into(),
         format: format::FORMAT_VERSION,
         vault_id: match vault_id {
             Some(id) => format::to_hex(&id),
-            None => format::to_hex(&format::random::<ID_LEN>().at(vault)?),
+            None => format::to_hex(&format::random::<ID_LEN>().at(&shown)?),
         },
         created: now_rfc3339(),
         params: params.clone(),
     };
     let journal = Journal::create(vault, &run)?;
     Ok((journal, run, None))
-}
-
-/// The command line that started a run, for the message that asks to finish it.
-fn command_of(vault: &Path, p: &RunParams) -> String {
-    fn quoted(s: &str) -> String {
-        let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+,:=@%".contains(c);
-        if !s.is_empty() && s.chars().all(plain) {
-            s.to_string()
-        } else {
-            format!("'{}'", s.replace('\'', r"'\''"))
-        }
-    }
-    let mut c = String::from("envseal encrypt");
-    for s in &p.sources {
-        let path = B64
-            .decode(s)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default();
-        c += &format!(" {}", quoted(&path));
-    }
-    c += &format!(" -o {}", quoted(&vault.display().to_string()));
-    if let Some(k) = &p.key {
-        c += &format!(" --key {}", quoted(k));
-    }
-    if p.kms != "local" {
-        c += &format!(" --kms {}", quoted(&p.kms));
-    }
-    if p.segment_size != format::DEFAULT_SEGMENT_SIZE {
-        c += &format!(" --segment-size {}KiB", p.segment_size / 1024);
-    }
-    for e in &p.excludes {
-        c += &format!(" --exclude {}", quoted(e));
-    }
-    if p.conceal_names {
-        c += " --conceal-names";
-    }
-    c
 }
 
 /// A run of the same command that wrote its manifest is finished, whatever moment it was
@@ -1258,7 +1177,7 @@ fn command_of(vault: &Path, p: &RunParams) -> String {
 /// Then compares the sources with the vault by metadata (nothing is read): the report's
 /// `finished_before` says whether they still match.
 fn finished_run(
-    vault: &Path,
+    vault: &dyn Store,
     params: &RunParams,
     kms: &Kms,
     sources: &[PathBuf],
@@ -1266,7 +1185,7 @@ fn finished_run(
     progress: &dyn Progress,
 ) -> Result<Option<EncryptReport>> {
     use crate::journal::Head;
-    if !vault.join(layout::MANIFEST).exists() {
+    if vault.len(layout::MANIFEST)?.is_none() {
         return Ok(None);
     }
     let head = match crate::journal::head(vault)? {
@@ -1435,7 +1354,7 @@ fn compare_sources(
 /// flight, which would otherwise pile up over repeated kills); and puts back the key file of
 /// a journaled batch if it is missing (the journal holds the same wrappings).
 fn tidy_resumed(
-    vault: &Path,
+    vault: &dyn Store,
     vault_id: &[u8; ID_LEN],
     batches: &[Batch],
     objects: &[[u8; ID_LEN]],
@@ -1444,7 +1363,7 @@ fn tidy_resumed(
 ) -> Result<()> {
     crate::leftovers::sweep_root(vault, batches)?;
     for b in batches {
-        if !vault.join(b.keys_file()).exists() {
+        if vault.len(&b.keys_file())?.is_none() {
             crate::manifest::write_key_file(vault, vault_id, b)?;
         }
     }
@@ -1462,14 +1381,14 @@ fn tidy_resumed(
 /// The vault directory this run created to lock it: removed again (if still empty) when the
 /// run fails before it wrote anything, as if it had never been made.
 struct Created<'a> {
-    vault: &'a Path,
+    vault: &'a dyn Store,
     armed: bool,
 }
 
 impl Drop for Created<'_> {
     fn drop(&mut self) {
         if self.armed {
-            let _ = fs::remove_dir(self.vault);
+            self.vault.remove_empty(true);
         }
     }
 }
@@ -1480,7 +1399,7 @@ impl Drop for Created<'_> {
 /// same `-o` can be used again with other arguments. Best effort: `remove_dir` only removes
 /// empty directories.
 struct Unstarted<'a> {
-    vault: &'a Path,
+    vault: &'a dyn Store,
     vault_existed: bool,
     armed: bool,
 }
@@ -1493,11 +1412,8 @@ impl Drop for Unstarted<'_> {
         // Key files first and the journal last: a kill in between leaves a journal, whose
         // rerun sweeps the rest.
         let _ = crate::leftovers::sweep_root(self.vault, &[]);
-        let _ = fs::remove_file(self.vault.join(layout::JOURNAL));
-        let _ = fs::remove_dir(self.vault.join(layout::OBJECTS_DIR));
-        if !self.vault_existed {
-            let _ = fs::remove_dir(self.vault);
-        }
+        let _ = self.vault.remove(layout::JOURNAL);
+        self.vault.remove_empty(!self.vault_existed);
     }
 }
 

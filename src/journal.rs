@@ -9,19 +9,18 @@
 //! is synced; a `gen` line starts the entries of a resumed run. The entries of the last
 //! generation are the manifest's entries; earlier generations only feed the resume.
 
-use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Seek, SeekFrom, Write};
-use std::os::unix::io::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::io::BufReader;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use zeroize::Zeroizing;
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::format::{self, layout, ID_LEN};
 use crate::kms::WrappedKey;
+pub use crate::manifest::SourceId;
 use crate::manifest::{Batch, Lines};
+use crate::store::{Log, Store};
 
 /// The arguments that define a run; a resume must present the same ones.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -62,17 +61,6 @@ struct BatchLine {
     id: String,
     key_commitment: String,
     wrapped: Vec<WrappedKey>,
-}
-
-/// What a source file was when it was read: a resume reuses its entry only if the file is
-/// still the same (device, inode, size, mtime in the entry, ctime here).
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct SourceId {
-    pub dev: u64,
-    pub ino: u64,
-    pub ctime: i64,
-    pub ctime_nsec: u32,
 }
 
 /// An authenticated record of an existing journal.
@@ -133,25 +121,13 @@ struct MacLine<'a> {
 /// `{"mac":"` + 64 hex digits + `",`: the fixed start of every authenticated line.
 const MAC_PREFIX_LEN: usize = 8 + 64 + 2;
 
-/// An open journal, locked against a second concurrent run.
+/// An open journal (its run holds the vault's lock).
 pub struct Journal {
-    file: File,
-    path: PathBuf,
+    log: Box<dyn Log>,
+    what: String,
     mac_key: Option<Zeroizing<[u8; 32]>>,
-    /// Where appends go (the file's length).
-    len: u64,
     vault_id: String,
     params: RunParams,
-}
-
-/// The temporary name of a journal being created (a rerun removes one a kill left).
-pub const TMP: &str = "journal.tmp";
-
-fn remove_if_present(p: &Path) -> Result<()> {
-    match std::fs::remove_file(p) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(p, e)),
-        _ => Ok(()),
-    }
 }
 
 /// What an existing journal holds, before its authenticated lines are checked.
@@ -162,18 +138,6 @@ pub struct Loaded {
     authed: Vec<(Vec<u8>, u64, u64)>,
     /// Offset just past the last structurally valid line.
     good_end: u64,
-}
-
-fn lock(file: &File, path: &Path) -> Result<()> {
-    // SAFETY: flock on a valid, open descriptor.
-    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if r != 0 {
-        return Err(Error::Runtime(format!(
-            "{}: another envseal run is using this vault",
-            path.display()
-        )));
-    }
-    Ok(())
 }
 
 fn json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
@@ -199,43 +163,22 @@ fn mac_line(key: &[u8; 32], rest: &[u8]) -> Vec<u8> {
 }
 
 impl Journal {
-    /// Starts a new journal with its run record, durably and atomically: the record is
-    /// written and synced under a temporary name that is then linked into place, so a
+    /// Starts a new journal with its run record, durably and atomically: a
     /// `journal.jsonl` never exists without its run record (a kill at any moment leaves
-    /// either no journal, and at most the temporary file a rerun removes, or a whole one).
-    pub fn create(vault: &Path, run: &RunRecord) -> Result<Journal> {
-        let path = vault.join(layout::JOURNAL);
-        let tmp = vault.join(TMP);
-        remove_if_present(&tmp)?;
-        let mut file = OpenOptions::new()
-            .create_new(true)
-            .read(true)
-            .write(true)
-            .open(&tmp)
-            .at(&tmp)?;
-        lock(&file, &tmp)?;
+    /// either no journal, or a whole one), and one another run put there first is never
+    /// replaced.
+    pub fn create(store: &dyn Store, run: &RunRecord) -> Result<Journal> {
         let line = json(run)?;
-        file.write_all(&line).at(&tmp)?;
-        file.sync_all().at(&tmp)?;
-        // A link, not a rename: it never replaces a journal another run put there first.
-        match std::fs::hard_link(&tmp, &path) {
-            Ok(()) => remove_if_present(&tmp)?,
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(Error::Runtime(format!(
-                    "{}: another envseal run created this journal",
-                    path.display()
-                )));
-            }
-            // Filesystems without hard links: a rename (the run record is in place either way).
-            Err(_) => std::fs::rename(&tmp, &path).at(&path)?,
-        }
-        crate::manifest::sync_dir(vault)?;
+        let Some(log) = store.create_log(layout::JOURNAL, &line)? else {
+            return Err(Error::Runtime(format!(
+                "{}: another envseal run created this journal",
+                store.describe(layout::JOURNAL)
+            )));
+        };
         Ok(Journal {
-            file,
-            path,
+            log,
+            what: store.describe(layout::JOURNAL),
             mac_key: None,
-            len: line.len() as u64,
             vault_id: run.vault_id.clone(),
             params: run.params.clone(),
         })
@@ -243,19 +186,13 @@ impl Journal {
 
     /// Opens an existing journal for resuming: parses its structure; the authenticated lines
     /// are checked by [`Journal::authenticated`] once the first batch key is known.
-    pub fn open(vault: &Path) -> Result<(Journal, Loaded)> {
-        let path = vault.join(layout::JOURNAL);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags_nonblock()
-            .open(&path)
-            .at(&path)?;
-        crate::vault::check_regular(&file, &path)?;
-        lock(&file, &path)?;
-        let what = path.display().to_string();
-        let len = file.metadata().at(&path)?.len();
-        let mut lines = Lines::new(BufReader::new(&file), &path);
+    pub fn open(store: &dyn Store) -> Result<(Journal, Loaded)> {
+        let what = store.describe(layout::JOURNAL);
+        let Some((log, body)) = store.open_log(layout::JOURNAL)? else {
+            return Err(Error::format(&what, "no journal"));
+        };
+        let len = body.len() as u64;
+        let mut lines = Lines::new(&body[..], &what);
         let mut run: Option<RunRecord> = None;
         let mut batches = Vec::new();
         let mut authed = Vec::new();
@@ -311,10 +248,9 @@ impl Journal {
             return Err(Error::format(&what, "journal of another format version"));
         }
         let journal = Journal {
-            file,
-            path,
+            log,
+            what,
             mac_key: None,
-            len: good_end,
             vault_id: run.vault_id.clone(),
             params: run.params.clone(),
         };
@@ -347,7 +283,7 @@ impl Journal {
     pub fn authenticated(&mut self, loaded: &Loaded) -> Result<Vec<Record>> {
         let mut out = Vec::with_capacity(loaded.authed.len());
         let mut end = loaded.good_end;
-        let what = self.path.display().to_string();
+        let what = self.what.clone();
         for (line, start, stop) in &loaded.authed {
             match self.parse_authed(line) {
                 Some(r) => out.push(r),
@@ -363,9 +299,9 @@ impl Journal {
                 }
             }
         }
-        self.file.set_len(end).at(&self.path)?;
-        self.file.seek(SeekFrom::Start(end)).at(&self.path)?;
-        self.len = end;
+        if end != self.log.position() {
+            self.log.truncate(end)?;
+        }
         Ok(out)
     }
 
@@ -422,16 +358,9 @@ impl Journal {
         }
     }
 
-    fn append(&mut self, bytes: &[u8]) -> Result<()> {
-        use std::os::unix::fs::FileExt;
-        self.file.write_all_at(bytes, self.len).at(&self.path)?;
-        self.len += bytes.len() as u64;
-        Ok(())
-    }
-
     /// The offset where the next record goes.
     pub fn position(&self) -> u64 {
-        self.len
+        self.log.position()
     }
 
     /// Appends a batch record durably (before any of its ciphertext is written).
@@ -443,8 +372,7 @@ impl Journal {
             key_commitment: format::to_hex(&b.key_commitment),
             wrapped: b.wrapped.clone(),
         })?;
-        self.append(&line)?;
-        self.file.sync_data().at(&self.path)
+        self.log.append(&line)
     }
 
     /// Queues an authenticated line for the next [`Journal::write_queued`].
@@ -492,18 +420,16 @@ impl Journal {
         if lines.is_empty() {
             return Ok(());
         }
-        self.append(lines)?;
-        self.file.sync_data().at(&self.path)
+        self.log.append(lines)
     }
 
     /// Reads back the entries written from `from` on (this run's generation), in order: the
     /// manifest's entries. Each line is authenticated again (the file is on disk, and could
     /// have changed since it was written).
     pub fn entries_from(&self, from: u64, mut each: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
-        let mut f = self.file.try_clone().at(&self.path)?;
-        f.seek(SeekFrom::Start(from)).at(&self.path)?;
-        let mut lines = Lines::new(BufReader::with_capacity(1 << 20, f), &self.path);
-        let what = self.path.display().to_string();
+        let what = self.what.clone();
+        let f = self.log.read_from(from)?;
+        let mut lines = Lines::new(BufReader::with_capacity(1 << 20, f), &what);
         while let Some(line) = lines.next_line()? {
             if !line.starts_with(b"{\"mac\":\"") {
                 continue; // a batch record of this run
@@ -525,9 +451,10 @@ impl Journal {
     /// Once the manifest is durable: replaces the journal (atomically) by the receipt of the
     /// finished run, so that the same command run again (after a kill at any later moment)
     /// knows the vault is its own and finished.
-    pub fn finish(self, vault: &Path) -> Result<()> {
+    pub fn finish(self, store: &dyn Store) -> Result<()> {
         let mac = params_mac(self.key()?, &self.params)?;
-        write_receipt(vault, &self.vault_id, &mac)
+        drop(self.log);
+        write_receipt(store, &self.vault_id, &mac)
     }
 }
 
@@ -552,15 +479,15 @@ pub fn params_mac(key: &[u8; 32], params: &RunParams) -> Result<String> {
     Ok(h.finalize().to_hex().to_string())
 }
 
-/// Writes the receipt in place of the journal (temporary file, sync, rename, sync).
-pub fn write_receipt(vault: &Path, vault_id: &str, params_mac: &str) -> Result<()> {
+/// Writes the receipt in place of the journal, atomically.
+pub fn write_receipt(store: &dyn Store, vault_id: &str, params_mac: &str) -> Result<()> {
     let line = json(&Receipt {
         kind: "finished".into(),
         format: format::FORMAT_VERSION,
         vault_id: vault_id.into(),
         params_mac: params_mac.into(),
     })?;
-    crate::manifest::write_atomic(&vault.join(layout::JOURNAL), &line)
+    store.replace(layout::JOURNAL, &line)
 }
 
 /// What the first line of a vault's journal says, read without locking and within the line
@@ -573,19 +500,16 @@ pub enum Head {
 }
 
 /// Reads the first line of `journal.jsonl` (a regular file only, at most one line's limit).
-pub fn head(vault: &Path) -> Result<Option<Head>> {
+pub fn head(store: &dyn Store) -> Result<Option<Head>> {
+    use crate::error::IoContext;
     use std::io::Read;
-    let path = vault.join(layout::JOURNAL);
-    let f = match crate::vault::open_regular(&path) {
-        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(None)
-        }
-        r => r?,
+    let Some(f) = store.reader(layout::JOURNAL)? else {
+        return Ok(None);
     };
     let mut buf = Vec::new();
     f.take(format::MAX_MANIFEST_LINE as u64 + 1)
         .read_to_end(&mut buf)
-        .at(&path)?;
+        .at(store.describe(layout::JOURNAL))?;
     let Some(end) = buf.iter().position(|&b| b == b'\n') else {
         return Ok(Some(Head::Unreadable));
     };
@@ -605,11 +529,11 @@ pub fn head(vault: &Path) -> Result<Option<Head>> {
 
 /// What to tell a reader (`verify`, `decrypt`, `ls`) of a vault without a manifest that has
 /// a journal: the exact command that finishes it, or that there is nothing to finish.
-pub fn resume_hint(vault: &Path) -> String {
-    match head(vault) {
+pub fn resume_hint(store: &dyn Store) -> String {
+    match head(store) {
         Ok(Some(Head::Run(r))) => format!(
             "the vault is unfinished: run `{}` again to finish it (an encrypt of the same sources with the same options resumes)",
-            resume_command(vault, &r.params)
+            resume_command(&store.url(), &r.params)
         ),
         Ok(Some(Head::Finished(_))) => {
             "the vault has lost its manifest.jsonl (its journal says it was finished): restore the manifest from a backup".into()
@@ -618,8 +542,11 @@ pub fn resume_hint(vault: &Path) -> String {
     }
 }
 
-/// The `envseal encrypt` command line of a run (paths shown lossily if not UTF-8).
-pub fn resume_command(vault: &Path, p: &RunParams) -> String {
+/// The `envseal encrypt` command line of a run: what a resume hint, the "started by"
+/// refusal and the full-disk advice all name (paths shown lossily if not UTF-8). Options at
+/// their defaults are left out; every key, `--since` and the rest are spelled, so that the
+/// command is the very run the journal records.
+pub fn resume_command(vault: &str, p: &RunParams) -> String {
     use base64::Engine;
     let quote = |s: &str| {
         if !s.is_empty()
@@ -631,39 +558,46 @@ pub fn resume_command(vault: &Path, p: &RunParams) -> String {
             format!("'{}'", s.replace('\'', r"'\''"))
         }
     };
+    let decoded = |s: &str| {
+        base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    };
     let mut c = String::from("envseal encrypt");
-    if let Some(k) = &p.key {
+    for s in &p.sources {
+        c += &format!(" {}", quote(&decoded(s)));
+    }
+    c += &format!(" -o {}", quote(vault));
+    // The first key is the one new batches are generated under: spelled whenever others
+    // follow it, as the order of `--key` flags decides it.
+    let first = match (&p.key, p.also_keys.is_empty()) {
+        (Some(k), _) => Some(k.as_str()),
+        (None, false) => Some(crate::kms::DEFAULT_ALIAS),
+        (None, true) => None,
+    };
+    if let Some(k) = first {
         c += &format!(" --key {}", quote(k));
     }
-    c += &format!(" --kms {}", quote(&p.kms));
-    c += &format!(" --segment-size {}", p.segment_size);
-    if p.conceal_names {
-        c += " --conceal-names";
+    for k in &p.also_keys {
+        c += &format!(" --key {}", quote(k));
+    }
+    if p.kms != "local" {
+        c += &format!(" --kms {}", quote(&p.kms));
+    }
+    if p.segment_size != format::DEFAULT_SEGMENT_SIZE {
+        c += &format!(" --segment-size {}KiB", p.segment_size / 1024);
     }
     for e in &p.excludes {
         c += &format!(" --exclude {}", quote(e));
     }
-    c += &format!(" -o {}", quote(&vault.display().to_string()));
-    for s in &p.sources {
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(s)
-            .unwrap_or_default();
-        c += &format!(" {}", quote(&String::from_utf8_lossy(&bytes)));
+    if p.conceal_names {
+        c += " --conceal-names";
+    }
+    if let Some(s) = &p.since {
+        c += &format!(" --since {}", quote(&decoded(s)));
     }
     c
-}
-
-/// `O_NONBLOCK` on open, so that a FIFO planted in a vault does not hang the reader; regular
-/// files ignore it.
-trait NonBlock {
-    fn custom_flags_nonblock(&mut self) -> &mut Self;
-}
-
-impl NonBlock for OpenOptions {
-    fn custom_flags_nonblock(&mut self) -> &mut Self {
-        use std::os::unix::fs::OpenOptionsExt;
-        self.custom_flags(libc::O_NONBLOCK)
-    }
 }
 
 #[cfg(test)]
@@ -705,11 +639,31 @@ mod tests {
             .collect()
     }
 
+    /// The command a hint names is the run the journal records: every key in order (the
+    /// default one spelled when others follow), non-default options, and `--since`.
+    #[test]
+    fn the_command_line_spells_every_key_and_since() {
+        use base64::Engine;
+        let mut p = run().params;
+        assert_eq!(
+            resume_command("/v", &p),
+            "envseal encrypt /t -o /v --segment-size 4KiB"
+        );
+        p.also_keys = vec!["aliyun:http://h:1#alias/b".into()];
+        p.since = Some(base64::engine::general_purpose::STANDARD.encode("/old vault"));
+        assert_eq!(
+            resume_command("/v", &p),
+            "envseal encrypt /t -o /v --key alias/envseal/default --key 'aliyun:http://h:1#alias/b' --segment-size 4KiB --since '/old vault'"
+        );
+    }
+
     /// Done records survive a reopen, and a torn last line is cut off (also one torn just
     /// before its newline, which parses) while the records before it are kept.
     #[test]
     fn done_records_survive_reopen_and_a_torn_tail_is_cut() {
+        use std::fs::OpenOptions;
         let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::local::LocalStore::new(dir.path());
         let key = || Zeroizing::new([7u8; 32]);
         let src = SourceId {
             dev: 1,
@@ -718,7 +672,7 @@ mod tests {
             ctime_nsec: 4,
         };
         {
-            let mut j = Journal::create(dir.path(), &run()).unwrap();
+            let mut j = Journal::create(&store, &run()).unwrap();
             j.set_mac_key(key());
             let mut l = j.done_line(Some(&src), &rec(1)).unwrap();
             l.extend(j.done_line(None, &rec(2)).unwrap());
@@ -732,14 +686,14 @@ mod tests {
             .unwrap()
             .set_len(len - 1)
             .unwrap();
-        let (mut j, loaded) = Journal::open(dir.path()).unwrap();
+        let (mut j, loaded) = Journal::open(&store).unwrap();
         assert_eq!(loaded.run.params, run().params);
         j.set_mac_key(key());
         assert_eq!(done_recs(&mut j, &loaded), vec![rec(1)]);
         let l = j.done_line(None, &rec(3)).unwrap();
         j.write_synced(&l).unwrap();
         drop(j);
-        let (mut j, loaded) = Journal::open(dir.path()).unwrap();
+        let (mut j, loaded) = Journal::open(&store).unwrap();
         j.set_mac_key(key());
         assert_eq!(done_recs(&mut j, &loaded), vec![rec(1), rec(3)]);
         assert!(!std::fs::read(&path).unwrap().contains(&0));
@@ -748,7 +702,7 @@ mod tests {
         let text = std::fs::read(&path).unwrap();
         let changed = String::from_utf8(text).unwrap().replace("t/f1", "t/f9");
         std::fs::write(&path, changed).unwrap();
-        let (mut j, loaded) = Journal::open(dir.path()).unwrap();
+        let (mut j, loaded) = Journal::open(&store).unwrap();
         j.set_mac_key(key());
         assert!(matches!(
             j.authenticated(&loaded),

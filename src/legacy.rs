@@ -32,6 +32,7 @@ use crate::keys::Kms;
 use crate::keyspec::KeySpec;
 use crate::kms::{EncryptionContext, WrappedKey};
 use crate::manifest::{self, Entry, EntryKind, FileEntry, Header, ManifestWriter, Name, ObjectRef};
+use crate::store::{Shape, Store};
 
 /// EAX nonce and tag length in the guide's files (pycryptodome's defaults).
 const NONCE_LEN: usize = 16;
@@ -57,7 +58,9 @@ pub struct LegacyFile {
 
 /// Parses one guide file; the error says what is wrong with it.
 pub fn parse(path: &Path) -> std::result::Result<LegacyFile, String> {
-    let f = crate::vault::open_regular(path).map_err(|e| e.to_string())?;
+    let f = crate::store::local::open_regular(path)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| "no such file".to_string())?;
     let mut text = String::new();
     f.take(MAX_LEGACY_FILE + 1)
         .read_to_string(&mut text)
@@ -170,7 +173,10 @@ pub enum ImportTo {
     /// A new vault of one batch, its data key generated under the first key and wrapped
     /// under the others (as `encrypt --key ... --key ...`). No keys: under the CMK that
     /// wrapped the guide files' data keys, at their KMS (as its `Decrypt` names it).
-    Vault { vault: PathBuf, keys: Vec<KeySpec> },
+    Vault {
+        vault: crate::store::Location,
+        keys: Vec<KeySpec>,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -256,7 +262,7 @@ pub fn import(opts: &ImportOptions, kms: &Kms, cancel: &AtomicBool) -> Result<Im
             } else {
                 keys.clone()
             };
-            write_vault(vault, &keys, kms, &opened)?;
+            write_vault(&*crate::store::open(vault)?, &keys, kms, &opened)?;
             report.batches = 1;
         }
     }
@@ -296,32 +302,31 @@ fn legacy_cmk(opened: &[(LegacyFile, Zeroizing<Vec<u8>>)], kms_url: &str) -> Res
 /// presence marks the vault finished; a vault killed before it has none and is refused by
 /// every reader). `files` are sorted by name (tree order for top-level entries).
 fn write_vault(
-    vault: &Path,
+    vault: &dyn Store,
     keys: &[KeySpec],
     kms: &Kms,
     files: &[(LegacyFile, Zeroizing<Vec<u8>>)],
 ) -> Result<()> {
     // One writer at a time (docs/LIFECYCLE.md); creates the directory if absent.
-    let _lock = crate::vault::VaultLock::acquire(vault, true)?;
-    if fs::read_dir(vault).at(vault)?.next().is_some() {
+    let _lock = vault.lock(true)?;
+    let shown = vault.url();
+    if !vault.list("")?.is_empty() {
         // An import killed before its manifest left only key files and objects that no
         // manifest will ever name: start it again (docs/RESUME.md, `import-legacy`).
-        if vault.join(layout::MANIFEST).exists() {
+        if vault.len(layout::MANIFEST)?.is_some() {
             return Err(Error::Usage(format!(
-                "{} is a finished vault; refusing to overwrite it (choose another -o)",
-                vault.display()
+                "{shown} is a finished vault; refusing to overwrite it (choose another -o)"
             )));
         }
         if !crate::leftovers::unfinished_import(vault)? {
             return Err(Error::Usage(format!(
-                "{} exists and is not empty; choose a new directory for the vault",
-                vault.display()
+                "{shown} exists and is not empty; choose a new directory for the vault"
             )));
         }
         crate::leftovers::clear_unfinished_import(vault)?;
     }
-    let vault_id: [u8; ID_LEN] = format::random().at(vault)?;
-    let batch_id: [u8; ID_LEN] = format::random().at(vault)?;
+    let vault_id: [u8; ID_LEN] = format::random().at(&shown)?;
+    let batch_id: [u8; ID_LEN] = format::random().at(&shown)?;
     let (batch, bk) = kms.generate_all(keys, &vault_id, batch_id)?;
     manifest::write_key_file(vault, &vault_id, &batch)?;
     let header = Header {
@@ -331,16 +336,14 @@ fn write_vault(
         segment_size: format::DEFAULT_SEGMENT_SIZE,
         conceal_names: false,
     };
-    let obj_id: [u8; ID_LEN] = format::random().at(vault)?;
-    let obj_path = vault.join(manifest::object_name(&obj_id));
-    let dir = obj_path.parent().unwrap_or(vault);
-    fs::create_dir_all(dir).at(dir)?;
-    let mut out = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&obj_path)
-        .at(&obj_path)?;
+    let obj_id: [u8; ID_LEN] = format::random().at(&shown)?;
+    // One object of every record, written in order (its length known at the end).
+    let shape = Shape {
+        len: None,
+        head: 0,
+        piece: crate::store::COPY_PIECE,
+    };
+    let mut out = vault.create_object(&manifest::object_name(&obj_id), shape)?;
     let mut entries = Vec::with_capacity(files.len());
     let mut off = 0u64;
     for (lf, pt) in files {
@@ -358,12 +361,12 @@ fn write_vault(
             plain_len: pt.len() as u64,
             vault_id,
             batch_id,
-            file_id: format::random().at(vault)?,
-            salt: format::random().at(vault)?,
+            file_id: format::random().at(&shown)?,
+            salt: format::random().at(&shown)?,
             commitment: [0; 32],
         };
         let (record, ct, pt_mac) = crate::object::seal_object(&bk, &mut h, pt);
-        out.write_all(&record).at(&obj_path)?;
+        out.write_at(off, &record)?;
         let md = fs::metadata(&lf.path).at(&lf.path)?;
         use std::os::unix::fs::MetadataExt;
         entries.push(Entry {
@@ -387,9 +390,8 @@ fn write_vault(
         });
         off += record.len() as u64;
     }
-    out.sync_all().at(&obj_path)?;
-    drop(out);
-    manifest::sync_dir(dir)?;
+    out.finish()?;
+    vault.barrier()?;
     let mut m = ManifestWriter::create(vault, &header)?;
     m.batch(&batch)?;
     m.object(&ObjectRef {
@@ -399,9 +401,7 @@ fn write_vault(
     for e in &entries {
         m.entry_line(&e.to_line(None)?)?;
     }
-    m.finish(&[&bk])?;
-    debug_assert!(vault.join(layout::MANIFEST).exists());
-    Ok(())
+    m.finish(&[&bk], false)
 }
 
 /// Writes a new file (never replacing one) with the mode and mtime of the guide file it

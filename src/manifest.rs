@@ -7,9 +7,7 @@
 //! so that no writer or reader holds the entries in memory and rewrapping a key replaces
 //! wrappings without touching the authenticated body.
 
-use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
-use std::path::{Path, PathBuf};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -19,6 +17,7 @@ use crate::crypto::{BatchKey, NameKey};
 use crate::error::{Error, IoContext, Result};
 use crate::format::{self, layout, DIGEST_LEN, ID_LEN, SALT_LEN};
 use crate::kms::WrappedKey;
+use crate::store::{NewFile, Store};
 
 /// Associated data for sealed names, so a sealed path cannot stand in for a link target.
 const AAD_PATH: &[u8] = b"envseal path";
@@ -28,6 +27,17 @@ const AAD_XATTRS: &[u8] = b"envseal xattrs";
 /// Attribute names are 1 to 255 bytes (Linux's limit); a list's size is bounded by its line's
 /// (docs/FORMAT.md §6.1, "Extended attributes").
 const MAX_XATTR_NAME: usize = 255;
+
+/// What a source file was when it was read: a resume reuses its entry only if the file is
+/// still the same (device, inode, size, mtime in the entry, ctime here).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SourceId {
+    pub dev: u64,
+    pub ino: u64,
+    pub ctime: i64,
+    pub ctime_nsec: u32,
+}
 
 /// An entry's extended attributes (docs/FORMAT.md §6.1): read in the clear, always stored
 /// sealed under the name key of batch 0 (names and values can hold secrets).
@@ -435,7 +445,7 @@ pub struct EntryLine {
     /// Files: the source as it was read (device, inode, ctime), so that `encrypt --since`
     /// can tell an unchanged file without reading it (§6.1).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub src: Option<crate::journal::SourceId>,
+    pub src: Option<SourceId>,
     /// Files: holes and zero extents, `[offset, length]` pairs (§6.4).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub holes: Option<Vec<[u64; 2]>>,
@@ -614,7 +624,7 @@ impl Entry {
     pub fn to_line_src(
         &self,
         name_key: Option<&NameKey>,
-        src: Option<&crate::journal::SourceId>,
+        src: Option<&SourceId>,
     ) -> Result<Vec<u8>> {
         let (path, path_b64, enc_path) = name_fields(&self.path, name_key, AAD_PATH)?;
         let mut r = EntryLine {
@@ -686,7 +696,7 @@ impl Entry {
     pub fn from_line_src(
         line: &[u8],
         h: &Header,
-    ) -> std::result::Result<(Entry, Option<crate::journal::SourceId>), String> {
+    ) -> std::result::Result<(Entry, Option<SourceId>), String> {
         // A writer checks its lines here too: one its readers refuse must never be written.
         if line.len() > format::MAX_MANIFEST_LINE {
             return Err("the entry's line is longer than 1 MiB".into());
@@ -1026,12 +1036,11 @@ fn body_mac(key: &BatchKey, body: &blake3::Hash, counts: [u64; 3]) -> blake3::Ha
     h.finalize()
 }
 
-/// Writes a manifest as a stream into a temporary file; [`ManifestWriter::finish`] adds the
-/// end record and renames it into place.
+/// Writes a manifest as a stream, published under its name only by
+/// [`ManifestWriter::finish`] (after the end record): a reader never sees a partial one.
 pub struct ManifestWriter {
-    out: BufWriter<File>,
-    tmp: PathBuf,
-    path: PathBuf,
+    out: BufWriter<Box<dyn NewFile>>,
+    what: String,
     body: blake3::Hasher,
     batches: u64,
     objects: u64,
@@ -1039,14 +1048,18 @@ pub struct ManifestWriter {
 }
 
 impl ManifestWriter {
-    pub fn create(vault: &Path, h: &Header) -> Result<ManifestWriter> {
-        let path = vault.join(layout::MANIFEST);
-        let tmp = path.with_extension("tmp");
-        let file = create_fresh(&tmp)?;
+    /// A new `manifest.jsonl` of `store`.
+    pub fn create(store: &dyn Store, h: &Header) -> Result<ManifestWriter> {
+        Self::create_named(store, layout::MANIFEST, h)
+    }
+
+    /// A new manifest under `name` (`rewrap` writes its replacement under another name,
+    /// reads it back, then puts it in place).
+    pub fn create_named(store: &dyn Store, name: &str, h: &Header) -> Result<ManifestWriter> {
+        let file = store.create_file(name)?;
         let mut w = ManifestWriter {
             out: BufWriter::with_capacity(1 << 20, file),
-            tmp,
-            path,
+            what: store.describe(name),
             body: blake3::Hasher::new(),
             batches: 0,
             objects: 0,
@@ -1072,8 +1085,8 @@ impl ManifestWriter {
             self.body.update(l);
             self.body.update(b"\n");
         }
-        self.out.write_all(l).at(&self.tmp)?;
-        self.out.write_all(b"\n").at(&self.tmp)
+        self.out.write_all(l).at(&self.what)?;
+        self.out.write_all(b"\n").at(&self.what)
     }
 
     /// A batch record and its wrappings; all batches come before any object.
@@ -1114,8 +1127,9 @@ impl ManifestWriter {
     }
 
     /// Adds the end record with one MAC per batch (`keys[i]` is batch i's key), then makes the
-    /// manifest durable under its final name.
-    pub fn finish(mut self, keys: &[&BatchKey]) -> Result<()> {
+    /// manifest durable under its name; `replace` = over one that is there (a rewrap), else
+    /// a manifest already there is an error (a finished vault is never overwritten).
+    pub fn finish(mut self, keys: &[&BatchKey], replace: bool) -> Result<()> {
         let body = self.body.finalize();
         let counts = [self.batches, self.objects, self.entries];
         let macs = keys
@@ -1137,26 +1151,15 @@ impl ManifestWriter {
         let file = self
             .out
             .into_inner()
-            .map_err(|e| Error::io(&self.tmp, e.into_error()))?;
-        file.sync_all().at(&self.tmp)?;
-        drop(file);
-        std::fs::rename(&self.tmp, &self.path).at(&self.path)?;
-        sync_dir(self.path.parent().unwrap_or(Path::new(".")))
+            .map_err(|e| Error::io(&self.what, e.into_error()))?;
+        if !file.commit(replace)? {
+            return Err(Error::Runtime(format!(
+                "{}: another run finished this vault first; nothing was overwritten",
+                self.what
+            )));
+        }
+        Ok(())
     }
-}
-
-/// Creates `path` anew: what is there (a stale file, or a planted symlink: the link, not its
-/// target) is removed first, and the new file is never opened through a link.
-pub fn create_fresh(path: &Path) -> Result<File> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(path, e)),
-        _ => {}
-    }
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .at(path)
 }
 
 /// The record types, by the prefix every record begins with.
@@ -1203,11 +1206,14 @@ fn kind_of(line: &[u8]) -> Option<Kind> {
         .map(|(_, k)| *k)
 }
 
+/// Why a store without a manifest is not a vault.
+pub const NOT_A_VAULT: &str = "not an envseal vault (no manifest.jsonl)";
+
 /// Reads a manifest as a stream: the header, batches and objects on open; entries one by one
 /// from [`ManifestReader::next_entry`], validated as they come; the end record last. Nothing
 /// read is authenticated until [`ManifestReader::authenticate`] succeeds after the last entry.
 pub struct ManifestReader {
-    lines: Lines<BufReader<File>>,
+    lines: Lines<BufReader<Box<dyn Read + Send>>>,
     what: String,
     pub header: Header,
     pub batches: Vec<Batch>,
@@ -1222,36 +1228,29 @@ pub struct ManifestReader {
     entries: u64,
     end: Option<EndLine>,
     /// The `src` of the entry last returned, if it had one.
-    last_src: Option<crate::journal::SourceId>,
+    last_src: Option<SourceId>,
 }
 
 impl ManifestReader {
-    /// Opens `vault/manifest.jsonl`, with a hint when the vault is unfinished or not a vault.
-    pub fn open(vault: &Path) -> Result<ManifestReader> {
-        let path = vault.join(layout::MANIFEST);
-        Self::open_file(vault, &path)
+    /// Opens the `manifest.jsonl` of `store`; an absent one is [`Error::Format`] "not an
+    /// envseal vault" (`vault::open_manifest` says more: an unfinished run, no directory).
+    pub fn open(store: &dyn Store) -> Result<ManifestReader> {
+        Self::open_named(store, layout::MANIFEST)
     }
 
-    /// Opens a manifest at `path` (in `vault`): `rewrap` reads back the manifest it wrote
-    /// under its temporary name before putting it in place.
-    pub fn open_file(vault: &Path, path: &Path) -> Result<ManifestReader> {
-        let path = path.to_path_buf();
-        let file = crate::vault::open_regular(&path).map_err(|e| match e {
-            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
-                let hint = if vault.join(layout::JOURNAL).exists() {
-                    crate::journal::resume_hint(vault)
-                } else if !vault.exists() {
-                    "no such directory".into()
-                } else {
-                    "not an envseal vault (no manifest.jsonl)".into()
-                };
-                Error::format(vault.display().to_string(), hint)
-            }
-            e => e,
-        })?;
-        let what = path.display().to_string();
+    /// Opens the manifest `name` of `store`: `rewrap` reads back the manifest it wrote
+    /// under another name before putting it in place.
+    pub fn open_named(store: &dyn Store, name: &str) -> Result<ManifestReader> {
+        let Some(file) = store.reader(name)? else {
+            return Err(Error::format(store.url(), NOT_A_VAULT));
+        };
+        Self::from_reader(file, store.describe(name))
+    }
+
+    /// Reads a manifest from `file`, named `what` in messages.
+    pub fn from_reader(file: Box<dyn Read + Send>, what: String) -> Result<ManifestReader> {
         let mut r = ManifestReader {
-            lines: Lines::new(BufReader::with_capacity(1 << 20, file), &path),
+            lines: Lines::new(BufReader::with_capacity(1 << 20, file), &what),
             what,
             header: Header {
                 vault_id: [0; ID_LEN],
@@ -1547,7 +1546,7 @@ impl ManifestReader {
     }
 
     /// The source identity (`src`) recorded with the entry last returned, if any.
-    pub fn last_src(&self) -> Option<crate::journal::SourceId> {
+    pub fn last_src(&self) -> Option<SourceId> {
         self.last_src
     }
 
@@ -1563,17 +1562,17 @@ pub struct Lines<R> {
     pub number: u64,
     /// Whether the line last returned ended with its newline (a torn last line does not).
     pub terminated: bool,
-    path: PathBuf,
+    what: String,
     buf: Vec<u8>,
 }
 
 impl<R: BufRead> Lines<R> {
-    pub fn new(reader: R, path: &Path) -> Self {
+    pub fn new(reader: R, what: &str) -> Self {
         Lines {
             reader,
             number: 0,
             terminated: true,
-            path: path.to_path_buf(),
+            what: what.to_string(),
             buf: Vec::new(),
         }
     }
@@ -1585,7 +1584,7 @@ impl<R: BufRead> Lines<R> {
         let n = (&mut self.reader)
             .take(format::MAX_MANIFEST_LINE as u64 + 1)
             .read_until(b'\n', &mut self.buf)
-            .at(&self.path)?;
+            .at(&self.what)?;
         if n == 0 {
             return Ok(None);
         }
@@ -1595,7 +1594,7 @@ impl<R: BufRead> Lines<R> {
             self.buf.pop();
         } else if self.buf.len() > format::MAX_MANIFEST_LINE {
             return Err(Error::format(
-                self.path.display().to_string(),
+                self.what.clone(),
                 format!("line {} is longer than the limit", self.number),
             ));
         }
@@ -1603,51 +1602,22 @@ impl<R: BufRead> Lines<R> {
     }
 }
 
-/// Writes a key file (`vault/keys-<batch>.json`) atomically.
-pub fn write_key_file(vault: &Path, vault_id: &[u8; ID_LEN], batch: &Batch) -> Result<()> {
+/// The bytes of a batch's key file (`keys-<batch>.json`, docs/FORMAT.md §5).
+pub fn key_file_bytes(vault_id: &[u8; ID_LEN], batch: &Batch) -> Result<Vec<u8>> {
     let mut body = serde_json::to_vec_pretty(&KeyFile::new(vault_id, batch))
         .map_err(|e| Error::Runtime(e.to_string()))?;
     body.push(b'\n');
-    write_atomic(&vault.join(batch.keys_file()), &body)
+    Ok(body)
 }
 
-/// Writes `data` to `path` via a temporary file, fsync and rename, then syncs the directory.
-pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = path.with_extension("tmp");
-    // The name is predictable and the directory may be writable by others: create it anew,
-    // never following a link.
-    let mut f = create_fresh(&tmp)?;
-    f.write_all(data).at(&tmp)?;
-    f.sync_all().at(&tmp)?;
-    drop(f);
-    std::fs::rename(&tmp, path).at(path)?;
-    sync_dir(dir)
-}
-
-/// Makes a directory's entries (new names, renames) durable.
-pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).at(dir)
+/// Writes a batch's key file atomically, replacing an older one (a rewrap's).
+pub fn write_key_file(store: &dyn Store, vault_id: &[u8; ID_LEN], batch: &Batch) -> Result<()> {
+    store.replace(&batch.keys_file(), &key_file_bytes(vault_id, batch)?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The temporary name of `manifest.jsonl` is predictable: a symlink planted there (by
-    /// anyone who can write the vault directory) must not be followed, which would overwrite
-    /// its target with the manifest.
-    #[test]
-    fn write_atomic_does_not_follow_a_planted_symlink() {
-        let dir = tempfile::tempdir().unwrap();
-        let victim = dir.path().join("victim");
-        std::fs::write(&victim, b"precious").unwrap();
-        let path = dir.path().join(layout::MANIFEST);
-        std::os::unix::fs::symlink(&victim, path.with_extension("tmp")).unwrap();
-        write_atomic(&path, b"manifest").unwrap();
-        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
-        assert_eq!(std::fs::read(&path).unwrap(), b"manifest");
-    }
 
     #[test]
     fn tree_order_accepts_a_walk_and_refuses_disorder() {
@@ -1922,7 +1892,7 @@ mod tests {
             text.push('\n');
         }
         std::fs::write(dir.path().join(layout::MANIFEST), text).unwrap();
-        let mut r = ManifestReader::open(dir.path())?;
+        let mut r = ManifestReader::open(&crate::store::local::LocalStore::new(dir.path()))?;
         while r.next_entry()?.is_some() {}
         Ok(())
     }

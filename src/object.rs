@@ -8,8 +8,8 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use rayon::prelude::*;
 
@@ -18,6 +18,7 @@ use crate::error::Error;
 use crate::format::{self, ObjectHeader, HEADER_LEN, TAG_LEN};
 use crate::manifest::{Batch, FileEntry, Header, ObjectRef};
 use crate::progress::Progress;
+use crate::store::{ReadAt, Store};
 
 /// Why an object could not be opened.
 #[derive(Debug)]
@@ -188,26 +189,26 @@ pub fn seal_object(
 /// What a record is read against: the vault's header, batches and objects, and the object
 /// files opened so far (a pack is opened once, not once per file in it).
 pub struct RecordCtx<'a> {
-    pub vault: &'a Path,
+    pub store: &'a dyn Store,
     pub header: &'a Header,
     pub batches: &'a [Batch],
     pub objects: &'a [ObjectRef],
     pub jobs: usize,
-    files: Vec<std::sync::OnceLock<File>>,
+    files: Vec<std::sync::OnceLock<Arc<dyn ReadAt>>>,
     /// Bytes of objects read so far (records only: `--only` reads no more than it needs).
     pub read: std::sync::atomic::AtomicU64,
 }
 
 impl<'a> RecordCtx<'a> {
     pub fn new(
-        vault: &'a Path,
+        store: &'a dyn Store,
         header: &'a Header,
         batches: &'a [Batch],
         objects: &'a [ObjectRef],
         jobs: usize,
     ) -> RecordCtx<'a> {
         RecordCtx {
-            vault,
+            store,
             header,
             batches,
             objects,
@@ -218,36 +219,31 @@ impl<'a> RecordCtx<'a> {
     }
 
     /// Object `i`, opened and its length checked on first use.
-    pub fn object(&self, i: u64) -> Result<&File, ObjectError> {
+    pub fn object(&self, i: u64) -> Result<&dyn ReadAt, ObjectError> {
         let cell = &self.files[i as usize];
         if let Some(f) = cell.get() {
-            return Ok(f);
+            return Ok(f.as_ref());
         }
-        let f = open_object_file(self.vault, &self.objects[i as usize])?;
-        Ok(cell.get_or_init(|| f))
+        let f = open_object_file(self.store, &self.objects[i as usize])?;
+        Ok(cell.get_or_init(|| f).as_ref())
     }
 }
 
-/// Opens an object file and checks its length against the manifest.
-pub fn open_object_file(vault: &Path, o: &ObjectRef) -> Result<File, ObjectError> {
-    let path = vault.join(o.name());
-    let obj = crate::vault::open_regular(&path).map_err(|e| match e {
-        Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
-            ObjectError::Missing(format!("object {} is missing", o.name()))
+/// Opens an object and checks its length against the manifest.
+pub fn open_object_file(store: &dyn Store, o: &ObjectRef) -> Result<Arc<dyn ReadAt>, ObjectError> {
+    let name = o.name();
+    let obj = match store.open(&name) {
+        Ok(Some(obj)) => obj,
+        Ok(None) => return Err(ObjectError::Missing(format!("object {name} is missing"))),
+        Err(Error::Integrity { why, .. }) => {
+            return Err(ObjectError::Integrity(format!("object {name}: {why}")))
         }
-        Error::Integrity { why, .. } => {
-            ObjectError::Integrity(format!("object {}: {why}", o.name()))
-        }
-        e => ObjectError::Io(e),
-    })?;
-    let len = obj
-        .metadata()
-        .map_err(|e| ObjectError::Io(Error::io(&path, e)))?
-        .len();
-    if len != o.len {
+        Err(e) => return Err(ObjectError::Io(e)),
+    };
+    if obj.len() != o.len {
         return Err(ObjectError::Integrity(format!(
-            "object {} is {len} bytes, expected {} (truncated or extended)",
-            o.name(),
+            "object {name} is {} bytes, expected {} (truncated or extended)",
+            obj.len(),
             o.len
         )));
     }
@@ -395,7 +391,7 @@ fn read_window(
         )
         .map_err(|e| {
             let name = ctx.objects[f.obj as usize].name();
-            ObjectError::Io(Error::io(ctx.vault.join(name), e))
+            ObjectError::Io(Error::io(ctx.store.describe(&name), e))
         })?;
     ctx.read.fetch_add(w.used as u64, Ordering::Relaxed);
     Ok(())
@@ -510,7 +506,7 @@ fn record_keys(
     let o = &ctx.objects[f.obj as usize];
     let name = o.name();
     let obj = ctx.object(f.obj)?;
-    let path = ctx.vault.join(&name);
+    let path = ctx.store.describe(&name);
     let seg = ctx.header.segment_size;
     let mut hb = [0u8; HEADER_LEN];
     obj.read_exact_at(&mut hb, f.off)
@@ -565,7 +561,7 @@ pub fn plaintext_matches(
 
 /// The ciphertext digest of a record read from `obj` (keyless verify).
 pub fn hash_record(
-    obj: &File,
+    obj: &dyn ReadAt,
     off: u64,
     size: u64,
     seg: u32,

@@ -15,11 +15,9 @@
 //! wrappings, after it the new ones; a kill among the key files leaves some key files behind
 //! the manifest (keyless `verify` reports them) until `rewrap` runs again, which rewrites
 //! every key file from the manifest. The vault's lock ([`crate::vault::VaultLock`]) keeps
-//! a second writer out, so no other run shares `manifest.tmp` or the key files.
+//! a second writer out, so no other run shares `manifest.new` or the key files.
 
-use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
-use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::crypto::BatchKey;
@@ -29,11 +27,12 @@ use crate::keys::Kms;
 use crate::keyspec::{self, KeySpec};
 use crate::kms::{KmsErrorKind, WrappedKey};
 use crate::manifest::{self, Batch, KeyFile, Lines, ManifestReader};
+use crate::store::Store;
 
 /// What to change.
 #[derive(Clone, Debug, Default)]
 pub struct RewrapOptions {
-    pub vault: PathBuf,
+    pub vault: crate::store::Location,
     /// The CMK to wrap every batch key under.
     pub key: Option<KeySpec>,
     /// Keep the existing wrappings beside the new one (otherwise it replaces them all).
@@ -64,7 +63,8 @@ pub struct RewrapReport {
 /// Rewraps a finished vault's batch keys (see the module documentation).
 pub fn rewrap(opts: &RewrapOptions, kms: &Kms) -> Result<RewrapReport> {
     let started = Instant::now();
-    let vault = &opts.vault;
+    let store = crate::store::open(&opts.vault)?;
+    let vault: &dyn Store = &*store;
     if opts.key.is_none() && opts.remove.is_empty() {
         return Err(Error::Usage(
             "rewrap: nothing to do; give --key <CMK> (with --add to keep the old wrappings) or --remove <CMK>".into(),
@@ -74,7 +74,7 @@ pub fn rewrap(opts: &RewrapOptions, kms: &Kms) -> Result<RewrapReport> {
         return Err(Error::Usage("rewrap --add needs --key <CMK>".into()));
     }
     // One writer at a time: two rewraps must not interleave their manifests and key files.
-    let _lock = crate::vault::VaultLock::acquire(vault, false)?;
+    let _lock = vault.lock(false)?;
     // A finished vault may keep its journal as a receipt (docs/FORMAT.md §7); any other
     // journal is an unfinished run.
     if !matches!(
@@ -83,7 +83,7 @@ pub fn rewrap(opts: &RewrapOptions, kms: &Kms) -> Result<RewrapReport> {
     ) {
         return Err(Error::Usage(format!(
             "{} holds an unfinished encrypt run; finish it (run the encrypt command again) before rewrapping",
-            vault.display()
+            vault.url()
         )));
     }
     let removes: Vec<(KeySpec, bool)> = opts
@@ -92,7 +92,7 @@ pub fn rewrap(opts: &RewrapOptions, kms: &Kms) -> Result<RewrapReport> {
         .map(|r| Ok((KeySpec::parse(r, "local")?, r.contains('#'))))
         .collect::<Result<_>>()?;
 
-    let reader = ManifestReader::open(vault)?;
+    let reader = crate::vault::open_manifest(vault)?;
     let vault_id = reader.header.vault_id;
     let old: Vec<Batch> = reader.batches.clone();
     drop(reader);
@@ -231,58 +231,57 @@ fn new_wrapping(
     Ok((w, bk, re))
 }
 
-fn read_key_file(vault: &Path, b: &Batch) -> Option<KeyFile> {
-    use std::io::Read;
-    let f = crate::vault::open_regular(&vault.join(b.keys_file())).ok()?;
-    let mut d = Vec::new();
-    f.take(crate::format::MAX_KEY_FILE + 1)
-        .read_to_end(&mut d)
-        .ok()?;
+fn read_key_file(vault: &dyn Store, b: &Batch) -> Option<KeyFile> {
+    let d = vault
+        .get(&b.keys_file(), crate::format::MAX_KEY_FILE)
+        .ok()??;
     serde_json::from_slice(&d).ok()
 }
 
-/// Writes the manifest with the new wrap lines under a temporary name, every other line
+/// Writes the manifest with the new wrap lines under a staged name, every other line
 /// copied byte for byte; reads it back and authenticates it with every batch key; then
-/// renames it into place.
-fn replace_manifest(vault: &Path, batches: &[Batch], keys: &[BatchKey]) -> Result<()> {
-    let path = vault.join(layout::MANIFEST);
-    let tmp = path.with_extension("tmp");
-    let src = crate::vault::open_regular(&path)?;
-    let mut lines = Lines::new(BufReader::with_capacity(1 << 20, src), &path);
-    let mut out = BufWriter::with_capacity(1 << 20, manifest::create_fresh(&tmp)?);
+/// puts it in place of the old one.
+fn replace_manifest(vault: &dyn Store, batches: &[Batch], keys: &[BatchKey]) -> Result<()> {
+    let what = vault.describe(layout::MANIFEST);
+    let staged = layout::MANIFEST_STAGED;
+    let src = vault
+        .reader(layout::MANIFEST)?
+        .ok_or_else(|| Error::format(&what, "the manifest vanished"))?;
+    let mut lines = Lines::new(BufReader::with_capacity(1 << 20, src), &what);
+    vault.remove(staged)?;
+    let mut out = BufWriter::with_capacity(1 << 20, vault.create_file(staged)?);
+    let shown = vault.describe(staged);
     let mut batch_index = 0usize;
     while let Some(line) = lines.next_line()? {
         if manifest::is_wrap_line(&line) {
             continue;
         }
-        out.write_all(&line).at(&tmp)?;
-        out.write_all(b"\n").at(&tmp)?;
+        out.write_all(&line).at(&shown)?;
+        out.write_all(b"\n").at(&shown)?;
         if manifest::is_batch_line(&line) {
-            let b = batches.get(batch_index).ok_or_else(|| {
-                Error::integrity(path.display().to_string(), "more batches than first read")
-            })?;
+            let b = batches
+                .get(batch_index)
+                .ok_or_else(|| Error::integrity(&what, "more batches than first read"))?;
             for w in &b.wrapped {
                 out.write_all(&manifest::wrap_line(batch_index as u32, w)?)
-                    .at(&tmp)?;
-                out.write_all(b"\n").at(&tmp)?;
+                    .at(&shown)?;
+                out.write_all(b"\n").at(&shown)?;
             }
             batch_index += 1;
         }
     }
-    let file: File = out
+    let file = out
         .into_inner()
-        .map_err(|e| Error::io(&tmp, e.into_error()))?;
-    file.sync_all().at(&tmp)?;
-    drop(file);
+        .map_err(|e| Error::io(&shown, e.into_error()))?;
+    file.commit(true)?;
 
     // Read back: the same batches with the new wrappings, and a body every key authenticates
     // (which also proves the body was copied unchanged).
     let check = (|| -> Result<()> {
-        let mut r = ManifestReader::open_file(vault, &tmp)?;
+        let mut r = ManifestReader::open_named(vault, staged)?;
         if r.batches != batches {
             return Err(Error::Runtime(format!(
-                "{}: the rewritten manifest does not hold the intended wrappings",
-                tmp.display()
+                "{shown}: the rewritten manifest does not hold the intended wrappings"
             )));
         }
         while r.next_entry()?.is_some() {}
@@ -292,9 +291,8 @@ fn replace_manifest(vault: &Path, batches: &[Batch], keys: &[BatchKey]) -> Resul
         Ok(())
     })();
     if let Err(e) = check {
-        let _ = std::fs::remove_file(&tmp);
+        let _ = vault.remove(staged);
         return Err(e);
     }
-    std::fs::rename(&tmp, &path).at(&path)?;
-    manifest::sync_dir(vault)
+    vault.rename_over(staged, layout::MANIFEST)
 }

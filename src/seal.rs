@@ -393,11 +393,10 @@ pub struct Resumed {
 pub fn resume_large(
     ctx: &SealCtx,
     key: &BatchKey,
-    obj: &std::fs::File,
+    obj: &dyn crate::store::ReadAt,
     size: u64,
     segs: u64,
 ) -> Option<Resumed> {
-    use std::os::unix::fs::FileExt;
     let seg = ctx.segment_size;
     let n = format::segment_count(size, seg);
     if segs == 0 || segs >= n {

@@ -10,21 +10,20 @@
 //! run finishes. The new vault is complete by itself: it reads nothing of the earlier one.
 
 use std::collections::HashMap;
-use std::fs;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::crypto::BatchKey;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::format::ID_LEN;
 use crate::journal::{Journal, SourceId};
 use crate::keys::Kms;
 use crate::manifest::{self, Batch, Entry, ObjectRef};
+use crate::store::Store;
 use crate::vault;
 
 /// What an incremental run takes from the earlier vault.
 pub struct Earlier {
-    pub path: PathBuf,
+    pub store: Arc<dyn Store>,
     pub vault_id: [u8; ID_LEN],
     pub segment_size: u32,
     pub batches: Vec<Batch>,
@@ -37,8 +36,8 @@ pub struct Earlier {
 impl Earlier {
     /// Opens the earlier vault with its keys (one `Decrypt` per batch) and reads and
     /// authenticates its manifest.
-    pub fn load(path: &Path, kms: &Kms) -> Result<Earlier> {
-        let mut u = vault::unlock(path, kms)?;
+    pub fn load(store: Arc<dyn Store>, kms: &Kms) -> Result<Earlier> {
+        let mut u = vault::unlock(&*store, kms)?;
         let mut files = HashMap::new();
         while let Some(e) = u.reader.next_entry()? {
             let (Some(src), Some(p)) = (u.reader.last_src(), e.path.clear()) else {
@@ -50,7 +49,7 @@ impl Earlier {
         }
         u.authenticate()?;
         Ok(Earlier {
-            path: path.to_path_buf(),
+            store,
             vault_id: u.reader.header.vault_id,
             segment_size: u.reader.header.segment_size,
             batches: u.reader.batches.clone(),
@@ -63,7 +62,7 @@ impl Earlier {
     /// Puts the earlier batches and objects into a new run's vault and journal, as batches
     /// `0..B` and objects `0..O` (the indices the earlier entries use): key files, journal
     /// batch records, objects linked (or copied), synced, then listed in the journal.
-    pub fn inherit(&self, vault: &Path, journal: &mut Journal) -> Result<()> {
+    pub fn inherit(&self, vault: &dyn Store, journal: &mut Journal) -> Result<()> {
         for (i, (b, k)) in self.batches.iter().zip(&self.keys).enumerate() {
             manifest::write_key_file(vault, &self.vault_id, b)?;
             journal.append_batch(i as u32, b)?;
@@ -75,61 +74,43 @@ impl Earlier {
         // names these objects yet, and the run's own tidying (an unstarted run removes its
         // key files and journal, then an empty `objects/`) must find the vault as it was,
         // so that the same command starts over once space is freed.
-        let mut made: Vec<PathBuf> = Vec::new();
+        let mut made: Vec<String> = Vec::new();
         let linked = (|| -> Result<Vec<u8>> {
             let mut lines = Vec::new();
             for (i, o) in self.objects.iter().enumerate() {
-                link_object(&self.path, vault, o, &mut made)?;
+                self.link_object(vault, o)?;
+                made.push(o.name());
                 lines.extend(journal.object_line(i as u64, &o.id)?);
             }
-            // The objects (copies) and their names are on disk before the journal names them.
-            crate::durable::sync_path(vault)?;
+            // The objects (copies) and their names are durable before the journal names them.
+            vault.barrier()?;
             Ok(lines)
         })();
         match linked {
             Ok(lines) => journal.write_synced(&lines),
             Err(e) => {
-                for p in made.iter().rev() {
-                    let _ = fs::remove_file(p).or_else(|_| fs::remove_dir(p));
+                for n in made.iter().rev() {
+                    let _ = vault.remove(n);
                 }
+                vault.remove_empty(false);
                 Err(e)
             }
         }
     }
 }
 
-/// Hard-links an earlier object into the new vault (objects are never modified once
-/// written), or copies it when the vaults are on different filesystems, under a temporary
-/// name renamed into place once whole: a copy cut short (a full disk, a kill) never holds
-/// an object's name. Its length is checked first. What it creates is added to `made`.
-fn link_object(
-    from_vault: &Path,
-    to_vault: &Path,
-    o: &ObjectRef,
-    made: &mut Vec<PathBuf>,
-) -> Result<()> {
-    crate::object::open_object_file(from_vault, o).map_err(|e| {
-        Error::Runtime(format!(
-            "the earlier vault {}: {e:?}; run `envseal verify` on it",
-            from_vault.display()
-        ))
-    })?;
-    let from = from_vault.join(o.name());
-    let to = to_vault.join(o.name());
-    let dir = to.parent().unwrap_or(to_vault);
-    if !dir.exists() {
-        fs::create_dir_all(dir).at(dir)?;
-        made.push(dir.to_path_buf());
+impl Earlier {
+    /// Puts an earlier object into the new vault: hard-linked (objects are never modified
+    /// once written) or copied by the storage service where it can, else copied through
+    /// this process; a copy cut short never holds the object's name. Its length is checked
+    /// first.
+    fn link_object(&self, to: &dyn Store, o: &ObjectRef) -> Result<()> {
+        crate::object::open_object_file(&*self.store, o).map_err(|e| {
+            Error::Runtime(format!(
+                "the earlier vault {}: {e:?}; run `envseal verify` on it",
+                self.store.url()
+            ))
+        })?;
+        crate::store::copy(&*self.store, to, &o.name())
     }
-    if fs::hard_link(&from, &to).is_ok() {
-        made.push(to);
-        return Ok(());
-    }
-    let tmp = to.with_extension("tmp");
-    made.push(tmp.clone());
-    fs::copy(&from, &tmp).at(&tmp)?;
-    fs::rename(&tmp, &to).at(&to)?;
-    made.pop();
-    made.push(to);
-    Ok(())
 }

@@ -10,9 +10,6 @@
 //! See docs/VERIFY.md.
 
 use std::collections::HashSet;
-use std::fs;
-use std::io::Read;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -21,9 +18,10 @@ use crate::crypto::BatchKey;
 use crate::error::{Error, Result};
 use crate::format::{self, layout};
 use crate::keys::Kms;
-use crate::manifest::{Batch, FileEntry, KeyFile, ManifestReader, ObjectRef};
+use crate::manifest::{Batch, FileEntry, KeyFile, ObjectRef};
 use crate::object::{hash_record, open_record, ObjectError, RecordCtx};
 use crate::progress::Progress;
+use crate::store::Store;
 use crate::vault;
 
 /// One problem found, by vault path (or object name for extra objects).
@@ -147,75 +145,58 @@ fn check_items(
     out
 }
 
-/// What the vault holds and the format does not name: files under `objects/` that no object
-/// record names (links not followed), and anything in the vault root but the manifest, the
-/// journal, `objects/` and the key files of the manifest's batches (a stray key file, a `.tmp`).
-fn extras(vault: &Path, batches: &[Batch], objects: &[ObjectRef]) -> Vec<Problem> {
+/// What the vault holds and the format does not name: objects no object record names
+/// (links not followed), and anything in the vault root but the manifest, the journal,
+/// `objects/` and the key files of the manifest's batches (a stray key file, a `.tmp`).
+fn extras(store: &dyn Store, batches: &[Batch], objects: &[ObjectRef]) -> Vec<Problem> {
     let extra = |path: String, detail: String| Problem {
         object: path.clone(),
         path,
         kind: ProblemKind::Extra,
         detail,
     };
+    let listed = match store.list("") {
+        Ok(l) => l,
+        Err(e) => return vec![extra(store.url(), format!("cannot list the vault: {e}"))],
+    };
     let named: HashSet<String> = objects.iter().map(|o| o.name()).collect();
-    let mut out = Vec::new();
-    match vault::object_files(vault) {
-        Ok(files) => out.extend(
-            files
-                .into_iter()
-                .filter(|p| !p.to_str().is_some_and(|s| named.contains(s)))
-                .map(|p| {
-                    let p = p.display().to_string();
-                    extra(p, "not an object named by the manifest".into())
-                }),
-        ),
-        Err(e) => out.push(extra(
-            layout::OBJECTS_DIR.into(),
-            format!("cannot list objects: {e}"),
-        )),
-    }
     let keys: HashSet<String> = batches.iter().map(|b| b.keys_file()).collect();
-    let format_names = [layout::MANIFEST, layout::JOURNAL, layout::OBJECTS_DIR];
-    let root = fs::read_dir(vault).and_then(|d| d.collect::<std::io::Result<Vec<_>>>());
-    match root {
-        Ok(root) => out.extend(root.into_iter().filter_map(|d| {
-            let name = d.file_name();
-            let known = name
-                .to_str()
-                .is_some_and(|n| format_names.contains(&n) || keys.contains(n));
-            (!known).then(|| {
-                let n = name.to_string_lossy().into_owned();
-                let why = if n == "manifest.tmp" {
-                    "not part of the vault format (left by an interrupted rewrap: run the same rewrap again)"
-                } else {
-                    "not part of the vault format"
-                };
-                extra(n, why.into())
-            })
-        })),
-        Err(e) => out.push(extra(
-            vault.display().to_string(),
-            format!("cannot list the vault: {e}"),
-        )),
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for l in listed {
+        if l.name.starts_with(layout::OBJECTS_PREFIX) {
+            if !(l.file && named.contains(&l.name)) {
+                out.push(extra(l.name, "not an object named by the manifest".into()));
+            }
+            continue;
+        }
+        // Anything else is reported once, by its name at the root.
+        let top = l.name.split('/').next().unwrap_or_default().to_string();
+        let known = l.file
+            && ([layout::MANIFEST, layout::JOURNAL].contains(&top.as_str()) || keys.contains(&top));
+        if known || !seen.insert(top.clone()) {
+            continue;
+        }
+        let why = if top == "manifest.tmp" || top == layout::MANIFEST_STAGED {
+            "not part of the vault format (left by an interrupted rewrap: run the same rewrap again)"
+        } else {
+            "not part of the vault format"
+        };
+        out.push(extra(top, why.into()));
     }
     out
 }
 
 /// Each batch's key file must exist and agree with the manifest: the same batch id and
 /// commitment, and the same wrappings (it is the manifest-free copy of them, §5).
-fn key_files(vault: &Path, vault_id: &[u8; 16], batches: &[Batch]) -> Vec<Problem> {
+fn key_files(store: &dyn Store, vault_id: &[u8; 16], batches: &[Batch]) -> Vec<Problem> {
     let mut out = Vec::new();
     for b in batches {
         let name = b.keys_file();
-        let p = vault.join(&name);
         // Untrusted input: a regular file, read at most to the limit (docs/FORMAT.md §8).
-        let mut d = Vec::new();
-        let read = vault::open_regular(&p)
-            .ok()
-            .and_then(|f| f.take(format::MAX_KEY_FILE + 1).read_to_end(&mut d).ok())
-            .is_some_and(|n| n as u64 <= format::MAX_KEY_FILE);
+        let read = store.get(&name, format::MAX_KEY_FILE).ok().flatten();
         let want = KeyFile::new(vault_id, b);
-        let detail = match read.then(|| serde_json::from_slice::<KeyFile>(&d).ok()).flatten() {
+        let detail = match read.and_then(|d| serde_json::from_slice::<KeyFile>(&d).ok()) {
             Some(kf) if kf == want => continue,
             // The same batch under other wrappings: a rewrap stopped between its manifest
             // (the commit point) and this key file.
@@ -238,7 +219,7 @@ fn key_files(vault: &Path, vault_id: &[u8; 16], batches: &[Batch]) -> Vec<Proble
 }
 
 pub fn verify(
-    vault: &Path,
+    store: &dyn Store,
     opts: &VerifyOptions,
     kms: Option<&Kms>,
     progress: &dyn Progress,
@@ -259,15 +240,15 @@ pub fn verify(
     };
     let (mut reader, keys) = if opts.deep {
         let kms = kms.ok_or_else(|| Error::Usage("verify --deep needs a KMS".into()))?;
-        let u = vault::unlock(vault, kms)?;
+        let u = vault::unlock(store, kms)?;
         (u.reader, Some(u.keys))
     } else {
-        (ManifestReader::open(vault)?, None)
+        (vault::open_manifest(store)?, None)
     };
     let header = reader.header.clone();
     let batches = reader.batches.clone();
     let objects = reader.objects.clone();
-    let ctx = RecordCtx::new(vault, &header, &batches, &objects, jobs);
+    let ctx = RecordCtx::new(store, &header, &batches, &objects, jobs);
     let total: u64 = objects.iter().map(|o| o.len).sum();
     progress.start(0, total);
     let problems: Mutex<Vec<Problem>> = Mutex::new(Vec::new());
@@ -343,8 +324,8 @@ pub fn verify(
         }
     }
     let mut problems = problems.into_inner().unwrap_or_default();
-    problems.extend(extras(vault, &batches, &objects));
-    problems.extend(key_files(vault, &header.vault_id, &batches));
+    problems.extend(extras(store, &batches, &objects));
+    problems.extend(key_files(store, &header.vault_id, &batches));
     report.files = files;
     report.bytes = bytes;
     report.problems = problems;

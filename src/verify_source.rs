@@ -18,8 +18,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -101,7 +100,7 @@ struct HashJob {
 
 /// Compares a vault with the live trees it was made from (see the module documentation).
 pub fn verify_source(
-    vault_dir: &Path,
+    store: &dyn crate::store::Store,
     opts: &SourceOptions,
     kms: &Kms,
     cancel: &AtomicBool,
@@ -119,7 +118,7 @@ pub fn verify_source(
     let exclude = walk::excludes(&opts.excludes)?;
 
     // The vault's entries under the compared tops, authenticated.
-    let mut u = vault::unlock(vault_dir, kms)?;
+    let mut u = vault::unlock(store, kms)?;
     let mut entries: Vec<Entry> = Vec::new();
     while let Some(e) = u.reader.next_entry()? {
         entries.push(e);
@@ -211,7 +210,7 @@ pub fn verify_source(
     // The digests, on all cores: one header read per file, then the source read once.
     let header = u.reader.header.clone();
     let ctx = RecordCtx::new(
-        vault_dir,
+        store,
         &header,
         &u.reader.batches,
         &u.reader.objects,

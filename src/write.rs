@@ -11,14 +11,11 @@
 //! record before any ciphertext of the batch; data written without per-file fsync; a group
 //! commit every [`COMMIT_EVERY`] (or [`COMMIT_LINES`] entries): `syncfs` of the vault, then
 //! the `object` and `done` lines and an `fdatasync` of the journal; at the end the manifest,
-//! then the journal removed. The `syncfs` runs on a thread of its own (`durable::Syncer`),
+//! then the journal removed. The `syncfs` runs on a thread of its own (`store::syncer::Syncer`),
 //! one at a time, while the writer goes on writing: the lines of a group wait for the sync that began
 //! after their data was written, so the disk writes back one group while the next is sealed.
 
 use std::collections::{BTreeMap, HashSet};
-use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,7 +23,6 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use crate::crypto::{BatchKey, CtDigest, NameKey, SegMac, TreeMac};
-use crate::durable::Syncer;
 use crate::error::{Error, IoContext, Result};
 use crate::format::{self, ID_LEN, SALT_LEN};
 use crate::journal::{Ckpt, Journal, SourceId};
@@ -35,6 +31,8 @@ use crate::manifest::{
 };
 use crate::progress::Progress;
 use crate::seal::{BufPool, ChunkOut, FileError, LargeFile, SealedWindow};
+use crate::store::syncer::Syncer;
+use crate::store::{ObjectWriter, Shape, Store};
 use crate::walk::{SourceEntry, SourceKind};
 
 /// Longest a finished file waits for its commit.
@@ -140,8 +138,7 @@ pub struct Written {
 struct LargeState {
     start: Box<LargeStart>,
     obj: u64,
-    out: File,
-    path: PathBuf,
+    out: Box<dyn ObjectWriter>,
     windows: u64,
     next: u64,
     waiting: BTreeMap<u64, (Vec<[u8; 32]>, Vec<SegMac>)>,
@@ -166,14 +163,14 @@ enum Unit {
 }
 
 struct Pack {
-    file: File,
+    out: Box<dyn ObjectWriter>,
     obj: u64,
     len: u64,
 }
 
 /// The writer's state; [`Writer::run`] consumes it.
 pub struct Writer<'a> {
-    pub vault: PathBuf,
+    pub store: Arc<dyn Store>,
     pub header: Header,
     pub journal: Journal,
     pub batches: Vec<Batch>,
@@ -213,7 +210,7 @@ pub struct Writer<'a> {
 impl<'a> Writer<'a> {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        vault: PathBuf,
+        store: Arc<dyn Store>,
         header: Header,
         journal: Journal,
         batches: Vec<Batch>,
@@ -229,7 +226,7 @@ impl<'a> Writer<'a> {
         };
         let gen_start = journal.position();
         Writer {
-            vault,
+            store,
             header,
             journal,
             referenced: vec![false; objects.len()],
@@ -324,7 +321,7 @@ impl<'a> Writer<'a> {
             Msg::Batch { batch, key } => {
                 // The journal's lines stay in the order they were made.
                 self.settle(true)?;
-                manifest::write_key_file(&self.vault, &self.header.vault_id, &batch)?;
+                manifest::write_key_file(&*self.store, &self.header.vault_id, &batch)?;
                 let index = self.batches.len() as u32;
                 self.journal.append_batch(index, &batch)?;
                 if self.keys.is_empty() {
@@ -365,25 +362,12 @@ impl<'a> Writer<'a> {
         Ok(())
     }
 
-    /// A new object file, listed in the journal (its data is synced before any entry names it).
-    fn new_object(&mut self) -> Result<(u64, File, PathBuf)> {
-        let id: [u8; ID_LEN] = format::random().at(&self.vault)?;
-        let rel = manifest::object_name(&id);
-        let path = self.vault.join(&rel);
-        let dir = path.parent().unwrap_or(&self.vault);
-        fs::create_dir_all(dir).at(dir)?;
-        // Objects stay inside the vault: never written through a symlink planted in objects/.
-        if !fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
-            return Err(Error::Runtime(format!(
-                "{} is not a directory (a symlink?); refusing to write objects through it",
-                dir.display()
-            )));
-        }
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .at(&path)?;
+    /// A new object, listed in the journal (its data is durable before any entry names it).
+    fn new_object(&mut self, shape: Shape) -> Result<(u64, Box<dyn ObjectWriter>)> {
+        let id: [u8; ID_LEN] = format::random().at(self.store.url())?;
+        let out = self
+            .store
+            .create_object(&manifest::object_name(&id), shape)?;
         let obj = self.objects.len() as u64;
         if obj >= format::MAX_OBJECTS {
             return Err(Error::Runtime("more objects than a vault holds".into()));
@@ -392,28 +376,49 @@ impl<'a> Writer<'a> {
         self.referenced.push(false);
         let line = self.journal.object_line(obj, &id)?;
         self.queue.extend(line);
-        Ok((obj, file, path))
+        Ok((obj, out))
+    }
+
+    /// How a large file's object is written: its header, then windows.
+    fn large_shape(&self, file: &LargeFile) -> Shape {
+        let seg = self.header.segment_size;
+        Shape {
+            len: Some(format::object_len(file.size, seg)),
+            head: format::HEADER_LEN as u64,
+            piece: file.window * (u64::from(seg) + format::TAG_LEN as u64),
+        }
     }
 
     fn open_large(&mut self, mut start: Box<LargeStart>) -> Result<LargeState> {
-        let (obj, out, path, next) = match start.resume {
+        let shape = self.large_shape(&start.file);
+        let resumed = match start.resume {
             Some((obj, next)) => {
                 let id = self
                     .objects
                     .get(obj as usize)
                     .ok_or_else(|| Error::Runtime("a checkpoint of an unknown object".into()))?;
-                let path = self.vault.join(manifest::object_name(id));
-                let out = OpenOptions::new()
-                    .write(true)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(&path)
-                    .at(&path)?;
-                (obj, out, path, next)
+                let kept =
+                    format::segment_offset(self.header.segment_size, next * start.file.window);
+                let name = manifest::object_name(id);
+                let out = self
+                    .store
+                    .resume_object(&name, shape, kept)?
+                    .ok_or_else(|| {
+                        Error::Runtime(format!(
+                            "{}: the checkpointed part of the object is gone",
+                            self.store.describe(&name)
+                        ))
+                    })?;
+                Some((obj, out, next))
             }
+            None => None,
+        };
+        let (obj, out, next) = match resumed {
+            Some(r) => r,
             None => {
-                let (obj, out, path) = self.new_object()?;
-                out.write_all_at(&start.file.header, 0).at(&path)?;
-                (obj, out, path, 0)
+                let (obj, mut out) = self.new_object(shape)?;
+                out.write_at(0, &start.file.header)?;
+                (obj, out, 0)
             }
         };
         let windows = start.file.windows(self.header.segment_size);
@@ -422,7 +427,6 @@ impl<'a> Writer<'a> {
             start,
             obj,
             out,
-            path,
             windows,
             next,
             waiting: BTreeMap::new(),
@@ -450,7 +454,7 @@ impl<'a> Writer<'a> {
                 if st.failed.is_none() {
                     let first = window * st.start.file.window;
                     let at = format::segment_offset(seg, first);
-                    st.out.write_all_at(&buf[..used], at).at(&st.path)?;
+                    st.out.write_at(at, &buf[..used])?;
                     let plain = (first..first + leaves.len() as u64)
                         .map(|i| format::segment_plain_len(st.start.file.size, seg, i) as u64)
                         .sum();
@@ -479,18 +483,26 @@ impl<'a> Writer<'a> {
             macs.into_iter().for_each(|m| st.start.mac.add(m));
             st.next += 1;
         }
-        // A checkpoint: the windows written in order so far (their data is synced by the
-        // commit that records it). Not for devices (no ctime to prove them unchanged).
+        // A checkpoint: the windows written in order so far that the next barrier makes
+        // durable (the commit that records it runs that barrier). Not for devices (no
+        // ctime to prove them unchanged).
         let window = st.start.file.window;
-        let bytes = (st.next - st.ckpt.0) * window * u64::from(seg);
+        let slot = u64::from(seg) + format::TAG_LEN as u64;
+        let durable = st
+            .out
+            .durable_len()
+            .saturating_sub(format::HEADER_LEN as u64)
+            / slot;
+        let upto = st.next.min(durable / window);
+        let bytes = upto.saturating_sub(st.ckpt.0) * window * u64::from(seg);
         let due = bytes >= checkpoint_bytes() || st.ckpt.1.elapsed() >= CHECKPOINT_EVERY;
         let ckpt = (st.failed.is_none()
             && !st.start.device
-            && st.next > st.ckpt.0
-            && st.next < st.windows
+            && upto > st.ckpt.0
+            && upto < st.windows
             && due)
             .then(|| {
-                st.ckpt = (st.next, Instant::now());
+                st.ckpt = (upto, Instant::now());
                 let (mtime, mtime_nsec) = st.start.file.src.mtime();
                 Ckpt {
                     src: crate::seal::source_id(&st.start.entry, &st.start.file.src),
@@ -499,7 +511,7 @@ impl<'a> Writer<'a> {
                     mtime_nsec,
                     batch: st.start.batch,
                     obj: st.obj,
-                    segs: st.next * window,
+                    segs: upto * window,
                 }
             });
         if let Some(c) = ckpt {
@@ -623,15 +635,20 @@ impl<'a> Writer<'a> {
                 .as_ref()
                 .is_none_or(|p| p.len > 0 && p.len + records.len() as u64 > format::PACK_TARGET);
             if full {
-                let (obj, file, _) = self.new_object()?;
-                self.pack = Some(Pack { file, obj, len: 0 });
+                self.close_pack()?;
+                let shape = Shape {
+                    len: None,
+                    head: 0,
+                    piece: format::PACK_TARGET,
+                };
+                let (obj, out) = self.new_object(shape)?;
+                self.pack = Some(Pack { out, obj, len: 0 });
             }
-            let vault = self.vault.clone();
             let p = self
                 .pack
                 .as_mut()
                 .ok_or_else(|| Error::Runtime("no pack".into()))?;
-            p.file.write_all_at(records, p.len).at(&vault)?;
+            p.out.write_at(p.len, records)?;
             base = (p.obj, p.len);
             p.len += records.len() as u64;
         }
@@ -718,7 +735,6 @@ impl<'a> Writer<'a> {
             start,
             obj,
             out,
-            path,
             ct,
             failed,
             interrupted,
@@ -757,18 +773,20 @@ impl<'a> Writer<'a> {
                     pt: *pt.as_bytes(),
                     sparse: file.src.sparse().map(|s| Box::new(s.clone())),
                 };
+                out.finish()?;
                 // Gaps count as done: they are the file's bytes too.
                 self.progress.bytes(f.file_len() - f.size);
                 let src = crate::seal::source_id(&entry, &file.src);
                 Ok((f, src, file.src.mtime()))
             }
             Some(why) => {
-                drop(out);
                 // An interrupted file keeps its object: its checkpoint may take it up on
                 // resume (the resume sweeps it otherwise). Best effort: an object no entry
                 // names is removed when the run finishes anyway.
-                if !interrupted {
-                    let _ = fs::remove_file(&path);
+                if interrupted {
+                    drop(out);
+                } else {
+                    let _ = out.abort();
                 }
                 if (why == CHANGED || changed) && !interrupted {
                     // Read again from the start, here, keeping the entries' order.
@@ -838,7 +856,7 @@ impl<'a> Writer<'a> {
                 Err(e) => return Ok(Err(e.to_string())),
             };
             let size = src.size();
-            let (h, keys) = crate::seal::new_file(&ctx, &key, size).at(&self.vault)?;
+            let (h, keys) = crate::seal::new_file(&ctx, &key, size).at(self.store.url())?;
             let file = LargeFile {
                 src,
                 header: h.encode(),
@@ -846,8 +864,8 @@ impl<'a> Writer<'a> {
                 size,
                 window,
             };
-            let (obj, out, path) = self.new_object()?;
-            out.write_all_at(&file.header, 0).at(&path)?;
+            let (obj, mut out) = self.new_object(self.large_shape(&file))?;
+            out.write_at(0, &file.header)?;
             let mut ct = CtDigest::new();
             let mut mac = TreeMac::new(file.keys.mac_key());
             let slot = u64::from(seg) + format::TAG_LEN as u64;
@@ -857,7 +875,7 @@ impl<'a> Writer<'a> {
                 match file.seal_window(seg, w, &mut buf) {
                     Ok((used, leaves, macs)) => {
                         let at = format::segment_offset(seg, w * window);
-                        out.write_all_at(&buf[..used], at).at(&path)?;
+                        out.write_at(at, &buf[..used])?;
                         self.written.read_bytes += (used - leaves.len() * format::TAG_LEN) as u64;
                         leaves.iter().for_each(|l| ct.push(l));
                         macs.into_iter().for_each(|m| mac.add(m));
@@ -881,6 +899,7 @@ impl<'a> Writer<'a> {
             }
             match outcome {
                 Ok(()) => {
+                    out.finish()?;
                     let pt = mac
                         .finalize()
                         .ok_or_else(|| Error::Runtime("empty MAC tree".into()))?;
@@ -898,8 +917,7 @@ impl<'a> Writer<'a> {
                     return Ok(Ok((f, src, file.src.mtime())));
                 }
                 Err(why) => {
-                    drop(out);
-                    let _ = fs::remove_file(&path);
+                    let _ = out.abort();
                     if why != CHANGED {
                         return Ok(Err(why));
                     }
@@ -920,6 +938,11 @@ impl<'a> Writer<'a> {
         if self.queue.is_empty() {
             return Ok(());
         }
+        // A store that keeps no partial object (object storage) has the pack uploaded
+        // before its lines may count on it; the next chunk starts a new pack.
+        if !self.store.traits().durable_partial {
+            self.close_pack()?;
+        }
         let q = std::mem::take(&mut self.queue);
         self.queued = 0;
         self.oldest = None;
@@ -929,12 +952,20 @@ impl<'a> Writer<'a> {
         }
         self.ckpt_pending = ckpt;
         if self.syncer.is_none() {
-            let dir = File::open(&self.vault).at(&self.vault)?;
-            self.syncer = Some(Syncer::start(dir).at(&self.vault)?);
+            let s = Syncer::start(Arc::clone(&self.store)).at(self.store.url())?;
+            self.syncer = Some(s);
         }
         self.pending = q;
         match &mut self.syncer {
-            Some(s) => s.request().at(&self.vault),
+            Some(s) => s.request(),
+            None => Ok(()),
+        }
+    }
+
+    /// Finishes the current pack, if any: its bytes become an object under its name.
+    fn close_pack(&mut self) -> Result<()> {
+        match self.pack.take() {
+            Some(p) => p.out.finish(),
             None => Ok(()),
         }
     }
@@ -946,7 +977,7 @@ impl<'a> Writer<'a> {
         };
         match s.result(wait) {
             None => Ok(()),
-            Some(Err(e)) => Err(Error::io(&self.vault, e)),
+            Some(Err(e)) => Err(e),
             Some(Ok(())) => {
                 let q = std::mem::take(&mut self.pending);
                 self.ckpt_pending = 0;
@@ -965,9 +996,10 @@ impl<'a> Writer<'a> {
     /// drop out: objects of files that failed, or that changed since an interrupted run),
     /// then this run's entries streamed from the journal; then the sweep of the rest.
     fn finish(mut self) -> Result<Written> {
+        self.close_pack()?;
         self.commit()?;
-        self.pack = None;
-        let mut m = ManifestWriter::create(&self.vault, &self.header)?;
+        let store = Arc::clone(&self.store);
+        let mut m = ManifestWriter::create(&*store, &self.header)?;
         for b in &self.batches {
             m.batch(b)?;
         }
@@ -976,8 +1008,10 @@ impl<'a> Writer<'a> {
         for (i, id) in self.objects.iter().enumerate() {
             remap.push(kept.len() as u64);
             if self.referenced[i] {
-                let path = self.vault.join(manifest::object_name(id));
-                let len = fs::symlink_metadata(&path).at(&path)?.len();
+                let name = manifest::object_name(id);
+                let len = store.len(&name)?.ok_or_else(|| {
+                    Error::Runtime(format!("{}: vanished while written", store.describe(&name)))
+                })?;
                 m.object(&ObjectRef { id: *id, len })?;
                 kept.push(*id);
             }
@@ -1012,10 +1046,10 @@ impl<'a> Writer<'a> {
             m.entry_line(l)?;
         }
         let keys: Vec<&BatchKey> = self.keys.iter().map(|k| k.as_ref()).collect();
-        m.finish(&keys)?;
-        sweep_objects(&self.vault, &kept)?;
-        crate::leftovers::sweep_root(&self.vault, &self.batches)?;
-        self.journal.finish(&self.vault)?;
+        m.finish(&keys, false)?;
+        sweep_objects(&*store, &kept)?;
+        crate::leftovers::sweep_root(&*store, &self.batches)?;
+        self.journal.finish(&*store)?;
         Ok(self.written)
     }
 }
@@ -1070,12 +1104,11 @@ pub fn entry_of(e: &SourceEntry, kind: EntryKind) -> Entry {
 
 /// Removes whatever `objects/` holds that the manifest does not list (objects of files an
 /// interrupted run never committed; a planted link is removed, never followed).
-pub(crate) fn sweep_objects(vault: &Path, listed: &[[u8; ID_LEN]]) -> Result<()> {
+pub(crate) fn sweep_objects(store: &dyn Store, listed: &[[u8; ID_LEN]]) -> Result<()> {
     let keep: HashSet<String> = listed.iter().map(manifest::object_name).collect();
-    for rel in crate::vault::object_files(vault)? {
-        if !rel.to_str().is_some_and(|r| keep.contains(r)) {
-            let p = vault.join(&rel);
-            fs::remove_file(&p).at(&p)?;
+    for l in store.list(format::layout::OBJECTS_PREFIX)? {
+        if !keep.contains(&l.name) {
+            store.remove(&l.name)?;
         }
     }
     Ok(())

@@ -13,6 +13,7 @@
 //! (3) apply each tamper case of `fixtures/vectors/tamper.json` to a copy of `vault/` and check
 //! that the stage it names fails, with the exit codes it names.
 
+use envseal::store::local::LocalStore;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -229,9 +230,9 @@ fn generate(out: &Path, plain: Option<&Path>, concealed: bool) {
         segment_size: SEG,
         conceal_names: concealed,
     };
-    let mut m = ManifestWriter::create(out, &header).unwrap();
+    let mut m = ManifestWriter::create(&LocalStore::new(out), &header).unwrap();
     for b in 0..2 {
-        manifest::write_key_file(out, &VAULT_ID, &batch(b)).unwrap();
+        manifest::write_key_file(&LocalStore::new(out), &VAULT_ID, &batch(b)).unwrap();
         m.batch(&batch(b)).unwrap();
     }
     for id in [PACK_ID, SINGLE_ID] {
@@ -311,7 +312,7 @@ fn generate(out: &Path, plain: Option<&Path>, concealed: bool) {
     for l in &lines {
         m.entry_line(l).unwrap();
     }
-    m.finish(&[&batch_key(0), &batch_key(1)]).unwrap();
+    m.finish(&[&batch_key(0), &batch_key(1)], false).unwrap();
 }
 
 /// Every file below `dir`, relative, sorted.
@@ -464,9 +465,9 @@ fn generate_multi(out: &Path, plain: Option<&Path>, xattrs: &[(&[u8], &[u8])]) {
         segment_size: SEG,
         conceal_names: false,
     };
-    let mut m = ManifestWriter::create(out, &header).unwrap();
+    let mut m = ManifestWriter::create(&LocalStore::new(out), &header).unwrap();
     for b in 0..3 {
-        manifest::write_key_file(out, &M_VAULT_ID, &m_batch(b)).unwrap();
+        manifest::write_key_file(&LocalStore::new(out), &M_VAULT_ID, &m_batch(b)).unwrap();
         m.batch(&m_batch(b)).unwrap();
     }
     for id in [M_PACK_ID, M_SINGLE_ID] {
@@ -518,7 +519,7 @@ fn generate_multi(out: &Path, plain: Option<&Path>, xattrs: &[(&[u8], &[u8])]) {
     for e in &entries {
         m.entry_line(&e.to_line(None).unwrap()).unwrap();
     }
-    m.finish(&[&m_key(0), &m_key(1), &m_key(2)]).unwrap();
+    m.finish(&[&m_key(0), &m_key(1), &m_key(2)], false).unwrap();
 }
 
 fn generate_all(root: &Path) {
@@ -577,7 +578,7 @@ fn outcomes(vault: &Path) -> (i32, i32, i32, Vec<String>) {
 /// [`outcomes`], listing what decrypt restored in the top directory `top`.
 fn outcomes_in(vault: &Path, top: &str) -> (i32, i32, i32, Vec<String>) {
     let v = |deep| match verify(
-        vault,
+        &LocalStore::new(vault),
         &VerifyOptions { deep, jobs: 2 },
         Some(&kms()),
         &NoProgress,

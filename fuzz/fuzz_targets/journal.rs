@@ -22,8 +22,9 @@ fuzz_target!(|data: &[u8]| {
     if std::fs::write(d.join("journal.jsonl"), data).is_err() {
         return;
     }
-    let _ = envseal::journal::head(d);
-    if let Ok((mut j, loaded)) = Journal::open(d) {
+    let store = envseal::store::local::LocalStore::new(d);
+    let _ = envseal::journal::head(&store);
+    if let Ok((mut j, loaded)) = Journal::open(&store) {
         j.set_mac_key(zeroize::Zeroizing::new([7u8; 32]));
         let _ = j.authenticated(&loaded);
     }

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use envseal::store::Location;
 
 /// Shown after the top-level help and in the man page.
 const AFTER_HELP: &str = "\
@@ -121,8 +122,8 @@ pub struct EncryptArgs {
     #[arg(required = true, value_name = "SRC")]
     pub sources: Vec<PathBuf>,
     /// The vault directory to create.
-    #[arg(short, long, value_name = "VAULT")]
-    pub output: PathBuf,
+    #[arg(short, long, value_name = "VAULT", value_parser = VaultArg)]
+    pub output: Location,
     /// CMK id, ARN or alias (default: alias/envseal/default, created on first use with local).
     /// Repeatable, each as [<KMS URL>#]<CMK>: the data keys are generated under the first and
     /// also wrapped under each other one, and any one of them opens the vault alone, e.g.
@@ -142,8 +143,8 @@ pub struct EncryptArgs {
     /// entries are taken from it without being read or encrypted again; the new vault holds
     /// the whole current tree and does not need the earlier one afterwards, e.g.
     /// `envseal encrypt data -o mon.vault --since sun.vault`.
-    #[arg(long, value_name = "EARLIER_VAULT")]
-    pub since: Option<std::path::PathBuf>,
+    #[arg(long, value_name = "EARLIER_VAULT", value_parser = VaultArg)]
+    pub since: Option<Location>,
     /// Skip paths matching this glob (repeatable). A glob is matched against the path below
     /// each source and against the file name: '*.tmp' skips every .tmp file, 'build/*' what
     /// is directly in build. '*' and '?' stop at '/', '**' crosses directories.
@@ -184,8 +185,8 @@ pub struct EncryptArgs {
 #[derive(Debug, Args)]
 pub struct DecryptArgs {
     /// The vault directory.
-    #[arg(value_name = "VAULT")]
-    pub vault: PathBuf,
+    #[arg(value_name = "VAULT", value_parser = VaultArg)]
+    pub vault: Location,
     /// Destination directory (created if absent).
     #[arg(
         short,
@@ -244,8 +245,8 @@ pub struct DecryptArgs {
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
     /// The vault directory.
-    #[arg(value_name = "VAULT")]
-    pub vault: PathBuf,
+    #[arg(value_name = "VAULT", value_parser = VaultArg)]
+    pub vault: Location,
     /// Unwrap the keys, authenticate the manifest and every segment, check plaintext digests.
     #[arg(long)]
     pub deep: bool,
@@ -274,8 +275,8 @@ pub struct VerifyArgs {
 #[derive(Debug, Args)]
 pub struct LsArgs {
     /// The vault directory.
-    #[arg(value_name = "VAULT")]
-    pub vault: PathBuf,
+    #[arg(value_name = "VAULT", value_parser = VaultArg)]
+    pub vault: Location,
     /// One JSON object per entry on stdout.
     #[arg(long)]
     pub json: bool,
@@ -387,4 +388,29 @@ pub struct BenchArgs {
     /// Print the figures as JSON on stdout instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Parses a `VAULT` argument (a directory, or a storage service URL) into a [`Location`],
+/// keeping paths that are not UTF-8.
+#[derive(Clone, Copy, Debug)]
+pub struct VaultArg;
+
+impl clap::builder::TypedValueParser for VaultArg {
+    type Value = Location;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Location, clap::Error> {
+        Location::parse(value).map_err(|e| {
+            let name = arg.map(|a| a.to_string()).unwrap_or_else(|| "VAULT".into());
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("invalid value for {name}: {e}\n"),
+            )
+            .with_cmd(cmd)
+        })
+    }
 }

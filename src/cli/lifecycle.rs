@@ -1,5 +1,6 @@
 //! `rewrap` (and the other vault-lifecycle commands): arguments and handlers.
 
+use envseal::store::Location;
 use std::path::PathBuf;
 
 use clap::Args;
@@ -23,8 +24,8 @@ use super::run::reading_kms;
   envseal rewrap backup.vault --remove <CMK id as `envseal ls --keys` shows it>")]
 pub struct RewrapArgs {
     /// The vault directory.
-    #[arg(value_name = "VAULT")]
-    pub vault: PathBuf,
+    #[arg(value_name = "VAULT", value_parser = super::args::VaultArg)]
+    pub vault: envseal::store::Location,
     /// The new CMK: [<KMS URL>#]<CMK id, ARN or alias>; without a URL, the one of --kms.
     #[arg(long, value_name = "CMK")]
     pub key: Option<String>,
@@ -65,7 +66,7 @@ pub fn rewrap_cmd(a: RewrapArgs) -> anyhow::Result<i32> {
     let mut line = format!(
         "rewrapped {} batch key(s) of {} in {:.2} s ({} by ReEncrypt, {} wrapping(s) removed, {} key file(s) written); opens with {}",
         r.batches,
-        opts.vault.display(),
+        opts.vault,
         r.seconds,
         r.re_encrypted,
         r.removed,
@@ -92,8 +93,9 @@ pub fn rewrap_cmd(a: RewrapArgs) -> anyhow::Result<i32> {
 
 /// The CMKs that wrap a vault's data keys, as JSON (`verify --json`'s `keys`); `null` when
 /// the manifest cannot be read (verify reports why).
-pub fn wrappers_json(vault: &std::path::Path, kms_flag: Option<&str>) -> serde_json::Value {
-    match envseal::manifest::ManifestReader::open(vault) {
+pub fn wrappers_json(vault: &Location, kms_flag: Option<&str>) -> serde_json::Value {
+    let m = envseal::store::open(vault).and_then(|s| envseal::manifest::ManifestReader::open(&*s));
+    match m {
         Ok(m) => serde_json::Value::Array(
             wrapper_values(&m.batches, kms_flag)
                 .into_iter()
@@ -124,12 +126,8 @@ fn wrapper_values(
 }
 
 /// `ls --keys`: one line (or JSON object) per CMK wrapping the vault's data keys.
-pub fn ls_keys(
-    vault: &std::path::Path,
-    as_json: bool,
-    kms_flag: Option<&str>,
-) -> anyhow::Result<i32> {
-    let m = envseal::manifest::ManifestReader::open(vault)?;
+pub fn ls_keys(vault: &Location, as_json: bool, kms_flag: Option<&str>) -> anyhow::Result<i32> {
+    let m = envseal::vault::open_manifest(&*envseal::store::open(vault)?)?;
     let total = m.batches.len();
     for (v, w) in wrapper_values(&m.batches, kms_flag) {
         let names: Vec<&str> = v["aliases"]
@@ -225,7 +223,7 @@ pub fn verify_source_cmd(
         jobs: super::run::jobs(a.jobs)?,
     };
     let kms = reading_kms(a.kms.clone())?;
-    let r = verify_source(&a.vault, &opts, &kms, cancel)?;
+    let r = verify_source(&*envseal::store::open(&a.vault)?, &opts, &kms, cancel)?;
     for d in &r.diffs {
         eprintln!(
             "envseal: {}: {}: {}",
@@ -247,7 +245,7 @@ pub fn verify_source_cmd(
     let line = format!(
         "compared {} entries of {} with the source ({} bytes hashed, nothing decrypted) in {:.2} s: {}",
         r.entries,
-        a.vault.display(),
+        a.vault,
         r.bytes_hashed,
         r.seconds,
         if r.diffs.is_empty() {
@@ -308,10 +306,11 @@ pub struct ImportLegacyArgs {
         short,
         long,
         value_name = "VAULT",
+        value_parser = super::args::VaultArg,
         required_unless_present = "to",
         conflicts_with = "to"
     )]
-    pub output: Option<PathBuf>,
+    pub output: Option<envseal::store::Location>,
     /// Write the plaintext files into this directory instead (existing files are kept).
     #[arg(long, value_name = "DEST")]
     pub to: Option<PathBuf>,
@@ -361,7 +360,7 @@ pub fn import_legacy_cmd(
     let r = import(&opts, &kms, cancel)?;
     super::output::print_all_failures(&r.bad);
     let target = match (&a.output, &a.to) {
-        (Some(v), _) => format!("the vault {}", v.display()),
+        (Some(v), _) => format!("the vault {v}"),
         (_, Some(d)) => d.display().to_string(),
         _ => String::new(),
     };

@@ -113,8 +113,12 @@ pub fn check_output_dir(flag: &str, path: &Path) -> anyhow::Result<()> {
 
 /// Checks a vault argument: it must exist and be a directory that holds a vault (a finished
 /// one, or an unfinished run whose journal the reader explains).
-pub fn check_vault(path: &Path) -> anyhow::Result<()> {
+pub fn check_vault(vault: &envseal::store::Location) -> anyhow::Result<()> {
     use envseal::format::layout;
+    // A vault on a storage service is checked by its store as it is opened.
+    let Some(path) = vault.local_dir() else {
+        return Ok(());
+    };
     match std::fs::metadata(path) {
         Ok(md) if md.is_dir() => {
             let has = |f: &str| std::fs::symlink_metadata(path.join(f)).is_ok();

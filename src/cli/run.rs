@@ -126,7 +126,11 @@ pub fn encrypt_cmd(a: EncryptArgs, cancel: &'static AtomicBool) -> anyhow::Resul
     let seg = match (&a.segment_size, &a.since) {
         (Some(s), _) => size_arg("--segment-size", s)?,
         // An incremental run keeps the earlier vault's segment size (its records are reused).
-        (None, Some(earlier)) => u64::from(ManifestReader::open(earlier)?.header.segment_size),
+        (None, Some(earlier)) => u64::from(
+            envseal::vault::open_manifest(&*envseal::store::open(earlier)?)?
+                .header
+                .segment_size,
+        ),
         (None, None) => u64::from(format::DEFAULT_SEGMENT_SIZE),
     };
     if !format::valid_segment_size(seg) {
@@ -140,7 +144,9 @@ pub fn encrypt_cmd(a: EncryptArgs, cancel: &'static AtomicBool) -> anyhow::Resul
     }
     let default_kms = a.kms.kms.clone().unwrap_or_else(|| "local".to_string());
     parse_url(&default_kms)?;
-    check_output_dir("-o", &a.output)?;
+    if let Some(dir) = a.output.local_dir() {
+        check_output_dir("-o", dir)?;
+    }
     for src in &a.sources {
         if let Err(e) = std::fs::symlink_metadata(src) {
             if e.kind() == std::io::ErrorKind::NotFound {
@@ -215,7 +221,7 @@ pub fn encrypt_cmd(a: EncryptArgs, cancel: &'static AtomicBool) -> anyhow::Resul
         },
         r.seconds,
         rate(r.bytes_read, r.seconds),
-        opts.vault.display(),
+        opts.vault,
         if opts.sync { "" } else { " (not synced: --no-sync)" },
         if opts.since.is_some() { format!(", {} unchanged files ({}) reused from the earlier vault", r.reused_files, human_bytes(r.reused_bytes)) } else { String::new() }
             + &if resumed > 0 { format!(", {resumed} files taken from the interrupted run") } else { String::new() },
@@ -268,7 +274,7 @@ fn finished_before(
         others(r.hardlinks, r.specials),
         human_bytes(r.bytes)
     );
-    let vault = opts.vault.display();
+    let vault = &opts.vault;
     let mut next = None;
     let line = if st.up_to_date() {
         format!("{vault} is already up to date with its sources ({holds}): nothing read, nothing written")
@@ -327,7 +333,7 @@ fn shell_word(s: &str) -> String {
 /// `envseal encrypt SRC... -o NEW --since OLD` with this run's options: the way to back up a
 /// changed tree next to a finished vault.
 fn incremental_command(opts: &EncryptOptions) -> String {
-    let old = opts.vault.to_string_lossy();
+    let old = opts.vault.to_string();
     let trimmed = old.trim_end_matches('/');
     let new = match trimmed.strip_suffix(".vault") {
         Some(stem) => format!("{stem}.new.vault"),
@@ -352,18 +358,19 @@ fn incremental_command(opts: &EncryptOptions) -> String {
 /// that open the whole earlier vault come first; `--kms` (if given) replaces the first one's
 /// KMS (a key store that moved).
 fn inherited_keys(
-    earlier: &std::path::Path,
+    earlier: &envseal::store::Location,
     kms_flag: Option<&str>,
 ) -> anyhow::Result<Vec<envseal::keyspec::KeySpec>> {
-    let m = ManifestReader::open(earlier).map_err(|e| {
-        advise(
-            e,
-            format!(
-                "--since takes the vault an earlier \"envseal encrypt\" made; {} is not one",
-                earlier.display()
-            ),
-        )
-    })?;
+    let m = envseal::store::open(earlier)
+        .and_then(|s| ManifestReader::open(&*s))
+        .map_err(|e| {
+            advise(
+                e,
+                format!(
+                    "--since takes the vault an earlier \"envseal encrypt\" made; {earlier} is not one"
+                ),
+            )
+        })?;
     let mut ws = envseal::keyspec::wrappers(&m.batches);
     ws.sort_by_key(|w| !w.opens_alone);
     let mut keys: Vec<envseal::keyspec::KeySpec> = ws
@@ -386,7 +393,7 @@ fn inherited_keys(
         } else {
             log::warn!(
                 "--kms {url} is not used: without --key the new batches are wrapped as {}'s are, under {}#{}; pass --key to choose another CMK",
-                earlier.display(),
+                earlier,
                 first.kms,
                 first.key
             );
@@ -395,7 +402,7 @@ fn inherited_keys(
     if let Some(k) = keys.first() {
         log::info!(
             "no --key: the new batches are wrapped as {}'s are, first under {}#{}",
-            earlier.display(),
+            earlier,
             k.kms,
             k.key
         );
@@ -449,12 +456,16 @@ pub fn decrypt_cmd(mut a: DecryptArgs, cancel: &AtomicBool) -> anyhow::Result<i3
         return to_device_cmd(a, cancel);
     };
     check_output_dir("-o", &output)?;
-    if envseal::encrypt::resolved(&output).starts_with(envseal::encrypt::resolved(&a.vault)) {
+    let inside = a
+        .vault
+        .local_dir()
+        .is_some_and(|v| envseal::fs::resolved(&output).starts_with(envseal::fs::resolved(v)));
+    if inside {
         return Err(usage(
             format!(
                 "-o {}: inside the vault {}; restored files there would become part of it (verify would report them)",
                 output.display(),
-                a.vault.display()
+                a.vault
             ),
             "choose a destination outside the vault",
         ));
@@ -563,7 +574,8 @@ pub fn verify_cmd(a: VerifyArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
     };
     let kms = reading_kms(a.kms.clone())?.expecting(a.expect_key);
     let bars = bars("verify", &a.out)?;
-    let r = verify(&a.vault, &opts, Some(&kms), &bars, cancel).map_err(unwrap_advice)?;
+    let store = envseal::store::open(&a.vault)?;
+    let r = verify(&*store, &opts, Some(&kms), &bars, cancel).map_err(unwrap_advice)?;
     for p in &r.problems {
         eprintln!(
             "envseal: {}: {} ({}): {}",
@@ -609,15 +621,17 @@ pub fn ls_cmd(a: LsArgs) -> anyhow::Result<i32> {
     // key; then the manifest is also authenticated, and a failure after the listing is an
     // error (exit 3) like any other.
     check_vault(&a.vault)?;
-    let concealed = ManifestReader::open(&a.vault)?.header.conceal_names;
+    let store = envseal::store::open(&a.vault)?;
+    let manifest = envseal::vault::open_manifest(&*store)?;
+    let concealed = manifest.header.conceal_names;
     let mut unlocked = None;
     let mut reader = if concealed {
-        let u = envseal::vault::unlock(&a.vault, &reading_kms(a.kms)?).map_err(unwrap_advice)?;
+        let u = envseal::vault::unlock(&*store, &reading_kms(a.kms)?).map_err(unwrap_advice)?;
         let envseal::vault::Unlocked { reader, keys } = u;
         unlocked = Some(keys);
         reader
     } else {
-        ManifestReader::open(&a.vault)?
+        manifest
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());

@@ -90,7 +90,11 @@ pub const MANIFEST_END_LABEL: &[u8] = b"envseal manifest v2 end";
 pub mod layout {
     pub const MANIFEST: &str = "manifest.jsonl";
     pub const JOURNAL: &str = "journal.jsonl";
+    /// A rewrap's new manifest, read back and authenticated before it replaces the old.
+    pub const MANIFEST_STAGED: &str = "manifest.new";
     pub const OBJECTS_DIR: &str = "objects";
+    /// Names of objects begin with this (`objects/<xx>/<id>`).
+    pub const OBJECTS_PREFIX: &str = "objects/";
     pub const KEYS_PREFIX: &str = "keys-";
     pub const KEYS_SUFFIX: &str = ".json";
 }

@@ -161,6 +161,36 @@ fn check_rel(rel: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// `p` absolute, with symlinks and `..` resolved in the part of it that exists (an output
+/// directory may not exist yet), so that paths spelled differently compare equal.
+pub fn resolved(p: &std::path::Path) -> std::path::PathBuf {
+    let Ok(p) = std::path::absolute(p) else {
+        return p.to_path_buf();
+    };
+    let mut existing = p.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(mut real) = std::fs::canonicalize(existing) {
+            for part in rest.iter().rev() {
+                // `..` below a resolved directory: step up, as the kernel would.
+                if *part == std::ffi::OsStr::new("..") {
+                    real.pop();
+                } else if *part != std::ffi::OsStr::new(".") {
+                    real.push(part);
+                }
+            }
+            return real;
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name);
+                existing = parent;
+            }
+            _ => return p,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,9 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{Listed, LockGuard, Log, Name, NewFile, ObjectWriter, ReadAt, Shape, Store, Traits};
+use super::{
+    Listed, LockGuard, Log, Name, NewFile, ObjectWriter, OpenedLog, ReadAt, Shape, Store, Traits,
+};
 use crate::error::{Error, IoContext, Result};
 
 /// A vault directory.
@@ -40,19 +42,41 @@ impl LocalStore {
         self.root.join(name)
     }
 
-    /// The directory `name` goes in, created if absent, refused if it is not a real
-    /// directory (objects are never written through a symlink planted in `objects/`).
+    /// The directory `path` goes in, created if absent: every directory between the root
+    /// and it must be a real directory (objects are never written through a symlink
+    /// planted as `objects/` or as a fan-out directory).
     fn parent_dir(&self, path: &Path) -> Result<()> {
-        let dir = path.parent().unwrap_or(&self.root);
-        if dir == self.root {
+        let Some(dir) = path.parent() else {
             return Ok(());
-        }
-        fs::create_dir_all(dir).at(dir)?;
-        if !fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
-            return Err(Error::Runtime(format!(
-                "{} is not a directory (a symlink?); refusing to write vault files through it",
-                dir.display()
-            )));
+        };
+        let Ok(rel) = dir.strip_prefix(&self.root) else {
+            return Ok(());
+        };
+        let mut at = self.root.clone();
+        for c in rel.components() {
+            at.push(c);
+            match fs::symlink_metadata(&at) {
+                Ok(m) if m.is_dir() => continue,
+                Ok(_) => {
+                    return Err(Error::Runtime(format!(
+                    "{} is not a directory (a symlink?); refusing to write vault files through it",
+                    at.display()
+                )))
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::create_dir(&at) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(Error::io(&at, e)),
+                },
+                Err(e) => return Err(Error::io(&at, e)),
+            }
+            // Created, or raced in by another: it must be a real directory now.
+            if !fs::symlink_metadata(&at).is_ok_and(|m| m.is_dir()) {
+                return Err(Error::Runtime(format!(
+                    "{} is not a directory (a symlink?); refusing to write vault files through it",
+                    at.display()
+                )));
+            }
         }
         Ok(())
     }
@@ -197,6 +221,21 @@ impl Store for LocalStore {
         }
     }
 
+    fn remove_empty(&self, root: bool) {
+        // Empty fan-out directories, `objects/`, then the root: `remove_dir` removes only
+        // empty directories, so nothing of a vault is lost.
+        let objects = self.root.join(crate::format::layout::OBJECTS_DIR);
+        if let Ok(rd) = fs::read_dir(&objects) {
+            for e in rd.flatten() {
+                let _ = fs::remove_dir(e.path());
+            }
+        }
+        let _ = fs::remove_dir(&objects);
+        if root {
+            let _ = fs::remove_dir(&self.root);
+        }
+    }
+
     fn len(&self, name: Name) -> Result<Option<u64>> {
         let p = self.path(name);
         match fs::symlink_metadata(&p) {
@@ -278,6 +317,12 @@ impl Store for LocalStore {
         remove_if_present(&self.path(name))
     }
 
+    fn rename_over(&self, from: Name, to: Name) -> Result<()> {
+        let to = self.path(to);
+        fs::rename(self.path(from), &to).at(&to)?;
+        sync_dir(to.parent().unwrap_or(&self.root))
+    }
+
     fn create_object(&self, name: Name, _shape: Shape) -> Result<Box<dyn ObjectWriter>> {
         let path = self.path(name);
         self.parent_dir(&path)?;
@@ -351,7 +396,7 @@ impl Store for LocalStore {
         })))
     }
 
-    fn open_log(&self, name: Name) -> Result<Option<(Box<dyn Log>, Vec<u8>)>> {
+    fn open_log(&self, name: Name) -> Result<Option<OpenedLog>> {
         let path = self.path(name);
         let file = match OpenOptions::new()
             .read(true)
@@ -414,6 +459,7 @@ fn list_dir(dir: &Path, rel: &str, out: &mut Vec<Listed>, depth: usize) -> Resul
             out.push(Listed {
                 name: join(rel, &n),
                 len: 0,
+                file: false,
             });
             continue;
         };
@@ -422,12 +468,13 @@ fn list_dir(dir: &Path, rel: &str, out: &mut Vec<Listed>, depth: usize) -> Resul
         if ft.is_dir() && depth < 4 {
             list_dir(&e.path(), &name, out, depth + 1)?;
         } else {
-            let len = if ft.is_file() {
+            let file = ft.is_file();
+            let len = if file {
                 e.metadata().at(e.path())?.len()
             } else {
                 0
             };
-            out.push(Listed { name, len });
+            out.push(Listed { name, len, file });
         }
     }
     Ok(())
@@ -501,6 +548,11 @@ impl ObjectWriter for LocalObject {
 
     fn finish(self: Box<Self>) -> Result<()> {
         Ok(())
+    }
+
+    fn abort(self: Box<Self>) -> Result<()> {
+        drop(self.file);
+        remove_if_present(&self.path)
     }
 }
 

@@ -14,6 +14,7 @@
 
 pub mod local;
 pub mod s3;
+pub mod syncer;
 
 use std::fmt;
 use std::io::{self, Read};
@@ -40,12 +41,53 @@ impl Location {
         Ok(Location::Local(PathBuf::from(arg)))
     }
 
+    /// The same location with a local path made absolute (what a journal records, so that
+    /// a resume from another working directory names the same place).
+    pub fn absolute(&self) -> Result<Location> {
+        match self {
+            Location::Local(p) => std::path::absolute(p)
+                .map(Location::Local)
+                .map_err(|e| crate::Error::io(p, e)),
+            Location::S3(u) => Ok(Location::S3(u.clone())),
+        }
+    }
+
+    /// Whether two locations name the same vault (local paths compared with symlinks and
+    /// `..` resolved).
+    pub fn same_place(&self, other: &Location) -> bool {
+        match (self, other) {
+            (Location::Local(a), Location::Local(b)) => {
+                crate::fs::resolved(a) == crate::fs::resolved(b)
+            }
+            (Location::S3(a), Location::S3(b)) => a == b,
+            _ => false,
+        }
+    }
+
     /// The local directory, if this is one (what `--since` hard links and tests need).
     pub fn local_dir(&self) -> Option<&std::path::Path> {
         match self {
             Location::Local(p) => Some(p),
             Location::S3(_) => None,
         }
+    }
+}
+
+impl Default for Location {
+    fn default() -> Self {
+        Location::Local(PathBuf::new())
+    }
+}
+
+impl From<PathBuf> for Location {
+    fn from(p: PathBuf) -> Self {
+        Location::Local(p)
+    }
+}
+
+impl From<&std::path::Path> for Location {
+    fn from(p: &std::path::Path) -> Self {
+        Location::Local(p.to_path_buf())
     }
 }
 
@@ -75,6 +117,9 @@ pub type Name<'a> = &'a str;
 pub struct Listed {
     pub name: String,
     pub len: u64,
+    /// A regular file (an object); `false` for a link, FIFO, device or directory in a
+    /// local vault, which a vault never holds.
+    pub file: bool,
 }
 
 /// How a store spends durability, which the writer adapts to.
@@ -106,6 +151,11 @@ pub trait Store: Send + Sync {
     /// Whether the vault's root exists at all (a directory; a bucket).
     fn root_exists(&self) -> Result<bool>;
 
+    /// Removes empty directories a failed run created (`objects/` and its fan-outs; the
+    /// root too with `root`), so that the same `-o` may be used again as if the run had
+    /// never been. Best effort; nothing to do on object storage.
+    fn remove_empty(&self, _root: bool) {}
+
     // ---- reading ----
 
     /// Length of `name`, `None` when absent. Anything but a regular file (a link, FIFO,
@@ -123,8 +173,8 @@ pub trait Store: Send + Sync {
     fn open(&self, name: Name) -> Result<Option<Arc<dyn ReadAt>>>;
 
     /// Every name under `prefix` (a directory-like prefix ending in `/`, or `""` for all),
-    /// with lengths; order unspecified. What is not a regular file is listed too (with
-    /// length 0) so that a sweep or verify can report it.
+    /// with lengths; order unspecified. What is not a regular file is listed too (not
+    /// [`Listed::file`], length 0) so that a sweep or verify can report it.
     fn list(&self, prefix: &str) -> Result<Vec<Listed>>;
 
     // ---- writing ----
@@ -143,6 +193,11 @@ pub trait Store: Send + Sync {
 
     /// Removes `name`; absent is fine.
     fn remove(&self, name: Name) -> Result<()>;
+
+    /// Puts `from` in place of `to`, atomically (readers of `to` see the old or the new
+    /// bytes), durable on return; `from` is gone after (a rename; object storage copies
+    /// on the server, then removes `from`).
+    fn rename_over(&self, from: Name, to: Name) -> Result<()>;
 
     /// Creates object `name` (absent before) of exactly `shape.len` bytes, written by
     /// [`ObjectWriter::write_at`] in the pieces `shape` describes.
@@ -175,8 +230,7 @@ pub trait Store: Send + Sync {
     fn create_log(&self, name: Name, first: &[u8]) -> Result<Option<Box<dyn Log>>>;
 
     /// Opens the log `name` to append to, with its contents; `None` when absent.
-    #[allow(clippy::type_complexity)]
-    fn open_log(&self, name: Name) -> Result<Option<(Box<dyn Log>, Vec<u8>)>>;
+    fn open_log(&self, name: Name) -> Result<Option<OpenedLog>>;
 
     // ---- one writer at a time ----
 
@@ -224,6 +278,8 @@ pub trait ObjectWriter: Send {
     /// Every piece was written: makes the object whole under its name (the upload is
     /// completed). Durable after the next barrier.
     fn finish(self: Box<Self>) -> Result<()>;
+    /// The object will not be finished: removes what was written (the upload is aborted).
+    fn abort(self: Box<Self>) -> Result<()>;
 }
 
 /// A file written as a stream and published by [`NewFile::commit`].
@@ -232,6 +288,9 @@ pub trait NewFile: io::Write + Send {
     /// `replace`, else failing with `Ok(false)` if the name is taken.
     fn commit(self: Box<Self>, replace: bool) -> Result<bool>;
 }
+
+/// A log opened to append to, with what it holds.
+pub type OpenedLog = (Box<dyn Log>, Vec<u8>);
 
 /// An append-only log (the journal).
 pub trait Log: Send {
@@ -247,3 +306,46 @@ pub trait Log: Send {
 
 /// A held writers' lock; dropping it releases the lock.
 pub trait LockGuard: Send {}
+
+/// Copies `name` from `from` to `to`: linked or copied by the service where the stores can
+/// ([`Store::link_from`]), else read and written through this process in pieces of
+/// [`COPY_PIECE`] bytes. A copy cut short is aborted (nothing left under `name`).
+pub fn copy(from: &dyn Store, to: &dyn Store, name: Name) -> Result<()> {
+    if to.link_from(from, name)? {
+        return Ok(());
+    }
+    let src = from
+        .open(name)?
+        .ok_or_else(|| crate::Error::Runtime(format!("{}: missing", from.describe(name))))?;
+    let len = src.len();
+    let shape = Shape {
+        len: Some(len),
+        head: 0,
+        piece: COPY_PIECE,
+    };
+    let mut out = to.create_object(name, shape)?;
+    let mut buf = vec![0u8; COPY_PIECE.min(len) as usize];
+    let mut off = 0;
+    while off < len {
+        let n = COPY_PIECE.min(len - off) as usize;
+        let r = src
+            .read_exact_at(&mut buf[..n], off)
+            .map_err(|e| crate::Error::io(from.describe(name), e))
+            .and_then(|()| out.write_at(off, &buf[..n]));
+        if let Err(e) = r {
+            let _ = out.abort();
+            return Err(e);
+        }
+        off += n as u64;
+    }
+    out.finish()
+}
+
+/// The pieces [`copy`] reads and writes.
+pub const COPY_PIECE: u64 = 8 << 20;
+
+impl serde::Serialize for Location {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}

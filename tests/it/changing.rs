@@ -125,7 +125,7 @@ fn an_in_place_rewrite_with_restored_mtime_is_never_stored_mixed() {
     // The finished vault cannot be resumed; a new vault of the now quiet source holds the
     // new version whole.
     let mut again = opts.clone();
-    again.vault = tmp.path().join("vault2");
+    again.vault = tmp.path().join("vault2").into();
     let r = encrypt(&again, &kms, &NoProgress, &AtomicBool::new(false)).unwrap();
     assert!(r.failed.is_empty(), "{:?}", r.failed);
     let o = DecryptOptions {

@@ -3,7 +3,9 @@
 //! from the start; either way the vault is whole.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use envseal::store::local::LocalStore;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -117,7 +119,7 @@ fn run(change_before_resume: bool, sparse: bool) {
         assert!(m.contains(r#""holes":[["#), "{m}");
     }
     let v = envseal::verify::verify(
-        &vault,
+        &LocalStore::new(&vault),
         &envseal::verify::VerifyOptions {
             deep: true,
             jobs: 1,
@@ -189,7 +191,7 @@ fn checkpoint_kill_child() {
     let opts = EncryptOptions {
         segment_size: 1 << 20,
         jobs: 1,
-        ..EncryptOptions::new(vec![src.into()], vault.into(), url)
+        ..EncryptOptions::new(vec![src.into()], PathBuf::from(vault), url)
     };
     let stop = KillAfter(AtomicU64::new(0), after.parse().unwrap());
     let _ = encrypt(&opts, &kms, &stop, &AtomicBool::new(false));

@@ -5,6 +5,7 @@
 //! plaintext of the bad entry in DEST. Also `--expect-key`.
 
 use crate::common;
+use envseal::store::local::LocalStore;
 
 use std::fs;
 use std::os::unix::process::CommandExt;
@@ -124,14 +125,14 @@ impl Fx {
     /// again with the vault's own batch keys: a vault only a key holder could make.
     fn remac(&self, vault: &Path, edit: impl Fn(Vec<String>) -> Vec<String>) {
         let kms = self.kms();
-        let u = envseal::vault::unlock(vault, &kms).unwrap();
+        let u = envseal::vault::unlock(&LocalStore::new(vault), &kms).unwrap();
         let text = fs::read_to_string(vault.join("manifest.jsonl")).unwrap();
         let entries: Vec<String> = text
             .lines()
             .filter(|l| l.starts_with(r#"{"type":"entry""#))
             .map(String::from)
             .collect();
-        let mut m = ManifestWriter::create(vault, &u.reader.header).unwrap();
+        let mut m = ManifestWriter::create(&LocalStore::new(vault), &u.reader.header).unwrap();
         for b in &u.reader.batches {
             m.batch(b).unwrap();
         }
@@ -142,7 +143,7 @@ impl Fx {
             m.entry_line(l.as_bytes()).unwrap();
         }
         let keys: Vec<&envseal::crypto::BatchKey> = u.keys.iter().collect();
-        m.finish(&keys).unwrap();
+        m.finish(&keys, true).unwrap();
     }
 }
 

@@ -376,7 +376,7 @@ fn a_killed_import_is_finished_by_the_same_command() {
 
     // Held by another writer: refused by name.
     let other = t.path().join("other");
-    let lock = envseal::vault::VaultLock::acquire(&other, true).unwrap();
+    let lock = envseal::store::local::DirLock::acquire(&other, true).unwrap();
     let o = import(&other).output().unwrap();
     assert_eq!(code(&o), 1, "{}", stderr(&o));
     assert!(

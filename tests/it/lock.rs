@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use common::tree::{code, manifest_records, ok, write};
 use common::{envseal, stderr, stdout};
 use envseal::error::Error;
-use envseal::vault::VaultLock;
+use envseal::store::local::DirLock as VaultLock;
 
 fn create_key(home: &Path) -> String {
     let o = ok(envseal(home).args(["kms", "create-key"]));

@@ -3,6 +3,7 @@
 //! window boundaries, the pack threshold (files at and around it) and batch boundaries (a
 //! pack holding records of several batches).
 
+use envseal::store::local::LocalStore;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -55,7 +56,7 @@ fn run(jobs: usize, pack_threshold: u64, batch_max_files: u64) {
         r.batches,
         sizes.len().div_ceil(batch_max_files as usize) as u64
     );
-    let mut m = ManifestReader::open(&vault).unwrap();
+    let mut m = ManifestReader::open(&LocalStore::new(&vault)).unwrap();
     let keys: Vec<_> = m
         .batches
         .iter()

@@ -1,5 +1,6 @@
 //! Regression tests for the findings of the core review: each test failed before its fix.
 
+use envseal::store::local::LocalStore;
 use std::fs;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -183,7 +184,7 @@ fn a_run_killed_before_its_first_batch_resumes() {
             since: None,
         },
     };
-    drop(Journal::create(&fx.vault, &run).unwrap()); // the "crash"
+    drop(Journal::create(&LocalStore::new(&fx.vault), &run).unwrap()); // the "crash"
     let r = encrypt(&opts, &fx.kms(), &NoProgress, &AtomicBool::new(false))
         .expect("the rerun of an interrupted command must finish");
     assert_eq!(r.files, 2);
@@ -207,7 +208,7 @@ fn hostile_sizes_in_the_manifest_do_not_overflow() {
     let text = fs::read_to_string(fx.manifest_path()).unwrap();
     let verify_keyless = || {
         verify(
-            &fx.vault,
+            &LocalStore::new(&fx.vault),
             &VerifyOptions {
                 deep: false,
                 jobs: 2,
@@ -288,7 +289,7 @@ fn concealed_entries_are_not_in_clear_path_order() {
     opts.conceal_names = true;
     let kms = fx.kms();
     encrypt(&opts, &kms, &NoProgress, &AtomicBool::new(false)).unwrap();
-    let m = envseal::manifest::ManifestReader::open(&fx.vault).unwrap();
+    let m = envseal::manifest::ManifestReader::open(&LocalStore::new(&fx.vault)).unwrap();
     let nk = kms
         .unwrap(&m.header.vault_id, &m.batches[0])
         .unwrap()
@@ -366,7 +367,7 @@ fn a_run_killed_after_its_manifest_finishes_on_rerun() {
         since: None,
     };
     let vault_id = format::to_hex(
-        &envseal::manifest::ManifestReader::open(&fx.vault)
+        &envseal::manifest::ManifestReader::open(&LocalStore::new(&fx.vault))
             .unwrap()
             .header
             .vault_id,
@@ -385,7 +386,7 @@ fn a_run_killed_after_its_manifest_finishes_on_rerun() {
     let name = fx.src.file_name().unwrap().to_str().unwrap();
     assert!(!String::from_utf8_lossy(&receipt).contains(name));
     fs::remove_file(&journal).unwrap();
-    drop(Journal::create(&fx.vault, &run(params.clone())).unwrap()); // the "crash"
+    drop(Journal::create(&LocalStore::new(&fx.vault), &run(params.clone())).unwrap()); // the "crash"
     let r = encrypt(&opts, &fx.kms(), &NoProgress, &AtomicBool::new(false))
         .expect("the rerun of a finished command must succeed");
     assert_eq!(r.files, 1);
@@ -404,7 +405,7 @@ fn a_run_killed_after_its_manifest_finishes_on_rerun() {
     // Another command's leftover journal, or none at all: still refused.
     let mut other = params;
     other.excludes = vec!["*.tmp".into()];
-    drop(Journal::create(&fx.vault, &run(other)).unwrap());
+    drop(Journal::create(&LocalStore::new(&fx.vault), &run(other)).unwrap());
     let e = encrypt(&opts, &fx.kms(), &NoProgress, &AtomicBool::new(false)).unwrap_err();
     assert!(matches!(e, Error::Usage(_)), "{e}");
     fs::remove_file(&journal).unwrap();
@@ -414,7 +415,7 @@ fn a_run_killed_after_its_manifest_finishes_on_rerun() {
 
 /// Reads a whole manifest (keyless), as every reader does.
 fn read_all(vault: &std::path::Path) -> envseal::Result<Vec<envseal::manifest::Entry>> {
-    let mut r = envseal::manifest::ManifestReader::open(vault)?;
+    let mut r = envseal::manifest::ManifestReader::open(&LocalStore::new(vault))?;
     let mut out = Vec::new();
     while let Some(e) = r.next_entry()? {
         out.push(e);
@@ -513,7 +514,7 @@ fn a_vault_inside_a_source_is_refused_through_symlinks_and_dotdot() {
     ] {
         let mut opts = fx.opts(4096);
         opts.sources = vec![src.clone()];
-        opts.vault = vault.clone();
+        opts.vault = vault.clone().into();
         let r = encrypt(&opts, &fx.kms(), &NoProgress, &AtomicBool::new(false));
         assert!(
             matches!(r, Err(Error::Usage(_))),
@@ -554,7 +555,7 @@ fn a_resumed_run_refuses_batches_of_another_kms() {
             since: None,
         },
     };
-    let mut journal = Journal::create(&fx.vault, &run).unwrap();
+    let mut journal = Journal::create(&LocalStore::new(&fx.vault), &run).unwrap();
     let other = fx.tmp.path().join("other-store");
     let other_url = format!("local:{}", other.display());
     let other_kms = Kms::new(KmsOptions::default(), None).with_provider(
@@ -604,7 +605,7 @@ fn the_object_sweep_does_not_follow_symlinks() {
             since: None,
         },
     };
-    drop(Journal::create(&fx.vault, &run).unwrap());
+    drop(Journal::create(&LocalStore::new(&fx.vault), &run).unwrap());
     let _ = encrypt(&opts, &fx.kms(), &NoProgress, &AtomicBool::new(false));
     assert_eq!(fs::read(victim.join("precious")).unwrap(), b"keep me");
 
@@ -614,7 +615,7 @@ fn the_object_sweep_does_not_follow_symlinks() {
     fs::create_dir_all(victim.join("sub")).unwrap();
     fs::write(victim.join("sub/precious"), b"keep me too").unwrap();
     std::os::unix::fs::symlink(&victim, fx.vault.join("objects")).unwrap();
-    drop(Journal::create(&fx.vault, &run).unwrap());
+    drop(Journal::create(&LocalStore::new(&fx.vault), &run).unwrap());
     let _ = encrypt(&opts, &fx.kms(), &NoProgress, &AtomicBool::new(false));
     assert_eq!(
         fs::read(victim.join("sub/precious")).unwrap(),
@@ -707,7 +708,7 @@ fn verify_problems(fx: &Fixture, deep: bool) -> Vec<envseal::verify::Problem> {
     let kms = fx.kms();
     let opts = VerifyOptions { deep, jobs: 2 };
     verify(
-        &fx.vault,
+        &LocalStore::new(&fx.vault),
         &opts,
         Some(&kms),
         &NoProgress,
@@ -719,7 +720,7 @@ fn verify_problems(fx: &Fixture, deep: bool) -> Vec<envseal::verify::Problem> {
 
 /// The object (`objects/<xx>/<id>`) holding a file's record.
 fn object_of(fx: &Fixture, name: &str) -> String {
-    let m = envseal::manifest::ManifestReader::open(&fx.vault).unwrap();
+    let m = envseal::manifest::ManifestReader::open(&LocalStore::new(&fx.vault)).unwrap();
     let f = read_all(&fx.vault)
         .unwrap()
         .into_iter()
@@ -749,13 +750,14 @@ fn a_missing_object_is_a_typed_error() {
         .unwrap();
     f.set_len(10).unwrap();
 
-    let mut u = envseal::vault::unlock(&fx.vault, &fx.kms()).unwrap();
+    let mut u = envseal::vault::unlock(&LocalStore::new(&fx.vault), &fx.kms()).unwrap();
     let mut files = Vec::new();
     while let Some(e) = u.reader.next_entry().unwrap() {
         files.extend(e.file().cloned());
     }
     let r = &u.reader;
-    let ctx = RecordCtx::new(&fx.vault, &r.header, &r.batches, &r.objects, 1);
+    let store = LocalStore::new(&fx.vault);
+    let ctx = RecordCtx::new(&store, &r.header, &r.batches, &r.objects, 1);
     let open = |o: &str| {
         let f = files
             .iter()
@@ -845,7 +847,7 @@ fn decrypt_removes_stale_temporary_files_it_made() {
     let dir = fx.tmp.path().join("out/data");
     fs::create_dir_all(&dir).unwrap();
     // Temporary names carry the vault's tag (the first 8 bytes of its id).
-    let vault_id = envseal::manifest::ManifestReader::open(&fx.vault)
+    let vault_id = envseal::manifest::ManifestReader::open(&LocalStore::new(&fx.vault))
         .unwrap()
         .header
         .vault_id;

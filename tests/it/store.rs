@@ -315,6 +315,25 @@ fn conformance(s: &dyn Store, other: &dyn Store, traffic: Traffic) {
     }
     assert_eq!(s.get("objects/ff/src", 1 << 20).unwrap().unwrap(), sdata);
 
+    // ---- rename_over: the staged file in place of the old, the staged name gone ----
+    assert!(s.put_new("manifest.staged", b"staged").unwrap());
+    s.rename_over("manifest.staged", "manifest.jsonl").unwrap();
+    assert_eq!(s.get("manifest.jsonl", 100).unwrap().unwrap(), b"staged");
+    assert_eq!(s.len("manifest.staged").unwrap(), None);
+
+    // ---- abort: nothing left of an object that will not be finished ----
+    let mut w = s.create_object("objects/56/aborted", big).unwrap();
+    for (o, n) in pieces(big).into_iter().take(12) {
+        w.write_at(o, &data[o as usize..(o + n) as usize]).unwrap();
+    }
+    w.abort().unwrap();
+    s.barrier().unwrap();
+    assert_eq!(s.len("objects/56/aborted").unwrap(), None);
+    assert!(s
+        .resume_object("objects/56/aborted", big, 0)
+        .unwrap()
+        .is_none());
+
     s.remove("objects/ab/big").unwrap();
     assert_eq!(s.len("objects/ab/big").unwrap(), None);
 }

@@ -27,8 +27,11 @@ use super::{Listed, LockGuard, Log, Name, NewFile, ObjectWriter, ReadAt, Shape, 
 use crate::error::{Error, Result, StoreErrorKind};
 use crate::retry::RetryPolicy;
 
-/// The largest object one CopyObject copies (S3's limit).
+/// The largest object one CopyObject copies (S3's limit); larger ones are copied by
+/// parts (UploadPartCopy).
 const MAX_COPY: u64 = 5 << 30;
+/// The smallest part of a copy by parts.
+const COPY_PART: u64 = 512 << 20;
 
 /// The store: cheap to share, all state in [`Inner`].
 pub struct S3Store {
@@ -461,6 +464,71 @@ impl Inner {
         }
     }
 
+    /// Copies `src_key` of `src_bucket` (`len` bytes) to `name` on the server: one
+    /// CopyObject, or a multipart upload of UploadPartCopy ranges when it is larger than
+    /// one copy may be. Failures keep their kind (`Denied` for a source the credentials
+    /// may not read).
+    fn server_copy(&self, src_bucket: &str, src_key: &str, name: &str, len: u64) -> Result<()> {
+        let source = format!(
+            "/{src_bucket}/{}",
+            crate::sigv4::uri_encode(src_key, true).trim_start_matches('/')
+        );
+        let key = self.cfg().key(name);
+        let check = |doc: xml::Node| -> Result<xml::Node> {
+            if doc.name == "Error" {
+                return Err(self.fail(
+                    Some(name),
+                    client::classify(
+                        500,
+                        &doc.text_of("Code").unwrap_or_default(),
+                        &doc.text_of("Message").unwrap_or_default(),
+                        false,
+                    ),
+                ));
+            }
+            Ok(doc)
+        };
+        if len <= MAX_COPY {
+            let req = Req::new(Method::PUT, Some(&key)).header("x-amz-copy-source", source);
+            let doc = self
+                .client
+                .send(&req, &[])
+                .and_then(|a| a.xml())
+                .map_err(|f| self.fail(Some(name), f))?;
+            return check(doc).map(|_| ());
+        }
+        let part = COPY_PART.max(len.div_ceil(10_000));
+        let upload_id = self.create_upload(name, &key)?;
+        let mut parts = BTreeMap::new();
+        let mut at = 0;
+        let mut n = 1u32;
+        let copied = (|| -> Result<()> {
+            while at < len {
+                let end = (at + part).min(len);
+                let req = Req::new(Method::PUT, Some(&key))
+                    .query("partNumber", n.to_string())
+                    .query("uploadId", upload_id.clone())
+                    .header("x-amz-copy-source", source.clone())
+                    .header("x-amz-copy-source-range", format!("bytes={at}-{}", end - 1));
+                let doc = self
+                    .client
+                    .send(&req, &[])
+                    .and_then(|a| a.xml())
+                    .map_err(|f| self.fail(Some(name), f))?;
+                let etag = check(doc)?.text_of("ETag").unwrap_or_default();
+                parts.insert(n, etag);
+                at = end;
+                n += 1;
+            }
+            self.complete(name, &key, &upload_id, &parts, false)
+                .map(|_| ())
+        })();
+        if copied.is_err() {
+            self.abort_quietly(&key, &upload_id);
+        }
+        copied
+    }
+
     /// Whether the bucket exists (HEAD bucket); refusals are errors.
     fn bucket_exists(&self) -> Result<bool> {
         match self.client.send(&Req::new(Method::HEAD, None), &[]) {
@@ -548,7 +616,11 @@ impl Store for S3Store {
         }
         Ok(names
             .into_iter()
-            .map(|(name, len)| Listed { name, len })
+            .map(|(name, len)| Listed {
+                name,
+                len,
+                file: true,
+            })
             .collect())
     }
 
@@ -569,6 +641,21 @@ impl Store for S3Store {
     fn remove(&self, name: Name) -> Result<()> {
         self.inner.delete(name)?;
         journal_log::remove_segments(&self.inner, name)
+    }
+
+    fn rename_over(&self, from: Name, to: Name) -> Result<()> {
+        let Some((len, _)) = self.inner.head(from)? else {
+            return Err(Error::Runtime(format!(
+                "{}: missing, cannot be put in place of {to}",
+                self.describe(from)
+            )));
+        };
+        // No rename on object storage: a copy on the server (atomic for readers of `to`:
+        // the old object or the new one), then `from` goes.
+        let cfg = self.inner.cfg();
+        self.inner
+            .server_copy(&cfg.bucket, &cfg.key(from), to, len)?;
+        self.inner.delete(from)
     }
 
     fn create_object(&self, name: Name, shape: Shape) -> Result<Box<dyn ObjectWriter>> {
@@ -664,33 +751,21 @@ impl Store for S3Store {
             return Ok(false);
         }
         // Both stores read the same environment, so the same endpoint and credentials.
-        let src_key = format!("{}{name}", src.prefix);
-        let source = format!(
-            "/{}/{}",
-            src.bucket,
-            crate::sigv4::uri_encode(&src_key, true).trim_start_matches('/')
-        );
-        match from.len(name)? {
-            Some(len) if len <= MAX_COPY => {}
-            // Absent (the caller reports it) or too large for one copy: the caller copies.
-            _ => return Ok(false),
-        }
-        let key = self.inner.cfg().key(name);
-        let req = Req::new(Method::PUT, Some(&key)).header("x-amz-copy-source", source);
-        match self.inner.client.send(&req, &[]).and_then(|a| a.xml()) {
-            Ok(doc) if doc.name == "Error" => Err(self.inner.fail(
-                Some(name),
-                client::classify(
-                    500,
-                    &doc.text_of("Code").unwrap_or_default(),
-                    &doc.text_of("Message").unwrap_or_default(),
-                    false,
-                ),
-            )),
-            Ok(_) => Ok(true),
+        let Some(len) = from.len(name)? else {
+            // Absent: the caller's copy reports it.
+            return Ok(false);
+        };
+        match self
+            .inner
+            .server_copy(&src.bucket, &format!("{}{name}", src.prefix), name, len)
+        {
+            Ok(()) => Ok(true),
             // Another account's bucket the credentials cannot read: the caller copies.
-            Err(f) if f.kind == StoreErrorKind::Denied => Ok(false),
-            Err(f) => Err(self.inner.fail(Some(name), f)),
+            Err(Error::Store {
+                kind: StoreErrorKind::Denied,
+                ..
+            }) => Ok(false),
+            Err(e) => Err(e),
         }
     }
 

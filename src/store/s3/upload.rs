@@ -368,6 +368,17 @@ impl ObjectWriter for MultipartWriter {
             .complete(&self.name, &self.up.key, &self.up.upload_id, &parts, false)
             .map(|_| ())
     }
+
+    fn abort(self: Box<Self>) -> Result<()> {
+        // Parts still in flight would otherwise land after the abort.
+        let _ = self.up.wait();
+        let req = super::client::Req::new(reqwest::Method::DELETE, Some(&self.up.key))
+            .query("uploadId", self.up.upload_id.clone());
+        match self.up.inner.client.send(&req, &[404]) {
+            Ok(_) => Ok(()),
+            Err(f) => Err(self.up.inner.fail(Some(&self.name), f)),
+        }
+    }
 }
 
 /// A small object (or a pack of open length), kept in memory and sent as one PUT.
@@ -422,6 +433,11 @@ impl ObjectWriter for BufferedWriter {
         self.inner
             .put(&self.name, Bytes::from(self.data), false)
             .map(|_| ())
+    }
+
+    fn abort(self: Box<Self>) -> Result<()> {
+        // Nothing was sent.
+        Ok(())
     }
 }
 
