@@ -295,6 +295,9 @@ fn conformance(s: &dyn Store, other: &dyn Store, traffic: Traffic) {
 
     // ---- the writers' lock ----
     let held = s.lock(false).unwrap();
+    // The lock is no name of the vault (an encrypt into a fresh vault must find it empty).
+    let names: Vec<String> = s.list("").unwrap().into_iter().map(|l| l.name).collect();
+    assert!(!names.iter().any(|n| n.contains("lock")), "{names:?}");
     match s.lock(false) {
         Err(e @ Error::Locked { .. }) => {
             let msg = e.to_string();

@@ -30,6 +30,8 @@ use crate::retry::RetryPolicy;
 /// The largest object one CopyObject copies (S3's limit); larger ones are copied by
 /// parts (UploadPartCopy).
 const MAX_COPY: u64 = 5 << 30;
+/// The scratch objects of the conditional-PUT probe.
+const PROBE_PREFIX: &str = ".envseal-probe-";
 /// The smallest part of a copy by parts.
 const COPY_PART: u64 = 512 << 20;
 
@@ -182,7 +184,7 @@ impl Inner {
         }
         let mut r = [0u8; 8];
         getrandom::getrandom(&mut r).map_err(|e| Error::Runtime(format!("random: {e}")))?;
-        let name = format!(".envseal-probe-{}", hex::encode(r));
+        let name = format!("{PROBE_PREFIX}{}", hex::encode(r));
         let key = self.cfg().key(&name);
         let req = Req::new(Method::PUT, Some(&key))
             .header("If-None-Match", "*")
@@ -605,12 +607,17 @@ impl Store for S3Store {
     fn list(&self, prefix: &str) -> Result<Vec<Listed>> {
         let base = &self.inner.cfg().prefix;
         let keys = self.inner.list_keys(&format!("{base}{prefix}"))?;
-        // Journal segments (`<log>.d/<offset>`) are listed as their log.
+        // Journal segments (`<log>.d/<offset>`) are listed as their log. The store's own
+        // objects (the lock, a probe) are not vault names: a local vault has no such files
+        // either, and an encrypt into a fresh prefix must find it empty.
         let mut names: BTreeMap<String, u64> = BTreeMap::new();
         for (key, size) in keys {
             let Some(name) = key.strip_prefix(base.as_str()) else {
                 continue;
             };
+            if name == lock::LOCK_NAME || name.starts_with(PROBE_PREFIX) {
+                continue;
+            }
             let name = journal_log::log_of_segment(name).unwrap_or(name);
             *names.entry(name.to_string()).or_default() += size;
         }
