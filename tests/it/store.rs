@@ -390,6 +390,22 @@ fn s3_on_seaweedfs_conforms() {
         other => panic!("a live lease: {:?}", other.map(|_| ())),
     }
     s.remove("lock.json").unwrap();
+    // A live lease of a process of this host that is gone (killed): taken over at once.
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let pid = gone.id();
+    gone.wait().unwrap();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    s.replace(
+        "lock.json",
+        format!(
+            r#"{{"host":"{}","pid":{pid},"token":"t","expires":{}}}"#,
+            host.trim(),
+            now + 3600
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    drop(s.lock(false).expect("a dead holder's lock is taken over"));
 
     // A held lease is renewed: still refused after it would have expired.
     let short = server

@@ -2,7 +2,8 @@
 //! an expiry), created with `If-None-Match: *`, its lease renewed by a thread while held
 //! (`If-Match` its ETag), removed when the guard drops. A lease that expired (its holder
 //! died) is taken over, conditional on the ETag that was read. docs/STORAGE.md, "One
-//! writer at a time".
+//! writer at a time". A lease whose holder is a process of this host that no longer exists
+//! (killed) is taken over at once.
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -101,7 +102,13 @@ impl S3Lock {
                 .map_err(|f| f.into_error(&url, inner.cfg()))?;
             let lease: Option<Lease> = serde_json::from_slice(&text).ok();
             if let Some(l) = &lease {
-                if l.expires > now() {
+                // A holder on this host whose process is gone (killed) holds nothing: the
+                // same command run again need not wait for its lease to lapse.
+                let dead = l.host == hostname()
+                    && !std::path::Path::new("/proc")
+                        .join(l.pid.to_string())
+                        .exists();
+                if l.expires > now() && !dead {
                     return Err(Error::Locked {
                         path: inner.cfg().url().into(),
                         pid: (l.host == hostname()).then_some(l.pid),
