@@ -13,6 +13,9 @@ use super::Inner;
 use crate::error::{Error, Result};
 use crate::store::Log;
 
+/// A log's segments: (offset, length), by offset.
+type Segments = Vec<(u64, u64)>;
+
 /// The most a log's whole-file start (a receipt) is read into memory.
 const MAX_BASE: u64 = 64 << 20;
 
@@ -58,6 +61,70 @@ pub fn remove_segments(inner: &Inner, log: &str) -> Result<()> {
     Ok(())
 }
 
+/// The log `name` as one file (its whole-file start, then its segments), for the readers
+/// of the file API (`len`, `get`, `reader`): `None` when it has no live segments, and the
+/// name is an ordinary object (or nothing). Nothing is changed (stale segments are only
+/// removed by [`open`], a writer).
+pub fn read_whole(inner: &Inner, name: &str, max: u64) -> Result<Option<Vec<u8>>> {
+    let Some((base, segs)) = live(inner, name)? else {
+        return Ok(None);
+    };
+    let total = base + segs.iter().map(|(_, l)| l).sum::<u64>();
+    if total > max {
+        return Err(Error::integrity(
+            inner.describe(name),
+            format!("longer than {max} bytes"),
+        ));
+    }
+    let mut body = Vec::with_capacity(total as usize);
+    if base > 0 {
+        body = inner
+            .get_bytes(name, base)?
+            .ok_or_else(|| Error::integrity(inner.describe(name), "vanished while read"))?;
+    }
+    for (o, l) in &segs {
+        let seg = segment(name, *o);
+        let bytes = inner
+            .get_bytes(&seg, *l)?
+            .ok_or_else(|| Error::integrity(inner.describe(&seg), "vanished while read"))?;
+        body.extend_from_slice(&bytes);
+    }
+    Ok(Some(body))
+}
+
+/// The length of the log `name` read as one file; `None` as for [`read_whole`].
+pub fn whole_len(inner: &Inner, name: &str) -> Result<Option<u64>> {
+    Ok(live(inner, name)?.map(|(base, segs)| base + segs.iter().map(|(_, l)| l).sum::<u64>()))
+}
+
+/// The whole-file start's length and the live segments of a log that has some, checked
+/// to follow each other; `None` when there are none (or only stale ones).
+fn live(inner: &Inner, name: &str) -> Result<Option<(u64, Segments)>> {
+    if name.contains('/') {
+        return Ok(None);
+    }
+    let segs = segments(inner, name)?;
+    if segs.is_empty() {
+        return Ok(None);
+    }
+    let base = inner.head(name)?.map(|(l, _)| l);
+    if base.is_some() && segs[0].0 == 0 {
+        return Ok(None);
+    }
+    let base = base.unwrap_or(0);
+    let mut at = base;
+    for (o, l) in &segs {
+        if *o != at {
+            return Err(Error::integrity(
+                inner.describe(&segment(name, *o)),
+                format!("a journal segment at byte {o} where byte {at} was expected"),
+            ));
+        }
+        at += l;
+    }
+    Ok(Some((base, segs)))
+}
+
 pub struct S3Log {
     inner: Arc<Inner>,
     name: String,
@@ -87,8 +154,7 @@ pub fn create(inner: &Arc<Inner>, name: &str, first: &[u8]) -> Result<Option<Box
     })))
 }
 
-#[allow(clippy::type_complexity)]
-pub fn open(inner: &Arc<Inner>, name: &str) -> Result<Option<(Box<dyn Log>, Vec<u8>)>> {
+pub fn open(inner: &Arc<Inner>, name: &str) -> Result<Option<crate::store::OpenedLog>> {
     let mut segs = segments(inner, name)?;
     let base = inner.get_bytes(name, MAX_BASE)?;
     if base.is_some() && segs.first().is_some_and(|(o, _)| *o == 0) {

@@ -123,7 +123,7 @@ impl S3Lock {
             match inner.client.send(&req, &[412]) {
                 Ok(a) if a.status == 412 => continue,
                 Ok(a) => {
-                    log::warn!("{url}: took over an expired lock");
+                    log::warn!("{url}: took over the lock of a run that is gone (its lease lapsed or its process died)");
                     etag = Some(a.header("etag").unwrap_or_default());
                     break;
                 }

@@ -30,6 +30,8 @@ use crate::retry::RetryPolicy;
 /// The largest object one CopyObject copies (S3's limit); larger ones are copied by
 /// parts (UploadPartCopy).
 const MAX_COPY: u64 = 5 << 30;
+/// The most of a log `reader` joins in memory.
+const MAX_LOG_READ: u64 = 1 << 30;
 /// The scratch objects of the conditional-PUT probe.
 const PROBE_PREFIX: &str = ".envseal-probe-";
 /// The smallest part of a copy by parts.
@@ -574,15 +576,27 @@ impl Store for S3Store {
         self.inner.bucket_exists()
     }
 
+    // A log (the journal) reads as the one file it is on a local disk: `len`, `get` and
+    // `reader` of a name at the vault's top see its segments joined.
+
     fn len(&self, name: Name) -> Result<Option<u64>> {
+        if let Some(len) = journal_log::whole_len(&self.inner, name)? {
+            return Ok(Some(len));
+        }
         Ok(self.inner.head(name)?.map(|(len, _)| len))
     }
 
     fn get(&self, name: Name, max: u64) -> Result<Option<Vec<u8>>> {
+        if let Some(body) = journal_log::read_whole(&self.inner, name, max)? {
+            return Ok(Some(body));
+        }
         self.inner.get_bytes(name, max)
     }
 
     fn reader(&self, name: Name) -> Result<Option<Box<dyn Read + Send>>> {
+        if let Some(body) = journal_log::read_whole(&self.inner, name, MAX_LOG_READ)? {
+            return Ok(Some(Box::new(io::Cursor::new(body))));
+        }
         let key = self.inner.cfg().key(name);
         let mut req = Req::new(Method::GET, Some(&key));
         req.timeout = Some(client::STREAM_TIMEOUT);
