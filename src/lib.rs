@@ -23,6 +23,8 @@ pub mod kms;
 pub mod limits;
 pub mod pipeline;
 pub mod progress;
+pub mod retry;
+pub mod sigv4;
 pub mod store;
 
 pub use error::{Error, Result};

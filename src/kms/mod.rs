@@ -15,9 +15,12 @@ pub mod keys;
 pub mod keyspec;
 pub mod keystore;
 pub mod local;
-pub mod retry;
 #[cfg(feature = "server")]
 pub mod server;
+
+/// The retry policy moved to [`crate::retry`] (shared with the object store); its old path
+/// still works.
+pub use crate::retry;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -226,6 +229,12 @@ impl KmsErrorKind {
     }
 }
 
+impl crate::retry::Retryable for KmsError {
+    fn is_retryable(&self) -> bool {
+        self.kind.is_retryable()
+    }
+}
+
 /// What a KMS error's code says beyond its [`KmsErrorKind`], where the advice to the user
 /// differs. Alibaba and AWS name the same condition differently; this is the one place that
 /// knows both spellings.
@@ -332,7 +341,7 @@ impl std::error::Error for KmsError {}
 /// Options that apply to every provider built by [`from_url`].
 #[derive(Clone, Debug)]
 pub struct KmsOptions {
-    pub retry: retry::RetryPolicy,
+    pub retry: crate::retry::RetryPolicy,
     /// Per-request timeout for HTTP providers.
     pub timeout: std::time::Duration,
     /// Asks the user for the passphrase of a sealed local key store when ENVSEAL_PASSPHRASE is
@@ -346,7 +355,7 @@ pub struct KmsOptions {
 impl Default for KmsOptions {
     fn default() -> Self {
         KmsOptions {
-            retry: retry::RetryPolicy::default(),
+            retry: crate::retry::RetryPolicy::default(),
             timeout: std::time::Duration::from_secs(30),
             passphrase_prompt: None,
             scratch_store: false,

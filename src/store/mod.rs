@@ -13,6 +13,7 @@
 //! [`open`] is the one place a location maps to an implementation.
 
 pub mod local;
+pub mod s3;
 pub mod syncer;
 
 use std::fmt;
@@ -27,11 +28,16 @@ use crate::error::Result;
 pub enum Location {
     /// A local directory.
     Local(PathBuf),
+    /// A bucket and prefix of S3-compatible object storage (`s3://`, `oss://`).
+    S3(s3::S3Url),
 }
 
 impl Location {
-    /// Parses a `VAULT` argument: a path, or (later) an object-storage URL.
+    /// Parses a `VAULT` argument: `s3://BUCKET/PREFIX`, `oss://BUCKET/PREFIX`, or a path.
     pub fn parse(arg: &std::ffi::OsStr) -> Result<Location> {
+        if let Some(url) = arg.to_str().and_then(s3::S3Url::parse) {
+            return url.map(Location::S3);
+        }
         Ok(Location::Local(PathBuf::from(arg)))
     }
 
@@ -42,6 +48,7 @@ impl Location {
             Location::Local(p) => std::path::absolute(p)
                 .map(Location::Local)
                 .map_err(|e| crate::Error::io(p, e)),
+            Location::S3(u) => Ok(Location::S3(u.clone())),
         }
     }
 
@@ -52,6 +59,8 @@ impl Location {
             (Location::Local(a), Location::Local(b)) => {
                 crate::fs::resolved(a) == crate::fs::resolved(b)
             }
+            (Location::S3(a), Location::S3(b)) => a == b,
+            _ => false,
         }
     }
 
@@ -59,6 +68,7 @@ impl Location {
     pub fn local_dir(&self) -> Option<&std::path::Path> {
         match self {
             Location::Local(p) => Some(p),
+            Location::S3(_) => None,
         }
     }
 }
@@ -85,6 +95,7 @@ impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Location::Local(p) => write!(f, "{}", p.display()),
+            Location::S3(u) => write!(f, "{u}"),
         }
     }
 }
@@ -94,6 +105,7 @@ impl fmt::Display for Location {
 pub fn open(loc: &Location) -> Result<Arc<dyn Store>> {
     match loc {
         Location::Local(p) => Ok(Arc::new(local::LocalStore::new(p))),
+        Location::S3(u) => Ok(Arc::new(s3::S3Store::open(u)?)),
     }
 }
 

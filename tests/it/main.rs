@@ -36,6 +36,7 @@ mod races_src;
 mod review;
 mod rewrap;
 mod sparse;
+mod store;
 mod survive;
 mod terminal;
 mod to_device;

@@ -10,11 +10,11 @@ use zeroize::Zeroizing;
 
 use super::sign::{pct, v1_signature, v1_string_to_sign};
 use super::{format_timestamp, kind_for_code, new_uuid, API_VERSION, DEFAULT_REGION};
-use crate::kms::retry::RetryPolicy;
 use crate::kms::{
     AliasEntry, DataKey, EncryptionContext, GeneratedKey, KeyMetadata, KeyProvider, KmsAdmin,
     KmsError, KmsErrorKind, KmsOptions, WrappedKey, DATA_KEY_LEN,
 };
+use crate::retry::RetryPolicy;
 
 /// Environment variables holding the client's credentials.
 pub const ENV_ACCESS_KEY_ID: &str = "ALIBABA_CLOUD_ACCESS_KEY_ID";

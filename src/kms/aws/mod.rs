@@ -8,8 +8,6 @@
 //! Bodies that carry key material (Encrypt requests, GenerateDataKey and Decrypt responses) are
 //! kept in zeroizing buffers; the HTTP stack's own internal copies are out of our reach.
 
-pub mod sigv4;
-
 use std::io::{Cursor, Read};
 
 use base64::engine::general_purpose::STANDARD as B64;
@@ -17,12 +15,12 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::retry::RetryPolicy;
 use super::{
     DataKey, EncryptionContext, GeneratedKey, KeyProvider, KmsError, KmsErrorKind, KmsOptions,
     WrappedKey, DATA_KEY_LEN,
 };
-use sigv4::Credentials;
+use crate::retry::RetryPolicy;
+use crate::sigv4::{self, Credentials};
 
 const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
 const SERVICE: &str = "kms";
@@ -275,8 +273,10 @@ impl AwsClient {
                 query: &[],
                 headers: &headers,
                 payload: body,
+                payload_hash: None,
             },
-        )?;
+        )
+        .map_err(|e| KmsError::new(KmsErrorKind::InvalidArgument, e.to_string()))?;
         let mut request = self
             .http
             .post(self.url.clone())

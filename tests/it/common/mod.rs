@@ -1,6 +1,7 @@
 //! Shared helpers for the integration tests: temp trees, the real binary, local servers.
 #![allow(dead_code)]
 
+pub mod s3;
 pub mod servers;
 pub mod tree;
 

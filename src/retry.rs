@@ -1,12 +1,18 @@
-//! Bounded retries with full-jitter exponential backoff, for the HTTP providers.
+//! Bounded retries with full-jitter exponential backoff, for the HTTP clients (the KMS
+//! providers and the S3-compatible store).
 //!
-//! Only errors a KMS marks as temporary are retried (throttling, 5xx, transport failures);
-//! everything else surfaces at once. See "Exponential Backoff And Jitter" (AWS architecture
+//! Only errors marked temporary ([`Retryable`]) are retried (throttling, 5xx, transport
+//! failures); everything else surfaces at once. See "Exponential Backoff And Jitter" (AWS architecture
 //! blog): `sleep = random(0, min(cap, base * 2^attempt))`.
 
 use std::time::Duration;
 
-use super::KmsError;
+use std::fmt::Display;
+
+/// An error that knows whether sending the request again may succeed.
+pub trait Retryable: Display {
+    fn is_retryable(&self) -> bool;
+}
 
 /// How often and how long to retry.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,16 +53,16 @@ impl RetryPolicy {
 
     /// Runs `call` until it succeeds, fails permanently, or attempts run out. `what` names the
     /// call in the log lines (e.g. `GenerateDataKey at https://kms...`).
-    pub fn run<T>(
+    pub fn run<T, E: Retryable>(
         &self,
         what: &str,
-        mut call: impl FnMut() -> Result<T, KmsError>,
-    ) -> Result<T, KmsError> {
+        mut call: impl FnMut() -> Result<T, E>,
+    ) -> Result<T, E> {
         let mut attempt = 1;
         loop {
             match call() {
                 Ok(v) => return Ok(v),
-                Err(e) if e.kind.is_retryable() && attempt < self.max_attempts.max(1) => {
+                Err(e) if e.is_retryable() && attempt < self.max_attempts.max(1) => {
                     let wait = self.delay(attempt);
                     log::warn!(
                         "{what}: {e}; retry {attempt}/{} in {} ms",
@@ -75,7 +81,7 @@ impl RetryPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kms::KmsErrorKind;
+    use crate::kms::{KmsError, KmsErrorKind};
 
     #[test]
     fn delay_is_bounded_by_cap() {

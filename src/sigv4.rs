@@ -1,4 +1,5 @@
-//! AWS Signature Version 4 for request headers (`Authorization: AWS4-HMAC-SHA256 ...`).
+//! AWS Signature Version 4 for request headers (`Authorization: AWS4-HMAC-SHA256 ...`), shared
+//! by the AWS KMS client (`kms::aws`) and the S3-compatible store (`store::s3`).
 //!
 //! Written here rather than pulled in as `aws-sigv4`, which brings the smithy runtime crates
 //! with it: the algorithm is four small steps over ring's SHA-256 and HMAC, and the published
@@ -13,12 +14,11 @@
 
 use std::fmt;
 
-use ring::{digest, hmac};
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
 use time::macros::format_description;
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
-
-use crate::kms::{KmsError, KmsErrorKind};
 
 const ALGORITHM: &str = "AWS4-HMAC-SHA256";
 
@@ -69,6 +69,20 @@ pub struct Request<'a> {
     pub query: &'a [(&'a str, &'a str)],
     pub headers: &'a [(&'a str, &'a str)],
     pub payload: &'a [u8],
+    /// The payload's hash as the canonical request names it, when it is not the hex SHA-256
+    /// of `payload` computed here: S3 sends it in `x-amz-content-sha256` (computed once by
+    /// the caller, or `UNSIGNED-PAYLOAD`).
+    pub payload_hash: Option<&'a str>,
+}
+
+/// A date SigV4 cannot spell (outside years 0000-9999).
+#[derive(Debug)]
+pub struct DateError(pub String);
+
+impl fmt::Display for DateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SigV4 date: {}", self.0)
+    }
 }
 
 /// The result of signing: headers to add to the request, in order.
@@ -79,12 +93,12 @@ pub struct Signed {
 }
 
 /// `YYYYMMDDThhmmssZ` and `YYYYMMDD` for a UTC instant.
-pub fn amz_dates(when: OffsetDateTime) -> Result<(String, String), KmsError> {
+pub fn amz_dates(when: OffsetDateTime) -> Result<(String, String), DateError> {
     let fmt = format_description!("[year][month][day]T[hour][minute][second]Z");
     let stamp = when
         .to_offset(time::UtcOffset::UTC)
         .format(&fmt)
-        .map_err(|e| KmsError::new(KmsErrorKind::InvalidArgument, format!("SigV4 date: {e}")))?;
+        .map_err(|e| DateError(e.to_string()))?;
     let date = stamp[..8].to_string();
     Ok((stamp, date))
 }
@@ -98,7 +112,7 @@ pub fn sign(
     service: &str,
     when: OffsetDateTime,
     req: &Request<'_>,
-) -> Result<Signed, KmsError> {
+) -> Result<Signed, DateError> {
     let (amz_date, date) = amz_dates(when)?;
     let mut headers: Vec<(&str, &str)> = req.headers.to_vec();
     headers.push(("x-amz-date", &amz_date));
@@ -172,7 +186,8 @@ pub fn canonical_request(req: &Request<'_>) -> CanonicalRequest {
         "{}\n{}\n{query}\n{canonical_headers}\n{signed_headers}\n{}",
         req.method,
         uri_encode(path, true),
-        sha256_hex(req.payload)
+        req.payload_hash
+            .map_or_else(|| sha256_hex(req.payload), str::to_string)
     );
     CanonicalRequest {
         text,
@@ -198,14 +213,20 @@ pub fn signing_key(secret: &str, date: &str, region: &str, service: &str) -> Zer
 }
 
 fn hmac_sha256(key: &[u8], data: &[u8]) -> Zeroizing<[u8; 32]> {
-    let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), data);
+    // HMAC takes a key of any length: `new_from_slice` cannot fail for it.
+    let mut mac = match Hmac::<Sha256>::new_from_slice(key) {
+        Ok(m) => m,
+        Err(_) => unreachable!("HMAC accepts keys of every length"),
+    };
+    mac.update(data);
     let mut out = Zeroizing::new([0u8; 32]);
-    out.copy_from_slice(tag.as_ref());
+    out.copy_from_slice(&mac.finalize().into_bytes());
     out
 }
 
-fn sha256_hex(data: &[u8]) -> String {
-    hex::encode(digest::digest(&digest::SHA256, data))
+/// Hex SHA-256 of `data`, as `x-amz-content-sha256` and the canonical request carry it.
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
 }
 
 /// Trims a header value and collapses runs of spaces to one, as the canonical form requires.
@@ -215,7 +236,7 @@ fn normalize_value(v: &str) -> String {
 
 /// RFC 3986 encoding as SigV4 defines it: everything but `A-Za-z0-9-_.~` is `%XX` (upper-case
 /// hex), byte by byte of the UTF-8; `/` is kept in paths.
-fn uri_encode(s: &str, keep_slash: bool) -> String {
+pub fn uri_encode(s: &str, keep_slash: bool) -> String {
     let mut out = String::with_capacity(s.len());
     for &b in s.as_bytes() {
         if b.is_ascii_alphanumeric()
@@ -266,6 +287,7 @@ mod tests {
             query,
             headers,
             payload,
+            payload_hash: None,
         };
         sign(&creds(token), "us-east-1", service, WHEN, &req).unwrap()
     }
@@ -293,6 +315,7 @@ mod tests {
             query: &[],
             headers: &[HOST, ("X-Amz-Date", "20150830T123600Z")],
             payload: b"",
+            payload_hash: None,
         };
         let canonical = canonical_request(&req);
         assert_eq!(
@@ -438,6 +461,7 @@ mod tests {
                 query: &[],
                 headers: &[HOST],
                 payload: b"",
+                payload_hash: None,
             };
             let signed = sign(&creds(None), "us-east-1", "service", WHEN, &req).unwrap();
             assert_eq!(
@@ -582,6 +606,7 @@ mod tests {
                 ("X-Amz-Date", "20150830T123600Z"),
             ],
             payload: b"",
+            payload_hash: None,
         };
         assert_eq!(
             sha256_hex(canonical_request(&req).text.as_bytes()),
@@ -603,6 +628,44 @@ mod tests {
             "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/iam/aws4_request, \
              SignedHeaders=content-type;host;x-amz-date, \
              Signature=5d672d79c15b13162d9279b0855cfba6789a8edb4c82c400e06b5924a6f2b5d7"
+        );
+    }
+
+    /// The S3 example of "Signature Calculations for the Authorization Header" (Amazon S3 API
+    /// reference): a ranged GET with `x-amz-content-sha256`, signed for service `s3`.
+    #[test]
+    fn s3_get_object_example_from_the_docs() {
+        let creds = Credentials::new(
+            "AKIAIOSFODNN7EXAMPLE",
+            Zeroizing::new("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY".to_string()),
+            None,
+        );
+        let empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        let req = Request {
+            method: "GET",
+            path: "/test.txt",
+            query: &[],
+            headers: &[
+                ("Host", "examplebucket.s3.amazonaws.com"),
+                ("Range", "bytes=0-9"),
+                ("x-amz-content-sha256", empty),
+            ],
+            payload: b"",
+            payload_hash: Some(empty),
+        };
+        let signed = sign(
+            &creds,
+            "us-east-1",
+            "s3",
+            datetime!(2013-05-24 00:00:00 UTC),
+            &req,
+        )
+        .unwrap();
+        assert_eq!(
+            header(&signed, "Authorization"),
+            "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request, \
+             SignedHeaders=host;range;x-amz-content-sha256;x-amz-date, \
+             Signature=f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41"
         );
     }
 
