@@ -53,7 +53,7 @@ impl std::fmt::Debug for S3Store {
 /// What the store, its writers and the pool's jobs share.
 pub(crate) struct Inner {
     client: Client,
-    pool: Pool,
+    pool: Arc<Pool>,
     /// Whether the server honours `If-None-Match: *` on PUT (probed once).
     conditional: OnceLock<bool>,
     /// How long the lock's lease lasts, and how often it is renewed.
@@ -70,7 +70,7 @@ impl S3Store {
         Ok(S3Store {
             inner: Arc::new(Inner {
                 client: Client::new(cfg)?,
-                pool: Pool::new(),
+                pool: Arc::new(Pool::new()),
                 conditional: OnceLock::new(),
                 lease: (lock::LEASE, lock::RENEW_EVERY),
             }),
@@ -748,14 +748,16 @@ impl Store for S3Store {
             self.inner.abort_quietly(&key, &upload_id);
             return Ok(None);
         }
-        Ok(Some(Box::new(MultipartWriter::new(
-            Arc::clone(&self.inner),
-            name,
-            key,
-            upload_id,
-            geo,
-            keep,
-        ))))
+        // Parts past the checkpoint that the interrupted run sent: the caller writes them
+        // again (it has no digests of them), and an identical part is not sent twice.
+        let sent: BTreeMap<u32, (u64, String)> = listed
+            .into_iter()
+            .filter(|(n, _)| !keep.contains_key(n))
+            .collect();
+        Ok(Some(Box::new(
+            MultipartWriter::new(Arc::clone(&self.inner), name, key, upload_id, geo, keep)
+                .with_sent(sent),
+        )))
     }
 
     fn barrier(&self) -> Result<()> {

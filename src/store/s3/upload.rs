@@ -88,13 +88,14 @@ impl Geometry {
     }
 }
 
-type Job = Box<dyn FnOnce() + Send>;
+type Job = Box<dyn FnOnce(&Pool, u64) + Send>;
 
-/// A few threads that upload parts for every writer of a store, and the count of uploads
-/// not yet acknowledged (what the barrier waits for).
+/// A few threads that upload parts for every writer of a store, and the uploads not yet
+/// acknowledged, numbered in the order they were handed over (a barrier waits for those
+/// handed over before it began, not for the ones a busy writer keeps adding).
 pub struct Pool {
-    tx: Mutex<Option<Sender<Job>>>,
-    rx: Receiver<Job>,
+    tx: Mutex<Option<Sender<(u64, Job)>>>,
+    rx: Receiver<(u64, Job)>,
     started: Mutex<usize>,
     state: Mutex<PoolState>,
     idle: Condvar,
@@ -102,7 +103,10 @@ pub struct Pool {
 
 #[derive(Default)]
 struct PoolState {
-    pending: usize,
+    /// Tickets of the uploads handed over and not yet acknowledged.
+    pending: std::collections::BTreeSet<u64>,
+    /// The next upload's ticket.
+    next: u64,
     /// The first failure since the last barrier.
     error: Option<Error>,
 }
@@ -119,46 +123,59 @@ impl Pool {
         }
     }
 
-    fn submit(&self, job: Job) -> Result<()> {
+    fn submit(self: &Arc<Self>, job: Job) -> Result<()> {
         {
             let mut n = lock(&self.started);
             while *n < POOL_THREADS {
                 let rx = self.rx.clone();
+                // The threads hold the pool weakly: dropping the store ends them.
+                let pool = Arc::downgrade(self);
                 std::thread::Builder::new()
                     .name("envseal-s3-upload".into())
                     .spawn(move || {
-                        for job in rx {
-                            job();
+                        for (ticket, job) in rx {
+                            match pool.upgrade() {
+                                Some(p) => job(&p, ticket),
+                                None => return,
+                            }
                         }
                     })
                     .map_err(|e| Error::Runtime(format!("cannot start an upload thread: {e}")))?;
                 *n += 1;
             }
         }
-        lock(&self.state).pending += 1;
-        let sent = lock(&self.tx).as_ref().map(|tx| tx.send(job));
+        let ticket = {
+            let mut st = lock(&self.state);
+            let t = st.next;
+            st.next += 1;
+            st.pending.insert(t);
+            t
+        };
+        let sent = lock(&self.tx).as_ref().map(|tx| tx.send((ticket, job)));
         match sent {
             Some(Ok(())) => Ok(()),
             _ => {
-                self.done(None);
+                self.done(ticket, None);
                 Err(Error::Runtime("the upload threads have stopped".into()))
             }
         }
     }
 
-    fn done(&self, error: Option<&Error>) {
+    fn done(&self, ticket: u64, error: Option<&Error>) {
         let mut st = lock(&self.state);
-        st.pending -= 1;
+        st.pending.remove(&ticket);
         if let (Some(e), None) = (error, &st.error) {
             st.error = Some(clone_error(e));
         }
         self.idle.notify_all();
     }
 
-    /// Waits for every upload handed over so far; the first failure among them, if any.
+    /// Waits for every upload handed over so far (not for those handed over meanwhile);
+    /// the first failure since the last barrier, if any.
     pub fn wait_idle(&self) -> Result<()> {
         let mut st = lock(&self.state);
-        while st.pending > 0 {
+        let upto = st.next;
+        while st.pending.first().is_some_and(|&t| t < upto) {
             st = self.idle.wait(st).unwrap_or_else(|p| p.into_inner());
         }
         match st.error.take() {
@@ -215,7 +232,7 @@ impl Upload {
         }
         let up = Arc::clone(self);
         let body = Bytes::from(data);
-        self.inner.pool.submit(Box::new(move || {
+        self.inner.pool.submit(Box::new(move |pool, ticket| {
             let r = up.inner.upload_part(&up.key, &up.upload_id, n, body);
             {
                 let mut p = lock(&up.parts);
@@ -233,7 +250,7 @@ impl Upload {
                 }
                 up.changed.notify_all();
             }
-            up.inner.pool.done(r.as_ref().err());
+            pool.done(ticket, r.as_ref().err());
         }))
     }
 
@@ -265,6 +282,9 @@ pub struct MultipartWriter {
     filling: HashMap<u32, Filling>,
     /// Parts handed over (or kept from an earlier run).
     submitted: Vec<bool>,
+    /// Parts an interrupted run uploaded past its checkpoint (number -> size, ETag): a
+    /// part written again with the same bytes (sealing is deterministic) is not sent.
+    sent: BTreeMap<u32, (u64, String)>,
     name: String,
 }
 
@@ -299,8 +319,25 @@ impl MultipartWriter {
             }),
             filling: HashMap::new(),
             submitted,
+            sent: BTreeMap::new(),
             name: name.to_string(),
         }
+    }
+
+    /// With the parts an interrupted run uploaded past what is kept.
+    pub fn with_sent(mut self, sent: BTreeMap<u32, (u64, String)>) -> MultipartWriter {
+        self.sent = sent;
+        self
+    }
+
+    /// Whether part `n` with bytes `data` is already on the server: the same size, and
+    /// an ETag that is the MD5 of these bytes.
+    fn already_sent(&mut self, n: u32, data: &[u8]) -> Option<String> {
+        use md5::{Digest, Md5};
+        let (size, etag) = self.sent.remove(&n)?;
+        let md5 = hex::encode(Md5::digest(data));
+        (size == data.len() as u64 && etag.trim_matches('"').eq_ignore_ascii_case(&md5))
+            .then_some(etag)
     }
 
     fn url(&self) -> String {
@@ -337,7 +374,12 @@ impl ObjectWriter for MultipartWriter {
         if f.filled >= pend - start {
             if let Some(f) = self.filling.remove(&n) {
                 self.submitted[n as usize] = true;
-                self.up.submit(n, f.data)?;
+                match self.already_sent(n, &f.data) {
+                    Some(etag) => {
+                        lock(&self.up.parts).done.insert(n, etag);
+                    }
+                    None => self.up.submit(n, f.data)?,
+                }
             }
         }
         Ok(())
