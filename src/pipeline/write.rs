@@ -1145,7 +1145,7 @@ pub(crate) fn sweep_objects(store: &dyn Store, listed: &[[u8; ID_LEN]]) -> Resul
             store.remove(&l.name)?;
         }
     }
-    Ok(())
+    store.sweep_uploads(format::layout::OBJECTS_PREFIX, &keep)
 }
 
 #[cfg(test)]

@@ -194,6 +194,17 @@ pub trait Store: Send + Sync {
     /// Removes `name`; absent is fine.
     fn remove(&self, name: Name) -> Result<()>;
 
+    /// Abandons the unfinished objects under `prefix` whose names are not in `keep` (the
+    /// multipart uploads a killed run left, which list as nothing but cost storage); a
+    /// local vault has none (its partial objects are files, listed and removed as such).
+    fn sweep_uploads(
+        &self,
+        _prefix: &str,
+        _keep: &std::collections::HashSet<String>,
+    ) -> Result<()> {
+        Ok(())
+    }
+
     /// Puts `from` in place of `to`, atomically (readers of `to` see the old or the new
     /// bytes), durable on return; `from` is gone after (a rename; object storage copies
     /// on the server, then removes `from`).

@@ -364,6 +364,7 @@ fn s3_on_seaweedfs_conforms() {
     let s = server.store("backups/host1");
     let other = server.store("backups/host0");
     assert_eq!(s.url(), format!("s3://{BUCKET}/backups/host1"));
+    abandoned_uploads_are_swept(&s);
     // Whether the server honours If-None-Match decides only how put_new is made safe.
     let honoured = s.honours_conditional_put().unwrap();
     eprintln!("SeaweedFS honours If-None-Match on PUT: {honoured}");
@@ -703,4 +704,38 @@ fn s3_cli_finishes_after_kill() {
     let o = crate::common::run(c.args(["decrypt", "-q", &vault, "-o", out.to_str().unwrap()]));
     assert!(o.status.success(), "{}", crate::common::stderr(&o));
     assert!(std::fs::read(out.join("src/image")).unwrap() == bytes(size, 10));
+}
+
+/// An upload a killed run left (unfinished, so it lists as nothing) is aborted by the sweep
+/// unless its name is kept (a checkpointed object a resume takes up).
+fn abandoned_uploads_are_swept(s: &dyn Store) {
+    let shape = Shape {
+        len: Some(20 * MIB),
+        head: 0,
+        piece: 8 * MIB,
+    };
+    let data = bytes(8 * MIB, 9);
+    let names = [
+        "objects/ab/ab000000000000000000000000000001",
+        "objects/ab/ab000000000000000000000000000002",
+    ];
+    for n in names {
+        let mut w = s.create_object(n, shape).unwrap();
+        w.write_at(0, &data).unwrap();
+        s.barrier().unwrap();
+        drop(w); // killed: neither finished nor aborted
+    }
+    assert!(
+        s.list("objects/").unwrap().is_empty(),
+        "unfinished uploads list as nothing"
+    );
+    let keep: std::collections::HashSet<String> = [names[1].to_string()].into();
+    s.sweep_uploads("objects/", &keep).unwrap();
+    assert!(
+        s.resume_object(names[0], shape, 8 * MIB).unwrap().is_none(),
+        "the abandoned upload was aborted"
+    );
+    let kept = s.resume_object(names[1], shape, 8 * MIB).unwrap();
+    assert!(kept.is_some(), "the kept upload is still there");
+    kept.unwrap().abort().unwrap();
 }

@@ -12,7 +12,7 @@ mod lock;
 mod upload;
 mod xml;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io::{self, Read};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -395,12 +395,25 @@ impl Inner {
 
     /// The unfinished uploads of exactly `key`: (upload id, initiated), oldest first.
     fn uploads_of(&self, name: &str, key: &str) -> Result<Vec<(String, String)>> {
+        let mut out: Vec<(String, String)> = self
+            .uploads_under(name, key)?
+            .into_iter()
+            .filter(|(k, _, _)| k == key)
+            .map(|(_, id, at)| (id, at))
+            .collect();
+        out.sort_by(|a, b| a.1.cmp(&b.1));
+        Ok(out)
+    }
+
+    /// The multipart uploads in progress under the key prefix `prefix` (`name` for
+    /// messages): (key, upload id, initiated).
+    fn uploads_under(&self, name: &str, prefix: &str) -> Result<Vec<(String, String, String)>> {
         let mut out = Vec::new();
         let mut markers: Option<(String, String)> = None;
         loop {
             let mut req = Req::new(Method::GET, None)
                 .query("uploads", "")
-                .query("prefix", key);
+                .query("prefix", prefix);
             if let Some((k, u)) = &markers {
                 req = req
                     .query("key-marker", k.clone())
@@ -412,12 +425,11 @@ impl Inner {
                 .and_then(|a| a.xml())
                 .map_err(|f| self.fail(Some(name), f))?;
             for u in doc.all("Upload") {
-                if u.text_of("Key").as_deref() == Some(key) {
-                    out.push((
-                        u.text_of("UploadId").unwrap_or_default(),
-                        u.text_of("Initiated").unwrap_or_default(),
-                    ));
-                }
+                out.push((
+                    u.text_of("Key").unwrap_or_default(),
+                    u.text_of("UploadId").unwrap_or_default(),
+                    u.text_of("Initiated").unwrap_or_default(),
+                ));
             }
             match (
                 doc.text_of("IsTruncated").as_deref(),
@@ -428,7 +440,6 @@ impl Inner {
                 _ => break,
             }
         }
-        out.sort_by(|a, b| a.1.cmp(&b.1));
         Ok(out)
     }
 
@@ -662,6 +673,18 @@ impl Store for S3Store {
     fn remove(&self, name: Name) -> Result<()> {
         self.inner.delete(name)?;
         journal_log::remove_segments(&self.inner, name)
+    }
+
+    fn sweep_uploads(&self, prefix: &str, keep: &HashSet<String>) -> Result<()> {
+        let cfg = self.inner.cfg();
+        let base = cfg.key("");
+        for (key, id, _) in self.inner.uploads_under(prefix, &cfg.key(prefix))? {
+            let name = key.strip_prefix(&base).unwrap_or(&key);
+            if !keep.contains(name) {
+                self.inner.abort_quietly(&key, &id);
+            }
+        }
+        Ok(())
     }
 
     fn rename_over(&self, from: Name, to: Name) -> Result<()> {
