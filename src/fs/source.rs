@@ -56,6 +56,13 @@ fn settle(file: &std::fs::File, md: &std::fs::Metadata, path: &Path) -> io::Resu
 }
 
 impl Source {
+    /// The extended attributes of the open file, for an entry whose walk left them to be
+    /// read here ([`SourceEntry::xattrs_at_open`]); `rel` names it in a warning.
+    pub fn xattrs(&self, rel: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        use std::os::fd::AsFd;
+        crate::fs::walk::xattrs_fd(self.file.as_fd(), rel)
+    }
+
     /// Opens a walked entry from a directory handle of its walk, crossing no symlink, and
     /// checks it is still the file the walk saw (same device and inode): a file replaced, or
     /// a directory on its way swapped for a link, is a [`Changed`] error
@@ -175,6 +182,7 @@ mod tests {
             gid: md.gid(),
             nlink: md.nlink(),
             xattrs: Vec::new(),
+            xattrs_at_open: false,
         }
     }
 

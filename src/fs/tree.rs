@@ -59,8 +59,11 @@ pub struct SourceEntry {
     pub gid: u32,
     /// Hard links to the inode (a regular file with more than one may recur in the tree).
     pub nlink: u64,
-    /// Extended attributes (names and values), when asked for.
+    /// Extended attributes (names and values), when asked for...
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// ...or, for a regular file of one link, to be read from the descriptor its reader
+    /// opens ([`crate::fs::source::Source::xattrs`]).
+    pub xattrs_at_open: bool,
 }
 
 /// A path the walk could not take, with why.
@@ -110,6 +113,7 @@ fn entry(
 ) -> SourceEntry {
     SourceEntry {
         xattrs,
+        xattrs_at_open: false,
         path,
         source,
         kind,
@@ -270,7 +274,11 @@ pub fn walk_each(
                     let place = Place::listed(&root, n.parent, &top, n.rel);
                     match classify(&n.stat, n.target, None) {
                         Ok(Some(kind)) => match check_path(&vpath) {
-                            Ok(()) => Found::Entry(entry(vpath, place, &n.stat, kind, n.xattrs)),
+                            Ok(()) => {
+                                let mut e = entry(vpath, place, &n.stat, kind, n.xattrs);
+                                e.xattrs_at_open = n.xattrs_at_open;
+                                Found::Entry(e)
+                            }
                             Err(why) => skipped(&place, why, true),
                         },
                         Ok(None) => skipped(

@@ -179,6 +179,10 @@ pub struct Node {
     pub target: Option<Vec<u8>>,
     /// Its extended attributes, sorted by name, each name once (when asked for).
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// A regular file of one link whose attributes were asked for: they are read from the
+    /// descriptor its reader opens ([`xattrs_fd`]), not here by a `/proc` path (the
+    /// costliest step of a small file's walk, and the same inode as the bytes sealed).
+    pub xattrs_at_open: bool,
     /// A regular file's directory, as the walk listed it (unless [`MAX_PARKED`] were open):
     /// for [`Place::listed`].
     pub parent: Option<Arc<Listed>>,
@@ -303,6 +307,7 @@ fn meet(
         return done(match readlinkat(parent, name_os, Vec::new()) {
             Ok(t) => Step::Node(Node {
                 xattrs: xattrs_at(&rel),
+                xattrs_at_open: false,
                 rel,
                 stat: st,
                 target: Some(t.into_bytes()),
@@ -314,8 +319,10 @@ fn meet(
         });
     }
     if ft != FileType::Directory {
+        let at_open = xattrs && ft == FileType::RegularFile && st.st_nlink == 1;
         return done(Step::Node(Node {
-            xattrs: xattrs_at(&rel),
+            xattrs: if at_open { Vec::new() } else { xattrs_at(&rel) },
+            xattrs_at_open: at_open,
             rel,
             stat: st,
             target: None,
@@ -341,6 +348,7 @@ fn meet(
                 then: Some(problem(rel.clone(), io::Error::from(e).to_string())),
                 step: Step::Node(Node {
                     xattrs: xattrs_at(&rel),
+                    xattrs_at_open: false,
                     rel,
                     stat: st,
                     target: None,
@@ -368,6 +376,7 @@ fn meet(
             stat: now,
             target: None,
             xattrs,
+            xattrs_at_open: false,
             parent: None,
         }),
         enter: Some(fd),
@@ -492,7 +501,7 @@ fn proc_fd() -> bool {
 }
 
 /// The attributes of an open file or directory.
-fn xattrs_fd(fd: BorrowedFd<'_>, rel: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+pub fn xattrs_fd(fd: BorrowedFd<'_>, rel: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
     use rustix::fs::{fgetxattr, fgetxattr_query, flistxattr, flistxattr_query};
     let list = read_sized(|| flistxattr_query(fd), |b| flistxattr(fd, b)).map(|raw| {
         raw.split(|&b| b == 0)
@@ -610,21 +619,45 @@ mod tests {
         let on_link = xattr::set(r.join("d/l"), "trusted.l", b"link").is_ok();
         let d = Dir::open(r).unwrap();
         let skip = |_: &[u8], _: &[u8]| false;
+        // A file of several links is read at the walk (its later names become hard-link
+        // entries, never opened).
+        std::fs::write(r.join("d/g"), b"y").unwrap();
+        xattr::set(r.join("d/g"), "user.g", b"linked").unwrap();
+        std::fs::hard_link(r.join("d/g"), r.join("d/h")).unwrap();
         let got: Vec<_> = Walk::new(&d, true, 8, &skip)
             .unwrap()
             .map(|s| match s {
-                Step::Node(n) => (n.rel, n.xattrs),
+                Step::Node(n) => (n.rel, n.xattrs, n.xattrs_at_open),
                 Step::Problem { why, .. } => panic!("{why}"),
             })
             .collect();
         let x = |n: &str, v: &str| (n.as_bytes().to_vec(), v.as_bytes().to_vec());
         assert_eq!(
             got[0],
-            (b"d".to_vec(), vec![x("user.a", "1"), x("user.b", "2")])
+            (
+                b"d".to_vec(),
+                vec![x("user.a", "1"), x("user.b", "2")],
+                false
+            )
         );
-        assert_eq!(got[1], (b"d/f".to_vec(), vec![x("user.f", "file")]));
+        // A regular file of one link: left to the descriptor its reader opens.
+        assert_eq!(got[1], (b"d/f".to_vec(), vec![], true));
+        let f = std::fs::File::open(r.join("d/f")).unwrap();
+        use std::os::fd::AsFd;
+        assert_eq!(xattrs_fd(f.as_fd(), b"d/f"), vec![x("user.f", "file")]);
+        assert_eq!(
+            got[2],
+            (b"d/g".to_vec(), vec![x("user.g", "linked")], false)
+        );
+        assert_eq!(
+            got[3],
+            (b"d/h".to_vec(), vec![x("user.g", "linked")], false)
+        );
         if on_link {
-            assert_eq!(got[2], (b"d/l".to_vec(), vec![x("trusted.l", "link")]));
+            assert_eq!(
+                got[4],
+                (b"d/l".to_vec(), vec![x("trusted.l", "link")], false)
+            );
         }
     }
 

@@ -912,6 +912,10 @@ impl<'a> Planner<'a> {
                 return Ok(());
             }
         };
+        let mut e = e;
+        if e.xattrs_at_open {
+            e.xattrs = src.xattrs(&e.path);
+        }
         let size = src.size();
         let (h, fk) = seal::new_file(self.ctx, &key, size).at(self.opts.vault.to_string())?;
         let mac = TreeMac::new(fk.mac_key());
@@ -1041,8 +1045,12 @@ impl<'a> Planner<'a> {
             size: c.size,
             window: self.window,
         });
+        let mut entry = e.clone();
+        if entry.xattrs_at_open {
+            entry.xattrs = file.src.xattrs(&entry.path);
+        }
         Some(LargeStart {
-            entry: e.clone(),
+            entry,
             file,
             batch: c.batch,
             salt: r.salt,

@@ -216,6 +216,9 @@ pub fn seal_chunk(
                         // Gaps count as done: they are the file's bytes too.
                         progress.bytes(r.sparse.as_ref().map_or(r.size, |s| s.file_len()));
                         (entry.mtime, entry.mtime_nsec) = r.mtime;
+                        if let Some(x) = r.xattrs {
+                            entry.xattrs = x;
+                        }
                         out.push(ChunkOut::Sealed(Box::new(SealedFile {
                             entry,
                             src: r.src,
@@ -253,6 +256,8 @@ struct SmallRecord {
     sparse: Option<Box<crate::format::sparse::Sparse>>,
     /// The file's mtime as read.
     mtime: (i64, u32),
+    /// Its extended attributes, read from the open file when the walk left them to it.
+    xattrs: Option<Vec<(Vec<u8>, Vec<u8>)>>,
 }
 
 /// Seals one small file's record at the start of `room`, retrying a file that changes while
@@ -311,6 +316,7 @@ fn seal_small(
                         size,
                         sparse: src.sparse().map(|s| Box::new(s.clone())),
                         mtime: src.mtime(),
+                        xattrs: entry.xattrs_at_open.then(|| src.xattrs(&entry.path)),
                     });
                 }
                 Ok(false) => last_why = "changed while being read".into(),

@@ -841,3 +841,72 @@ fn s3_cli_lifecycle() {
         bytes(24 * MIB, 3)
     );
 }
+
+/// What a user meets on the command line when the storage service says no: a wrong
+/// secret, a missing bucket, an unreachable endpoint (each exit 1, naming the URL and what
+/// to do), and a prefix that holds another vault (exit 2, nothing overwritten). None of
+/// them leaves anything that claims to be a finished vault.
+#[test]
+fn s3_cli_errors_name_the_url_and_what_to_do() {
+    let Some(server) = SeaweedFs::start() else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("home");
+    let src = t.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a"), b"a").unwrap();
+    let s = src.to_str().unwrap();
+    let envseal = |vars: &[(&str, &str)], args: &[&str]| {
+        let mut c = crate::common::envseal(&home);
+        for (k, v) in server.vars() {
+            c.env(k, v);
+        }
+        for (k, v) in vars {
+            c.env(k, v);
+        }
+        crate::common::run(c.args(args))
+    };
+    let fails = |o: &std::process::Output, code: i32, needles: &[&str]| {
+        let e = crate::common::stderr(o);
+        assert_eq!(o.status.code(), Some(code), "{e}");
+        for n in needles {
+            assert!(e.contains(n), "{n:?} not in: {e}");
+        }
+    };
+    let v = format!("s3://{BUCKET}/errors/v");
+    let o = envseal(
+        &[("AWS_SECRET_ACCESS_KEY", "wrong")],
+        &["encrypt", "-q", "-o", &v, s],
+    );
+    fails(&o, 1, &[&v, "AWS_SECRET_ACCESS_KEY"]);
+    let o = envseal(&[], &["encrypt", "-q", "-o", "s3://no-such-bucket/v", s]);
+    fails(&o, 1, &["s3://no-such-bucket/v", "create it"]);
+    let started = Instant::now();
+    let o = envseal(
+        &[("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9")],
+        &["encrypt", "-q", "-o", &v, s],
+    );
+    fails(&o, 1, &[&v, "http://127.0.0.1:9", "AWS_ENDPOINT_URL_S3"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "retries unbounded"
+    );
+    // None of the refusals wrote a manifest.
+    assert!(server
+        .store("errors/v")
+        .list("")
+        .unwrap()
+        .iter()
+        .all(|l| l.name != "manifest.jsonl"));
+
+    // A prefix that holds a finished vault: another encrypt there is refused, unchanged.
+    let ok = envseal(&[], &["encrypt", "-q", "-o", &v, s]);
+    assert!(ok.status.success(), "{}", crate::common::stderr(&ok));
+    let other = t.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let o = envseal(&[], &["encrypt", "-q", "-o", &v, other.to_str().unwrap()]);
+    fails(&o, 2, &[&v]);
+    let o = envseal(&[], &["verify", "--deep", &v]);
+    assert!(o.status.success(), "{}", crate::common::stderr(&o));
+}
