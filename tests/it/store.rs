@@ -581,12 +581,9 @@ fn s3_errors_name_the_url_and_what_to_do() {
 /// small tree, verify it (deeply), decrypt it, compare.
 #[test]
 fn s3_cli_round_trip() {
-    let Some(server) = SeaweedFs::start() else {
+    let Some((server, t, home, src)) = cli_fixture() else {
         return;
     };
-    let t = tempfile::tempdir().unwrap();
-    let home = t.path().join("home");
-    let src = t.path().join("src");
     std::fs::create_dir_all(src.join("d")).unwrap();
     std::fs::write(src.join("small"), b"hello").unwrap();
     std::fs::write(src.join("d/big"), bytes(20 * MIB + 5, 9)).unwrap();
@@ -664,12 +661,9 @@ fn s3_cli_round_trip() {
 /// by the server), and the vault restores identically.
 #[test]
 fn s3_cli_finishes_after_kill() {
-    let Some(server) = SeaweedFs::start() else {
+    let Some((server, t, home, src)) = cli_fixture() else {
         return;
     };
-    let t = tempfile::tempdir().unwrap();
-    let home = t.path().join("home");
-    let src = t.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
     let size = 160 * MIB;
     std::fs::write(src.join("image"), bytes(size, 10)).unwrap();
@@ -759,12 +753,9 @@ fn abandoned_uploads_are_swept(s: &dyn Store) {
 /// (the manifest replaced on the server) after which the vault still verifies deeply.
 #[test]
 fn s3_cli_lifecycle() {
-    let Some(server) = SeaweedFs::start() else {
+    let Some((server, t, home, src)) = cli_fixture() else {
         return;
     };
-    let t = tempfile::tempdir().unwrap();
-    let home = t.path().join("home");
-    let src = t.path().join("src");
     std::fs::create_dir_all(src.join("d")).unwrap();
     std::fs::write(src.join("small"), b"hello").unwrap();
     std::fs::write(src.join("d/big"), bytes(24 * MIB, 3)).unwrap();
@@ -848,12 +839,9 @@ fn s3_cli_lifecycle() {
 /// them leaves anything that claims to be a finished vault.
 #[test]
 fn s3_cli_errors_name_the_url_and_what_to_do() {
-    let Some(server) = SeaweedFs::start() else {
+    let Some((server, t, home, src)) = cli_fixture() else {
         return;
     };
-    let t = tempfile::tempdir().unwrap();
-    let home = t.path().join("home");
-    let src = t.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("a"), b"a").unwrap();
     let s = src.to_str().unwrap();
@@ -909,4 +897,19 @@ fn s3_cli_errors_name_the_url_and_what_to_do() {
     fails(&o, 2, &[&v]);
     let o = envseal(&[], &["verify", "--deep", &v]);
     assert!(o.status.success(), "{}", crate::common::stderr(&o));
+}
+
+/// A SeaweedFS server, a scratch directory, a home for envseal's key store and a source
+/// directory path (not created) for the command-line tests.
+fn cli_fixture() -> Option<(
+    SeaweedFs,
+    tempfile::TempDir,
+    std::path::PathBuf,
+    std::path::PathBuf,
+)> {
+    let server = SeaweedFs::start()?;
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("home");
+    let src = t.path().join("src");
+    Some((server, t, home, src))
 }
