@@ -1,4 +1,4 @@
-//! The AES-256-GCM wrapper (src/aead.rs) against NIST's GCM test cases and an independent
+//! The AES-256-GCM wrapper (src/crypto/aead.rs) against NIST's GCM test cases and an independent
 //! implementation, whichever backend this build compiled in. CI also runs this file and
 //! `tests/vectors.rs` with `--features rustcrypto`, so both backends are held to the same bytes.
 

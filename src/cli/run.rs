@@ -511,7 +511,7 @@ pub fn decrypt_cmd(mut a: DecryptArgs, cancel: &AtomicBool) -> anyhow::Result<i3
     })
 }
 
-/// `decrypt --only ENTRY --to-device TARGET` (src/device.rs).
+/// `decrypt --only ENTRY --to-device TARGET` (src/pipeline/device.rs).
 fn to_device_cmd(a: DecryptArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
     let (Some(target), [entry]) = (a.to_device, a.only.as_slice()) else {
         return Err(usage(

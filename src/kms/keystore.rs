@@ -1070,7 +1070,7 @@ fn derive_kek(
     Ok(kek)
 }
 
-/// `nonce ‖ ciphertext ‖ tag` under `key` with a random nonce (AES-256-GCM of src/aead.rs, the
+/// `nonce ‖ ciphertext ‖ tag` under `key` with a random nonce (AES-256-GCM of src/crypto/aead.rs, the
 /// one backend the build chose).
 fn aead_seal(key: &[u8; 32], aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, KmsError> {
     let mut nonce = [0u8; NONCE_LEN];
@@ -1671,7 +1671,7 @@ mod tests {
     }
 
     /// Pins the documented blob layout by opening and making blobs with RustCrypto's `aes-gcm`
-    /// directly (not through src/aead.rs), from the key material as it lies in an unsealed key
+    /// directly (not through src/crypto/aead.rs), from the key material as it lies in an unsealed key
     /// file.
     #[test]
     fn blob_layout_matches_the_documentation() {
