@@ -87,7 +87,9 @@ fn concealed_names_stay_out_of_an_unfinished_journal() {
     let t = tempfile::tempdir().unwrap();
     let home = t.path().join("home");
     let src = t.path().join("secret-project");
-    for i in 0..100u64 {
+    // Large enough that the run is still going well after its first commit (500 ms), when
+    // the journal first shows a finished file: a faster build must not finish before the kill.
+    for i in 0..300u64 {
         gen_file(&src.join(format!("payroll-{i:03}.bin")), 2 << 20, i);
     }
     let vault = t.path().join("vault");
@@ -134,7 +136,7 @@ fn concealed_names_stay_out_of_an_unfinished_journal() {
     );
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(summary["resumed_files"].as_u64().unwrap() >= 1, "{summary}");
-    assert_eq!(summary["files"], 100);
+    assert_eq!(summary["files"], 300);
     let dest = t.path().join("out");
     let out = envseal(&home)
         .args(["decrypt", "-q", "-o"])
