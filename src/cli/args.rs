@@ -124,7 +124,8 @@ pub struct EncryptArgs {
     /// Files, directories, disk images or block devices; each becomes a top-level entry.
     #[arg(required = true, value_name = "SRC")]
     pub sources: Vec<PathBuf>,
-    /// The vault directory to create.
+    /// The vault to create: a directory, or s3://BUCKET/PREFIX (oss://BUCKET/PREFIX on Alibaba
+    /// Cloud OSS; docs/STORAGE.md).
     #[arg(short, long, value_name = "VAULT", value_parser = VaultArg)]
     pub output: Location,
     /// CMK id, ARN or alias (default: alias/envseal/default, created on first use with local).
@@ -187,7 +188,7 @@ pub struct EncryptArgs {
 
 #[derive(Debug, Args)]
 pub struct DecryptArgs {
-    /// The vault directory.
+    /// The vault: a directory, s3://BUCKET/PREFIX or oss://BUCKET/PREFIX.
     #[arg(value_name = "VAULT", value_parser = VaultArg)]
     pub vault: Location,
     /// Destination directory (created if absent).
@@ -247,7 +248,7 @@ pub struct DecryptArgs {
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// The vault directory.
+    /// The vault: a directory, s3://BUCKET/PREFIX or oss://BUCKET/PREFIX.
     #[arg(value_name = "VAULT", value_parser = VaultArg)]
     pub vault: Location,
     /// Unwrap the keys, authenticate the manifest and every segment, check plaintext digests.
@@ -277,7 +278,7 @@ pub struct VerifyArgs {
 
 #[derive(Debug, Args)]
 pub struct LsArgs {
-    /// The vault directory.
+    /// The vault: a directory, s3://BUCKET/PREFIX or oss://BUCKET/PREFIX.
     #[arg(value_name = "VAULT", value_parser = VaultArg)]
     pub vault: Location,
     /// One JSON object per entry on stdout.

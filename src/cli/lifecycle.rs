@@ -23,7 +23,7 @@ use super::run::reading_kms;
   envseal rewrap backup.vault --add --key aliyun:https://kms.cn-hangzhou.aliyuncs.com#alias/escrow
   envseal rewrap backup.vault --remove <CMK id as `envseal ls --keys` shows it>")]
 pub struct RewrapArgs {
-    /// The vault directory.
+    /// The vault: a directory, s3://BUCKET/PREFIX or oss://BUCKET/PREFIX.
     #[arg(value_name = "VAULT", value_parser = super::args::VaultArg)]
     pub vault: envseal::store::Location,
     /// The new CMK: [<KMS URL>#]<CMK id, ARN or alias>; without a URL, the one of --kms.
@@ -303,7 +303,7 @@ pub struct ImportLegacyArgs {
     /// The guide's output files.
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
-    /// The vault to create.
+    /// The vault to create: a directory, s3://BUCKET/PREFIX or oss://BUCKET/PREFIX.
     #[arg(
         short,
         long,
