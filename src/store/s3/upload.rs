@@ -280,8 +280,11 @@ pub struct MultipartWriter {
     geo: Geometry,
     up: Arc<Upload>,
     filling: HashMap<u32, Filling>,
-    /// Parts handed over (or kept from an earlier run).
+    /// Parts handed over (or kept from an earlier run)...
     submitted: Vec<bool>,
+    /// ...and how many from part 1 on all are: what `durable_len` reports, kept as parts
+    /// are handed over (it is asked once per window written).
+    prefix: u32,
     /// Parts an interrupted run uploaded past its checkpoint (number -> size, ETag): a
     /// part written again with the same bytes (sealing is deterministic) is not sent.
     sent: BTreeMap<u32, (u64, String)>,
@@ -305,7 +308,7 @@ impl MultipartWriter {
                 *s = true;
             }
         }
-        MultipartWriter {
+        let mut w = MultipartWriter {
             geo,
             up: Arc::new(Upload {
                 inner,
@@ -319,8 +322,18 @@ impl MultipartWriter {
             }),
             filling: HashMap::new(),
             submitted,
+            prefix: 0,
             sent: BTreeMap::new(),
             name: name.to_string(),
+        };
+        w.advance();
+        w
+    }
+
+    /// Moves `prefix` past the parts handed over since.
+    fn advance(&mut self) {
+        while self.prefix < self.geo.parts && self.submitted[self.prefix as usize + 1] {
+            self.prefix += 1;
         }
     }
 
@@ -374,6 +387,7 @@ impl ObjectWriter for MultipartWriter {
         if f.filled >= pend - start {
             if let Some(f) = self.filling.remove(&n) {
                 self.submitted[n as usize] = true;
+                self.advance();
                 match self.already_sent(n, &f.data) {
                     Some(etag) => {
                         lock(&self.up.parts).done.insert(n, etag);
@@ -386,18 +400,15 @@ impl ObjectWriter for MultipartWriter {
     }
 
     fn durable_len(&self) -> u64 {
-        let mut end = 0;
-        for n in 1..=self.geo.parts {
-            if !self.submitted[n as usize] {
-                break;
-            }
-            end = self.geo.range(n).1;
+        match self.prefix {
+            0 => 0,
+            n => self.geo.range(n).1,
         }
-        end
     }
 
     fn finish(self: Box<Self>) -> Result<()> {
-        if let Some(n) = (1..=self.geo.parts).find(|n| !self.submitted[*n as usize]) {
+        if self.prefix < self.geo.parts {
+            let n = self.prefix + 1;
             let (s, e) = self.geo.range(n);
             return Err(Error::Runtime(format!(
                 "{}: finished with bytes [{s}, {e}) not written",
