@@ -158,6 +158,23 @@ impl From<KmsError> for Error {
     }
 }
 
+/// An error and its causes in one line, each cause once: HTTP clients put the useful part
+/// (refused, DNS, TLS, timeout) in the source chain, their own text alone says only "error
+/// sending request".
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
+}
+
 /// Adds a path to `io::Result`s.
 pub trait IoContext<T> {
     fn at(self, path: impl AsRef<Path>) -> Result<T>;

@@ -199,7 +199,7 @@ impl AliyunClient {
         };
         KmsError::new(
             KmsErrorKind::Transport,
-            format!("{action}: {what}: {}", error_chain(&e)),
+            format!("{action}: {what}: {}", crate::error::error_chain(&e)),
         )
         .with_endpoint(&self.endpoint)
     }
@@ -317,21 +317,6 @@ impl AliyunClient {
         }
         Ok(out)
     }
-}
-
-/// `reqwest` puts the useful part (refused, DNS, TLS) in the source chain.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = c.source();
-    }
-    s
 }
 
 /// Decrypt-side failures that are about the blob or its context. The service reports a

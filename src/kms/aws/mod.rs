@@ -322,15 +322,7 @@ impl AwsClient {
     /// A connection, TLS, timeout or read failure, with its causes spelled out (reqwest's own
     /// message alone says only "error sending request").
     fn transport_error(&self, what: &str, e: &(dyn std::error::Error + 'static)) -> KmsError {
-        let mut text = e.to_string();
-        let mut source = e.source();
-        while let Some(cause) = source {
-            let msg = cause.to_string();
-            if !text.contains(&msg) {
-                text = format!("{text}: {msg}");
-            }
-            source = cause.source();
-        }
+        let text = crate::error::error_chain(e);
         KmsError::new(
             KmsErrorKind::Transport,
             format!("{what}: cannot reach AWS KMS: {text}"),

@@ -289,19 +289,10 @@ fn is_loopback(host: &str) -> bool {
 /// A connection, TLS, timeout or read failure, with its causes spelled out (reqwest's own
 /// text alone says only "error sending request").
 pub fn transport(e: &(dyn std::error::Error + 'static)) -> Failure {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let msg = cause.to_string();
-        if !text.contains(&msg) {
-            text = format!("{text}: {msg}");
-        }
-        source = cause.source();
-    }
     Failure {
         kind: StoreErrorKind::Unreachable,
         status: 0,
-        detail: text,
+        detail: crate::error::error_chain(e),
     }
 }
 
