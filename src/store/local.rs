@@ -85,8 +85,14 @@ impl LocalStore {
 /// Opens a vault file for reading, refusing anything but a regular file before reading a
 /// byte. `Ok(None)` when absent.
 pub fn open_regular(path: &Path) -> Result<Option<File>> {
-    let f = OpenOptions::new()
-        .read(true)
+    open_existing(path, OpenOptions::new().read(true))
+}
+
+/// Opens an existing vault file with `how`, never through a symlink and without blocking
+/// (a FIFO in its place must not hang the run), refusing anything but a regular file.
+/// `Ok(None)` when absent.
+fn open_existing(path: &Path, how: &mut OpenOptions) -> Result<Option<File>> {
+    let f = how
         .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_NOCTTY)
         .open(path);
     let f = match f {
@@ -341,16 +347,9 @@ impl Store for LocalStore {
         kept: u64,
     ) -> Result<Option<Box<dyn ObjectWriter>>> {
         let path = self.path(name);
-        let file = match OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(&path)
-        {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::io(&path, e)),
+        let Some(file) = open_existing(&path, OpenOptions::new().write(true))? else {
+            return Ok(None);
         };
-        check_regular(&file, &path)?;
         if file.metadata().at(&path)?.len() < kept {
             return Ok(None);
         }
@@ -398,23 +397,9 @@ impl Store for LocalStore {
 
     fn open_log(&self, name: Name) -> Result<Option<OpenedLog>> {
         let path = self.path(name);
-        let file = match OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(&path)
-        {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-                return Err(Error::integrity(
-                    path.display().to_string(),
-                    "a symlink, not a regular file",
-                ))
-            }
-            Err(e) => return Err(Error::io(&path, e)),
+        let Some(file) = open_existing(&path, OpenOptions::new().read(true).write(true))? else {
+            return Ok(None);
         };
-        check_regular(&file, &path)?;
         let mut body = Vec::new();
         (&file).read_to_end(&mut body).at(&path)?;
         let len = body.len() as u64;
