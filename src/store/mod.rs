@@ -127,8 +127,9 @@ pub struct Listed {
 pub struct Traits {
     /// Bytes written into an object that is not finished survive a [`Store::barrier`]
     /// (a local file does; an S3 object exists only once its upload completes, and a
-    /// multipart upload keeps only whole parts). When `false` the writer finishes an
-    /// object before any journal line may count on its bytes.
+    /// multipart upload keeps only whole parts). When `false` the writer finishes the
+    /// current pack before each commit; a large object's checkpoints count only on
+    /// [`ObjectWriter::durable_len`] either way.
     pub durable_partial: bool,
 }
 

@@ -31,9 +31,9 @@ pub fn log_of_segment(name: &str) -> Option<&str> {
 }
 
 /// The segments of `log`: (offset, length), by offset.
-fn segments(inner: &Inner, log: &str) -> Result<Vec<(u64, u64)>> {
+fn segments(inner: &Inner, log: &str) -> Result<Segments> {
     let prefix = inner.cfg().key(&format!("{log}.d/"));
-    let mut out: Vec<(u64, u64)> = inner
+    let mut out: Segments = inner
         .list_keys(&prefix)?
         .into_iter()
         .filter_map(|(k, len)| {
@@ -82,14 +82,43 @@ pub fn read_whole(inner: &Inner, name: &str, max: u64) -> Result<Option<Vec<u8>>
             .get_bytes(name, base)?
             .ok_or_else(|| Error::integrity(inner.describe(name), "vanished while read"))?;
     }
-    for (o, l) in &segs {
+    read_segments(inner, name, &segs, &mut body)?;
+    Ok(Some(body))
+}
+
+/// Checks that `segs` follow the first `base` bytes of log `name` and each other, without
+/// a gap or an overlap.
+fn check_contiguous(inner: &Inner, name: &str, base: u64, segs: &Segments) -> Result<()> {
+    let mut at = base;
+    for (o, l) in segs {
+        if *o != at {
+            return Err(Error::integrity(
+                inner.describe(&segment(name, *o)),
+                format!("a journal segment at byte {o} where byte {at} was expected"),
+            ));
+        }
+        at += l;
+    }
+    Ok(())
+}
+
+/// Appends the bytes of the segments `segs` of log `name` to `body`, each of the length
+/// listed.
+fn read_segments(inner: &Inner, name: &str, segs: &Segments, body: &mut Vec<u8>) -> Result<()> {
+    for (o, l) in segs {
         let seg = segment(name, *o);
         let bytes = inner
             .get_bytes(&seg, *l)?
             .ok_or_else(|| Error::integrity(inner.describe(&seg), "vanished while read"))?;
+        if bytes.len() as u64 != *l {
+            return Err(Error::integrity(
+                inner.describe(&seg),
+                "its length changed while read",
+            ));
+        }
         body.extend_from_slice(&bytes);
     }
-    Ok(Some(body))
+    Ok(())
 }
 
 /// The length of the log `name` read as one file; `None` as for [`read_whole`].
@@ -112,16 +141,7 @@ fn live(inner: &Inner, name: &str) -> Result<Option<(u64, Segments)>> {
         return Ok(None);
     }
     let base = base.unwrap_or(0);
-    let mut at = base;
-    for (o, l) in &segs {
-        if *o != at {
-            return Err(Error::integrity(
-                inner.describe(&segment(name, *o)),
-                format!("a journal segment at byte {o} where byte {at} was expected"),
-            ));
-        }
-        at += l;
-    }
+    check_contiguous(inner, name, base, &segs)?;
     Ok(Some((base, segs)))
 }
 
@@ -130,7 +150,7 @@ pub struct S3Log {
     name: String,
     /// Length of the object `name` itself (0 when there is none).
     base: u64,
-    segs: Vec<(u64, u64)>,
+    segs: Segments,
 }
 
 impl S3Log {
@@ -168,27 +188,8 @@ pub fn open(inner: &Arc<Inner>, name: &str) -> Result<Option<crate::store::Opene
     }
     let mut body = base.unwrap_or_default();
     let base_len = body.len() as u64;
-    let mut at = base_len;
-    for (o, l) in &segs {
-        if *o != at {
-            return Err(Error::integrity(
-                inner.describe(&segment(name, *o)),
-                format!("a journal segment at byte {o} where byte {at} was expected"),
-            ));
-        }
-        let seg = segment(name, *o);
-        let bytes = inner
-            .get_bytes(&seg, *l)?
-            .ok_or_else(|| Error::integrity(inner.describe(&seg), "vanished while read"))?;
-        if bytes.len() as u64 != *l {
-            return Err(Error::integrity(
-                inner.describe(&seg),
-                "its length changed while read",
-            ));
-        }
-        body.extend_from_slice(&bytes);
-        at += l;
-    }
+    check_contiguous(inner, name, base_len, &segs)?;
+    read_segments(inner, name, &segs, &mut body)?;
     let log = S3Log {
         inner: Arc::clone(inner),
         name: name.to_string(),
