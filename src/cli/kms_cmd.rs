@@ -12,7 +12,11 @@ use envseal::kms::{
 use serde::Serialize;
 use zeroize::Zeroizing;
 
+use envseal::kms::keys::Kms;
+use envseal::Error;
+
 use super::args::{AdminKmsArgs, KmsCommand};
+use super::messages::advise;
 
 /// Provider options for the binary: the terminal passphrase prompt, and the HTTP providers'
 /// retry and timeout settings from `ENVSEAL_KMS_ATTEMPTS` (total attempts per call, 1 = no
@@ -283,5 +287,62 @@ pub fn explain(e: KmsError, subject: &str, at: Where) -> anyhow::Error {
     match hint {
         Some(h) => super::messages::advise(err, h),
         None => err,
+    }
+}
+
+/// A KMS handle for reading vaults: `--kms` overrides the vault's URLs; `ENVSEAL_KMS` and the
+/// comma-separated `ENVSEAL_KMS_TRUST` name remote endpoints the user trusts.
+pub fn reading_kms(override_url: Option<String>) -> anyhow::Result<Kms> {
+    if let Some(url) = &override_url {
+        parse_url(url)?;
+    }
+    let trusted = std::env::var("ENVSEAL_KMS").into_iter().chain(
+        std::env::var("ENVSEAL_KMS_TRUST")
+            .unwrap_or_default()
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>(),
+    );
+    Ok(Kms::new(kms_options()?, override_url).trusting(trusted))
+}
+
+/// A batch key that cannot be unwrapped gets advice by the KMS's answer (a disabled key, a
+/// missing one), naming the key and KMS the vault records.
+pub fn unwrap_advice(e: Error) -> anyhow::Error {
+    if let Error::Unwrap { last: Some(l), .. } = &e {
+        let (key_id, url, k) = &**l;
+        // The vault names a key this KMS does not hold: it was made against another key
+        // store (or account), not a key to create now.
+        if k.code_kind() == envseal::kms::KmsCode::KeyNotFound {
+            let hint = missing_key_advice(key_id, url);
+            return advise(e, hint);
+        }
+        if let Some(h) = advice(k, key_id, Where { url }) {
+            return advise(e, h);
+        }
+    }
+    e.into()
+}
+
+/// Where to look for the key a vault names but the KMS it was asked does not hold.
+fn missing_key_advice(key_id: &str, url: &str) -> String {
+    match envseal::kms::ProviderUrl::parse(url) {
+        Ok(envseal::kms::ProviderUrl::Local(_)) | Err(_) => {
+            let store = envseal::kms::local::default_dir()
+                .map(|d| d.display().to_string())
+                .unwrap_or_else(|_| "$ENVSEAL_HOME/keystore".into());
+            let asked = if url == "local" || url.is_empty() {
+                format!("the default local key store ({store})")
+            } else {
+                format!("the key store {url}")
+            };
+            format!(
+                "the vault's keys are wrapped under key {key_id} of a local key store, and {asked} does not hold it: the vault was made with another key store. Use that one: set ENVSEAL_HOME to the envseal home that made the vault (its key store is ENVSEAL_HOME/keystore), or pass --kms local:<DIR> naming the key store directory (\"envseal ls --keys VAULT\" shows what the vault names)"
+            )
+        }
+        Ok(_) => format!(
+            "the vault's keys are wrapped under key {key_id}, which the KMS at {url} does not hold (another account or region?): pass --kms <URL> naming the KMS that holds it, with that account's credentials (\"envseal ls --keys VAULT\" shows what the vault names)"
+        ),
     }
 }

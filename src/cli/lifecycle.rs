@@ -1,48 +1,14 @@
-//! `rewrap` (and the other vault-lifecycle commands): arguments and handlers.
+//! Handlers of the vault-lifecycle commands: `rewrap`, `ls --keys`, `verify --source`, `import-legacy`.
 
 use envseal::store::Location;
-use std::path::PathBuf;
 
-use clap::Args;
 use envseal::kms::keyspec::KeySpec;
 use envseal::pipeline::rewrap::{rewrap, RewrapOptions};
 use serde_json::json;
 
-use super::args::OutputArgs;
+use super::args::{ImportLegacyArgs, RewrapArgs};
+use super::kms_cmd::reading_kms;
 use super::output::{sanitize, summary};
-use super::run::reading_kms;
-
-/// Put a vault's data keys under another master key, without reading or rewriting any data.
-///
-/// Each batch key is moved under the new CMK (ReEncrypt within one KMS, else Decrypt +
-/// Encrypt), checked against the batch's key commitment, and the wrappings are replaced in
-/// the manifest and key files. A few KMS calls per batch, whatever the data size.
-#[derive(Debug, Args)]
-#[command(after_help = "Examples:
-  envseal rewrap backup.vault --key alias/new-key
-  envseal rewrap backup.vault --add --key aliyun:https://kms.cn-hangzhou.aliyuncs.com#alias/escrow
-  envseal rewrap backup.vault --remove <CMK id as `envseal ls --keys` shows it>")]
-pub struct RewrapArgs {
-    /// The vault: a directory, s3://BUCKET/PREFIX or oss://BUCKET/PREFIX.
-    #[arg(value_name = "VAULT", value_parser = super::args::VaultArg)]
-    pub vault: envseal::store::Location,
-    /// The new CMK: [<KMS URL>#]<CMK id, ARN or alias>; without a URL, the one of --kms.
-    #[arg(long, value_name = "CMK")]
-    pub key: Option<String>,
-    /// KMS of the new CMK (default: local, or ENVSEAL_KMS). The vault's current KMS is the
-    /// one its wrappings name.
-    #[arg(long, env = "ENVSEAL_KMS", value_name = "URL")]
-    pub kms: Option<String>,
-    /// Keep the current wrappings and add the new one (any one of them then opens the vault).
-    #[arg(long, requires = "key")]
-    pub add: bool,
-    /// Drop the wrappings by this CMK (its id, or <KMS URL>#<id>); never the last one.
-    /// Repeatable; with --key, the other wrappings are kept.
-    #[arg(long, value_name = "CMK")]
-    pub remove: Vec<String>,
-    #[command(flatten)]
-    pub out: OutputArgs,
-}
 
 pub fn rewrap_cmd(a: RewrapArgs) -> anyhow::Result<i32> {
     let default_kms = a.kms.clone().unwrap_or_else(|| "local".to_string());
@@ -285,46 +251,6 @@ pub fn verify_source_cmd(
     } else {
         1
     })
-}
-
-/// Import the files written by the Alibaba Cloud KMS guide's Python envelope sample.
-///
-/// Each FILE holds four lines: the data key's CiphertextBlob (from GenerateDataKey), then
-/// base64 of the 16-byte AES-EAX nonce, of the ciphertext and of the 16-byte tag. Each key
-/// is unwrapped by the KMS given with --kms, the EAX tag is checked before anything is
-/// released, and the plaintext goes into a new vault (-o) or a directory (--to), named
-/// without the `.cipher` suffix. Bad files are named and skipped (exit 1).
-#[derive(Debug, Args)]
-#[command(after_help = "Examples:
-  envseal import-legacy data/*.cipher -o data.vault \\
-      --kms aliyun:https://kms.cn-hangzhou.aliyuncs.com --key local#alias/envseal/default
-  envseal import-legacy report.txt.cipher --to restored/ --kms aliyun:http://127.0.0.1:8443")]
-pub struct ImportLegacyArgs {
-    /// The guide's output files.
-    #[arg(required = true, value_name = "FILE")]
-    pub files: Vec<PathBuf>,
-    /// The vault to create: a directory, s3://BUCKET/PREFIX or oss://BUCKET/PREFIX.
-    #[arg(
-        short,
-        long,
-        value_name = "VAULT",
-        value_parser = super::args::VaultArg,
-        required_unless_present = "to",
-        conflicts_with = "to"
-    )]
-    pub output: Option<envseal::store::Location>,
-    /// Write the plaintext files into this directory instead (existing files are kept).
-    #[arg(long, value_name = "DEST")]
-    pub to: Option<PathBuf>,
-    /// The KMS holding the guide's CMK (default: local, or ENVSEAL_KMS).
-    #[arg(long, env = "ENVSEAL_KMS", value_name = "URL")]
-    pub kms: Option<String>,
-    /// CMK(s) for the new vault, as for encrypt: [<KMS URL>#]<CMK>, repeatable (default:
-    /// the CMK that wrapped the files' data keys, on the --kms provider).
-    #[arg(long, value_name = "CMK")]
-    pub key: Vec<String>,
-    #[command(flatten)]
-    pub out: OutputArgs,
 }
 
 pub fn import_legacy_cmd(

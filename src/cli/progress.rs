@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use envseal::progress::Progress;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::output::human_bytes;
+use super::size::human_bytes;
 
 /// How often the bar is redrawn: soon enough that even a walk of a few thousand files shows.
 const TICK: Duration = Duration::from_millis(100);
@@ -168,6 +168,12 @@ fn style(template: &str) -> ProgressStyle {
 }
 
 impl Bars {
+    /// Lists the files that failed, after the run, except those this display already
+    /// showed as they failed (so `-q` lists them all: failures are never silent).
+    pub fn print_failures(&self, list: &[envseal::pipeline::encrypt::Failure]) {
+        super::output::print_all_failures(list.iter().filter(|f| !self.showed(f)));
+    }
+
     /// `interval`: how often plain lines are printed when stderr is not a terminal.
     pub fn new(verb: &'static str, quiet: bool, interval: Duration) -> Bars {
         Bars {
@@ -185,7 +191,7 @@ impl Bars {
     }
 
     /// Whether a failure was shown as a notice while the run went on.
-    pub fn showed(&self, f: &envseal::pipeline::encrypt::Failure) -> bool {
+    fn showed(&self, f: &envseal::pipeline::encrypt::Failure) -> bool {
         self.shown
             .lock()
             .is_ok_and(|s| s.contains(&format!("{}: {}", f.path, f.why)))

@@ -47,9 +47,33 @@ fn unknown_unit(s: &str, unit: &str) -> String {
     )
 }
 
+/// A byte count for people: `512 B`, `1.50 KiB`, `1.10 GiB` (exact counts are in `--json`).
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.2} {}", UNITS[unit])
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::{human_bytes, parse_size};
+
+    #[test]
+    fn human_bytes_picks_the_largest_unit_below_1024() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.50 KiB");
+        assert_eq!(human_bytes(1183793095), "1.10 GiB");
+        assert_eq!(human_bytes(u64::MAX), "16.00 EiB");
+    }
 
     #[test]
     fn parses_bytes_binary_and_decimal_units() {

@@ -1148,8 +1148,10 @@ fn open_vault(
             "{shown} is a finished vault; refusing to overwrite it (choose another -o, or delete it first)"
         )));
     }
-    if vault.len(layout::JOURNAL)?.is_some() && !crate::pipeline::leftovers::only_unstarted(vault)?
-    {
+    // One listing (on object storage a vault's is paged) answers both questions below.
+    let listed = vault.list("")?;
+    let unstarted = crate::pipeline::leftovers::only_unstarted(vault, &listed);
+    if vault.len(layout::JOURNAL)?.is_some() && !unstarted {
         let (journal, loaded) = Journal::open(vault)?;
         if loaded.run.params != *params {
             return Err(Error::Usage(format!(
@@ -1165,10 +1167,10 @@ fn open_vault(
             "--resume: {shown} has no unfinished run to resume"
         )));
     }
-    if !vault.list("")?.is_empty() {
-        if !crate::pipeline::leftovers::only_unstarted(vault)? {
+    if !listed.is_empty() {
+        if !unstarted {
             return Err(Error::Usage(format!(
-                "{shown} exists and is not empty; choose a new directory for the vault"
+                "{shown} exists and is not empty; choose another -o (a new directory or prefix) for the vault"
             )));
         }
         // A run killed before its first batch record: it wrote no ciphertext.

@@ -11,12 +11,24 @@ use crate::format::manifest::Batch;
 use crate::format::{layout, ID_LEN};
 use crate::store::{Listed, Store};
 
-/// Temporary names of a local vault's atomic writes (`<name>.tmp`, then put in place).
-fn is_temp(name: &str) -> bool {
-    name == "journal.tmp"
-        || name == "manifest.tmp"
-        || name == layout::MANIFEST_STAGED
-        || (name.starts_with(layout::KEYS_PREFIX) && name.ends_with(".tmp"))
+/// A root name that only an unfinished write leaves: the store's scratch name of the
+/// journal, the manifest or a key file (never of a name the format does not own), and the
+/// manifest a killed `rewrap` staged.
+fn is_temp(store: &dyn Store, name: &str) -> bool {
+    let scratch_of = |real: &str| store.scratch_name(real).as_deref() == Some(name);
+    let key_file = || {
+        let id = name
+            .strip_prefix(layout::KEYS_PREFIX)
+            .and_then(|r| r.split('.').next())
+            .unwrap_or_default();
+        let real = format!("{}{id}{}", layout::KEYS_PREFIX, layout::KEYS_SUFFIX);
+        key_file_id(&real).is_some() && scratch_of(&real)
+    };
+    name == layout::MANIFEST_STAGED
+        || [layout::JOURNAL, layout::MANIFEST, layout::MANIFEST_STAGED]
+            .into_iter()
+            .any(scratch_of)
+        || key_file()
 }
 
 /// The batch id of a key file's name, if it is one.
@@ -40,7 +52,8 @@ fn root_names(store: &dyn Store) -> Result<Vec<Listed>> {
 pub fn sweep_root(store: &dyn Store, batches: &[Batch]) -> Result<()> {
     let keep: HashSet<String> = batches.iter().map(|b| b.id_hex()).collect();
     for l in root_names(store)? {
-        let stray = is_temp(&l.name) || key_file_id(&l.name).is_some_and(|id| !keep.contains(id));
+        let stray =
+            is_temp(store, &l.name) || key_file_id(&l.name).is_some_and(|id| !keep.contains(id));
         if stray && l.file {
             store.remove(&l.name)?;
         }
@@ -51,21 +64,18 @@ pub fn sweep_root(store: &dyn Store, batches: &[Batch]) -> Result<()> {
 /// Whether a vault holds only what a run that never journaled a batch can leave:
 /// temporary files, key files (of no journaled batch: there is no journal), no objects, and
 /// an empty journal (left by versions that created it in place). Such a run wrote no
-/// ciphertext, so a new run may start there after [`clear_unstarted`].
-pub fn only_unstarted(store: &dyn Store) -> Result<bool> {
-    for l in store.list("")? {
-        let ok = if l.name.contains('/') {
+/// ciphertext, so a new run may start there after [`clear_unstarted`]. `listed` is the
+/// vault's whole listing.
+pub fn only_unstarted(store: &dyn Store, listed: &[Listed]) -> bool {
+    listed.iter().all(|l| {
+        if l.name.contains('/') {
             false
         } else if l.name == layout::JOURNAL {
             l.file && l.len == 0
         } else {
-            l.file && (is_temp(&l.name) || key_file_id(&l.name).is_some())
-        };
-        if !ok {
-            return Ok(false);
+            l.file && (is_temp(store, &l.name) || key_file_id(&l.name).is_some())
         }
-    }
-    Ok(true)
+    })
 }
 
 /// Removes what [`only_unstarted`] accepted (key files first, the journal last).
@@ -88,7 +98,9 @@ pub fn unfinished_import(store: &dyn Store) -> Result<bool> {
             keys += 1;
             true
         } else {
-            l.file && is_temp(&l.name) && l.name != "journal.tmp"
+            l.file
+                && is_temp(store, &l.name)
+                && store.scratch_name(layout::JOURNAL).as_deref() != Some(&l.name)
         };
         if !ok {
             return Ok(false);
@@ -118,4 +130,38 @@ pub fn clear_unfinished_import(store: &dyn Store) -> Result<()> {
         store.remove(&l.name)?;
     }
     sweep_root(store, &[])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::local::LocalStore;
+
+    /// A rerun removes the scratch files of the format's own names and stray key files, and
+    /// nothing else a user may have put there.
+    #[test]
+    fn the_sweep_removes_only_what_the_format_owns() {
+        let t = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(t.path());
+        let id = "ab".repeat(ID_LEN);
+        let stray = [
+            "journal.tmp".to_string(),
+            "manifest.tmp".to_string(),
+            layout::MANIFEST_STAGED.to_string(),
+            format!("{}{id}.tmp", layout::KEYS_PREFIX),
+            format!("{}{id}{}", layout::KEYS_PREFIX, layout::KEYS_SUFFIX),
+        ];
+        let kept = ["notes.tmp", "keys-notes.tmp", "README"];
+        for n in stray.iter().map(String::as_str).chain(kept) {
+            std::fs::write(t.path().join(n), b"x").unwrap();
+        }
+        sweep_root(&store, &[]).unwrap();
+        let mut left: Vec<String> = root_names(&store)
+            .unwrap()
+            .into_iter()
+            .map(|l| l.name)
+            .collect();
+        left.sort();
+        assert_eq!(left, ["README", "keys-notes.tmp", "notes.tmp"]);
+    }
 }

@@ -320,7 +320,7 @@ fn write_vault(
         }
         if !crate::pipeline::leftovers::unfinished_import(vault)? {
             return Err(Error::Usage(format!(
-                "{shown} exists and is not empty; choose a new directory for the vault"
+                "{shown} exists and is not empty; choose another -o (a new directory or prefix) for the vault"
             )));
         }
         crate::pipeline::leftovers::clear_unfinished_import(vault)?;

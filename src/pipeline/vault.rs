@@ -42,10 +42,14 @@ pub fn publish_manifest(
 
 /// Reads the manifest `name` of `store` (no hints: [`open_manifest`] gives them).
 pub fn read_manifest(store: &dyn Store, name: &str) -> Result<ManifestReader> {
-    match store.reader(name)? {
-        Some(r) => ManifestReader::from_reader(r, store.describe(name)),
-        None => Err(Error::format(store.url(), NOT_A_VAULT)),
-    }
+    manifest_if_present(store, name)?.ok_or_else(|| Error::format(store.url(), NOT_A_VAULT))
+}
+
+fn manifest_if_present(store: &dyn Store, name: &str) -> Result<Option<ManifestReader>> {
+    store
+        .reader(name)?
+        .map(|r| ManifestReader::from_reader(r, store.describe(name)))
+        .transpose()
 }
 
 /// Writes a batch's key file atomically, replacing an older one (a rewrap's).
@@ -56,8 +60,8 @@ pub fn write_key_file(store: &dyn Store, vault_id: &[u8; ID_LEN], batch: &Batch)
 /// Opens the vault's manifest; without one, says why: an unfinished run (and the command
 /// that finishes it), no vault at all, or a lost manifest.
 pub fn open_manifest(store: &dyn Store) -> Result<ManifestReader> {
-    if let Some(r) = store.reader(layout::MANIFEST)? {
-        return ManifestReader::from_reader(r, store.describe(layout::MANIFEST));
+    if let Some(m) = manifest_if_present(store, layout::MANIFEST)? {
+        return Ok(m);
     }
     let hint = if store.len(layout::JOURNAL).ok().flatten().is_some() {
         crate::pipeline::journal::resume_hint(store)

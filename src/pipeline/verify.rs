@@ -177,7 +177,9 @@ fn extras(store: &dyn Store, batches: &[Batch], objects: &[ObjectRef]) -> Vec<Pr
         if known || !seen.insert(top.clone()) {
             continue;
         }
-        let why = if top == "manifest.tmp" || top == layout::MANIFEST_STAGED {
+        let why = if store.scratch_name(layout::MANIFEST).as_deref() == Some(&top)
+            || top == layout::MANIFEST_STAGED
+        {
             "not part of the vault format (left by an interrupted rewrap: run the same rewrap again)"
         } else {
             "not part of the vault format"

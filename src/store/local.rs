@@ -410,6 +410,10 @@ impl Store for LocalStore {
         Ok(Box::new(DirLock::acquire(&self.root, create)?))
     }
 
+    fn scratch_name(&self, name: Name) -> Option<String> {
+        tmp_path(Path::new(name)).to_str().map(str::to_string)
+    }
+
     fn local_dir(&self) -> Option<PathBuf> {
         Some(self.root.clone())
     }

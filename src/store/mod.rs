@@ -195,6 +195,13 @@ pub trait Store: Send + Sync {
     /// Removes `name`; absent is fine.
     fn remove(&self, name: Name) -> Result<()>;
 
+    /// The name an unfinished atomic write of `name` may leave behind (a local vault's
+    /// `<stem>.tmp`, when a kill came before it was put in place), for a rerun to remove.
+    /// S3 has none: its unfinished writes are uploads, not names.
+    fn scratch_name(&self, _name: Name) -> Option<String> {
+        None
+    }
+
     /// Abandons the unfinished objects under `prefix` whose names are not in `keep` (the
     /// multipart uploads a killed run left, which list as nothing but cost storage); a
     /// local vault has none (its partial objects are files, listed and removed as such).
