@@ -230,6 +230,7 @@ fn generate(out: &Path, plain: Option<&Path>, concealed: bool) {
         generator: "envseal vectors".into(),
         segment_size: SEG,
         conceal_names: concealed,
+        shard: None,
     };
     let store = LocalStore::new(out);
     let mut m =
@@ -468,6 +469,7 @@ fn generate_multi(out: &Path, plain: Option<&Path>, xattrs: &[(&[u8], &[u8])]) {
         generator: "envseal vectors".into(),
         segment_size: SEG,
         conceal_names: false,
+        shard: None,
     };
     let store = LocalStore::new(out);
     let mut m =

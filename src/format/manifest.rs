@@ -276,6 +276,24 @@ pub struct Header {
     pub generator: String,
     pub segment_size: u32,
     pub conceal_names: bool,
+    /// Set in a part of a sharded run (`encrypt --plan --shard`), which `merge` joins.
+    pub shard: Option<ShardMark>,
+}
+
+/// Which part of a plan's run a vault is: shard `index` of `count` (§6.1). The parts of one
+/// plan share its vault id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardMark {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl ShardMark {
+    /// `index` < `count` ≤ `MAX_SHARDS`.
+    pub fn valid(&self) -> bool {
+        self.count >= 1 && self.count as usize <= format::MAX_SHARDS && self.index < self.count
+    }
 }
 
 // ---- wire records ----------------------------------------------------------------------
@@ -295,6 +313,8 @@ struct VaultLine {
     generator: String,
     segment_size: u32,
     conceal_names: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    shard: Option<ShardMark>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -1106,6 +1126,7 @@ impl<W: Write> ManifestWriter<W> {
                 generator: h.generator.clone(),
                 segment_size: h.segment_size,
                 conceal_names: h.conceal_names,
+                shard: h.shard,
             })?,
             true,
         )?;
@@ -1263,6 +1284,7 @@ impl ManifestReader {
                 generator: String::new(),
                 segment_size: 0,
                 conceal_names: false,
+                shard: None,
             },
             batches: Vec::new(),
             objects: Vec::new(),
@@ -1349,6 +1371,9 @@ impl ManifestReader {
         if !format::valid_segment_size(u64::from(v.segment_size)) {
             return Err(integrity(&self.at(), "invalid segment size"));
         }
+        if v.shard.is_some_and(|s| !s.valid()) {
+            return Err(integrity(&self.at(), "invalid shard"));
+        }
         self.header = Header {
             vault_id: format::from_hex(&v.vault_id)
                 .ok_or_else(|| integrity(&self.at(), "bad vault_id"))?,
@@ -1356,6 +1381,7 @@ impl ManifestReader {
             generator: v.generator,
             segment_size: v.segment_size,
             conceal_names: v.conceal_names,
+            shard: v.shard,
         };
         loop {
             let Some((kind, line)) = self.next_raw()? else {
@@ -1655,6 +1681,7 @@ mod tests {
             generator: String::new(),
             segment_size: 4096,
             conceal_names: false,
+            shard: None,
         }
     }
 
@@ -2157,6 +2184,47 @@ mod tests {
         ok(with(&[0xb0], WRAP, &[&long])).unwrap();
         let longer = long.replacen(' ', "  ", 1);
         integrity(ok(with(&[0xb0], WRAP, &[&longer])), "over-long line");
+    }
+
+    /// A part's shard mark is read back as written; one out of range (an index not below
+    /// the count, no shards, more than `MAX_SHARDS`) or with a member more is refused.
+    #[test]
+    fn shard_marks_are_strict() {
+        let mark = ShardMark { index: 2, count: 4 };
+        let mut out = Vec::new();
+        let h = Header {
+            shard: Some(mark),
+            ..header()
+        };
+        drop(ManifestWriter::new(&mut out, "m".into(), &h).unwrap());
+        let first = String::from_utf8(out).unwrap();
+        let first = first.lines().next().unwrap().to_string();
+        assert!(
+            first.ends_with(r#","shard":{"index":2,"count":4}}"#),
+            "{first}"
+        );
+        let read = |vault: String| {
+            let mut l = head_lines(&[0xb0], WRAP);
+            l[0] = vault;
+            l.push(end_line(1, 0));
+            let text = l.join("\n") + "\n";
+            ManifestReader::from_reader(Box::new(std::io::Cursor::new(text)), "m".into())
+                .map(|r| r.header.shard)
+        };
+        let vault = |shard: &str| first.replace(r#""index":2,"count":4"#, shard);
+        assert_eq!(read(vault(r#""index":2,"count":4"#)).unwrap(), Some(mark));
+        for bad in [
+            r#""index":4,"count":4"#,
+            r#""index":0,"count":0"#,
+            r#""index":0,"count":4097"#,
+            r#""index":0,"count":4,"x":1"#,
+            r#""index":-1,"count":4"#,
+        ] {
+            assert!(
+                matches!(read(vault(bad)), Err(Error::Integrity { .. })),
+                "{bad}"
+            );
+        }
     }
 
     /// Key files are read as strictly as `wrap` records: what they write, they read; an unknown

@@ -67,6 +67,9 @@ pub const MAX_ENTRIES: u64 = 1 << 32;
 pub const MAX_WRAPPED_KEYS: usize = 64;
 pub const MAX_PATH_BYTES: usize = 4096;
 pub const MAX_BATCHES: usize = 1 << 16;
+/// Parts of one sharded run: each has a batch at least, and a merged vault at most
+/// `MAX_BATCHES` (§6.1).
+pub const MAX_SHARDS: usize = 1 << 12;
 /// Objects (packs and single-file objects) per vault.
 pub const MAX_OBJECTS: u64 = 1 << 32;
 /// Directory depth of a vault path (bounds the tree-order check's stack).

@@ -302,6 +302,7 @@ fn encrypt_run(
         generator: format!("envseal {}", env!("CARGO_PKG_VERSION")),
         segment_size: opts.segment_size,
         conceal_names: opts.conceal_names,
+        shard: None,
     };
 
     // An interrupted run: unwrap its batch keys again (one Decrypt each, commitments checked)

@@ -335,6 +335,7 @@ fn write_vault(
         generator: format!("envseal {} import-legacy", env!("CARGO_PKG_VERSION")),
         segment_size: format::DEFAULT_SEGMENT_SIZE,
         conceal_names: false,
+        shard: None,
     };
     let obj_id: [u8; ID_LEN] = format::random().at(&shown)?;
     // One object of every record, written in order (its length known at the end).

@@ -1166,6 +1166,7 @@ mod tests {
             generator: String::new(),
             segment_size: 4096,
             conceal_names: false,
+            shard: None,
         };
         let key = BatchKey::new(DataKey::from_bytes(&[7u8; 32]).unwrap(), [1; 16], [2; 16]);
         let nk = key.name_key();
