@@ -124,6 +124,7 @@ pub fn encrypt_cmd(a: EncryptArgs, cancel: &'static AtomicBool) -> anyhow::Resul
         },
         sync: !a.no_sync,
         xattrs: !a.no_xattrs,
+        shard: None,
     };
     let kms = Kms::new(kms_options()?, None);
     let bars = bars("encrypt", &a.out)?.cancelled_by(cancel);

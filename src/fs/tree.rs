@@ -17,7 +17,7 @@ use rustix::fs::{FileType, Stat};
 
 use crate::error::{Error, Result};
 use crate::format;
-use crate::format::manifest::check_path;
+use crate::format::manifest::{check_path, tree_cmp};
 use crate::fs::byte_len;
 use crate::fs::walk::{Place, Step, Walk};
 use crate::fs::Dir;
@@ -88,14 +88,78 @@ pub fn glob(pattern: &str) -> std::result::Result<Glob, globset::Error> {
     GlobBuilder::new(pattern).literal_separator(true).build()
 }
 
+/// What a walk takes: every path but those `--exclude` globs match, within a range of the
+/// path space (a shard's, docs/FORMAT.md §6.6; the whole space otherwise).
+#[derive(Clone, Debug)]
+pub struct Select {
+    globs: GlobSet,
+    range: PathRange,
+}
+
+/// A contiguous range of vault paths in tree order (docs/FORMAT.md §6.2): from `from`
+/// (inclusive; the start when `None`) up to `until` (exclusive; the end when `None`). The
+/// directories on the way to `from` belong to it too, so that what it holds is a tree.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PathRange {
+    pub from: Option<Vec<u8>>,
+    pub until: Option<Vec<u8>>,
+}
+
+/// Where a path lies against a [`PathRange`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InRange {
+    /// Before it (and so is everything below it).
+    Before,
+    Within,
+    /// At its end or after (and so is everything after it in tree order).
+    After,
+}
+
+impl PathRange {
+    pub fn place(&self, path: &[u8]) -> InRange {
+        use std::cmp::Ordering::Less;
+        if let Some(u) = &self.until {
+            if tree_cmp(path, u) != Less {
+                return InRange::After;
+            }
+        }
+        if let Some(f) = &self.from {
+            let on_the_way = f.len() > path.len() && f.starts_with(path) && f[path.len()] == b'/';
+            if tree_cmp(path, f) == Less && !on_the_way {
+                return InRange::Before;
+            }
+        }
+        InRange::Within
+    }
+}
+
+impl Select {
+    /// Only the paths of `range`.
+    pub fn within(self, range: PathRange) -> Select {
+        Select { range, ..self }
+    }
+
+    /// Whether the walk leaves out `path` (a vault path) and, for a directory, all below it.
+    fn leaves_out(&self, path: &[u8], rel: &[u8], name: &[u8]) -> bool {
+        self.globs.is_match(Path::new(OsStr::from_bytes(rel)))
+            || self.globs.is_match(Path::new(OsStr::from_bytes(name)))
+            || self.range.place(path) != InRange::Within
+    }
+}
+
 /// Compiles `--exclude` globs; a bad glob is a usage error naming it.
-pub fn excludes(globs: &[String]) -> Result<GlobSet> {
+pub fn excludes(globs: &[String]) -> Result<Select> {
     let mut b = GlobSetBuilder::new();
     for g in globs {
         b.add(glob(g).map_err(|e| Error::Usage(format!("--exclude {g:?}: {e}")))?);
     }
-    b.build()
-        .map_err(|e| Error::Usage(format!("--exclude: {e}")))
+    let globs = b
+        .build()
+        .map_err(|e| Error::Usage(format!("--exclude: {e}")))?;
+    Ok(Select {
+        globs,
+        range: PathRange::default(),
+    })
 }
 
 /// Size of a block device: ask the device (seek to its end), not `stat`, which says 0.
@@ -231,11 +295,16 @@ pub fn order_sources(sources: &[PathBuf]) -> Result<Vec<(Vec<u8>, PathBuf)>> {
 /// through a symlink, whatever changes while the walk goes on.
 pub fn walk_each(
     sources: &[PathBuf],
-    exclude: &GlobSet,
+    select: &Select,
     xattrs: bool,
     mut on: impl FnMut(Found) -> bool,
 ) -> Result<()> {
     for (base, src) in order_sources(sources)? {
+        match select.range.place(&base) {
+            InRange::Before => continue,
+            InRange::After => return Ok(()),
+            InRange::Within => {}
+        }
         let src = &src;
         let (st, kind) = top_kind(src)?;
         if kind != SourceKind::Dir {
@@ -259,8 +328,10 @@ pub fn walk_each(
             return Ok(());
         }
         let skip = |rel: &[u8], name: &[u8]| {
-            exclude.is_match(Path::new(OsStr::from_bytes(rel)))
-                || exclude.is_match(Path::new(OsStr::from_bytes(name)))
+            let mut vpath = base.clone();
+            vpath.push(b'/');
+            vpath.extend_from_slice(rel);
+            select.leaves_out(&vpath, rel, name)
         };
         // The vault's depth limit counts the source's own directory.
         let walk = Walk::new(&root, xattrs, format::MAX_DEPTH, &skip)
@@ -353,8 +424,12 @@ mod tests {
     use super::*;
 
     fn walked(sources: &[PathBuf], exclude: &[&str]) -> Vec<String> {
+        walked_within(sources, exclude, PathRange::default())
+    }
+
+    fn walked_within(sources: &[PathBuf], exclude: &[&str], range: PathRange) -> Vec<String> {
         let ex: Vec<String> = exclude.iter().map(|s| s.to_string()).collect();
-        let ex = excludes(&ex).unwrap();
+        let ex = excludes(&ex).unwrap().within(range);
         let mut out = Vec::new();
         walk_each(sources, &ex, false, |f| {
             out.push(match f {
@@ -365,6 +440,65 @@ mod tests {
         })
         .unwrap();
         out
+    }
+
+    /// A shard's range: consecutive ranges cut the walk into parts that hold each path
+    /// once, each with the directories on the way to its first path (docs/FORMAT.md §6.6),
+    /// whole sources before or after a range left out, excludes still applied.
+    #[test]
+    fn ranges_cut_the_walk_into_parts() {
+        let t = tempfile::tempdir().unwrap();
+        let (a, b) = (t.path().join("a"), t.path().join("b"));
+        for d in ["a/x/deep", "a/y", "b"] {
+            fs::create_dir_all(t.path().join(d)).unwrap();
+        }
+        for f in [
+            "a/x/deep/1",
+            "a/x/2",
+            "a/y/3",
+            "a/y/4",
+            "a/z",
+            "a/skip",
+            "b/5",
+        ] {
+            fs::write(t.path().join(f), f).unwrap();
+        }
+        let sources = [b.clone(), a.clone()];
+        let all = walked(&sources, &["skip"]);
+        let cut = |from: Option<&str>, until: Option<&str>| {
+            let range = PathRange {
+                from: from.map(|p| p.as_bytes().to_vec()),
+                until: until.map(|p| p.as_bytes().to_vec()),
+            };
+            walked_within(&sources, &["skip"], range)
+        };
+        let bounds = [
+            None,
+            Some("a/x/deep/1"),
+            Some("a/y/4"),
+            Some("b"),
+            Some("b/5"),
+            None,
+        ];
+        let parts: Vec<Vec<String>> = bounds.windows(2).map(|w| cut(w[0], w[1])).collect();
+        assert_eq!(parts[0], ["a", "a/x", "a/x/2", "a/x/deep"]);
+        assert_eq!(
+            parts[1],
+            ["a", "a/x", "a/x/deep", "a/x/deep/1", "a/y", "a/y/3"]
+        );
+        assert_eq!(parts[2], ["a", "a/y", "a/y/4", "a/z"]);
+        assert_eq!(parts[3], ["b"]);
+        assert_eq!(parts[4], ["b", "b/5"]);
+        // Joined, dropping the directories a part repeats, they are the whole walk.
+        let mut joined: Vec<String> = Vec::new();
+        for p in parts {
+            for e in p {
+                if !joined.contains(&e) {
+                    joined.push(e);
+                }
+            }
+        }
+        assert_eq!(joined, all);
     }
 
     /// Tree order over several sources (by base name, then each directory's entries by
@@ -426,12 +560,17 @@ mod tests {
         fs::create_dir_all(&outside).unwrap();
         fs::write(outside.join("f"), b"outside").unwrap();
         let mut entries = Vec::new();
-        walk_each(std::slice::from_ref(&src), &GlobSet::empty(), false, |f| {
-            if let Found::Entry(e) = f {
-                entries.push(e);
-            }
-            true
-        })
+        walk_each(
+            std::slice::from_ref(&src),
+            &excludes(&[]).unwrap(),
+            false,
+            |f| {
+                if let Found::Entry(e) = f {
+                    entries.push(e);
+                }
+                true
+            },
+        )
         .unwrap();
         let f = entries.iter().find(|e| e.path == b"s/d/f").unwrap();
         assert!(f.source.open(f.dev, f.ino, false, false).is_ok());

@@ -31,7 +31,7 @@ use crate::fs::source::Source;
 use crate::fs::tree::{self, Found, SourceEntry, SourceKind};
 use crate::kms::keys::Kms;
 use crate::kms::keyspec::KeySpec;
-use crate::pipeline::journal::{Journal, Record, RunParams, RunRecord, SourceId};
+use crate::pipeline::journal::{Journal, Record, RunParams, RunRecord, ShardParams, SourceId};
 use crate::pipeline::seal::{self, BufPool, ChunkItem, LargeFile, SealCtx};
 use crate::pipeline::write::{entry_of, LargeStart, Msg, Writer};
 use crate::progress::Progress;
@@ -70,6 +70,19 @@ pub struct EncryptOptions {
     pub sync: bool,
     /// Store extended attributes (`--no-xattrs`: not).
     pub xattrs: bool,
+    /// One part of a plan's run (docs/FORMAT.md §6.6), `None` for a whole run.
+    pub shard: Option<ShardRun>,
+}
+
+/// What a part of a sharded run takes from its plan: the plan's vault id (shared by every
+/// part, so that records and encryption contexts name the merged vault), which part it is,
+/// and its range of paths. `plan` is the plan file, as the resume hint names it.
+#[derive(Clone, Debug)]
+pub struct ShardRun {
+    pub plan: PathBuf,
+    pub vault_id: [u8; ID_LEN],
+    pub mark: crate::format::manifest::ShardMark,
+    pub range: tree::PathRange,
 }
 
 impl EncryptOptions {
@@ -98,6 +111,7 @@ impl EncryptOptions {
             pack_threshold: format::DEFAULT_PACK_THRESHOLD,
             sync: true,
             xattrs: true,
+            shard: None,
         }
     }
 }
@@ -245,8 +259,34 @@ fn encrypt_run(
             .as_ref()
             .map(|l| l.absolute().map(|a| B64.encode(a.to_string().as_bytes())))
             .transpose()?,
+        shard: opts
+            .shard
+            .as_ref()
+            .map(|s| -> Result<ShardParams> {
+                Ok(ShardParams {
+                    plan: B64.encode(
+                        std::path::absolute(&s.plan)
+                            .at(&s.plan)?
+                            .as_os_str()
+                            .as_bytes(),
+                    ),
+                    index: s.mark.index,
+                    count: s.mark.count,
+                    from: s.range.from.as_ref().map(|p| B64.encode(p)),
+                    until: s.range.until.as_ref().map(|p| B64.encode(p)),
+                })
+            })
+            .transpose()?,
     };
-    let exclude = tree::excludes(&opts.excludes)?;
+    if opts.shard.is_some() && opts.since.is_some() {
+        return Err(Error::Usage(
+            "--since cannot be combined with --plan: a part of a sharded run is a new vault".into(),
+        ));
+    }
+    let mut exclude = tree::excludes(&opts.excludes)?;
+    if let Some(s) = &opts.shard {
+        exclude = exclude.within(s.range.clone());
+    }
     check_vault_outside(opts, &sources)?;
     tree::order_sources(&sources)?;
 
@@ -287,7 +327,10 @@ fn encrypt_run(
         vault,
         &params,
         opts.resume,
-        earlier.as_ref().map(|e| e.vault_id),
+        earlier
+            .as_ref()
+            .map(|e| e.vault_id)
+            .or(opts.shard.as_ref().map(|s| s.vault_id)),
     )?;
     let mut unstarted = Unstarted {
         vault,
@@ -302,7 +345,7 @@ fn encrypt_run(
         generator: format!("envseal {}", env!("CARGO_PKG_VERSION")),
         segment_size: opts.segment_size,
         conceal_names: opts.conceal_names,
-        shard: None,
+        shard: opts.shard.as_ref().map(|s| s.mark),
     };
 
     // An interrupted run: unwrap its batch keys again (one Decrypt each, commitments checked)
@@ -1206,7 +1249,7 @@ fn finished_run(
     params: &RunParams,
     kms: &Kms,
     sources: &[PathBuf],
-    exclude: &globset::GlobSet,
+    exclude: &tree::Select,
     progress: &dyn Progress,
 ) -> Result<Option<EncryptReport>> {
     use crate::pipeline::journal::Head;
@@ -1353,7 +1396,7 @@ impl Recorded {
 /// vault's entries.
 fn compare_sources(
     sources: &[PathBuf],
-    exclude: &globset::GlobSet,
+    exclude: &tree::Select,
     mut recorded: HashMap<Vec<u8>, Recorded>,
     progress: &dyn Progress,
 ) -> Result<Staleness> {
@@ -1460,7 +1503,7 @@ mod tests {
     fn admits_what_the_reader_accepts() {
         let t = tempfile::tempdir().unwrap();
         let mut top = None;
-        let none = globset::GlobSet::empty();
+        let none = tree::excludes(&[]).unwrap();
         tree::walk_each(&[t.path().to_path_buf()], &none, false, |f| {
             if let Found::Entry(x) = f {
                 top = Some(x);

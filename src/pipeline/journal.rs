@@ -39,6 +39,24 @@ pub struct RunParams {
     /// An incremental run's earlier vault (base64 of its absolute path), absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<String>,
+    /// A part of a sharded run (`encrypt --plan --shard`), absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<ShardParams>,
+}
+
+/// What makes a run one part of a plan (docs/FORMAT.md §6.6): the plan file (base64 of its
+/// absolute path), the shard's index and count, and its range of paths (base64; absent at
+/// the start and the end of the path space). The plan's vault id is the run's.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardParams {
+    pub plan: String,
+    pub index: u32,
+    pub count: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -509,7 +527,7 @@ pub fn write_receipt(store: &dyn Store, vault_id: &str, params_mac: &str) -> Res
 /// What the first line of a vault's journal says, read without locking and within the line
 /// limit: `None` when there is no journal.
 pub enum Head {
-    Run(RunRecord),
+    Run(Box<RunRecord>),
     Finished(Receipt),
     /// Empty, torn or not a journal line.
     Unreadable,
@@ -532,7 +550,7 @@ pub fn head(store: &dyn Store) -> Result<Option<Head>> {
     let line = &buf[..end];
     if let Ok(r) = serde_json::from_slice::<RunRecord>(line) {
         if r.kind == "run" {
-            return Ok(Some(Head::Run(r)));
+            return Ok(Some(Head::Run(Box::new(r))));
         }
     }
     if let Ok(r) = serde_json::from_slice::<Receipt>(line) {
@@ -581,6 +599,15 @@ pub fn resume_command(vault: &str, p: &RunParams) -> String {
             .unwrap_or_default()
     };
     let mut c = String::from("envseal encrypt");
+    // A part's sources, keys and options are its plan's.
+    if let Some(s) = &p.shard {
+        return format!(
+            "{c} --plan {} --shard {} -o {}",
+            quote(&decoded(&s.plan)),
+            s.index,
+            quote(vault)
+        );
+    }
     for s in &p.sources {
         c += &format!(" {}", quote(&decoded(s)));
     }
@@ -635,6 +662,7 @@ mod tests {
                 excludes: vec![],
                 also_keys: vec![],
                 since: None,
+                shard: None,
             },
         }
     }

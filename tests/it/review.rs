@@ -182,6 +182,7 @@ fn a_run_killed_before_its_first_batch_resumes() {
             excludes: opts.excludes.clone(),
             also_keys: Vec::new(),
             since: None,
+            shard: None,
         },
     };
     drop(Journal::create(&LocalStore::new(&fx.vault), &run).unwrap()); // the "crash"
@@ -366,6 +367,7 @@ fn a_run_killed_after_its_manifest_finishes_on_rerun() {
         excludes: opts.excludes.clone(),
         also_keys: Vec::new(),
         since: None,
+        shard: None,
     };
     let vault_id = format::to_hex(
         &envseal::pipeline::vault::read_manifest(&LocalStore::new(&fx.vault), "manifest.jsonl")
@@ -554,6 +556,7 @@ fn a_resumed_run_refuses_batches_of_another_kms() {
             excludes: opts.excludes.clone(),
             also_keys: Vec::new(),
             since: None,
+            shard: None,
         },
     };
     let mut journal = Journal::create(&LocalStore::new(&fx.vault), &run).unwrap();
@@ -604,6 +607,7 @@ fn the_object_sweep_does_not_follow_symlinks() {
             excludes: opts.excludes.clone(),
             also_keys: Vec::new(),
             since: None,
+            shard: None,
         },
     };
     drop(Journal::create(&LocalStore::new(&fx.vault), &run).unwrap());
