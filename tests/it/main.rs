@@ -19,6 +19,7 @@ mod fidelity;
 mod hostile;
 mod incremental;
 // `kms_aliyun`, `kms_serve_limits` and `wrappings` drive `envseal kms serve` in every test.
+mod deploy;
 #[cfg(feature = "server")]
 mod kms_aliyun;
 mod kms_aws;
