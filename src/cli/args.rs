@@ -269,11 +269,21 @@ pub struct VerifyArgs {
     /// With --deep: unwrap only keys wrapped by this CMK (id or ARN; repeatable).
     #[arg(long, value_name = "CMK")]
     pub expect_key: Vec<String>,
+    /// Read only some objects' records: `n/m`, slice n of m (the objects whose id falls in
+    /// it; `1/7` ... `7/7` on seven nights read every object once), or `P%`, a random share of
+    /// the objects' bytes. The manifest is still read and authenticated whole, and every
+    /// object's presence and length checked.
+    #[arg(long, value_name = "n/m|P%", value_parser = parse_sample, conflicts_with = "source")]
+    pub sample: Option<envseal::pipeline::verify::Sample>,
     /// Worker threads (default: number of cores).
     #[arg(short = 'j', long, value_name = "N")]
     pub jobs: Option<Jobs>,
     #[command(flatten)]
     pub out: OutputArgs,
+}
+
+fn parse_sample(s: &str) -> Result<envseal::pipeline::verify::Sample, String> {
+    envseal::pipeline::verify::Sample::parse(s)
 }
 
 #[derive(Debug, Args)]

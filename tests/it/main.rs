@@ -41,6 +41,7 @@ mod store;
 mod survive;
 mod terminal;
 mod to_device;
+mod verify_sample;
 mod verify_source;
 #[cfg(feature = "server")]
 mod wrappings;
