@@ -3,7 +3,7 @@
 //! its server crashed and restarted mid-run, counting every byte the server received; and
 //! a checkpointed upload that vanished behind the vault's back.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -57,10 +57,10 @@ fn seed() -> u64 {
     seed
 }
 
-/// `envseal encrypt -q -o VAULT SRC` against `server`.
-fn encrypt_cmd(server: &SeaweedFs, home: &Path, vault: &str, src: &Path) -> Command {
+/// `envseal encrypt -q -o VAULT SRC` with a server's `vars` (the same across its restarts).
+fn encrypt_cmd(vars: &HashMap<String, String>, home: &Path, vault: &str, src: &Path) -> Command {
     let mut c = common::envseal(home);
-    for (k, v) in server.vars() {
+    for (k, v) in vars {
         c.env(k, v);
     }
     c.env_remove("AWS_ENDPOINT_URL")
@@ -71,21 +71,51 @@ fn encrypt_cmd(server: &SeaweedFs, home: &Path, vault: &str, src: &Path) -> Comm
     c
 }
 
-/// Polls (every 10 ms) until the server's received bytes reach `target`; panics if `child`
-/// exits first or nothing gets there in 120 s.
-fn wait_for_received(server: &SeaweedFs, child: &mut Child, target: u64, what: &str) {
+/// Polls (every 10 ms) until the server's received bytes reach `target`: `None` then, or
+/// the run's exit status if it exits first; panics if nothing gets there in 120 s.
+fn wait_for_received(
+    server: &SeaweedFs,
+    child: &mut Child,
+    target: u64,
+) -> Option<std::process::ExitStatus> {
     let deadline = Instant::now() + Duration::from_secs(120);
     while server.traffic().0 < target {
         if let Some(st) = child.try_wait().unwrap() {
-            panic!("{what}: the run exited ({st}) before the server received {target} bytes");
+            return Some(st);
         }
         assert!(
             Instant::now() < deadline,
-            "{what}: the server received {} of {target} bytes in 120 s",
+            "the server received {} of {target} bytes in 120 s",
             server.traffic().0
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+    None
+}
+
+/// How a run that lived through the server's crash ended: on its retries (exit 0), or
+/// exit 1 with a message naming the vault's URL.
+fn check_crashed_run(st: std::process::ExitStatus, err: &Path, vault: &str) {
+    let msg = std::fs::read_to_string(err).unwrap_or_default();
+    eprintln!("the run through the server's crash: {st}");
+    match st.code() {
+        Some(0) => {}
+        Some(1) => assert!(msg.contains(vault), "exit 1 without the URL: {msg}"),
+        _ => panic!("the run through the server's crash: {st}: {msg}"),
+    }
+}
+
+/// The segments of the journal's last checkpoint, if any (a journal being written is
+/// read as it stands; `None` also when it cannot be read).
+fn last_ckpt(store: &dyn Store) -> Option<u64> {
+    let j = store.get("journal.jsonl", 64 * MIB).ok()??;
+    let j = String::from_utf8_lossy(&j).into_owned();
+    let line = j.lines().rev().find(|l| l.contains(r#""type":"ckpt""#))?;
+    let segs = line.split(r#""segs":"#).nth(1)?;
+    segs.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// `verify --deep`, then `decrypt`, then the restored image compared with the source.
@@ -140,37 +170,75 @@ fn s3_kills_and_a_server_crash_resend_no_finished_part() {
     let down_for = Duration::from_millis(2000 + rng.next() % 2000);
     eprintln!("moments {moments:.3?}, server crash at #{crash}, down for {down_for:?}");
 
+    let vars = server.vars();
     let r0 = server.traffic().0;
-    for (i, f) in moments.iter().enumerate() {
-        let target = r0 + (f * size as f64) as u64;
-        let err = t.path().join(format!("run{i}.err"));
-        let mut child = encrypt_cmd(&server, &home, &vault, &src)
+    let mut runs = 0;
+    let mut spawn = || {
+        let err = t.path().join(format!("run{runs}.err"));
+        runs += 1;
+        let child = encrypt_cmd(&vars, &home, &vault, &src)
             .stderr(std::fs::File::create(&err).unwrap())
             .spawn()
             .unwrap();
-        wait_for_received(&server, &mut child, target, &format!("run {i}"));
+        (child, err)
+    };
+    // The run going, and whether it has lived through the server's crash (only such a
+    // run may end on its own: the next moment then goes to a new run).
+    let mut running: Option<(Child, std::path::PathBuf, bool)> = None;
+    let mut kills = 0u64;
+    'moments: for (i, f) in moments.iter().enumerate() {
+        let target = r0 + (f * size as f64) as u64;
+        loop {
+            let (child, err, crashed) = running.get_or_insert_with(|| {
+                let (c, e) = spawn();
+                (c, e, false)
+            });
+            match wait_for_received(&server, child, target) {
+                None => break,
+                Some(st) => {
+                    assert!(
+                        *crashed,
+                        "moment {i}: the run exited ({st}) before it: {}",
+                        std::fs::read_to_string(&*err).unwrap_or_default()
+                    );
+                    check_crashed_run(st, err, &vault);
+                    running = None;
+                    if st.success() {
+                        eprintln!("the run rode through the crash and finished: moments from #{i} on are not reached");
+                        break 'moments;
+                    }
+                }
+            }
+        }
+        let Some((child, _, crashed)) = running.as_mut() else {
+            unreachable!()
+        };
         if i == crash {
             server.kill_hard();
             std::thread::sleep(down_for);
             server.restart();
-            let st = child.wait().unwrap();
-            let msg = std::fs::read_to_string(&err).unwrap_or_default();
-            eprintln!("run {i} with the server crashed: {st}\n{msg}");
-            match st.code() {
-                Some(0) => {}
-                Some(1) => assert!(msg.contains(&vault), "exit 1 without the URL: {msg}"),
-                _ => panic!("run {i} with the server crashed: {st}: {msg}"),
-            }
+            *crashed = true;
         } else {
             child.kill().unwrap();
             child.wait().unwrap();
+            running = None;
         }
+        kills += 1;
         eprintln!(
-            "after run {i} the server received {} bytes",
-            server.traffic().0 - r0
+            "moment {i} ({}): the server has received {} bytes; the journal's last checkpoint: {:?} segments",
+            if i == crash {
+                "server crashed"
+            } else {
+                "envseal killed"
+            },
+            server.traffic().0 - r0,
+            last_ckpt(&server.store("resume/image"))
         );
     }
-    let o = common::run(&mut encrypt_cmd(&server, &home, &vault, &src));
+    if let Some((mut child, err, _)) = running.take() {
+        check_crashed_run(child.wait().unwrap(), &err, &vault);
+    }
+    let o = common::run(&mut encrypt_cmd(&server.vars(), &home, &vault, &src));
     assert!(o.status.success(), "{}", common::stderr(&o));
     let total = server.traffic().0 - r0;
 
@@ -183,7 +251,6 @@ fn s3_kills_and_a_server_crash_resend_no_finished_part() {
     // deterministic), so they are not sent again; a part cut short, or retried after the
     // server came back, is sent again in full. The part being filled is not sent yet.
     let object = object_len(size, DEFAULT_SEGMENT_SIZE);
-    let kills = moments.len() as u64;
     let bound = object + SMALL_FILES + kills * MAX_IN_FLIGHT;
     eprintln!(
         "the server received {total} bytes for a {object}-byte object over {} runs (bound {bound}: {} MiB in flight per kill)",
@@ -218,17 +285,18 @@ fn s3_lost_checkpointed_upload_is_sealed_again() {
     let vault = format!("s3://{BUCKET}/resume/lost");
     let store = server.store("resume/lost");
 
-    // Killed once the journal holds a checkpoint (its commit returned: the parts it
-    // counts on are on the server).
-    let mut child = encrypt_cmd(&server, &home, &vault, &src).spawn().unwrap();
+    // Killed once the journal holds a checkpoint past the header (its commit returned:
+    // the parts it counts on are on the server).
+    let mut child = encrypt_cmd(&server.vars(), &home, &vault, &src)
+        .spawn()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         if let Some(st) = child.try_wait().unwrap() {
             panic!("the run exited ({st}) before it journaled a checkpoint");
         }
         assert!(Instant::now() < deadline, "no checkpoint in 120 s");
-        let journal = store.get("journal.jsonl", 64 * MIB).unwrap_or_default();
-        if journal.is_some_and(|j| String::from_utf8_lossy(&j).contains(r#""type":"ckpt""#)) {
+        if last_ckpt(&store).is_some_and(|segs| segs > 0) {
             break;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -241,7 +309,7 @@ fn s3_lost_checkpointed_upload_is_sealed_again() {
     store.sweep_uploads("objects/", &HashSet::new()).unwrap();
 
     let r1 = server.traffic().0;
-    let o = common::run(&mut encrypt_cmd(&server, &home, &vault, &src));
+    let o = common::run(&mut encrypt_cmd(&server.vars(), &home, &vault, &src));
     assert!(o.status.success(), "{}", common::stderr(&o));
     let sent = server.traffic().0 - r1;
     // Had the upload been taken up, only the rest would have gone up.
