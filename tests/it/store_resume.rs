@@ -9,7 +9,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use envseal::format::{object_len, DEFAULT_SEGMENT_SIZE};
-use envseal::store::s3::MAX_IN_FLIGHT;
+use envseal::store::s3::{MAX_IN_FLIGHT, PART_TARGET};
 use envseal::store::Store;
 
 use crate::common;
@@ -318,4 +318,69 @@ fn s3_lost_checkpointed_upload_is_sealed_again() {
         "the rerun sent {sent} bytes for a {size}-byte file: the lost upload was not sealed again"
     );
     verify_and_restore(&server, &home, &vault, &src, &t.path().join("out"));
+}
+
+/// A run killed after some parts of a large file are uploaded but before its first
+/// segment checkpoint: the header checkpoint (0 segments) written first lets the same
+/// command seal the file again under that header, so the parts already uploaded are
+/// recognised (size and ETag) and not sent again.
+#[test]
+fn s3_kill_before_the_first_segment_checkpoint_resends_no_part() {
+    let Some(server) = SeaweedFs::start() else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("home");
+    let src = t.path().join("src");
+    let size = 256 * MIB;
+    tree::gen_file(&src.join("image"), size, 0x0ea7);
+    let object = object_len(size, DEFAULT_SEGMENT_SIZE);
+    // The moment (parts uploaded, only the header checkpointed) lasts about half a second;
+    // a try that misses it (a segment checkpoint came first) goes again in a new vault.
+    for attempt in 0..4 {
+        let prefix = format!("resume/early{attempt}");
+        let vault = format!("s3://{BUCKET}/{prefix}");
+        let store = server.store(&prefix);
+        let r0 = server.traffic().0;
+        let mut child = encrypt_cmd(&server.vars(), &home, &vault, &src)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while server.traffic().0 - r0 < 3 * PART_TARGET || last_ckpt(&store).is_none() {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "finished before the kill"
+            );
+            assert!(Instant::now() < deadline, "no upload in 120 s");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let before = server.traffic().0 - r0;
+        let ckpt = last_ckpt(&store);
+        if ckpt != Some(0) {
+            eprintln!("attempt {attempt}: killed at checkpoint {ckpt:?}, past the moment");
+            continue;
+        }
+        let r1 = server.traffic().0;
+        let o = common::run(&mut encrypt_cmd(&server.vars(), &home, &vault, &src));
+        assert!(o.status.success(), "{}", common::stderr(&o));
+        let rerun = server.traffic().0 - r1;
+        eprintln!(
+            "killed with only the header checkpointed after {before} bytes; the rerun sent {rerun} of {object}"
+        );
+        // Sealed again under a fresh header, every part would go up again.
+        assert!(
+            rerun + PART_TARGET <= object,
+            "the rerun sent {rerun} bytes of a {object}-byte object: the uploaded parts were sent again"
+        );
+        assert!(
+            before + rerun <= object + SMALL_FILES + MAX_IN_FLIGHT,
+            "{} bytes in all for a {object}-byte object after one kill",
+            before + rerun
+        );
+        verify_and_restore(&server, &home, &vault, &src, &t.path().join("out"));
+        return;
+    }
+    panic!("four tries missed the moment before the first segment checkpoint");
 }
