@@ -37,6 +37,34 @@ pub fn disable_core_dumps() {
     let _ = set_dumpable_behavior(DumpableBehavior::NotDumpable);
 }
 
+/// Runs `build` (which starts an HTTP client's I/O threads) with SIGPIPE blocked in the
+/// calling thread, so that the threads it starts inherit the blocked signal. The binary
+/// sets SIGPIPE to its default action (ending the process, for `envseal ls | head`), and a
+/// socket written after its peer went away (a storage or KMS server that crashed or cut
+/// the connection) raises SIGPIPE in the writing thread: hyper's vectored writes
+/// (`writev`) cannot ask for `MSG_NOSIGNAL`. Blocked there, the write fails with EPIPE
+/// instead, and the request is retried or reported like any lost connection.
+pub fn with_sigpipe_blocked<T>(build: impl FnOnce() -> T) -> T {
+    // SAFETY: both sets are initialised by sigemptyset before use, and pthread_sigmask
+    // changes only the calling thread's mask, restored to what it was below.
+    let old = unsafe {
+        let mut block: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut block);
+        libc::sigemptyset(&mut old);
+        libc::sigaddset(&mut block, libc::SIGPIPE);
+        (libc::pthread_sigmask(libc::SIG_BLOCK, &block, &mut old) == 0).then_some(old)
+    };
+    let out = build();
+    if let Some(old) = old {
+        // SAFETY: `old` is the mask pthread_sigmask returned for this thread above.
+        unsafe {
+            libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -48,5 +76,35 @@ mod tests {
         assert!(notice.unwrap().contains("lowered to"));
         assert_eq!(clamp_jobs(1), (1, None));
         assert_eq!(clamp_jobs(0).0, 1);
+    }
+
+    /// Whether SIGPIPE is blocked in the calling thread.
+    fn sigpipe_blocked() -> bool {
+        // SAFETY: the set is initialised by sigemptyset; a null new set only reads the mask.
+        unsafe {
+            let mut cur: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut cur);
+            assert_eq!(
+                libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut cur),
+                0
+            );
+            libc::sigismember(&cur, libc::SIGPIPE) == 1
+        }
+    }
+
+    /// Threads started inside have SIGPIPE blocked; the caller's mask is given back.
+    #[test]
+    fn threads_started_with_sigpipe_blocked_keep_it_blocked() {
+        std::thread::spawn(|| {
+            assert!(!sigpipe_blocked());
+            let inner = with_sigpipe_blocked(|| std::thread::spawn(sigpipe_blocked));
+            assert!(
+                inner.join().unwrap(),
+                "the started thread has SIGPIPE blocked"
+            );
+            assert!(!sigpipe_blocked(), "the caller's mask was not restored");
+        })
+        .join()
+        .unwrap();
     }
 }

@@ -38,6 +38,7 @@ mod review;
 mod rewrap;
 mod sparse;
 mod store;
+mod store_resume;
 mod survive;
 mod terminal;
 mod to_device;
