@@ -45,22 +45,17 @@ pub fn disable_core_dumps() {
 /// (`writev`) cannot ask for `MSG_NOSIGNAL`. Blocked there, the write fails with EPIPE
 /// instead, and the request is retried or reported like any lost connection.
 pub fn with_sigpipe_blocked<T>(build: impl FnOnce() -> T) -> T {
-    // SAFETY: both sets are initialised by sigemptyset before use, and pthread_sigmask
-    // changes only the calling thread's mask, restored to what it was below.
-    let old = unsafe {
-        let mut block: libc::sigset_t = std::mem::zeroed();
-        let mut old: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut block);
-        libc::sigemptyset(&mut old);
-        libc::sigaddset(&mut block, libc::SIGPIPE);
-        (libc::pthread_sigmask(libc::SIG_BLOCK, &block, &mut old) == 0).then_some(old)
-    };
+    use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow, Signal};
+    let mut old = SigSet::empty();
+    let blocked = pthread_sigmask(
+        SigmaskHow::SIG_BLOCK,
+        Some(&SigSet::from(Signal::SIGPIPE)),
+        Some(&mut old),
+    )
+    .is_ok();
     let out = build();
-    if let Some(old) = old {
-        // SAFETY: `old` is the mask pthread_sigmask returned for this thread above.
-        unsafe {
-            libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-        }
+    if blocked {
+        let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
     }
     out
 }
@@ -80,16 +75,8 @@ mod tests {
 
     /// Whether SIGPIPE is blocked in the calling thread.
     fn sigpipe_blocked() -> bool {
-        // SAFETY: the set is initialised by sigemptyset; a null new set only reads the mask.
-        unsafe {
-            let mut cur: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut cur);
-            assert_eq!(
-                libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut cur),
-                0
-            );
-            libc::sigismember(&cur, libc::SIGPIPE) == 1
-        }
+        use nix::sys::signal::{SigSet, Signal};
+        SigSet::thread_get_mask().unwrap().contains(Signal::SIGPIPE)
     }
 
     /// Threads started inside have SIGPIPE blocked; the caller's mask is given back.
