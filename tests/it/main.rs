@@ -37,6 +37,7 @@ mod review;
 mod rewrap;
 mod sparse;
 mod store;
+mod store_trees;
 mod survive;
 mod terminal;
 mod to_device;
