@@ -39,6 +39,7 @@ mod rewrap;
 mod sparse;
 mod store;
 mod store_resume;
+mod store_trees;
 mod survive;
 mod terminal;
 mod to_device;
