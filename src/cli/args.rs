@@ -56,6 +56,8 @@ pub enum Command {
     Ls(LsArgs),
     /// Put a vault's data keys under another master key (no data read or rewritten).
     Rewrap(RewrapArgs),
+    /// Join the parts of a sharded run into one vault (nothing is encrypted again).
+    Merge(super::merge_cmd::MergeArgs),
     /// Import the files written by the Alibaba Cloud KMS guide's Python envelope sample.
     ImportLegacy(ImportLegacyArgs),
     /// Manage master keys (CMKs) and run an Alibaba-compatible KMS server.
