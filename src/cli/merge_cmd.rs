@@ -10,14 +10,7 @@ use super::kms_cmd::{reading_kms, unwrap_advice};
 use super::output::summary;
 use super::size::human_bytes;
 
-/// Join the parts of a sharded run (encrypt --plan --shard) into one vault, re-encrypting nothing.
-///
-/// The parts are every shard 0..N-1 of one plan, each once, in any order. Each part's batch
-/// keys are unwrapped (one KMS Decrypt per batch) and its manifest authenticated; objects are
-/// hard-linked, copied on the object store, or copied where neither can be done; the new
-/// manifest is written last. Parts of another plan, a missing or repeated shard, overlapping
-/// parts or a VAULT that is not new are refused (exit 2) before anything is written. A merge
-/// that was interrupted finishes when run again (objects already in place are kept).
+/// `envseal merge`'s arguments (the command's help is on [`super::args::Command::Merge`]).
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:
   envseal merge part-0.vault part-1.vault part-2.vault part-3.vault -o data.vault

@@ -108,8 +108,9 @@ struct Joiner {
 
 impl Joiner {
     /// Whether entry `e` of part `i` is kept (`true`) or is a directory on the way that an
-    /// earlier part already listed (`false`); any other repeat is an overlap of two parts.
-    fn admit(&mut self, i: usize, e: &Entry, parts: &[Part]) -> Result<bool> {
+    /// earlier part already listed (`false`); any other repeat is an overlap of two parts
+    /// (named by `url`).
+    fn admit(&mut self, i: usize, e: &Entry, url: &dyn Fn(usize) -> String) -> Result<bool> {
         let p = clear(e)?;
         if let Some((last, last_dir, j)) = &self.last {
             if tree_cmp(p, last) != std::cmp::Ordering::Greater {
@@ -120,8 +121,8 @@ impl Joiner {
                 }
                 return Err(Error::Usage(format!(
                     "{} and {} overlap: both hold {} (the parts of one plan hold disjoint ranges of paths; was one of them made with another plan's ranges?)",
-                    parts[*j].url(),
-                    parts[i].url(),
+                    url(*j),
+                    url(i),
                     String::from_utf8_lossy(p)
                 )));
             }
@@ -218,6 +219,23 @@ pub fn merge(opts: &MergeOptions, kms: &Kms, progress: &dyn Progress) -> Result<
             })
             .collect();
     }
+    // Ids are random: one shared by two parts means a part's records were copied into
+    // another, and the merged manifest would list it twice (§6.1 refuses that).
+    let mut seen: HashMap<[u8; crate::format::ID_LEN], usize> = HashMap::new();
+    for (i, p) in parts.iter().enumerate() {
+        let ids = p.batches.iter().map(|b| b.batch_id);
+        for id in ids.chain(p.objects.iter().map(|o| o.id)) {
+            if let Some(j) = seen.insert(id, i).filter(|&j| j != i) {
+                return Err(Error::Usage(format!(
+                    "{} and {} share the batch or object {}: they are not separate parts of one run",
+                    parts[j].url(),
+                    p.url(),
+                    crate::format::to_hex(&id)
+                )));
+            }
+        }
+    }
+    drop(seen);
     if batches.len() > MAX_BATCHES {
         return Err(Error::Usage(format!(
             "the parts have {} batches together, more than a vault holds ({MAX_BATCHES})",
@@ -227,19 +245,60 @@ pub fn merge(opts: &MergeOptions, kms: &Kms, progress: &dyn Progress) -> Result<
     report.batches = batches.len() as u64;
     report.objects = objects.len() as u64;
 
-    // Writing: under the lock, key files, then objects, then the manifest.
-    let _lock = out.lock(true)?;
-    check_target(&*out, &parts)?;
-    tidy(&*out, &batches)?;
+    // Writing: under the lock, key files, then objects, then the manifest. What this run
+    // made stays for a rerun after a failure of the storage or the network; after a refusal
+    // (the target is no longer new, a part fails authentication on its second reading) it
+    // is removed, and the target too if this run created it.
+    let existed = out.root_exists()?;
+    let lock = out.lock(true)?;
+    let mut made: Vec<String> = Vec::new();
+    let written = write_vault(
+        &*out,
+        &parts,
+        &batches,
+        &objects,
+        progress,
+        &mut report,
+        &mut made,
+    );
+    if let Err(e) = written {
+        if matches!(e, Error::Usage(_) | Error::Integrity { .. }) {
+            for n in made.iter().rev() {
+                let _ = out.remove(n);
+            }
+            out.remove_empty(!existed);
+        }
+        return Err(e);
+    }
+    drop(lock);
+    progress.finish();
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Writes the merged vault (see [`merge`]): key files, objects, then the manifest, published
+/// last. `made` collects the names this run created.
+fn write_vault(
+    out: &dyn Store,
+    parts: &[Part],
+    batches: &[Batch],
+    objects: &[(usize, ObjectRef)],
+    progress: &dyn Progress,
+    report: &mut MergeReport,
+    made: &mut Vec<String>,
+) -> Result<()> {
+    check_target(out, parts)?;
+    tidy(out, batches)?;
     let vault_id = parts[0].header.vault_id;
-    for b in &batches {
+    for b in batches {
         let want = key_file_bytes(&vault_id, b)?;
         let have = out.get(&b.keys_file(), crate::format::MAX_KEY_FILE)?;
         if have.as_deref() != Some(&want[..]) {
-            vault::write_key_file(&*out, &vault_id, b)?;
+            made.push(b.keys_file());
+            vault::write_key_file(out, &vault_id, b)?;
         }
     }
-    carry_objects(&*out, &parts, &objects, progress, &mut report)?;
+    carry_objects(out, parts, objects, progress, report, made)?;
     // Everything the manifest names is durable before the manifest exists.
     out.barrier()?;
 
@@ -255,11 +314,11 @@ pub fn merge(opts: &MergeOptions, kms: &Kms, progress: &dyn Progress) -> Result<
         conceal_names: parts[0].header.conceal_names,
         shard: None,
     };
-    let mut m = vault::manifest_writer(&*out, layout::MANIFEST, &header)?;
-    for b in &batches {
+    let mut m = vault::manifest_writer(out, layout::MANIFEST, &header)?;
+    for b in batches {
         m.batch(b)?;
     }
-    for (_, o) in &objects {
+    for (_, o) in objects {
         m.object(o)?;
     }
     let nk0 = parts[0].keys[0].name_key();
@@ -269,7 +328,7 @@ pub fn merge(opts: &MergeOptions, kms: &Kms, progress: &dyn Progress) -> Result<
         let mut kept = 0u64;
         let part_nk = parts[i].keys[0].name_key();
         let mut emit = |e: Entry, src: Option<SourceId>, joiner: &mut Joiner| -> Result<()> {
-            if !joiner.admit(i, &e, &parts)? {
+            if !joiner.admit(i, &e, &|k| parts[k].url())? {
                 return Ok(());
             }
             kept += 1;
@@ -313,10 +372,8 @@ pub fn merge(opts: &MergeOptions, kms: &Kms, progress: &dyn Progress) -> Result<
         }
     }
     let keys: Vec<&BatchKey> = parts.iter().flat_map(|p| p.keys.iter()).collect();
-    vault::publish_manifest(m, &keys, false, &*out)?;
-    progress.finish();
-    report.seconds = started.elapsed().as_secs_f64();
-    Ok(report)
+    vault::publish_manifest(m, &keys, false, out)?;
+    Ok(())
 }
 
 /// Opens every part's manifest (no key yet) and checks that they are the parts `0..N-1` of
@@ -425,7 +482,7 @@ fn plan(
     links: &mut HashMap<Inode, (usize, Vec<u8>)>,
     report: &mut MergeReport,
 ) -> Result<()> {
-    if !joiner.admit(i, e, parts)? {
+    if !joiner.admit(i, e, &|k| parts[k].url())? {
         report.repeated_dirs += 1;
         return Ok(());
     }
@@ -555,6 +612,7 @@ fn carry_objects(
     objects: &[(usize, ObjectRef)],
     progress: &dyn Progress,
     report: &mut MergeReport,
+    made: &mut Vec<String>,
 ) -> Result<()> {
     let there: HashMap<String, u64> = out
         .list(layout::OBJECTS_PREFIX)?
@@ -585,6 +643,7 @@ fn carry_objects(
                         from.url()
                     ))
                 })?;
+                made.push(name.clone());
                 if out.link_from(from, &name)? {
                     report.objects_linked += 1;
                     report.bytes_linked += o.len;
@@ -599,4 +658,99 @@ fn carry_objects(
         progress.file_done();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &str, dir: bool) -> Entry {
+        Entry {
+            path: Name::Clear(path.as_bytes().to_vec()),
+            mode: 0o755,
+            mtime: 0,
+            mtime_nsec: 0,
+            kind: if dir { EntryKind::Dir } else { EntryKind::Fifo },
+            owner: None,
+            linked: false,
+            xattrs: Xattrs::None,
+        }
+    }
+
+    /// The parts of the walk test in src/fs/tree.rs: the directories on the way a later part
+    /// repeats are dropped, everything else is kept; a repeated file, a directory repeated
+    /// within one part's order or a later part going back are overlaps.
+    #[test]
+    fn joiner_drops_directories_on_the_way_and_refuses_overlaps() {
+        let parts: [&[(&str, bool)]; 5] = [
+            &[
+                ("a", true),
+                ("a/x", true),
+                ("a/x/2", false),
+                ("a/x/deep", true),
+            ],
+            &[
+                ("a", true),
+                ("a/x", true),
+                ("a/x/deep", true),
+                ("a/x/deep/1", false),
+                ("a/y", true),
+                ("a/y/3", false),
+            ],
+            &[("a", true), ("a/y", true), ("a/y/4", false), ("a/z", false)],
+            &[("b", true)],
+            &[("b", true), ("b/5", false)],
+        ];
+        let url = |k: usize| format!("part-{k}");
+        let mut j = Joiner::default();
+        let mut kept = Vec::new();
+        for (i, part) in parts.iter().enumerate() {
+            for (p, dir) in part.iter() {
+                if j.admit(i, &entry(p, *dir), &url).unwrap() {
+                    kept.push(*p);
+                }
+            }
+        }
+        assert_eq!(
+            kept,
+            [
+                "a",
+                "a/x",
+                "a/x/2",
+                "a/x/deep",
+                "a/x/deep/1",
+                "a/y",
+                "a/y/3",
+                "a/y/4",
+                "a/z",
+                "b",
+                "b/5"
+            ]
+        );
+
+        let overlap = |seq: &[(usize, &str, bool)]| {
+            let mut j = Joiner::default();
+            for (i, p, dir) in &seq[..seq.len() - 1] {
+                assert!(j.admit(*i, &entry(p, *dir), &url).unwrap());
+            }
+            let (i, p, dir) = seq[seq.len() - 1];
+            match j.admit(i, &entry(p, dir), &url) {
+                Err(Error::Usage(m)) => assert!(m.contains("part-0 and part-1 overlap"), "{m}"),
+                r => panic!("{seq:?}: {r:?}"),
+            }
+        };
+        // The same file in two parts.
+        overlap(&[(0, "a", true), (0, "a/f", false), (1, "a/f", false)]);
+        // A directory that is not on the way to the last entry (a part going back).
+        overlap(&[
+            (0, "a", true),
+            (0, "a/d", true),
+            (0, "a/e", false),
+            (1, "a/d", true),
+        ]);
+        // A directory where the earlier part has a file.
+        overlap(&[(0, "a", true), (0, "a/d", false), (1, "a/d", true)]);
+        // A later part behind the earlier one.
+        overlap(&[(0, "b", true), (1, "a", true)]);
+    }
 }

@@ -541,3 +541,21 @@ fn merge_memory_is_bounded() {
     assert!(per_entry < 64, "{per_entry} bytes per entry");
     assert!(big < 64 << 10, "{big} KiB");
 }
+
+/// The scale case (benches/merge-memory.sh): 4 parts of `MERGE_FILES` (default 250,000) tiny
+/// files each, merged; prints the merge's peak RSS. Ignored: it takes minutes.
+#[test]
+#[ignore]
+fn merge_memory_at_scale() {
+    let per_part = std::env::var("MERGE_FILES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(250_000);
+    let Some((entries, kib)) = merge_tiny_files(per_part) else {
+        panic!("GNU time (/usr/bin/time) is needed to measure the peak RSS");
+    };
+    println!(
+        "\nmerge of 4 parts x {per_part} files ({entries} entries): peak RSS {:.1} MiB",
+        kib as f64 / 1024.0
+    );
+}
