@@ -219,23 +219,6 @@ pub fn merge(opts: &MergeOptions, kms: &Kms, progress: &dyn Progress) -> Result<
             })
             .collect();
     }
-    // Ids are random: one shared by two parts means a part's records were copied into
-    // another, and the merged manifest would list it twice (§6.1 refuses that).
-    let mut seen: HashMap<[u8; crate::format::ID_LEN], usize> = HashMap::new();
-    for (i, p) in parts.iter().enumerate() {
-        let ids = p.batches.iter().map(|b| b.batch_id);
-        for id in ids.chain(p.objects.iter().map(|o| o.id)) {
-            if let Some(j) = seen.insert(id, i).filter(|&j| j != i) {
-                return Err(Error::Usage(format!(
-                    "{} and {} share the batch or object {}: they are not separate parts of one run",
-                    parts[j].url(),
-                    p.url(),
-                    crate::format::to_hex(&id)
-                )));
-            }
-        }
-    }
-    drop(seen);
     if batches.len() > MAX_BATCHES {
         return Err(Error::Usage(format!(
             "the parts have {} batches together, more than a vault holds ({MAX_BATCHES})",
@@ -442,6 +425,22 @@ fn open_parts(opts: &MergeOptions) -> Result<Vec<Part>> {
                 w[0].url(),
                 w[1].url()
             )));
+        }
+    }
+    // Ids are random: one shared by two parts means a part's records were copied into
+    // another, and the merged manifest would list it twice (§6.1 refuses that).
+    let mut seen: HashMap<[u8; crate::format::ID_LEN], usize> = HashMap::new();
+    for (i, p) in parts.iter().enumerate() {
+        let ids = p.batches.iter().map(|b| b.batch_id);
+        for id in ids.chain(p.objects.iter().map(|o| o.id)) {
+            if let Some(j) = seen.insert(id, i).filter(|&j| j != i) {
+                return Err(Error::Usage(format!(
+                    "{} and {} share the batch or object {}: they are not separate parts of one run",
+                    parts[j].url(),
+                    p.url(),
+                    crate::format::to_hex(&id)
+                )));
+            }
         }
     }
     let count = parts[0].mark.count;

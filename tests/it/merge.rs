@@ -317,6 +317,69 @@ fn merge_refuses_what_does_not_join() {
     common::tree::ok(envseal(&home).args(["verify", "-q", "--deep"]).arg(&vault));
 }
 
+/// A part whose manifest was changed fails its authentication (exit 3) before anything is
+/// written; a part whose records were copied into another is refused (exit 2).
+#[test]
+fn a_tampered_or_copied_part_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("home");
+    let src = t.path().join("data");
+    for i in 0..6 {
+        gen_file(&src.join(format!("d{}/f{i}", i % 3)), 2000, i);
+    }
+    let parts = make_parts(
+        &home,
+        &src,
+        t.path(),
+        &["data/d1", "data/d2"],
+        plan_id(4),
+        false,
+    );
+    let vault = t.path().join("merged");
+    let merge = |parts: &[&Path]| {
+        common::run(
+            envseal(&home)
+                .args(["merge", "-q"])
+                .args(parts)
+                .arg("-o")
+                .arg(&vault),
+        )
+    };
+    // An entry's mtime changed: valid JSON, a MAC that no longer matches.
+    let tampered = t.path().join("tampered");
+    common::tree::copy_vault(&parts[2], &tampered);
+    let m = tampered.join("manifest.jsonl");
+    let text = fs::read_to_string(&m).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains("\"kind\":\"file\""))
+        .unwrap();
+    let changed = line.replacen("\"mtime\":", "\"mtime\":1", 1);
+    fs::write(&m, text.replacen(line, &changed, 1)).unwrap();
+    let o = merge(&[&parts[0], &parts[1], &tampered]);
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("authentication failed"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!vault.exists());
+    // Shard 1's records given as shard 2 (its mark edited; refused before any key is used).
+    let copied = t.path().join("copied");
+    common::tree::copy_vault(&parts[1], &copied);
+    let m = copied.join("manifest.jsonl");
+    let text = fs::read_to_string(&m).unwrap();
+    fs::write(&m, text.replacen("\"index\":1,", "\"index\":2,", 1)).unwrap();
+    let o = merge(&[&parts[0], &parts[1], &copied]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("share the batch or object"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!vault.exists());
+}
+
 /// Parts on another filesystem (tmpfs) are copied through the process; a merge killed after
 /// some objects is run again and finishes, keeping the objects already in place.
 #[test]
