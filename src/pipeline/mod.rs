@@ -10,6 +10,7 @@ pub mod journal;
 pub mod leftovers;
 pub mod legacy;
 pub mod object;
+pub mod plan;
 pub mod rewrap;
 pub mod seal;
 pub mod since;
