@@ -7,6 +7,7 @@ pub mod kms_cmd;
 pub mod lifecycle;
 pub mod messages;
 pub mod output;
+pub mod plan_cmd;
 pub mod progress;
 pub mod run;
 #[cfg(feature = "server")]

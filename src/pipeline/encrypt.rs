@@ -339,6 +339,17 @@ fn encrypt_run(
     };
     let vault_id: [u8; ID_LEN] = format::from_hex(&run.vault_id)
         .ok_or_else(|| Error::format(vault.url(), "bad vault id in journal"))?;
+    // A plan made again at the same path (the same cuts, another vault id) would otherwise
+    // resume a part that no part of the new plan merges with.
+    if let Some(s) = opts.shard.as_ref().filter(|s| s.vault_id != vault_id) {
+        return Err(Error::Usage(format!(
+            "{} holds an unfinished part of another plan (vault id {}, the plan {} says {}); encrypt this part into another -o, or delete it first",
+            vault.url(),
+            run.vault_id,
+            s.plan.display(),
+            format::to_hex(&s.vault_id)
+        )));
+    }
     let header = Header {
         vault_id,
         created: run.created.clone(),

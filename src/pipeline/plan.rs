@@ -9,9 +9,8 @@
 //!
 //! Balance: every entry weighs `bytes / total_bytes + 1 / total_entries`, so a part holds
 //! about its share of both the bytes and the entries (files, directories, links: each costs
-//! a manifest record and metadata calls). A part ends before the entry whose middle would
-//! pass its target (what is left, shared by the parts left), or before an entry that alone
-//! weighs a target: such an entry (a huge file) is a part of its own.
+//! a manifest record and metadata calls). A file that weighs a share or more is a part of
+//! its own; the other parts share the rest ([`Cutter`]).
 
 use std::fs;
 use std::io::Write;
@@ -175,13 +174,15 @@ pub fn plan(opts: &PlanOptions, progress: &dyn Progress, cancel: &AtomicBool) ->
 
     // First walk: the totals the weights are shares of.
     let mut totals = Counts::default();
+    let mut largest = Largest::new(opts.shards);
     walk(&sources, &select, cancel, |f| {
         if let Found::Entry(e) = f {
-            totals.entries += 1;
             if let SourceKind::File { size, .. } = e.kind {
+                largest.offer(size, &e.path, totals);
                 totals.files += 1;
                 totals.bytes = totals.bytes.saturating_add(size);
             }
+            totals.entries += 1;
             progress.walking(totals.files, totals.bytes);
         }
     })?;
@@ -193,7 +194,7 @@ pub fn plan(opts: &PlanOptions, progress: &dyn Progress, cancel: &AtomicBool) ->
     progress.start(totals.files, totals.bytes);
 
     // Second walk: the cuts, as the entries go by.
-    let mut cutter = Cutter::new(opts.shards, totals);
+    let mut cutter = Cutter::new(opts.shards, totals, largest);
     walk(&sources, &select, cancel, |f| {
         if let Found::Entry(e) = f {
             let size = match e.kind {
@@ -281,69 +282,225 @@ pub struct Part {
     pub counts: Counts,
 }
 
+/// The `N` largest files of a walk (by size, then path) and what came before each in the
+/// walk, kept in `O(N)` memory: only these can weigh a part's share or more.
+#[derive(Debug)]
+pub struct Largest {
+    n: usize,
+    heap: std::collections::BinaryHeap<std::cmp::Reverse<Big>>,
+}
+
+/// A large file: its size, path, and the entries and bytes the walk found before it.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Big {
+    size: u64,
+    path: Vec<u8>,
+    before: (u64, u64, u64),
+}
+
+impl Largest {
+    pub fn new(n: usize) -> Largest {
+        Largest {
+            n,
+            heap: std::collections::BinaryHeap::new(),
+        }
+    }
+
+    /// A file of `size` bytes at `path`, after `before` (the walk's counts so far).
+    pub fn offer(&mut self, size: u64, path: &[u8], before: Counts) {
+        if self.heap.len() == self.n && self.heap.peek().is_none_or(|m| m.0.size >= size) {
+            return;
+        }
+        if self.heap.len() == self.n {
+            self.heap.pop();
+        }
+        self.heap.push(std::cmp::Reverse(Big {
+            size,
+            path: path.to_vec(),
+            before: (before.entries, before.files, before.bytes),
+        }));
+    }
+}
+
 /// Places the cuts as the entries go by, in `O(N)` memory. Weights are integers: an entry of
 /// `b` bytes weighs `b · E + max(B, 1)` for totals of `E` entries and `B` bytes (that is
 /// `b/B + 1/E` scaled by `B · E`; entries alone when there are no bytes).
+///
+/// Files that weigh a share or more (of what the parts not given to such files share) are
+/// parts of their own, known from the first walk ([`Largest`]). They cut the walk into
+/// segments, and the other parts are dealt to the segments: one to each that holds files,
+/// the others by weight (each next part to the segment whose parts would be heaviest with
+/// one more, as D'Hondt deals seats); a segment dealt none (directories alone, such as those
+/// before a first large file) goes into the part of the file before it (at the start: after
+/// it). Within a segment
+/// each part aims at the segment's weight not yet placed over its parts left, and ends
+/// before the entry whose middle would pass that.
 #[derive(Debug)]
 pub struct Cutter {
     n: usize,
     totals: Counts,
-    /// The whole walk's weight, from the totals.
-    total: u128,
-    /// The weight of the entries added so far, and where the current part started.
-    at: u128,
-    start: u128,
+    /// The files that are parts of their own, in tree order, and how many were passed.
+    alone: Vec<Vec<u8>>,
+    passed: usize,
+    /// Per segment (before the first such file, between them, after the last): its weight
+    /// and the parts it is given.
+    segments: Vec<(u128, usize)>,
+    /// In the current segment: the weight not yet added, and the parts not yet started.
+    seg_left: u128,
+    seg_parts: usize,
+    /// The current part's weight, whether it holds one of those files, and whether it is
+    /// one of the parts dealt to a segment.
+    held: u128,
+    holds_alone: bool,
+    allotted: bool,
     /// The walk's first path.
     first: Option<Vec<u8>>,
     parts: Vec<Part>,
 }
 
 impl Cutter {
-    pub fn new(n: usize, totals: Counts) -> Cutter {
-        let e = u128::from(totals.entries);
-        Cutter {
-            n: n.max(1),
+    pub fn new(n: usize, totals: Counts, largest: Largest) -> Cutter {
+        let n = n.max(1);
+        let mut c = Cutter {
+            n,
             totals,
-            total: e * u128::from(totals.bytes.max(1)) + u128::from(totals.bytes) * e,
-            at: 0,
-            start: 0,
+            alone: Vec::new(),
+            passed: 0,
+            segments: Vec::new(),
+            seg_left: 0,
+            seg_parts: 0,
+            held: 0,
+            holds_alone: false,
+            allotted: false,
             first: None,
             parts: vec![Part::default()],
+        };
+        let total = c.weight_of(totals.entries, totals.bytes);
+        // Heaviest first: each that weighs the share of the parts left is one of them (and
+        // lowers the share of the others); one part at least is left for the rest.
+        let mut rest = total;
+        let mut alone: Vec<Big> = Vec::new();
+        for std::cmp::Reverse(big) in largest.heap.into_sorted_vec() {
+            let w = c.weight(big.size);
+            let parts_left = (n - alone.len()) as u128;
+            if parts_left < 2 || w < rest.div_ceil(parts_left) {
+                break;
+            }
+            rest -= w;
+            alone.push(big);
         }
+        alone.sort_by(|a, b| tree_cmp(&a.path, &b.path));
+        // The segments' weights (and files): what lies between one such file and the next.
+        let mut at = (0u128, 0u64);
+        let mut files = Vec::new();
+        for big in &alone {
+            let before = c.weight_of(big.before.0, big.before.2);
+            c.segments.push((before.saturating_sub(at.0), 0));
+            files.push(big.before.1.saturating_sub(at.1));
+            at = (before + c.weight(big.size), big.before.1 + 1);
+        }
+        c.segments.push((total.saturating_sub(at.0), 0));
+        files.push(totals.files.saturating_sub(at.1));
+        // A part for each segment that holds files, the heaviest first; the parts left each
+        // to the segment whose parts would be heaviest with one more (as D'Hondt deals
+        // seats). A segment of directories alone goes into a neighbour's part.
+        let mut dealt = 0;
+        let mut by_weight: Vec<usize> = (0..c.segments.len()).filter(|&i| files[i] > 0).collect();
+        by_weight.sort_by(|&a, &b| c.segments[b].0.cmp(&c.segments[a].0));
+        for &i in by_weight.iter().take(n - alone.len()) {
+            c.segments[i].1 = 1;
+            dealt += 1;
+        }
+        for _ in dealt..n - alone.len() {
+            let next = by_weight
+                .iter()
+                .copied()
+                .filter(|&i| c.segments[i].1 > 0)
+                .max_by(|&a, &b| {
+                    let (a, b) = (c.segments[a], c.segments[b]);
+                    (a.0 * (b.1 as u128 + 1)).cmp(&(b.0 * (a.1 as u128 + 1)))
+                });
+            match next {
+                Some(i) => c.segments[i].1 += 1,
+                None => break,
+            }
+        }
+        c.alone = alone.into_iter().map(|b| b.path).collect();
+        c.enter_segment(0);
+        // Part 0 is the first segment's first part; when it has none, the first such file's
+        // (with what lies before it).
+        c.allotted = c.seg_parts > 0;
+        c.seg_parts = c.seg_parts.saturating_sub(1);
+        c
+    }
+
+    fn enter_segment(&mut self, s: usize) {
+        (self.seg_left, self.seg_parts) = self.segments.get(s).copied().unwrap_or((0, 0));
     }
 
     /// An entry's weight.
     fn weight(&self, bytes: u64) -> u128 {
-        u128::from(bytes) * u128::from(self.totals.entries.max(1))
-            + u128::from(self.totals.bytes.max(1))
+        self.weight_of(1, bytes)
     }
 
-    /// What the current part aims at: the weight left, shared by the parts left.
-    fn target(&self) -> u128 {
-        let left = (self.n - self.parts.len() + 1) as u128;
-        self.total.saturating_sub(self.start).div_ceil(left)
+    /// The weight of `entries` entries holding `bytes` bytes.
+    fn weight_of(&self, entries: u64, bytes: u64) -> u128 {
+        u128::from(bytes) * u128::from(self.totals.entries.max(1))
+            + u128::from(entries) * u128::from(self.totals.bytes.max(1))
     }
 
     /// The next entry in tree order: `size` for a regular file.
     pub fn add(&mut self, path: &[u8], size: Option<u64>) {
+        use std::cmp::Ordering::Less;
         if self.first.is_none() {
             self.first = Some(path.to_vec());
         }
+        // Files the first walk saw that this one did not (gone meanwhile) are passed.
+        while self
+            .alone
+            .get(self.passed)
+            .is_some_and(|a| tree_cmp(a, path) == Less)
+        {
+            self.passed += 1;
+            self.enter_segment(self.passed);
+        }
+        let alone = size.is_some() && self.alone.get(self.passed).is_some_and(|a| a == path);
         let w = self.weight(size.unwrap_or(0));
-        let held = self.at - self.start;
         let started = self.parts.last().is_some_and(|p| p.counts.entries > 0);
         if started && self.parts.len() < self.n {
-            let target = self.target();
-            // Its middle past the target, or a part's worth on its own.
-            if 2 * held + w > 2 * target || w >= target {
+            let cut = if alone {
+                // What lies before it without a part of its own (the directories of the
+                // start, say) goes into its part.
+                self.allotted || self.holds_alone
+            } else if self.seg_parts == 0 {
+                false
+            } else if self.holds_alone {
+                true
+            } else {
+                let target = (self.held + self.seg_left).div_ceil(self.seg_parts as u128 + 1);
+                2 * self.held + w > 2 * target
+            };
+            if cut {
                 self.parts.push(Part {
                     from: Some(path.to_vec()),
                     counts: Counts::default(),
                 });
-                self.start = self.at;
+                self.held = 0;
+                self.holds_alone = false;
+                self.allotted = !alone;
+                if !alone {
+                    self.seg_parts -= 1;
+                }
             }
         }
-        self.at += w;
+        self.held += w;
+        if alone {
+            self.holds_alone = true;
+            self.passed += 1;
+            self.enter_segment(self.passed);
+        } else {
+            self.seg_left = self.seg_left.saturating_sub(w);
+        }
         if let Some(p) = self.parts.last_mut() {
             p.counts.entries += 1;
             if let Some(s) = size {
@@ -444,12 +601,19 @@ impl Plan {
                 path.display()
             ))
         };
-        let f = fs::File::open(path).at(path)?;
-        let len = f.metadata().at(path)?.len();
-        if len > MAX_PLAN_BYTES {
-            return Err(bad(format!("{len} bytes, too large for a plan")));
+        let f = fs::File::open(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                bad("does not exist".into())
+            } else {
+                Error::io(path, e)
+            }
+        })?;
+        let mut text = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_PLAN_BYTES + 1), &mut text)
+            .at(path)?;
+        if text.len() as u64 > MAX_PLAN_BYTES {
+            return Err(bad("too large for a plan".into()));
         }
-        let text = fs::read(path).at(path)?;
         let plan: Plan =
             serde_json::from_slice(&text).map_err(|e| bad(format!("not a plan file ({e})")))?;
         plan.check().map_err(bad)?;
@@ -602,14 +766,16 @@ mod tests {
 
     fn cut(n: usize, entries: &[(&str, Option<u64>)]) -> Vec<Part> {
         let mut totals = Counts::default();
-        for (_, s) in entries {
-            totals.entries += 1;
+        let mut largest = Largest::new(n);
+        for (p, s) in entries {
             if let Some(s) = s {
+                largest.offer(*s, p.as_bytes(), totals);
                 totals.files += 1;
                 totals.bytes += s;
             }
+            totals.entries += 1;
         }
-        let mut c = Cutter::new(n, totals);
+        let mut c = Cutter::new(n, totals, largest);
         for (p, s) in entries {
             c.add(p.as_bytes(), *s);
         }
@@ -645,29 +811,66 @@ mod tests {
         assert!(f.windows(2).skip(1).all(|w| w[0] < w[1]), "{f:?}");
     }
 
-    /// A file weighing more than a share is a part of its own, and the rest is shared by
-    /// the other parts.
+    /// A file weighing more than a share is a part of its own, wherever it lies, and the
+    /// other parts share the rest as equally as the file's place allows.
     #[test]
     fn a_huge_file_is_a_part_of_its_own() {
-        let small: Vec<String> = (0..60).map(|i| format!("d/a{i:02}")).collect();
-        let late: Vec<String> = (0..60).map(|i| format!("d/c{i:02}")).collect();
-        let mut e: Vec<(&str, Option<u64>)> = vec![("d", None)];
-        e.extend(small.iter().map(|n| (n.as_str(), Some(10))));
-        e.push(("d/b-huge", Some(1 << 30)));
-        e.extend(late.iter().map(|n| (n.as_str(), Some(10))));
-        let parts = cut(4, &e);
-        let alone: Vec<&Part> = parts.iter().filter(|p| p.counts.bytes >= 1 << 30).collect();
-        assert_eq!(alone.len(), 1);
-        assert_eq!(alone[0].counts.entries, 1, "{parts:?}");
-        assert_eq!(alone[0].from.as_deref(), Some(&b"d/b-huge"[..]));
-        // The 121 small entries in the three other parts, none empty.
-        for p in parts.iter().filter(|p| p.counts.bytes < 1 << 30) {
-            assert!((20..=80).contains(&p.counts.entries), "{parts:?}");
+        let names: Vec<String> = (0..120).map(|i| format!("d/m{i:03}")).collect();
+        for huge in ["d/a-huge", "d/m050-huge", "d/z-huge"] {
+            let mut e: Vec<(&str, Option<u64>)> = vec![("d", None)];
+            e.extend(names.iter().map(|n| (n.as_str(), Some(10))));
+            e.push((huge, Some(1 << 30)));
+            e.sort_by(|a, b| a.0.cmp(b.0));
+            let parts = cut(4, &e);
+            let alone: Vec<&Part> = parts.iter().filter(|p| p.counts.bytes >= 1 << 30).collect();
+            assert_eq!(alone.len(), 1);
+            assert_eq!(alone[0].counts.files, 1, "{huge}: {parts:?}");
+            if huge == "d/a-huge" {
+                // With the directories before it, which alone would be a part of nothing.
+                assert_eq!(
+                    (alone[0].from.as_deref(), alone[0].counts.entries),
+                    (None, 2)
+                );
+            } else {
+                assert_eq!(alone[0].from.as_deref(), Some(huge.as_bytes()));
+                assert_eq!(alone[0].counts.entries, 1, "{huge}: {parts:?}");
+            }
+            // The 121 other entries in the three other parts: equally when the file is at
+            // an end; in the middle, 52 entries lie before it (one part) and 69 after (two).
+            let n: Vec<u64> = parts
+                .iter()
+                .filter(|p| p.counts.bytes < 1 << 30)
+                .map(|p| p.counts.entries)
+                .collect();
+            assert_eq!(n.iter().sum::<u64>(), 121 - alone[0].counts.entries + 1);
+            let bounds = if huge == "d/m050-huge" {
+                33..=53
+            } else {
+                39..=42
+            };
+            assert!(n.iter().all(|c| bounds.contains(c)), "{huge}: {parts:?}");
         }
+        // Two huge files among five parts: each alone, the rest in three parts, one per
+        // place between them (32 entries before the first, 60 between, 29 after).
+        let mut e: Vec<(&str, Option<u64>)> = vec![("d", None)];
+        e.extend(names.iter().map(|n| (n.as_str(), Some(10))));
+        e.push(("d/m030-huge", Some(1 << 30)));
+        e.push(("d/m090-huge", Some(1 << 30)));
+        e.sort_by(|a, b| a.0.cmp(b.0));
+        let parts = cut(5, &e);
+        let n: Vec<(u64, u64)> = parts
+            .iter()
+            .map(|p| (p.counts.entries, p.counts.bytes))
+            .collect();
+        assert_eq!(n.iter().filter(|c| *c == &(1, 1 << 30)).count(), 2, "{n:?}");
+        let mut n: Vec<u64> = n.iter().map(|c| c.0).collect();
+        n.sort();
+        assert_eq!(n, [1, 1, 29, 32, 60]);
     }
 
     /// More parts than entries: the missing parts are empty ranges just before the last
-    /// one; a single entry makes part 0 empty too.
+    /// one (here both files weigh a share, the first with the directory before it); a
+    /// single entry makes part 0 empty too.
     #[test]
     fn more_parts_than_entries_leaves_empty_parts() {
         let parts = cut(5, &[("a", None), ("a/1", Some(5)), ("a/2", Some(5))]);
@@ -675,14 +878,14 @@ mod tests {
             froms(&parts),
             [
                 None,
-                Some("a/1".into()),
+                Some("a/2".into()),
                 Some("a/2".into()),
                 Some("a/2".into()),
                 Some("a/2".into())
             ]
         );
         let n: Vec<u64> = parts.iter().map(|p| p.counts.entries).collect();
-        assert_eq!(n, [1, 1, 0, 0, 1]);
+        assert_eq!(n, [2, 0, 0, 0, 1]);
         let parts = cut(3, &[("file", Some(9))]);
         assert_eq!(
             froms(&parts),
