@@ -35,6 +35,7 @@ mod races_dest;
 mod races_src;
 mod review;
 mod rewrap;
+mod shard;
 mod sparse;
 mod store;
 mod survive;
