@@ -49,6 +49,13 @@ pub enum Command {
     /// holes of sparse files and zero runs of disk images are neither read nor stored.
     Encrypt(EncryptArgs),
     /// Cut sources into N parts to encrypt on N hosts at once (docs/SCALE-OUT.md).
+    ///
+    /// A walk of the sources' metadata (no file is read) cuts them, in the vault's tree order,
+    /// into N contiguous parts balanced by bytes and by entries (a file larger than a share is
+    /// a part of its own), and fixes what every part shares: the vault id, keys, KMS,
+    /// excludes, segment size and --conceal-names. Each part is then `envseal encrypt --plan
+    /// PLAN --shard I -o PART`, on any host that sees the sources at the same absolute paths,
+    /// and `envseal merge` joins the parts into one vault (docs/SCALE-OUT.md).
     Plan(PlanArgs),
     /// Decrypt a vault (or part of it) into a destination directory.
     Decrypt(DecryptArgs),
@@ -205,14 +212,7 @@ pub struct EncryptArgs {
     pub out: OutputArgs,
 }
 
-/// Cut sources into N parts to encrypt on N hosts at once.
-///
-/// A walk of the sources' metadata (no file is read) cuts them, in the vault's tree order,
-/// into N contiguous parts balanced by bytes and by entries (a file larger than a share is a
-/// part of its own), and fixes what every part shares: the vault id, keys, KMS, excludes,
-/// segment size and --conceal-names. Each part is then `envseal encrypt --plan PLAN --shard
-/// I -o PART`, on any host that sees the sources at the same absolute paths, and `envseal
-/// merge` joins the parts into one vault (docs/SCALE-OUT.md).
+/// The arguments of `envseal plan` (docs/SCALE-OUT.md).
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:
   envseal plan /share/lab --shards 16 -o lab.plan.json --key alias/backup
