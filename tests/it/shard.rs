@@ -14,7 +14,7 @@ use serde_json::Value;
 use crate::common::tree::{audit_count, code, fixture_copy, gen_file, ok, snapshot};
 use crate::common::{self, envseal, stderr};
 
-const HUGE: u64 = 128 << 20;
+const HUGE: u64 = 256 << 20;
 
 /// The fixture tree, 40 small files in `bulk/`, and one file far larger than a share.
 fn source(dir: &Path) -> PathBuf {
@@ -398,7 +398,7 @@ fn a_part_of_another_plan_is_refused() {
     let t = tempfile::tempdir().unwrap();
     let home = t.path().join("home");
     let src = t.path().join("src");
-    gen_file(&src.join("big"), 64 << 20, 7);
+    gen_file(&src.join("big"), 128 << 20, 7);
     let plan = t.path().join("plan.json");
     ok(envseal(&home)
         .args(["plan", "-q", "--shards", "1", "-o"])
