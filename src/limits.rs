@@ -37,6 +37,29 @@ pub fn disable_core_dumps() {
     let _ = set_dumpable_behavior(DumpableBehavior::NotDumpable);
 }
 
+/// Runs `build` (which starts an HTTP client's I/O threads) with SIGPIPE blocked in the
+/// calling thread, so that the threads it starts inherit the blocked signal. The binary
+/// sets SIGPIPE to its default action (ending the process, for `envseal ls | head`), and a
+/// socket written after its peer went away (a storage or KMS server that crashed or cut
+/// the connection) raises SIGPIPE in the writing thread: hyper's vectored writes
+/// (`writev`) cannot ask for `MSG_NOSIGNAL`. Blocked there, the write fails with EPIPE
+/// instead, and the request is retried or reported like any lost connection.
+pub fn with_sigpipe_blocked<T>(build: impl FnOnce() -> T) -> T {
+    use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow, Signal};
+    let mut old = SigSet::empty();
+    let blocked = pthread_sigmask(
+        SigmaskHow::SIG_BLOCK,
+        Some(&SigSet::from(Signal::SIGPIPE)),
+        Some(&mut old),
+    )
+    .is_ok();
+    let out = build();
+    if blocked {
+        let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -48,5 +71,27 @@ mod tests {
         assert!(notice.unwrap().contains("lowered to"));
         assert_eq!(clamp_jobs(1), (1, None));
         assert_eq!(clamp_jobs(0).0, 1);
+    }
+
+    /// Whether SIGPIPE is blocked in the calling thread.
+    fn sigpipe_blocked() -> bool {
+        use nix::sys::signal::{SigSet, Signal};
+        SigSet::thread_get_mask().unwrap().contains(Signal::SIGPIPE)
+    }
+
+    /// Threads started inside have SIGPIPE blocked; the caller's mask is given back.
+    #[test]
+    fn threads_started_with_sigpipe_blocked_keep_it_blocked() {
+        std::thread::spawn(|| {
+            assert!(!sigpipe_blocked());
+            let inner = with_sigpipe_blocked(|| std::thread::spawn(sigpipe_blocked));
+            assert!(
+                inner.join().unwrap(),
+                "the started thread has SIGPIPE blocked"
+            );
+            assert!(!sigpipe_blocked(), "the caller's mask was not restored");
+        })
+        .join()
+        .unwrap();
     }
 }

@@ -104,6 +104,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Verify(a) => cli::run::verify_cmd(a, &CANCEL),
         Command::Ls(a) => cli::run::ls_cmd(a),
         Command::Rewrap(a) => cli::lifecycle::rewrap_cmd(a),
+        Command::Merge(a) => cli::merge_cmd::merge_cmd(a),
         Command::ImportLegacy(a) => cli::lifecycle::import_legacy_cmd(a, &CANCEL),
         #[cfg(feature = "server")]
         Command::Kms(cli::args::KmsCommand::Serve(args)) => cli::serve_cmd::run(args),

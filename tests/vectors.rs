@@ -593,7 +593,11 @@ fn outcomes(vault: &Path) -> (i32, i32, i32, Vec<String>) {
 fn outcomes_in(vault: &Path, top: &str) -> (i32, i32, i32, Vec<String>) {
     let v = |deep| match verify(
         &LocalStore::new(vault),
-        &VerifyOptions { deep, jobs: 2 },
+        &VerifyOptions {
+            deep,
+            jobs: 2,
+            sample: Default::default(),
+        },
         Some(&kms()),
         &NoProgress,
         &AtomicBool::new(false),

@@ -65,6 +65,16 @@ pub enum Command {
     Ls(LsArgs),
     /// Put a vault's data keys under another master key (no data read or rewritten).
     Rewrap(RewrapArgs),
+    /// Join the parts of a sharded run into one vault (nothing is encrypted again).
+    ///
+    /// The parts (encrypt --plan PLAN --shard I) are every shard 0..N-1 of one plan, each
+    /// once, in any order. Each part's batch keys are unwrapped (one KMS Decrypt per batch)
+    /// and its manifest authenticated; objects are hard-linked, copied on the object store, or
+    /// copied where neither can be done; the new manifest is written last. Parts of another
+    /// plan, a missing or repeated shard, overlapping parts or a VAULT that is not new are
+    /// refused (exit 2) before anything is written. An interrupted merge finishes when the
+    /// same command runs again (objects already in place are kept).
+    Merge(super::merge_cmd::MergeArgs),
     /// Import the files written by the Alibaba Cloud KMS guide's Python envelope sample.
     ImportLegacy(ImportLegacyArgs),
     /// Manage master keys (CMKs) and run an Alibaba-compatible KMS server.
@@ -333,11 +343,21 @@ pub struct VerifyArgs {
     /// With --deep: unwrap only keys wrapped by this CMK (id or ARN; repeatable).
     #[arg(long, value_name = "CMK")]
     pub expect_key: Vec<String>,
+    /// Read only some objects' records: `n/m`, slice n of m (the objects whose id falls in
+    /// it; `1/7` ... `7/7` on seven nights read every object once), or `P%`, a random share of
+    /// the objects' bytes. The manifest is still read and authenticated whole, and every
+    /// object's presence and length checked.
+    #[arg(long, value_name = "n/m|P%", value_parser = parse_sample, conflicts_with = "source")]
+    pub sample: Option<envseal::pipeline::verify::Sample>,
     /// Worker threads (default: number of cores).
     #[arg(short = 'j', long, value_name = "N")]
     pub jobs: Option<Jobs>,
     #[command(flatten)]
     pub out: OutputArgs,
+}
+
+fn parse_sample(s: &str) -> Result<envseal::pipeline::verify::Sample, String> {
+    envseal::pipeline::verify::Sample::parse(s)
 }
 
 #[derive(Debug, Args)]

@@ -8,7 +8,7 @@ use envseal::format::manifest::EntryKind;
 use envseal::kms::keys::Kms;
 use envseal::pipeline::decrypt::{decrypt, DecryptOptions, Owners};
 use envseal::pipeline::encrypt::{encrypt, EncryptOptions};
-use envseal::pipeline::verify::{verify, VerifyOptions};
+use envseal::pipeline::verify::{verify, Sample, VerifyOptions};
 use envseal::Error;
 use serde_json::json;
 
@@ -21,7 +21,7 @@ use super::size::human_bytes;
 use super::values::Jobs;
 
 /// The progress display `out` asks for.
-pub(super) fn bars(verb: &'static str, out: &OutputArgs) -> anyhow::Result<Bars> {
+pub(crate) fn bars(verb: &'static str, out: &OutputArgs) -> anyhow::Result<Bars> {
     let s = out.progress_interval.trim();
     let secs: f64 = s
         .strip_suffix('s')
@@ -584,6 +584,7 @@ pub fn verify_cmd(a: VerifyArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
     let opts = VerifyOptions {
         deep: a.deep,
         jobs: Jobs::or_cores(a.jobs),
+        sample: a.sample.unwrap_or_default(),
     };
     let kms = reading_kms(a.kms.clone())?.expecting(a.expect_key);
     let bars = bars("verify", &a.out)?;
@@ -598,8 +599,22 @@ pub fn verify_cmd(a: VerifyArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
             sanitize(&p.detail)
         );
     }
+    let share = if opts.sample == Sample::All {
+        String::new()
+    } else {
+        let pct = if r.object_bytes == 0 {
+            100.0
+        } else {
+            100.0 * r.sampled_bytes as f64 / r.object_bytes as f64
+        };
+        format!(
+            " (a sample: {} of {} object bytes read, {pct:.1}%; the manifest read whole)",
+            human_bytes(r.sampled_bytes),
+            human_bytes(r.object_bytes)
+        )
+    };
     let line = format!(
-        "verified{} {} objects, {} of plaintext in {:.2} s: {}",
+        "verified{} {} objects, {} of plaintext in {:.2} s{share}: {}",
         if r.deep { " (deep)" } else { "" },
         r.files,
         human_bytes(r.bytes),
@@ -617,6 +632,7 @@ pub fn verify_cmd(a: VerifyArgs, cancel: &AtomicBool) -> anyhow::Result<i32> {
         json!({
             "command": "verify", "deep": r.deep, "ok": r.problems.is_empty(),
             "files": r.files, "bytes": r.bytes, "seconds": r.seconds,
+            "object_bytes": r.object_bytes, "sampled_bytes": r.sampled_bytes,
             "keys": super::lifecycle::wrappers_json(&a.vault, a.kms.as_deref()),
             "problems": r.problems.iter().map(|p| json!({
                 "kind": p.kind.as_str(), "path": p.path, "object": p.object, "detail": p.detail

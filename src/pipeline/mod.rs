@@ -1,6 +1,6 @@
 //! The pipelines: `encrypt` (walk -> plan -> seal -> one writer -> store) and its
 //! journal, `decrypt` and `--to-device`, `verify` and `verify --source`, `rewrap`,
-//! `--since`, `import-legacy`, `plan` (the parts of a sharded run); each holds a store
+//! `--since`, `import-legacy`, `plan` and `merge` (the parts of a sharded run); each holds a store
 //! handle, never a vault path (docs/ARCHITECTURE.md).
 
 pub mod decrypt;
@@ -9,6 +9,7 @@ pub mod encrypt;
 pub mod journal;
 pub mod leftovers;
 pub mod legacy;
+pub mod merge;
 pub mod object;
 pub mod plan;
 pub mod rewrap;

@@ -417,7 +417,10 @@ fn checkpointed_keys(
 /// unreadable until its upload is finished: the first `segs` segments of the source are
 /// sealed again under the keys of the checkpoint's header `hb` (sealing is deterministic:
 /// the same bytes, leaves and MACs as the parts already stored), read once and written
-/// nowhere. `None` when anything differs or fails: the file starts over.
+/// nowhere. `segs` 0 (the header checkpoint an object-storage run journals first) rebuilds
+/// nothing but the keys: the file is sealed from its start under that header, so that the
+/// parts the interrupted run uploaded are recognised. `None` when anything differs or
+/// fails: the file starts over.
 pub fn resume_from_source(
     ctx: &SealCtx,
     key: &BatchKey,
@@ -427,7 +430,7 @@ pub fn resume_from_source(
     segs: u64,
 ) -> Option<Resumed> {
     let seg = ctx.segment_size;
-    if segs == 0 || segs >= format::segment_count(size, seg) {
+    if segs >= format::segment_count(size, seg) {
         return None;
     }
     let (h, keys) = checkpointed_keys(ctx, key, hb, size)?;

@@ -57,8 +57,12 @@ impl ProblemKind {
 #[derive(Clone, Debug, Default)]
 pub struct VerifyReport {
     pub deep: bool,
+    /// Files whose records were checked, and their plaintext bytes.
     pub files: u64,
     pub bytes: u64,
+    /// Of the objects' bytes, how many lie in the objects checked (all without a sample).
+    pub object_bytes: u64,
+    pub sampled_bytes: u64,
     pub problems: Vec<Problem>,
     pub seconds: f64,
 }
@@ -67,6 +71,80 @@ pub struct VerifyReport {
 pub struct VerifyOptions {
     pub deep: bool,
     pub jobs: usize,
+    /// Which objects' records to read (docs/VERIFY.md "A slice at a time").
+    pub sample: Sample,
+}
+
+/// The objects a verify reads. The manifest is always read and authenticated whole, key
+/// files and stray files always checked; a sample only spares reading records.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum Sample {
+    #[default]
+    All,
+    /// The objects whose id falls in slice `n` of `m` (1-based): the first 8 bytes of the
+    /// id, read as a fraction of 2^64, lie in [(n-1)/m, n/m). Ids are random, so each slice
+    /// holds about 1/m of the objects, and slices 1..m together hold each object once.
+    Slice { n: u32, m: u32 },
+    /// A random share of the objects' bytes, in percent (0 < p ≤ 100): objects in a
+    /// random order until that share is reached.
+    Share(f64),
+}
+
+impl Sample {
+    /// Parses `n/m` (1 ≤ n ≤ m) or `P%` (0 < P ≤ 100).
+    pub fn parse(s: &str) -> std::result::Result<Sample, String> {
+        let t = s.trim();
+        if let Some(p) = t.strip_suffix('%') {
+            return match p.trim().parse::<f64>() {
+                Ok(v) if v > 0.0 && v <= 100.0 => Ok(Sample::Share(v)),
+                _ => Err(format!(
+                    "{s}: a share must be a percentage above 0 and at most 100, e.g. 10%"
+                )),
+            };
+        }
+        let parsed = t.split_once('/').and_then(|(n, m)| {
+            Some((n.trim().parse::<u32>().ok()?, m.trim().parse::<u32>().ok()?))
+        });
+        match parsed {
+            Some((n, m)) if n >= 1 && n <= m => Ok(Sample::Slice { n, m }),
+            _ => Err(format!(
+                "{s}: expected n/m with 1 <= n <= m (e.g. 3/7: the third of 7 slices) or a share such as 10%"
+            )),
+        }
+    }
+
+    /// Which of `objects` to read.
+    fn choose(&self, objects: &[ObjectRef]) -> Vec<bool> {
+        match *self {
+            Sample::All => vec![true; objects.len()],
+            Sample::Slice { n, m } => objects
+                .iter()
+                .map(|o| {
+                    let x = u64::from_be_bytes(o.id[..8].try_into().unwrap_or_default());
+                    // floor(x * m / 2^64): the slice x falls in, 0-based.
+                    ((u128::from(x) * u128::from(m)) >> 64) as u32 == n - 1
+                })
+                .collect(),
+            Sample::Share(p) => {
+                let total: u64 = objects.iter().map(|o| o.len).sum();
+                let want = (total as f64 * p / 100.0).ceil() as u64;
+                // A random order: each object ranked by a keyed hash of its id.
+                let key: [u8; 32] = format::random().unwrap_or([0; 32]);
+                let mut order: Vec<usize> = (0..objects.len()).collect();
+                order.sort_by_key(|&i| *blake3::keyed_hash(&key, &objects[i].id).as_bytes());
+                let mut chosen = vec![false; objects.len()];
+                let mut got = 0u64;
+                for i in order {
+                    if got >= want {
+                        break;
+                    }
+                    chosen[i] = true;
+                    got += objects[i].len;
+                }
+                chosen
+            }
+        }
+    }
 }
 
 /// Entries a verify job takes at most, and record bytes.
@@ -148,7 +226,14 @@ fn check_items(
 /// What the vault holds and the format does not name: objects no object record names
 /// (links not followed), and anything in the vault root but the manifest, the journal,
 /// `objects/` and the key files of the manifest's batches (a stray key file, a `.tmp`).
-fn extras(store: &dyn Store, batches: &[Batch], objects: &[ObjectRef]) -> Vec<Problem> {
+/// Objects a sample does not read (`chosen` false) are checked here from the listing: they
+/// must exist with their recorded length.
+fn extras(
+    store: &dyn Store,
+    batches: &[Batch],
+    objects: &[ObjectRef],
+    chosen: &[bool],
+) -> Vec<Problem> {
     let extra = |path: String, detail: String| Problem {
         object: path.clone(),
         path,
@@ -163,6 +248,35 @@ fn extras(store: &dyn Store, batches: &[Batch], objects: &[ObjectRef]) -> Vec<Pr
     let keys: HashSet<String> = batches.iter().map(|b| b.keys_file()).collect();
     let mut out = Vec::new();
     let mut seen = HashSet::new();
+    let mut unread: std::collections::HashMap<String, u64> = objects
+        .iter()
+        .zip(chosen)
+        .filter(|(_, c)| !**c)
+        .map(|(o, _)| (o.name(), o.len))
+        .collect();
+    for l in &listed {
+        if let Some(want) = unread.remove(&l.name) {
+            if !l.file || l.len != want {
+                out.push(Problem {
+                    path: l.name.clone(),
+                    object: l.name.clone(),
+                    kind: ProblemKind::Corrupt,
+                    detail: format!(
+                        "{} bytes, the manifest says {want} (not read: outside the sample)",
+                        l.len
+                    ),
+                });
+            }
+        }
+    }
+    for (name, _) in unread {
+        out.push(Problem {
+            path: name.clone(),
+            object: name,
+            kind: ProblemKind::Missing,
+            detail: "absent (not read: outside the sample)".into(),
+        });
+    }
     for l in listed {
         if l.name.starts_with(layout::OBJECTS_PREFIX) {
             if !(l.file && named.contains(&l.name)) {
@@ -252,7 +366,14 @@ pub fn verify(
     let objects = reader.objects.clone();
     let ctx = RecordCtx::new(store, &header, &batches, &objects, jobs);
     let total: u64 = objects.iter().map(|o| o.len).sum();
-    progress.start(0, total);
+    let chosen = opts.sample.choose(&objects);
+    let sampled: u64 = objects
+        .iter()
+        .zip(&chosen)
+        .filter(|(_, c)| **c)
+        .map(|(o, _)| o.len)
+        .sum();
+    progress.start(0, sampled);
     let problems: Mutex<Vec<Problem>> = Mutex::new(Vec::new());
     // At most a few jobs in flight: the manifest is read as a stream, never held.
     let (slots_tx, slots_rx) = crossbeam_channel::bounded::<()>(2 * jobs);
@@ -295,6 +416,9 @@ pub fn verify(
                 });
             }
             let Some(f) = e.file() else { continue };
+            if !chosen.get(f.obj as usize).copied().unwrap_or(true) {
+                continue;
+            }
             files += 1;
             bytes = bytes.saturating_add(f.size);
             job_bytes += f.record_len(header.segment_size);
@@ -326,12 +450,57 @@ pub fn verify(
         }
     }
     let mut problems = problems.into_inner().unwrap_or_default();
-    problems.extend(extras(store, &batches, &objects));
+    problems.extend(extras(store, &batches, &objects, &chosen));
     problems.extend(key_files(store, &header.vault_id, &batches));
     report.files = files;
     report.bytes = bytes;
+    report.object_bytes = total;
+    report.sampled_bytes = sampled;
     report.problems = problems;
     progress.finish();
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Slices of m split any set of objects (each object in exactly one), about evenly;
+    /// shares reach their share of the bytes and stop there; bad spellings are refused.
+    #[test]
+    fn samples_split_and_share() {
+        let objects: Vec<ObjectRef> = (0..3000u32)
+            .map(|i| ObjectRef {
+                id: *blake3::hash(&i.to_be_bytes())
+                    .as_bytes()
+                    .first_chunk()
+                    .unwrap(),
+                len: 1000,
+            })
+            .collect();
+        let m = 7;
+        let slices: Vec<Vec<bool>> = (1..=m)
+            .map(|n| Sample::Slice { n, m }.choose(&objects))
+            .collect();
+        for i in 0..objects.len() {
+            assert_eq!(slices.iter().filter(|s| s[i]).count(), 1);
+        }
+        for s in &slices {
+            let n = s.iter().filter(|c| **c).count();
+            assert!((300..560).contains(&n), "{n} of 3000 in a slice of 7");
+        }
+        let share = Sample::Share(10.0).choose(&objects);
+        assert_eq!(share.iter().filter(|c| **c).count(), 300);
+        assert_ne!(
+            share,
+            Sample::Share(10.0).choose(&objects),
+            "a random share"
+        );
+        assert_eq!(Sample::parse("3/7"), Ok(Sample::Slice { n: 3, m: 7 }));
+        assert_eq!(Sample::parse("12.5%"), Ok(Sample::Share(12.5)));
+        for bad in ["0/5", "6/5", "5", "1/0", "0%", "101%", "x%", "-1/5"] {
+            assert!(Sample::parse(bad).is_err(), "{bad}");
+        }
+    }
 }

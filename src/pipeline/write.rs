@@ -399,8 +399,11 @@ impl<'a> Writer<'a> {
                     .objects
                     .get(obj as usize)
                     .ok_or_else(|| Error::Runtime("a checkpoint of an unknown object".into()))?;
-                let kept =
-                    format::segment_offset(self.header.segment_size, next * start.file.window);
+                // A header checkpoint (0 segments) keeps nothing, not even the header.
+                let kept = match next {
+                    0 => 0,
+                    n => format::segment_offset(self.header.segment_size, n * start.file.window),
+                };
                 let name = manifest::object_name(id);
                 Some((obj, next, self.store.resume_object(&name, shape, kept)?))
             }
@@ -411,10 +414,20 @@ impl<'a> Writer<'a> {
         // Its windows before the checkpoint never come: they are counted as done.
         let lost = matches!(resumed, Some((_, _, None)));
         let (obj, out, next) = match resumed {
-            Some((obj, next, Some(out))) => (obj, out, next),
+            Some((obj, next, Some(mut out))) => {
+                if next == 0 {
+                    // A header checkpoint: the header's part is not kept.
+                    out.write_at(0, &start.file.header)?;
+                }
+                (obj, out, next)
+            }
             other => {
+                let fresh = other.is_none();
                 let (obj, mut out) = self.new_object(shape)?;
                 out.write_at(0, &start.file.header)?;
+                if fresh && !start.device && !self.store.traits().durable_partial {
+                    self.header_ckpt(&start, obj)?;
+                }
                 (obj, out, other.map_or(0, |(_, next, _)| next))
             }
         };
@@ -433,6 +446,31 @@ impl<'a> Writer<'a> {
             interrupted: false,
             changed: lost,
         })
+    }
+
+    /// On a store that keeps no partial object (object storage), a large file's header is
+    /// journaled as a checkpoint of 0 segments, committed at once: the parts uploaded before
+    /// its first real checkpoint cannot be read back, and without the header (its salt) a
+    /// rerun could not seal the same bytes to recognise them, so it would send them again
+    /// (docs/STORAGE.md, "Resuming an object").
+    fn header_ckpt(&mut self, start: &LargeStart, obj: u64) -> Result<()> {
+        let (mtime, mtime_nsec) = start.file.src.mtime();
+        let c = Ckpt {
+            src: crate::pipeline::seal::source_id(&start.entry, &start.file.src),
+            size: start.file.size,
+            mtime,
+            mtime_nsec,
+            batch: start.batch,
+            obj,
+            segs: 0,
+            head: Some(start.file.header),
+        };
+        let line = self.journal.ckpt_line(&c)?;
+        self.queue.extend(line);
+        // Due now: the commit's barrier waits for no part of this object.
+        let now = Instant::now();
+        self.oldest = Some(now.checked_sub(COMMIT_EVERY).unwrap_or(now));
+        Ok(())
     }
 
     fn window(

@@ -123,6 +123,7 @@ fn run(change_before_resume: bool, sparse: bool) {
         &envseal::pipeline::verify::VerifyOptions {
             deep: true,
             jobs: 1,
+            sample: Default::default(),
         },
         Some(&kms),
         &NoProgress,

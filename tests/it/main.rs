@@ -19,6 +19,7 @@ mod fidelity;
 mod hostile;
 mod incremental;
 // `kms_aliyun`, `kms_serve_limits` and `wrappings` drive `envseal kms serve` in every test.
+mod deploy;
 #[cfg(feature = "server")]
 mod kms_aliyun;
 mod kms_aws;
@@ -28,6 +29,7 @@ mod kms_local;
 mod kms_serve_limits;
 mod legacy;
 mod lock;
+mod merge;
 mod packs;
 mod pipeline;
 mod progress_totals;
@@ -38,9 +40,12 @@ mod rewrap;
 mod shard;
 mod sparse;
 mod store;
+mod store_resume;
+mod store_trees;
 mod survive;
 mod terminal;
 mod to_device;
+mod verify_sample;
 mod verify_source;
 #[cfg(feature = "server")]
 mod wrappings;

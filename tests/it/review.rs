@@ -213,6 +213,7 @@ fn hostile_sizes_in_the_manifest_do_not_overflow() {
             &VerifyOptions {
                 deep: false,
                 jobs: 2,
+                sample: Default::default(),
             },
             None,
             &NoProgress,
@@ -711,7 +712,11 @@ fn key_file(fx: &Fixture) -> std::path::PathBuf {
 fn verify_problems(fx: &Fixture, deep: bool) -> Vec<envseal::pipeline::verify::Problem> {
     use envseal::pipeline::verify::{verify, VerifyOptions};
     let kms = fx.kms();
-    let opts = VerifyOptions { deep, jobs: 2 };
+    let opts = VerifyOptions {
+        deep,
+        jobs: 2,
+        sample: Default::default(),
+    };
     verify(
         &LocalStore::new(&fx.vault),
         &opts,

@@ -95,6 +95,7 @@ fn kill_past_first_checkpoint(child: &mut Child, part: &Path) -> bool {
 /// alone): each part verifies deeply on its own, the parts' paths together are the tree's
 /// (the directories on the way to a part's first path repeated), and the KMS generated one
 /// data key per batch of all parts, the killed part's taken up again, not generated anew.
+/// Merged, they restore the tree.
 ///
 /// Balance, as asserted: weighing an entry `bytes/total_bytes + 1/total_entries`, the huge
 /// file (weighing more than a quarter) is alone in its part, and every other part weighs
@@ -246,6 +247,17 @@ fn four_concurrent_parts_make_the_tree_once() {
     // One GenerateDataKey per batch of all parts (the killed part's batch unwrapped again).
     assert!(total_batches >= 8, "{total_batches} batches");
     assert_eq!(audit_count(&home, "GenerateDataKey"), total_batches);
+
+    // Merged, the parts restore the tree as it was.
+    let vault = t.path().join("merged");
+    ok(envseal(&home)
+        .args(["merge", "-q", "-o"])
+        .arg(&vault)
+        .args(&parts));
+    ok(envseal(&home).args(["verify", "-q", "--deep"]).arg(&vault));
+    let out = t.path().join("out");
+    crate::common::tree::decrypt_ok(&home, &vault, &out, &[]);
+    crate::common::tree::assert_same_tree(&src, &out.join("tree"));
 }
 
 /// A run with --plan takes its sources, keys and options from the plan: each of them

@@ -79,18 +79,17 @@ impl AliyunClient {
             )
             .with_endpoint(endpoint));
         }
-        let http = reqwest::blocking::Client::builder()
+        let builder = reqwest::blocking::Client::builder()
             .timeout(opts.timeout)
             .connect_timeout(opts.timeout.min(std::time::Duration::from_secs(10)))
-            .use_rustls_tls()
-            .build()
-            .map_err(|e| {
-                KmsError::new(
-                    KmsErrorKind::Transport,
-                    format!("cannot build the HTTP client: {e}"),
-                )
-                .with_endpoint(&endpoint)
-            })?;
+            .use_rustls_tls();
+        let http = crate::limits::with_sigpipe_blocked(|| builder.build()).map_err(|e| {
+            KmsError::new(
+                KmsErrorKind::Transport,
+                format!("cannot build the HTTP client: {e}"),
+            )
+            .with_endpoint(&endpoint)
+        })?;
         Ok(AliyunClient {
             endpoint,
             region: region.map(str::to_string),

@@ -149,15 +149,14 @@ impl AwsClient {
             // A local emulator: never route it through an HTTP(S)_PROXY from the environment.
             builder = builder.no_proxy();
         }
-        let http = builder
+        let builder = builder
             .timeout(opts.timeout)
             .connect_timeout(opts.timeout.min(MAX_CONNECT_TIMEOUT))
-            .user_agent(concat!("envseal/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| {
-                KmsError::new(KmsErrorKind::Transport, format!("HTTP client: {e}"))
-                    .with_endpoint(endpoint.clone())
-            })?;
+            .user_agent(concat!("envseal/", env!("CARGO_PKG_VERSION")));
+        let http = crate::limits::with_sigpipe_blocked(|| builder.build()).map_err(|e| {
+            KmsError::new(KmsErrorKind::Transport, format!("HTTP client: {e}"))
+                .with_endpoint(endpoint.clone())
+        })?;
         Ok(AwsClient {
             endpoint,
             url,

@@ -189,7 +189,7 @@ impl Client {
         for cert in &cfg.extra_roots {
             builder = builder.add_root_certificate(cert.clone());
         }
-        let http = builder.build().map_err(|e| {
+        let http = crate::limits::with_sigpipe_blocked(|| builder.build()).map_err(|e| {
             Error::Runtime(format!("{}: cannot set up the HTTP client: {e}", cfg.url()))
         })?;
         Ok(Client {

@@ -23,6 +23,7 @@ use reqwest::Method;
 use self::client::{Client, Failure, Req};
 pub use self::config::{Flavor, S3Config, S3Url};
 use self::upload::{BufferedWriter, Geometry, MultipartWriter, Pool, StreamFile};
+pub use self::upload::{MAX_IN_FLIGHT, PART_TARGET};
 use super::{Listed, LockGuard, Log, Name, NewFile, ObjectWriter, ReadAt, Shape, Store, Traits};
 use crate::error::{Error, Result, StoreErrorKind};
 use crate::retry::RetryPolicy;

@@ -3,6 +3,7 @@
 
 pub mod s3;
 pub mod servers;
+pub mod slurm;
 pub mod tree;
 
 use std::net::TcpListener;

@@ -18,10 +18,18 @@ pub const REGION: &str = "us-east-1";
 
 pub struct SeaweedFs {
     child: Child,
+    /// The binary and its arguments, to start it again on the same data and ports.
+    weed: PathBuf,
+    args: Vec<String>,
     pub dir: tempfile::TempDir,
     pub s3_port: u16,
     pub metrics_port: u16,
     grpc_ports: Vec<u16>,
+    /// Traffic (received, sent) counted by the processes stopped before this one: the
+    /// Prometheus counters start from 0 with each process.
+    before: (u64, u64),
+    /// Stopped by [`SeaweedFs::kill_hard`] and not started again.
+    down: bool,
 }
 
 /// The `weed` binary: `ENVSEAL_WEED`, else the venv's. `None` (skip, with a message) when
@@ -77,50 +85,79 @@ impl SeaweedFs {
         let [pm, pmg, pv, pvg, pf, pfg, ps, psg, px] = p[..] else {
             unreachable!()
         };
-        let log = std::fs::File::create(d.join("weed.log")).unwrap();
         let arg = |k: &str, v: &dyn std::fmt::Display| format!("-{k}={v}");
-        let child = Command::new(&weed)
-            .current_dir(d)
-            .env_remove("AWS_ACCESS_KEY_ID")
-            .env_remove("AWS_SECRET_ACCESS_KEY")
-            .arg("server")
-            .arg(arg("dir", &d.join("data").display()))
-            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1"])
-            .arg(arg("master.port", &pm))
-            .arg(arg("master.port.grpc", &pmg))
-            .args(["-master.electionTimeout=1s", "-master.telemetry=false"])
-            .arg("-master.volumeSizeLimitMB=1024")
-            .arg(arg("volume.port", &pv))
-            .arg(arg("volume.port.grpc", &pvg))
-            .args(["-volume.max=0", "-volume.preStopSeconds=0", "-filer"])
-            .arg(arg("filer.port", &pf))
-            .arg(arg("filer.port.grpc", &pfg))
-            .arg(arg("filer.localSocket", &d.join("f.sock").display()))
-            .arg("-s3")
-            .arg(arg("s3.port", &ps))
-            .arg(arg("s3.port.grpc", &psg))
-            .arg(arg("s3.localSocket", &d.join("s.sock").display()))
-            .arg(arg("s3.config", &d.join("s3.json").display()))
-            .args([
-                "-s3.autoCreateBucket=false",
-                "-s3.port.iceberg=0",
-                "-s3.port.lance=0",
-            ])
-            .arg(arg("metricsPort", &px))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("cannot start weed");
+        let mut args = vec!["server".to_string(), arg("dir", &d.join("data").display())];
+        args.extend(["-ip=127.0.0.1".into(), "-ip.bind=127.0.0.1".into()]);
+        args.push(arg("master.port", &pm));
+        args.push(arg("master.port.grpc", &pmg));
+        args.extend([
+            "-master.electionTimeout=1s".into(),
+            "-master.telemetry=false".into(),
+            "-master.volumeSizeLimitMB=1024".into(),
+        ]);
+        args.push(arg("volume.port", &pv));
+        args.push(arg("volume.port.grpc", &pvg));
+        args.extend([
+            "-volume.max=0".into(),
+            "-volume.preStopSeconds=0".into(),
+            "-filer".into(),
+        ]);
+        args.push(arg("filer.port", &pf));
+        args.push(arg("filer.port.grpc", &pfg));
+        args.push(arg("filer.localSocket", &d.join("f.sock").display()));
+        args.push("-s3".into());
+        args.push(arg("s3.port", &ps));
+        args.push(arg("s3.port.grpc", &psg));
+        args.push(arg("s3.localSocket", &d.join("s.sock").display()));
+        args.push(arg("s3.config", &d.join("s3.json").display()));
+        args.extend([
+            "-s3.autoCreateBucket=false".into(),
+            "-s3.port.iceberg=0".into(),
+            "-s3.port.lance=0".into(),
+        ]);
+        args.push(arg("metricsPort", &px));
+        let child = spawn(&weed, d, &args);
         let mut s = SeaweedFs {
             child,
+            weed,
+            args,
             dir,
             s3_port: ps,
             metrics_port: px,
             grpc_ports: vec![pmg, pvg, pfg, psg],
+            before: (0, 0),
+            down: false,
         };
         s.make_bucket_and_wait();
         Some(s)
+    }
+
+    /// Stops the server the hard way (`kill -9`, a crash) and waits for the process to exit
+    /// (its ports stay bound until then). Its traffic counters are read just before and
+    /// added to the running total; what arrives between that read and the kill (a few
+    /// milliseconds) is not counted.
+    pub fn kill_hard(&mut self) {
+        assert!(!self.down, "the server is already stopped");
+        let now = self.counters();
+        self.before = (self.before.0 + now.0, self.before.1 + now.1);
+        self.down = true;
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same data directory and ports, and waits until it
+    /// stores objects again (a signed PUT and GET).
+    pub fn restart(&mut self) {
+        assert!(self.down, "the server is running");
+        // Sockets of the dead process: the new one binds the same names.
+        let d = self.dir.path();
+        for s in ["f.sock", "s.sock"] {
+            let _ = std::fs::remove_file(d.join(s));
+        }
+        self.remove_tmp_sockets();
+        self.child = spawn(&self.weed, d, &self.args);
+        self.down = false;
+        self.make_bucket_and_wait();
     }
 
     pub fn endpoint(&self) -> String {
@@ -255,8 +292,18 @@ impl SeaweedFs {
     }
 
     /// Bytes the server received into, and sent from, the bucket so far (its Prometheus
-    /// counters; ranged GETs count exactly what they sent).
+    /// counters; ranged GETs count exactly what they sent), over every start of it: the
+    /// total of the processes stopped by [`SeaweedFs::kill_hard`] plus the running one's.
     pub fn traffic(&self) -> (u64, u64) {
+        if self.down {
+            return self.before;
+        }
+        let now = self.counters();
+        (self.before.0 + now.0, self.before.1 + now.1)
+    }
+
+    /// The running process's counters.
+    fn counters(&self) -> (u64, u64) {
         let text = reqwest::blocking::Client::builder()
             .no_proxy()
             .build()
@@ -280,19 +327,28 @@ impl SeaweedFs {
 
 impl Drop for SeaweedFs {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
+        // A process killed and reaped is not signalled again (its pid may be another's).
+        if !self.down {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
             }
-            std::thread::sleep(Duration::from_millis(100));
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // Sockets weed puts in /tmp by gRPC port (those without a flag to move them).
+        self.remove_tmp_sockets();
+    }
+}
+
+impl SeaweedFs {
+    /// Sockets weed puts in /tmp by gRPC port (those without a flag to move them).
+    fn remove_tmp_sockets(&self) {
         if let Ok(rd) = std::fs::read_dir("/tmp") {
             for e in rd.flatten() {
                 let n = e.file_name().to_string_lossy().into_owned();
@@ -307,4 +363,23 @@ impl Drop for SeaweedFs {
             }
         }
     }
+}
+
+/// `weed` with `args`, in `dir`, its output appended to `dir/weed.log`.
+fn spawn(weed: &std::path::Path, dir: &std::path::Path, args: &[String]) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("weed.log"))
+        .unwrap();
+    Command::new(weed)
+        .current_dir(dir)
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("cannot start weed")
 }
