@@ -47,9 +47,17 @@ fn main() {
     }
     let cli = match cmd
         .try_get_matches()
-        .and_then(|m| Cli::from_arg_matches(&m))
+        .and_then(|m| Cli::from_arg_matches(&m).map(|c| (c, m)))
     {
-        Ok(cli) => cli,
+        Ok((mut cli, m)) => {
+            if let Command::Encrypt(a) = &mut cli.command {
+                a.kms_flag = m
+                    .subcommand_matches("encrypt")
+                    .and_then(|e| e.value_source("kms"))
+                    == Some(clap::parser::ValueSource::CommandLine);
+            }
+            cli
+        }
         // A value refused by our own parsers (src/cli/values.rs) reads as our other usage
         // errors do; everything else (help, version, unknown flags) is clap's to print.
         Err(e) => match cli::values::BadValue::in_clap_error(&e) {
@@ -91,6 +99,7 @@ fn report(e: &anyhow::Error) -> i32 {
 fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Encrypt(a) => cli::run::encrypt_cmd(a, &CANCEL),
+        Command::Plan(a) => cli::plan_cmd::plan_cmd(a, &CANCEL),
         Command::Decrypt(a) => cli::run::decrypt_cmd(a, &CANCEL),
         Command::Verify(a) => cli::run::verify_cmd(a, &CANCEL),
         Command::Ls(a) => cli::run::ls_cmd(a),

@@ -48,6 +48,15 @@ pub enum Command {
     /// Keeps modes, times, owners, hard links, extended attributes, FIFOs and device nodes;
     /// holes of sparse files and zero runs of disk images are neither read nor stored.
     Encrypt(EncryptArgs),
+    /// Cut sources into N parts to encrypt on N hosts at once (docs/SCALE-OUT.md).
+    ///
+    /// A walk of the sources' metadata (no file is read) cuts them, in the vault's tree order,
+    /// into N contiguous parts balanced by bytes and by entries (a file larger than a share is
+    /// a part of its own), and fixes what every part shares: the vault id, keys, KMS,
+    /// excludes, segment size and --conceal-names. Each part is then `envseal encrypt --plan
+    /// PLAN --shard I -o PART`, on any host that sees the sources at the same absolute paths,
+    /// and `envseal merge` joins the parts into one vault (docs/SCALE-OUT.md).
+    Plan(PlanArgs),
     /// Decrypt a vault (or part of it) into a destination directory.
     Decrypt(DecryptArgs),
     /// Check a vault: without --deep no key is needed; --deep authenticates every byte.
@@ -130,10 +139,27 @@ pub struct OutputArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  envseal encrypt ~/data /srv/db.img -o backup.vault --key alias/backup
+  envseal plan /share --shards 16 -o share.plan.json --key alias/backup
+  envseal encrypt --plan share.plan.json --shard 3 -o s3://backups/share/part-3")]
 pub struct EncryptArgs {
     /// Files, directories, disk images or block devices; each becomes a top-level entry.
-    #[arg(required = true, value_name = "SRC")]
+    #[arg(required_unless_present = "plan", value_name = "SRC")]
     pub sources: Vec<PathBuf>,
+    /// Encrypt one part of a plan made by `envseal plan` (with --shard): the plan fixes the
+    /// sources, keys and options; PART is a vault of its own that `envseal merge` joins with
+    /// the others (docs/SCALE-OUT.md). Rerun the same command to resume it.
+    #[arg(long, value_name = "PLAN.json", requires = "shard")]
+    pub plan: Option<PathBuf>,
+    /// The part of --plan to encrypt: 0 to N-1 (e.g. $SLURM_ARRAY_TASK_ID or
+    /// $JOB_COMPLETION_INDEX).
+    #[arg(long, value_name = "I", requires = "plan")]
+    pub shard: Option<u32>,
+    /// Whether --kms was given on the command line (not taken from ENVSEAL_KMS): a plan
+    /// fixes the KMS, so only a flag is refused with --plan.
+    #[arg(skip)]
+    pub kms_flag: bool,
     /// The vault to create: a directory, or s3://BUCKET/PREFIX (oss://BUCKET/PREFIX on Alibaba
     /// Cloud OSS; docs/STORAGE.md).
     #[arg(short, long, value_name = "VAULT", value_parser = VaultArg)]
@@ -192,6 +218,44 @@ pub struct EncryptArgs {
     /// Start a new batch (a new data key) after this many bytes.
     #[arg(long, value_name = "SIZE", hide = true)]
     pub batch_max_bytes: Option<String>,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+/// The arguments of `envseal plan` (docs/SCALE-OUT.md).
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  envseal plan /share/lab --shards 16 -o lab.plan.json --key alias/backup
+  envseal encrypt --plan lab.plan.json --shard $SLURM_ARRAY_TASK_ID -o /scratch/parts/$SLURM_ARRAY_TASK_ID")]
+pub struct PlanArgs {
+    /// Files, directories, disk images or block devices; each becomes a top-level entry.
+    #[arg(required = true, value_name = "SRC")]
+    pub sources: Vec<PathBuf>,
+    /// How many parts (1 to 4096): one per host or task that will encrypt one.
+    #[arg(long, value_name = "N")]
+    pub shards: usize,
+    /// The plan file to write (JSON); an existing one is kept unless --force.
+    #[arg(short, long, value_name = "PLAN.json")]
+    pub output: PathBuf,
+    /// CMK id, ARN or alias, as for encrypt (repeatable, each as [<KMS URL>#]<CMK>; the data
+    /// keys are generated under the first). Default: alias/envseal/default.
+    #[arg(long, value_name = "CMK")]
+    pub key: Vec<String>,
+    #[command(flatten)]
+    pub kms: KmsArgs,
+    /// Skip paths matching this glob (repeatable), as encrypt --exclude.
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+    /// Segment size of every part: a power of two from 4KiB to 64MiB (default 1MiB).
+    #[arg(long, value_name = "SIZE")]
+    pub segment_size: Option<SegmentSize>,
+    /// Keep paths only inside the encrypted part of each part's manifest (the plan file
+    /// itself holds the sources and the N-1 paths where the parts meet in clear).
+    #[arg(long)]
+    pub conceal_names: bool,
+    /// Replace an existing plan file (parts made with the old one no longer match it).
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     pub out: OutputArgs,
 }

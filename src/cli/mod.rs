@@ -8,6 +8,7 @@ pub mod lifecycle;
 pub mod merge_cmd;
 pub mod messages;
 pub mod output;
+pub mod plan_cmd;
 pub mod progress;
 pub mod run;
 #[cfg(feature = "server")]

@@ -227,9 +227,9 @@ impl Display {
         }
         let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr_with_hz(10));
         bar.set_prefix(verb);
-        let counting = verb == "encrypt";
+        // Encrypt and plan walk their sources: the bar counts what they found from the first file.
+        let counting = verb == "encrypt" || verb == "plan";
         if counting {
-            // Encrypt walks its sources: the bar counts what it found from the first file.
             bar.set_style(style(WALKING));
             bar.set_message("0 files");
         } else {

@@ -59,6 +59,84 @@ fn others(hardlinks: u64, specials: u64) -> String {
 }
 
 pub fn encrypt_cmd(a: EncryptArgs, cancel: &'static AtomicBool) -> anyhow::Result<i32> {
+    let (opts, key_asked, kms_url, out) = match &a.plan {
+        Some(_) => shard_options(a)?,
+        None => plain_options(a)?,
+    };
+    encrypt_with(opts, key_asked, kms_url, out, cancel)
+}
+
+/// Refuses a missing SRC as a usage error naming it.
+pub(super) fn sources_exist(sources: &[std::path::PathBuf]) -> anyhow::Result<()> {
+    for src in sources {
+        if let Err(e) = std::fs::symlink_metadata(src) {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                return Err(usage(
+                    format!("{}: does not exist", src.display()),
+                    "check the path of each SRC (a file, directory, disk image or block device)",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What a run asks for: its options, the key and KMS its first key's errors are explained
+/// against, and how it reports.
+type Asked = (EncryptOptions, String, String, OutputArgs);
+
+/// `encrypt --plan PLAN --shard I`: part I of the plan's run, the plan's sources, keys and
+/// options; a flag the plan fixes is refused rather than silently ignored.
+fn shard_options(a: EncryptArgs) -> anyhow::Result<Asked> {
+    let (Some(plan_path), Some(index)) = (&a.plan, a.shard) else {
+        return Err(Error::Usage("--plan needs --shard".into()).into());
+    };
+    let fixed = [
+        (!a.sources.is_empty(), "SRC arguments"),
+        (!a.key.is_empty(), "--key"),
+        (a.kms_flag, "--kms"),
+        (!a.exclude.is_empty(), "--exclude"),
+        (a.segment_size.is_some(), "--segment-size"),
+        (a.conceal_names, "--conceal-names"),
+        (a.since.is_some(), "--since"),
+    ];
+    if let Some((_, flag)) = fixed.iter().find(|(given, _)| *given) {
+        return Err(usage(
+            format!("{flag} cannot be given with --plan: the plan fixes it"),
+            format!(
+                "run `envseal encrypt --plan {} --shard {index} -o PART` alone; to change the sources, keys or options make a new plan (envseal plan)",
+                plan_path.display()
+            ),
+        ));
+    }
+    if let Some(dir) = a.output.local_dir() {
+        check_output_dir("-o", dir)?;
+    }
+    let plan = envseal::pipeline::plan::Plan::load(plan_path)?;
+    let mut opts = plan.encrypt_options(plan_path, index, a.output)?;
+    sources_exist(&opts.sources)?;
+    check_not_vaults(&opts.sources, a.force)?;
+    opts.resume = a.resume;
+    opts.jobs = Jobs::or_cores(a.jobs);
+    opts.batch_max_files = a.batch_max_files.unwrap_or(format::BATCH_MAX_FILES).max(1);
+    if let Some(s) = &a.batch_max_bytes {
+        opts.batch_max_bytes = size_arg("--batch-max-bytes", s)?.max(1);
+    }
+    if let Some(s) = &a.pack_threshold {
+        opts.pack_threshold = size_arg("--pack-threshold", s)?;
+    }
+    opts.sync = !a.no_sync;
+    opts.xattrs = !a.no_xattrs;
+    let key_asked = opts
+        .key
+        .clone()
+        .unwrap_or_else(|| envseal::kms::DEFAULT_ALIAS.to_string());
+    let kms_url = opts.kms_url.clone();
+    Ok((opts, key_asked, kms_url, a.out))
+}
+
+/// `encrypt SRC... -o VAULT`: options from the flags.
+fn plain_options(a: EncryptArgs) -> anyhow::Result<Asked> {
     let seg = match (a.segment_size, &a.since) {
         (Some(s), _) => s.get(),
         // An incremental run keeps the earlier vault's segment size (its records are reused;
@@ -75,16 +153,7 @@ pub fn encrypt_cmd(a: EncryptArgs, cancel: &'static AtomicBool) -> anyhow::Resul
     if let Some(dir) = a.output.local_dir() {
         check_output_dir("-o", dir)?;
     }
-    for src in &a.sources {
-        if let Err(e) = std::fs::symlink_metadata(src) {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                return Err(usage(
-                    format!("{}: does not exist", src.display()),
-                    "check the path of each SRC (a file, directory, disk image or block device)",
-                ));
-            }
-        }
-    }
+    sources_exist(&a.sources)?;
     check_not_vaults(&a.sources, a.force)?;
     let mut keys = a
         .key
@@ -126,21 +195,31 @@ pub fn encrypt_cmd(a: EncryptArgs, cancel: &'static AtomicBool) -> anyhow::Resul
         xattrs: !a.no_xattrs,
         shard: None,
     };
+    Ok((opts, key_asked, kms_url, a.out))
+}
+
+fn encrypt_with(
+    opts: EncryptOptions,
+    key_asked: String,
+    kms_url: String,
+    out: OutputArgs,
+    cancel: &'static AtomicBool,
+) -> anyhow::Result<i32> {
     let kms = Kms::new(kms_options()?, None);
-    let bars = bars("encrypt", &a.out)?.cancelled_by(cancel);
+    let bars = bars("encrypt", &out)?.cancelled_by(cancel);
     let r = encrypt(&opts, &kms, &bars, cancel).map_err(|e| match e {
         Error::Kms(k) => explain(k, &key_asked, Where { url: &kms_url }),
         e => unwrap_advice(e),
     })?;
     if let Some(st) = &r.finished_before {
-        return Ok(finished_before(&opts, &a.out, &r, st));
+        return Ok(finished_before(&opts, &out, &r, st));
     }
     // What this run did, then what the vault holds: files resumed from an interrupted run or
     // reused from the --since vault were not encrypted now.
     let resumed = r.resumed_files - r.reused_files;
     let sealed_now = r.files - r.resumed_files;
     let line = format!(
-        "encrypted {} files, {}{} in {:.2} s ({:.2} GB/s) into {}{}{}; it holds {} files, {} dirs, {} symlinks{}, {} in {} batch(es); {} skipped, {} failed",
+        "encrypted {} files, {}{} in {:.2} s ({:.2} GB/s) into {}{}{}{}; it holds {} files, {} dirs, {} symlinks{}, {} in {} batch(es); {} skipped, {} failed",
         sealed_now,
         human_bytes(r.bytes_read),
         if r.gap_bytes > 0 {
@@ -151,6 +230,10 @@ pub fn encrypt_cmd(a: EncryptArgs, cancel: &'static AtomicBool) -> anyhow::Resul
         r.seconds,
         rate(r.bytes_read, r.seconds),
         opts.vault,
+        match &opts.shard {
+            Some(s) => format!(" (part {} of {})", s.mark.index, s.mark.count),
+            None => String::new(),
+        },
         if opts.sync { "" } else { " (not synced: --no-sync)" },
         if opts.since.is_some() { format!(", {} unchanged files ({}) reused from the earlier vault", r.reused_files, human_bytes(r.reused_bytes)) } else { String::new() }
             + &if resumed > 0 { format!(", {resumed} files taken from the interrupted run") } else { String::new() },
@@ -165,8 +248,8 @@ pub fn encrypt_cmd(a: EncryptArgs, cancel: &'static AtomicBool) -> anyhow::Resul
     );
     bars.print_failures(&r.failed);
     summary(
-        a.out.quiet,
-        a.out.json,
+        out.quiet,
+        out.json,
         line,
         json!({
             "command": "encrypt",
@@ -208,12 +291,13 @@ fn finished_before(
     let line = if st.up_to_date() {
         format!("{vault} is already up to date with its sources ({holds}): nothing read, nothing written")
     } else {
-        let cmd = incremental_command(opts);
         let line = format!(
             "{vault} was finished by an earlier run and the sources changed since: {} changed, {} appeared, {} vanished (compared by size, mtime, inode and ctime; nothing read, nothing written)",
             st.changed, st.appeared, st.vanished
         );
-        next = Some(cmd);
+        // A part has no incremental run (--since is refused with --plan): a new plan is the
+        // way to encrypt the changed tree.
+        next = opts.shard.is_none().then(|| incremental_command(opts));
         line
     };
     if !out.quiet {

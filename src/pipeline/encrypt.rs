@@ -300,7 +300,8 @@ fn encrypt_run(
         vault,
         armed: !vault_existed,
     };
-    if let Some(mut report) = finished_run(vault, &params, kms, &sources, &exclude, progress)? {
+    if let Some(mut report) = finished_run(vault, &params, opts, kms, &sources, &exclude, progress)?
+    {
         progress.finish();
         report.seconds = started.elapsed().as_secs_f64();
         return Ok(report);
@@ -339,6 +340,11 @@ fn encrypt_run(
     };
     let vault_id: [u8; ID_LEN] = format::from_hex(&run.vault_id)
         .ok_or_else(|| Error::format(vault.url(), "bad vault id in journal"))?;
+    // A plan made again at the same path (the same cuts, another vault id) would otherwise
+    // resume a part that no part of the new plan merges with.
+    if let Some(s) = opts.shard.as_ref().filter(|s| s.vault_id != vault_id) {
+        return Err(another_plan(vault, &run.vault_id, s));
+    }
     let header = Header {
         vault_id,
         created: run.created.clone(),
@@ -1235,6 +1241,17 @@ fn open_vault(
     Ok((journal, run, None))
 }
 
+/// A part of the same shard of a plan made again (another vault id) at the same path: it
+/// would not merge with the new plan's other parts.
+fn another_plan(vault: &dyn Store, vault_id: &str, s: &ShardRun) -> Error {
+    Error::Usage(format!(
+        "{} holds a part of another plan (vault id {vault_id}; the plan {} says {}); encrypt this part into another -o, or delete it first",
+        vault.url(),
+        s.plan.display(),
+        format::to_hex(&s.vault_id)
+    ))
+}
+
 /// A run of the same command that wrote its manifest is finished, whatever moment it was
 /// killed at afterwards: its journal is either still whole (its run record names these
 /// arguments) or already the receipt (a keyed MAC of them, checked with batch 0's key).
@@ -1247,6 +1264,7 @@ fn open_vault(
 fn finished_run(
     vault: &dyn Store,
     params: &RunParams,
+    opts: &EncryptOptions,
     kms: &Kms,
     sources: &[PathBuf],
     exclude: &tree::Select,
@@ -1272,6 +1290,13 @@ fn finished_run(
     };
     if !same_id {
         return Ok(None);
+    }
+    if let Some(s) = opts
+        .shard
+        .as_ref()
+        .filter(|s| s.vault_id != m.header.vault_id)
+    {
+        return Err(another_plan(vault, &vault_id, s));
     }
     let key = match (kms.unwrap(&m.header.vault_id, &b0), &head) {
         (Ok(k), _) => k,

@@ -1,7 +1,7 @@
 //! The pipelines: `encrypt` (walk -> plan -> seal -> one writer -> store) and its
 //! journal, `decrypt` and `--to-device`, `verify` and `verify --source`, `rewrap`,
-//! `--since`, `import-legacy`; each holds a store handle, never a vault path
-//! (docs/ARCHITECTURE.md).
+//! `--since`, `import-legacy`, `plan` and `merge` (the parts of a sharded run); each holds a store
+//! handle, never a vault path (docs/ARCHITECTURE.md).
 
 pub mod decrypt;
 pub mod device;
@@ -11,6 +11,7 @@ pub mod leftovers;
 pub mod legacy;
 pub mod merge;
 pub mod object;
+pub mod plan;
 pub mod rewrap;
 pub mod seal;
 pub mod since;

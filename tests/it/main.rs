@@ -37,6 +37,7 @@ mod races_dest;
 mod races_src;
 mod review;
 mod rewrap;
+mod shard;
 mod sparse;
 mod store;
 mod store_resume;
