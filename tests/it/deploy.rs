@@ -143,3 +143,80 @@ fn kubernetes_jobs_keep_their_contract() {
         ["-o".to_string(), format!("oss://{bucket}/vault")]
     );
 }
+
+/// deploy/slurm on a real single-node Slurm: `envseal plan` into 4 shards, the shipped
+/// `encrypt-array.sbatch` as `sbatch --array=0-3`, the shipped `merge.sbatch` after it
+/// (`--dependency=afterok:`), then the merged vault verifies deeply and restores the tree.
+#[test]
+fn slurm_array_then_merge_restores_the_tree() {
+    let Some(mut slurm) = common::slurm::Slurm::start() else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    // Slurm jobs run as root from the work directory; they must reach the key store too.
+    common::tree::chmod(t.path(), 0o755);
+    let home = t.path().join("home");
+    let src = common::tree::fixture_copy(t.path());
+    for i in 0..6 {
+        common::tree::gen_file(&src.join(format!("big-{i}")), 3 << 20, i);
+    }
+    let plan = t.path().join("plan.json");
+    let parts = t.path().join("parts");
+    let vault = t.path().join("merged.vault");
+    common::tree::ok(common::envseal(&home).args([
+        "plan",
+        src.to_str().unwrap(),
+        "--shards",
+        "4",
+        "-o",
+        plan.to_str().unwrap(),
+    ]));
+    let env = [
+        ("ENVSEAL", env!("CARGO_BIN_EXE_envseal").to_string()),
+        ("ENVSEAL_HOME", home.display().to_string()),
+        ("PLAN", plan.display().to_string()),
+        ("PARTS", parts.display().to_string()),
+        ("SHARDS", "4".to_string()),
+        ("VAULT", vault.display().to_string()),
+    ];
+    std::fs::create_dir_all(&parts).unwrap();
+    let array = slurm.sbatch(
+        t.path(),
+        &["--array=0-3"],
+        &deploy("slurm/encrypt-array.sbatch"),
+        &env,
+    );
+    let merge = slurm.sbatch(
+        t.path(),
+        &[&format!("--dependency=afterok:{array}")],
+        &deploy("slurm/merge.sbatch"),
+        &env,
+    );
+    slurm.wait(&[&array, &merge], 300);
+    let logs = || {
+        common::tree::files_under(t.path())
+            .into_iter()
+            .filter(|p| p.to_string_lossy().contains("slurm-"))
+            .map(|p| {
+                format!(
+                    "{}:\n{}",
+                    p.display(),
+                    std::fs::read_to_string(&p).unwrap_or_default()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(slurm.states(&array), ["COMPLETED"; 4], "{}", logs());
+    assert_eq!(
+        slurm.states(&merge),
+        ["COMPLETED"],
+        "{}\n{}",
+        logs(),
+        slurm.client("scontrol", &["show", "job", &merge])
+    );
+    common::tree::ok(common::envseal(&home).args(["verify", "--deep", vault.to_str().unwrap()]));
+    let out = t.path().join("out");
+    common::tree::decrypt_ok(&home, &vault, &out, &[]);
+    common::tree::assert_same_tree(&src, &out.join(src.file_name().unwrap()));
+}
