@@ -206,6 +206,7 @@ fn seal_cases(out: &Path, plain: Option<&Path>) -> Vec<(String, FileEntry)> {
                 ct,
                 pt: *mac.as_bytes(),
                 sparse: gaps(name).map(Box::new),
+                rlen: None,
             },
         ));
         if let Some(plain) = plain {
@@ -453,6 +454,7 @@ fn generate_multi(out: &Path, plain: Option<&Path>, xattrs: &[(&[u8], &[u8])]) {
             ct,
             pt: *mac.as_bytes(),
             sparse: None,
+            rlen: None,
         });
         if let Some(plain) = plain {
             std::fs::create_dir_all(plain).unwrap();

@@ -46,6 +46,28 @@ fn size_arg(flag: &str, s: &str) -> anyhow::Result<u64> {
     super::size::parse_size(s).map_err(|e| Error::Usage(format!("{flag}: {e}")).into())
 }
 
+/// `--compress zstd[:LEVEL]`: the Zstandard level (docs/FORMAT.md §4.5).
+fn compress_arg(s: &str) -> anyhow::Result<i32> {
+    use envseal::format::compress::{DEFAULT_ZSTD_LEVEL, ZSTD_LEVELS};
+    let bad = || {
+        Error::Usage(format!(
+            "--compress {s:?}: expected zstd or zstd:LEVEL with LEVEL {}-{}",
+            ZSTD_LEVELS.start(),
+            ZSTD_LEVELS.end()
+        ))
+    };
+    match s.split_once(':') {
+        None if s == "zstd" => Ok(DEFAULT_ZSTD_LEVEL),
+        Some(("zstd", l)) if !l.is_empty() && l.bytes().all(|c| c.is_ascii_digit()) => {
+            match l.parse::<i32>() {
+                Ok(l) if ZSTD_LEVELS.contains(&l) => Ok(l),
+                _ => Err(bad().into()),
+            }
+        }
+        _ => Err(bad().into()),
+    }
+}
+
 /// ", N hard links, M FIFOs and devices" when there are any.
 fn others(hardlinks: u64, specials: u64) -> String {
     let mut s = String::new();
@@ -125,6 +147,10 @@ pub fn encrypt_cmd(a: EncryptArgs, cancel: &'static AtomicBool) -> anyhow::Resul
         sync: !a.no_sync,
         xattrs: !a.no_xattrs,
         shard: None,
+        compress: match &a.compress {
+            Some(s) => Some(compress_arg(s)?),
+            None => None,
+        },
     };
     let kms = Kms::new(kms_options()?, None);
     let bars = bars("encrypt", &a.out)?.cancelled_by(cancel);
