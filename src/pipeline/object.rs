@@ -186,6 +186,45 @@ pub fn seal_object(
     (out, ct, pt_mac)
 }
 
+/// [`seal_object`] for a compressed record (suite 2, docs/FORMAT.md §4.5): sets the header's
+/// suite and commitment; each segment stored as a Zstandard frame at `level` where that is
+/// shorter, else raw; the sealed table last. Returns (record, ct = BLAKE3 of the record, pt).
+pub fn seal_object_compressed(
+    key: &BatchKey,
+    header: &mut ObjectHeader,
+    plaintext: &[u8],
+    level: i32,
+) -> (Vec<u8>, [u8; 32], blake3::Hash) {
+    header.alg = format::ALG_AES256GCM_ZSTD_BLAKE3;
+    let fk = key.file_keys(header);
+    header.commitment = fk.commitment();
+    let seg = header.segment_size;
+    let n = format::segment_count(header.plain_len, seg);
+    let mut out = header.encode().to_vec();
+    let mut mac = TreeMac::new(fk.mac_key());
+    let mut stored = Vec::new();
+    for i in 0..n {
+        let start = (i * u64::from(seg)) as usize;
+        let len = format::segment_plain_len(header.plain_len, seg, i);
+        let pt = &plaintext[start..start + len];
+        mac.add(segment_mac(fk.mac_key(), seg, i, n, pt));
+        let mut buf = format::compress::compress_segment(pt, level).unwrap_or_else(|| pt.to_vec());
+        stored.push(buf.len() as u32);
+        buf.extend_from_slice(&[0u8; TAG_LEN]);
+        fk.seal_segment(i, i == n - 1, &mut buf);
+        out.extend_from_slice(&buf);
+    }
+    let mut table = format::compress::Table::encode(&stored);
+    table.extend_from_slice(&[0u8; TAG_LEN]);
+    fk.seal_table(n, &mut table);
+    out.extend_from_slice(&table);
+    let ct = *blake3::hash(&out).as_bytes();
+    let pt_mac = mac
+        .finalize()
+        .unwrap_or_else(|| blake3::keyed_hash(fk.mac_key(), b""));
+    (out, ct, pt_mac)
+}
+
 /// What a record is read against: the vault's header, batches and objects, and the object
 /// files opened so far (a pack is opened once, not once per file in it).
 pub struct RecordCtx<'a> {
