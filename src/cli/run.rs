@@ -142,6 +142,8 @@ pub fn encrypt_cmd(a: EncryptArgs, cancel: &'static AtomicBool) -> anyhow::Resul
         },
         pack_threshold: match &a.pack_threshold {
             Some(s) => size_arg("--pack-threshold", s)?,
+            // Compressed records are sealed whole (docs/PERFORMANCE.md "Compression").
+            None if a.compress.is_some() => format::compress::COMPRESS_PACK_THRESHOLD,
             None => format::DEFAULT_PACK_THRESHOLD,
         },
         sync: !a.no_sync,

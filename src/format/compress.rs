@@ -20,6 +20,11 @@ pub const TABLE_NONCE_FLAG: u8 = 2;
 /// "Compression"). An encoder's choice: readers decode any level.
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
 
+/// With `--compress`, files below this size are packed (and so compressed): a pack's file is
+/// sealed whole in one buffer, which bounds it; larger files are sealed window by window as
+/// suite-1 records. An encoder's choice (docs/PERFORMANCE.md "Compression").
+pub const COMPRESS_PACK_THRESHOLD: u64 = 8 << 20;
+
 /// Levels `--compress zstd:LEVEL` accepts (those of the reference library).
 pub const ZSTD_LEVELS: std::ops::RangeInclusive<i32> = 1..=19;
 

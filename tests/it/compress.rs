@@ -101,13 +101,17 @@ fn text_logs_shrink_to_a_third_and_round_trip() {
     let t = tempfile::tempdir().unwrap();
     let home = t.path().join("home");
     let src = t.path().join("logs");
-    // About 20 MiB of logs in rotated files below the pack threshold.
+    // About 20 MiB of logs in rotated files.
     let mut total = 0u64;
     for i in 0..40u64 {
         let body = log_text(i, 500 * 1024 + i as usize * 97);
         total += body.len() as u64;
         common::tree::write(&src.join(format!("svc{}/app.log.{i}", i % 4)), &body);
     }
+    // And a larger current log: still below the pack threshold `--compress` sets (8 MiB).
+    let body = log_text(99, 5 << 20);
+    total += body.len() as u64;
+    common::tree::write(&src.join("svc0/app.log"), &body);
     let vault = t.path().join("vault");
     encrypt(&home, &src, &vault, &["--compress", "zstd"]);
     let size = vault_bytes(&vault);
@@ -121,7 +125,7 @@ fn text_logs_shrink_to_a_third_and_round_trip() {
         .iter()
         .filter(|r| r["type"] == "entry" && r["kind"] == "file")
         .collect();
-    assert_eq!(files.len(), 40);
+    assert_eq!(files.len(), 41);
     assert!(files.iter().all(|r| r["rlen"].as_u64().is_some()));
     round_trip(&home, &src, &vault, &t.path().join("out"));
 }
@@ -271,7 +275,8 @@ fn compress_round_trips_on_s3() {
         );
     }
     common::tree::write(&src.join("empty"), b"");
-    common::tree::gen_file(&src.join("big.bin"), 3 << 20, 5);
+    // Above the 8 MiB `--compress` packs below: a suite-1 object of its own.
+    common::tree::gen_file(&src.join("big.bin"), 10 << 20, 5);
     let vault = format!("s3://{BUCKET}/compress/v1");
     let cmd = |args: &[&str]| {
         let mut c = envseal(&home);
@@ -294,9 +299,9 @@ fn compress_round_trips_on_s3() {
         &vault,
         src.to_str().unwrap(),
     ]));
-    // The logs went up compressed: well under their 2.4 MB (the 3 MiB object goes as is).
+    // The logs went up compressed: well under their 2.4 MB (the 10 MiB object goes as is).
     let sent = server.traffic().0 - received0;
-    assert!(sent < (3 << 20) + 1_500_000, "{sent} bytes sent");
+    assert!(sent < (10 << 20) + 1_500_000, "{sent} bytes sent");
     ok(&mut cmd(&["verify", "-q", &vault]));
     ok(&mut cmd(&["verify", "--deep", "-q", &vault]));
     let out = t.path().join("out");
