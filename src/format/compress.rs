@@ -45,6 +45,8 @@ pub fn record_len_range(size: u64, seg: u32) -> (u64, u64) {
 pub struct Table {
     /// `c_i` for every segment.
     pub stored: Vec<u32>,
+    /// Offset of slot `i` in the record, for every segment and one more (the table's).
+    offsets: Vec<u64>,
 }
 
 impl Table {
@@ -57,7 +59,8 @@ impl Table {
             return Err("the segment table has the wrong length".into());
         }
         let mut stored = Vec::with_capacity(opened.len() / 4);
-        let mut total = HEADER_LEN as u64 + table_len(n);
+        let mut offsets = Vec::with_capacity(opened.len() / 4 + 1);
+        let mut at = HEADER_LEN as u64;
         for (i, c) in opened.chunks_exact(4).enumerate() {
             let c = u32::from_be_bytes([c[0], c[1], c[2], c[3]]);
             if c as usize > segment_plain_len(size, seg, i as u64) {
@@ -65,15 +68,18 @@ impl Table {
                     "the segment table gives segment {i} more bytes than it holds"
                 ));
             }
-            total += u64::from(c) + TAG_LEN as u64;
+            offsets.push(at);
+            at += u64::from(c) + TAG_LEN as u64;
             stored.push(c);
         }
+        offsets.push(at);
+        let total = at + table_len(n);
         if total != rlen {
             return Err(format!(
                 "the segment table adds up to {total} bytes, the record is {rlen}"
             ));
         }
-        Ok(Table { stored })
+        Ok(Table { stored, offsets })
     }
 
     /// Encodes the stored lengths, as sealed (before the tag).
@@ -83,11 +89,7 @@ impl Table {
 
     /// Offset of slot `i` in its record (`i` up to `n`: slot `n` is the table).
     pub fn slot_offset(&self, i: u64) -> u64 {
-        HEADER_LEN as u64
-            + self.stored[..i as usize]
-                .iter()
-                .map(|&c| u64::from(c) + TAG_LEN as u64)
-                .sum::<u64>()
+        self.offsets[i as usize]
     }
 }
 

@@ -658,6 +658,17 @@ impl<'a> RecordReader<'a> {
     /// Reads and opens segment `i` into `out` (resized to the segment's plaintext length);
     /// returns its ciphertext digest leaf (§4.4; unused for a compressed record).
     pub fn segment(&self, i: u64, out: &mut Vec<u8>) -> Result<[u8; 32], ObjectError> {
+        self.segment_hashed(i, out, None)
+    }
+
+    /// [`Self::segment`], also hashing the slot as stored into `ct` (a compressed record's
+    /// ciphertext digest, §4.5).
+    fn segment_hashed(
+        &self,
+        i: u64,
+        out: &mut Vec<u8>,
+        ct: Option<&mut blake3::Hasher>,
+    ) -> Result<[u8; 32], ObjectError> {
         let seg = self.ctx.header.segment_size;
         let len = format::segment_plain_len(self.f.size, seg, i);
         let (at, stored) = match &self.table {
@@ -667,6 +678,9 @@ impl<'a> RecordReader<'a> {
         let mut slot = vec![0u8; stored + TAG_LEN];
         self.read(&mut slot, at)?;
         let leaf = ct_leaf(if i == 0 { &self.head[..] } else { &[] }, &slot);
+        if let Some(ct) = ct {
+            ct.update(&slot);
+        }
         let opened = self
             .keys
             .open_segment(i, i == self.n - 1, &mut slot)
@@ -715,20 +729,11 @@ fn open_compressed(
     }
     let mut mac = TreeMac::new(r.keys.mac_key());
     let mut plain = Vec::new();
-    let mut slot = Vec::new();
-    let table = r.table.as_ref().ok_or_else(|| r.integ("no table".into()))?;
     for i in 0..r.n {
         if cancel.load(Ordering::Relaxed) {
             return Err(ObjectError::Cancelled);
         }
-        if check_ct {
-            // The digest covers the stored bytes as they lie (read again: records from this
-            // path are small, and verify is not the restore's hot path).
-            slot.resize(table.stored[i as usize] as usize + TAG_LEN, 0);
-            r.read(&mut slot, table.slot_offset(i))?;
-            ct.update(&slot);
-        }
-        r.segment(i, &mut plain)?;
+        r.segment_hashed(i, &mut plain, check_ct.then_some(&mut ct))?;
         mac.add(segment_mac(r.keys.mac_key(), seg, i, r.n, &plain));
         if let Some(sink) = &sink {
             let len = plain.len();
