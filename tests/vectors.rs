@@ -1011,3 +1011,57 @@ fn compressed_vector_decodes_by_the_spec_alone() {
         entry["ct"].as_str().unwrap()
     );
 }
+
+/// Random access to a compressed record (docs/FORMAT.md §4.5) through the library's reader:
+/// segment 2 of `three-segs-plus-17` is opened alone, reading the header, the table and that
+/// one slot, never the slots before it.
+#[test]
+fn a_compressed_segment_is_read_without_the_ones_before_it() {
+    use envseal::pipeline::object::{RecordCtx, RecordReader};
+    let vault = dir().join("compressed");
+    let m = std::fs::read_to_string(vault.join("manifest.jsonl")).unwrap();
+    let header = Header {
+        vault_id: VAULT_ID,
+        created: "2026-12-01T00:00:00Z".into(),
+        generator: "envseal vectors".into(),
+        segment_size: SEG,
+        conceal_names: false,
+        shard: None,
+    };
+    let line = m
+        .lines()
+        .find(|l| l.contains("\"vectors/three-segs-plus-17\""))
+        .unwrap();
+    let Entry {
+        kind: EntryKind::File(f),
+        ..
+    } = Entry::from_line(line.as_bytes(), &header).unwrap()
+    else {
+        panic!("not a file entry")
+    };
+    let objects: Vec<ObjectRef> = [PACK_ID, SINGLE_ID]
+        .iter()
+        .map(|&id| ObjectRef {
+            id,
+            len: std::fs::metadata(object_path(&vault, &id)).unwrap().len(),
+        })
+        .collect();
+    let store = LocalStore::new(&vault);
+    let batches = [batch(0), batch(1)];
+    let ctx = RecordCtx::new(&store, &header, &batches, &objects, 1);
+    let r = RecordReader::new(&ctx, &f, &batch_key(f.batch as usize)).unwrap();
+    assert_eq!(r.segments(), 4);
+    let before = ctx.read.load(std::sync::atomic::Ordering::Relaxed);
+    let mut out = Vec::new();
+    r.segment(2, &mut out).unwrap();
+    let slot = ctx.read.load(std::sync::atomic::Ordering::Relaxed) - before;
+    let want = plaintext(6, 3 * SEG as usize + 17);
+    assert_eq!(out, want[2 * SEG as usize..3 * SEG as usize]);
+    // Header and table first (136 + 4·4 + 16 bytes), then one compressed slot.
+    assert_eq!(before, 136 + 32);
+    assert!(
+        slot < u64::from(SEG) / 4,
+        "one compressed slot read: {slot} bytes"
+    );
+    assert_eq!(r.segments_range(0, 4).unwrap(), want);
+}
