@@ -314,3 +314,62 @@ fn compress_round_trips_on_s3() {
     ]));
     assert_same_tree(&src, &out.join("src"));
 }
+
+/// A compressed run killed (-9) after it committed some files finishes when run again: the
+/// committed compressed records are kept, the rest sealed, and the vault verifies and
+/// restores exactly.
+#[test]
+fn a_killed_compressed_run_resumes() {
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("home");
+    let src = t.path().join("logs");
+    for i in 0..48u64 {
+        common::tree::write(&src.join(format!("app.log.{i:02}")), &log_text(i, 400_000));
+    }
+    let vault = t.path().join("vault");
+    // Level 19 and one job: slow enough to be killed half-way.
+    let args = ["encrypt", "-q", "-j", "1", "--compress", "zstd:19", "-o"];
+    let mut child = envseal(&home)
+        .args(args)
+        .arg(&vault)
+        .arg(&src)
+        .spawn()
+        .unwrap();
+    let journal = vault.join("journal.jsonl");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let done_lines = || {
+        fs::read_to_string(&journal)
+            .map(|j| j.matches("\"type\":\"done\"").count())
+            .unwrap_or(0)
+    };
+    while done_lines() < 5 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no file committed in time"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finished before the kill"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        !vault.join("manifest.jsonl").exists(),
+        "killed before the end"
+    );
+    let committed = done_lines();
+    assert!(
+        committed < 49,
+        "{committed} entries committed before the kill"
+    );
+    ok(envseal(&home).args(args).arg(&vault).arg(&src));
+    let files = manifest_records(&vault)
+        .into_iter()
+        .filter(|r| r["type"] == "entry" && r["kind"] == "file")
+        .filter(|r| r["rlen"].as_u64().is_some())
+        .count();
+    assert_eq!(files, 48);
+    round_trip(&home, &src, &vault, &t.path().join("out"));
+}
