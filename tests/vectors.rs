@@ -40,6 +40,8 @@ const VAULT_ID: [u8; 16] = [0xa0; 16];
 const BATCH_IDS: [[u8; 16]; 2] = [[0xb0; 16], [0xb1; 16]];
 const PACK_ID: [u8; 16] = [0xc0; 16];
 const SINGLE_ID: [u8; 16] = [0xc1; 16];
+/// The Zstandard level of `compressed/` (docs/FORMAT.md §4.5).
+const COMPRESSED_LEVEL: i32 = 3;
 
 fn batch_key_bytes(b: usize) -> [u8; 32] {
     std::array::from_fn(|i| (i + 32 * b) as u8)
@@ -166,7 +168,7 @@ fn object_path(out: &Path, id: &[u8; 16]) -> PathBuf {
 
 /// Seals the cases: case k goes to batch k % 2; all but the last into one pack (in order),
 /// the last into an object of its own. Returns the file entries and writes the objects.
-fn seal_cases(out: &Path, plain: Option<&Path>) -> Vec<(String, FileEntry)> {
+fn seal_cases(out: &Path, plain: Option<&Path>, compressed: bool) -> Vec<(String, FileEntry)> {
     let mut pack = Vec::new();
     let mut files = Vec::new();
     let n = cases().len();
@@ -184,8 +186,16 @@ fn seal_cases(out: &Path, plain: Option<&Path>) -> Vec<(String, FileEntry)> {
             salt: [k as u8 + 0x40; 32],
             commitment: [0; 32],
         };
-        let (rec, ct, mac) =
-            envseal::pipeline::object::seal_object(&batch_key(b), &mut header, &pt);
+        let (rec, ct, mac) = match compressed {
+            true => envseal::pipeline::object::seal_object_compressed(
+                &batch_key(b),
+                &mut header,
+                &pt,
+                COMPRESSED_LEVEL,
+            ),
+            false => envseal::pipeline::object::seal_object(&batch_key(b), &mut header, &pt),
+        };
+        let rlen = compressed.then_some(rec.len() as u64);
         let (obj, off) = if k + 1 < n {
             pack.extend_from_slice(&rec);
             (0, (pack.len() - rec.len()) as u64)
@@ -206,6 +216,7 @@ fn seal_cases(out: &Path, plain: Option<&Path>) -> Vec<(String, FileEntry)> {
                 ct,
                 pt: *mac.as_bytes(),
                 sparse: gaps(name).map(Box::new),
+                rlen,
             },
         ));
         if let Some(plain) = plain {
@@ -221,9 +232,9 @@ fn seal_cases(out: &Path, plain: Option<&Path>) -> Vec<(String, FileEntry)> {
 
 /// Builds a vector vault into `out` (objects, key files, manifest) and, for the clear one,
 /// the plaintexts into `plain`.
-fn generate(out: &Path, plain: Option<&Path>, concealed: bool) {
+fn generate(out: &Path, plain: Option<&Path>, concealed: bool, compressed: bool) {
     std::fs::create_dir_all(out).unwrap();
-    let files = seal_cases(out, plain);
+    let files = seal_cases(out, plain, compressed);
     let header = Header {
         vault_id: VAULT_ID,
         created: "2026-12-01T00:00:00Z".into(),
@@ -453,6 +464,7 @@ fn generate_multi(out: &Path, plain: Option<&Path>, xattrs: &[(&[u8], &[u8])]) {
             ct,
             pt: *mac.as_bytes(),
             sparse: None,
+            rlen: None,
         });
         if let Some(plain) = plain {
             std::fs::create_dir_all(plain).unwrap();
@@ -537,8 +549,9 @@ fn generate_multi(out: &Path, plain: Option<&Path>, xattrs: &[(&[u8], &[u8])]) {
 }
 
 fn generate_all(root: &Path) {
-    generate(&root.join("vault"), Some(&root.join("plain")), false);
-    generate(&root.join("concealed"), None, true);
+    generate(&root.join("vault"), Some(&root.join("plain")), false, false);
+    generate(&root.join("concealed"), None, true, false);
+    generate(&root.join("compressed"), None, false, true);
     generate_multi(
         &root.join("multi"),
         Some(&root.join("multi-plain")),
@@ -547,7 +560,14 @@ fn generate_all(root: &Path) {
 }
 
 /// The directories `vectors_are_current` regenerates and compares.
-const GENERATED: [&str; 5] = ["vault", "plain", "concealed", "multi", "multi-plain"];
+const GENERATED: [&str; 6] = [
+    "vault",
+    "plain",
+    "concealed",
+    "compressed",
+    "multi",
+    "multi-plain",
+];
 
 #[test]
 fn vectors_are_current() {
@@ -632,7 +652,7 @@ fn outcomes_in(vault: &Path, top: &str) -> (i32, i32, i32, Vec<String>) {
 
 #[test]
 fn checked_in_vectors_decrypt_to_recorded_plaintexts() {
-    for name in ["vault", "concealed"] {
+    for name in ["vault", "concealed", "compressed"] {
         let vault = dir().join(name);
         let tmp = tempfile::tempdir().unwrap();
         let dest = tmp.path().join("out");
@@ -729,6 +749,7 @@ fn tamper_vectors_fail_at_their_stage() {
         let (from, top) = match c["vault"].as_str() {
             None => ("vault", "vectors"),
             Some("multi") => ("multi", "multi"),
+            Some("compressed") => ("compressed", "vectors"),
             Some(other) => panic!("{name}: unknown vault {other}"),
         };
         let tmp = tempfile::tempdir().unwrap();
@@ -917,4 +938,130 @@ fn the_several_batch_recipe_of_format_md_works() {
     assert_eq!((count(v, "batch"), count(v, "wrap")), (3, 9));
     ok(&["encrypt", "-q", src, "-o", v2, "--batch-max-bytes", "4KiB"]);
     assert_eq!(count(v2, "batch"), 5);
+}
+
+/// The independent-decoder property for compressed records (docs/FORMAT.md §3, §4.2, §4.5):
+/// the single-object record of `compressed/` decoded with nothing but the spec, BLAKE3,
+/// RustCrypto's AES-GCM and a Zstandard decoder: keys derived, table found from the entry's
+/// `rlen` and opened, each slot located by the table, opened and decoded.
+#[test]
+fn compressed_vector_decodes_by_the_spec_alone() {
+    use aes_gcm::aead::{Aead, KeyInit};
+    use aes_gcm::{Aes256Gcm, Nonce};
+    let m = std::fs::read_to_string(dir().join("compressed/manifest.jsonl")).unwrap();
+    let entry: Value = m
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|r| r["path"] == "vectors/three-segs-plus-17")
+        .unwrap();
+    let rlen = entry["rlen"].as_u64().unwrap() as usize;
+    let rec = std::fs::read(dir().join("compressed/objects/c1/c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1"))
+        .unwrap();
+    assert_eq!(rec.len(), rlen);
+    assert_eq!(u16::from_be_bytes([rec[10], rec[11]]), 2, "suite 2");
+    let l = u64::from_be_bytes(rec[16..24].try_into().unwrap()) as usize;
+    let s = u32::from_be_bytes(rec[12..16].try_into().unwrap()) as usize;
+    let n = l.div_ceil(s).max(1);
+    let mut km = batch_key_bytes(0).to_vec();
+    km.extend_from_slice(&rec[8..104]);
+    let key = blake3::derive_key("envseal 2026-12-01 v2 file segment key", &km);
+    let prefix = blake3::derive_key("envseal 2026-12-01 v2 file nonce prefix", &km);
+    let aead = Aes256Gcm::new_from_slice(&key).unwrap();
+    let nonce = |i: usize, last: u8| {
+        let mut b = [0u8; 12];
+        b[..7].copy_from_slice(&prefix[..7]);
+        b[7..11].copy_from_slice(&(i as u32).to_be_bytes());
+        b[11] = last;
+        b
+    };
+    let tl = 4 * n + 16;
+    let table = aead
+        .decrypt(Nonce::from_slice(&nonce(n, 2)), &rec[rlen - tl..])
+        .unwrap();
+    let mut at = 136;
+    let mut plain = Vec::new();
+    let mut compressed = 0;
+    for i in 0..n {
+        let c = u32::from_be_bytes(table[4 * i..4 * i + 4].try_into().unwrap()) as usize;
+        let li = (l - i * s).min(s);
+        let stored = aead
+            .decrypt(
+                Nonce::from_slice(&nonce(i, u8::from(i == n - 1))),
+                &rec[at..at + c + 16],
+            )
+            .unwrap();
+        if c == li {
+            plain.extend_from_slice(&stored);
+        } else {
+            compressed += 1;
+            let d = zstd::bulk::decompress(&stored, li).unwrap();
+            assert_eq!(d.len(), li);
+            plain.extend_from_slice(&d);
+        }
+        at += c + 16;
+    }
+    assert_eq!(at + tl, rlen, "the table adds up");
+    assert!(
+        compressed >= 1 && compressed < n,
+        "both raw and compressed slots"
+    );
+    assert_eq!(plain, plaintext(6, l));
+    assert_eq!(
+        format::to_hex(blake3::hash(&rec).as_bytes()),
+        entry["ct"].as_str().unwrap()
+    );
+}
+
+/// Random access to a compressed record (docs/FORMAT.md §4.5) through the library's reader:
+/// segment 2 of `three-segs-plus-17` is opened alone, reading the header, the table and that
+/// one slot, never the slots before it.
+#[test]
+fn a_compressed_segment_is_read_without_the_ones_before_it() {
+    use envseal::pipeline::object::{RecordCtx, RecordReader};
+    let vault = dir().join("compressed");
+    let m = std::fs::read_to_string(vault.join("manifest.jsonl")).unwrap();
+    let header = Header {
+        vault_id: VAULT_ID,
+        created: "2026-12-01T00:00:00Z".into(),
+        generator: "envseal vectors".into(),
+        segment_size: SEG,
+        conceal_names: false,
+        shard: None,
+    };
+    let line = m
+        .lines()
+        .find(|l| l.contains("\"vectors/three-segs-plus-17\""))
+        .unwrap();
+    let Entry {
+        kind: EntryKind::File(f),
+        ..
+    } = Entry::from_line(line.as_bytes(), &header).unwrap()
+    else {
+        panic!("not a file entry")
+    };
+    let objects: Vec<ObjectRef> = [PACK_ID, SINGLE_ID]
+        .iter()
+        .map(|&id| ObjectRef {
+            id,
+            len: std::fs::metadata(object_path(&vault, &id)).unwrap().len(),
+        })
+        .collect();
+    let store = LocalStore::new(&vault);
+    let batches = [batch(0), batch(1)];
+    let ctx = RecordCtx::new(&store, &header, &batches, &objects, 1);
+    let r = RecordReader::new(&ctx, &f, &batch_key(f.batch as usize)).unwrap();
+    assert_eq!(r.segments(), 4);
+    let before = ctx.read.load(std::sync::atomic::Ordering::Relaxed);
+    let mut out = Vec::new();
+    r.segment(2, &mut out).unwrap();
+    let slot = ctx.read.load(std::sync::atomic::Ordering::Relaxed) - before;
+    let want = plaintext(6, 3 * SEG as usize + 17);
+    assert_eq!(out, want[2 * SEG as usize..3 * SEG as usize]);
+    // Header and table first (136 + 4·4 + 16 bytes), then one compressed slot.
+    assert_eq!(before, 136 + 32);
+    assert!(
+        slot < u64::from(SEG) / 4,
+        "one compressed slot read: {slot} bytes"
+    );
+    assert_eq!(r.segments_range(0, 4).unwrap(), want);
 }

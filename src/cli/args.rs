@@ -209,6 +209,13 @@ pub struct EncryptArgs {
     /// and the source were swapped).
     #[arg(long)]
     pub force: bool,
+    /// Compress each segment with Zstandard before sealing it, where that saves space
+    /// (stored as is where it does not): `zstd` (level 3) or `zstd:LEVEL`, LEVEL 1-19.
+    /// Applies to files below 8MiB (then packed); larger files are stored uncompressed.
+    /// Nothing is needed to decrypt or verify. Compressed sizes tell something about the
+    /// contents (README, threat model).
+    #[arg(long, value_name = "zstd[:LEVEL]")]
+    pub compress: Option<String>,
     /// Files smaller than this are sealed into shared packs (default 1MiB; 0 = never pack).
     #[arg(long, value_name = "SIZE", hide = true)]
     pub pack_threshold: Option<String>,

@@ -46,6 +46,28 @@ fn size_arg(flag: &str, s: &str) -> anyhow::Result<u64> {
     super::size::parse_size(s).map_err(|e| Error::Usage(format!("{flag}: {e}")).into())
 }
 
+/// `--compress zstd[:LEVEL]`: the Zstandard level (docs/FORMAT.md §4.5).
+fn compress_arg(s: &str) -> anyhow::Result<i32> {
+    use envseal::format::compress::{DEFAULT_ZSTD_LEVEL, ZSTD_LEVELS};
+    let bad = || {
+        Error::Usage(format!(
+            "--compress {s:?}: expected zstd or zstd:LEVEL with LEVEL {}-{}",
+            ZSTD_LEVELS.start(),
+            ZSTD_LEVELS.end()
+        ))
+    };
+    match s.split_once(':') {
+        None if s == "zstd" => Ok(DEFAULT_ZSTD_LEVEL),
+        Some(("zstd", l)) if !l.is_empty() && l.bytes().all(|c| c.is_ascii_digit()) => {
+            match l.parse::<i32>() {
+                Ok(l) if ZSTD_LEVELS.contains(&l) => Ok(l),
+                _ => Err(bad().into()),
+            }
+        }
+        _ => Err(bad().into()),
+    }
+}
+
 /// ", N hard links, M FIFOs and devices" when there are any.
 fn others(hardlinks: u64, specials: u64) -> String {
     let mut s = String::new();
@@ -189,11 +211,17 @@ fn plain_options(a: EncryptArgs) -> anyhow::Result<Asked> {
         },
         pack_threshold: match &a.pack_threshold {
             Some(s) => size_arg("--pack-threshold", s)?,
+            // Compressed records are sealed whole (docs/PERFORMANCE.md "Compression").
+            None if a.compress.is_some() => format::compress::COMPRESS_PACK_THRESHOLD,
             None => format::DEFAULT_PACK_THRESHOLD,
         },
         sync: !a.no_sync,
         xattrs: !a.no_xattrs,
         shard: None,
+        compress: match &a.compress {
+            Some(s) => Some(compress_arg(s)?),
+            None => None,
+        },
     };
     Ok((opts, key_asked, kms_url, a.out))
 }

@@ -155,6 +155,32 @@ impl FileKeys {
         n
     }
 
+    /// The table's nonce (docs/FORMAT.md §4.5): the segment counter `n` and a last byte no
+    /// segment's nonce has.
+    fn table_nonce(&self, n: u64) -> [u8; NONCE_LEN] {
+        let mut nonce = self.nonce(n, false);
+        nonce[11] = crate::format::compress::TABLE_NONCE_FLAG;
+        nonce
+    }
+
+    /// Seals a compressed record's table of `n` segments in place (as [`Self::seal_segment`]).
+    pub fn seal_table(&self, n: u64, buf: &mut [u8]) {
+        let (pt, tag_out) = buf.split_at_mut(buf.len() - TAG_LEN);
+        // As for segments: a table is at most 16 GiB (2^32 entries), inside GCM's limit.
+        let tag = self
+            .aead
+            .seal_in_place(&self.table_nonce(n), &[], pt)
+            .unwrap_or_else(|_| unreachable!());
+        tag_out.copy_from_slice(&tag);
+    }
+
+    /// Opens a compressed record's sealed table in place; returns the stored lengths' bytes.
+    pub fn open_table<'a>(&self, n: u64, buf: &'a mut [u8]) -> Result<&'a mut [u8], OpenError> {
+        self.aead
+            .open_in_place(&self.table_nonce(n), &[], buf)
+            .map_err(|_| OpenError)
+    }
+
     /// Seals one segment in place: `buf` holds the plaintext followed by `TAG_LEN` bytes of
     /// room; afterwards it holds ciphertext ‖ tag, exactly as stored.
     pub fn seal_segment(&self, index: u64, last: bool, buf: &mut [u8]) {

@@ -100,7 +100,7 @@ impl ObjectHeader {
             return Err(HeaderError::UnknownVersion(version));
         }
         let alg = u16::from_be_bytes([b[10], b[11]]);
-        if alg != ALG_AES256GCM_BLAKE3 {
+        if alg != ALG_AES256GCM_BLAKE3 && alg != super::ALG_AES256GCM_ZSTD_BLAKE3 {
             return Err(HeaderError::UnknownAlgorithm(alg));
         }
         let segment_size = u32::from_be_bytes([b[12], b[13], b[14], b[15]]);

@@ -204,6 +204,9 @@ pub struct FileEntry {
     pub pt: [u8; DIGEST_LEN],
     /// Holes and zero extents, for a file that has them (§6.4).
     pub sparse: Option<Box<crate::format::sparse::Sparse>>,
+    /// The record's length when it is compressed (suite 2, §4.5); `None` for suite 1, whose
+    /// length follows from `size`.
+    pub rlen: Option<u64>,
 }
 
 impl FileEntry {
@@ -212,9 +215,11 @@ impl FileEntry {
         self.sparse.as_ref().map_or(self.size, |s| s.file_len())
     }
 
-    /// The record's length, implied by the size and the segment size.
+    /// The record's length: recorded for a compressed record (§4.5), else implied by the
+    /// size and the segment size (§4.2).
     pub fn record_len(&self, segment_size: u32) -> u64 {
-        format::object_len(self.size, segment_size)
+        self.rlen
+            .unwrap_or_else(|| format::object_len(self.size, segment_size))
     }
 }
 
@@ -470,6 +475,9 @@ pub struct EntryLine {
     pub holes: Option<Vec<[u64; 2]>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub zeros: Option<Vec<[u64; 2]>>,
+    /// Files: the length of a compressed record (§4.5).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rlen: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -697,6 +705,7 @@ impl Entry {
                 r.salt = Some(format::to_hex(&f.salt));
                 r.ct = Some(format::to_hex(&f.ct));
                 r.pt = Some(format::to_hex(&f.pt));
+                r.rlen = f.rlen;
                 r.linked = self.linked.then_some(true);
                 r.src = src.copied();
             }
@@ -736,8 +745,10 @@ impl Entry {
             return Err("the entry's line is longer than 1 MiB".into());
         }
         let r: EntryLine = serde_json::from_slice(line).map_err(|e| e.to_string())?;
-        if (r.src.is_some() || r.holes.is_some() || r.zeros.is_some()) && r.kind != "file" {
-            return Err(format!("src, holes or zeros on a {}", r.kind));
+        if (r.src.is_some() || r.holes.is_some() || r.zeros.is_some() || r.rlen.is_some())
+            && r.kind != "file"
+        {
+            return Err(format!("src, holes, zeros or rlen on a {}", r.kind));
         }
         // One spelling per gap list: each field's pairs in increasing order of offset.
         for (field, pairs) in [("holes", &r.holes), ("zeros", &r.zeros)] {
@@ -829,6 +840,7 @@ impl Entry {
                     ct: hex32(&r.ct, "ct")?,
                     pt: hex32(&r.pt, "pt")?,
                     sparse: sparse.map(Box::new),
+                    rlen: r.rlen,
                 })
             }
             "dir" | "symlink" | "file" | "hardlink" | "fifo" | "chardev" | "blockdev" => {
@@ -906,6 +918,20 @@ impl Entry {
                 if format::segment_count(f.size, h.segment_size) > format::MAX_SEGMENTS =>
             {
                 return Err("file size over 2^32 segments".into())
+            }
+            // A compressed record's length lies between all segments empty and all raw
+            // (§4.5); the table, once opened, must add up to it exactly.
+            EntryKind::File(FileEntry {
+                size,
+                rlen: Some(rlen),
+                ..
+            }) => {
+                let (lo, hi) = format::compress::record_len_range(*size, h.segment_size);
+                if !(lo..=hi).contains(rlen) {
+                    return Err(format!(
+                        "rlen {rlen} out of range for a compressed record of {size} bytes"
+                    ));
+                }
             }
             _ => {}
         }
@@ -1746,6 +1772,7 @@ mod tests {
                 ct: [2; 32],
                 pt: [3; 32],
                 sparse: None,
+                rlen: None,
             })
         };
         let good = Entry {

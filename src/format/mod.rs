@@ -1,6 +1,7 @@
 //! The vault format's constants and byte layouts, in one place. `docs/FORMAT.md` is the
 //! normative text; every number here appears there.
 
+pub mod compress;
 pub mod header;
 pub mod manifest;
 pub mod sparse;
@@ -12,6 +13,10 @@ pub const FORMAT_VERSION: u16 = 2;
 
 /// Algorithm suite 1: AES-256-GCM segments, BLAKE3 key derivation, digests and MACs.
 pub const ALG_AES256GCM_BLAKE3: u16 = 1;
+
+/// Algorithm suite 2: suite 1 with each segment stored raw or Zstandard-compressed, and a
+/// sealed table of stored segment lengths at the record's end (docs/FORMAT.md §4.5).
+pub const ALG_AES256GCM_ZSTD_BLAKE3: u16 = 2;
 
 /// First bytes of every object.
 pub const OBJECT_MAGIC: [u8; 8] = *b"envseal\0";

@@ -72,6 +72,9 @@ pub struct EncryptOptions {
     pub xattrs: bool,
     /// One part of a plan's run (docs/FORMAT.md §6.6), `None` for a whole run.
     pub shard: Option<ShardRun>,
+    /// `--compress zstd:LEVEL`: files below the pack threshold are sealed as compressed
+    /// records (docs/FORMAT.md §4.5) at this Zstandard level.
+    pub compress: Option<i32>,
 }
 
 /// What a part of a sharded run takes from its plan: the plan's vault id (shared by every
@@ -112,6 +115,7 @@ impl EncryptOptions {
             sync: true,
             xattrs: true,
             shard: None,
+            compress: None,
         }
     }
 }
@@ -534,6 +538,7 @@ fn encrypt_run(
     let ctx = SealCtx {
         vault_id,
         segment_size: opts.segment_size,
+        compress: opts.compress,
     };
     let resumed_batches = batches.len();
     let object_ids = objects.clone();
@@ -872,7 +877,11 @@ impl<'a> Planner<'a> {
         let batch = self.batch_for(size, tx)?;
         let key = Arc::clone(&self.keys[batch as usize]);
         if size < self.opts.pack_threshold && !device {
-            let len = format::object_len(size, self.opts.segment_size) as usize;
+            let len = crate::pipeline::seal::small_record_room(
+                size,
+                self.opts.segment_size,
+                self.opts.compress.is_some(),
+            ) as usize;
             let item = ChunkItem::Small {
                 entry: e,
                 batch,

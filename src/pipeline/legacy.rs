@@ -387,6 +387,7 @@ fn write_vault(
                 ct,
                 pt: *pt_mac.as_bytes(),
                 sparse: None,
+                rlen: None,
             }),
         });
         off += record.len() as u64;

@@ -186,6 +186,45 @@ pub fn seal_object(
     (out, ct, pt_mac)
 }
 
+/// [`seal_object`] for a compressed record (suite 2, docs/FORMAT.md §4.5): sets the header's
+/// suite and commitment; each segment stored as a Zstandard frame at `level` where that is
+/// shorter, else raw; the sealed table last. Returns (record, ct = BLAKE3 of the record, pt).
+pub fn seal_object_compressed(
+    key: &BatchKey,
+    header: &mut ObjectHeader,
+    plaintext: &[u8],
+    level: i32,
+) -> (Vec<u8>, [u8; 32], blake3::Hash) {
+    header.alg = format::ALG_AES256GCM_ZSTD_BLAKE3;
+    let fk = key.file_keys(header);
+    header.commitment = fk.commitment();
+    let seg = header.segment_size;
+    let n = format::segment_count(header.plain_len, seg);
+    let mut out = header.encode().to_vec();
+    let mut mac = TreeMac::new(fk.mac_key());
+    let mut stored = Vec::new();
+    for i in 0..n {
+        let start = (i * u64::from(seg)) as usize;
+        let len = format::segment_plain_len(header.plain_len, seg, i);
+        let pt = &plaintext[start..start + len];
+        mac.add(segment_mac(fk.mac_key(), seg, i, n, pt));
+        let mut buf = format::compress::compress_segment(pt, level).unwrap_or_else(|| pt.to_vec());
+        stored.push(buf.len() as u32);
+        buf.extend_from_slice(&[0u8; TAG_LEN]);
+        fk.seal_segment(i, i == n - 1, &mut buf);
+        out.extend_from_slice(&buf);
+    }
+    let mut table = format::compress::Table::encode(&stored);
+    table.extend_from_slice(&[0u8; TAG_LEN]);
+    fk.seal_table(n, &mut table);
+    out.extend_from_slice(&table);
+    let ct = *blake3::hash(&out).as_bytes();
+    let pt_mac = mac
+        .finalize()
+        .unwrap_or_else(|| blake3::keyed_hash(fk.mac_key(), b""));
+    (out, ct, pt_mac)
+}
+
 /// What a record is read against: the vault's header, batches and objects, and the object
 /// files opened so far (a pack is opened once, not once per file in it).
 pub struct RecordCtx<'a> {
@@ -268,6 +307,9 @@ pub fn open_record(
     progress: &dyn Progress,
     cancel: &AtomicBool,
 ) -> Result<(), ObjectError> {
+    if f.rlen.is_some() {
+        return open_compressed(ctx, f, key, out, progress, cancel);
+    }
     let seg = ctx.header.segment_size;
     // A restore keeps PIPELINE_BUFFERS windows in flight: smaller ones, the same memory.
     let pipelined = out.is_some() && f.size >= PIPELINE_MIN_BYTES;
@@ -525,11 +567,202 @@ fn record_keys(
             f.off
         )));
     }
+    // The entry says whether the record is compressed; the header's suite, key material,
+    // says so too (§4.5).
+    let compressed = header.alg == format::ALG_AES256GCM_ZSTD_BLAKE3;
+    if compressed != f.rlen.is_some() {
+        return Err(integ(format!(
+            "{name}@{}: the record's algorithm suite {} does not match its entry",
+            f.off, header.alg
+        )));
+    }
     let fk = key.file_keys(&header);
     if !fk.check_commitment(&header.commitment) {
         return Err(integ(format!("{name}@{}: key commitment mismatch", f.off)));
     }
     Ok((hb, fk))
+}
+
+/// Random access to one file's record, compressed (§4.5) or not: its header checked against
+/// the entry and its keys committed, and for a compressed record its table opened and
+/// checked, so that any segment is read and opened alone (a read deep in a large file costs
+/// the table and that segment, not the segments before it).
+pub struct RecordReader<'a> {
+    ctx: &'a RecordCtx<'a>,
+    f: &'a FileEntry,
+    head: [u8; HEADER_LEN],
+    keys: crate::crypto::FileKeys,
+    table: Option<format::compress::Table>,
+    /// The sealed table as read (for the ciphertext digest).
+    sealed_table: Vec<u8>,
+    n: u64,
+}
+
+impl<'a> RecordReader<'a> {
+    /// Reads and checks the record's header (and table) for entry `f`.
+    pub fn new(
+        ctx: &'a RecordCtx<'a>,
+        f: &'a FileEntry,
+        key: &BatchKey,
+    ) -> Result<RecordReader<'a>, ObjectError> {
+        let seg = ctx.header.segment_size;
+        let (head, keys) = record_keys(ctx, f, key)?;
+        let n = format::segment_count(f.size, seg);
+        let mut r = RecordReader {
+            ctx,
+            f,
+            head,
+            keys,
+            table: None,
+            sealed_table: Vec::new(),
+            n,
+        };
+        if let Some(rlen) = f.rlen {
+            // rlen >= header + table: checked with the entry (§6.1).
+            let tl = format::compress::table_len(n);
+            let mut buf = vec![0u8; tl as usize];
+            r.read(&mut buf, rlen - tl)?;
+            r.sealed_table = buf.clone();
+            let opened = r
+                .keys
+                .open_table(n, &mut buf)
+                .map_err(|_| r.integ("the segment table fails authentication".into()))?;
+            let t = format::compress::Table::parse(opened, f.size, seg, rlen)
+                .map_err(|why| r.integ(why))?;
+            r.table = Some(t);
+        }
+        Ok(r)
+    }
+
+    fn integ(&self, why: String) -> ObjectError {
+        let name = self.ctx.objects[self.f.obj as usize].name();
+        ObjectError::Integrity(format!("{name}@{}: {why}", self.f.off))
+    }
+
+    /// Reads `buf.len()` bytes at offset `at` of the record.
+    fn read(&self, buf: &mut [u8], at: u64) -> Result<(), ObjectError> {
+        let name = self.ctx.objects[self.f.obj as usize].name();
+        self.ctx
+            .object(self.f.obj)?
+            .read_exact_at(buf, self.f.off + at)
+            .map_err(|e| ObjectError::Io(Error::io(self.ctx.store.describe(&name), e)))?;
+        self.ctx.read.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Segments in the record.
+    pub fn segments(&self) -> u64 {
+        self.n
+    }
+
+    /// Reads and opens segment `i` into `out` (resized to the segment's plaintext length);
+    /// returns its ciphertext digest leaf (§4.4; unused for a compressed record).
+    pub fn segment(&self, i: u64, out: &mut Vec<u8>) -> Result<[u8; 32], ObjectError> {
+        self.segment_hashed(i, out, None)
+    }
+
+    /// [`Self::segment`], also hashing the slot as stored into `ct` (a compressed record's
+    /// ciphertext digest, §4.5).
+    fn segment_hashed(
+        &self,
+        i: u64,
+        out: &mut Vec<u8>,
+        ct: Option<&mut blake3::Hasher>,
+    ) -> Result<[u8; 32], ObjectError> {
+        let seg = self.ctx.header.segment_size;
+        let len = format::segment_plain_len(self.f.size, seg, i);
+        let (at, stored) = match &self.table {
+            Some(t) => (t.slot_offset(i), t.stored[i as usize] as usize),
+            None => (format::segment_offset(seg, i), len),
+        };
+        let mut slot = vec![0u8; stored + TAG_LEN];
+        self.read(&mut slot, at)?;
+        let leaf = ct_leaf(if i == 0 { &self.head[..] } else { &[] }, &slot);
+        if let Some(ct) = ct {
+            ct.update(&slot);
+        }
+        let opened = self
+            .keys
+            .open_segment(i, i == self.n - 1, &mut slot)
+            .map_err(|_| self.integ(format!("segment {i} fails authentication")))?;
+        out.resize(len, 0);
+        format::compress::decode_segment(opened, len, out)
+            .map_err(|why| self.integ(format!("segment {i}: {why}")))?;
+        Ok(leaf)
+    }
+
+    /// Reads and opens segments `first..first + count` (their plaintext, back to back).
+    pub fn segments_range(&self, first: u64, count: u64) -> Result<Vec<u8>, ObjectError> {
+        let mut all = Vec::new();
+        let mut one = Vec::new();
+        for i in first..(first + count).min(self.n) {
+            self.segment(i, &mut one)?;
+            all.extend_from_slice(&one);
+        }
+        Ok(all)
+    }
+}
+
+/// [`open_record`] for a compressed record (§4.5): the table first, then each segment read,
+/// opened and decoded in order; the ciphertext digest (with `verify --deep`) is BLAKE3 of the
+/// record's bytes, the plaintext digest as for any record.
+fn open_compressed(
+    ctx: &RecordCtx,
+    f: &FileEntry,
+    key: &BatchKey,
+    out: Option<&File>,
+    progress: &dyn Progress,
+    cancel: &AtomicBool,
+) -> Result<(), ObjectError> {
+    let seg = ctx.header.segment_size;
+    let r = RecordReader::new(ctx, f, key)?;
+    let sink = out.map(|out| Sink {
+        out,
+        size: f.size,
+        seg,
+        runs: f.sparse.as_deref().map(crate::format::sparse::Runs::new),
+    });
+    let check_ct = out.is_none();
+    let mut ct = blake3::Hasher::new();
+    if check_ct {
+        ct.update(&r.head);
+    }
+    let mut mac = TreeMac::new(r.keys.mac_key());
+    let mut plain = Vec::new();
+    for i in 0..r.n {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(ObjectError::Cancelled);
+        }
+        r.segment_hashed(i, &mut plain, check_ct.then_some(&mut ct))?;
+        mac.add(segment_mac(r.keys.mac_key(), seg, i, r.n, &plain));
+        if let Some(sink) = &sink {
+            let len = plain.len();
+            plain.resize(len + TAG_LEN, 0);
+            let w = Window {
+                first: i,
+                count: 1,
+                plain: len as u64,
+                used: len + TAG_LEN,
+                slot: seg as usize + TAG_LEN,
+            };
+            sink.write(&w, &plain)?;
+            plain.truncate(len);
+        }
+        progress.bytes(plain.len() as u64);
+    }
+    if check_ct {
+        ct.update(&r.sealed_table);
+        if ct.finalize() != blake3::Hash::from(f.ct) {
+            return Err(r.integ("ciphertext digest mismatch".into()));
+        }
+    }
+    let pt_mac = mac
+        .finalize()
+        .ok_or_else(|| r.integ("empty record".into()))?;
+    if pt_mac != blake3::Hash::from(f.pt) {
+        return Err(r.integ("plaintext digest mismatch".into()));
+    }
+    Ok(())
 }
 
 /// Whether `existing` (a file already in DEST) holds exactly the entry's plaintext: its
@@ -565,8 +798,22 @@ pub fn hash_record(
     off: u64,
     size: u64,
     seg: u32,
+    rlen: Option<u64>,
     buf: &mut Vec<u8>,
 ) -> std::io::Result<[u8; 32]> {
+    if let Some(rlen) = rlen {
+        // A compressed record's digest is BLAKE3 of its bytes (§4.5).
+        let mut h = blake3::Hasher::new();
+        buf.resize(buf.len().max(1 << 20), 0);
+        let mut at = 0u64;
+        while at < rlen {
+            let k = (rlen - at).min(buf.len() as u64) as usize;
+            obj.read_exact_at(&mut buf[..k], off + at)?;
+            h.update(&buf[..k]);
+            at += k as u64;
+        }
+        return Ok(*h.finalize().as_bytes());
+    }
     let windows = Windows::new(size, seg, 1);
     let want = windows.buffer().len();
     if buf.len() < want {

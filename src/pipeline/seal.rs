@@ -56,6 +56,9 @@ impl BufPool {
 pub struct SealCtx {
     pub vault_id: [u8; ID_LEN],
     pub segment_size: u32,
+    /// `--compress zstd:LEVEL`: small files are sealed as compressed records (suite 2,
+    /// docs/FORMAT.md §4.5) at this level.
+    pub compress: Option<i32>,
 }
 
 /// Why one file could not be sealed: its source is unreadable or kept changing (the file is
@@ -86,9 +89,19 @@ pub fn new_file(
     key: &BatchKey,
     size: u64,
 ) -> std::io::Result<(ObjectHeader, FileKeys)> {
+    new_file_alg(ctx, key, size, format::ALG_AES256GCM_BLAKE3)
+}
+
+/// [`new_file`] for a record of algorithm suite `alg`.
+fn new_file_alg(
+    ctx: &SealCtx,
+    key: &BatchKey,
+    size: u64,
+    alg: u16,
+) -> std::io::Result<(ObjectHeader, FileKeys)> {
     let mut header = ObjectHeader {
         version: format::FORMAT_VERSION,
-        alg: format::ALG_AES256GCM_BLAKE3,
+        alg,
         segment_size: ctx.segment_size,
         plain_len: size,
         vault_id: ctx.vault_id,
@@ -140,6 +153,61 @@ pub fn seal_segments(
     Ok((leaves, macs))
 }
 
+/// Seals all segments of `src` as a compressed record's body (docs/FORMAT.md §4.5) into
+/// `out`: each segment's stored form (a Zstandard frame at `level` when shorter, else the
+/// plaintext), sealed, then the sealed table of stored lengths. Returns the bytes used and
+/// the segments' MACs (the ciphertext digest of such a record is BLAKE3 of its bytes).
+pub fn seal_compressed(
+    src: &Source,
+    fk: &FileKeys,
+    size: u64,
+    seg: u32,
+    level: i32,
+    out: &mut [u8],
+) -> Result<(usize, Vec<SegMac>), FileError> {
+    let n = format::segment_count(size, seg);
+    let mut macs = Vec::with_capacity(n as usize);
+    let mut stored = Vec::with_capacity(n as usize);
+    let mut plain = vec![0u8; format::segment_plain_len(size, seg, 0)];
+    let mut pos = 0usize;
+    for i in 0..n {
+        let len = format::segment_plain_len(size, seg, i);
+        src.read_at(i * u64::from(seg), &mut plain[..len])
+            .map_err(|e| {
+                if crate::fs::is_changed(&e) {
+                    FileError::Changed(e.to_string())
+                } else {
+                    FileError::Source(e.to_string())
+                }
+            })?;
+        macs.push(segment_mac(fk.mac_key(), seg, i, n, &plain[..len]));
+        let frame = format::compress::compress_segment(&plain[..len], level);
+        let body: &[u8] = frame.as_deref().unwrap_or(&plain[..len]);
+        let slot = &mut out[pos..pos + body.len() + TAG_LEN];
+        slot[..body.len()].copy_from_slice(body);
+        fk.seal_segment(i, i == n - 1, slot);
+        // A stored form is never longer than its segment (at most S <= 64 MiB).
+        stored.push(body.len() as u32);
+        pos += body.len() + TAG_LEN;
+    }
+    let table = format::compress::Table::encode(&stored);
+    let slot = &mut out[pos..pos + table.len() + TAG_LEN];
+    slot[..table.len()].copy_from_slice(&table);
+    fk.seal_table(n, slot);
+    pos += table.len() + TAG_LEN;
+    Ok((pos, macs))
+}
+
+/// The room a small file's record may take: its suite-1 length, and with compression the
+/// table (a segment is never stored longer than it is).
+pub fn small_record_room(size: u64, seg: u32, compress: bool) -> u64 {
+    let table = match compress {
+        true => format::compress::table_len(format::segment_count(size, seg)),
+        false => 0,
+    };
+    format::object_len(size, seg) + table
+}
+
 /// A file an interrupted run committed, taken over: its entry line verbatim, the source it
 /// was read from, its size and its object.
 pub struct Reused {
@@ -176,6 +244,8 @@ pub struct SealedFile {
     pub ct: [u8; 32],
     pub pt: [u8; 32],
     pub sparse: Option<Box<crate::format::sparse::Sparse>>,
+    /// The record's length, when it is compressed (docs/FORMAT.md §4.5).
+    pub rlen: Option<u64>,
 }
 
 /// What a chunk job made of each item.
@@ -229,6 +299,7 @@ pub fn seal_chunk(
                             ct: r.ct,
                             pt: r.pt,
                             sparse: r.sparse,
+                            rlen: r.rlen,
                         })));
                         used += r.len;
                     }
@@ -254,6 +325,8 @@ struct SmallRecord {
     /// Plaintext bytes stored, and the file's gaps.
     size: u64,
     sparse: Option<Box<crate::format::sparse::Sparse>>,
+    /// The record's length, when it is compressed.
+    rlen: Option<u64>,
     /// The file's mtime as read.
     mtime: (i64, u32),
     /// Its extended attributes, read from the open file when the walk left them to it.
@@ -281,37 +354,47 @@ fn seal_small(
             Err(e) => return Err(e.to_string()),
         };
         let size = src.size();
-        let len = format::object_len(size, ctx.segment_size) as usize;
-        if len > room.len() {
+        let room_len = small_record_room(size, ctx.segment_size, ctx.compress.is_some()) as usize;
+        if room_len > room.len() {
             return Err("grew while being read; run the same command again".into());
         }
-        let (header, fk) = new_file(ctx, key, size).map_err(|e| e.to_string())?;
+        let alg = match ctx.compress {
+            Some(_) => format::ALG_AES256GCM_ZSTD_BLAKE3,
+            None => format::ALG_AES256GCM_BLAKE3,
+        };
+        let (header, fk) = new_file_alg(ctx, key, size, alg).map_err(|e| e.to_string())?;
         let hb = header.encode();
         room[..HEADER_LEN].copy_from_slice(&hb);
         let n = format::segment_count(size, ctx.segment_size);
-        let r = seal_segments(
-            &src,
-            &fk,
-            &hb,
-            size,
-            ctx.segment_size,
-            0,
-            n,
-            &mut room[HEADER_LEN..len],
-        );
+        let body = &mut room[HEADER_LEN..room_len];
+        let r = match ctx.compress {
+            Some(level) => seal_compressed(&src, &fk, size, ctx.segment_size, level, body)
+                .map(|(used, m)| (used, Vec::new(), m)),
+            None => seal_segments(&src, &fk, &hb, size, ctx.segment_size, 0, n, body)
+                .map(|(l, m)| (room_len - HEADER_LEN, l, m)),
+        };
         match r {
-            Ok((leaves, macs)) => match src.unchanged(device) {
+            Ok((used, leaves, macs)) => match src.unchanged(device) {
                 Ok(true) => {
-                    let mut ct = CtDigest::new();
-                    leaves.iter().for_each(|l| ct.push(l));
+                    let len = HEADER_LEN + used;
+                    let ct = match ctx.compress {
+                        // A compressed record's digest is BLAKE3 of its bytes (§4.5).
+                        Some(_) => *blake3::hash(&room[..len]).as_bytes(),
+                        None => {
+                            let mut ct = CtDigest::new();
+                            leaves.iter().for_each(|l| ct.push(l));
+                            ct.finalize()
+                        }
+                    };
                     let mut mac = TreeMac::new(fk.mac_key());
                     macs.into_iter().for_each(|m| mac.add(m));
                     let pt = mac.finalize().ok_or("empty MAC tree")?;
                     return Ok(SmallRecord {
                         len,
+                        rlen: ctx.compress.map(|_| len as u64),
                         src: source_id(entry, &src),
                         salt: header.salt,
-                        ct: ct.finalize(),
+                        ct,
                         pt: *pt.as_bytes(),
                         size,
                         sparse: src.sparse().map(|s| Box::new(s.clone())),
@@ -376,7 +459,8 @@ impl LargeFile {
 pub fn window_geometry(seg: u32, pack_threshold: u64) -> (u64, usize) {
     let slot = u64::from(seg) + TAG_LEN as u64;
     let window = ((8u64 << 20) / slot).max(1);
-    let small = format::object_len(pack_threshold.saturating_sub(1), seg);
+    // Room for a small file's record, compressed or not.
+    let small = small_record_room(pack_threshold.saturating_sub(1), seg, true);
     (window, (window * slot).max(small) as usize)
 }
 

@@ -201,7 +201,14 @@ fn check_items(
                 let r = match ctx.object(f.obj) {
                     Err(e) => Some(object_problem(e)),
                     Ok(obj) => {
-                        match hash_record(obj, f.off, f.size, ctx.header.segment_size, &mut buf) {
+                        match hash_record(
+                            obj,
+                            f.off,
+                            f.size,
+                            ctx.header.segment_size,
+                            f.rlen,
+                            &mut buf,
+                        ) {
                             Ok(ct) if ct == f.ct => None,
                             Ok(_) => Some((
                                 ProblemKind::Corrupt,

@@ -726,6 +726,7 @@ impl<'a> Writer<'a> {
                         ct: s.ct,
                         pt: s.pt,
                         sparse: s.sparse,
+                        rlen: s.rlen,
                     };
                     let gaps = f.file_len() - f.size;
                     let e = entry_of(&s.entry, EntryKind::File(f));
@@ -790,6 +791,7 @@ impl<'a> Writer<'a> {
                     ct: ct.finalize(),
                     pt: *pt.as_bytes(),
                     sparse: file.src.sparse().map(|s| Box::new(s.clone())),
+                    rlen: None,
                 };
                 out.finish()?;
                 // Gaps count as done: they are the file's bytes too.
@@ -863,6 +865,8 @@ impl<'a> Writer<'a> {
         let ctx = crate::pipeline::seal::SealCtx {
             vault_id: self.header.vault_id,
             segment_size: seg,
+            // Large files are sealed as suite-1 records (docs/FORMAT.md §4.5).
+            compress: None,
         };
         let (window, _) = crate::pipeline::seal::window_geometry(seg, 0);
         for _ in 0..RESEAL_ATTEMPTS {
@@ -931,6 +935,7 @@ impl<'a> Writer<'a> {
                         ct: ct.finalize(),
                         pt: *pt.as_bytes(),
                         sparse: file.src.sparse().map(|s| Box::new(s.clone())),
+                        rlen: None,
                     };
                     let src = crate::pipeline::seal::source_id(entry, &file.src);
                     return Ok(Ok((f, src, file.src.mtime())));
@@ -1259,6 +1264,7 @@ mod tests {
                 ct: [0; 32],
                 pt: [0; 32],
                 sparse: None,
+                rlen: None,
             })
         };
         assert_eq!(check(&entry(Vec::new(), file(0))), Ok(()));

@@ -7,6 +7,7 @@ mod checkpoint;
 mod cli_help;
 mod cli_messages;
 mod common;
+mod compress;
 mod core_kms;
 mod core_roundtrip;
 mod core_safety;
