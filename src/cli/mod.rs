@@ -6,6 +6,7 @@ pub mod docs_cmd;
 pub mod kms_cmd;
 pub mod lifecycle;
 pub mod messages;
+pub mod mount_cmd;
 pub mod output;
 pub mod progress;
 pub mod run;

@@ -495,9 +495,55 @@ fn open_windows(
     Ok(())
 }
 
+/// Reads and opens segments `first..first + count` of `f`'s record with one range read:
+/// random reads (`mount`). Every segment's tag is checked before its plaintext is returned;
+/// the record's digests cover the whole record and are not checked here. `fk` comes from
+/// [`record_keys`]. Returns each segment's plaintext, in order.
+pub fn open_segments(
+    ctx: &RecordCtx,
+    f: &FileEntry,
+    fk: &crate::crypto::FileKeys,
+    first: u64,
+    count: usize,
+) -> Result<Vec<Vec<u8>>, ObjectError> {
+    let seg = ctx.header.segment_size;
+    let n = format::segment_count(f.size, seg);
+    let count = count.min(n.saturating_sub(first) as usize);
+    let plain: u64 = (first..first + count as u64)
+        .map(|i| format::segment_plain_len(f.size, seg, i) as u64)
+        .sum();
+    let w = Window {
+        first,
+        count,
+        plain,
+        used: plain as usize + count * TAG_LEN,
+        slot: seg as usize + TAG_LEN,
+    };
+    let mut buf = Vec::new();
+    read_window(ctx, f, &w, &mut buf)?;
+    let name = ctx.objects[f.obj as usize].name();
+    let open = |(k, chunk): (usize, &mut [u8])| {
+        let i = first + k as u64;
+        fk.open_segment(i, i == n - 1, chunk)
+            .map(|pt| pt.to_vec())
+            .map_err(|_| {
+                ObjectError::Integrity(format!(
+                    "{name}@{}: segment {i} fails authentication",
+                    f.off
+                ))
+            })
+    };
+    let slots = &mut buf[..w.used];
+    if count > 1 {
+        slots.par_chunks_mut(w.slot).enumerate().map(open).collect()
+    } else {
+        slots.chunks_mut(w.slot).enumerate().map(open).collect()
+    }
+}
+
 /// Reads a record's header and derives its file keys, after checking that the header is
 /// this entry's (vault, batch, salt, length, segment size) and the key commitment.
-fn record_keys(
+pub fn record_keys(
     ctx: &RecordCtx,
     f: &FileEntry,
     key: &BatchKey,

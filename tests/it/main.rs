@@ -29,6 +29,7 @@ mod kms_local;
 mod kms_serve_limits;
 mod legacy;
 mod lock;
+mod mount;
 mod packs;
 mod pipeline;
 mod progress_totals;
