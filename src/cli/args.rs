@@ -107,7 +107,7 @@ pub struct MountArgs {
     /// MiB of opened segments kept in memory (at least one segment).
     #[arg(long, value_name = "MIB", default_value_t = 64)]
     pub cache_mib: usize,
-    /// Threads serving reads (default: number of cores).
+    /// Threads opening segments (default: number of cores); at most 8 serve requests.
     #[arg(short = 'j', long, value_name = "N")]
     pub jobs: Option<Jobs>,
 }

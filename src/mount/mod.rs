@@ -59,6 +59,9 @@ pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
 /// brings this much, opened on several cores.
 const READ_AHEAD_BYTES: u64 = 8 << 20;
 
+/// Threads serving requests at most (`-j` above it only widens the segment opening).
+const MAX_SERVING_THREADS: usize = 8;
+
 /// The tree never changes while mounted: the kernel may keep names and attributes.
 const TTL: Duration = Duration::from_secs(3600);
 
@@ -98,7 +101,13 @@ pub fn mount(
     let jobs = opts.jobs.max(1);
     let ctx = RecordCtx::new(store, header, batches, objects, jobs);
     let seg = header.segment_size;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(jobs)
+        .thread_name(|i| format!("envseal-mount-{i}"))
+        .build()
+        .map_err(|e| Error::Runtime(format!("cannot start {jobs} threads: {e}")))?;
     let fs = VaultFs {
+        pool,
         ctx,
         keys,
         tree,
@@ -119,7 +128,10 @@ pub fn mount(
         MountOption::FSName(format!("envseal:{}", opts.vault)),
         MountOption::Subtype("envseal".into()),
     ];
-    config.n_threads = Some(jobs);
+    // Each serving thread may hold a read-ahead window in flight (READ_AHEAD_BYTES, opened
+    // on the rayon pool): a few threads bound that memory, and the kernel's requests are
+    // small enough that more would only wait for the same cores.
+    config.n_threads = Some(jobs.min(MAX_SERVING_THREADS));
     let session =
         fuser::spawn_mount(fs, &opts.dir, &config).map_err(|e| Error::io(&opts.dir, e))?;
     ready();
@@ -146,6 +158,8 @@ struct Handle {
 }
 
 struct VaultFs {
+    /// Opens the segments of one fetch in parallel (`-j` threads).
+    pool: rayon::ThreadPool,
     ctx: RecordCtx<'static>,
     keys: Vec<BatchKey>,
     tree: Tree,
@@ -191,7 +205,9 @@ impl VaultFs {
             return Ok(s);
         }
         let count = (last - i + 1) as usize;
-        let opened = open_segments(&self.ctx, f, &h.keys, i, count)?;
+        let opened = self
+            .pool
+            .install(|| open_segments(&self.ctx, f, &h.keys, i, count))?;
         let mut first = None;
         for (k, pt) in opened.into_iter().enumerate() {
             let pt = Arc::new(pt);

@@ -387,3 +387,37 @@ fn a_file_deep_in_an_s3_vault_costs_a_few_segments() {
         "{sent} bytes fetched for an 8 KiB read"
     );
 }
+
+#[test]
+fn a_changed_manifest_is_refused_before_anything_is_mounted() {
+    if !can_mount() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("home");
+    let src = t.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("a"), b"a").unwrap();
+    common::tree::chmod(&src.join("a"), 0o644);
+    let vault = t.path().join("v");
+    encrypt_ok(&home, &src, &vault, &[]);
+    let m = vault.join("manifest.jsonl");
+    let text = fs::read_to_string(&m).unwrap();
+    let changed = text.replace("\"mode\":420,", "\"mode\":511,");
+    assert_ne!(changed, text);
+    fs::write(&m, changed).unwrap();
+    let mnt = t.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    // Run under `timeout`: a mount that accepted the manifest would serve until killed.
+    let o = common::run(
+        Command::new("timeout")
+            .arg("60")
+            .arg(env!("CARGO_BIN_EXE_envseal"))
+            .env("ENVSEAL_HOME", &home)
+            .arg("mount")
+            .arg(&vault)
+            .arg(&mnt),
+    );
+    assert_eq!(common::tree::code(&o), 3, "{}", common::stderr(&o));
+    assert!(!is_mounted(&mnt));
+}
