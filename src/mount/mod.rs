@@ -155,6 +155,8 @@ struct Handle {
     ino: u64,
     keys: FileKeys,
     next: AtomicU64,
+    /// Held while segments of this file are fetched.
+    fetching: Mutex<()>,
 }
 
 struct VaultFs {
@@ -201,6 +203,12 @@ impl VaultFs {
         i: u64,
         last: u64,
     ) -> Result<Arc<Vec<u8>>, ObjectError> {
+        if let Some(s) = self.cache.get(h.ino, i) {
+            return Ok(s);
+        }
+        // The kernel's read-ahead sends a file's next reads on other threads at once: one of
+        // them fetches, the others find its segments in the cache after it.
+        let _one = h.fetching.lock();
         if let Some(s) = self.cache.get(h.ino, i) {
             return Ok(s);
         }
@@ -329,6 +337,7 @@ impl Filesystem for VaultFs {
                     ino: ino.0,
                     keys,
                     next: AtomicU64::new(0),
+                    fetching: Mutex::new(()),
                 };
                 if let Ok(mut map) = self.handles.lock() {
                     map.insert(fh, Arc::new(h));

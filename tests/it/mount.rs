@@ -356,6 +356,13 @@ fn a_file_deep_in_an_s3_vault_costs_a_few_segments() {
     let src = t.path().join("src");
     fs::create_dir(&src).unwrap();
     gen_file(&src.join("disk.img"), 64 * MIB, 3);
+    // A hole of 64 MiB after the data: it reads as zeros and costs no fetch.
+    File::options()
+        .write(true)
+        .open(src.join("disk.img"))
+        .unwrap()
+        .set_len(128 * MIB)
+        .unwrap();
     let vault = format!("s3://{}/mount/v", common::s3::BUCKET);
     let env: Vec<(String, String)> = server.vars().into_iter().collect();
     let o = common::run(
@@ -385,6 +392,15 @@ fn a_file_deep_in_an_s3_vault_costs_a_few_segments() {
     assert!(
         sent > 0 && sent <= 3 * block,
         "{sent} bytes fetched for an 8 KiB read"
+    );
+    let before = server.traffic().1;
+    let mut hole = vec![1u8; 8192];
+    got.read_exact_at(&mut hole, 100 * MIB).unwrap();
+    assert!(hole.iter().all(|&b| b == 0), "the hole reads as zeros");
+    assert_eq!(
+        server.traffic().1 - before,
+        0,
+        "a read in the hole fetched bytes"
     );
 }
 
@@ -420,4 +436,24 @@ fn a_changed_manifest_is_refused_before_anything_is_mounted() {
     );
     assert_eq!(common::tree::code(&o), 3, "{}", common::stderr(&o));
     assert!(!is_mounted(&mnt));
+}
+
+#[test]
+fn concealed_names_are_revealed_in_the_mount() {
+    if !can_mount() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("home");
+    let src = fixture_copy(&t.path().join("src"));
+    let vault = t.path().join("v");
+    encrypt_ok(&home, &src, &vault, &["--conceal-names"]);
+    let manifest = fs::read_to_string(vault.join("manifest.jsonl")).unwrap();
+    assert!(
+        !manifest.contains("three-segs.bin"),
+        "the names are not concealed"
+    );
+    let mnt = t.path().join("mnt");
+    let _m = Mounted::start(&home, vault.to_str().unwrap(), &mnt, &[]);
+    assert_eq!(snapshot(&src), snapshot(&mnt.join("tree")));
 }
