@@ -110,6 +110,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             cli::mount_cmd::run(a, &CANCEL)
         }
         Command::Rewrap(a) => cli::lifecycle::rewrap_cmd(a),
+        Command::Merge(a) => cli::merge_cmd::merge_cmd(a),
         Command::ImportLegacy(a) => cli::lifecycle::import_legacy_cmd(a, &CANCEL),
         #[cfg(feature = "server")]
         Command::Kms(cli::args::KmsCommand::Serve(args)) => cli::serve_cmd::run(args),

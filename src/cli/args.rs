@@ -63,6 +63,16 @@ pub enum Command {
     Mount(MountArgs),
     /// Put a vault's data keys under another master key (no data read or rewritten).
     Rewrap(RewrapArgs),
+    /// Join the parts of a sharded run into one vault (nothing is encrypted again).
+    ///
+    /// The parts (encrypt --plan PLAN --shard I) are every shard 0..N-1 of one plan, each
+    /// once, in any order. Each part's batch keys are unwrapped (one KMS Decrypt per batch)
+    /// and its manifest authenticated; objects are hard-linked, copied on the object store, or
+    /// copied where neither can be done; the new manifest is written last. Parts of another
+    /// plan, a missing or repeated shard, overlapping parts or a VAULT that is not new are
+    /// refused (exit 2) before anything is written. An interrupted merge finishes when the
+    /// same command runs again (objects already in place are kept).
+    Merge(super::merge_cmd::MergeArgs),
     /// Import the files written by the Alibaba Cloud KMS guide's Python envelope sample.
     ImportLegacy(ImportLegacyArgs),
     /// Manage master keys (CMKs) and run an Alibaba-compatible KMS server.

@@ -5,6 +5,7 @@ pub mod bench_cmd;
 pub mod docs_cmd;
 pub mod kms_cmd;
 pub mod lifecycle;
+pub mod merge_cmd;
 pub mod messages;
 pub mod mount_cmd;
 pub mod output;

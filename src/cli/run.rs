@@ -21,7 +21,7 @@ use super::size::human_bytes;
 use super::values::Jobs;
 
 /// The progress display `out` asks for.
-fn bars(verb: &'static str, out: &OutputArgs) -> anyhow::Result<Bars> {
+pub(crate) fn bars(verb: &'static str, out: &OutputArgs) -> anyhow::Result<Bars> {
     let s = out.progress_interval.trim();
     let secs: f64 = s
         .strip_suffix('s')

@@ -9,6 +9,7 @@ pub mod encrypt;
 pub mod journal;
 pub mod leftovers;
 pub mod legacy;
+pub mod merge;
 pub mod object;
 pub mod rewrap;
 pub mod seal;
