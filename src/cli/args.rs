@@ -105,7 +105,7 @@ pub struct MountArgs {
     /// The vault: a directory, s3://BUCKET/PREFIX or oss://BUCKET/PREFIX.
     #[arg(value_name = "VAULT", value_parser = VaultArg)]
     pub vault: Location,
-    /// An existing empty directory to mount it on.
+    /// An existing directory to mount it on (what it holds is hidden while mounted).
     #[arg(value_name = "DIR")]
     pub dir: PathBuf,
     /// Use this KMS instead of the one the manifest names (as decrypt).

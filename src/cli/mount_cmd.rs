@@ -30,7 +30,7 @@ pub fn run(a: MountArgs, cancel: &'static AtomicBool) -> anyhow::Result<i32> {
         Ok(_) => {
             return Err(usage(
                 format!("{}: not a directory", a.dir.display()),
-                "give an existing empty directory to mount the vault on",
+                "give an existing directory to mount the vault on",
             ))
         }
         Err(e) => {
