@@ -21,6 +21,7 @@ pub mod format;
 pub mod fs;
 pub mod kms;
 pub mod limits;
+pub mod mount;
 pub mod pipeline;
 pub mod progress;
 pub mod retry;

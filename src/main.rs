@@ -10,12 +10,19 @@ use cli::args::{Cli, Command};
 
 /// Set by Ctrl-C / SIGTERM; runs stop between segments and leave a resumable vault.
 static CANCEL: AtomicBool = AtomicBool::new(false);
+/// `mount` runs: Ctrl-C unmounts (nothing to resume).
+static MOUNTED: AtomicBool = AtomicBool::new(false);
 
 /// A minimal stderr logger: warnings by default, `-v` info, `-vv` debug.
 struct StderrLog(log::LevelFilter);
 
 impl log::Log for StderrLog {
     fn enabled(&self, m: &log::Metadata) -> bool {
+        // The FUSE library's own lines (requests it answers by default, an unmount already
+        // done by `fusermount3 -u`) are its debugging, not the user's news: -vv shows them.
+        if m.target().starts_with("fuser") {
+            return self.0 >= log::LevelFilter::Debug;
+        }
         m.level() <= self.0
     }
     fn log(&self, r: &log::Record) {
@@ -77,7 +84,11 @@ fn main() {
         if CANCEL.swap(true, Ordering::SeqCst) {
             std::process::exit(130); // second Ctrl-C: stop now
         }
-        eprintln!("envseal: stopping (the run can be resumed; Ctrl-C again to quit at once)");
+        if MOUNTED.load(Ordering::SeqCst) {
+            eprintln!("envseal: unmounting");
+        } else {
+            eprintln!("envseal: stopping (the run can be resumed; Ctrl-C again to quit at once)");
+        }
     });
     let code = match run(cli) {
         Ok(code) => code,
@@ -103,6 +114,10 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Decrypt(a) => cli::run::decrypt_cmd(a, &CANCEL),
         Command::Verify(a) => cli::run::verify_cmd(a, &CANCEL),
         Command::Ls(a) => cli::run::ls_cmd(a),
+        Command::Mount(a) => {
+            MOUNTED.store(true, Ordering::SeqCst);
+            cli::mount_cmd::run(a, &CANCEL)
+        }
         Command::Rewrap(a) => cli::lifecycle::rewrap_cmd(a),
         Command::Merge(a) => cli::merge_cmd::merge_cmd(a),
         Command::ImportLegacy(a) => cli::lifecycle::import_legacy_cmd(a, &CANCEL),

@@ -63,6 +63,13 @@ pub enum Command {
     Verify(VerifyArgs),
     /// List a vault's entries.
     Ls(LsArgs),
+    /// Show a vault as a read-only file system (FUSE) until it is unmounted.
+    ///
+    /// The manifest is authenticated whole before the mount appears; each read decrypts only
+    /// the segments it touches, every one authenticated first. Runs in the foreground: stop it
+    /// with `fusermount3 -u DIR`, `umount DIR`, Ctrl-C or SIGTERM (it unmounts itself; exit 0).
+    /// Needs /dev/fuse and fusermount3 (Debian: fuse3).
+    Mount(MountArgs),
     /// Put a vault's data keys under another master key (no data read or rewritten).
     Rewrap(RewrapArgs),
     /// Join the parts of a sharded run into one vault (nothing is encrypted again).
@@ -87,6 +94,41 @@ pub enum Command {
     Completions(CompletionsArgs),
     /// Print the man page (troff) on stdout, or write one page per command into a directory.
     Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Who sees it: only the user who mounted it, as FUSE allows by default (no allow_other); \
+other users, root included, get 'Permission denied' on DIR. Mounted by root it shows the \
+recorded owners and modes, and the kernel checks them (default_permissions), so root reads \
+everything and a user's process running as root gets what root gets. Setuid bits and device \
+nodes are shown but not honoured (nosuid, nodev). Writes fail with 'Read-only file system'.
+
+A record that fails authentication (tampered or damaged) makes reads of that file fail \
+with EIO and prints a line on stderr; the other files stay readable. Memory stays bounded: \
+opened segments are kept in a cache of --cache-mib (default 64).
+
+E.g. `envseal mount backup.vault /mnt/backup` (local) or `envseal mount s3://bucket/backup \
+/mnt/backup`; then `fusermount3 -u /mnt/backup`.")]
+pub struct MountArgs {
+    /// The vault: a directory, s3://BUCKET/PREFIX or oss://BUCKET/PREFIX.
+    #[arg(value_name = "VAULT", value_parser = VaultArg)]
+    pub vault: Location,
+    /// An existing directory to mount it on (what it holds is hidden while mounted).
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Use this KMS instead of the one the manifest names (as decrypt).
+    #[arg(long, value_name = "URL")]
+    pub kms: Option<String>,
+    /// Unwrap only keys wrapped by this CMK (id or ARN; repeatable), as decrypt.
+    #[arg(long, value_name = "CMK")]
+    pub expect_key: Vec<String>,
+    /// MiB of opened segments kept in memory (at least one segment).
+    #[arg(long, value_name = "MIB", default_value_t = 64)]
+    pub cache_mib: usize,
+    /// Threads opening segments (default: number of cores); at most 8 serve requests.
+    #[arg(short = 'j', long, value_name = "N")]
+    pub jobs: Option<Jobs>,
 }
 
 #[derive(Debug, Args)]

@@ -7,6 +7,7 @@ pub mod kms_cmd;
 pub mod lifecycle;
 pub mod merge_cmd;
 pub mod messages;
+pub mod mount_cmd;
 pub mod output;
 pub mod plan_cmd;
 pub mod progress;

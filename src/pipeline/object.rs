@@ -537,9 +537,91 @@ fn open_windows(
     Ok(())
 }
 
+/// Reads and opens segments `first..first + count` of `f`'s record with one range read:
+/// random reads (`mount`). Every segment's tag is checked before its plaintext is returned;
+/// the record's digests cover the whole record and are not checked here. `fk` comes from
+/// [`record_keys`]. Returns each segment's plaintext, in order.
+pub fn open_segments(
+    ctx: &RecordCtx,
+    f: &FileEntry,
+    fk: &crate::crypto::FileKeys,
+    table: Option<&format::compress::Table>,
+    first: u64,
+    count: usize,
+) -> Result<Vec<Vec<u8>>, ObjectError> {
+    let seg = ctx.header.segment_size;
+    let n = format::segment_count(f.size, seg);
+    let count = count.min(n.saturating_sub(first) as usize);
+    if let Some(t) = table {
+        return open_compressed_segments(ctx, f, fk, t, first, count);
+    }
+    let plain: u64 = (first..first + count as u64)
+        .map(|i| format::segment_plain_len(f.size, seg, i) as u64)
+        .sum();
+    let w = Window {
+        first,
+        count,
+        plain,
+        used: plain as usize + count * TAG_LEN,
+        slot: seg as usize + TAG_LEN,
+    };
+    let mut buf = Vec::new();
+    read_window(ctx, f, &w, &mut buf)?;
+    let name = ctx.objects[f.obj as usize].name();
+    let open = |(k, chunk): (usize, &mut [u8])| {
+        let i = first + k as u64;
+        fk.open_segment(i, i == n - 1, chunk)
+            .map(|pt| pt.to_vec())
+            .map_err(|_| {
+                ObjectError::Integrity(format!(
+                    "{name}@{}: segment {i} fails authentication",
+                    f.off
+                ))
+            })
+    };
+    let slots = &mut buf[..w.used];
+    if count > 1 {
+        slots.par_chunks_mut(w.slot).enumerate().map(open).collect()
+    } else {
+        slots.chunks_mut(w.slot).enumerate().map(open).collect()
+    }
+}
+
+/// [`open_segments`] of a compressed record: each slot where its table says, opened and
+/// decoded (a compressed record is at most a pack's file: a few segments).
+fn open_compressed_segments(
+    ctx: &RecordCtx,
+    f: &FileEntry,
+    fk: &crate::crypto::FileKeys,
+    t: &format::compress::Table,
+    first: u64,
+    count: usize,
+) -> Result<Vec<Vec<u8>>, ObjectError> {
+    let seg = ctx.header.segment_size;
+    let n = format::segment_count(f.size, seg);
+    let name = ctx.objects[f.obj as usize].name();
+    let integ = |why: String| ObjectError::Integrity(format!("{name}@{}: {why}", f.off));
+    (first..first + count as u64)
+        .map(|i| {
+            let mut slot = vec![0u8; t.stored[i as usize] as usize + TAG_LEN];
+            ctx.object(f.obj)?
+                .read_exact_at(&mut slot, f.off + t.slot_offset(i))
+                .map_err(|e| ObjectError::Io(Error::io(ctx.store.describe(&name), e)))?;
+            ctx.read.fetch_add(slot.len() as u64, Ordering::Relaxed);
+            let opened = fk
+                .open_segment(i, i == n - 1, &mut slot)
+                .map_err(|_| integ(format!("segment {i} fails authentication")))?;
+            let mut out = vec![0u8; format::segment_plain_len(f.size, seg, i)];
+            format::compress::decode_segment(opened, out.len(), &mut out)
+                .map_err(|why| integ(format!("segment {i}: {why}")))?;
+            Ok(out)
+        })
+        .collect()
+}
+
 /// Reads a record's header and derives its file keys, after checking that the header is
 /// this entry's (vault, batch, salt, length, segment size) and the key commitment.
-fn record_keys(
+pub fn record_keys(
     ctx: &RecordCtx,
     f: &FileEntry,
     key: &BatchKey,
@@ -583,6 +665,41 @@ fn record_keys(
     Ok((hb, fk))
 }
 
+/// A compressed record's segment table (§4.5), read from the end of the record and opened
+/// with the file's keys: where each segment's slot lies. `None` for a record that is not
+/// compressed. `sealed`, if given, receives the table's bytes as stored (the ciphertext
+/// digest covers them).
+pub fn record_table(
+    ctx: &RecordCtx,
+    f: &FileEntry,
+    fk: &crate::crypto::FileKeys,
+    sealed: Option<&mut Vec<u8>>,
+) -> Result<Option<format::compress::Table>, ObjectError> {
+    let Some(rlen) = f.rlen else {
+        return Ok(None);
+    };
+    let seg = ctx.header.segment_size;
+    let n = format::segment_count(f.size, seg);
+    let name = ctx.objects[f.obj as usize].name();
+    let integ = |why: String| ObjectError::Integrity(format!("{name}@{}: {why}", f.off));
+    // rlen >= header + table: checked with the entry (§6.1).
+    let tl = format::compress::table_len(n);
+    let mut buf = vec![0u8; tl as usize];
+    ctx.object(f.obj)?
+        .read_exact_at(&mut buf, f.off + rlen - tl)
+        .map_err(|e| ObjectError::Io(Error::io(ctx.store.describe(&name), e)))?;
+    ctx.read.fetch_add(tl, Ordering::Relaxed);
+    if let Some(s) = sealed {
+        s.clone_from(&buf);
+    }
+    let opened = fk
+        .open_table(n, &mut buf)
+        .map_err(|_| integ("the segment table fails authentication".into()))?;
+    format::compress::Table::parse(opened, f.size, seg, rlen)
+        .map(Some)
+        .map_err(integ)
+}
+
 /// Random access to one file's record, compressed (§4.5) or not: its header checked against
 /// the entry and its keys committed, and for a compressed record its table opened and
 /// checked, so that any segment is read and opened alone (a read deep in a large file costs
@@ -617,20 +734,7 @@ impl<'a> RecordReader<'a> {
             sealed_table: Vec::new(),
             n,
         };
-        if let Some(rlen) = f.rlen {
-            // rlen >= header + table: checked with the entry (§6.1).
-            let tl = format::compress::table_len(n);
-            let mut buf = vec![0u8; tl as usize];
-            r.read(&mut buf, rlen - tl)?;
-            r.sealed_table = buf.clone();
-            let opened = r
-                .keys
-                .open_table(n, &mut buf)
-                .map_err(|_| r.integ("the segment table fails authentication".into()))?;
-            let t = format::compress::Table::parse(opened, f.size, seg, rlen)
-                .map_err(|why| r.integ(why))?;
-            r.table = Some(t);
-        }
+        r.table = record_table(ctx, f, &r.keys, Some(&mut r.sealed_table))?;
         Ok(r)
     }
 

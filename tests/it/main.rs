@@ -31,6 +31,7 @@ mod kms_serve_limits;
 mod legacy;
 mod lock;
 mod merge;
+mod mount;
 mod packs;
 mod pipeline;
 mod progress_totals;
