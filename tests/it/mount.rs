@@ -491,9 +491,9 @@ fn a_compressed_vault_mounts_without_a_flag() {
     let mnt = t.path().join("mnt");
     let _m = Mounted::start(&home, vault.to_str().unwrap(), &mnt, &[]);
     assert_eq!(snapshot(&src), snapshot(&mnt.join("tree")));
-    let mut f = File::open(mnt.join("tree/access.log")).unwrap();
+    let f = File::open(mnt.join("tree/access.log")).unwrap();
     let mut mid = vec![0u8; 5000];
-    std::os::unix::fs::FileExt::read_exact_at(&mut f, &mut mid, log.len() as u64 / 2).unwrap();
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut mid, log.len() as u64 / 2).unwrap();
     let at = log.len() / 2;
     assert_eq!(mid, log.as_bytes()[at..at + 5000]);
 }
