@@ -259,8 +259,10 @@ fn s3_kills_and_a_server_crash_resend_no_finished_part() {
         kills + 1,
         MAX_IN_FLIGHT / MIB
     );
+    // The counters die with the crashed server: what it received between their last reading
+    // and the kill is not counted (a moment on an idle machine, more on a loaded one).
     assert!(
-        total >= object,
+        total + MAX_IN_FLIGHT >= object,
         "{total} bytes counted for a {object}-byte object: traffic lost across the restart"
     );
     assert!(
