@@ -12,7 +12,9 @@ Usage:  ENVSEAL=target/release/envseal REPS=5 CASES="shards compress" benches/sc
 Settings: ENVSEAL, BENCH_DIR (default /tmp/envseal-bench-scale), REPS (5), CASES, TREE_MIB
 (512: the shards tree, large files and 10,000 small ones), LOG_MIB (256: the compress tree).
 Every envseal run is `--no-sync` (a sync's cost is the disk's, not the work's) with the
-embedded key store in BENCH_DIR; nothing outside BENCH_DIR is written.
+embedded key store in BENCH_DIR; the shards cases end with a timed `sync` each, since `merge`
+makes the vault durable (its data included) and one run must pay the same. Nothing outside
+BENCH_DIR is written.
 """
 
 import os
@@ -140,7 +142,7 @@ def shards():
 
     def one():
         fresh(out)
-        return timed(f"{ENVSEAL} encrypt -q --no-sync -o {out}/v {src}")
+        return timed(f"{ENVSEAL} encrypt -q --no-sync -o {out}/v {src} && sync")
 
     def split(n):
         def run():
@@ -152,7 +154,7 @@ def shards():
             )
             return timed(
                 f"{ENVSEAL} plan -q --force {src} --shards {n} -o {plan} && ( {runs} & wait ) "
-                f"&& {ENVSEAL} merge -q {parts} -o {out}/v"
+                f"&& {ENVSEAL} merge -q {parts} -o {out}/v && sync"
             )
 
         return run
