@@ -34,7 +34,7 @@ use crate::error::{Error, Result};
 use crate::format::manifest::FileEntry;
 use crate::kms::keys::Kms;
 use crate::pipeline::object::{open_segments, record_keys, record_table, ObjectError, RecordCtx};
-use crate::pipeline::vault::unlock;
+use crate::pipeline::vault::unlock_whole;
 use crate::progress::Progress;
 use crate::store::{Location, Store};
 
@@ -76,16 +76,8 @@ pub fn mount(
     ready: impl FnOnce(),
 ) -> Result<()> {
     let store = crate::store::open(&opts.vault)?;
-    let mut unlocked = unlock(&*store, kms)?;
-    let mut entries = Vec::new();
-    while let Some(e) = unlocked.reader.next_entry()? {
-        entries.push(e);
-    }
     // Nothing is shown before the whole manifest is authenticated.
-    unlocked.authenticate()?;
-    if unlocked.reader.header.conceal_names {
-        crate::format::manifest::check_tree(&mut entries)?;
-    }
+    let (mut unlocked, entries) = unlock_whole(&*store, kms)?;
     let keys = std::mem::take(&mut unlocked.keys);
     let nk = keys.first().map(BatchKey::name_key);
     let tree = Tree::build(entries, nk.as_ref())?;

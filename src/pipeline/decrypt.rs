@@ -30,7 +30,6 @@ use crate::fs::Dir;
 use crate::kms::keys::Kms;
 use crate::pipeline::encrypt::Failure;
 use crate::pipeline::object::{open_record, ObjectError, RecordCtx};
-use crate::pipeline::vault::unlock;
 use crate::progress::Progress;
 
 #[derive(Clone, Debug)]
@@ -294,18 +293,8 @@ pub fn decrypt(
 ) -> Result<DecryptReport> {
     let started = Instant::now();
     let store = crate::store::open(&opts.vault)?;
-    let mut unlocked = unlock(&*store, kms)?;
-    // The entries are checked as they are read (tree order: every parent is a directory
-    // listed before its children, no path twice); nothing is written before the whole
-    // manifest is authenticated.
-    let mut entries = Vec::new();
-    while let Some(e) = unlocked.reader.next_entry()? {
-        entries.push(e);
-    }
-    unlocked.authenticate()?;
-    if unlocked.reader.header.conceal_names {
-        crate::format::manifest::check_tree(&mut entries)?;
-    }
+    // Nothing is written before the whole manifest is authenticated.
+    let (unlocked, entries) = crate::pipeline::vault::unlock_whole(&*store, kms)?;
     let keys = &unlocked.keys;
     // Extended attributes are sealed under batch 0's name key (docs/FORMAT.md §6.1).
     let xkey = keys.first().filter(|_| opts.xattrs).map(|k| k.name_key());

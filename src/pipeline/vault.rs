@@ -4,7 +4,9 @@
 
 use crate::crypto::BatchKey;
 use crate::error::{Error, Result};
-use crate::format::manifest::{key_file_bytes, Batch, Header, ManifestReader, ManifestWriter};
+use crate::format::manifest::{
+    key_file_bytes, Batch, Entry, Header, ManifestReader, ManifestWriter,
+};
 use crate::format::{layout, ID_LEN};
 use crate::kms::keys::Kms;
 use crate::store::{NewFile, Store};
@@ -96,6 +98,24 @@ pub fn unlock(store: &dyn Store, kms: &Kms) -> Result<Unlocked> {
         reader.set_name_key(k.name_key());
     }
     Ok(Unlocked { reader, keys })
+}
+
+/// [`unlock`], then every entry read and the whole manifest authenticated (concealed names
+/// revealed and checked in tree order): for readers that show or write nothing before the
+/// manifest is known good (`decrypt`, `mount`). Holds every entry.
+pub fn unlock_whole(store: &dyn Store, kms: &Kms) -> Result<(Unlocked, Vec<Entry>)> {
+    let mut unlocked = unlock(store, kms)?;
+    // The entries are checked as they are read (tree order: every parent is a directory
+    // listed before its children, no path twice).
+    let mut entries = Vec::new();
+    while let Some(e) = unlocked.reader.next_entry()? {
+        entries.push(e);
+    }
+    unlocked.authenticate()?;
+    if unlocked.reader.header.conceal_names {
+        crate::format::manifest::check_tree(&mut entries)?;
+    }
+    Ok((unlocked, entries))
 }
 
 impl Unlocked {
