@@ -5,10 +5,9 @@
 //! whole run meaningless (KMS, vault I/O, bad arguments) are returned as `Err`. Integrity errors
 //! are kept apart from runtime errors because they map to their own exit code (3).
 
+use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
-
-use crate::kms::KmsError;
 
 /// Result alias for the library.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -185,3 +184,151 @@ impl<T> IoContext<T> for io::Result<T> {
         self.map_err(|e| Error::io(path, e))
     }
 }
+
+/// Broad classes of KMS failure; the CLI's messages and retry policy depend on them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KmsErrorKind {
+    /// The CMK or alias does not exist.
+    NotFound,
+    /// The CMK is disabled or pending deletion.
+    Disabled,
+    /// Credentials missing, unknown or wrong (signature mismatch), or no permission.
+    Auth,
+    /// The blob is corrupt, was made by another key, or the encryption context differs.
+    InvalidCiphertext,
+    /// A bad argument (malformed key id or alias, alias exists, ...).
+    InvalidArgument,
+    /// Throttled; retryable.
+    Throttled,
+    /// 5xx or temporary unavailability; retryable.
+    Unavailable,
+    /// Could not reach the endpoint (connect, DNS, TLS, timeout); retryable.
+    Transport,
+    /// The KMS answered something we cannot parse.
+    InvalidResponse,
+    /// The local key store is sealed and the passphrase is missing or wrong.
+    Passphrase,
+    /// Local I/O on the key store.
+    Io,
+    /// The operation is not supported by this provider.
+    Unsupported,
+}
+
+impl KmsErrorKind {
+    /// Whether a call failing this way may succeed if repeated.
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            KmsErrorKind::Throttled | KmsErrorKind::Unavailable | KmsErrorKind::Transport
+        )
+    }
+}
+
+impl crate::retry::Retryable for KmsError {
+    fn is_retryable(&self) -> bool {
+        self.kind.is_retryable()
+    }
+}
+
+/// What a KMS error's code says beyond its [`KmsErrorKind`], where the advice to the user
+/// differs. Alibaba and AWS name the same condition differently; this is the one place that
+/// knows both spellings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KmsCode {
+    KeyNotFound,
+    AliasNotFound,
+    KeyDisabled,
+    PendingDeletion,
+    /// The key's state cannot change (it is pending deletion).
+    StateChangeRefused,
+    AliasExists,
+    Other,
+}
+
+/// A KMS failure with what the KMS said about it. Never contains key material or secrets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KmsError {
+    pub kind: KmsErrorKind,
+    /// The KMS's error `Code` (`Forbidden.KeyNotFound`, `NotFoundException`, ...), if any.
+    pub code: Option<String>,
+    pub message: String,
+    pub request_id: Option<String>,
+    /// The endpoint (or key store directory) that failed.
+    pub endpoint: Option<String>,
+    /// HTTP status, when there was one.
+    pub status: Option<u16>,
+}
+
+impl KmsError {
+    pub fn new(kind: KmsErrorKind, message: impl Into<String>) -> Self {
+        KmsError {
+            kind,
+            code: None,
+            message: message.into(),
+            request_id: None,
+            endpoint: None,
+            status: None,
+        }
+    }
+
+    /// The condition this error's code names (see [`KmsCode`]).
+    pub fn code_kind(&self) -> KmsCode {
+        match self.code.as_deref() {
+            Some("Forbidden.KeyNotFound") => KmsCode::KeyNotFound,
+            Some("Forbidden.AliasNotFound") => KmsCode::AliasNotFound,
+            Some("Rejected.Disabled" | "DisabledException") => KmsCode::KeyDisabled,
+            // One Alibaba doc table misspells it; accept both.
+            Some("Rejected.PendingDeletion" | "Rejetced.PendingDeletion") => {
+                KmsCode::PendingDeletion
+            }
+            Some("Rejected.StateModifiedFailed") => KmsCode::StateChangeRefused,
+            Some("AliasAlreadyExists" | "AlreadyExistsException") => KmsCode::AliasExists,
+            _ => match self.kind {
+                KmsErrorKind::NotFound => KmsCode::KeyNotFound,
+                KmsErrorKind::Disabled => KmsCode::KeyDisabled,
+                _ => KmsCode::Other,
+            },
+        }
+    }
+
+    pub fn with_code(mut self, code: impl Into<String>) -> Self {
+        self.code = Some(code.into());
+        self
+    }
+
+    pub fn with_endpoint(mut self, endpoint: impl Into<String>) -> Self {
+        self.endpoint = Some(endpoint.into());
+        self
+    }
+
+    pub fn with_request_id(mut self, id: impl Into<String>) -> Self {
+        self.request_id = Some(id.into());
+        self
+    }
+
+    pub fn with_status(mut self, status: u16) -> Self {
+        self.status = Some(status);
+        self
+    }
+}
+
+impl fmt::Display for KmsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(code) = &self.code {
+            write!(f, "{code}: ")?;
+        }
+        write!(f, "{}", self.message)?;
+        if let Some(status) = self.status {
+            write!(f, " (HTTP {status})")?;
+        }
+        if let Some(id) = &self.request_id {
+            write!(f, " [RequestId {id}]")?;
+        }
+        if let Some(ep) = &self.endpoint {
+            write!(f, " at {ep}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for KmsError {}

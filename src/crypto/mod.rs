@@ -12,8 +12,8 @@ use crate::crypto::aead::Aes256Gcm;
 use blake3::hazmat::{self, ChainingValue, HasherExt, Mode};
 use zeroize::Zeroizing;
 
+use crate::error::{KmsError, KmsErrorKind};
 use crate::format::{self, kdf, ObjectHeader, DIGEST_LEN, ID_LEN, NONCE_LEN, TAG_LEN};
-use crate::kms::DataKey;
 
 /// Pre-hashed derive_key contexts (hashing the context string once, not per file).
 struct Contexts {
@@ -413,6 +413,33 @@ pub fn record_ct(record: &[u8], segment_size: u32) -> [u8; DIGEST_LEN] {
         d.push(&ct_leaf(h, s));
     }
     d.finalize()
+}
+
+/// Length of every batch data key, in bytes (AES-256).
+pub const DATA_KEY_LEN: usize = 32;
+
+/// A plaintext data key. No `Debug`, no `Clone`: it is zeroized on drop and never printed.
+pub struct DataKey(Zeroizing<[u8; DATA_KEY_LEN]>);
+
+impl DataKey {
+    /// Wraps raw key bytes; the caller's copy should itself be zeroizing.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, KmsError> {
+        let arr: [u8; DATA_KEY_LEN] = bytes.try_into().map_err(|_| {
+            KmsError::new(
+                KmsErrorKind::InvalidResponse,
+                format!(
+                    "data key has {} bytes, expected {DATA_KEY_LEN}",
+                    bytes.len()
+                ),
+            )
+        })?;
+        Ok(DataKey(Zeroizing::new(arr)))
+    }
+
+    /// The key bytes, for key derivation only.
+    pub fn expose(&self) -> &[u8; DATA_KEY_LEN] {
+        &self.0
+    }
 }
 
 #[cfg(test)]

@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::crypto::{BatchKey, NameKey};
 use crate::error::{Error, IoContext, Result};
+use crate::format::wrap::WrappedKey;
 use crate::format::{self, layout, DIGEST_LEN, ID_LEN, SALT_LEN};
-use crate::kms::WrappedKey;
 
 /// Associated data for sealed names, so a sealed path cannot stand in for a link target.
 const AAD_PATH: &[u8] = b"envseal path";
@@ -401,7 +401,7 @@ impl WrapLineIn {
             kms,
             key_id,
             blob,
-            context: crate::kms::EncryptionContext(c.0),
+            context: crate::format::wrap::EncryptionContext(c.0),
         }
     }
 }
@@ -1947,7 +1947,7 @@ mod tests {
     }
 
     fn name_key() -> NameKey {
-        let dk = crate::kms::DataKey::from_bytes(&[7u8; 32]).unwrap();
+        let dk = crate::crypto::DataKey::from_bytes(&[7u8; 32]).unwrap();
         BatchKey::new(dk, [1; 16], [2; 16]).name_key()
     }
 
@@ -2258,7 +2258,8 @@ mod tests {
     /// or repeated member, in the file or in a wrapping or its context, is refused.
     #[test]
     fn key_files_are_read_strictly() {
-        let ctx = crate::kms::EncryptionContext::for_batch(&"01".repeat(16), &"02".repeat(16));
+        let ctx =
+            crate::format::wrap::EncryptionContext::for_batch(&"01".repeat(16), &"02".repeat(16));
         let b = Batch {
             batch_id: [2; 16],
             key_commitment: [3; 32],

@@ -5,6 +5,7 @@ pub mod compress;
 pub mod header;
 pub mod manifest;
 pub mod sparse;
+pub mod wrap;
 
 pub use header::ObjectHeader;
 

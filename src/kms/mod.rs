@@ -22,80 +22,17 @@ pub mod server;
 /// still works.
 pub use crate::retry;
 
-use std::collections::BTreeMap;
-use std::fmt;
+// Value types the format, the crypto and the errors share with the providers live below
+// them (docs/ARCHITECTURE.md); their paths here still work.
+pub use crate::crypto::{DataKey, DATA_KEY_LEN};
+pub use crate::error::{KmsCode, KmsError, KmsErrorKind};
+pub use crate::format::wrap::{EncryptionContext, WrappedKey};
 
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-/// Length of every batch data key, in bytes (AES-256).
-pub const DATA_KEY_LEN: usize = 32;
-
 /// Default CMK alias used by the local provider when `--key` is not given.
 pub const DEFAULT_ALIAS: &str = "alias/envseal/default";
-
-/// A plaintext data key. No `Debug`, no `Clone`: it is zeroized on drop and never printed.
-pub struct DataKey(Zeroizing<[u8; DATA_KEY_LEN]>);
-
-impl DataKey {
-    /// Wraps raw key bytes; the caller's copy should itself be zeroizing.
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, KmsError> {
-        let arr: [u8; DATA_KEY_LEN] = bytes.try_into().map_err(|_| {
-            KmsError::new(
-                KmsErrorKind::InvalidResponse,
-                format!(
-                    "data key has {} bytes, expected {DATA_KEY_LEN}",
-                    bytes.len()
-                ),
-            )
-        })?;
-        Ok(DataKey(Zeroizing::new(arr)))
-    }
-
-    /// The key bytes, for key derivation only.
-    pub fn expose(&self) -> &[u8; DATA_KEY_LEN] {
-        &self.0
-    }
-}
-
-/// The encryption context sent with `GenerateDataKey` and again with `Decrypt`; it binds a
-/// wrapped key to one vault and batch. Sorted, so its JSON text is canonical.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EncryptionContext(pub BTreeMap<String, String>);
-
-impl EncryptionContext {
-    /// The context envseal uses for a batch key.
-    pub fn for_batch(vault_id: &str, batch_id: &str) -> Self {
-        let mut m = BTreeMap::new();
-        m.insert("envseal:vault".to_string(), vault_id.to_string());
-        m.insert("envseal:batch".to_string(), batch_id.to_string());
-        EncryptionContext(m)
-    }
-
-    /// Canonical JSON object text (`{"k":"v",...}`, keys sorted), as Alibaba expects it.
-    pub fn to_json(&self) -> String {
-        serde_json::to_string(&self.0).unwrap_or_else(|_| "{}".to_string())
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-/// A data key wrapped by a KMS, as recorded in key files and the manifest.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WrappedKey {
-    /// The provider URL this key was wrapped with (`local`, `local:/dir`,
-    /// `aliyun:https://kms.cn-hangzhou.aliyuncs.com`, `aws:https://...`). Never holds secrets.
-    pub kms: String,
-    /// The CMK's real id or ARN as the KMS reported it (never only an alias: aliases move).
-    pub key_id: String,
-    /// The opaque `CiphertextBlob`, exactly as the KMS returned it (base64 text).
-    pub blob: String,
-    /// The encryption context the blob is bound to.
-    #[serde(default, skip_serializing_if = "EncryptionContext::is_empty")]
-    pub context: EncryptionContext,
-}
 
 /// What `GenerateDataKey` returns: the key in the clear (zeroizing) and wrapped.
 pub struct GeneratedKey {
@@ -189,154 +126,6 @@ pub trait KmsAdmin: Send + Sync {
     fn disable_key(&self, key_id: &str) -> Result<(), KmsError>;
     fn schedule_key_deletion(&self, key_id: &str, pending_days: u32) -> Result<(), KmsError>;
 }
-
-/// Broad classes of KMS failure; the CLI's messages and retry policy depend on them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KmsErrorKind {
-    /// The CMK or alias does not exist.
-    NotFound,
-    /// The CMK is disabled or pending deletion.
-    Disabled,
-    /// Credentials missing, unknown or wrong (signature mismatch), or no permission.
-    Auth,
-    /// The blob is corrupt, was made by another key, or the encryption context differs.
-    InvalidCiphertext,
-    /// A bad argument (malformed key id or alias, alias exists, ...).
-    InvalidArgument,
-    /// Throttled; retryable.
-    Throttled,
-    /// 5xx or temporary unavailability; retryable.
-    Unavailable,
-    /// Could not reach the endpoint (connect, DNS, TLS, timeout); retryable.
-    Transport,
-    /// The KMS answered something we cannot parse.
-    InvalidResponse,
-    /// The local key store is sealed and the passphrase is missing or wrong.
-    Passphrase,
-    /// Local I/O on the key store.
-    Io,
-    /// The operation is not supported by this provider.
-    Unsupported,
-}
-
-impl KmsErrorKind {
-    /// Whether a call failing this way may succeed if repeated.
-    pub fn is_retryable(self) -> bool {
-        matches!(
-            self,
-            KmsErrorKind::Throttled | KmsErrorKind::Unavailable | KmsErrorKind::Transport
-        )
-    }
-}
-
-impl crate::retry::Retryable for KmsError {
-    fn is_retryable(&self) -> bool {
-        self.kind.is_retryable()
-    }
-}
-
-/// What a KMS error's code says beyond its [`KmsErrorKind`], where the advice to the user
-/// differs. Alibaba and AWS name the same condition differently; this is the one place that
-/// knows both spellings.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KmsCode {
-    KeyNotFound,
-    AliasNotFound,
-    KeyDisabled,
-    PendingDeletion,
-    /// The key's state cannot change (it is pending deletion).
-    StateChangeRefused,
-    AliasExists,
-    Other,
-}
-
-/// A KMS failure with what the KMS said about it. Never contains key material or secrets.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KmsError {
-    pub kind: KmsErrorKind,
-    /// The KMS's error `Code` (`Forbidden.KeyNotFound`, `NotFoundException`, ...), if any.
-    pub code: Option<String>,
-    pub message: String,
-    pub request_id: Option<String>,
-    /// The endpoint (or key store directory) that failed.
-    pub endpoint: Option<String>,
-    /// HTTP status, when there was one.
-    pub status: Option<u16>,
-}
-
-impl KmsError {
-    pub fn new(kind: KmsErrorKind, message: impl Into<String>) -> Self {
-        KmsError {
-            kind,
-            code: None,
-            message: message.into(),
-            request_id: None,
-            endpoint: None,
-            status: None,
-        }
-    }
-
-    /// The condition this error's code names (see [`KmsCode`]).
-    pub fn code_kind(&self) -> KmsCode {
-        match self.code.as_deref() {
-            Some("Forbidden.KeyNotFound") => KmsCode::KeyNotFound,
-            Some("Forbidden.AliasNotFound") => KmsCode::AliasNotFound,
-            Some("Rejected.Disabled" | "DisabledException") => KmsCode::KeyDisabled,
-            // One Alibaba doc table misspells it; accept both.
-            Some("Rejected.PendingDeletion" | "Rejetced.PendingDeletion") => {
-                KmsCode::PendingDeletion
-            }
-            Some("Rejected.StateModifiedFailed") => KmsCode::StateChangeRefused,
-            Some("AliasAlreadyExists" | "AlreadyExistsException") => KmsCode::AliasExists,
-            _ => match self.kind {
-                KmsErrorKind::NotFound => KmsCode::KeyNotFound,
-                KmsErrorKind::Disabled => KmsCode::KeyDisabled,
-                _ => KmsCode::Other,
-            },
-        }
-    }
-
-    pub fn with_code(mut self, code: impl Into<String>) -> Self {
-        self.code = Some(code.into());
-        self
-    }
-
-    pub fn with_endpoint(mut self, endpoint: impl Into<String>) -> Self {
-        self.endpoint = Some(endpoint.into());
-        self
-    }
-
-    pub fn with_request_id(mut self, id: impl Into<String>) -> Self {
-        self.request_id = Some(id.into());
-        self
-    }
-
-    pub fn with_status(mut self, status: u16) -> Self {
-        self.status = Some(status);
-        self
-    }
-}
-
-impl fmt::Display for KmsError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(code) = &self.code {
-            write!(f, "{code}: ")?;
-        }
-        write!(f, "{}", self.message)?;
-        if let Some(status) = self.status {
-            write!(f, " (HTTP {status})")?;
-        }
-        if let Some(id) = &self.request_id {
-            write!(f, " [RequestId {id}]")?;
-        }
-        if let Some(ep) = &self.endpoint {
-            write!(f, " at {ep}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for KmsError {}
 
 /// Options that apply to every provider built by [`from_url`].
 #[derive(Clone, Debug)]
