@@ -13,6 +13,7 @@ fuzz_target!(|data: &[u8]| {
         generator: String::new(),
         segment_size: 4096,
         conceal_names: false,
+        shard: None,
     };
     for line in data.split(|&b| b == b'\n') {
         let _ = Entry::from_line(line, &header);
