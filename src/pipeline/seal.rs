@@ -136,14 +136,7 @@ pub fn seal_segments(
     for i in first..first + count {
         let len = format::segment_plain_len(size, seg, i);
         let slot = &mut out[pos..pos + len + TAG_LEN];
-        src.read_at(i * u64::from(seg), &mut slot[..len])
-            .map_err(|e| {
-                if crate::fs::is_changed(&e) {
-                    FileError::Changed(e.to_string())
-                } else {
-                    FileError::Source(e.to_string())
-                }
-            })?;
+        read_segment(src, seg, i, &mut slot[..len])?;
         // The plaintext MAC is taken from the bytes just read, before sealing in place.
         macs.push(segment_mac(fk.mac_key(), seg, i, n, &slot[..len]));
         fk.seal_segment(i, i == n - 1, slot);
@@ -151,6 +144,18 @@ pub fn seal_segments(
         pos += len + TAG_LEN;
     }
     Ok((leaves, macs))
+}
+
+/// Reads segment `i` of the source into `buf`: a source that changed under the read is
+/// [`FileError::Changed`] (retried), any other failure [`FileError::Source`].
+fn read_segment(src: &Source, seg: u32, i: u64, buf: &mut [u8]) -> Result<(), FileError> {
+    src.read_at(i * u64::from(seg), buf).map_err(|e| {
+        if crate::fs::is_changed(&e) {
+            FileError::Changed(e.to_string())
+        } else {
+            FileError::Source(e.to_string())
+        }
+    })
 }
 
 /// Seals all segments of `src` as a compressed record's body (docs/FORMAT.md §4.5) into
@@ -172,14 +177,7 @@ pub fn seal_compressed(
     let mut pos = 0usize;
     for i in 0..n {
         let len = format::segment_plain_len(size, seg, i);
-        src.read_at(i * u64::from(seg), &mut plain[..len])
-            .map_err(|e| {
-                if crate::fs::is_changed(&e) {
-                    FileError::Changed(e.to_string())
-                } else {
-                    FileError::Source(e.to_string())
-                }
-            })?;
+        read_segment(src, seg, i, &mut plain[..len])?;
         macs.push(segment_mac(fk.mac_key(), seg, i, n, &plain[..len]));
         let frame = format::compress::compress_segment(&plain[..len], level);
         let body: &[u8] = frame.as_deref().unwrap_or(&plain[..len]);
