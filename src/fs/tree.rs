@@ -140,10 +140,22 @@ impl Select {
     }
 
     /// Whether the walk leaves out `path` (a vault path) and, for a directory, all below it.
-    fn leaves_out(&self, path: &[u8], rel: &[u8], name: &[u8]) -> bool {
-        self.globs.is_match(Path::new(OsStr::from_bytes(rel)))
+    /// `base` is the source's top-level name, `rel` the path below it. The vault path is
+    /// spelled only for a shard's walk: a whole walk pays nothing per entry for ranges.
+    fn leaves_out(&self, base: &[u8], rel: &[u8], name: &[u8]) -> bool {
+        if self.globs.is_match(Path::new(OsStr::from_bytes(rel)))
             || self.globs.is_match(Path::new(OsStr::from_bytes(name)))
-            || self.range.place(path) != InRange::Within
+        {
+            return true;
+        }
+        if self.range == PathRange::default() {
+            return false;
+        }
+        let mut path = Vec::with_capacity(base.len() + 1 + rel.len());
+        path.extend_from_slice(base);
+        path.push(b'/');
+        path.extend_from_slice(rel);
+        self.range.place(&path) != InRange::Within
     }
 }
 
@@ -327,12 +339,7 @@ pub fn walk_each(
         ))) {
             return Ok(());
         }
-        let skip = |rel: &[u8], name: &[u8]| {
-            let mut vpath = base.clone();
-            vpath.push(b'/');
-            vpath.extend_from_slice(rel);
-            select.leaves_out(&vpath, rel, name)
-        };
+        let skip = |rel: &[u8], name: &[u8]| select.leaves_out(&base, rel, name);
         // The vault's depth limit counts the source's own directory.
         let walk = Walk::new(&root, xattrs, format::MAX_DEPTH, &skip)
             .map_err(|e| Error::Usage(format!("source {}: {e}", src.display())))?;
