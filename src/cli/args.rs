@@ -253,7 +253,7 @@ pub struct EncryptArgs {
     pub force: bool,
     /// Compress each segment with Zstandard before sealing it, where that saves space
     /// (stored as is where it does not): `zstd` (level 3) or `zstd:LEVEL`, LEVEL 1-19.
-    /// Applies to files below 8MiB (then packed); larger files are stored uncompressed.
+    /// Files below 8MiB are then packed; larger ones are compressed records of their own.
     /// Nothing is needed to decrypt or verify. Compressed sizes tell something about the
     /// contents (README, threat model).
     #[arg(long, value_name = "zstd[:LEVEL]")]

@@ -416,7 +416,7 @@ fn encrypt_run(
                                 "checkpoint names an unknown object or batch",
                             ));
                         }
-                        ckpts.insert((c.src.dev, c.src.ino), c);
+                        ckpts.insert((c.src.dev, c.src.ino), *c);
                     }
                     Record::Done { src, rec } => {
                         let Some(src) = src else { continue };
@@ -984,6 +984,7 @@ impl<'a> Planner<'a> {
             header: h.encode(),
             size,
             window: self.window,
+            compress: self.opts.compress,
         });
         let start = LargeStart {
             entry: e,
@@ -994,6 +995,7 @@ impl<'a> Planner<'a> {
             ct: crate::crypto::CtDigest::new(),
             device,
             resume: None,
+            prefix: None,
         };
         self.send_large(s, unit, start, tx)
     }
@@ -1081,6 +1083,25 @@ impl<'a> Planner<'a> {
         if !same(&src) || c.segs % self.window != 0 {
             return None;
         }
+        if self.opts.compress.is_some() {
+            // A compressed record's slots have no fixed offsets: it is sealed again from its
+            // start under the checkpoint's header; the writer keeps the stored prefix if it
+            // comes out the same (docs/FORMAT.md §7).
+            let r = seal::resume_from_source(self.ctx, &key, c.head.as_ref()?, &src, c.size, 0)?;
+            if let Some(p) = &c.prefix {
+                // Where the object can be read back (a local vault), its prefix is read and
+                // hashed first: one damaged since the checkpoint is not kept.
+                let obj = self
+                    .store
+                    .open(&crate::format::manifest::object_name(id))
+                    .ok()??;
+                if !seal::prefix_holds(&*obj, p) {
+                    return None;
+                }
+                self.resumed_read += p.rpos;
+            }
+            return Some(self.resumed_start(e, src, r, c, 0));
+        }
         // The object read back where it can be (a local vault); else the source's prefix
         // sealed again under the checkpoint's header (object storage).
         let r = match (
@@ -1097,18 +1118,31 @@ impl<'a> Planner<'a> {
         // Skip the prefix in the progress totals: it is done.
         self.progress
             .bytes(c.segs * u64::from(self.opts.segment_size));
+        Some(self.resumed_start(e, src, r, c, c.segs / self.window))
+    }
+
+    /// The start of a large file taken up at checkpoint `c`, its first `next` windows done.
+    fn resumed_start(
+        &self,
+        e: &SourceEntry,
+        src: Source,
+        r: seal::Resumed,
+        c: &crate::pipeline::journal::Ckpt,
+        next: u64,
+    ) -> LargeStart {
         let file = Arc::new(LargeFile {
             src,
             keys: r.keys,
             header: r.header,
             size: c.size,
             window: self.window,
+            compress: self.opts.compress,
         });
         let mut entry = e.clone();
         if entry.xattrs_at_open {
             entry.xattrs = file.src.xattrs(&entry.path);
         }
-        Some(LargeStart {
+        LargeStart {
             entry,
             file,
             batch: c.batch,
@@ -1116,8 +1150,9 @@ impl<'a> Planner<'a> {
             mac: r.mac,
             ct: r.ct,
             device: false,
-            resume: Some((c.obj, c.segs / self.window)),
-        })
+            resume: Some((c.obj, next)),
+            prefix: c.prefix,
+        }
     }
 
     /// The batch of the next file, opening a new one (one GenerateDataKey) past the limits.

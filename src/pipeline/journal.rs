@@ -95,7 +95,7 @@ pub enum Record {
     },
     /// A segment checkpoint of a large file: its first `segs` segments are sealed into
     /// object `obj` (synced before this record), from the source as identified.
-    Ckpt(Ckpt),
+    Ckpt(Box<Ckpt>),
 }
 
 /// A segment checkpoint (docs/FORMAT.md §7).
@@ -112,6 +112,18 @@ pub struct Ckpt {
     /// keys from when the object cannot be read back before it is finished (object
     /// storage keeps an unfinished upload unreadable).
     pub head: Option<[u8; format::HEADER_LEN]>,
+    /// A compressed record's prefix (its slots have no fixed offsets, §4.5): where the
+    /// checkpointed segments end in the record, and the BLAKE3 of its bytes up to there.
+    pub prefix: Option<Prefix>,
+}
+
+/// A compressed record's first `segs` segments as a checkpoint recorded them: they end at
+/// record offset `rpos`, and the record's bytes up to there hash (BLAKE3) to `hash`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Prefix {
+    pub segs: u64,
+    pub rpos: u64,
+    pub hash: [u8; 32],
 }
 
 #[derive(Serialize, Deserialize)]
@@ -140,6 +152,10 @@ struct MacLine<'a> {
     segs: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     head: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rpos: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rhash: Option<String>,
 }
 
 /// `{"mac":"` + 64 hex digits + `",`: the fixed start of every authenticated line.
@@ -351,7 +367,16 @@ impl Journal {
                         Some(h) => Some(format::from_hex::<{ format::HEADER_LEN }>(h)?),
                         None => None,
                     };
-                    Some(Record::Ckpt(Ckpt {
+                    let prefix = match (l.rpos, &l.rhash) {
+                        (Some(rpos), Some(h)) => Some(Prefix {
+                            segs,
+                            rpos,
+                            hash: format::from_hex::<32>(h)?,
+                        }),
+                        (None, None) => None,
+                        _ => return None,
+                    };
+                    Some(Record::Ckpt(Box::new(Ckpt {
                         src,
                         size,
                         mtime,
@@ -360,7 +385,8 @@ impl Journal {
                         obj,
                         segs,
                         head,
-                    }))
+                        prefix,
+                    })))
                 }
                 _ => None,
             };
@@ -371,6 +397,8 @@ impl Journal {
             || l.batch.is_some()
             || l.segs.is_some()
             || l.head.is_some()
+            || l.rpos.is_some()
+            || l.rhash.is_some()
         {
             return None;
         }
@@ -421,8 +449,16 @@ impl Journal {
             Some(h) => format!(r#","head":"{}""#, format::to_hex(h)),
             None => String::new(),
         };
+        let prefix = match &c.prefix {
+            Some(p) => format!(
+                r#","rpos":{},"rhash":"{}""#,
+                p.rpos,
+                format::to_hex(&p.hash)
+            ),
+            None => String::new(),
+        };
         let rest = format!(
-            r#""type":"ckpt","obj":{},"src":{src},"size":{},"mtime":{},"nsec":{},"batch":{},"segs":{}{head}}}"#,
+            r#""type":"ckpt","obj":{},"src":{src},"size":{},"mtime":{},"nsec":{},"batch":{},"segs":{}{head}{prefix}}}"#,
             c.obj, c.size, c.mtime, c.mtime_nsec, c.batch, c.segs
         );
         Ok(mac_line(self.key()?, rest.as_bytes()))
@@ -702,7 +738,8 @@ mod tests {
     }
 
     /// A checkpoint keeps the record's header (what a resume on object storage derives the
-    /// keys from); one without `head` (older runs) still reads.
+    /// keys from) and a compressed record's prefix; one without `head` (older runs) still
+    /// reads.
     #[test]
     fn checkpoints_keep_their_header() {
         let dir = tempfile::tempdir().unwrap();
@@ -721,11 +758,21 @@ mod tests {
             obj: 0,
             segs: 64,
             head: Some([9u8; format::HEADER_LEN]),
+            prefix: None,
+        };
+        let compressed = Ckpt {
+            prefix: Some(Prefix {
+                segs: 64,
+                rpos: 12345,
+                hash: [3u8; 32],
+            }),
+            ..c
         };
         {
             let mut j = Journal::create(&store, &run()).unwrap();
             j.set_mac_key(Zeroizing::new([7u8; 32]));
             let mut l = j.ckpt_line(&c).unwrap();
+            l.extend(j.ckpt_line(&compressed).unwrap());
             c.head = None;
             l.extend(j.ckpt_line(&c).unwrap());
             j.write_synced(&l).unwrap();
@@ -737,11 +784,19 @@ mod tests {
             .unwrap()
             .into_iter()
             .filter_map(|r| match r {
-                Record::Ckpt(c) => Some(c.head),
+                Record::Ckpt(c) => Some(*c),
                 _ => None,
             })
             .collect();
-        assert_eq!(heads, vec![Some([9u8; format::HEADER_LEN]), None]);
+        let with = |head, prefix| Ckpt { head, prefix, ..c };
+        assert_eq!(
+            heads,
+            vec![
+                with(Some([9u8; format::HEADER_LEN]), None),
+                compressed,
+                with(None, None)
+            ]
+        );
     }
 
     /// Done records survive a reopen, and a torn last line is cut off (also one torn just

@@ -343,6 +343,7 @@ fn write_vault(
         len: None,
         head: 0,
         piece: crate::store::COPY_PIECE,
+        bound: None,
     };
     let mut out = vault.create_object(&manifest::object_name(&obj_id), shape)?;
     let mut entries = Vec::with_capacity(files.len());

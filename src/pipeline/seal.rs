@@ -83,22 +83,14 @@ pub fn source_id(e: &SourceEntry, src: &Source) -> SourceId {
 }
 
 /// One file's fresh header and keys: a new file id and salt every time a file is sealed, so
-/// no key and nonce ever meet two plaintexts (docs/FORMAT.md §7).
+/// no key and nonce ever meet two plaintexts (docs/FORMAT.md §7). The header names the
+/// suite: 2 (compressed, §4.5) when `ctx` compresses, else 1.
 pub fn new_file(
     ctx: &SealCtx,
     key: &BatchKey,
     size: u64,
 ) -> std::io::Result<(ObjectHeader, FileKeys)> {
-    new_file_alg(ctx, key, size, format::ALG_AES256GCM_BLAKE3)
-}
-
-/// [`new_file`] for a record of algorithm suite `alg`.
-fn new_file_alg(
-    ctx: &SealCtx,
-    key: &BatchKey,
-    size: u64,
-    alg: u16,
-) -> std::io::Result<(ObjectHeader, FileKeys)> {
+    let alg = suite(ctx.compress);
     let mut header = ObjectHeader {
         version: format::FORMAT_VERSION,
         alg,
@@ -113,6 +105,14 @@ fn new_file_alg(
     let fk = key.file_keys(&header);
     header.commitment = fk.commitment();
     Ok((header, fk))
+}
+
+/// The algorithm suite of the records sealed at a compression level (or none).
+pub fn suite(compress: Option<i32>) -> u16 {
+    match compress {
+        Some(_) => format::ALG_AES256GCM_ZSTD_BLAKE3,
+        None => format::ALG_AES256GCM_BLAKE3,
+    }
 }
 
 /// Seals segments `first..first + count` of `src` into `out` (one slot after another, as
@@ -171,11 +171,35 @@ pub fn seal_compressed(
     out: &mut [u8],
 ) -> Result<(usize, Vec<SegMac>), FileError> {
     let n = format::segment_count(size, seg);
-    let mut macs = Vec::with_capacity(n as usize);
-    let mut stored = Vec::with_capacity(n as usize);
-    let mut plain = vec![0u8; format::segment_plain_len(size, seg, 0)];
+    let (mut pos, stored, macs) = seal_compressed_segments(src, fk, size, seg, level, 0, n, out)?;
+    let table = format::compress::Table::encode(&stored);
+    let slot = &mut out[pos..pos + table.len() + TAG_LEN];
+    slot[..table.len()].copy_from_slice(&table);
+    fk.seal_table(n, slot);
+    pos += table.len() + TAG_LEN;
+    Ok((pos, macs))
+}
+
+/// Seals segments `first..first + count` of a compressed record (§4.5) into `out`, slot
+/// after slot: each segment's stored form (a Zstandard frame at `level` when shorter, else
+/// the plaintext), sealed. Returns the bytes used, each segment's stored length and MAC.
+#[allow(clippy::too_many_arguments)]
+pub fn seal_compressed_segments(
+    src: &Source,
+    fk: &FileKeys,
+    size: u64,
+    seg: u32,
+    level: i32,
+    first: u64,
+    count: u64,
+    out: &mut [u8],
+) -> Result<(usize, Vec<u32>, Vec<SegMac>), FileError> {
+    let n = format::segment_count(size, seg);
+    let mut macs = Vec::with_capacity(count as usize);
+    let mut stored = Vec::with_capacity(count as usize);
+    let mut plain = vec![0u8; format::segment_plain_len(size, seg, first)];
     let mut pos = 0usize;
-    for i in 0..n {
+    for i in first..first + count {
         let len = format::segment_plain_len(size, seg, i);
         read_segment(src, seg, i, &mut plain[..len])?;
         macs.push(segment_mac(fk.mac_key(), seg, i, n, &plain[..len]));
@@ -188,12 +212,7 @@ pub fn seal_compressed(
         stored.push(body.len() as u32);
         pos += body.len() + TAG_LEN;
     }
-    let table = format::compress::Table::encode(&stored);
-    let slot = &mut out[pos..pos + table.len() + TAG_LEN];
-    slot[..table.len()].copy_from_slice(&table);
-    fk.seal_table(n, slot);
-    pos += table.len() + TAG_LEN;
-    Ok((pos, macs))
+    Ok((pos, stored, macs))
 }
 
 /// The room a small file's record may take: its suite-1 length, and with compression the
@@ -356,11 +375,7 @@ fn seal_small(
         if room_len > room.len() {
             return Err("grew while being read; run the same command again".into());
         }
-        let alg = match ctx.compress {
-            Some(_) => format::ALG_AES256GCM_ZSTD_BLAKE3,
-            None => format::ALG_AES256GCM_BLAKE3,
-        };
-        let (header, fk) = new_file_alg(ctx, key, size, alg).map_err(|e| e.to_string())?;
+        let (header, fk) = new_file(ctx, key, size).map_err(|e| e.to_string())?;
         let hb = header.encode();
         room[..HEADER_LEN].copy_from_slice(&hb);
         let n = format::segment_count(size, ctx.segment_size);
@@ -411,8 +426,18 @@ fn seal_small(
     Err(format!("{last_why}; gave up after {ATTEMPTS} attempts"))
 }
 
-/// A sealed window: bytes of its buffer used, each piece's ct leaf, each segment's MAC part.
-pub type SealedWindow = (usize, Vec<[u8; 32]>, Vec<SegMac>);
+/// A sealed window of a large file.
+pub struct SealedWindow {
+    /// Bytes of the buffer used.
+    pub used: usize,
+    /// Each piece's ct leaf (§4.4; none for a compressed record, whose `ct` the writer
+    /// hashes as the record's bytes go out, §4.5).
+    pub leaves: Vec<[u8; 32]>,
+    /// Each segment's part of the plaintext MAC.
+    pub macs: Vec<SegMac>,
+    /// Each segment's stored length (a compressed record's table, §4.5; none for suite 1).
+    pub stored: Vec<u32>,
+}
 
 /// A large file being sealed window by window.
 pub struct LargeFile {
@@ -422,6 +447,8 @@ pub struct LargeFile {
     pub size: u64,
     /// Segments per window.
     pub window: u64,
+    /// Sealed as a compressed record (suite 2, §4.5) at this Zstandard level.
+    pub compress: Option<i32>,
 }
 
 impl LargeFile {
@@ -434,6 +461,17 @@ impl LargeFile {
         let n = format::segment_count(self.size, seg);
         let first = w * self.window;
         let count = self.window.min(n - first);
+        if let Some(level) = self.compress {
+            let (used, stored, macs) = seal_compressed_segments(
+                &self.src, &self.keys, self.size, seg, level, first, count, buf,
+            )?;
+            return Ok(SealedWindow {
+                used,
+                leaves: Vec::new(),
+                macs,
+                stored,
+            });
+        }
         let used = (first..first + count)
             .map(|i| format::segment_plain_len(self.size, seg, i) + TAG_LEN)
             .sum::<usize>();
@@ -447,7 +485,12 @@ impl LargeFile {
             count,
             &mut buf[..used],
         )?;
-        Ok((used, leaves, macs))
+        Ok(SealedWindow {
+            used,
+            leaves,
+            macs,
+            stored: Vec::new(),
+        })
     }
 }
 
@@ -485,6 +528,7 @@ fn checkpointed_keys(
 ) -> Option<(ObjectHeader, FileKeys)> {
     let h = ObjectHeader::decode(hb).ok()?;
     if h.vault_id != ctx.vault_id
+        || h.alg != suite(ctx.compress)
         || &h.batch_id != key.batch_id()
         || h.plain_len != size
         || h.segment_size != ctx.segment_size
@@ -580,4 +624,25 @@ pub fn resume_large(
         mac,
         read,
     })
+}
+
+/// Whether `obj` still holds a compressed record's checkpointed prefix: its first
+/// `p.rpos` bytes hash (BLAKE3) as the checkpoint recorded. A resumed run keeps them only
+/// then (they are not sealed again), so a prefix damaged since is never kept.
+pub fn prefix_holds(obj: &dyn crate::store::ReadAt, p: &crate::pipeline::journal::Prefix) -> bool {
+    if obj.len() < p.rpos {
+        return false;
+    }
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; (8 << 20).min(p.rpos) as usize];
+    let mut at = 0;
+    while at < p.rpos {
+        let k = (p.rpos - at).min(buf.len() as u64) as usize;
+        if obj.read_exact_at(&mut buf[..k], at).is_err() {
+            return false;
+        }
+        h.update(&buf[..k]);
+        at += k as u64;
+    }
+    h.finalize() == blake3::Hash::from(p.hash)
 }

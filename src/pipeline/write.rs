@@ -27,7 +27,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::format::manifest::{self, Batch, Entry, EntryKind, FileEntry, Header, Name, ObjectRef};
 use crate::format::{self, ID_LEN, SALT_LEN};
 use crate::fs::tree::{SourceEntry, SourceKind};
-use crate::pipeline::journal::{Ckpt, Journal, SourceId};
+use crate::pipeline::journal::{Ckpt, Journal, Prefix, SourceId};
 use crate::pipeline::seal::{BufPool, ChunkOut, FileError, LargeFile, SealedWindow};
 use crate::progress::Progress;
 use crate::store::syncer::Syncer;
@@ -107,6 +107,80 @@ pub struct LargeStart {
     /// Taken up at a checkpoint: the object already holding the prefix, and the first
     /// window still to write.
     pub resume: Option<(u64, u64)>,
+    /// A compressed record taken up at a checkpoint (sealed again from its start, under the
+    /// same header): what its first bytes must be.
+    pub prefix: Option<Prefix>,
+}
+
+/// A compressed record (docs/FORMAT.md §4.5) written in order: its windows arrive in any
+/// order and go out each at the end of the one before; the writer hashes the record as it
+/// goes (its `ct`) and keeps the stored lengths for the table that ends it.
+struct Stream {
+    /// The record's length so far: where the next window goes.
+    pos: u64,
+    stored: Vec<u32>,
+    ct: blake3::Hasher,
+    /// Sealed windows waiting for the ones before them: buffer, bytes used, stored lengths.
+    held: BTreeMap<u64, (Vec<u8>, usize, Vec<u32>)>,
+    /// Bytes below this are kept from an interrupted run, not written again.
+    skip: u64,
+    /// A resumed record's check: its prefix must come out as the checkpoint recorded it,
+    /// else its kept bytes are not these (the file is sealed anew).
+    expect: Option<Prefix>,
+    /// Window ends since the last checkpoint (windows done, and the record's bytes up to
+    /// there): a checkpoint is taken at the last one the store has made durable.
+    marks: std::collections::VecDeque<(u64, Prefix)>,
+}
+
+impl Stream {
+    fn new(header: &[u8], skip: u64, expect: Option<Prefix>) -> Stream {
+        let mut ct = blake3::Hasher::new();
+        ct.update(header);
+        Stream {
+            pos: header.len() as u64,
+            stored: Vec::new(),
+            ct,
+            held: BTreeMap::new(),
+            skip,
+            expect,
+            marks: Default::default(),
+        }
+    }
+
+    /// Appends sealed slots (or the table) to the record.
+    fn put(&mut self, out: &mut dyn ObjectWriter, bytes: &[u8]) -> Result<()> {
+        let end = self.pos + bytes.len() as u64;
+        if end > self.skip {
+            let from = self.skip.saturating_sub(self.pos);
+            out.write_at(self.pos + from, &bytes[from as usize..])?;
+        }
+        self.ct.update(bytes);
+        self.pos = end;
+        Ok(())
+    }
+
+    /// The record so far, after `segs` segments.
+    fn prefix(&self, segs: u64) -> Prefix {
+        Prefix {
+            segs,
+            rpos: self.pos,
+            hash: *self.ct.finalize().as_bytes(),
+        }
+    }
+
+    /// Ends the record with its sealed table; returns its length and ciphertext digest.
+    fn finish(
+        mut self,
+        out: &mut dyn ObjectWriter,
+        keys: &crate::crypto::FileKeys,
+    ) -> Result<(u64, [u8; 32])> {
+        let n = self.stored.len() as u64;
+        let mut table = format::compress::Table::encode(&self.stored);
+        table.extend_from_slice(&[0u8; format::TAG_LEN]);
+        keys.seal_table(n, &mut table);
+        self.put(out, &table)?;
+        Ok((self.pos, *self.ct.finalize().as_bytes()))
+    }
 }
 
 /// A file that could not be encrypted (the run goes on without it).
@@ -141,6 +215,8 @@ struct LargeState {
     next: u64,
     waiting: BTreeMap<u64, (Vec<[u8; 32]>, Vec<SegMac>)>,
     ct: CtDigest,
+    /// A compressed record's writing in order.
+    stream: Option<Stream>,
     failed: Option<String>,
     /// Windows in order at the last checkpoint, and when it was taken.
     ckpt: (u64, Instant),
@@ -356,9 +432,7 @@ impl<'a> Writer<'a> {
                 buf,
                 result,
             } => {
-                let r = self.window(unit, window, &buf, result);
-                self.pool.give(buf);
-                r?;
+                self.window(unit, window, buf, result)?;
             }
         }
         Ok(())
@@ -381,13 +455,25 @@ impl<'a> Writer<'a> {
         Ok((obj, out))
     }
 
-    /// How a large file's object is written: its header, then windows.
+    /// How a large file's object is written: its header, then windows (a compressed
+    /// record's in order, its length known at the end).
     fn large_shape(&self, file: &LargeFile) -> Shape {
         let seg = self.header.segment_size;
-        Shape {
-            len: Some(format::object_len(file.size, seg)),
-            head: format::HEADER_LEN as u64,
-            piece: file.window * (u64::from(seg) + format::TAG_LEN as u64),
+        let piece = file.window * (u64::from(seg) + format::TAG_LEN as u64);
+        let head = format::HEADER_LEN as u64;
+        match file.compress {
+            None => Shape {
+                len: Some(format::object_len(file.size, seg)),
+                head,
+                piece,
+                bound: None,
+            },
+            Some(_) => Shape {
+                len: None,
+                head,
+                piece,
+                bound: Some(format::compress::record_len_range(file.size, seg).1),
+            },
         }
     }
 
@@ -399,16 +485,28 @@ impl<'a> Writer<'a> {
                     .objects
                     .get(obj as usize)
                     .ok_or_else(|| Error::Runtime("a checkpoint of an unknown object".into()))?;
-                // A header checkpoint (0 segments) keeps nothing, not even the header.
-                let kept = match next {
-                    0 => 0,
-                    n => format::segment_offset(self.header.segment_size, n * start.file.window),
+                // A header checkpoint (0 segments) keeps nothing, not even the header. A
+                // compressed record is sealed again from its start and keeps its prefix
+                // where the store keeps partial objects (its checkpoint's `rpos`).
+                let kept = match (next, &start.prefix) {
+                    (_, Some(p)) if self.store.traits().durable_partial => p.rpos,
+                    (0, _) => 0,
+                    (n, _) => {
+                        format::segment_offset(self.header.segment_size, n * start.file.window)
+                    }
                 };
                 let name = manifest::object_name(id);
-                Some((obj, next, self.store.resume_object(&name, shape, kept)?))
+                Some((
+                    obj,
+                    next,
+                    self.store.resume_object(&name, shape, kept)?,
+                    kept,
+                ))
             }
             None => None,
         };
+        let kept = resumed.as_ref().map_or(0, |r| r.3);
+        let resumed = resumed.map(|(obj, next, out, _)| (obj, next, out));
         // A checkpoint whose object lost its prefix (an upload the service dropped): the
         // file is read again from the start, as one that changed (`reseal_large`).
         // Its windows before the checkpoint never come: they are counted as done.
@@ -433,6 +531,10 @@ impl<'a> Writer<'a> {
         };
         let windows = start.file.windows(self.header.segment_size);
         let ct = std::mem::take(&mut start.ct);
+        let stream = start.file.compress.map(|_| match lost {
+            false => Stream::new(&start.file.header, kept, start.prefix),
+            true => Stream::new(&start.file.header, 0, None),
+        });
         Ok(LargeState {
             start,
             obj,
@@ -441,6 +543,7 @@ impl<'a> Writer<'a> {
             next,
             waiting: BTreeMap::new(),
             ct,
+            stream,
             failed: lost.then(|| CHANGED.to_string()),
             ckpt: (next, Instant::now()),
             interrupted: false,
@@ -464,6 +567,7 @@ impl<'a> Writer<'a> {
             obj,
             segs: 0,
             head: Some(start.file.header),
+            prefix: None,
         };
         let line = self.journal.ckpt_line(&c)?;
         self.queue.extend(line);
@@ -477,26 +581,36 @@ impl<'a> Writer<'a> {
         &mut self,
         unit: u64,
         window: u64,
-        buf: &[u8],
+        mut buf: Vec<u8>,
         result: std::result::Result<SealedWindow, FileError>,
     ) -> Result<()> {
         let seg = self.header.segment_size;
         let Some(Unit::Large(st)) = self.units.get_mut(&unit) else {
+            self.pool.give(buf);
             return Err(Error::Runtime("a window of an unknown file".into()));
         };
         match result {
-            Ok((used, leaves, macs)) => {
+            Ok(w) => {
                 if st.failed.is_none() {
                     let first = window * st.start.file.window;
-                    let at = format::segment_offset(seg, first);
-                    st.out.write_at(at, &buf[..used])?;
-                    let plain = (first..first + leaves.len() as u64)
+                    match &mut st.stream {
+                        // Written in order, when the windows before it are.
+                        Some(sm) => {
+                            sm.held
+                                .insert(window, (std::mem::take(&mut buf), w.used, w.stored));
+                        }
+                        None => {
+                            let at = format::segment_offset(seg, first);
+                            st.out.write_at(at, &buf[..w.used])?;
+                        }
+                    }
+                    let plain = (first..first + w.macs.len() as u64)
                         .map(|i| format::segment_plain_len(st.start.file.size, seg, i) as u64)
                         .sum();
                     self.progress.bytes(plain);
                     self.written.read_bytes += plain;
                 }
-                st.waiting.insert(window, (leaves, macs));
+                st.waiting.insert(window, (w.leaves, w.macs));
             }
             Err(FileError::Changed(why)) => {
                 st.changed = true;
@@ -513,22 +627,64 @@ impl<'a> Writer<'a> {
                 st.waiting.insert(window, (Vec::new(), Vec::new()));
             }
         }
+        if !buf.is_empty() {
+            self.pool.give(buf);
+        }
+        let window = st.start.file.window;
+        let n = format::segment_count(st.start.file.size, seg);
         while let Some((leaves, macs)) = st.waiting.remove(&st.next) {
             leaves.iter().for_each(|l| st.ct.push(l));
             macs.into_iter().for_each(|m| st.start.mac.add(m));
             st.next += 1;
+            let Some(sm) = st.stream.as_mut() else {
+                continue;
+            };
+            if let Some((buf, used, stored)) = sm.held.remove(&(st.next - 1)) {
+                let r = match st.failed {
+                    None => sm.put(&mut *st.out, &buf[..used]),
+                    Some(_) => Ok(()),
+                };
+                self.pool.give(buf);
+                r?;
+                sm.stored.extend(stored);
+            }
+            let segs = (st.next * window).min(n);
+            let p = sm.prefix(segs);
+            if sm.expect.is_some_and(|e| e.segs == segs) {
+                if sm.expect != Some(p) {
+                    // Sealed again, the prefix is not what the object keeps (another
+                    // compressor's output): the file is sealed anew into a new object.
+                    st.changed = true;
+                    st.failed.get_or_insert_with(|| CHANGED.to_string());
+                }
+                sm.expect = None;
+            }
+            sm.marks.push_back((st.next, p));
         }
         // A checkpoint: the windows written in order so far that the next barrier makes
         // durable (the commit that records it runs that barrier). Not for devices (no
         // ctime to prove them unchanged).
-        let window = st.start.file.window;
         let slot = u64::from(seg) + format::TAG_LEN as u64;
-        let durable = st
-            .out
-            .durable_len()
-            .saturating_sub(format::HEADER_LEN as u64)
-            / slot;
-        let upto = st.next.min(durable / window);
+        let durable = st.out.durable_len();
+        let (upto, prefix) = match &mut st.stream {
+            None => (
+                st.next
+                    .min(durable.saturating_sub(format::HEADER_LEN as u64) / slot / window),
+                None,
+            ),
+            // Object storage keeps nothing of a compressed record's upload for a rerun but
+            // the parts it recognises by their bytes: only its header checkpoint counts.
+            Some(_) if !self.store.traits().durable_partial => (0, None),
+            Some(sm) => {
+                while sm.marks.get(1).is_some_and(|(_, p)| p.rpos <= durable) {
+                    sm.marks.pop_front();
+                }
+                match sm.marks.front() {
+                    Some(&(w, p)) if p.rpos <= durable => (w, Some(p)),
+                    _ => (0, None),
+                }
+            }
+        };
         let bytes = upto.saturating_sub(st.ckpt.0) * window * u64::from(seg);
         let due = bytes >= checkpoint_bytes() || st.ckpt.1.elapsed() >= CHECKPOINT_EVERY;
         let ckpt = (st.failed.is_none()
@@ -548,6 +704,7 @@ impl<'a> Writer<'a> {
                     obj: st.obj,
                     segs: upto * window,
                     head: Some(st.start.file.header),
+                    prefix,
                 }
             });
         if let Some(c) = ckpt {
@@ -658,6 +815,7 @@ impl<'a> Writer<'a> {
                     len: None,
                     head: 0,
                     piece: format::PACK_TARGET,
+                    bound: None,
                 };
                 let (obj, out) = self.new_object(shape)?;
                 self.pack = Some(Pack { out, obj, len: 0 });
@@ -753,8 +911,9 @@ impl<'a> Writer<'a> {
         let LargeState {
             start,
             obj,
-            out,
+            mut out,
             ct,
+            stream,
             failed,
             interrupted,
             changed,
@@ -782,16 +941,23 @@ impl<'a> Writer<'a> {
                 let pt = mac
                     .finalize()
                     .ok_or_else(|| Error::Runtime("empty MAC tree".into()))?;
+                let (ct, rlen) = match stream {
+                    Some(sm) => {
+                        let (rlen, ct) = sm.finish(&mut *out, &file.keys)?;
+                        (ct, Some(rlen))
+                    }
+                    None => (ct.finalize(), None),
+                };
                 let f = FileEntry {
                     size: file.size,
                     batch,
                     obj,
                     off: 0,
                     salt,
-                    ct: ct.finalize(),
+                    ct,
                     pt: *pt.as_bytes(),
                     sparse: file.src.sparse().map(|s| Box::new(s.clone())),
-                    rlen: None,
+                    rlen,
                 };
                 out.finish()?;
                 // Gaps count as done: they are the file's bytes too.
@@ -810,7 +976,7 @@ impl<'a> Writer<'a> {
                 }
                 if (why == CHANGED || changed) && !interrupted {
                     // Read again from the start, here, keeping the entries' order.
-                    self.reseal_large(&entry, batch, device)?
+                    self.reseal_large(&entry, batch, device, file.compress)?
                 } else {
                     Err(why)
                 }
@@ -855,6 +1021,7 @@ impl<'a> Writer<'a> {
         entry: &SourceEntry,
         batch: u32,
         device: bool,
+        compress: Option<i32>,
     ) -> Result<std::result::Result<(FileEntry, SourceId, (i64, u32)), String>> {
         let seg = self.header.segment_size;
         let key = Arc::clone(
@@ -865,8 +1032,7 @@ impl<'a> Writer<'a> {
         let ctx = crate::pipeline::seal::SealCtx {
             vault_id: self.header.vault_id,
             segment_size: seg,
-            // Large files are sealed as suite-1 records (docs/FORMAT.md §4.5).
-            compress: None,
+            compress,
         };
         let (window, _) = crate::pipeline::seal::window_geometry(seg, 0);
         for _ in 0..RESEAL_ATTEMPTS {
@@ -886,9 +1052,11 @@ impl<'a> Writer<'a> {
                 keys,
                 size,
                 window,
+                compress,
             };
             let (obj, mut out) = self.new_object(self.large_shape(&file))?;
             out.write_at(0, &file.header)?;
+            let mut stream = compress.map(|_| Stream::new(&file.header, 0, None));
             let mut ct = CtDigest::new();
             let mut mac = TreeMac::new(file.keys.mac_key());
             let slot = u64::from(seg) + format::TAG_LEN as u64;
@@ -896,12 +1064,23 @@ impl<'a> Writer<'a> {
             let mut outcome = Ok(());
             for w in 0..file.windows(seg) {
                 match file.seal_window(seg, w, &mut buf) {
-                    Ok((used, leaves, macs)) => {
-                        let at = format::segment_offset(seg, w * window);
-                        out.write_at(at, &buf[..used])?;
-                        self.written.read_bytes += (used - leaves.len() * format::TAG_LEN) as u64;
-                        leaves.iter().for_each(|l| ct.push(l));
-                        macs.into_iter().for_each(|m| mac.add(m));
+                    Ok(sw) => {
+                        match &mut stream {
+                            Some(sm) => {
+                                sm.put(&mut *out, &buf[..sw.used])?;
+                                sm.stored.extend(sw.stored);
+                            }
+                            None => {
+                                let at = format::segment_offset(seg, w * window);
+                                out.write_at(at, &buf[..sw.used])?;
+                            }
+                        }
+                        let first = w * window;
+                        self.written.read_bytes += (first..first + sw.macs.len() as u64)
+                            .map(|i| format::segment_plain_len(size, seg, i) as u64)
+                            .sum::<u64>();
+                        sw.leaves.iter().for_each(|l| ct.push(l));
+                        sw.macs.into_iter().for_each(|m| mac.add(m));
                     }
                     Err(FileError::Changed(_)) => {
                         outcome = Err(CHANGED.to_string());
@@ -922,6 +1101,13 @@ impl<'a> Writer<'a> {
             }
             match outcome {
                 Ok(()) => {
+                    let (ct, rlen) = match stream {
+                        Some(sm) => {
+                            let (rlen, ct) = sm.finish(&mut *out, &file.keys)?;
+                            (ct, Some(rlen))
+                        }
+                        None => (ct.finalize(), None),
+                    };
                     out.finish()?;
                     let pt = mac
                         .finalize()
@@ -932,10 +1118,10 @@ impl<'a> Writer<'a> {
                         obj,
                         off: 0,
                         salt: h.salt,
-                        ct: ct.finalize(),
+                        ct,
                         pt: *pt.as_bytes(),
                         sparse: file.src.sparse().map(|s| Box::new(s.clone())),
-                        rlen: None,
+                        rlen,
                     };
                     let src = crate::pipeline::seal::source_id(entry, &file.src);
                     return Ok(Ok((f, src, file.src.mtime())));

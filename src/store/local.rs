@@ -499,6 +499,8 @@ struct LocalObject {
     prefix: u64,
     /// ...and pieces written beyond it (offset -> end).
     beyond: BTreeMap<u64, u64>,
+    /// The end of the bytes written (and kept).
+    end: u64,
 }
 
 impl LocalObject {
@@ -508,6 +510,7 @@ impl LocalObject {
             path,
             prefix,
             beyond: BTreeMap::new(),
+            end: prefix,
         }
     }
 }
@@ -516,6 +519,7 @@ impl ObjectWriter for LocalObject {
     fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
         self.file.write_all_at(data, offset).at(&self.path)?;
         let end = offset + data.len() as u64;
+        self.end = self.end.max(end);
         if offset <= self.prefix {
             self.prefix = self.prefix.max(end);
             while let Some((&o, &e)) = self.beyond.first_key_value() {
@@ -536,6 +540,11 @@ impl ObjectWriter for LocalObject {
     }
 
     fn finish(self: Box<Self>) -> Result<()> {
+        // A resumed object of open length may hold bytes of the interrupted run past the
+        // end of what was written again.
+        if self.file.metadata().at(&self.path)?.len() > self.end {
+            self.file.set_len(self.end).at(&self.path)?;
+        }
         Ok(())
     }
 

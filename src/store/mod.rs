@@ -223,8 +223,9 @@ pub trait Store: Send + Sync {
     fn create_object(&self, name: Name, shape: Shape) -> Result<Box<dyn ObjectWriter>>;
 
     /// Takes up an object an interrupted run created with the same `shape` (never one
-    /// whose length is open): its first `kept` bytes, durable at an earlier barrier, are
-    /// kept and the caller writes the rest again. `None` when they are not there (the
+    /// whose length is open without a bound): its first `kept` bytes, durable at an earlier
+    /// barrier, are kept and the caller writes the rest again (an object of open length
+    /// then ends where the new writes end). `None` when they are not there (the
     /// caller starts the object over).
     fn resume_object(
         &self,
@@ -274,6 +275,11 @@ pub struct Shape {
     pub len: Option<u64>,
     pub head: u64,
     pub piece: u64,
+    /// For an object of open length, the most it can hold, when known (a compressed
+    /// record: at most its plaintext and the tags). Object storage then streams it as a
+    /// multipart upload cut at fixed offsets, as if it were this long, and ends it at its
+    /// real length; without a bound the object is kept whole until `finish` (a pack).
+    pub bound: Option<u64>,
 }
 
 /// Random access to one stored file.
@@ -341,6 +347,7 @@ pub fn copy(from: &dyn Store, to: &dyn Store, name: Name) -> Result<()> {
         len: Some(len),
         head: 0,
         piece: COPY_PIECE,
+        bound: None,
     };
     let mut out = to.create_object(name, shape)?;
     let mut buf = vec![0u8; COPY_PIECE.min(len) as usize];

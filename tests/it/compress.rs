@@ -257,7 +257,7 @@ fn a_bad_compress_value_is_a_usage_error() {
     }
 }
 
-/// `--compress` into an `s3://` vault: compressed packs and a large (uncompressed) object,
+/// `--compress` into an `s3://` vault: compressed packs and a large object of its own,
 /// verified deeply and restored through the S3 store, no flag on the readers.
 #[test]
 fn compress_round_trips_on_s3() {
@@ -275,7 +275,8 @@ fn compress_round_trips_on_s3() {
         );
     }
     common::tree::write(&src.join("empty"), b"");
-    // Above the 8 MiB `--compress` packs below: a suite-1 object of its own.
+    // Above the 8 MiB `--compress` packs below: an object of its own (random: stored raw),
+    // streamed as a multipart upload of open length.
     common::tree::gen_file(&src.join("big.bin"), 10 << 20, 5);
     let vault = format!("s3://{BUCKET}/compress/v1");
     let cmd = |args: &[&str]| {
@@ -372,4 +373,188 @@ fn a_killed_compressed_run_resumes() {
         .count();
     assert_eq!(files, 48);
     round_trip(&home, &src, &vault, &t.path().join("out"));
+}
+
+/// `len` bytes from splitmix64 (seeded): random, or, `hex`, as lowercase hex digits (text
+/// that compresses to about half).
+fn noise(len: usize, seed: u64, hex: bool) -> Vec<u8> {
+    let mut x = seed;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        match hex {
+            false => out.extend_from_slice(&z.to_le_bytes()),
+            true => out.extend(
+                z.to_le_bytes()
+                    .iter()
+                    .map(|b| b"0123456789abcdef"[(b & 15) as usize]),
+            ),
+        }
+    }
+    out.truncate(len);
+    out
+}
+
+/// Files of 8 MiB and more are compressed too, each as one record of its own written in
+/// order (docs/FORMAT.md §4.5): logs shrink, random data grows by the table alone, both
+/// round trip, and a flipped byte deep in the big compressed record is caught.
+#[test]
+fn large_files_are_compressed_records_of_their_own() {
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("home");
+    let src = t.path().join("big");
+    let logs = log_text(7, 40 << 20);
+    common::tree::write(&src.join("app.log"), &logs);
+    common::tree::write(&src.join("random.bin"), &noise(24 << 20, 3, false));
+    // Not a whole number of segments, with a short last one.
+    common::tree::write(&src.join("odd.txt"), &log_text(8, (9 << 20) + 12_345));
+    let vault = t.path().join("vault");
+    encrypt(&home, &src, &vault, &["--compress", "zstd"]);
+    let recs = manifest_records(&vault);
+    let rlen = |path: &str| {
+        recs.iter()
+            .find(|r| r["type"] == "entry" && r["path"] == path)
+            .and_then(|r| r["rlen"].as_u64())
+            .unwrap_or_else(|| panic!("{path}: no compressed record"))
+    };
+    let by_path = objects_by_path(&vault);
+    for (path, len) in [
+        ("big/app.log", 40u64 << 20),
+        ("big/random.bin", 24 << 20),
+        ("big/odd.txt", (9 << 20) + 12_345),
+    ] {
+        // One object per large file, holding exactly its record.
+        let (obj, off) = &by_path[path];
+        assert_eq!(*off, 0, "{path}");
+        assert_eq!(
+            fs::metadata(vault.join(obj)).unwrap().len(),
+            rlen(path),
+            "{path}"
+        );
+        let suite1 = envseal::format::object_len(len, envseal::format::DEFAULT_SEGMENT_SIZE);
+        let r = rlen(path) as f64;
+        match path {
+            "big/random.bin" => assert!(r <= 1.005 * suite1 as f64, "{path}: {r} vs {suite1}"),
+            _ => assert!(
+                r <= 0.35 * len as f64,
+                "{path}: {r} for {len} bytes of logs"
+            ),
+        }
+    }
+    round_trip(&home, &src, &vault, &t.path().join("out"));
+    // A byte flipped in the middle of the log's record: deep verify exits 3.
+    let (obj, _) = &by_path["big/app.log"];
+    let p = vault.join(obj);
+    let mut bytes = fs::read(&p).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x20;
+    fs::write(&p, &bytes).unwrap();
+    let o = run(envseal(&home).args(["verify", "--deep", "-q"]).arg(&vault));
+    assert_eq!(code(&o), 3, "{}", common::stderr(&o));
+}
+
+/// A large compressed file interrupted past a checkpoint (docs/FORMAT.md §7): sealed again
+/// from its start under the checkpoint's header, its stored prefix kept (the same object)
+/// when it comes out the same; a prefix damaged since, or a different level (other bytes),
+/// gives a new record instead. Every way, the vault verifies deeply and restores exactly.
+#[test]
+fn a_large_compressed_file_resumes_at_its_checkpoint() {
+    use envseal::kms::keys::Kms;
+    use envseal::kms::local::LocalProvider;
+    use envseal::kms::KmsOptions;
+    use envseal::pipeline::encrypt::{encrypt as encrypt_lib, EncryptOptions};
+    use envseal::progress::{NoProgress, Progress};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    /// Stops the run (as Ctrl-C does) once `after` bytes were sealed.
+    struct StopAfter {
+        seen: AtomicU64,
+        after: u64,
+        cancel: Arc<AtomicBool>,
+    }
+    impl Progress for StopAfter {
+        fn bytes(&self, n: u64) {
+            if self.seen.fetch_add(n, Ordering::SeqCst) + n >= self.after {
+                self.cancel.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("data");
+    // Past two checkpoints (every 64 MiB sealed, or 500 ms).
+    let size = (2 * envseal::pipeline::write::CHECKPOINT_BYTES + (24 << 20)) as usize;
+    let body = noise(size, 11, true);
+    common::tree::write(&src.join("big.txt"), &body);
+    let store = t.path().join("keystore");
+    let url = format!("local:{}", store.display());
+    let provider = LocalProvider::open(Some(&store), &KmsOptions::default()).unwrap();
+    let kms = Kms::new(KmsOptions::default(), None).with_provider(&url, Arc::new(provider));
+    let objects = |vault: &Path| files_under(&vault.join("objects"));
+
+    for case in ["same", "damaged", "other level"] {
+        let vault = t.path().join(case.replace(' ', "-"));
+        let opts = |level| EncryptOptions {
+            jobs: 1,
+            compress: Some(level),
+            pack_threshold: envseal::format::compress::COMPRESS_PACK_THRESHOLD,
+            ..EncryptOptions::new(vec![src.clone()], vault.clone(), url.clone())
+        };
+        let cancel = Arc::new(AtomicBool::new(false));
+        let stop = StopAfter {
+            seen: AtomicU64::new(0),
+            after: envseal::pipeline::write::CHECKPOINT_BYTES + (40 << 20),
+            cancel: Arc::clone(&cancel),
+        };
+        let e = encrypt_lib(&opts(3), &kms, &stop, &cancel).unwrap_err();
+        assert!(
+            matches!(e, envseal::error::Error::Interrupted),
+            "{case}: {e}"
+        );
+        let journal = fs::read_to_string(vault.join("journal.jsonl")).unwrap();
+        assert!(
+            journal.contains(r#""rpos":"#),
+            "{case}: no compressed checkpoint"
+        );
+        let before = objects(&vault);
+        assert_eq!(before.len(), 1, "{case}: {before:?}");
+        let level = match case {
+            "damaged" => {
+                let p = vault.join("objects").join(&before[0]);
+                let mut b = fs::read(&p).unwrap();
+                b[1000] ^= 1;
+                fs::write(&p, &b).unwrap();
+                3
+            }
+            "other level" => 1,
+            _ => 3,
+        };
+        let r = encrypt_lib(&opts(level), &kms, &NoProgress, &AtomicBool::new(false)).unwrap();
+        assert!(r.failed.is_empty(), "{case}: {:?}", r.failed);
+        let after = objects(&vault);
+        assert_eq!(after.len(), 1, "{case}: {after:?}");
+        assert_eq!(
+            after == before,
+            case == "same",
+            "{case}: {before:?} -> {after:?}"
+        );
+        let home = t.path().join("home");
+        let cli = |args: &[&str]| {
+            let mut c = envseal(&home);
+            c.env("ENVSEAL_KMS", &url).args(args).arg(&vault);
+            ok(&mut c)
+        };
+        cli(&["verify", "--deep", "-q"]);
+        let out = t.path().join(format!("out-{}", case.replace(' ', "-")));
+        cli(&["decrypt", "-q", "-o", out.to_str().unwrap()]);
+        assert!(
+            fs::read(out.join("data/big.txt")).unwrap() == body,
+            "{case}"
+        );
+    }
 }

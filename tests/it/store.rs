@@ -85,6 +85,7 @@ fn conformance(s: &dyn Store, other: &dyn Store, traffic: Traffic) {
         len: Some(20 * MIB + 12345),
         head: 100,
         piece: MIB,
+        bound: None,
     };
     let data = bytes(big.len.unwrap(), 1);
     let mut w = s.create_object("objects/ab/big", big).unwrap();
@@ -105,6 +106,7 @@ fn conformance(s: &dyn Store, other: &dyn Store, traffic: Traffic) {
         len: Some(3000),
         head: 10,
         piece: 1000,
+        bound: None,
     };
     let sdata = bytes(3000, 2);
     let mut w = s.create_object("objects/cd/small", small).unwrap();
@@ -116,6 +118,7 @@ fn conformance(s: &dyn Store, other: &dyn Store, traffic: Traffic) {
         len: None,
         head: 0,
         piece: 4096,
+        bound: None,
     };
     let pack = bytes(10_000, 3);
     let mut w = s.create_object("objects/ef/pack", open).unwrap();
@@ -184,6 +187,7 @@ fn conformance(s: &dyn Store, other: &dyn Store, traffic: Traffic) {
         len: Some(24 * MIB),
         head: 0,
         piece: MIB,
+        bound: None,
     };
     let rdata = bytes(24 * MIB, 4);
     let mut w = s.create_object("objects/12/resumed", shape).unwrap();
@@ -446,6 +450,7 @@ fn s3_on_seaweedfs_conforms() {
         len: Some(24 * MIB),
         head: 0,
         piece: MIB,
+        bound: None,
     };
     let mut w = s.create_object("objects/34/partial", shape).unwrap();
     let d = bytes(8 * MIB, 7);
@@ -720,6 +725,7 @@ fn abandoned_uploads_are_swept(s: &dyn Store) {
         len: Some(20 * MIB),
         head: 0,
         piece: 8 * MIB,
+        bound: None,
     };
     let data = bytes(8 * MIB, 9);
     let names = [

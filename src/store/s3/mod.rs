@@ -755,14 +755,17 @@ impl Store for S3Store {
         };
         let key = self.inner.cfg().key(name);
         let upload_id = self.inner.create_upload(name, &key)?;
-        Ok(Box::new(MultipartWriter::new(
-            Arc::clone(&self.inner),
-            name,
-            key,
-            upload_id,
-            geo,
-            BTreeMap::new(),
-        )))
+        Ok(Box::new(
+            MultipartWriter::new(
+                Arc::clone(&self.inner),
+                name,
+                key,
+                upload_id,
+                geo,
+                BTreeMap::new(),
+            )
+            .open_length(shape.len.is_none()),
+        ))
     }
 
     fn resume_object(
@@ -818,7 +821,8 @@ impl Store for S3Store {
             .collect();
         Ok(Some(Box::new(
             MultipartWriter::new(Arc::clone(&self.inner), name, key, upload_id, geo, keep)
-                .with_sent(sent),
+                .with_sent(sent)
+                .open_length(shape.len.is_none()),
         )))
     }
 

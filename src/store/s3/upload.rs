@@ -38,9 +38,10 @@ pub struct Geometry {
 }
 
 impl Geometry {
-    /// `None` for an object of open length (written in order, one PUT).
+    /// `None` for an object of open length and no bound (written in order, one PUT); an
+    /// object of open length within a bound is cut as if it were that long.
     pub fn of(shape: Shape) -> Option<Geometry> {
-        let len = shape.len?;
+        let len = shape.len.or(shape.bound)?;
         let head = shape.head.min(len);
         let piece = if shape.piece == 0 {
             len.max(1)
@@ -289,6 +290,11 @@ pub struct MultipartWriter {
     /// part written again with the same bytes (sealing is deterministic) is not sent.
     sent: BTreeMap<u32, (u64, String)>,
     name: String,
+    /// Of open length (written in order within the geometry's bound): ends where the
+    /// writes end, its last part short.
+    open: bool,
+    /// The end of the bytes written.
+    end: u64,
 }
 
 impl MultipartWriter {
@@ -325,6 +331,8 @@ impl MultipartWriter {
             prefix: 0,
             sent: BTreeMap::new(),
             name: name.to_string(),
+            open: false,
+            end: 0,
         };
         w.advance();
         w
@@ -335,6 +343,13 @@ impl MultipartWriter {
         while self.prefix < self.geo.parts && self.submitted[self.prefix as usize + 1] {
             self.prefix += 1;
         }
+    }
+
+    /// An object of open length: written in order, in writes that may span parts, and
+    /// ended by `finish` wherever the writes end.
+    pub fn open_length(mut self, open: bool) -> MultipartWriter {
+        self.open = open;
+        self
     }
 
     /// With the parts an interrupted run uploaded past what is kept.
@@ -356,10 +371,22 @@ impl MultipartWriter {
     fn url(&self) -> String {
         self.up.inner.describe(&self.name)
     }
-}
 
-impl ObjectWriter for MultipartWriter {
-    fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+    /// Hands part `n`, complete as `data`, to the pool (or records it as sent already).
+    fn submit(&mut self, n: u32, data: Vec<u8>) -> Result<()> {
+        self.submitted[n as usize] = true;
+        self.advance();
+        match self.already_sent(n, &data) {
+            Some(etag) => {
+                lock(&self.up.parts).done.insert(n, etag);
+                Ok(())
+            }
+            None => self.up.submit(n, data),
+        }
+    }
+
+    /// Writes bytes that lie within one part.
+    fn write_part(&mut self, offset: u64, data: &[u8]) -> Result<()> {
         let end = offset + data.len() as u64;
         let n = self.geo.part_of(offset);
         let (start, pend) = self.geo.range(n);
@@ -386,15 +413,34 @@ impl ObjectWriter for MultipartWriter {
         }
         if f.filled >= pend - start {
             if let Some(f) = self.filling.remove(&n) {
-                self.submitted[n as usize] = true;
-                self.advance();
-                match self.already_sent(n, &f.data) {
-                    Some(etag) => {
-                        lock(&self.up.parts).done.insert(n, etag);
-                    }
-                    None => self.up.submit(n, f.data)?,
-                }
+                self.submit(n, f.data)?;
             }
+        }
+        Ok(())
+    }
+}
+
+impl ObjectWriter for MultipartWriter {
+    fn write_at(&mut self, mut offset: u64, mut data: &[u8]) -> Result<()> {
+        self.end = self.end.max(offset + data.len() as u64);
+        if !self.open {
+            return self.write_part(offset, data);
+        }
+        if offset + data.len() as u64 > self.geo.len {
+            return Err(Error::Runtime(format!(
+                "{}: a write ends at {}, past the object's bound of {} bytes",
+                self.url(),
+                offset + data.len() as u64,
+                self.geo.len
+            )));
+        }
+        // Written in order: a write may span parts.
+        while !data.is_empty() {
+            let pend = self.geo.range(self.geo.part_of(offset)).1;
+            let take = ((pend - offset) as usize).min(data.len());
+            self.write_part(offset, &data[..take])?;
+            offset += take as u64;
+            data = &data[take..];
         }
         Ok(())
     }
@@ -406,8 +452,27 @@ impl ObjectWriter for MultipartWriter {
         }
     }
 
-    fn finish(self: Box<Self>) -> Result<()> {
-        if self.prefix < self.geo.parts {
+    fn finish(mut self: Box<Self>) -> Result<()> {
+        let mut last = self.geo.parts;
+        if self.open {
+            // The part holding the last byte ends the object, short.
+            last = self.geo.part_of(self.end.max(1) - 1);
+            let (s, e) = self.geo.range(last);
+            if let Some(f) = self.filling.remove(&last) {
+                let len = self.end.min(e) - s;
+                if f.filled != len {
+                    return Err(Error::Runtime(format!(
+                        "{}: finished with bytes of [{s}, {}) not written",
+                        self.url(),
+                        self.end
+                    )));
+                }
+                let mut data = f.data;
+                data.truncate(len as usize);
+                self.submit(last, data)?;
+            }
+        }
+        if self.prefix < last {
             let n = self.prefix + 1;
             let (s, e) = self.geo.range(n);
             return Err(Error::Runtime(format!(
@@ -415,7 +480,8 @@ impl ObjectWriter for MultipartWriter {
                 self.url()
             )));
         }
-        let parts = self.up.wait()?;
+        let mut parts = self.up.wait()?;
+        parts.retain(|&n, _| n <= last);
         self.up
             .inner
             .complete(&self.name, &self.up.key, &self.up.upload_id, &parts, false)
@@ -604,6 +670,7 @@ mod tests {
             len: Some(len),
             head,
             piece,
+            bound: None,
         }
     }
 
@@ -647,7 +714,8 @@ mod tests {
         assert!(Geometry::of(Shape {
             len: None,
             head: 0,
-            piece: 1
+            piece: 1,
+            bound: None,
         })
         .is_none());
     }
