@@ -182,6 +182,48 @@ fn conformance(s: &dyn Store, other: &dyn Store, traffic: Traffic) {
     let all = s.list("").unwrap();
     assert!(all.iter().any(|x| x.name == "keys-a.json" && x.len == 8));
 
+    // ---- open length within a bound (a large compressed record): written in order in
+    // writes that span parts, ended where the writes end; taken up after an interruption
+    // with nothing kept, the parts already uploaded are recognised, not sent again ----
+    let bounded = Shape {
+        len: None,
+        head: 136,
+        piece: 8 * MIB,
+        bound: Some(40 * MIB),
+    };
+    let odata = bytes(21 * MIB + 777, 6);
+    let write_all = |w: &mut Box<dyn envseal::store::ObjectWriter>, upto: usize| {
+        let mut at = 0;
+        while at < upto {
+            let k = (1_234_567).min(upto - at);
+            w.write_at(at as u64, &odata[at..at + k]).unwrap();
+            at += k;
+        }
+    };
+    let mut w = s.create_object("objects/56/open", bounded).unwrap();
+    write_all(&mut w, 18 * MIB as usize);
+    s.barrier().unwrap();
+    drop(w);
+    let received0 = traffic.map(|t| t().0);
+    let mut w = s
+        .resume_object("objects/56/open", bounded, 0)
+        .unwrap()
+        .expect("the interrupted object is taken up");
+    write_all(&mut w, odata.len());
+    w.finish().unwrap();
+    s.barrier().unwrap();
+    if let (Some(t), Some(r0)) = (traffic, received0) {
+        // Two whole parts (16 MiB + the head) were uploaded before: only the rest goes.
+        let received = t().0 - r0;
+        assert!(
+            received < odata.len() as u64 - 16 * MIB + MIB,
+            "{received} bytes received for the rest of a {}-byte object",
+            odata.len()
+        );
+    }
+    assert_eq!(s.len("objects/56/open").unwrap(), Some(odata.len() as u64));
+    assert_eq!(read_all(s, "objects/56/open"), odata);
+
     // ---- resume: a writer dropped without finish, its durable parts kept ----
     let shape = Shape {
         len: Some(24 * MIB),

@@ -388,3 +388,81 @@ fn s3_kill_before_the_first_segment_checkpoint_resends_no_part() {
     }
     panic!("four tries missed the moment before the first segment checkpoint");
 }
+
+/// A large compressed file (docs/FORMAT.md §4.5) to `s3://`, killed (-9) mid-upload: its
+/// upload of open length has only its header checkpoint, so the same command seals it again
+/// from its start under that header, and the parts already uploaded come out the same and
+/// are recognised (size and ETag), not sent again.
+#[test]
+fn s3_compressed_upload_killed_resends_no_finished_part() {
+    let Some(server) = SeaweedFs::start() else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("home");
+    let src = t.path().join("src");
+    // Hex digits of random bytes: text that zstd halves, so the object is about 140 MiB.
+    let size = 256 * MIB as usize;
+    let mut rng = Rng(0xc0_ffee);
+    let mut text = Vec::with_capacity(size);
+    while text.len() < size {
+        let z = rng.next();
+        text.extend(
+            z.to_le_bytes()
+                .iter()
+                .map(|b| b"0123456789abcdef"[(b & 15) as usize]),
+        );
+    }
+    tree::write(&src.join("image"), &text);
+    drop(text);
+    let prefix = "resume/compressed";
+    let vault = format!("s3://{BUCKET}/{prefix}");
+    let store = server.store(prefix);
+    let cmd = || {
+        let mut c = encrypt_cmd(&server.vars(), &home, &vault, &src);
+        c.args(["--compress", "zstd:1"]);
+        c
+    };
+    let r0 = server.traffic().0;
+    let mut child = cmd().spawn().unwrap();
+    let target = r0 + 64 * MIB;
+    assert!(
+        wait_for_received(&server, &mut child, target).is_none(),
+        "finished before the kill"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before = server.traffic().0 - r0;
+    assert_eq!(
+        last_ckpt(&store),
+        Some(0),
+        "a compressed upload journals its header checkpoint alone"
+    );
+    let r1 = server.traffic().0;
+    let o = common::run(&mut cmd());
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let rerun = server.traffic().0 - r1;
+    let object = store
+        .list("objects/")
+        .unwrap()
+        .into_iter()
+        .map(|o| o.len)
+        .max()
+        .unwrap();
+    eprintln!("killed after {before} bytes; the rerun sent {rerun} for a {object}-byte object");
+    assert!(
+        object < size as u64 * 6 / 10,
+        "{object} bytes stored for {size}"
+    );
+    // Sealed again under a fresh header, every part would go up again.
+    assert!(
+        rerun + 4 * PART_TARGET <= object,
+        "the rerun sent {rerun} bytes of a {object}-byte object: the uploaded parts were sent again"
+    );
+    assert!(
+        before + rerun <= object + SMALL_FILES + MAX_IN_FLIGHT,
+        "{} bytes in all for a {object}-byte object after one kill",
+        before + rerun
+    );
+    verify_and_restore(&server, &home, &vault, &src, &t.path().join("out"));
+}
