@@ -302,6 +302,10 @@ pub struct PlanArgs {
     /// itself holds the sources and the N-1 paths where the parts meet in clear).
     #[arg(long)]
     pub conceal_names: bool,
+    /// Every part compresses with Zstandard before sealing, as encrypt --compress:
+    /// `zstd` (level 3) or `zstd:LEVEL`, LEVEL 1-19.
+    #[arg(long, value_name = "zstd[:LEVEL]")]
+    pub compress: Option<String>,
     /// Replace an existing plan file (parts made with the old one no longer match it).
     #[arg(long)]
     pub force: bool,

@@ -49,6 +49,11 @@ pub fn plan_cmd(a: PlanArgs, cancel: &'static AtomicBool) -> anyhow::Result<i32>
             .segment_size
             .map_or(format::DEFAULT_SEGMENT_SIZE, |s| s.get()),
         conceal_names: a.conceal_names,
+        compress: a
+            .compress
+            .as_deref()
+            .map(super::run::compress_arg)
+            .transpose()?,
     };
     let bars = bars("plan", &a.out)?.cancelled_by(cancel);
     let p = plan(&opts, &bars, cancel)?;

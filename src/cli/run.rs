@@ -47,7 +47,7 @@ fn size_arg(flag: &str, s: &str) -> anyhow::Result<u64> {
 }
 
 /// `--compress zstd[:LEVEL]`: the Zstandard level (docs/FORMAT.md §4.5).
-fn compress_arg(s: &str) -> anyhow::Result<i32> {
+pub(super) fn compress_arg(s: &str) -> anyhow::Result<i32> {
     use envseal::format::compress::{DEFAULT_ZSTD_LEVEL, ZSTD_LEVELS};
     let bad = || {
         Error::Usage(format!(
@@ -121,6 +121,7 @@ fn shard_options(a: EncryptArgs) -> anyhow::Result<Asked> {
         (a.segment_size.is_some(), "--segment-size"),
         (a.conceal_names, "--conceal-names"),
         (a.since.is_some(), "--since"),
+        (a.compress.is_some(), "--compress"),
     ];
     if let Some((_, flag)) = fixed.iter().find(|(given, _)| *given) {
         return Err(usage(

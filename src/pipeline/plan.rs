@@ -50,6 +50,8 @@ pub struct PlanOptions {
     pub excludes: Vec<String>,
     pub segment_size: u32,
     pub conceal_names: bool,
+    /// `--compress`: the Zstandard level every part compresses at (docs/FORMAT.md §4.5).
+    pub compress: Option<i32>,
 }
 
 /// A plan file (docs/SCALE-OUT.md, "The plan file").
@@ -70,6 +72,9 @@ pub struct Plan {
     pub excludes: Vec<String>,
     pub segment_size: u32,
     pub conceal_names: bool,
+    /// The Zstandard level of `--compress`, absent without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compress: Option<i32>,
     /// What the planning walk found.
     pub totals: Counts,
     /// Part `i` holds the paths from its `from` (the start for part 0) up to, not including,
@@ -252,6 +257,7 @@ pub fn plan(opts: &PlanOptions, progress: &dyn Progress, cancel: &AtomicBool) ->
         excludes: opts.excludes.clone(),
         segment_size: opts.segment_size,
         conceal_names: opts.conceal_names,
+        compress: opts.compress,
         totals,
         shards,
     })
@@ -632,6 +638,11 @@ impl Plan {
         if !format::valid_segment_size(u64::from(self.segment_size)) {
             return Err(format!("invalid segment_size {}", self.segment_size));
         }
+        if let Some(l) = self.compress {
+            if !format::compress::ZSTD_LEVELS.contains(&l) {
+                return Err(format!("invalid compress level {l}"));
+            }
+        }
         if self.sources.is_empty() {
             return Err("no sources".into());
         }
@@ -746,6 +757,11 @@ impl Plan {
             segment_size: self.segment_size,
             excludes: self.excludes.clone(),
             conceal_names: self.conceal_names,
+            compress: self.compress,
+            pack_threshold: match self.compress {
+                Some(_) => format::compress::COMPRESS_PACK_THRESHOLD,
+                None => format::DEFAULT_PACK_THRESHOLD,
+            },
             shard: Some(ShardRun {
                 plan: plan_path.to_path_buf(),
                 vault_id: self.id().map_err(bad)?,

@@ -281,7 +281,7 @@ fn what_the_plan_fixes_is_refused() {
     let part = t.path().join("part");
     let src_arg = src.to_str().unwrap();
     let since = t.path().join("earlier");
-    let cases: [(&[&str], &str); 7] = [
+    let cases: [(&[&str], &str); 8] = [
         (&[src_arg], "SRC arguments"),
         (&["--key", "alias/other"], "--key"),
         (&["--kms", "local"], "--kms"),
@@ -289,6 +289,7 @@ fn what_the_plan_fixes_is_refused() {
         (&["--segment-size", "64KiB"], "--segment-size"),
         (&["--conceal-names"], "--conceal-names"),
         (&["--since", since.to_str().unwrap()], "--since"),
+        (&["--compress", "zstd"], "--compress"),
     ];
     for (extra, flag) in cases {
         let o = envseal(&home)
@@ -529,4 +530,61 @@ fn peak_rss_kib(cmd: Command) -> Option<u64> {
     assert!(o.status.success(), "{launcher:?}: {}", stderr(&o));
     let text = fs::read_to_string(&out).unwrap();
     Some(text.trim().lines().last().unwrap().trim().parse().unwrap())
+}
+
+/// `plan --compress`: the plan records the level, every part compresses (packed files and
+/// a file of its own alike, docs/FORMAT.md §4.5), and the merged vault restores exactly.
+#[test]
+fn a_compressed_plan_compresses_every_part() {
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("home");
+    let src = t.path().join("src");
+    let line = b"2026-12-07T12:00:00Z INFO request served status=200 bytes=512\n";
+    let text: Vec<u8> = line.iter().copied().cycle().take(10 << 20).collect();
+    common::tree::write(&src.join("big.log"), &text);
+    for i in 0..12 {
+        common::tree::write(
+            &src.join(format!("logs/{i:02}.log")),
+            &text[..(200 << 10) + i],
+        );
+    }
+    let plan = t.path().join("plan.json");
+    ok(envseal(&home)
+        .args(["plan", "-q", "--shards", "3", "--compress", "zstd:5", "-o"])
+        .arg(&plan)
+        .arg(&src));
+    assert_eq!(read_plan(&plan)["compress"], 5);
+    let parts: Vec<PathBuf> = (0..3).map(|i| t.path().join(format!("part{i}"))).collect();
+    for (i, part) in parts.iter().enumerate() {
+        ok(&mut shard_cmd(&home, &plan, i, part));
+    }
+    let vault = t.path().join("merged");
+    ok(envseal(&home)
+        .args(["merge", "-q", "-o"])
+        .arg(&vault)
+        .args(&parts));
+    let files: Vec<_> = crate::common::tree::manifest_records(&vault)
+        .into_iter()
+        .filter(|r| r["type"] == "entry" && r["kind"] == "file")
+        .collect();
+    assert_eq!(files.len(), 13);
+    assert!(
+        files.iter().all(|r| r["rlen"].as_u64().is_some()),
+        "{files:?}"
+    );
+    let stored: u64 = crate::common::tree::files_under(&vault.join("objects"))
+        .iter()
+        .map(|f| fs::metadata(vault.join("objects").join(f)).unwrap().len())
+        .sum();
+    assert!(
+        stored < 1 << 20,
+        "{stored} bytes stored for 12.4 MiB of logs"
+    );
+    ok(envseal(&home).args(["verify", "--deep", "-q"]).arg(&vault));
+    let out = t.path().join("out");
+    ok(envseal(&home)
+        .args(["decrypt", "-q", "-o"])
+        .arg(&out)
+        .arg(&vault));
+    crate::common::tree::assert_same_tree(&src, &out.join("src"));
 }
