@@ -930,6 +930,7 @@ mod tests {
             excludes: vec!["*.tmp".into()],
             segment_size: 1 << 16,
             conceal_names: true,
+            compress: Some(4),
         };
         let p = plan(&opts, &crate::progress::NoProgress, &AtomicBool::new(false)).unwrap();
         (t, p)
@@ -964,6 +965,10 @@ mod tests {
             .unwrap();
         assert_eq!(o.key.as_deref(), Some("alias/k"));
         assert_eq!((o.segment_size, o.conceal_names), (1 << 16, true));
+        assert_eq!(
+            (o.compress, o.pack_threshold),
+            (Some(4), crate::format::compress::COMPRESS_PACK_THRESHOLD)
+        );
         let s = o.shard.unwrap();
         assert_eq!(s.mark, ShardMark { index: 1, count: 3 });
         assert_eq!(format::to_hex(&s.vault_id), p.vault_id);
