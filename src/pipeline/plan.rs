@@ -997,6 +997,7 @@ mod tests {
             }
         };
         check(&|q| q.envseal_plan = 2, "plan format 2");
+        check(&|q| q.compress = Some(30), "compress level 30");
         check(&|q| q.vault_id = "zz".into(), "vault_id");
         check(&|q| q.segment_size = 1000, "segment_size");
         check(&|q| q.keys = vec!["alias/k".into()], "KMS#CMK");
