@@ -113,9 +113,10 @@ impl Sample {
         }
     }
 
-    /// Which of `objects` to read.
-    fn choose(&self, objects: &[ObjectRef]) -> Vec<bool> {
-        match *self {
+    /// Which of `objects` to read. A share is drawn with the system's randomness (its
+    /// failure is an error: a fixed order would check the same objects every time).
+    fn choose(&self, objects: &[ObjectRef]) -> std::io::Result<Vec<bool>> {
+        Ok(match *self {
             Sample::All => vec![true; objects.len()],
             Sample::Slice { n, m } => objects
                 .iter()
@@ -129,7 +130,7 @@ impl Sample {
                 let total: u64 = objects.iter().map(|o| o.len).sum();
                 let want = (total as f64 * p / 100.0).ceil() as u64;
                 // A random order: each object ranked by a keyed hash of its id.
-                let key: [u8; 32] = format::random().unwrap_or([0; 32]);
+                let key: [u8; 32] = format::random()?;
                 let mut order: Vec<usize> = (0..objects.len()).collect();
                 order.sort_by_key(|&i| *blake3::keyed_hash(&key, &objects[i].id).as_bytes());
                 let mut chosen = vec![false; objects.len()];
@@ -143,7 +144,7 @@ impl Sample {
                 }
                 chosen
             }
-        }
+        })
     }
 }
 
@@ -373,7 +374,10 @@ pub fn verify(
     let objects = reader.objects.clone();
     let ctx = RecordCtx::new(store, &header, &batches, &objects, jobs);
     let total: u64 = objects.iter().map(|o| o.len).sum();
-    let chosen = opts.sample.choose(&objects);
+    let chosen = opts
+        .sample
+        .choose(&objects)
+        .map_err(|e| Error::Runtime(format!("--sample: no randomness to draw a share: {e}")))?;
     let sampled: u64 = objects
         .iter()
         .zip(&chosen)
@@ -488,7 +492,7 @@ mod tests {
             .collect();
         let m = 7;
         let slices: Vec<Vec<bool>> = (1..=m)
-            .map(|n| Sample::Slice { n, m }.choose(&objects))
+            .map(|n| Sample::Slice { n, m }.choose(&objects).unwrap())
             .collect();
         for i in 0..objects.len() {
             assert_eq!(slices.iter().filter(|s| s[i]).count(), 1);
@@ -497,11 +501,11 @@ mod tests {
             let n = s.iter().filter(|c| **c).count();
             assert!((300..560).contains(&n), "{n} of 3000 in a slice of 7");
         }
-        let share = Sample::Share(10.0).choose(&objects);
+        let share = Sample::Share(10.0).choose(&objects).unwrap();
         assert_eq!(share.iter().filter(|c| **c).count(), 300);
         assert_ne!(
             share,
-            Sample::Share(10.0).choose(&objects),
+            Sample::Share(10.0).choose(&objects).unwrap(),
             "a random share"
         );
         assert_eq!(Sample::parse("3/7"), Ok(Sample::Slice { n: 3, m: 7 }));
