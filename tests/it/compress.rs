@@ -412,6 +412,16 @@ fn large_files_are_compressed_records_of_their_own() {
     common::tree::write(&src.join("random.bin"), &noise(24 << 20, 3, false));
     // Not a whole number of segments, with a short last one.
     common::tree::write(&src.join("odd.txt"), &log_text(8, (9 << 20) + 12_345));
+    // A disk image: a hole, 10 MiB of logs, a run of zeros, logs, a hole at the end. Its
+    // gaps are taken out before the stored bytes are cut into segments and compressed.
+    {
+        use std::os::unix::fs::FileExt;
+        let img = fs::File::create(src.join("disk.img")).unwrap();
+        img.write_all_at(&log_text(9, 10 << 20), 16 << 20).unwrap();
+        img.write_all_at(&vec![0u8; 4 << 20], 26 << 20).unwrap();
+        img.write_all_at(&log_text(10, 3 << 20), 30 << 20).unwrap();
+        img.set_len(64 << 20).unwrap();
+    }
     let vault = t.path().join("vault");
     encrypt(&home, &src, &vault, &["--compress", "zstd"]);
     let recs = manifest_records(&vault);
@@ -445,6 +455,12 @@ fn large_files_are_compressed_records_of_their_own() {
             ),
         }
     }
+    let img = recs.iter().find(|r| r["path"] == "big/disk.img").unwrap();
+    assert!(img["rlen"].as_u64().unwrap() < 4 << 20, "{img}");
+    assert!(
+        img.get("holes").is_some() && img.get("zeros").is_some(),
+        "{img}"
+    );
     round_trip(&home, &src, &vault, &t.path().join("out"));
     // A byte flipped in the middle of the log's record: deep verify exits 3.
     let (obj, _) = &by_path["big/app.log"];
