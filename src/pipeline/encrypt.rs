@@ -281,6 +281,7 @@ fn encrypt_run(
                 })
             })
             .transpose()?,
+        compress: opts.compress,
     };
     if opts.shard.is_some() && opts.since.is_some() {
         return Err(Error::Usage(

@@ -42,6 +42,10 @@ pub struct RunParams {
     /// A part of a sharded run (`encrypt --plan --shard`), absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shard: Option<ShardParams>,
+    /// `--compress`: the Zstandard level, absent without it (a resumed run compresses as
+    /// the run it finishes did).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compress: Option<i32>,
 }
 
 /// What makes a run one part of a plan (docs/FORMAT.md §6.6): the plan file (base64 of its
@@ -676,6 +680,11 @@ pub fn resume_command(vault: &str, p: &RunParams) -> String {
     if let Some(s) = &p.since {
         c += &format!(" --since {}", quote(&decoded(s)));
     }
+    match p.compress {
+        Some(format::compress::DEFAULT_ZSTD_LEVEL) => c += " --compress zstd",
+        Some(l) => c += &format!(" --compress zstd:{l}"),
+        None => {}
+    }
     c
 }
 
@@ -699,6 +708,7 @@ mod tests {
                 also_keys: vec![],
                 since: None,
                 shard: None,
+                compress: None,
             },
         }
     }
@@ -720,7 +730,8 @@ mod tests {
     }
 
     /// The command a hint names is the run the journal records: every key in order (the
-    /// default one spelled when others follow), non-default options, and `--since`.
+    /// default one spelled when others follow), non-default options, `--since` and
+    /// `--compress`.
     #[test]
     fn the_command_line_spells_every_key_and_since() {
         use base64::Engine;
@@ -735,6 +746,10 @@ mod tests {
             resume_command("/v", &p),
             "envseal encrypt /t -o /v --key alias/envseal/default --key 'aliyun:http://h:1#alias/b' --segment-size 4KiB --since '/old vault'"
         );
+        p.compress = Some(3);
+        assert!(resume_command("/v", &p).ends_with(" --compress zstd"));
+        p.compress = Some(12);
+        assert!(resume_command("/v", &p).ends_with(" --since '/old vault' --compress zstd:12"));
     }
 
     /// A checkpoint keeps the record's header (what a resume on object storage derives the

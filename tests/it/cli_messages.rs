@@ -344,6 +344,51 @@ fn an_unfinished_vault_names_the_command_that_started_it() {
     );
 }
 
+/// A run made with `--compress` is finished with it: the same arguments without it are
+/// other arguments, and the hint spells the level.
+#[test]
+fn an_unfinished_compressed_run_names_its_level() {
+    let f = Fx::new();
+    let (src, v) = (f.p("big"), f.p("v"));
+    for i in 0..64u64 {
+        gen_file(&Path::new(&src).join(format!("f{i:02}")), 1 << 20, i);
+    }
+    let mut child = envseal(&f.home())
+        .args([
+            "encrypt",
+            "-q",
+            "-j",
+            "1",
+            "--compress",
+            "zstd:7",
+            &src,
+            "-o",
+            &v,
+        ])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let journal = Path::new(&v).join("journal.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !journal.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(journal.exists(), "the run was not caught unfinished");
+    let o = f.run(&["encrypt", "-q", &src, "-o", &v]);
+    assert_error(
+        &o,
+        2,
+        &[
+            "unfinished run with other arguments",
+            &format!("started by: envseal encrypt {src} -o {v} --compress zstd:7;"),
+        ],
+    );
+    let o = f.run(&["encrypt", "-q", "--compress", "zstd:7", &src, "-o", &v]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+}
+
 #[test]
 fn a_vault_that_does_not_exist_is_named_as_such() {
     let f = Fx::new();

@@ -475,8 +475,9 @@ fn large_files_are_compressed_records_of_their_own() {
 
 /// A large compressed file interrupted past a checkpoint (docs/FORMAT.md §7): sealed again
 /// from its start under the checkpoint's header, its stored prefix kept (the same object)
-/// when it comes out the same; a prefix damaged since, or a different level (other bytes),
-/// gives a new record instead. Every way, the vault verifies deeply and restores exactly.
+/// when it comes out the same; a prefix damaged since gives a new record instead. Either
+/// way, the vault verifies deeply and restores exactly. (A rerun at another level is other
+/// arguments, refused; another zstd build's bytes are caught by the prefix's hash.)
 #[test]
 fn a_large_compressed_file_resumes_at_its_checkpoint() {
     use envseal::kms::keys::Kms;
@@ -513,7 +514,7 @@ fn a_large_compressed_file_resumes_at_its_checkpoint() {
     let kms = Kms::new(KmsOptions::default(), None).with_provider(&url, Arc::new(provider));
     let objects = |vault: &Path| files_under(&vault.join("objects"));
 
-    for case in ["same", "damaged", "other level"] {
+    for case in ["same", "damaged"] {
         let vault = t.path().join(case.replace(' ', "-"));
         let opts = |level| EncryptOptions {
             jobs: 1,
@@ -539,18 +540,13 @@ fn a_large_compressed_file_resumes_at_its_checkpoint() {
         );
         let before = objects(&vault);
         assert_eq!(before.len(), 1, "{case}: {before:?}");
-        let level = match case {
-            "damaged" => {
-                let p = vault.join("objects").join(&before[0]);
-                let mut b = fs::read(&p).unwrap();
-                b[1000] ^= 1;
-                fs::write(&p, &b).unwrap();
-                3
-            }
-            "other level" => 1,
-            _ => 3,
-        };
-        let r = encrypt_lib(&opts(level), &kms, &NoProgress, &AtomicBool::new(false)).unwrap();
+        if case == "damaged" {
+            let p = vault.join("objects").join(&before[0]);
+            let mut b = fs::read(&p).unwrap();
+            b[1000] ^= 1;
+            fs::write(&p, &b).unwrap();
+        }
+        let r = encrypt_lib(&opts(3), &kms, &NoProgress, &AtomicBool::new(false)).unwrap();
         assert!(r.failed.is_empty(), "{case}: {:?}", r.failed);
         let after = objects(&vault);
         assert_eq!(after.len(), 1, "{case}: {after:?}");

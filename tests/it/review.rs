@@ -183,6 +183,7 @@ fn a_run_killed_before_its_first_batch_resumes() {
             also_keys: Vec::new(),
             since: None,
             shard: None,
+            compress: None,
         },
     };
     drop(Journal::create(&LocalStore::new(&fx.vault), &run).unwrap()); // the "crash"
@@ -369,6 +370,7 @@ fn a_run_killed_after_its_manifest_finishes_on_rerun() {
         also_keys: Vec::new(),
         since: None,
         shard: None,
+        compress: None,
     };
     let vault_id = format::to_hex(
         &envseal::pipeline::vault::read_manifest(&LocalStore::new(&fx.vault), "manifest.jsonl")
@@ -558,6 +560,7 @@ fn a_resumed_run_refuses_batches_of_another_kms() {
             also_keys: Vec::new(),
             since: None,
             shard: None,
+            compress: None,
         },
     };
     let mut journal = Journal::create(&LocalStore::new(&fx.vault), &run).unwrap();
@@ -609,6 +612,7 @@ fn the_object_sweep_does_not_follow_symlinks() {
             also_keys: Vec::new(),
             since: None,
             shard: None,
+            compress: None,
         },
     };
     drop(Journal::create(&LocalStore::new(&fx.vault), &run).unwrap());
