@@ -29,8 +29,15 @@ fn source(root: &Path, files: u64, large: u64) -> PathBuf {
 }
 
 fn encrypt_cmd(home: &Path, src: &Path, vault: &Path) -> Command {
+    encrypt_cmd_with(home, src, vault, &[])
+}
+
+/// [`encrypt_cmd`] with more options.
+fn encrypt_cmd_with(home: &Path, src: &Path, vault: &Path, extra: &[&str]) -> Command {
     let mut c = envseal(home);
-    c.args(["encrypt", "-q", "-j", "1", "--segment-size", "64KiB", "-o"])
+    c.args(["encrypt", "-q", "-j", "1", "--segment-size", "64KiB"])
+        .args(extra)
+        .arg("-o")
         .arg(vault)
         .arg(src)
         .stdout(Stdio::null())
@@ -41,7 +48,19 @@ fn encrypt_cmd(home: &Path, src: &Path, vault: &Path) -> Command {
 /// The same command again finishes the vault; it passes `verify --deep` and restores the
 /// source byte for byte.
 fn assert_finishes(home: &Path, src: &Path, vault: &Path, out: &Path, case: &str) {
-    let o = encrypt_cmd(home, src, vault)
+    assert_finishes_with(home, src, vault, out, case, &[])
+}
+
+/// [`assert_finishes`] of a run made with more options (the same again).
+fn assert_finishes_with(
+    home: &Path,
+    src: &Path,
+    vault: &Path,
+    out: &Path,
+    case: &str,
+    extra: &[&str],
+) {
+    let o = encrypt_cmd_with(home, src, vault, extra)
         .stderr(Stdio::piped())
         .output()
         .unwrap();
@@ -255,4 +274,74 @@ fn kill_injected_at_each_commit_syscall_every_rerun_finishes() {
     }
     eprintln!("{injected} injected kills");
     assert!(injected >= 30, "only {injected} injections killed a run");
+}
+
+/// The same injected kills on the commit path of a `--compress` run with a large file (a
+/// compressed record written in order, its checkpoints carrying the prefix's offset and
+/// hash, its object cut to length at the end): every rerun finishes.
+#[test]
+fn kill_injected_on_a_compressed_commit_path_every_rerun_finishes() {
+    if Command::new("strace").arg("-V").output().is_err() {
+        eprintln!("NOTICE: strace is not installed; skipping the fault-injection test");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("home");
+    // 20 small files, and a large one of text (above the 8 MiB `--compress` packs below).
+    let src = source(t.path(), 20, 0);
+    // Hex digits of a xorshift stream: text that compresses to about half, so the record
+    // takes several windows and checkpoints.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let text: Vec<u8> = (0..24 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            b"0123456789abcdef"[(x & 15) as usize]
+        })
+        .collect();
+    fs::write(src.join("big.img"), &text).unwrap();
+    let out = t.path().join("out");
+    let extra = ["--compress", "zstd"];
+    ok(&mut encrypt_cmd_with(
+        &home,
+        &src,
+        &t.path().join("warm"),
+        &extra,
+    ));
+    let mut injected = 0;
+    for sc in [
+        "openat", "write", "pwrite64", "fsync", "syncfs", "rename", "unlink",
+    ] {
+        for n in [1u32, 2, 3, 5, 8] {
+            let vault = t.path().join(format!("v-{sc}-{n}"));
+            let o = Command::new("strace")
+                .args(["-f", "-qq", "-o", "/dev/null", "-e"])
+                .arg(format!("inject={sc}:signal=KILL:when={n}"))
+                .arg(env!("CARGO_BIN_EXE_envseal"))
+                .args(["encrypt", "-q", "-j", "1", "--segment-size", "64KiB"])
+                .args(extra)
+                .arg("-o")
+                .arg(&vault)
+                .arg(&src)
+                .env("ENVSEAL_HOME", &home)
+                // Checkpoints of the large file every 1 MiB sealed.
+                .env("ENVSEAL_TEST_CHECKPOINT_BYTES", (1u64 << 20).to_string())
+                .env_remove("ENVSEAL_KMS")
+                .env_remove("ENVSEAL_PASSPHRASE")
+                .output()
+                .unwrap();
+            let killed = !o.status.success();
+            injected += usize::from(killed);
+            let case = format!("SIGKILL at {sc} #{n} (killed: {killed})");
+            eprintln!("{case}");
+            if !vault.exists() {
+                continue;
+            }
+            assert_finishes_with(&home, &src, &vault, &out, &case, &extra);
+            fs::remove_dir_all(&vault).unwrap();
+        }
+    }
+    eprintln!("{injected} injected kills");
+    assert!(injected >= 20, "only {injected} injections killed a run");
 }
