@@ -133,3 +133,59 @@ fn a_full_disk_while_copying_the_earlier_objects_does_not_stop_the_rerun() {
         .arg(&vault));
     assert_same_tree(&src, &out.join("src"));
 }
+
+/// The disk fills while a large compressed record is being written (docs/FORMAT.md §4.5):
+/// the run stops with the same clean message, and once space is freed the same command
+/// finishes the vault, whole.
+#[test]
+fn a_full_disk_in_a_compressed_record_stops_cleanly_and_the_same_command_finishes() {
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("home");
+    let src = t.path().join("src");
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut hex = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                b"0123456789abcdef"[(x & 15) as usize]
+            })
+            .collect()
+    };
+    for i in 0..10 {
+        common::tree::write(&src.join(format!("small{i}.txt")), &hex(200_000));
+    }
+    // About 11 MiB stored: the disks below fill inside it.
+    common::tree::write(&src.join("big.txt"), &hex(20 << 20));
+    for (level, size) in ["3m", "8m"].iter().enumerate() {
+        let Some(fs) = Tmpfs::mount(&t.path().join(format!("mnt{level}")), size) else {
+            eprintln!("NOTICE: cannot mount a tmpfs (not root?); skipping the ENOSPC test");
+            return;
+        };
+        let vault = fs.0.join("vault");
+        let cmd = || {
+            let mut c = envseal(&home);
+            c.args(["encrypt", "-q", "-j", "2", "--compress", "zstd", "-o"])
+                .arg(&vault)
+                .arg(&src);
+            c
+        };
+        let o = cmd().output().unwrap();
+        assert_eq!(code(&o), 1, "level {size}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("no space left on device; free some space"),
+            "{}",
+            stderr(&o)
+        );
+        fs.resize("64m");
+        ok(&mut cmd());
+        ok(envseal(&home).args(["verify", "-q", "--deep"]).arg(&vault));
+        let out = t.path().join(format!("out{level}"));
+        ok(envseal(&home)
+            .args(["decrypt", "-q", "-o"])
+            .arg(&out)
+            .arg(&vault));
+        assert_same_tree(&src, &out.join("src"));
+    }
+}
