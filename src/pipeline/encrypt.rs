@@ -417,7 +417,23 @@ fn encrypt_run(
                                 "checkpoint names an unknown object or batch",
                             ));
                         }
-                        ckpts.insert((c.src.dev, c.src.ino), *c);
+                        let mut c = *c;
+                        let prev = ckpts.remove(&(c.src.dev, c.src.ino));
+                        if let Some(l) = c.lens.as_mut().filter(|l| l.from > 0) {
+                            // A compressed record's lengths continue those of the file's
+                            // previous checkpoint of the same object; else they are not whole
+                            // (the file is then sealed again from its start).
+                            match prev.filter(|p| p.obj == c.obj).and_then(|p| p.lens) {
+                                Some(mut all)
+                                    if all.from == 0 && all.lens.len() as u64 == l.from =>
+                                {
+                                    all.lens.append(&mut l.lens);
+                                    *l = all;
+                                }
+                                _ => c.lens = None,
+                            }
+                        }
+                        ckpts.insert((c.src.dev, c.src.ino), c);
                     }
                     Record::Done { src, rec } => {
                         let Some(src) = src else { continue };
@@ -997,6 +1013,7 @@ impl<'a> Planner<'a> {
             device,
             resume: None,
             prefix: None,
+            stream: None,
         };
         self.send_large(s, unit, start, tx)
     }
@@ -1085,22 +1102,38 @@ impl<'a> Planner<'a> {
             return None;
         }
         if self.opts.compress.is_some() {
-            // A compressed record's slots have no fixed offsets: it is sealed again from its
-            // start under the checkpoint's header; the writer keeps the stored prefix if it
-            // comes out the same (docs/FORMAT.md §7).
-            let r = seal::resume_from_source(self.ctx, &key, c.head.as_ref()?, &src, c.size, 0)?;
             if let Some(p) = &c.prefix {
-                // Where the object can be read back (a local vault), its prefix is read and
-                // hashed first: one damaged since the checkpoint is not kept.
+                // A local vault: the object's prefix is read back and hashed (one damaged
+                // since the checkpoint is not kept) and, with every stored length from the
+                // checkpoints, opened to rebuild the digests; the file goes on after it.
                 let obj = self
                     .store
                     .open(&crate::format::manifest::object_name(id))
                     .ok()??;
-                if !seal::prefix_holds(&*obj, p) {
-                    return None;
+                match c.lens.as_ref().filter(|l| l.from == 0) {
+                    Some(l) => {
+                        let (r, ct) =
+                            seal::resume_compressed(self.ctx, &key, &*obj, c.size, p, &l.lens)?;
+                        self.resumed_read += r.read;
+                        self.progress
+                            .bytes(c.segs * u64::from(self.opts.segment_size));
+                        let mut start = self.resumed_start(e, src, r, c, c.segs / self.window);
+                        start.prefix = None;
+                        start.stream = Some(crate::pipeline::write::StreamState {
+                            ct,
+                            pos: p.rpos,
+                            stored: l.lens.clone(),
+                        });
+                        return Some(start);
+                    }
+                    None if !seal::prefix_holds(&*obj, p) => return None,
+                    None => self.resumed_read += p.rpos,
                 }
-                self.resumed_read += p.rpos;
             }
+            // Else (object storage, or lengths not whole) the record is sealed again from
+            // its start under the checkpoint's header; the writer keeps the stored prefix if
+            // it comes out the same (docs/FORMAT.md §7).
+            let r = seal::resume_from_source(self.ctx, &key, c.head.as_ref()?, &src, c.size, 0)?;
             return Some(self.resumed_start(e, src, r, c, 0));
         }
         // The object read back where it can be (a local vault); else the source's prefix
@@ -1153,6 +1186,7 @@ impl<'a> Planner<'a> {
             device: false,
             resume: Some((c.obj, next)),
             prefix: c.prefix,
+            stream: None,
         }
     }
 

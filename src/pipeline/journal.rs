@@ -103,7 +103,7 @@ pub enum Record {
 }
 
 /// A segment checkpoint (docs/FORMAT.md §7).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ckpt {
     pub src: SourceId,
     pub size: u64,
@@ -119,6 +119,16 @@ pub struct Ckpt {
     /// A compressed record's prefix (its slots have no fixed offsets, §4.5): where the
     /// checkpointed segments end in the record, and the BLAKE3 of its bytes up to there.
     pub prefix: Option<Prefix>,
+    /// With `prefix`: the stored lengths of the segments sealed since the previous
+    /// checkpoint of the same object (the lines of one record give its table so far).
+    pub lens: Option<Lens>,
+}
+
+/// Stored lengths of a compressed record's segments `from..from + lens.len()` (§4.5).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lens {
+    pub from: u64,
+    pub lens: Vec<u32>,
 }
 
 /// A compressed record's first `segs` segments as a checkpoint recorded them: they end at
@@ -160,6 +170,10 @@ struct MacLine<'a> {
     rpos: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     rhash: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    lfrom: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    lens: Option<String>,
 }
 
 /// `{"mac":"` + 64 hex digits + `",`: the fixed start of every authenticated line.
@@ -371,13 +385,27 @@ impl Journal {
                         Some(h) => Some(format::from_hex::<{ format::HEADER_LEN }>(h)?),
                         None => None,
                     };
-                    let prefix = match (l.rpos, &l.rhash) {
-                        (Some(rpos), Some(h)) => Some(Prefix {
-                            segs,
-                            rpos,
-                            hash: format::from_hex::<32>(h)?,
-                        }),
-                        (None, None) => None,
+                    let (prefix, lens) = match (l.rpos, &l.rhash, l.lfrom, &l.lens) {
+                        (Some(rpos), Some(h), Some(from), Some(b)) => {
+                            use base64::Engine;
+                            let bytes = base64::engine::general_purpose::STANDARD.decode(b).ok()?;
+                            if bytes.len() % 4 != 0 {
+                                return None;
+                            }
+                            let lens = bytes
+                                .chunks_exact(4)
+                                .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+                                .collect();
+                            (
+                                Some(Prefix {
+                                    segs,
+                                    rpos,
+                                    hash: format::from_hex::<32>(h)?,
+                                }),
+                                Some(Lens { from, lens }),
+                            )
+                        }
+                        (None, None, None, None) => (None, None),
                         _ => return None,
                     };
                     Some(Record::Ckpt(Box::new(Ckpt {
@@ -390,6 +418,7 @@ impl Journal {
                         segs,
                         head,
                         prefix,
+                        lens,
                     })))
                 }
                 _ => None,
@@ -403,6 +432,8 @@ impl Journal {
             || l.head.is_some()
             || l.rpos.is_some()
             || l.rhash.is_some()
+            || l.lfrom.is_some()
+            || l.lens.is_some()
         {
             return None;
         }
@@ -453,13 +484,19 @@ impl Journal {
             Some(h) => format!(r#","head":"{}""#, format::to_hex(h)),
             None => String::new(),
         };
-        let prefix = match &c.prefix {
-            Some(p) => format!(
-                r#","rpos":{},"rhash":"{}""#,
-                p.rpos,
-                format::to_hex(&p.hash)
-            ),
-            None => String::new(),
+        let prefix = match (&c.prefix, &c.lens) {
+            (Some(p), Some(l)) => {
+                use base64::Engine;
+                let bytes: Vec<u8> = l.lens.iter().flat_map(|c| c.to_be_bytes()).collect();
+                format!(
+                    r#","rpos":{},"rhash":"{}","lfrom":{},"lens":"{}""#,
+                    p.rpos,
+                    format::to_hex(&p.hash),
+                    l.from,
+                    base64::engine::general_purpose::STANDARD.encode(bytes)
+                )
+            }
+            _ => String::new(),
         };
         let rest = format!(
             r#""type":"ckpt","obj":{},"src":{src},"size":{},"mtime":{},"nsec":{},"batch":{},"segs":{}{head}{prefix}}}"#,
@@ -774,6 +811,7 @@ mod tests {
             segs: 64,
             head: Some([9u8; format::HEADER_LEN]),
             prefix: None,
+            lens: None,
         };
         let compressed = Ckpt {
             prefix: Some(Prefix {
@@ -781,7 +819,11 @@ mod tests {
                 rpos: 12345,
                 hash: [3u8; 32],
             }),
-            ..c
+            lens: Some(Lens {
+                from: 60,
+                lens: vec![1, 70000, 0, 1 << 20],
+            }),
+            ..c.clone()
         };
         {
             let mut j = Journal::create(&store, &run()).unwrap();
@@ -803,13 +845,18 @@ mod tests {
                 _ => None,
             })
             .collect();
-        let with = |head, prefix| Ckpt { head, prefix, ..c };
+        let with = |head| Ckpt {
+            head,
+            prefix: None,
+            lens: None,
+            ..c.clone()
+        };
         assert_eq!(
             heads,
             vec![
-                with(Some([9u8; format::HEADER_LEN]), None),
+                with(Some([9u8; format::HEADER_LEN])),
                 compressed,
-                with(None, None)
+                with(None)
             ]
         );
     }

@@ -646,3 +646,60 @@ pub fn prefix_holds(obj: &dyn crate::store::ReadAt, p: &crate::pipeline::journal
     }
     h.finalize() == blake3::Hash::from(p.hash)
 }
+
+/// Rebuilds a compressed record's state at its checkpoint `p` from `obj` (its record at
+/// offset 0, a local vault's): the header checked as for any checkpoint, then the first
+/// `p.segs` slots, at the offsets their stored lengths `lens` give, read, hashed (the
+/// record's `ct` so far, which must be the checkpoint's) and opened (each tag, the
+/// decoded length) to rebuild the plaintext MAC. `None` when anything differs or fails:
+/// the file is then sealed anew.
+pub fn resume_compressed(
+    ctx: &SealCtx,
+    key: &BatchKey,
+    obj: &dyn crate::store::ReadAt,
+    size: u64,
+    p: &crate::pipeline::journal::Prefix,
+    lens: &[u32],
+) -> Option<(Resumed, blake3::Hasher)> {
+    let seg = ctx.segment_size;
+    let n = format::segment_count(size, seg);
+    if lens.len() as u64 != p.segs || p.segs >= n {
+        return None;
+    }
+    let mut hb = [0u8; HEADER_LEN];
+    obj.read_exact_at(&mut hb, 0).ok()?;
+    let (h, keys) = checkpointed_keys(ctx, key, &hb, size)?;
+    let mut ct = blake3::Hasher::new();
+    ct.update(&hb);
+    let mut mac = TreeMac::new(keys.mac_key());
+    let mut slot = Vec::new();
+    let mut plain = vec![0u8; seg as usize];
+    let mut at = HEADER_LEN as u64;
+    for (i, &c) in lens.iter().enumerate() {
+        let i = i as u64;
+        // Every segment before a checkpoint is a full one (segs < n).
+        let len = format::segment_plain_len(size, seg, i);
+        if c as usize > len {
+            return None;
+        }
+        slot.resize(c as usize + TAG_LEN, 0);
+        obj.read_exact_at(&mut slot, at).ok()?;
+        ct.update(&slot);
+        at += slot.len() as u64;
+        let opened = keys.open_segment(i, false, &mut slot).ok()?;
+        format::compress::decode_segment(opened, len, &mut plain[..len]).ok()?;
+        mac.add(segment_mac(keys.mac_key(), seg, i, n, &plain[..len]));
+    }
+    if at != p.rpos || ct.finalize() != blake3::Hash::from(p.hash) {
+        return None;
+    }
+    let r = Resumed {
+        keys,
+        header: hb,
+        salt: h.salt,
+        ct: CtDigest::new(),
+        mac,
+        read: at,
+    };
+    Some((r, ct))
+}

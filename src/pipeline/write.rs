@@ -27,7 +27,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::format::manifest::{self, Batch, Entry, EntryKind, FileEntry, Header, Name, ObjectRef};
 use crate::format::{self, ID_LEN, SALT_LEN};
 use crate::fs::tree::{SourceEntry, SourceKind};
-use crate::pipeline::journal::{Ckpt, Journal, Prefix, SourceId};
+use crate::pipeline::journal::{Ckpt, Journal, Lens, Prefix, SourceId};
 use crate::pipeline::seal::{BufPool, ChunkOut, FileError, LargeFile, SealedWindow};
 use crate::progress::Progress;
 use crate::store::syncer::Syncer;
@@ -110,6 +110,17 @@ pub struct LargeStart {
     /// A compressed record taken up at a checkpoint (sealed again from its start, under the
     /// same header): what its first bytes must be.
     pub prefix: Option<Prefix>,
+    /// A compressed record taken up at a checkpoint from its object read back: the record
+    /// so far, continued from there.
+    pub stream: Option<StreamState>,
+}
+
+/// A compressed record's state after its checkpointed prefix, rebuilt from the object:
+/// the hash of its bytes so far, their length, and the segments' stored lengths.
+pub struct StreamState {
+    pub ct: blake3::Hasher,
+    pub pos: u64,
+    pub stored: Vec<u32>,
 }
 
 /// A compressed record (docs/FORMAT.md §4.5) written in order: its windows arrive in any
@@ -130,6 +141,8 @@ struct Stream {
     /// Window ends since the last checkpoint (windows done, and the record's bytes up to
     /// there): a checkpoint is taken at the last one the store has made durable.
     marks: std::collections::VecDeque<(u64, Prefix)>,
+    /// Segments the journal's checkpoints of this record have given the lengths of.
+    ckpt_segs: u64,
 }
 
 impl Stream {
@@ -143,6 +156,21 @@ impl Stream {
             held: BTreeMap::new(),
             skip,
             expect,
+            marks: Default::default(),
+            ckpt_segs: 0,
+        }
+    }
+
+    /// Goes on after a prefix kept in the object (its bytes are not written again).
+    fn resumed(s: StreamState) -> Stream {
+        Stream {
+            pos: s.pos,
+            ckpt_segs: s.stored.len() as u64,
+            stored: s.stored,
+            ct: s.ct,
+            held: BTreeMap::new(),
+            skip: s.pos,
+            expect: None,
             marks: Default::default(),
         }
     }
@@ -489,6 +517,7 @@ impl<'a> Writer<'a> {
                 // compressed record is sealed again from its start and keeps its prefix
                 // where the store keeps partial objects (its checkpoint's `rpos`).
                 let kept = match (next, &start.prefix) {
+                    _ if start.stream.is_some() => start.stream.as_ref().map_or(0, |s| s.pos),
                     (_, Some(p)) if self.store.traits().durable_partial => p.rpos,
                     (0, _) => 0,
                     (n, _) => {
@@ -531,9 +560,11 @@ impl<'a> Writer<'a> {
         };
         let windows = start.file.windows(self.header.segment_size);
         let ct = std::mem::take(&mut start.ct);
-        let stream = start.file.compress.map(|_| match lost {
-            false => Stream::new(&start.file.header, kept, start.prefix),
-            true => Stream::new(&start.file.header, 0, None),
+        let resumed_stream = start.stream.take();
+        let stream = start.file.compress.map(|_| match (lost, resumed_stream) {
+            (false, Some(s)) => Stream::resumed(s),
+            (false, None) => Stream::new(&start.file.header, kept, start.prefix),
+            (true, _) => Stream::new(&start.file.header, 0, None),
         });
         Ok(LargeState {
             start,
@@ -568,6 +599,7 @@ impl<'a> Writer<'a> {
             segs: 0,
             head: Some(start.file.header),
             prefix: None,
+            lens: None,
         };
         let line = self.journal.ckpt_line(&c)?;
         self.queue.extend(line);
@@ -694,6 +726,17 @@ impl<'a> Writer<'a> {
             && due)
             .then(|| {
                 st.ckpt = (upto, Instant::now());
+                let lens = match (&mut st.stream, prefix) {
+                    (Some(sm), Some(p)) => {
+                        let from = sm.ckpt_segs;
+                        sm.ckpt_segs = p.segs;
+                        Some(Lens {
+                            from,
+                            lens: sm.stored[from as usize..p.segs as usize].to_vec(),
+                        })
+                    }
+                    _ => None,
+                };
                 let (mtime, mtime_nsec) = st.start.file.src.mtime();
                 Ckpt {
                     src: crate::pipeline::seal::source_id(&st.start.entry, &st.start.file.src),
@@ -705,6 +748,7 @@ impl<'a> Writer<'a> {
                     segs: upto * window,
                     head: Some(st.start.file.header),
                     prefix,
+                    lens,
                 }
             });
         if let Some(c) = ckpt {

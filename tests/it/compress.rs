@@ -473,11 +473,11 @@ fn large_files_are_compressed_records_of_their_own() {
     assert_eq!(code(&o), 3, "{}", common::stderr(&o));
 }
 
-/// A large compressed file interrupted past a checkpoint (docs/FORMAT.md §7): sealed again
-/// from its start under the checkpoint's header, its stored prefix kept (the same object)
-/// when it comes out the same; a prefix damaged since gives a new record instead. Either
-/// way, the vault verifies deeply and restores exactly. (A rerun at another level is other
-/// arguments, refused; another zstd build's bytes are caught by the prefix's hash.)
+/// A large compressed file interrupted past a checkpoint (docs/FORMAT.md §7): taken up
+/// there, its stored prefix (the same object) read back at the offsets the checkpoints'
+/// lengths give, hashed and opened, and only the rest read from the source; a prefix
+/// damaged since gives a new record, read whole. Either way, the vault verifies deeply and
+/// restores exactly.
 #[test]
 fn a_large_compressed_file_resumes_at_its_checkpoint() {
     use envseal::kms::keys::Kms;
@@ -548,6 +548,18 @@ fn a_large_compressed_file_resumes_at_its_checkpoint() {
         }
         let r = encrypt_lib(&opts(3), &kms, &NoProgress, &AtomicBool::new(false)).unwrap();
         assert!(r.failed.is_empty(), "{case}: {:?}", r.failed);
+        // Taken up where it stopped: its prefix is read back from the object (its lengths
+        // from the checkpoints), not from the source; a damaged one is read whole again.
+        let ckpt = envseal::pipeline::write::CHECKPOINT_BYTES;
+        match case {
+            // At a checkpoint near 64 MiB (a whole number of windows below it).
+            "same" => assert!(
+                r.bytes_read <= size as u64 - ckpt / 2,
+                "{case}: read {} of {size} source bytes again",
+                r.bytes_read
+            ),
+            _ => assert_eq!(r.bytes_read, size as u64, "{case}"),
+        }
         let after = objects(&vault);
         assert_eq!(after.len(), 1, "{case}: {after:?}");
         assert_eq!(
