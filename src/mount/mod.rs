@@ -32,13 +32,14 @@ use fuser::{
 use crate::crypto::{BatchKey, FileKeys};
 use crate::error::{Error, Result};
 use crate::format::manifest::FileEntry;
+use crate::format::TAG_LEN;
 use crate::kms::keys::Kms;
 use crate::pipeline::object::{open_segments, record_keys, record_table, ObjectError, RecordCtx};
 use crate::pipeline::vault::unlock_whole;
 use crate::progress::Progress;
 use crate::store::{Location, Store};
 
-use cache::SegmentCache;
+use cache::{Block, BufPool, SegmentCache};
 use tree::{Content, Tree};
 
 /// What to mount where.
@@ -61,6 +62,11 @@ const READ_AHEAD_BYTES: u64 = 8 << 20;
 
 /// Threads serving requests at most (`-j` above it only widens the segment opening).
 const MAX_SERVING_THREADS: usize = 8;
+
+/// Fetch buffers kept for reuse besides those in the cache (each up to a read-ahead window):
+/// a sequential reader needs one as the cache drops its oldest block; a few more serve
+/// files read side by side.
+const POOL_BUFFERS: usize = 4;
 
 /// The tree never changes while mounted: the kernel may keep names and attributes.
 const TTL: Duration = Duration::from_secs(3600);
@@ -92,7 +98,6 @@ pub fn mount(
     let objects = Box::leak(r.objects.clone().into_boxed_slice());
     let jobs = opts.jobs.max(1);
     let ctx = RecordCtx::new(store, header, batches, objects, jobs);
-    let seg = header.segment_size;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(jobs)
         .thread_name(|i| format!("envseal-mount-{i}"))
@@ -103,7 +108,8 @@ pub fn mount(
         ctx,
         keys,
         tree,
-        cache: SegmentCache::new(opts.cache_bytes, seg as usize),
+        cache: SegmentCache::new(opts.cache_bytes),
+        bufs: BufPool::new(POOL_BUFFERS),
         handles: Mutex::new(HashMap::new()),
         next_fh: AtomicU64::new(1),
         progress,
@@ -160,6 +166,8 @@ struct VaultFs {
     keys: Vec<BatchKey>,
     tree: Tree,
     cache: SegmentCache,
+    /// Buffers of blocks the cache dropped, for the next fetches.
+    bufs: Arc<BufPool>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
     progress: Arc<dyn Progress + Send>,
@@ -188,80 +196,120 @@ impl VaultFs {
         Errno::EIO
     }
 
-    /// Plaintext of segment `i` of `h`'s record, from the cache or opened with the ones after
-    /// it up to `last` (one range read).
-    fn segment(
+    /// The block holding segment `i` of `h`'s record, from the cache or fetched with the
+    /// segments after it up to `last` (one range read, opened on the pool).
+    fn block(
         &self,
         h: &Handle,
         f: &FileEntry,
         i: u64,
         last: u64,
-    ) -> Result<Arc<Vec<u8>>, ObjectError> {
-        if let Some(s) = self.cache.get(h.ino, i) {
-            return Ok(s);
+    ) -> Result<Arc<Block>, ObjectError> {
+        if let Some(b) = self.cache.get(h.ino, i) {
+            return Ok(b);
         }
         // The kernel's read-ahead sends a file's next reads on other threads at once: one of
         // them fetches, the others find its segments in the cache after it.
         let _one = h.fetching.lock();
-        if let Some(s) = self.cache.get(h.ino, i) {
-            return Ok(s);
+        if let Some(b) = self.cache.get(h.ino, i) {
+            return Ok(b);
         }
         let count = (last - i + 1) as usize;
-        let opened = self
-            .pool
-            .install(|| open_segments(&self.ctx, f, &h.keys, h.table.as_ref(), i, count))?;
-        let mut first = None;
-        for (k, pt) in opened.into_iter().enumerate() {
-            let pt = Arc::new(pt);
-            if k == 0 {
-                first = Some(pt.clone());
-            }
-            self.cache.put(h.ino, i + k as u64, pt);
+        match self.fetch(h, f, i, count) {
+            // A damaged segment read ahead fails the whole fetch: the segment asked for is
+            // fetched alone, so that it reads if it is sound (docs/MOUNT.md).
+            Err(ObjectError::Integrity(_)) if count > 1 => self.fetch(h, f, i, 1),
+            r => r,
         }
-        first.ok_or_else(|| ObjectError::Io(Error::Runtime("no segment read".into())))
     }
 
-    /// Copies stored bytes `at..at + out.len()` of the record into `out`; `ahead` is the
-    /// stored offset up to which segments may be opened with the first one missing.
+    /// Fetches segments `i..i + count` into a block, cached.
+    fn fetch(
+        &self,
+        h: &Handle,
+        f: &FileEntry,
+        i: u64,
+        count: usize,
+    ) -> Result<Arc<Block>, ObjectError> {
+        let seg = self.ctx.header.segment_size as usize;
+        // Buffers of about the right size (`open_segments` grows them when short).
+        let mut raw = self.bufs.take(count * (seg + TAG_LEN));
+        let mut decoded = match h.table {
+            Some(_) => self.bufs.take(count * seg),
+            None => Vec::new(),
+        };
+        let ranges = self.pool.install(|| {
+            open_segments(
+                &self.ctx,
+                f,
+                &h.keys,
+                h.table.as_ref(),
+                i,
+                count,
+                &mut raw,
+                &mut decoded,
+            )
+        })?;
+        // A compressed record's plaintext was decoded out of the slots: those go back.
+        let buf = match h.table {
+            Some(_) => {
+                self.bufs.give(raw);
+                decoded
+            }
+            None => raw,
+        };
+        Ok(self
+            .cache
+            .put(h.ino, Block::new(i, buf, ranges, self.bufs.clone())))
+    }
+
+    /// Adds stored bytes `at..at + len` of the record to `out`; `ahead` is the stored offset
+    /// up to which segments may be fetched with the first one missing.
     fn read_stored(
         &self,
         h: &Handle,
         f: &FileEntry,
         at: u64,
-        out: &mut [u8],
+        len: usize,
         ahead: u64,
+        out: &mut Gather,
     ) -> Result<(), ObjectError> {
         let seg = u64::from(self.ctx.header.segment_size);
         let n = crate::format::segment_count(f.size, self.ctx.header.segment_size);
         let mut done = 0usize;
-        while done < out.len() {
+        while done < len {
             let pos = at + done as u64;
             let i = pos / seg;
-            let last = (ahead.max(pos + (out.len() - done) as u64).saturating_sub(1) / seg)
+            let last = (ahead.max(pos + (len - done) as u64).saturating_sub(1) / seg)
                 .min(n - 1)
                 .max(i);
-            let s = self.segment(h, f, i, last)?;
+            let b = self.block(h, f, i, last)?;
             let skip = (pos - i * seg) as usize;
-            let take = (s.len().saturating_sub(skip)).min(out.len() - done);
+            let take = b
+                .segment(i)
+                .map_or(0, |s| s.len().saturating_sub(skip).min(len - done));
             if take == 0 {
-                break;
+                // The layout gives every stored byte a segment: never a short answer.
+                return Err(ObjectError::Io(Error::Runtime(format!(
+                    "segment {i} ends before stored byte {pos}"
+                ))));
             }
-            out[done..done + take].copy_from_slice(&s[skip..skip + take]);
+            out.segment(b, i, skip..skip + take);
             done += take;
         }
         Ok(())
     }
 
-    fn read_file(&self, h: &Handle, offset: u64, size: u32) -> Result<Vec<u8>, ObjectError> {
+    fn read_file(&self, h: &Handle, offset: u64, size: u32) -> Result<Gather, ObjectError> {
         let Some(f) = self.file(h.ino) else {
-            return Ok(Vec::new());
+            return Ok(Gather::new(0));
         };
         let len = f.file_len();
         let end = offset.saturating_add(u64::from(size)).min(len);
         if offset >= end {
-            return Ok(Vec::new());
+            return Ok(Gather::new(0));
         }
-        let mut out = vec![0u8; (end - offset) as usize];
+        let mut out = Gather::new((end - offset) as usize);
         // A reader going on where it stopped gets the next segments in the same fetch.
         let sequential = h.next.swap(end, Ordering::Relaxed) == offset;
         let ahead = |stored_end: u64| match sequential {
@@ -269,22 +317,86 @@ impl VaultFs {
             false => stored_end,
         };
         match &f.sparse {
-            None => self.read_stored(h, f, offset, &mut out, ahead(end))?,
+            None => {
+                let n = (end - offset) as usize;
+                self.read_stored(h, f, offset, n, ahead(end), &mut out)?
+            }
             Some(sp) => {
-                // Only the stored runs are fetched; the gaps stay zeros.
+                // Only the stored runs are fetched; the gaps read as zeros.
+                let mut at = offset;
                 for run in sp.runs() {
                     let (a, b) = (run.file.max(offset), (run.file + run.len).min(end));
                     if a >= b {
                         continue;
                     }
+                    out.zeros((a - at) as usize);
                     let stored = run.stored + (a - run.file);
-                    let dst = &mut out[(a - offset) as usize..(b - offset) as usize];
                     let stop = ahead(stored + (b - a));
-                    self.read_stored(h, f, stored, dst, stop)?;
+                    self.read_stored(h, f, stored, (b - a) as usize, stop, &mut out)?;
+                    at = b;
                 }
+                out.zeros((end - at) as usize);
             }
         }
         Ok(out)
+    }
+}
+
+/// A read's reply as it is put together. Most reads lie in one segment: they reply straight
+/// from the cached block. Only a read across segments (or gaps) is copied, once, into a
+/// buffer of its own.
+struct Gather {
+    want: usize,
+    one: Option<(Arc<Block>, u64, std::ops::Range<usize>)>,
+    many: Vec<u8>,
+}
+
+impl Gather {
+    fn new(want: usize) -> Gather {
+        Gather {
+            want,
+            one: None,
+            many: Vec::new(),
+        }
+    }
+
+    /// Bytes `r` of segment `i` of `b` come next.
+    fn segment(&mut self, b: Arc<Block>, i: u64, r: std::ops::Range<usize>) {
+        if self.one.is_none() && self.many.is_empty() {
+            self.one = Some((b, i, r));
+            return;
+        }
+        self.spill();
+        if let Some(s) = b.segment(i) {
+            self.many.extend_from_slice(&s[r]);
+        }
+    }
+
+    /// `n` zeros come next (a gap).
+    fn zeros(&mut self, n: usize) {
+        if n > 0 {
+            self.spill();
+            self.many.resize(self.many.len() + n, 0);
+        }
+    }
+
+    /// From here on the reply is copied into `many`.
+    fn spill(&mut self) {
+        if self.many.capacity() == 0 {
+            self.many.reserve_exact(self.want);
+        }
+        if let Some((b, i, r)) = self.one.take() {
+            if let Some(s) = b.segment(i) {
+                self.many.extend_from_slice(&s[r]);
+            }
+        }
+    }
+
+    fn reply(self, reply: ReplyData) {
+        match &self.one {
+            Some((b, i, r)) => reply.data(b.segment(*i).map_or(&[], |s| &s[r.clone()])),
+            None => reply.data(&self.many),
+        }
     }
 }
 
@@ -364,7 +476,7 @@ impl Filesystem for VaultFs {
             return reply.error(Errno::EBADF);
         };
         match self.read_file(&h, offset, size) {
-            Ok(data) => reply.data(&data),
+            Ok(data) => data.reply(reply),
             Err(e) => reply.error(self.failed(ino.0, e)),
         }
     }

@@ -7,6 +7,7 @@
 //! Only the record's byte range is read. Plaintext goes only to the caller's temporary file.
 
 use std::fs::File;
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -540,7 +541,13 @@ fn open_windows(
 /// Reads and opens segments `first..first + count` of `f`'s record with one range read:
 /// random reads (`mount`). Every segment's tag is checked before its plaintext is returned;
 /// the record's digests cover the whole record and are not checked here. `fk` comes from
-/// [`record_keys`]. Returns each segment's plaintext, in order.
+/// [`record_keys`], `table` from [`record_table`].
+///
+/// No buffer is allocated or zeroed here when the caller's are large enough (they are grown
+/// when short): the slots are read into `raw`; a record stored raw is opened in place there
+/// (`decoded` untouched), a compressed one is decoded into `decoded`. Returns the range of
+/// each segment's plaintext, in order, in that buffer.
+#[allow(clippy::too_many_arguments)]
 pub fn open_segments(
     ctx: &RecordCtx,
     f: &FileEntry,
@@ -548,75 +555,126 @@ pub fn open_segments(
     table: Option<&format::compress::Table>,
     first: u64,
     count: usize,
-) -> Result<Vec<Vec<u8>>, ObjectError> {
-    let seg = ctx.header.segment_size;
-    let n = format::segment_count(f.size, seg);
+    raw: &mut Vec<u8>,
+    decoded: &mut Vec<u8>,
+) -> Result<Vec<Range<usize>>, ObjectError> {
+    let n = format::segment_count(f.size, ctx.header.segment_size);
     let count = count.min(n.saturating_sub(first) as usize);
-    if let Some(t) = table {
-        return open_compressed_segments(ctx, f, fk, t, first, count);
-    }
-    let plain: u64 = (first..first + count as u64)
-        .map(|i| format::segment_plain_len(f.size, seg, i) as u64)
-        .sum();
-    let w = Window {
-        first,
-        count,
-        plain,
-        used: plain as usize + count * TAG_LEN,
-        slot: seg as usize + TAG_LEN,
-    };
-    let mut buf = Vec::new();
-    read_window(ctx, f, &w, &mut buf)?;
-    let name = ctx.objects[f.obj as usize].name();
-    let open = |(k, chunk): (usize, &mut [u8])| {
-        let i = first + k as u64;
-        fk.open_segment(i, i == n - 1, chunk)
-            .map(|pt| pt.to_vec())
-            .map_err(|_| {
-                ObjectError::Integrity(format!(
-                    "{name}@{}: segment {i} fails authentication",
-                    f.off
-                ))
-            })
-    };
-    let slots = &mut buf[..w.used];
-    if count > 1 {
-        slots.par_chunks_mut(w.slot).enumerate().map(open).collect()
-    } else {
-        slots.chunks_mut(w.slot).enumerate().map(open).collect()
+    let slots = read_slots(ctx, f, table, first, count, raw)?;
+    open_slots(ctx, f, fk, table.is_some(), first, raw, &slots, decoded)
+}
+
+/// Grows `buf` to at least `len` bytes (exactly: a buffer kept for reuse should not carry
+/// spare capacity). Only the added bytes are zeroed, once.
+pub fn grow(buf: &mut Vec<u8>, len: usize) {
+    if buf.len() < len {
+        buf.reserve_exact(len - buf.len());
+        buf.resize(len, 0);
     }
 }
 
-/// [`open_segments`] of a compressed record: each slot where its table says, opened and
-/// decoded (a compressed record is at most a pack's file: a few segments).
-fn open_compressed_segments(
+/// The slots (stored form and tag) of segments `first..first + count` of `f`'s record, read
+/// with one range read into `raw`: they lie back to back in the record, stored raw (§4.2) or
+/// where a compressed record's `table` says (§4.5). `raw` is grown when short and never
+/// zeroed (the read overwrites every byte used). Returns each slot's range in `raw`.
+fn read_slots(
+    ctx: &RecordCtx,
+    f: &FileEntry,
+    table: Option<&format::compress::Table>,
+    first: u64,
+    count: usize,
+    raw: &mut Vec<u8>,
+) -> Result<Vec<Range<usize>>, ObjectError> {
+    let seg = ctx.header.segment_size;
+    let at = match table {
+        Some(t) => t.slot_offset(first),
+        None => format::segment_offset(seg, first),
+    };
+    let mut slots = Vec::with_capacity(count);
+    let mut used = 0usize;
+    for i in first..first + count as u64 {
+        let stored = match table {
+            Some(t) => t.stored[i as usize] as usize,
+            None => format::segment_plain_len(f.size, seg, i),
+        };
+        let len = stored + TAG_LEN;
+        slots.push(used..used + len);
+        used += len;
+    }
+    grow(raw, used);
+    let name = ctx.objects[f.obj as usize].name();
+    ctx.object(f.obj)?
+        .read_exact_at(&mut raw[..used], f.off + at)
+        .map_err(|e| ObjectError::Io(Error::io(ctx.store.describe(&name), e)))?;
+    ctx.read.fetch_add(used as u64, Ordering::Relaxed);
+    Ok(slots)
+}
+/// Opens the slots [`read_slots`] read (segment `first + k` in `raw[slots[k]]`), in parallel
+/// when there are several, each tag checked before its plaintext is used. A record stored
+/// raw is opened in place (`decoded` untouched); a compressed record's segments are decoded
+/// (§4.5) into `decoded`, grown when short and never zeroed, back to back. Returns each
+/// segment's plaintext range in that buffer.
+#[allow(clippy::too_many_arguments)]
+fn open_slots(
     ctx: &RecordCtx,
     f: &FileEntry,
     fk: &crate::crypto::FileKeys,
-    t: &format::compress::Table,
+    compressed: bool,
     first: u64,
-    count: usize,
-) -> Result<Vec<Vec<u8>>, ObjectError> {
+    raw: &mut [u8],
+    slots: &[Range<usize>],
+    decoded: &mut Vec<u8>,
+) -> Result<Vec<Range<usize>>, ObjectError> {
     let seg = ctx.header.segment_size;
     let n = format::segment_count(f.size, seg);
     let name = ctx.objects[f.obj as usize].name();
     let integ = |why: String| ObjectError::Integrity(format!("{name}@{}: {why}", f.off));
-    (first..first + count as u64)
-        .map(|i| {
-            let mut slot = vec![0u8; t.stored[i as usize] as usize + TAG_LEN];
-            ctx.object(f.obj)?
-                .read_exact_at(&mut slot, f.off + t.slot_offset(i))
-                .map_err(|e| ObjectError::Io(Error::io(ctx.store.describe(&name), e)))?;
-            ctx.read.fetch_add(slot.len() as u64, Ordering::Relaxed);
-            let opened = fk
-                .open_segment(i, i == n - 1, &mut slot)
-                .map_err(|_| integ(format!("segment {i} fails authentication")))?;
-            let mut out = vec![0u8; format::segment_plain_len(f.size, seg, i)];
-            format::compress::decode_segment(opened, out.len(), &mut out)
-                .map_err(|why| integ(format!("segment {i}: {why}")))?;
-            Ok(out)
-        })
-        .collect()
+    // Where each plaintext ends up: in its slot, or one after another in `decoded`.
+    let mut plain = Vec::with_capacity(slots.len());
+    let mut at = 0usize;
+    for (k, s) in slots.iter().enumerate() {
+        let len = format::segment_plain_len(f.size, seg, first + k as u64);
+        match compressed {
+            true => plain.push(at..at + len),
+            false => plain.push(s.start..s.start + len),
+        }
+        at += len;
+    }
+    if compressed {
+        grow(decoded, at);
+    }
+    // Each slot with the part of `decoded` it decodes into (disjoint, so opened in parallel).
+    let mut jobs = Vec::with_capacity(slots.len());
+    let (mut rest, mut out) = (&mut raw[..], &mut decoded[..]);
+    for (k, s) in slots.iter().enumerate() {
+        let (slot, tail) = std::mem::take(&mut rest).split_at_mut(s.len());
+        rest = tail;
+        let dst = match compressed {
+            true => {
+                let (d, tail) = std::mem::take(&mut out).split_at_mut(plain[k].len());
+                out = tail;
+                Some(d)
+            }
+            false => None,
+        };
+        jobs.push((first + k as u64, slot, dst));
+    }
+    let open = |(i, slot, dst): (u64, &mut [u8], Option<&mut [u8]>)| {
+        let opened = fk
+            .open_segment(i, i == n - 1, slot)
+            .map_err(|_| integ(format!("segment {i} fails authentication")))?;
+        match dst {
+            Some(d) => format::compress::decode_segment(opened, d.len(), d)
+                .map_err(|why| integ(format!("segment {i}: {why}"))),
+            None => Ok(()),
+        }
+    };
+    if jobs.len() > 1 {
+        jobs.into_par_iter().try_for_each(open)?;
+    } else {
+        jobs.into_iter().try_for_each(open)?;
+    }
+    Ok(plain)
 }
 
 /// Reads a record's header and derives its file keys, after checking that the header is
@@ -773,25 +831,29 @@ impl<'a> RecordReader<'a> {
         out: &mut Vec<u8>,
         ct: Option<&mut blake3::Hasher>,
     ) -> Result<[u8; 32], ObjectError> {
-        let seg = self.ctx.header.segment_size;
-        let len = format::segment_plain_len(self.f.size, seg, i);
-        let (at, stored) = match &self.table {
-            Some(t) => (t.slot_offset(i), t.stored[i as usize] as usize),
-            None => (format::segment_offset(seg, i), len),
-        };
-        let mut slot = vec![0u8; stored + TAG_LEN];
-        self.read(&mut slot, at)?;
-        let leaf = ct_leaf(if i == 0 { &self.head[..] } else { &[] }, &slot);
+        let table = self.table.as_ref();
+        let mut raw = Vec::new();
+        let slots = read_slots(self.ctx, self.f, table, i, 1, &mut raw)?;
+        let slot = &raw[slots[0].clone()];
+        let leaf = ct_leaf(if i == 0 { &self.head[..] } else { &[] }, slot);
         if let Some(ct) = ct {
-            ct.update(&slot);
+            ct.update(slot);
         }
-        let opened = self
-            .keys
-            .open_segment(i, i == self.n - 1, &mut slot)
-            .map_err(|_| self.integ(format!("segment {i} fails authentication")))?;
-        out.resize(len, 0);
-        format::compress::decode_segment(opened, len, out)
-            .map_err(|why| self.integ(format!("segment {i}: {why}")))?;
+        let plain = open_slots(
+            self.ctx,
+            self.f,
+            &self.keys,
+            table.is_some(),
+            i,
+            &mut raw,
+            &slots,
+            out,
+        )?;
+        if table.is_none() {
+            out.clear();
+            out.extend_from_slice(&raw[plain[0].clone()]);
+        }
+        out.truncate(plain[0].len());
         Ok(leaf)
     }
 

@@ -497,3 +497,57 @@ fn a_compressed_vault_mounts_without_a_flag() {
     let at = log.len() / 2;
     assert_eq!(mid, log.as_bytes()[at..at + 5000]);
 }
+
+/// A compressed record's slots are fetched several at a time (one range read): a flipped
+/// byte in one of them is EIO for a read that needs it, while the file's segments before
+/// and after it, and the other files, still read.
+#[test]
+fn a_tampered_compressed_segment_is_eio_and_its_neighbours_read() {
+    if !can_mount() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("home");
+    let src = t.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let mut log = String::new();
+    for i in 0..60_000 {
+        log += &format!("2026-12-07T10:00:00Z host{} GET /item/{i} 200\n", i % 7);
+    }
+    fs::write(src.join("bad.log"), &log).unwrap();
+    fs::write(src.join("good.log"), &log).unwrap();
+    let vault = t.path().join("v");
+    encrypt_ok(
+        &home,
+        &src,
+        &vault,
+        &["--compress", "zstd", "--segment-size", "64KiB"],
+    );
+    let rlen = common::tree::manifest_records(&vault)
+        .iter()
+        .find(|r| r["type"] == "entry" && r["path"] == "src/bad.log")
+        .and_then(|r| r["rlen"].as_u64())
+        .expect("bad.log is compressed");
+    let (obj, off) = &common::tree::objects_by_path(&vault)["src/bad.log"];
+    // A byte in the middle of the record: in a slot well after the first, before the last.
+    common::tree::flip_byte(&vault.join(obj), off + rlen / 2);
+
+    let mnt = t.path().join("mnt");
+    let m = Mounted::start(&home, vault.to_str().unwrap(), &mnt, &[]);
+    let bad = File::open(mnt.join("src/bad.log")).unwrap();
+    let mut head = vec![0u8; 4096];
+    bad.read_exact_at(&mut head, 0).unwrap();
+    assert_eq!(head, log.as_bytes()[..4096], "the first segment reads");
+    let mut tail = vec![0u8; 4096];
+    let at = log.len() - 4096;
+    bad.read_exact_at(&mut tail, at as u64).unwrap();
+    assert_eq!(tail, log.as_bytes()[at..], "the last segment reads");
+    let e = fs::read(mnt.join("src/bad.log")).unwrap_err();
+    assert_eq!(errno(&e), libc::EIO, "{e}");
+    assert_eq!(fs::read(mnt.join("src/good.log")).unwrap(), log.as_bytes());
+    let stderr = m.stderr();
+    assert!(
+        stderr.contains("src/bad.log") && stderr.contains("fails authentication"),
+        "{stderr}"
+    );
+}
