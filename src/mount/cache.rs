@@ -88,6 +88,11 @@ impl Block {
         self.first..self.first + self.ranges.len() as u64
     }
 
+    /// The segment after the last one held.
+    pub fn end(&self) -> u64 {
+        self.segments().end
+    }
+
     /// Memory held (what the cache's bound counts).
     fn bytes(&self) -> usize {
         self.buf.capacity()
@@ -171,6 +176,13 @@ impl SegmentCache {
         e.used = tick;
         inner.order.insert(tick, id);
         Some(e.block.clone())
+    }
+
+    /// Whether segment `seg` of inode `ino` is kept (its block's age unchanged).
+    pub fn contains(&self, ino: u64, seg: u64) -> bool {
+        self.inner
+            .lock()
+            .is_ok_and(|g| g.index.contains_key(&(ino, seg)))
     }
 
     /// Keeps a block of inode `ino` (its segments replace any older copies), dropping the

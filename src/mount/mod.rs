@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -63,6 +63,9 @@ const READ_AHEAD_BYTES: u64 = 8 << 20;
 /// Threads serving requests at most (`-j` above it only widens the segment opening).
 const MAX_SERVING_THREADS: usize = 8;
 
+/// Read-ahead fetches running in the background at most (each holds a window).
+const MAX_AHEAD: usize = 2;
+
 /// Fetch buffers kept for reuse besides those in the cache (each up to a read-ahead window):
 /// a sequential reader needs one as the cache drops its oldest block; a few more serve
 /// files read side by side.
@@ -104,12 +107,15 @@ pub fn mount(
         .build()
         .map_err(|e| Error::Runtime(format!("cannot start {jobs} threads: {e}")))?;
     let fs = VaultFs {
-        pool,
-        ctx,
+        fetcher: Arc::new(Fetcher {
+            pool,
+            ctx,
+            cache: SegmentCache::new(opts.cache_bytes),
+            bufs: BufPool::new(POOL_BUFFERS),
+            ahead: AtomicUsize::new(0),
+        }),
         keys,
-        tree,
-        cache: SegmentCache::new(opts.cache_bytes),
-        bufs: BufPool::new(POOL_BUFFERS),
+        tree: Arc::new(tree),
         handles: Mutex::new(HashMap::new()),
         next_fh: AtomicU64::new(1),
         progress,
@@ -155,31 +161,45 @@ struct Handle {
     /// A compressed record's segment table (docs/FORMAT.md §4.5), read once at open.
     table: Option<crate::format::compress::Table>,
     next: AtomicU64,
+    /// The segment from which a background read-ahead last started (`u64::MAX`: none).
+    ahead: AtomicU64,
     /// Held while segments of this file are fetched.
     fetching: Mutex<()>,
 }
 
-struct VaultFs {
-    /// Opens the segments of one fetch in parallel (`-j` threads).
+/// What fetching segments needs, shared with the background read-ahead.
+struct Fetcher {
+    /// Opens the segments of one fetch in parallel (`-j` threads); runs read-ahead.
     pool: rayon::ThreadPool,
     ctx: RecordCtx<'static>,
-    keys: Vec<BatchKey>,
-    tree: Tree,
     cache: SegmentCache,
     /// Buffers of blocks the cache dropped, for the next fetches.
     bufs: Arc<BufPool>,
+    /// Read-ahead fetches in flight in the background (at most [`MAX_AHEAD`]).
+    ahead: AtomicUsize,
+}
+
+struct VaultFs {
+    fetcher: Arc<Fetcher>,
+    keys: Vec<BatchKey>,
+    tree: Arc<Tree>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
     progress: Arc<dyn Progress + Send>,
     url: String,
 }
 
+/// The file entry of inode `ino`, if it is a regular file.
+fn file_of(tree: &Tree, ino: u64) -> Option<&FileEntry> {
+    match &tree.node(ino)?.content {
+        Content::File(f) => Some(f),
+        _ => None,
+    }
+}
+
 impl VaultFs {
     fn file(&self, ino: u64) -> Option<&FileEntry> {
-        match &self.tree.node(ino)?.content {
-            Content::File(f) => Some(f),
-            _ => None,
-        }
+        file_of(&self.tree, ino)
     }
 
     /// A failed read or open: one line naming the file and why; the errno for the caller.
@@ -196,6 +216,127 @@ impl VaultFs {
         Errno::EIO
     }
 
+    /// Adds stored bytes `at..at + len` of the record to `out`; `ahead` is the stored offset
+    /// up to which segments may be fetched with the first one missing. Returns the segment
+    /// after the last block used.
+    fn read_stored(
+        &self,
+        h: &Handle,
+        f: &FileEntry,
+        at: u64,
+        len: usize,
+        ahead: u64,
+        out: &mut Gather,
+    ) -> Result<u64, ObjectError> {
+        let seg = u64::from(self.fetcher.ctx.header.segment_size);
+        let n = crate::format::segment_count(f.size, self.fetcher.ctx.header.segment_size);
+        let mut done = 0usize;
+        let mut fetched = 0;
+        while done < len {
+            let pos = at + done as u64;
+            let i = pos / seg;
+            let last = (ahead.max(pos + (len - done) as u64).saturating_sub(1) / seg)
+                .min(n - 1)
+                .max(i);
+            let b = self.fetcher.block(h, f, i, last)?;
+            let skip = (pos - i * seg) as usize;
+            let take = b
+                .segment(i)
+                .map_or(0, |s| s.len().saturating_sub(skip).min(len - done));
+            if take == 0 {
+                // The layout gives every stored byte a segment: never a short answer.
+                return Err(ObjectError::Io(Error::Runtime(format!(
+                    "segment {i} ends before stored byte {pos}"
+                ))));
+            }
+            fetched = b.end();
+            out.segment(b, i, skip..skip + take);
+            done += take;
+        }
+        Ok(fetched)
+    }
+
+    fn read_file(&self, h: &Arc<Handle>, offset: u64, size: u32) -> Result<Gather, ObjectError> {
+        let Some(f) = self.file(h.ino) else {
+            return Ok(Gather::new(0));
+        };
+        let len = f.file_len();
+        let end = offset.saturating_add(u64::from(size)).min(len);
+        if offset >= end {
+            return Ok(Gather::new(0));
+        }
+        let mut out = Gather::new((end - offset) as usize);
+        // A reader going on where it stopped gets the next segments in the same fetch.
+        let sequential = h.next.swap(end, Ordering::Relaxed) == offset;
+        let ahead = |stored_end: u64| match sequential {
+            true => stored_end + READ_AHEAD_BYTES,
+            false => stored_end,
+        };
+        let next = match &f.sparse {
+            None => {
+                let n = (end - offset) as usize;
+                self.read_stored(h, f, offset, n, ahead(end), &mut out)?
+            }
+            Some(sp) => {
+                // Only the stored runs are fetched; the gaps read as zeros.
+                let (mut at, mut next) = (offset, 0);
+                for run in sp.runs() {
+                    let (a, b) = (run.file.max(offset), (run.file + run.len).min(end));
+                    if a >= b {
+                        continue;
+                    }
+                    out.zeros((a - at) as usize);
+                    let stored = run.stored + (a - run.file);
+                    let stop = ahead(stored + (b - a));
+                    next = self.read_stored(h, f, stored, (b - a) as usize, stop, &mut out)?;
+                    at = b;
+                }
+                out.zeros((end - at) as usize);
+                next
+            }
+        };
+        if sequential {
+            self.read_ahead(h, f, next);
+        }
+        Ok(out)
+    }
+
+    /// Starts fetching the window from segment `next` in the background, unless it is kept
+    /// or on its way: a sequential reader then finds it opened when it gets there, the next
+    /// window decrypted while the kernel copies this one out (decrypt overlaps its stages
+    /// alike). A failure is left to the read that needs the segment (it fetches again and
+    /// reports it).
+    fn read_ahead(&self, h: &Arc<Handle>, f: &FileEntry, next: u64) {
+        let fx = &self.fetcher;
+        let seg = fx.ctx.header.segment_size;
+        let n = crate::format::segment_count(f.size, seg);
+        if next == 0 || next >= n || fx.cache.contains(h.ino, next) {
+            return;
+        }
+        if h.ahead.swap(next, Ordering::Relaxed) == next {
+            return;
+        }
+        if fx.ahead.fetch_add(1, Ordering::AcqRel) >= MAX_AHEAD {
+            fx.ahead.fetch_sub(1, Ordering::AcqRel);
+            h.ahead.store(u64::MAX, Ordering::Relaxed);
+            return;
+        }
+        let count = (READ_AHEAD_BYTES / u64::from(seg)).clamp(1, n - next) as usize;
+        let (fx, tree, h) = (fx.clone(), self.tree.clone(), h.clone());
+        self.fetcher.pool.spawn(move || {
+            // Never wait for the file's fetch lock on the pool (the fetch that holds it may
+            // need this thread): whoever holds it fetches these segments or will ask again.
+            if let (Some(f), Ok(_one)) = (file_of(&tree, h.ino), h.fetching.try_lock()) {
+                if !fx.cache.contains(h.ino, next) {
+                    let _ = fx.fetch(&h, f, next, count);
+                }
+            }
+            fx.ahead.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
+}
+
+impl Fetcher {
     /// The block holding segment `i` of `h`'s record, from the cache or fetched with the
     /// segments after it up to `last` (one range read, opened on the pool).
     fn block(
@@ -261,84 +402,6 @@ impl VaultFs {
         Ok(self
             .cache
             .put(h.ino, Block::new(i, buf, ranges, self.bufs.clone())))
-    }
-
-    /// Adds stored bytes `at..at + len` of the record to `out`; `ahead` is the stored offset
-    /// up to which segments may be fetched with the first one missing.
-    fn read_stored(
-        &self,
-        h: &Handle,
-        f: &FileEntry,
-        at: u64,
-        len: usize,
-        ahead: u64,
-        out: &mut Gather,
-    ) -> Result<(), ObjectError> {
-        let seg = u64::from(self.ctx.header.segment_size);
-        let n = crate::format::segment_count(f.size, self.ctx.header.segment_size);
-        let mut done = 0usize;
-        while done < len {
-            let pos = at + done as u64;
-            let i = pos / seg;
-            let last = (ahead.max(pos + (len - done) as u64).saturating_sub(1) / seg)
-                .min(n - 1)
-                .max(i);
-            let b = self.block(h, f, i, last)?;
-            let skip = (pos - i * seg) as usize;
-            let take = b
-                .segment(i)
-                .map_or(0, |s| s.len().saturating_sub(skip).min(len - done));
-            if take == 0 {
-                // The layout gives every stored byte a segment: never a short answer.
-                return Err(ObjectError::Io(Error::Runtime(format!(
-                    "segment {i} ends before stored byte {pos}"
-                ))));
-            }
-            out.segment(b, i, skip..skip + take);
-            done += take;
-        }
-        Ok(())
-    }
-
-    fn read_file(&self, h: &Handle, offset: u64, size: u32) -> Result<Gather, ObjectError> {
-        let Some(f) = self.file(h.ino) else {
-            return Ok(Gather::new(0));
-        };
-        let len = f.file_len();
-        let end = offset.saturating_add(u64::from(size)).min(len);
-        if offset >= end {
-            return Ok(Gather::new(0));
-        }
-        let mut out = Gather::new((end - offset) as usize);
-        // A reader going on where it stopped gets the next segments in the same fetch.
-        let sequential = h.next.swap(end, Ordering::Relaxed) == offset;
-        let ahead = |stored_end: u64| match sequential {
-            true => stored_end + READ_AHEAD_BYTES,
-            false => stored_end,
-        };
-        match &f.sparse {
-            None => {
-                let n = (end - offset) as usize;
-                self.read_stored(h, f, offset, n, ahead(end), &mut out)?
-            }
-            Some(sp) => {
-                // Only the stored runs are fetched; the gaps read as zeros.
-                let mut at = offset;
-                for run in sp.runs() {
-                    let (a, b) = (run.file.max(offset), (run.file + run.len).min(end));
-                    if a >= b {
-                        continue;
-                    }
-                    out.zeros((a - at) as usize);
-                    let stored = run.stored + (a - run.file);
-                    let stop = ahead(stored + (b - a));
-                    self.read_stored(h, f, stored, (b - a) as usize, stop, &mut out)?;
-                    at = b;
-                }
-                out.zeros((end - at) as usize);
-            }
-        }
-        Ok(out)
     }
 }
 
@@ -436,8 +499,8 @@ impl Filesystem for VaultFs {
         let Some(key) = self.keys.get(f.batch as usize) else {
             return reply.error(Errno::EIO);
         };
-        let opened = record_keys(&self.ctx, f, key).and_then(|(_, keys)| {
-            let table = record_table(&self.ctx, f, &keys, None)?;
+        let opened = record_keys(&self.fetcher.ctx, f, key).and_then(|(_, keys)| {
+            let table = record_table(&self.fetcher.ctx, f, &keys, None)?;
             Ok((keys, table))
         });
         match opened {
@@ -448,6 +511,7 @@ impl Filesystem for VaultFs {
                     keys,
                     table,
                     next: AtomicU64::new(0),
+                    ahead: AtomicU64::new(u64::MAX),
                     fetching: Mutex::new(()),
                 };
                 if let Ok(mut map) = self.handles.lock() {
