@@ -262,6 +262,31 @@ fn a_large_file_reads_deep_within_bounded_memory() {
         peak < 256 * 1024,
         "peak RSS {peak} KiB after reading 256 MiB"
     );
+    // A shared mapping reads the same bytes: mmap keeps working on a large file, however the
+    // mount opens it (direct I/O or not).
+    let len = (256 * MIB) as usize;
+    // SAFETY: a fresh read-only shared mapping of an open file, never written; unmapped below
+    // before `got` is closed, and only read within its length.
+    let map = unsafe {
+        use std::os::fd::AsRawFd;
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            got.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(map, libc::MAP_FAILED, "{}", std::io::Error::last_os_error());
+    let at = (200 * MIB + 12_345) as usize;
+    // SAFETY: `at + 65536` is within the mapping of `len` bytes.
+    let mapped = unsafe { std::slice::from_raw_parts(map.cast::<u8>().add(at), 65_536) }.to_vec();
+    // SAFETY: the mapping made above, no reference into it left.
+    unsafe { libc::munmap(map, len) };
+    let mut a = vec![0u8; 65_536];
+    want.read_exact_at(&mut a, at as u64).unwrap();
+    assert!(mapped == a, "the mapping differs at {at}");
 }
 
 #[test]
