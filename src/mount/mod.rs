@@ -383,7 +383,8 @@ impl Fetcher {
         count: usize,
     ) -> Result<Arc<Block>, ObjectError> {
         let seg = self.ctx.header.segment_size as usize;
-        // Buffers of about the right size (`open_segments` grows them when short).
+        // Buffers large enough for the fetch: no slot is longer than a whole segment and its
+        // tag (a compressed one is shorter), no plaintext longer than a segment.
         let mut raw = self.bufs.take(count * (seg + TAG_LEN));
         let mut decoded = match h.table {
             Some(_) => self.bufs.take(count * seg),
