@@ -576,3 +576,60 @@ fn a_tampered_compressed_segment_is_eio_and_its_neighbours_read() {
         "{stderr}"
     );
 }
+
+/// A compressed file of 8 MiB and more is a record of its own (docs/FORMAT.md §4.5) whose
+/// slots the mount reads a window at a time (one range read, opened on all cores): read whole
+/// and at random places it is the source's bytes.
+#[test]
+fn a_large_compressed_file_reads_whole_and_at_random() {
+    if !can_mount() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("home");
+    let src = t.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let mut log = String::new();
+    let mut i = 0u64;
+    while log.len() < 20 << 20 {
+        log += &format!(
+            "2026-12-07T10:{:02}:{:02}Z host{} GET /api/v1/item/{i} 200 {}\n",
+            i / 60 % 60,
+            i % 60,
+            i % 7,
+            i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 44
+        );
+        i += 1;
+    }
+    fs::write(src.join("big.log"), &log).unwrap();
+    let vault = t.path().join("v");
+    encrypt_ok(&home, &src, &vault, &["--compress", "zstd"]);
+    let rlen = common::tree::manifest_records(&vault)
+        .iter()
+        .find(|r| r["type"] == "entry" && r["path"] == "src/big.log")
+        .and_then(|r| r["rlen"].as_u64())
+        .expect("big.log is a compressed record");
+    assert!(
+        rlen < log.len() as u64 / 2,
+        "{rlen} bytes for {}",
+        log.len()
+    );
+    let mnt = t.path().join("mnt");
+    let _m = Mounted::start(&home, vault.to_str().unwrap(), &mnt, &[]);
+    let got = File::open(mnt.join("src/big.log")).unwrap();
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for _ in 0..32 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let off = (x % log.len() as u64) as usize;
+        let len = ((x >> 40) as usize % (3 << 20)).min(log.len() - off);
+        let mut b = vec![0u8; len];
+        got.read_exact_at(&mut b, off as u64).unwrap();
+        assert!(
+            b == log.as_bytes()[off..off + len],
+            "{len} bytes at {off} differ"
+        );
+    }
+    assert!(fs::read(mnt.join("src/big.log")).unwrap() == log.as_bytes());
+}
