@@ -10,6 +10,13 @@ use crate::crypto::NameKey;
 use crate::error::{Error, Result};
 use crate::format::manifest::{Entry, EntryKind, FileEntry, Name};
 
+/// The preferred I/O size shown (`st_blksize`): readers such as `cat` and `cp` size their
+/// buffers by it, and one FUSE request carries up to 1 MiB (the kernel's default
+/// `fs.fuse.max_pages_limit`), so a whole-file read costs an eighth of the round trips it
+/// did at 128 KiB (docs/PERFORMANCE.md "Mount"). glibc's stdio never takes more than its
+/// own 8 KiB from it.
+const PREFERRED_IO_BYTES: u32 = 1 << 20;
+
 /// The root's inode (FUSE's).
 const ROOT: u64 = 1;
 
@@ -208,7 +215,7 @@ impl Tree {
             uid: n.uid,
             gid: n.gid,
             rdev,
-            blksize: 4096,
+            blksize: PREFERRED_IO_BYTES,
             flags: 0,
         })
     }

@@ -231,6 +231,8 @@ fn a_large_file_reads_deep_within_bounded_memory() {
 
     let want = File::open(src.join("big.img")).unwrap();
     let got = File::open(mnt.join("src/big.img")).unwrap();
+    // Readers that size their buffers by it ask 1 MiB at a time (one FUSE request).
+    assert_eq!(got.metadata().unwrap().blksize(), 1 << 20);
     // Random reads of odd sizes across segment boundaries, deep in the file.
     let mut x = 0x2545_f491_4f6c_dd1du64;
     for _ in 0..64 {
