@@ -566,7 +566,7 @@ pub fn open_segments(
 
 /// Grows `buf` to at least `len` bytes (exactly: a buffer kept for reuse should not carry
 /// spare capacity). Only the added bytes are zeroed, once.
-pub fn grow(buf: &mut Vec<u8>, len: usize) {
+fn grow(buf: &mut Vec<u8>, len: usize) {
     if buf.len() < len {
         buf.reserve_exact(len - buf.len());
         buf.resize(len, 0);
