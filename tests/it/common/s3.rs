@@ -62,6 +62,23 @@ impl SeaweedFs {
     /// A running server with the bucket `vaults`; `None` when `weed` is absent outside CI.
     pub fn start() -> Option<SeaweedFs> {
         let weed = weed()?;
+        // The ports are free when picked, but another process (an outgoing connection of a
+        // test running beside this one) may take one before the server binds it: then the
+        // server starts again on other ports.
+        for attempt in 1..=3 {
+            match SeaweedFs::start_once(weed.clone()) {
+                Ok(s) => return Some(s),
+                Err(log) if attempt < 3 => {
+                    eprintln!("SeaweedFS attempt {attempt} lost a port; starting again: {log}")
+                }
+                Err(log) => panic!("SeaweedFS lost a port three times: {log}"),
+            }
+        }
+        unreachable!()
+    }
+
+    /// One start on ports picked now; `Err(log)` when the server could not bind one.
+    fn start_once(weed: std::path::PathBuf) -> Result<SeaweedFs, String> {
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
         std::fs::create_dir(d.join("data")).unwrap();
@@ -128,8 +145,8 @@ impl SeaweedFs {
             before: (0, 0),
             down: false,
         };
-        s.make_bucket_and_wait();
-        Some(s)
+        s.make_bucket_and_wait()?;
+        Ok(s)
     }
 
     /// Stops the server the hard way (`kill -9`, a crash) and waits for the process to exit
@@ -157,7 +174,9 @@ impl SeaweedFs {
         self.remove_tmp_sockets();
         self.child = spawn(&self.weed, d, &self.args);
         self.down = false;
-        self.make_bucket_and_wait();
+        if let Err(log) = self.make_bucket_and_wait() {
+            panic!("SeaweedFS, restarted on its own ports, found one taken: {log}");
+        }
     }
 
     pub fn endpoint(&self) -> String {
@@ -207,12 +226,24 @@ impl SeaweedFs {
 
     /// The bucket, made with a signed PUT (retried until the server takes it), then a
     /// signed PUT and GET of a health object: only then can the server store anything.
-    fn make_bucket_and_wait(&mut self) {
+    /// Waits for the server and makes the bucket; `Err(log)` if a port it was given was
+    /// taken (it exits, or some part of it never comes up).
+    fn make_bucket_and_wait(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut last = String::new();
         loop {
-            if let Ok(Some(st)) = self.child.try_wait() {
+            let exited = self.child.try_wait();
+            let lost_port = self.log().contains("address already in use");
+            if let Ok(Some(st)) = exited {
+                if lost_port {
+                    return Err(self.log());
+                }
                 panic!("weed exited ({st}): {}", self.log());
+            }
+            if Instant::now() >= deadline && lost_port {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return Err(self.log());
             }
             assert!(
                 Instant::now() < deadline,
@@ -242,7 +273,7 @@ impl SeaweedFs {
                 Ok(())
             })();
             match ready {
-                Ok(()) => return,
+                Ok(()) => return Ok(()),
                 Err(e) => last = e,
             }
             std::thread::sleep(Duration::from_millis(250));
