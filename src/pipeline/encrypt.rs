@@ -1012,7 +1012,6 @@ impl<'a> Planner<'a> {
             ct: crate::crypto::CtDigest::new(),
             device,
             resume: None,
-            prefix: None,
             stream: None,
         };
         self.send_large(s, unit, start, tx)
@@ -1103,36 +1102,30 @@ impl<'a> Planner<'a> {
         }
         if self.opts.compress.is_some() {
             if let Some(p) = &c.prefix {
-                // A local vault: the object's prefix is read back and hashed (one damaged
-                // since the checkpoint is not kept) and, with every stored length from the
-                // checkpoints, opened to rebuild the digests; the file goes on after it.
+                // A local vault: the object's prefix is read back at the offsets the
+                // checkpoints' stored lengths give, hashed (it must be the checkpoint's) and
+                // opened to rebuild the digests; the file goes on after it. Lengths that are
+                // not whole (a journal not written by envseal) start the file over.
+                let l = c.lens.as_ref().filter(|l| l.from == 0)?;
                 let obj = self
                     .store
                     .open(&crate::format::manifest::object_name(id))
                     .ok()??;
-                match c.lens.as_ref().filter(|l| l.from == 0) {
-                    Some(l) => {
-                        let (r, ct) =
-                            seal::resume_compressed(self.ctx, &key, &*obj, c.size, p, &l.lens)?;
-                        self.resumed_read += r.read;
-                        self.progress
-                            .bytes(c.segs * u64::from(self.opts.segment_size));
-                        let mut start = self.resumed_start(e, src, r, c, c.segs / self.window);
-                        start.prefix = None;
-                        start.stream = Some(crate::pipeline::write::StreamState {
-                            ct,
-                            pos: p.rpos,
-                            stored: l.lens.clone(),
-                        });
-                        return Some(start);
-                    }
-                    None if !seal::prefix_holds(&*obj, p) => return None,
-                    None => self.resumed_read += p.rpos,
-                }
+                let (r, ct) = seal::resume_compressed(self.ctx, &key, &*obj, c.size, p, &l.lens)?;
+                self.resumed_read += r.read;
+                self.progress
+                    .bytes(c.segs * u64::from(self.opts.segment_size));
+                let mut start = self.resumed_start(e, src, r, c, c.segs / self.window);
+                start.stream = Some(crate::pipeline::write::StreamState {
+                    ct,
+                    pos: p.rpos,
+                    stored: l.lens.clone(),
+                });
+                return Some(start);
             }
-            // Else (object storage, or lengths not whole) the record is sealed again from
-            // its start under the checkpoint's header; the writer keeps the stored prefix if
-            // it comes out the same (docs/FORMAT.md §7).
+            // Object storage takes only the header checkpoint of a compressed record: it is
+            // sealed again from its start under that header, and the parts already uploaded
+            // come out the same (docs/FORMAT.md §7).
             let r = seal::resume_from_source(self.ctx, &key, c.head.as_ref()?, &src, c.size, 0)?;
             return Some(self.resumed_start(e, src, r, c, 0));
         }
@@ -1185,7 +1178,6 @@ impl<'a> Planner<'a> {
             ct: r.ct,
             device: false,
             resume: Some((c.obj, next)),
-            prefix: c.prefix,
             stream: None,
         }
     }

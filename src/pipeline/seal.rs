@@ -626,27 +626,6 @@ pub fn resume_large(
     })
 }
 
-/// Whether `obj` still holds a compressed record's checkpointed prefix: its first
-/// `p.rpos` bytes hash (BLAKE3) as the checkpoint recorded. A resumed run keeps them only
-/// then (they are not sealed again), so a prefix damaged since is never kept.
-pub fn prefix_holds(obj: &dyn crate::store::ReadAt, p: &crate::pipeline::journal::Prefix) -> bool {
-    if obj.len() < p.rpos {
-        return false;
-    }
-    let mut h = blake3::Hasher::new();
-    let mut buf = vec![0u8; (8 << 20).min(p.rpos) as usize];
-    let mut at = 0;
-    while at < p.rpos {
-        let k = (p.rpos - at).min(buf.len() as u64) as usize;
-        if obj.read_exact_at(&mut buf[..k], at).is_err() {
-            return false;
-        }
-        h.update(&buf[..k]);
-        at += k as u64;
-    }
-    h.finalize() == blake3::Hash::from(p.hash)
-}
-
 /// Rebuilds a compressed record's state at its checkpoint `p` from `obj` (its record at
 /// offset 0, a local vault's): the header checked as for any checkpoint, then the first
 /// `p.segs` slots, at the offsets their stored lengths `lens` give, read, hashed (the

@@ -107,9 +107,6 @@ pub struct LargeStart {
     /// Taken up at a checkpoint: the object already holding the prefix, and the first
     /// window still to write.
     pub resume: Option<(u64, u64)>,
-    /// A compressed record taken up at a checkpoint (sealed again from its start, under the
-    /// same header): what its first bytes must be.
-    pub prefix: Option<Prefix>,
     /// A compressed record taken up at a checkpoint from its object read back: the record
     /// so far, continued from there.
     pub stream: Option<StreamState>,
@@ -133,11 +130,6 @@ struct Stream {
     ct: blake3::Hasher,
     /// Sealed windows waiting for the ones before them: buffer, bytes used, stored lengths.
     held: BTreeMap<u64, (Vec<u8>, usize, Vec<u32>)>,
-    /// Bytes below this are kept from an interrupted run, not written again.
-    skip: u64,
-    /// A resumed record's check: its prefix must come out as the checkpoint recorded it,
-    /// else its kept bytes are not these (the file is sealed anew).
-    expect: Option<Prefix>,
     /// Window ends since the last checkpoint (windows done, and the record's bytes up to
     /// there): a checkpoint is taken at the last one the store has made durable.
     marks: std::collections::VecDeque<(u64, Prefix)>,
@@ -146,22 +138,18 @@ struct Stream {
 }
 
 impl Stream {
-    fn new(header: &[u8], skip: u64, expect: Option<Prefix>) -> Stream {
+    /// A record from its start (its header written).
+    fn new(header: &[u8]) -> Stream {
         let mut ct = blake3::Hasher::new();
         ct.update(header);
-        Stream {
+        Stream::resumed(StreamState {
+            ct,
             pos: header.len() as u64,
             stored: Vec::new(),
-            ct,
-            held: BTreeMap::new(),
-            skip,
-            expect,
-            marks: Default::default(),
-            ckpt_segs: 0,
-        }
+        })
     }
 
-    /// Goes on after a prefix kept in the object (its bytes are not written again).
+    /// Goes on after a prefix kept in the object.
     fn resumed(s: StreamState) -> Stream {
         Stream {
             pos: s.pos,
@@ -169,21 +157,15 @@ impl Stream {
             stored: s.stored,
             ct: s.ct,
             held: BTreeMap::new(),
-            skip: s.pos,
-            expect: None,
             marks: Default::default(),
         }
     }
 
     /// Appends sealed slots (or the table) to the record.
     fn put(&mut self, out: &mut dyn ObjectWriter, bytes: &[u8]) -> Result<()> {
-        let end = self.pos + bytes.len() as u64;
-        if end > self.skip {
-            let from = self.skip.saturating_sub(self.pos);
-            out.write_at(self.pos + from, &bytes[from as usize..])?;
-        }
+        out.write_at(self.pos, bytes)?;
         self.ct.update(bytes);
-        self.pos = end;
+        self.pos += bytes.len() as u64;
         Ok(())
     }
 
@@ -513,29 +495,21 @@ impl<'a> Writer<'a> {
                     .objects
                     .get(obj as usize)
                     .ok_or_else(|| Error::Runtime("a checkpoint of an unknown object".into()))?;
-                // A header checkpoint (0 segments) keeps nothing, not even the header. A
-                // compressed record is sealed again from its start and keeps its prefix
-                // where the store keeps partial objects (its checkpoint's `rpos`).
-                let kept = match (next, &start.prefix) {
-                    _ if start.stream.is_some() => start.stream.as_ref().map_or(0, |s| s.pos),
-                    (_, Some(p)) if self.store.traits().durable_partial => p.rpos,
-                    (0, _) => 0,
-                    (n, _) => {
+                // A header checkpoint (0 segments) keeps nothing, not even the header; a
+                // compressed record read back keeps its prefix (its slots have no fixed
+                // offsets).
+                let kept = match (&start.stream, next) {
+                    (Some(s), _) => s.pos,
+                    (None, 0) => 0,
+                    (None, n) => {
                         format::segment_offset(self.header.segment_size, n * start.file.window)
                     }
                 };
                 let name = manifest::object_name(id);
-                Some((
-                    obj,
-                    next,
-                    self.store.resume_object(&name, shape, kept)?,
-                    kept,
-                ))
+                Some((obj, next, self.store.resume_object(&name, shape, kept)?))
             }
             None => None,
         };
-        let kept = resumed.as_ref().map_or(0, |r| r.3);
-        let resumed = resumed.map(|(obj, next, out, _)| (obj, next, out));
         // A checkpoint whose object lost its prefix (an upload the service dropped): the
         // file is read again from the start, as one that changed (`reseal_large`).
         // Its windows before the checkpoint never come: they are counted as done.
@@ -563,8 +537,7 @@ impl<'a> Writer<'a> {
         let resumed_stream = start.stream.take();
         let stream = start.file.compress.map(|_| match (lost, resumed_stream) {
             (false, Some(s)) => Stream::resumed(s),
-            (false, None) => Stream::new(&start.file.header, kept, start.prefix),
-            (true, _) => Stream::new(&start.file.header, 0, None),
+            _ => Stream::new(&start.file.header),
         });
         Ok(LargeState {
             start,
@@ -617,6 +590,7 @@ impl<'a> Writer<'a> {
         result: std::result::Result<SealedWindow, FileError>,
     ) -> Result<()> {
         let seg = self.header.segment_size;
+        let partial = self.store.traits().durable_partial;
         let Some(Unit::Large(st)) = self.units.get_mut(&unit) else {
             self.pool.give(buf);
             return Err(Error::Runtime("a window of an unknown file".into()));
@@ -680,18 +654,11 @@ impl<'a> Writer<'a> {
                 r?;
                 sm.stored.extend(stored);
             }
-            let segs = (st.next * window).min(n);
-            let p = sm.prefix(segs);
-            if sm.expect.is_some_and(|e| e.segs == segs) {
-                if sm.expect != Some(p) {
-                    // Sealed again, the prefix is not what the object keeps (another
-                    // compressor's output): the file is sealed anew into a new object.
-                    st.changed = true;
-                    st.failed.get_or_insert_with(|| CHANGED.to_string());
-                }
-                sm.expect = None;
+            // Object storage takes no checkpoint of a compressed record but its header's.
+            if partial {
+                let segs = (st.next * window).min(n);
+                sm.marks.push_back((st.next, sm.prefix(segs)));
             }
-            sm.marks.push_back((st.next, p));
         }
         // A checkpoint: the windows written in order so far that the next barrier makes
         // durable (the commit that records it runs that barrier). Not for devices (no
@@ -706,7 +673,7 @@ impl<'a> Writer<'a> {
             ),
             // Object storage keeps nothing of a compressed record's upload for a rerun but
             // the parts it recognises by their bytes: only its header checkpoint counts.
-            Some(_) if !self.store.traits().durable_partial => (0, None),
+            Some(_) if !partial => (0, None),
             Some(sm) => {
                 while sm.marks.get(1).is_some_and(|(_, p)| p.rpos <= durable) {
                     sm.marks.pop_front();
@@ -1100,7 +1067,7 @@ impl<'a> Writer<'a> {
             };
             let (obj, mut out) = self.new_object(self.large_shape(&file))?;
             out.write_at(0, &file.header)?;
-            let mut stream = compress.map(|_| Stream::new(&file.header, 0, None));
+            let mut stream = compress.map(|_| Stream::new(&file.header));
             let mut ct = CtDigest::new();
             let mut mac = TreeMac::new(file.keys.mac_key());
             let slot = u64::from(seg) + format::TAG_LEN as u64;
