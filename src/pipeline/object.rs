@@ -322,13 +322,7 @@ pub fn open_record(
     // of a header the authenticated entry names (its salt), `ct` adds nothing, and costs a
     // hash pass. `verify --deep` (no output) checks it too (§4.3).
     let check = out.is_none();
-    let sink = out.map(|out| Sink {
-        out,
-        size: f.size,
-        seg,
-        // Stored bytes go to their offsets in the file, around its gaps (§6.4).
-        runs: f.sparse.as_deref().map(crate::format::sparse::Runs::new),
-    });
+    let sink = out.map(|out| Sink::new(out, f, seg));
     let keys = record_keys(ctx, f, key)?;
     let sink = match sink {
         Some(sink) if pipelined => sink,
@@ -448,24 +442,50 @@ struct Sink<'a> {
     runs: Option<crate::format::sparse::Runs>,
 }
 
-impl Sink<'_> {
+impl<'a> Sink<'a> {
+    /// Entry `f`'s plaintext into `out`: its stored bytes go to their offsets in the file,
+    /// around its gaps (§6.4).
+    fn new(out: &'a File, f: &FileEntry, seg: u32) -> Sink<'a> {
+        Sink {
+            out,
+            size: f.size,
+            seg,
+            runs: f.sparse.as_deref().map(crate::format::sparse::Runs::new),
+        }
+    }
+
     /// Writes an opened window's plaintext (each slot's first bytes; the tags are skipped).
     fn write(&self, w: &Window, buf: &[u8]) -> Result<(), ObjectError> {
-        let seg = u64::from(self.seg);
         let mut pos = 0usize;
-        for i in w.first..w.first + w.count as u64 {
-            let len = format::segment_plain_len(self.size, self.seg, i);
-            let pt = &buf[pos..pos + len];
-            let write = |off: u64, r: std::ops::Range<usize>| {
+        let plain: Vec<Range<usize>> = (w.first..w.first + w.count as u64)
+            .map(|i| {
+                let len = format::segment_plain_len(self.size, self.seg, i);
+                pos += len + TAG_LEN;
+                pos - len - TAG_LEN..pos - TAG_LEN
+            })
+            .collect();
+        self.write_segments(w.first, buf, &plain)
+    }
+
+    /// Writes segments `first..` whose plaintext lies in `buf` at `plain`'s ranges.
+    fn write_segments(
+        &self,
+        first: u64,
+        buf: &[u8],
+        plain: &[Range<usize>],
+    ) -> Result<(), ObjectError> {
+        let seg = u64::from(self.seg);
+        for (i, r) in (first..).zip(plain) {
+            let pt = &buf[r.clone()];
+            let write = |off: u64, r: Range<usize>| {
                 self.out
                     .write_all_at(&pt[r], off)
                     .map_err(|e| ObjectError::Io(Error::io("output file", e)))
             };
             match &self.runs {
-                None => write(i * seg, 0..len)?,
-                Some(runs) => runs.each(i * seg, len, write)?,
+                None => write(i * seg, 0..pt.len())?,
+                Some(runs) => runs.each(i * seg, pt.len(), write)?,
             }
-            pos += len + TAG_LEN;
         }
         Ok(())
     }
@@ -801,17 +821,6 @@ impl<'a> RecordReader<'a> {
         ObjectError::Integrity(format!("{name}@{}: {why}", self.f.off))
     }
 
-    /// Reads `buf.len()` bytes at offset `at` of the record.
-    fn read(&self, buf: &mut [u8], at: u64) -> Result<(), ObjectError> {
-        let name = self.ctx.objects[self.f.obj as usize].name();
-        self.ctx
-            .object(self.f.obj)?
-            .read_exact_at(buf, self.f.off + at)
-            .map_err(|e| ObjectError::Io(Error::io(self.ctx.store.describe(&name), e)))?;
-        self.ctx.read.fetch_add(buf.len() as u64, Ordering::Relaxed);
-        Ok(())
-    }
-
     /// Segments in the record.
     pub fn segments(&self) -> u64 {
         self.n
@@ -820,25 +829,11 @@ impl<'a> RecordReader<'a> {
     /// Reads and opens segment `i` into `out` (resized to the segment's plaintext length);
     /// returns its ciphertext digest leaf (§4.4; unused for a compressed record).
     pub fn segment(&self, i: u64, out: &mut Vec<u8>) -> Result<[u8; 32], ObjectError> {
-        self.segment_hashed(i, out, None)
-    }
-
-    /// [`Self::segment`], also hashing the slot as stored into `ct` (a compressed record's
-    /// ciphertext digest, §4.5).
-    fn segment_hashed(
-        &self,
-        i: u64,
-        out: &mut Vec<u8>,
-        ct: Option<&mut blake3::Hasher>,
-    ) -> Result<[u8; 32], ObjectError> {
         let table = self.table.as_ref();
         let mut raw = Vec::new();
         let slots = read_slots(self.ctx, self.f, table, i, 1, &mut raw)?;
         let slot = &raw[slots[0].clone()];
         let leaf = ct_leaf(if i == 0 { &self.head[..] } else { &[] }, slot);
-        if let Some(ct) = ct {
-            ct.update(slot);
-        }
         let plain = open_slots(
             self.ctx,
             self.f,
@@ -870,9 +865,9 @@ impl<'a> RecordReader<'a> {
 }
 
 /// [`open_record`] for a compressed record (§4.5): the table first, then runs of slots read
-/// with one range read each (their offsets from the table), opened and decoded on all cores,
-/// written in order; the ciphertext digest (with `verify --deep`) is BLAKE3 of the record's
-/// bytes, the plaintext digest as for any record.
+/// with one range read each and opened and decoded on all cores ([`read_slots`],
+/// [`open_slots`]), written in order; the ciphertext digest (with `verify --deep`) is BLAKE3
+/// of the record's bytes, the plaintext digest as for any record.
 fn open_compressed(
     ctx: &RecordCtx,
     f: &FileEntry,
@@ -883,15 +878,8 @@ fn open_compressed(
 ) -> Result<(), ObjectError> {
     let seg = ctx.header.segment_size;
     let r = RecordReader::new(ctx, f, key)?;
-    let Some(t) = r.table.as_ref() else {
-        return Err(r.integ("a compressed record without its table".into()));
-    };
-    let sink = out.map(|out| Sink {
-        out,
-        size: f.size,
-        seg,
-        runs: f.sparse.as_deref().map(crate::format::sparse::Runs::new),
-    });
+    let table = r.table.as_ref();
+    let sink = out.map(|out| Sink::new(out, f, seg));
     let check_ct = out.is_none();
     let mut ct = blake3::Hasher::new();
     if check_ct {
@@ -900,69 +888,51 @@ fn open_compressed(
     let mut mac = TreeMac::new(r.keys.mac_key());
     // About a pipeline window of plaintext per run, a segment at least.
     let per = (PIPELINE_WINDOW_BYTES as u64 / u64::from(seg)).max(1);
-    let slot = seg as usize + TAG_LEN;
-    let (mut stored, mut plain) = (Vec::new(), Vec::new());
+    let (mut raw, mut decoded) = (Vec::new(), Vec::new());
     let mut first = 0;
     while first < r.n {
         if cancel.load(Ordering::Relaxed) {
             return Err(ObjectError::Cancelled);
         }
-        let count = per.min(r.n - first);
-        let (a, b) = (t.slot_offset(first), t.slot_offset(first + count));
-        stored.resize((b - a) as usize, 0);
-        r.read(&mut stored, a)?;
+        let count = per.min(r.n - first) as usize;
+        let slots = read_slots(ctx, f, table, first, count, &mut raw)?;
         if check_ct {
-            ct.update(&stored);
+            ct.update(&raw[..slots.last().map_or(0, |s| s.end)]);
         }
-        // Each segment's plaintext at the start of its slot-sized place, as `Sink` takes a
-        // window.
-        plain.resize(count as usize * slot, 0);
-        let mut slots = Vec::with_capacity(count as usize);
-        let mut rest = &mut stored[..];
-        for i in first..first + count {
-            let (s, tail) = rest.split_at_mut(t.stored[i as usize] as usize + TAG_LEN);
-            slots.push((i, s));
-            rest = tail;
-        }
-        let open = |((i, s), dst): ((u64, &mut [u8]), &mut [u8])| {
-            let len = format::segment_plain_len(f.size, seg, i);
-            let opened = r
-                .keys
-                .open_segment(i, i == r.n - 1, s)
-                .map_err(|_| r.integ(format!("segment {i} fails authentication")))?;
-            format::compress::decode_segment(opened, len, &mut dst[..len])
-                .map_err(|why| r.integ(format!("segment {i}: {why}")))?;
-            Ok(segment_mac(r.keys.mac_key(), seg, i, r.n, &dst[..len]))
+        let plain = open_slots(
+            ctx,
+            f,
+            &r.keys,
+            table.is_some(),
+            first,
+            &mut raw,
+            &slots,
+            &mut decoded,
+        )?;
+        // A record stored raw throughout has no table: its plaintext stays in its slots.
+        let buf = match table {
+            Some(_) => &decoded[..],
+            None => &raw[..],
         };
-        let macs: Vec<SegMac> = if count > 1 {
-            slots
-                .into_par_iter()
-                .zip(plain.par_chunks_mut(slot))
-                .map(open)
-                .collect::<Result<_, ObjectError>>()?
-        } else {
-            slots
-                .into_iter()
-                .zip(plain.chunks_mut(slot))
-                .map(open)
-                .collect::<Result<_, ObjectError>>()?
-        };
+        let macs: Vec<SegMac> = plain
+            .par_iter()
+            .enumerate()
+            .map(|(k, p)| {
+                segment_mac(
+                    r.keys.mac_key(),
+                    seg,
+                    first + k as u64,
+                    r.n,
+                    &buf[p.clone()],
+                )
+            })
+            .collect();
         macs.into_iter().for_each(|m| mac.add(m));
-        let bytes: u64 = (first..first + count)
-            .map(|i| format::segment_plain_len(f.size, seg, i) as u64)
-            .sum();
         if let Some(sink) = &sink {
-            let w = Window {
-                first,
-                count: count as usize,
-                plain: bytes,
-                used: plain.len(),
-                slot,
-            };
-            sink.write(&w, &plain)?;
+            sink.write_segments(first, buf, &plain)?;
         }
-        progress.bytes(bytes);
-        first += count;
+        progress.bytes(plain.iter().map(|p| p.len() as u64).sum());
+        first += count as u64;
     }
     if check_ct {
         ct.update(&r.sealed_table);
