@@ -7,31 +7,13 @@ use std::path::{Path, PathBuf};
 
 use envseal::store::local::LocalStore;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 
+use crate::common::{local_kms, StopAfter};
 use envseal::error::Error;
-use envseal::kms::keys::Kms;
-use envseal::kms::local::LocalProvider;
-use envseal::kms::KmsOptions;
 use envseal::pipeline::decrypt::{decrypt, DecryptOptions};
 use envseal::pipeline::encrypt::{encrypt, EncryptOptions};
 use envseal::pipeline::write::CHECKPOINT_BYTES;
 use envseal::progress::{NoProgress, Progress};
-
-/// Stops the run (as Ctrl-C does) once `after` bytes were sealed.
-struct StopAfter {
-    seen: AtomicU64,
-    after: u64,
-    cancel: Arc<AtomicBool>,
-}
-
-impl Progress for StopAfter {
-    fn bytes(&self, n: u64) {
-        if self.seen.fetch_add(n, Ordering::SeqCst) + n >= self.after {
-            self.cancel.store(true, Ordering::SeqCst);
-        }
-    }
-}
 
 fn write_big(p: &Path, len: usize, seed: u8) {
     let data: Vec<u8> = (0..len)
@@ -61,23 +43,15 @@ fn run(change_before_resume: bool, sparse: bool) {
     if sparse {
         add_gaps(&big, size as u64);
     }
-    let store = tmp.path().join("keystore");
-    let url = format!("local:{}", store.display());
-    let provider = LocalProvider::open(Some(&store), &KmsOptions::default()).unwrap();
-    let kms = Kms::new(KmsOptions::default(), None).with_provider(&url, Arc::new(provider));
+    let (kms, url) = local_kms(tmp.path());
     let vault = tmp.path().join("vault");
     let opts = EncryptOptions {
         segment_size: 1 << 20,
         jobs: 1,
         ..EncryptOptions::new(vec![src.clone()], vault.clone(), url)
     };
-    let cancel = Arc::new(AtomicBool::new(false));
-    let stop = StopAfter {
-        seen: AtomicU64::new(0),
-        after: CHECKPOINT_BYTES + (32 << 20),
-        cancel: Arc::clone(&cancel),
-    };
-    let e = encrypt(&opts, &kms, &stop, &cancel).unwrap_err();
+    let stop = StopAfter::new(CHECKPOINT_BYTES + (32 << 20));
+    let e = encrypt(&opts, &kms, &stop, &stop.cancel).unwrap_err();
     assert!(matches!(e, Error::Interrupted), "{e}");
     let journal = fs::read_to_string(vault.join("journal.jsonl")).unwrap();
     assert!(
@@ -206,14 +180,6 @@ fn test_name(f: &str) -> String {
         Some((_, module)) => format!("{module}::{f}"),
         None => f.to_string(),
     }
-}
-
-fn local_kms(dir: &Path) -> (Kms, String) {
-    let store = dir.join("keystore");
-    let url = format!("local:{}", store.display());
-    let provider = LocalProvider::open(Some(&store), &KmsOptions::default()).unwrap();
-    let kms = Kms::new(KmsOptions::default(), None).with_provider(&url, Arc::new(provider));
-    (kms, url)
 }
 
 /// kill -9 deep into one large file (past 4 checkpoint intervals, which stand for 256 MiB):

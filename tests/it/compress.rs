@@ -59,14 +59,6 @@ fn log_text(seed: u64, bytes: usize) -> Vec<u8> {
     out
 }
 
-/// Bytes of the vault's objects.
-fn objects_bytes(vault: &Path) -> u64 {
-    files_under(&vault.join("objects"))
-        .iter()
-        .map(|f| fs::metadata(vault.join("objects").join(f)).unwrap().len())
-        .sum()
-}
-
 /// Bytes of every file of the vault.
 fn vault_bytes(vault: &Path) -> u64 {
     files_under(vault)
@@ -148,7 +140,10 @@ fn random_data_grows_by_less_than_half_a_percent() {
         &packed,
         &["--segment-size", "64KiB", "--compress", "zstd:19"],
     );
-    let (a, b) = (objects_bytes(&plain), objects_bytes(&packed));
+    let (a, b) = (
+        common::tree::objects_bytes(&plain),
+        common::tree::objects_bytes(&packed),
+    );
     assert!(b > a, "random data does not compress: {b} vs {a}");
     assert!(
         (b as f64) <= 1.005 * a as f64,
@@ -480,27 +475,9 @@ fn large_files_are_compressed_records_of_their_own() {
 /// restores exactly.
 #[test]
 fn a_large_compressed_file_resumes_at_its_checkpoint() {
-    use envseal::kms::keys::Kms;
-    use envseal::kms::local::LocalProvider;
-    use envseal::kms::KmsOptions;
     use envseal::pipeline::encrypt::{encrypt as encrypt_lib, EncryptOptions};
-    use envseal::progress::{NoProgress, Progress};
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    use std::sync::Arc;
-
-    /// Stops the run (as Ctrl-C does) once `after` bytes were sealed.
-    struct StopAfter {
-        seen: AtomicU64,
-        after: u64,
-        cancel: Arc<AtomicBool>,
-    }
-    impl Progress for StopAfter {
-        fn bytes(&self, n: u64) {
-            if self.seen.fetch_add(n, Ordering::SeqCst) + n >= self.after {
-                self.cancel.store(true, Ordering::SeqCst);
-            }
-        }
-    }
+    use envseal::progress::NoProgress;
+    use std::sync::atomic::AtomicBool;
 
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("data");
@@ -508,10 +485,7 @@ fn a_large_compressed_file_resumes_at_its_checkpoint() {
     let size = (2 * envseal::pipeline::write::CHECKPOINT_BYTES + (24 << 20)) as usize;
     let body = noise(size, 11, true);
     common::tree::write(&src.join("big.txt"), &body);
-    let store = t.path().join("keystore");
-    let url = format!("local:{}", store.display());
-    let provider = LocalProvider::open(Some(&store), &KmsOptions::default()).unwrap();
-    let kms = Kms::new(KmsOptions::default(), None).with_provider(&url, Arc::new(provider));
+    let (kms, url) = common::local_kms(t.path());
     let objects = |vault: &Path| files_under(&vault.join("objects"));
 
     for case in ["same", "damaged"] {
@@ -522,13 +496,8 @@ fn a_large_compressed_file_resumes_at_its_checkpoint() {
             pack_threshold: envseal::format::compress::COMPRESS_PACK_THRESHOLD,
             ..EncryptOptions::new(vec![src.clone()], vault.clone(), url.clone())
         };
-        let cancel = Arc::new(AtomicBool::new(false));
-        let stop = StopAfter {
-            seen: AtomicU64::new(0),
-            after: envseal::pipeline::write::CHECKPOINT_BYTES + (40 << 20),
-            cancel: Arc::clone(&cancel),
-        };
-        let e = encrypt_lib(&opts(3), &kms, &stop, &cancel).unwrap_err();
+        let stop = common::StopAfter::new(envseal::pipeline::write::CHECKPOINT_BYTES + (40 << 20));
+        let e = encrypt_lib(&opts(3), &kms, &stop, &stop.cancel).unwrap_err();
         assert!(
             matches!(e, envseal::error::Error::Interrupted),
             "{case}: {e}"

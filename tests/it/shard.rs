@@ -572,10 +572,7 @@ fn a_compressed_plan_compresses_every_part() {
         files.iter().all(|r| r["rlen"].as_u64().is_some()),
         "{files:?}"
     );
-    let stored: u64 = crate::common::tree::files_under(&vault.join("objects"))
-        .iter()
-        .map(|f| fs::metadata(vault.join("objects").join(f)).unwrap().len())
-        .sum();
+    let stored = crate::common::tree::objects_bytes(&vault);
     assert!(
         stored < 1 << 20,
         "{stored} bytes stored for 12.4 MiB of logs"

@@ -230,7 +230,6 @@ fn kill_injected_at_each_commit_syscall_every_rerun_finishes() {
     let t = tempfile::tempdir().unwrap();
     let home = t.path().join("home");
     let src = source(t.path(), 40, 3 << 20);
-    let out = t.path().join("out");
     // A first run creates the key store, so that the injected runs do only the encrypt's work.
     ok(&mut encrypt_cmd(&home, &src, &t.path().join("warm")));
     let syscalls = [
@@ -246,32 +245,14 @@ fn kill_injected_at_each_commit_syscall_every_rerun_finishes() {
         "ftruncate",
         "flock",
     ];
-    let mut injected = 0;
-    for sc in syscalls {
-        for n in [1u32, 2, 3, 5, 8, 13] {
-            let vault = t.path().join(format!("v-{sc}-{n}"));
-            let o = Command::new("strace")
-                .args(["-f", "-qq", "-o", "/dev/null", "-e"])
-                .arg(format!("inject={sc}:signal=KILL:when={n}"))
-                .arg(env!("CARGO_BIN_EXE_envseal"))
-                .args(["encrypt", "-q", "-j", "2", "--segment-size", "64KiB", "-o"])
-                .arg(&vault)
-                .arg(&src)
-                .env("ENVSEAL_HOME", &home)
-                .env_remove("ENVSEAL_KMS")
-                .env_remove("ENVSEAL_PASSPHRASE")
-                .output()
-                .unwrap();
-            let killed = !o.status.success();
-            injected += usize::from(killed);
-            let case = format!("SIGKILL at {sc} #{n} (killed: {killed})");
-            if !vault.exists() {
-                continue; // killed before the vault directory existed
-            }
-            assert_finishes(&home, &src, &vault, &out, &case);
-            fs::remove_dir_all(&vault).unwrap();
-        }
-    }
+    let injected = inject_sweep(
+        t.path(),
+        (&home, &src),
+        &syscalls,
+        &[1, 2, 3, 5, 8, 13],
+        (&["-j", "2"], &[]),
+        &[],
+    );
     eprintln!("{injected} injected kills");
     assert!(injected >= 30, "only {injected} injections killed a run");
 }
@@ -301,7 +282,6 @@ fn kill_injected_on_a_compressed_commit_path_every_rerun_finishes() {
         })
         .collect();
     fs::write(src.join("big.img"), &text).unwrap();
-    let out = t.path().join("out");
     let extra = ["--compress", "zstd"];
     ok(&mut encrypt_cmd_with(
         &home,
@@ -309,24 +289,50 @@ fn kill_injected_on_a_compressed_commit_path_every_rerun_finishes() {
         &t.path().join("warm"),
         &extra,
     ));
+    // Checkpoints of the large file every 1 MiB sealed.
+    let injected = inject_sweep(
+        t.path(),
+        (&home, &src),
+        &[
+            "openat", "write", "pwrite64", "fsync", "syncfs", "rename", "unlink",
+        ],
+        &[1, 2, 3, 5, 8],
+        (&["-j", "1"], &extra),
+        &[("ENVSEAL_TEST_CHECKPOINT_BYTES", 1u64 << 20)],
+    );
+    eprintln!("{injected} injected kills");
+    assert!(injected >= 20, "only {injected} injections killed a run");
+}
+
+/// Runs `encrypt` (with `options`, then `extra`, both given to the rerun too except the
+/// options) under strace with SIGKILL injected at the `n`th call of each of `syscalls`, in
+/// a vault of its own under `dir`; each vault a kill left is finished by the same command
+/// ([`assert_finishes_with`]). Returns how many runs were killed.
+fn inject_sweep(
+    dir: &Path,
+    (home, src): (&Path, &Path),
+    syscalls: &[&str],
+    ns: &[u32],
+    (options, extra): (&[&str], &[&str]),
+    env: &[(&str, u64)],
+) -> usize {
+    let out = dir.join("out");
     let mut injected = 0;
-    for sc in [
-        "openat", "write", "pwrite64", "fsync", "syncfs", "rename", "unlink",
-    ] {
-        for n in [1u32, 2, 3, 5, 8] {
-            let vault = t.path().join(format!("v-{sc}-{n}"));
+    for sc in syscalls {
+        for n in ns {
+            let vault = dir.join(format!("v-{sc}-{n}"));
             let o = Command::new("strace")
                 .args(["-f", "-qq", "-o", "/dev/null", "-e"])
                 .arg(format!("inject={sc}:signal=KILL:when={n}"))
                 .arg(env!("CARGO_BIN_EXE_envseal"))
-                .args(["encrypt", "-q", "-j", "1", "--segment-size", "64KiB"])
+                .args(["encrypt", "-q", "--segment-size", "64KiB"])
+                .args(options)
                 .args(extra)
                 .arg("-o")
                 .arg(&vault)
-                .arg(&src)
-                .env("ENVSEAL_HOME", &home)
-                // Checkpoints of the large file every 1 MiB sealed.
-                .env("ENVSEAL_TEST_CHECKPOINT_BYTES", (1u64 << 20).to_string())
+                .arg(src)
+                .env("ENVSEAL_HOME", home)
+                .envs(env.iter().map(|(k, v)| (k, v.to_string())))
                 .env_remove("ENVSEAL_KMS")
                 .env_remove("ENVSEAL_PASSPHRASE")
                 .output()
@@ -334,14 +340,12 @@ fn kill_injected_on_a_compressed_commit_path_every_rerun_finishes() {
             let killed = !o.status.success();
             injected += usize::from(killed);
             let case = format!("SIGKILL at {sc} #{n} (killed: {killed})");
-            eprintln!("{case}");
             if !vault.exists() {
-                continue;
+                continue; // killed before the vault directory existed
             }
-            assert_finishes_with(&home, &src, &vault, &out, &case, &extra);
+            assert_finishes_with(home, src, &vault, &out, &case, extra);
             fs::remove_dir_all(&vault).unwrap();
         }
     }
-    eprintln!("{injected} injected kills");
-    assert!(injected >= 20, "only {injected} injections killed a run");
+    injected
 }

@@ -94,3 +94,42 @@ impl Drop for Tmpfs {
         let _ = Command::new("umount").arg(&self.0).status();
     }
 }
+
+/// The embedded key store in `dir/keystore`, as a library caller opens it: the KMS and its
+/// provider URL.
+pub fn local_kms(dir: &Path) -> (envseal::kms::keys::Kms, String) {
+    use envseal::kms::{keys::Kms, local::LocalProvider, KmsOptions};
+    let store = dir.join("keystore");
+    let url = format!("local:{}", store.display());
+    let provider = LocalProvider::open(Some(&store), &KmsOptions::default()).unwrap();
+    let kms =
+        Kms::new(KmsOptions::default(), None).with_provider(&url, std::sync::Arc::new(provider));
+    (kms, url)
+}
+
+/// Progress that stops the run (as Ctrl-C does) once `after` bytes were sealed, through
+/// the cancel flag it hands out.
+pub struct StopAfter {
+    seen: std::sync::atomic::AtomicU64,
+    after: u64,
+    pub cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl StopAfter {
+    pub fn new(after: u64) -> StopAfter {
+        StopAfter {
+            seen: Default::default(),
+            after,
+            cancel: Default::default(),
+        }
+    }
+}
+
+impl envseal::progress::Progress for StopAfter {
+    fn bytes(&self, n: u64) {
+        use std::sync::atomic::Ordering;
+        if self.seen.fetch_add(n, Ordering::SeqCst) + n >= self.after {
+            self.cancel.store(true, Ordering::SeqCst);
+        }
+    }
+}

@@ -362,3 +362,11 @@ pub fn decrypt_ok(home: &Path, vault: &Path, dest: &Path, extra: &[&str]) -> std
         .arg("-o")
         .arg(dest))
 }
+
+/// Bytes of a local vault's objects.
+pub fn objects_bytes(vault: &Path) -> u64 {
+    files_under(&vault.join("objects"))
+        .iter()
+        .map(|f| fs::metadata(vault.join("objects").join(f)).unwrap().len())
+        .sum()
+}
