@@ -8,7 +8,9 @@ use crate::common;
 use std::fs;
 use std::path::Path;
 
-use common::tree::{assert_same_tree, code, files_under, manifest_records, objects_by_path, ok};
+use common::tree::{
+    assert_round_trip, assert_same_tree, code, files_under, manifest_records, objects_by_path, ok,
+};
 use common::{envseal, run};
 
 /// Deterministic log lines of a web service: timestamps, levels, paths, ids, latencies.
@@ -76,18 +78,6 @@ fn encrypt(home: &Path, src: &Path, vault: &Path, extra: &[&str]) {
         .arg(src));
 }
 
-fn round_trip(home: &Path, src: &Path, vault: &Path, out: &Path) {
-    // No flag: the records say how they are stored.
-    ok(envseal(home).args(["verify", "-q"]).arg(vault));
-    ok(envseal(home).args(["verify", "--deep", "-q"]).arg(vault));
-    ok(envseal(home)
-        .args(["decrypt", "-q", "-o"])
-        .arg(out)
-        .arg(vault));
-    let name = src.file_name().unwrap();
-    assert_same_tree(src, &out.join(name));
-}
-
 #[test]
 fn text_logs_shrink_to_a_third_and_round_trip() {
     let t = tempfile::tempdir().unwrap();
@@ -119,7 +109,7 @@ fn text_logs_shrink_to_a_third_and_round_trip() {
         .collect();
     assert_eq!(files.len(), 41);
     assert!(files.iter().all(|r| r["rlen"].as_u64().is_some()));
-    round_trip(&home, &src, &vault, &t.path().join("out"));
+    assert_round_trip(&home, &src, &vault, &t.path().join("out"));
 }
 
 #[test]
@@ -149,7 +139,7 @@ fn random_data_grows_by_less_than_half_a_percent() {
         (b as f64) <= 1.005 * a as f64,
         "compressed {b} bytes vs {a} uncompressed"
     );
-    round_trip(&home, &src, &packed, &t.path().join("out"));
+    assert_round_trip(&home, &src, &packed, &t.path().join("out"));
 }
 
 #[test]
@@ -184,7 +174,7 @@ fn edge_files_round_trip() {
         &vault,
         &["--segment-size", "4KiB", "--compress", "zstd:1"],
     );
-    round_trip(&home, &src, &vault, &t.path().join("out"));
+    assert_round_trip(&home, &src, &vault, &t.path().join("out"));
 }
 
 #[test]
@@ -367,7 +357,7 @@ fn a_killed_compressed_run_resumes() {
         .filter(|r| r["rlen"].as_u64().is_some())
         .count();
     assert_eq!(files, 48);
-    round_trip(&home, &src, &vault, &t.path().join("out"));
+    assert_round_trip(&home, &src, &vault, &t.path().join("out"));
 }
 
 /// `len` bytes from splitmix64 (seeded): random, or, `hex`, as lowercase hex digits (text
@@ -456,7 +446,7 @@ fn large_files_are_compressed_records_of_their_own() {
         img.get("holes").is_some() && img.get("zeros").is_some(),
         "{img}"
     );
-    round_trip(&home, &src, &vault, &t.path().join("out"));
+    assert_round_trip(&home, &src, &vault, &t.path().join("out"));
     // A byte flipped in the middle of the log's record: deep verify exits 3.
     let (obj, _) = &by_path["big/app.log"];
     let p = vault.join(obj);

@@ -370,3 +370,17 @@ pub fn objects_bytes(vault: &Path) -> u64 {
         .map(|f| fs::metadata(vault.join("objects").join(f)).unwrap().len())
         .sum()
 }
+
+/// `verify`, `verify --deep` and `decrypt` of a local vault all succeed (no flag: the records
+/// say how they are stored), and `out` then holds `src`'s tree under its base name.
+pub fn assert_round_trip(home: &Path, src: &Path, vault: &Path, out: &Path) {
+    ok(super::envseal(home).args(["verify", "-q"]).arg(vault));
+    ok(super::envseal(home)
+        .args(["verify", "--deep", "-q"])
+        .arg(vault));
+    ok(super::envseal(home)
+        .args(["decrypt", "-q", "-o"])
+        .arg(out)
+        .arg(vault));
+    assert_same_tree(src, &out.join(src.file_name().unwrap()));
+}
