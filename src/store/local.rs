@@ -337,7 +337,7 @@ impl Store for LocalStore {
             .create_new(true)
             .open(&path)
             .at(&path)?;
-        Ok(Box::new(LocalObject::new(file, path, 0)))
+        Ok(Box::new(LocalObject::new(file, path, 0, false)))
     }
 
     fn resume_object(
@@ -353,7 +353,7 @@ impl Store for LocalStore {
         if file.metadata().at(&path)?.len() < kept {
             return Ok(None);
         }
-        Ok(Some(Box::new(LocalObject::new(file, path, kept))))
+        Ok(Some(Box::new(LocalObject::new(file, path, kept, true))))
     }
 
     fn barrier(&self) -> Result<()> {
@@ -499,18 +499,21 @@ struct LocalObject {
     prefix: u64,
     /// ...and pieces written beyond it (offset -> end).
     beyond: BTreeMap<u64, u64>,
-    /// The end of the bytes written (and kept).
+    /// The end of the bytes written (and kept)...
     end: u64,
+    /// ...and whether the file is an interrupted run's, which may hold more past it.
+    resumed: bool,
 }
 
 impl LocalObject {
-    fn new(file: File, path: PathBuf, prefix: u64) -> LocalObject {
+    fn new(file: File, path: PathBuf, prefix: u64, resumed: bool) -> LocalObject {
         LocalObject {
             file,
             path,
             prefix,
             beyond: BTreeMap::new(),
             end: prefix,
+            resumed,
         }
     }
 }
@@ -542,7 +545,7 @@ impl ObjectWriter for LocalObject {
     fn finish(self: Box<Self>) -> Result<()> {
         // A resumed object of open length may hold bytes of the interrupted run past the
         // end of what was written again.
-        if self.file.metadata().at(&self.path)?.len() > self.end {
+        if self.resumed && self.file.metadata().at(&self.path)?.len() > self.end {
             self.file.set_len(self.end).at(&self.path)?;
         }
         Ok(())
